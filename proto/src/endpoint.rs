@@ -1,0 +1,118 @@
+//! Engine addresses and connecting to them.
+//!
+//! An address is `http://host:port`, `https://host:port`, `host:port`, or
+//! `unix:///path/to/engine.sock`.
+
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Where an engine listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineAddr {
+    /// `http://host:port` (the scheme is kept as given).
+    Tcp(String),
+    /// `unix:///path`.
+    Unix(PathBuf),
+}
+
+/// An address that could not be understood.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid engine address {addr:?}: {why}; use http://HOST:PORT, HOST:PORT or unix:///PATH"
+)]
+pub struct AddrError {
+    addr: String,
+    why: String,
+}
+
+impl FromStr for EngineAddr {
+    type Err = AddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why: &str| AddrError { addr: s.to_owned(), why: why.to_owned() };
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(err("it is empty"));
+        }
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(err("the socket path is empty"));
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        let url = if s.starts_with("http://") || s.starts_with("https://") {
+            s.to_owned()
+        } else if s.contains("://") {
+            return Err(err("the scheme is not http, https or unix"));
+        } else {
+            format!("http://{s}")
+        };
+        let uri: Uri = url.parse().map_err(|e| err(&format!("{e}")))?;
+        if uri.host().is_none() {
+            return Err(err("it has no host"));
+        }
+        Ok(Self::Tcp(url))
+    }
+}
+
+impl fmt::Display for EngineAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(url) => f.write_str(url),
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+impl EngineAddr {
+    /// Opens a channel to the engine. Fails when the engine cannot be
+    /// reached now; the channel reconnects by itself afterwards.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match self {
+            Self::Tcp(url) => {
+                Endpoint::from_shared(url.clone())?
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(20))
+                    .connect()
+                    .await
+            }
+            Self::Unix(path) => {
+                let path = path.clone();
+                // The URI is required by the HTTP layer but never resolved.
+                Endpoint::from_static("http://engine.sock")
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(TokioIo::new(stream))
+                        }
+                    }))
+                    .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(
+            "127.0.0.1:7465".parse::<EngineAddr>().unwrap(),
+            EngineAddr::Tcp("http://127.0.0.1:7465".into())
+        );
+        assert_eq!(
+            "unix:///run/opsdeck/engine.sock".parse::<EngineAddr>().unwrap(),
+            EngineAddr::Unix("/run/opsdeck/engine.sock".into())
+        );
+        assert!("ftp://x".parse::<EngineAddr>().is_err());
+        assert!("".parse::<EngineAddr>().is_err());
+        assert!("unix://".parse::<EngineAddr>().is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! opsdeck's gRPC API, package `opsdeck.v1`.
+//!
+//! - [`v1`]: the generated messages, clients and servers.
+//! - [`names`]: enum values as the lowercase words people read and type
+//!   (`waiting_approval`), both ways.
+//! - [`json`]: serde helpers the generated types use for those words.
+//! - [`endpoint`]: engine addresses (`http://host:port`, `unix:///path`) and
+//!   how to connect to one.
+//! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC reflection.
+
+pub mod endpoint;
+pub mod json;
+pub mod names;
+
+#[allow(clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("opsdeck.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every opsdeck.v1 file.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/opsdeck_descriptor.bin"));
+
+/// The engine's default TCP port.
+pub const DEFAULT_PORT: u16 = 7465;
