@@ -1,1 +1,228 @@
-fn main() {}
+//! `opsdeckd`: the opsdeck engine and its worker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use opsdeck_engine::config::{ConfigFile, default_data_dir};
+use opsdeck_engine::serve::{self, ServeOptions};
+use opsdeck_engine::{agent, bench};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "opsdeckd", version, about = "The opsdeck engine: runs, queues, workers, leases, approvals and events over gRPC")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "OPSDECK_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine.
+    Serve(ServeArgs),
+    /// Run a worker that takes steps from the engine's queues.
+    Worker(agent::WorkerArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DbArgs),
+    /// Measure throughput and latency on a temporary engine.
+    Bench(bench::BenchArgs),
+    /// Check a config file and exit.
+    CheckConfig {
+        #[arg(long, env = "OPSDECK_CONFIG", default_value = "/etc/opsdeck/engine.toml")]
+        config: PathBuf,
+    },
+    /// Make a bearer token: prints it once, and the config lines holding its hash.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    New {
+        #[arg(long)]
+        identity: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct DbArgs {
+    #[arg(long, env = "OPSDECK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL; default: sqlite://DATA_DIR/opsdeck.db.
+    #[arg(long, env = "OPSDECK_DATABASE")]
+    database: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (tokens, timings, limits).
+    #[arg(long, env = "OPSDECK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where state lives; default $XDG_STATE_HOME/opsdeck, or /var/lib/opsdeck as a service.
+    #[arg(long, env = "OPSDECK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TCP address to listen on (port 0 picks one); "none" for no TCP.
+    #[arg(long, env = "OPSDECK_LISTEN")]
+    listen: Option<String>,
+    /// Unix socket; default DATA_DIR/engine.sock; "none" for no socket.
+    #[arg(long, env = "OPSDECK_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Database URL; default sqlite://DATA_DIR/opsdeck.db.
+    #[arg(long, env = "OPSDECK_DATABASE")]
+    database: Option<String>,
+    /// Worker slots to run in this process (serving every queue).
+    #[arg(long, env = "OPSDECK_LOCAL_WORKERS")]
+    local_workers: Option<u32>,
+    #[arg(long, env = "OPSDECK_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    #[arg(long, env = "OPSDECK_LEASE_TTL", value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// A worker silent for this long is offline.
+    #[arg(long, env = "OPSDECK_WORKER_TIMEOUT", value_parser = humantime::parse_duration)]
+    worker_timeout: Option<Duration>,
+    /// SIGTERM, then SIGKILL after this long, when a step is cancelled.
+    #[arg(long, env = "OPSDECK_CANCEL_GRACE", value_parser = humantime::parse_duration)]
+    cancel_grace: Option<Duration>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("opsdeckd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opsdeckd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve_command(args).await,
+        Command::Worker(args) => agent::worker_command(args).await,
+        Command::Migrate(args) => {
+            let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+            std::fs::create_dir_all(&data_dir)?;
+            let url = args.database.unwrap_or_else(|| sqlite_url(&data_dir));
+            opsdeck_engine::store::open(&url).await.with_context(|| format!("cannot migrate {url}"))?;
+            println!("migrations applied to {url}");
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args).await,
+        Command::CheckConfig { config } => {
+            ConfigFile::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::New { identity } } => {
+            let token = format!("odk_{}", hex_token());
+            println!("token (shown once; give it to {identity}): {token}");
+            println!();
+            println!("add to the engine's config:");
+            println!("[[token]]");
+            println!("identity = {identity:?}");
+            println!("sha256 = \"{}\"", opsdeck_engine::api::auth::token_hash(&token));
+            Ok(())
+        }
+    }
+}
+
+fn hex_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn sqlite_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}", data_dir.join("opsdeck.db").display())
+}
+
+async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let mut core = file.core_config();
+    core.heartbeat_interval = args.heartbeat_interval.unwrap_or(core.heartbeat_interval);
+    core.lease_ttl = args.lease_ttl.unwrap_or(core.lease_ttl);
+    core.worker_timeout = args.worker_timeout.unwrap_or(core.worker_timeout);
+    core.cancel_grace = args.cancel_grace.unwrap_or(core.cancel_grace);
+    anyhow::ensure!(
+        core.heartbeat_interval < core.lease_ttl,
+        "heartbeat_interval ({:?}) must be shorter than lease_ttl ({:?}), or leases expire between heartbeats",
+        core.heartbeat_interval,
+        core.lease_ttl
+    );
+    let e = &file.engine;
+    let data_dir = args.data_dir.or(e.data_dir.clone()).unwrap_or_else(default_data_dir);
+    let listen = args.listen.or(e.listen.clone()).unwrap_or_else(|| format!("127.0.0.1:{}", opsdeck_proto::DEFAULT_PORT));
+    let socket = args.socket.or(e.socket.clone()).unwrap_or_else(|| data_dir.join("engine.sock"));
+    let opts = ServeOptions {
+        database: args.database.or(e.database.clone()).unwrap_or_else(|| sqlite_url(&data_dir)),
+        listen: (listen != "none").then_some(listen),
+        socket: (socket.as_os_str() != "none").then_some(socket),
+        local_workers: args.local_workers.or(e.local_workers).unwrap_or(0),
+        core,
+        tokens: file.token.iter().map(|t| (t.identity.clone(), t.sha256.clone())).collect(),
+        data_dir,
+    };
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    serve::run(opts, shutdown, |bound| {
+        let mut parts = Vec::new();
+        if let Some(a) = bound.tcp {
+            parts.push(format!("http://{a}"));
+        }
+        if let Some(p) = &bound.socket {
+            parts.push(format!("unix://{}", p.display()));
+        }
+        println!("opsdeckd listening on {}", parts.join(" and "));
+    })
+    .await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `opsdeckd bench`: a real engine on a temporary SQLite file, workers that
+//! speak the real Agent protocol over loopback gRPC but finish each step at
+//! once, and M one-step runs. Prints one JSON line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use opsdeck_proto::endpoint::EngineAddr;
+use opsdeck_proto::v1 as pb;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+
+use crate::agent::{self, AgentOptions};
+use crate::core::CoreConfig;
+use crate::serve::{self, ServeOptions};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Runs to submit (one exec step each).
+    #[arg(long, default_value_t = 2000)]
+    pub runs: usize,
+    /// In-process workers.
+    #[arg(long, default_value_t = 4)]
+    pub workers: u32,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 8)]
+    pub slots: u32,
+    /// Submits in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.runs > 0 && args.workers > 0 && args.slots > 0, "--runs, --workers and --slots must be at least 1");
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let token = ulid::Ulid::new().to_string();
+    let opts = ServeOptions {
+        data_dir: dir.path().to_owned(),
+        listen: Some("127.0.0.1:0".into()),
+        socket: None,
+        database: format!("sqlite://{}", dir.path().join("bench.db").display()),
+        local_workers: 0,
+        core: CoreConfig::default(),
+        tokens: vec![("bench".into(), crate::api::auth::token_hash(&token))],
+    };
+    let stop = CancellationToken::new();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let engine = tokio::spawn(serve::run(opts, stop.clone(), move |b| {
+        let _ = bound_tx.send(b.tcp);
+    }));
+    let addr = bound_rx.await.ok().flatten().context("the bench engine did not start")?;
+    let engine_addr = EngineAddr::Tcp(format!("http://{addr}"));
+
+    for i in 0..args.workers {
+        let options = AgentOptions {
+            engine: engine_addr.clone(),
+            worker_id: format!("bench-{i}"),
+            queues: vec!["bench".into()],
+            slots: args.slots,
+            labels: Default::default(),
+            token: Some(token.clone()),
+            generation: 1,
+            cancel_grace: Duration::from_secs(1),
+        };
+        let executor: Arc<dyn agent::Executor> = Arc::new(agent::InstantExecutor);
+        tokio::spawn(agent::run(options, executor, stop.clone()));
+    }
+
+    let channel = engine_addr.connect().await?;
+    let bearer: MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let auth = move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    };
+    let mut events = pb::events_client::EventsClient::with_interceptor(channel.clone(), auth.clone());
+    let runs = pb::runs_client::RunsClient::with_interceptor(channel, auth);
+    let mut follow = events.follow_events(pb::FollowEventsRequest::default()).await?.into_inner();
+
+    let spec = "name = \"bench\"\n[[step]]\nqueue = \"bench\"\nrun = \"true\"\n";
+    let started = Instant::now();
+    let submitted: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut submits = tokio::task::JoinSet::new();
+    for _ in 0..args.runs {
+        let permit = sem.clone().acquire_owned().await?;
+        let mut client = runs.clone();
+        let submitted = submitted.clone();
+        submits.spawn(async move {
+            let at = Instant::now();
+            let reply = client.submit_run(pb::SubmitRunRequest { spec: spec.into(), ..Default::default() }).await;
+            drop(permit);
+            let run = reply?.into_inner().run.context("no run in the answer")?;
+            // A std mutex: held for an insert, never across an await.
+            if let Ok(mut m) = submitted.lock() {
+                m.insert(run.id, at);
+            }
+            anyhow::Ok(())
+        });
+    }
+
+    let mut latencies = Vec::with_capacity(args.runs);
+    let mut early: Vec<(String, Instant)> = Vec::new();
+    while latencies.len() < args.runs {
+        let event = tokio::time::timeout(Duration::from_secs(60), follow.next())
+            .await
+            .context("no progress for 60 s")?
+            .context("the event stream ended")??;
+        if event.kind != "run.succeeded" && event.kind != "run.failed" {
+            continue;
+        }
+        let now = Instant::now();
+        early.push((event.run_id, now));
+        let map = submitted.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        early.retain(|(id, done)| match map.get(id) {
+            Some(at) => {
+                latencies.push(done.duration_since(*at));
+                false
+            }
+            None => true,
+        });
+    }
+    let elapsed = started.elapsed();
+    while let Some(r) = submits.join_next().await {
+        r??;
+    }
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), engine).await;
+
+    latencies.sort();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    let line = serde_json::json!({
+        "database": "sqlite",
+        "runs": args.runs,
+        "workers": args.workers,
+        "slots": args.slots,
+        "elapsed_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "steps_per_s": ((args.runs as f64 / elapsed.as_secs_f64()) * 10.0).round() / 10.0,
+        "latency_ms": { "p50": (pct(0.50) * 10.0).round() / 10.0, "p99": (pct(0.99) * 10.0).round() / 10.0 },
+    });
+    println!("{line}");
+    Ok(())
+}

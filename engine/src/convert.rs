@@ -1,0 +1,212 @@
+//! Domain values → opsdeck.v1 messages. Secret env values are blanked here,
+//! the one place every answer and event passes through.
+
+use opsdeck_proto::v1 as pb;
+
+use crate::domain::{
+    Approval, ApprovalState, Command, Lease, LeaseState, Run, RunState, Step, StepKindSpec,
+    StepState, Worker, WorkerState,
+};
+
+pub fn run_state(s: RunState) -> pb::RunState {
+    match s {
+        RunState::Queued => pb::RunState::Queued,
+        RunState::Running => pb::RunState::Running,
+        RunState::WaitingApproval => pb::RunState::WaitingApproval,
+        RunState::Succeeded => pb::RunState::Succeeded,
+        RunState::Failed => pb::RunState::Failed,
+        RunState::Cancelled => pb::RunState::Cancelled,
+    }
+}
+
+pub fn run_state_from(s: pb::RunState) -> Option<RunState> {
+    Some(match s {
+        pb::RunState::Unspecified => return None,
+        pb::RunState::Queued => RunState::Queued,
+        pb::RunState::Running => RunState::Running,
+        pb::RunState::WaitingApproval => RunState::WaitingApproval,
+        pb::RunState::Succeeded => RunState::Succeeded,
+        pb::RunState::Failed => RunState::Failed,
+        pb::RunState::Cancelled => RunState::Cancelled,
+    })
+}
+
+fn step_state(s: StepState) -> pb::StepState {
+    match s {
+        StepState::Blocked => pb::StepState::Blocked,
+        StepState::Queued => pb::StepState::Queued,
+        StepState::Leased => pb::StepState::Leased,
+        StepState::Running => pb::StepState::Running,
+        StepState::Succeeded => pb::StepState::Succeeded,
+        StepState::Failed => pb::StepState::Failed,
+        StepState::RetryWait => pb::StepState::RetryWait,
+        StepState::Cancelled => pb::StepState::Cancelled,
+        StepState::Dead => pb::StepState::Dead,
+        StepState::Waiting => pb::StepState::Waiting,
+    }
+}
+
+fn worker_state(s: WorkerState) -> pb::WorkerState {
+    match s {
+        WorkerState::Online => pb::WorkerState::Online,
+        WorkerState::Draining => pb::WorkerState::Draining,
+        WorkerState::Recycling => pb::WorkerState::Recycling,
+        WorkerState::Offline => pb::WorkerState::Offline,
+        WorkerState::Stopped => pb::WorkerState::Stopped,
+    }
+}
+
+fn lease_state(s: LeaseState) -> pb::LeaseState {
+    match s {
+        LeaseState::Active => pb::LeaseState::Active,
+        LeaseState::Released => pb::LeaseState::Released,
+        LeaseState::Expired => pb::LeaseState::Expired,
+        LeaseState::ForceReleased => pb::LeaseState::ForceReleased,
+    }
+}
+
+fn approval_state(s: ApprovalState) -> pb::ApprovalState {
+    match s {
+        ApprovalState::Pending => pb::ApprovalState::Pending,
+        ApprovalState::Approved => pb::ApprovalState::Approved,
+        ApprovalState::Rejected => pb::ApprovalState::Rejected,
+        ApprovalState::Expired => pb::ApprovalState::Expired,
+        ApprovalState::Cancelled => pb::ApprovalState::Cancelled,
+    }
+}
+
+pub fn run(r: &Run) -> pb::Run {
+    pb::Run {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        labels: r.labels.clone().into_iter().collect(),
+        submitted_by: r.submitted_by.clone(),
+        state: run_state(r.state) as i32,
+        created_at_ms: r.created_at,
+        updated_at_ms: r.updated_at,
+        finished_at_ms: r.finished_at.unwrap_or(0),
+        current_step: r.current_step,
+        steps: r.steps.iter().map(|s| step(&r.id, s)).collect(),
+        message: r.message.clone(),
+        idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
+    }
+}
+
+pub fn step(run_id: &str, s: &Step) -> pb::Step {
+    let mut out = pb::Step {
+        run_id: run_id.to_owned(),
+        index: s.index,
+        name: s.spec.name.clone(),
+        state: step_state(s.state) as i32,
+        attempt: s.attempt,
+        lease_id: s.lease_id.clone().unwrap_or_default(),
+        worker_id: s.worker_id.clone().unwrap_or_default(),
+        exit_code: s.exit_code.unwrap_or(0),
+        has_exit_code: s.exit_code.is_some(),
+        message: s.message.clone(),
+        started_at_ms: s.started_at.unwrap_or(0),
+        finished_at_ms: s.finished_at.unwrap_or(0),
+        next_attempt_at_ms: s.next_attempt_at.unwrap_or(0),
+        approval_id: s.approval_id.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    match &s.spec.kind {
+        StepKindSpec::Exec(e) => {
+            out.kind = pb::StepKind::Exec as i32;
+            out.queue = e.queue.clone();
+            match &e.command {
+                Command::Shell(sh) => out.shell = sh.clone(),
+                Command::Argv(argv) => out.argv = argv.clone(),
+            }
+            out.env = e
+                .env
+                .iter()
+                .map(|v| pb::EnvVar {
+                    name: v.name.clone(),
+                    value: if v.secret { String::new() } else { v.value.clone() },
+                    secret: v.secret,
+                })
+                .collect();
+            out.workdir = e.workdir.clone().unwrap_or_default();
+            out.timeout_ms = e.timeout_ms.unwrap_or(0);
+            out.max_attempts = e.max_attempts;
+            out.priority = e.priority;
+            out.backoff_ms = e.backoff_ms;
+        }
+        StepKindSpec::Approval(_) => out.kind = pb::StepKind::Approval as i32,
+    }
+    out
+}
+
+/// `connected` and `lease_ids` are live facts the core knows, not stored ones.
+pub fn worker(w: &Worker, connected: bool, lease_ids: Vec<String>) -> pb::Worker {
+    pb::Worker {
+        id: w.id.clone(),
+        state: worker_state(w.state) as i32,
+        queues: w.queues.clone(),
+        slots: w.slots,
+        labels: w.labels.clone().into_iter().collect(),
+        version: w.version.clone(),
+        host: w.host.clone(),
+        pid: w.pid,
+        generation: w.generation,
+        registered_at_ms: w.registered_at,
+        last_heartbeat_at_ms: w.last_heartbeat_at,
+        lease_ids,
+        connected,
+        recycle_requested: w.recycle_requested,
+        identity: w.identity.clone(),
+    }
+}
+
+pub fn lease(l: &Lease, run: Option<&Run>) -> pb::Lease {
+    pb::Lease {
+        id: l.id.clone(),
+        run_id: l.run_id.clone(),
+        step_index: l.step_index,
+        worker_id: l.worker_id.clone(),
+        attempt: l.attempt,
+        fencing_token: l.fencing_token,
+        state: lease_state(l.state) as i32,
+        granted_at_ms: l.granted_at,
+        expires_at_ms: l.expires_at,
+        ended_at_ms: l.ended_at.unwrap_or(0),
+        queue: l.queue.clone(),
+        step_name: run
+            .and_then(|r| r.step(l.step_index))
+            .map(|s| s.spec.name.clone())
+            .unwrap_or_default(),
+        run_name: run.map(|r| r.name.clone()).unwrap_or_default(),
+    }
+}
+
+pub fn approval(a: &Approval, run: Option<&Run>) -> pb::Approval {
+    pb::Approval {
+        id: a.id.clone(),
+        run_id: a.run_id.clone(),
+        step_index: a.step_index,
+        step_name: run
+            .and_then(|r| r.step(a.step_index))
+            .map(|s| s.spec.name.clone())
+            .unwrap_or_default(),
+        run_name: run.map(|r| r.name.clone()).unwrap_or_default(),
+        state: approval_state(a.state) as i32,
+        submitted_by: a.submitted_by.clone(),
+        allow_self_approval: a.spec.allow_self_approval,
+        required: a.spec.required,
+        decisions: a
+            .decisions
+            .iter()
+            .map(|d| pb::Decision {
+                actor: d.actor.clone(),
+                approve: d.approve,
+                comment: d.comment.clone(),
+                at_ms: d.at,
+            })
+            .collect(),
+        requested_at_ms: a.requested_at,
+        deadline_at_ms: a.deadline_at.unwrap_or(0),
+        decided_at_ms: a.decided_at.unwrap_or(0),
+        on_timeout: a.spec.on_timeout.word().to_owned(),
+    }
+}

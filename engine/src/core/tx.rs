@@ -1,0 +1,80 @@
+//! What one batch of commands changed, and what to do once it is committed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use opsdeck_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use crate::domain::{Lease, Millis};
+use crate::error::EngineError;
+
+/// Carried out only after the batch's transaction committed.
+pub enum Effect {
+    /// Answer a caller. Given the commit's error, if it failed, so the
+    /// caller hears about that instead of a change that did not happen.
+    Reply(Box<dyn FnOnce(Option<&EngineError>) + Send>),
+    /// A message to a worker's session.
+    Send(mpsc::UnboundedSender<pb::EngineMessage>, pb::EngineMessage),
+}
+
+/// The changes of one batch: ids of objects to persist, events, output
+/// chunks and effects.
+pub struct Tx {
+    /// The batch's clock: every change in it happens at this instant.
+    pub now: Millis,
+    pub runs: BTreeSet<String>,
+    pub workers: BTreeSet<String>,
+    /// Leases leave the live set when they end, so their last state is kept here.
+    pub leases: BTreeMap<String, Lease>,
+    pub approvals: BTreeSet<String>,
+    pub queues: BTreeSet<String>,
+    pub events: Vec<pb::Event>,
+    pub outputs: Vec<pb::OutputChunk>,
+    pub effects: Vec<Effect>,
+}
+
+impl Tx {
+    pub fn new(now: Millis) -> Self {
+        Self {
+            now,
+            runs: BTreeSet::new(),
+            workers: BTreeSet::new(),
+            leases: BTreeMap::new(),
+            approvals: BTreeSet::new(),
+            queues: BTreeSet::new(),
+            events: Vec::new(),
+            outputs: Vec::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    pub fn lease(&self, id: &str) -> Option<&Lease> {
+        self.leases.get(id)
+    }
+
+    /// Whether anything needs writing.
+    pub fn has_writes(&self) -> bool {
+        !(self.runs.is_empty()
+            && self.workers.is_empty()
+            && self.leases.is_empty()
+            && self.approvals.is_empty()
+            && self.queues.is_empty()
+            && self.events.is_empty()
+            && self.outputs.is_empty())
+    }
+
+    /// Queues an answer to a caller.
+    pub fn reply<T: Send + 'static>(
+        &mut self,
+        to: tokio::sync::oneshot::Sender<Result<T, EngineError>>,
+        value: Result<T, EngineError>,
+    ) {
+        self.effects.push(Effect::Reply(Box::new(move |failed| {
+            // The caller may have gone away; nothing to do then.
+            let _ = to.send(match failed {
+                Some(e) => Err(e.clone()),
+                None => value,
+            });
+        })));
+    }
+}

@@ -1,0 +1,363 @@
+//! The run spec: a TOML document that says what a run does.
+//!
+//! ```toml
+//! name = "deploy-api"
+//! labels = { team = "payments" }
+//!
+//! [[step]]
+//! name = "build"
+//! queue = "build"
+//! run = "make build"              # a shell string, or: argv = ["make", "build"]
+//! timeout = "10m"
+//! max_attempts = 3
+//! backoff = "5s"
+//! env = { RUST_LOG = "info", API_TOKEN = { value = "s3cr3t", secret = true } }
+//!
+//! [[step]]
+//! name = "approve"
+//! approval = { timeout = "1h", on_timeout = "reject" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::model::{ApprovalSpec, Command, EnvEntry, ExecSpec, OnTimeout, StepSpec};
+
+/// Limits on what a spec may ask for. Each is in the engine's config under
+/// `[limits]`, named as the field here.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_spec_bytes: usize,
+    pub max_steps: usize,
+    pub max_command_bytes: usize,
+    pub max_env_entries: usize,
+    pub max_attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_spec_bytes: 1024 * 1024,
+            max_steps: 100,
+            max_command_bytes: 64 * 1024,
+            max_env_entries: 256,
+            max_attempts: 100,
+        }
+    }
+}
+
+/// A run spec, parsed and checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub steps: Vec<StepSpec>,
+}
+
+/// Why a spec was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    /// The spec is not valid: fix the spec.
+    #[error("invalid run spec: {0}")]
+    Invalid(String),
+    /// The spec is over a limit: shrink it, or raise the limit.
+    #[error("run spec too large: {0}")]
+    TooLarge(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    step: Vec<RawStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Option<String>,
+    queue: Option<String>,
+    run: Option<String>,
+    argv: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, RawEnv>,
+    workdir: Option<String>,
+    timeout: Option<String>,
+    max_attempts: Option<u32>,
+    backoff: Option<String>,
+    priority: Option<i32>,
+    approval: Option<RawApproval>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawEnv {
+    Plain(String),
+    Detailed {
+        value: String,
+        #[serde(default)]
+        secret: bool,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    timeout: Option<String>,
+    on_timeout: Option<String>,
+    #[serde(default)]
+    allow_self_approval: bool,
+    approvals: Option<u32>,
+}
+
+const DEFAULT_MAX_ATTEMPTS: u32 = 1;
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Parses and checks a spec.
+pub fn parse(text: &str, limits: &Limits) -> Result<RunSpec, SpecError> {
+    if text.len() > limits.max_spec_bytes {
+        return Err(SpecError::TooLarge(format!(
+            "the spec is {} bytes; the limit is {} bytes (limits.max_spec_bytes in the engine config)",
+            text.len(),
+            limits.max_spec_bytes
+        )));
+    }
+    let raw: RawSpec =
+        toml::from_str(text).map_err(|e| SpecError::Invalid(e.to_string().trim_end().to_owned()))?;
+    let invalid = |msg: String| Err(SpecError::Invalid(msg));
+    let name = raw.name.trim().to_owned();
+    if name.is_empty() || name.len() > 128 {
+        return invalid("`name` must be 1 to 128 characters".into());
+    }
+    if raw.step.is_empty() {
+        return invalid("the spec has no steps; add at least one [[step]]".into());
+    }
+    if raw.step.len() > limits.max_steps {
+        return Err(SpecError::TooLarge(format!(
+            "the spec has {} steps; the limit is {} (limits.max_steps in the engine config)",
+            raw.step.len(),
+            limits.max_steps
+        )));
+    }
+    let mut steps = Vec::with_capacity(raw.step.len());
+    for (i, step) in raw.step.into_iter().enumerate() {
+        steps.push(step_spec(i, step, limits)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &steps {
+        if !seen.insert(s.name.as_str()) {
+            return invalid(format!("two steps are named {:?}; step names must be unique", s.name));
+        }
+    }
+    Ok(RunSpec { name, labels: raw.labels, steps })
+}
+
+fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, SpecError> {
+    let name = raw.name.unwrap_or_else(|| format!("step-{}", index + 1));
+    let at = format!("step {} ({name:?})", index + 1);
+    let invalid = |msg: String| SpecError::Invalid(format!("{at}: {msg}"));
+    if name.trim().is_empty() || name.len() > 128 {
+        return Err(invalid("`name` must be 1 to 128 characters".into()));
+    }
+    if let Some(approval) = raw.approval {
+        let exec_fields = [
+            ("queue", raw.queue.is_some()),
+            ("run", raw.run.is_some()),
+            ("argv", raw.argv.is_some()),
+            ("env", !raw.env.is_empty()),
+            ("workdir", raw.workdir.is_some()),
+            ("timeout", raw.timeout.is_some()),
+            ("max_attempts", raw.max_attempts.is_some()),
+            ("backoff", raw.backoff.is_some()),
+            ("priority", raw.priority.is_some()),
+        ];
+        if let Some((field, _)) = exec_fields.iter().find(|(_, set)| *set) {
+            return Err(invalid(format!(
+                "an approval step cannot have `{field}`; put approval settings inside `approval = {{ ... }}`"
+            )));
+        }
+        let on_timeout = match approval.on_timeout.as_deref() {
+            None | Some("reject") => OnTimeout::Reject,
+            Some("fail") => OnTimeout::Fail,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "approval.on_timeout is {other:?}; use \"reject\" or \"fail\""
+                )));
+            }
+        };
+        let required = approval.approvals.unwrap_or(1);
+        if required == 0 || required > 10 {
+            return Err(invalid("approval.approvals must be 1 to 10".into()));
+        }
+        return Ok(StepSpec::approval(
+            name,
+            ApprovalSpec {
+                timeout_ms: approval
+                    .timeout
+                    .map(|t| duration_ms(&t, "approval.timeout"))
+                    .transpose()
+                    .map_err(invalid)?,
+                on_timeout,
+                allow_self_approval: approval.allow_self_approval,
+                required,
+            },
+        ));
+    }
+
+    let queue = raw.queue.ok_or_else(|| {
+        invalid("`queue` is missing; an exec step names the queue whose workers run it".into())
+    })?;
+    super::validate_queue_name(&queue).map_err(invalid)?;
+    let command = match (raw.run, raw.argv) {
+        (Some(_), Some(_)) => return Err(invalid("give either `run` or `argv`, not both".into())),
+        (None, None) => {
+            return Err(invalid(
+                "no command: set `run` (a shell string) or `argv` (a list), or make it an approval step"
+                    .into(),
+            ));
+        }
+        (Some(shell), None) if shell.trim().is_empty() => {
+            return Err(invalid("`run` is empty".into()));
+        }
+        (Some(shell), None) => Command::Shell(shell),
+        (None, Some(argv)) if argv.is_empty() || argv[0].is_empty() => {
+            return Err(invalid("`argv` is empty; its first item is the program to run".into()));
+        }
+        (None, Some(argv)) => Command::Argv(argv),
+    };
+    if command.len() > limits.max_command_bytes {
+        return Err(SpecError::TooLarge(format!(
+            "{at}: the command is {} bytes; the limit is {} bytes (limits.max_command_bytes in the engine config)",
+            command.len(),
+            limits.max_command_bytes
+        )));
+    }
+    if raw.env.len() > limits.max_env_entries {
+        return Err(SpecError::TooLarge(format!(
+            "{at}: {} env entries; the limit is {} (limits.max_env_entries in the engine config)",
+            raw.env.len(),
+            limits.max_env_entries
+        )));
+    }
+    let mut env = Vec::with_capacity(raw.env.len());
+    for (key, value) in raw.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(invalid(format!("env name {key:?} is not a valid variable name")));
+        }
+        let (value, secret) = match value {
+            RawEnv::Plain(v) => (v, false),
+            RawEnv::Detailed { value, secret } => (value, secret),
+        };
+        env.push(EnvEntry { name: key, value, secret });
+    }
+    let max_attempts = raw.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if max_attempts == 0 || max_attempts > limits.max_attempts {
+        return Err(invalid(format!(
+            "max_attempts is {max_attempts}; use 1 to {} (limits.max_attempts in the engine config)",
+            limits.max_attempts
+        )));
+    }
+    let timeout_ms = raw.timeout.map(|t| duration_ms(&t, "timeout")).transpose().map_err(invalid)?;
+    let backoff_ms = match raw.backoff {
+        Some(b) => duration_ms(&b, "backoff").map_err(invalid)?,
+        None => DEFAULT_BACKOFF.as_millis() as u64,
+    };
+    Ok(StepSpec::exec(
+        name,
+        ExecSpec {
+            queue,
+            command,
+            env,
+            workdir: raw.workdir.filter(|w| !w.is_empty()),
+            timeout_ms,
+            max_attempts,
+            backoff_ms,
+            priority: raw.priority.unwrap_or(0),
+        },
+    ))
+}
+
+fn duration_ms(text: &str, field: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!("`{field}` is {text:?}: {e}; write a duration such as \"30s\", \"10m\" or \"1h 30m\"")
+    })?;
+    if d.is_zero() {
+        return Err(format!("`{field}` must be longer than zero"));
+    }
+    u64::try_from(d.as_millis()).map_err(|_| format!("`{field}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::StepKindSpec;
+
+    fn parse_ok(text: &str) -> RunSpec {
+        parse(text, &Limits::default()).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, &Limits::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_exec_and_approval_steps() {
+        let spec = parse_ok(
+            r#"
+            name = "deploy"
+            labels = { team = "payments" }
+            [[step]]
+            name = "build"
+            queue = "build"
+            run = "make"
+            timeout = "10m"
+            max_attempts = 3
+            backoff = "2s"
+            env = { A = "1", TOKEN = { value = "x", secret = true } }
+            [[step]]
+            name = "ok"
+            approval = { timeout = "1h", on_timeout = "fail", allow_self_approval = true }
+            [[step]]
+            queue = "deploy"
+            argv = ["echo", "hi"]
+            "#,
+        );
+        assert_eq!(spec.steps.len(), 3);
+        let StepKindSpec::Exec(exec) = &spec.steps[0].kind else { panic!("exec") };
+        assert_eq!(exec.timeout_ms, Some(600_000));
+        assert_eq!(exec.backoff_ms, 2000);
+        assert!(exec.env.iter().any(|e| e.name == "TOKEN" && e.secret));
+        let StepKindSpec::Approval(a) = &spec.steps[1].kind else { panic!("approval") };
+        assert_eq!(a.on_timeout, OnTimeout::Fail);
+        assert!(a.allow_self_approval);
+        assert_eq!(spec.steps[2].name, "step-3");
+    }
+
+    #[test]
+    fn errors_name_what_to_fix() {
+        assert!(parse_err("name = ").contains("line 1"));
+        assert!(parse_err("name = \"x\"").contains("no steps"));
+        assert!(parse_err("name = \"x\"\n[[step]]\nrun = \"true\"").contains("`queue` is missing"));
+        assert!(parse_err("name = \"x\"\n[[step]]\nqueue = \"Q!\"\nrun = \"true\"").contains("'Q'"));
+        assert!(parse_err("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\ntimeout = \"soon\"")
+            .contains("duration"));
+        assert!(parse_err("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\nbogus = 1")
+            .contains("bogus"));
+        assert!(parse_err("name = \"x\"\n[[step]]\napproval = {}\nqueue = \"q\"").contains("`queue`"));
+    }
+
+    #[test]
+    fn limits_are_enforced_with_their_names() {
+        let big = format!("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"{}\"", "a".repeat(70_000));
+        let err = parse(&big, &Limits::default()).unwrap_err();
+        assert!(matches!(&err, SpecError::TooLarge(m) if m.contains("max_command_bytes")));
+        let huge = "#".repeat(2 * 1024 * 1024);
+        assert!(matches!(parse(&huge, &Limits::default()), Err(SpecError::TooLarge(m)) if m.contains("max_spec_bytes")));
+    }
+}

@@ -1,0 +1,70 @@
+//! Persistence behind one trait. The core writes a [`Batch`] per group
+//! commit and reads everything back with [`Store::load`] at start.
+//!
+//! Objects are stored whole (JSON) beside the columns queries need, so a
+//! new field needs no migration and both dialects stay simple.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use opsdeck_proto::v1 as pb;
+
+use crate::core::Loaded;
+use crate::domain::{Approval, Lease, Queue, Run, Worker};
+
+/// Everything one group commit writes, in one transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub runs: Vec<Run>,
+    pub workers: Vec<Worker>,
+    pub leases: Vec<Lease>,
+    pub approvals: Vec<Approval>,
+    pub queues: Vec<Queue>,
+    pub events: Vec<pb::Event>,
+    pub outputs: Vec<pb::OutputChunk>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is unreadable ({what}): {why}")]
+    Corrupt { what: String, why: String },
+    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    UnsupportedUrl(String),
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Everything the core needs to rebuild its live state.
+    async fn load(&self) -> Result<Loaded, StoreError>;
+    /// Writes a batch atomically.
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Events after `after`, oldest first, at most `limit`.
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+        run_id: Option<&str>,
+    ) -> Result<Vec<pb::Event>, StoreError>;
+    /// Up to `until` (inclusive) — for replaying exactly a range.
+    async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError>;
+    /// Output of a run's steps, in order.
+    async fn output(
+        &self,
+        run_id: &str,
+        step: Option<u32>,
+    ) -> Result<Vec<pb::OutputChunk>, StoreError>;
+}
+
+/// Opens the store a database URL names, applying migrations.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}

@@ -1,0 +1,226 @@
+//! The embedded default: one SQLite file in WAL mode.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use opsdeck_proto::v1 as pb;
+use prost::Message;
+use serde::{Serialize, de::DeserializeOwned};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+
+use super::{Batch, Store, StoreError};
+use crate::core::Loaded;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an answered commit survives a crash of the machine, not
+            // only of the process. Group commit keeps the fsyncs few.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt { what: "encode".into(), why: e.to_string() })
+}
+
+fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what: what.into(), why: e.to_string() })
+}
+
+fn state_word<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    Ok(json(v)?.trim_matches('"').to_owned())
+}
+
+fn decode_event(body: &[u8]) -> Result<pb::Event, StoreError> {
+    pb::Event::decode(body).map_err(|e| StoreError::Corrupt { what: "event".into(), why: e.to_string() })
+}
+
+async fn bodies<T: DeserializeOwned>(pool: &SqlitePool, what: &str, sql: &'static str) -> Result<Vec<T>, StoreError> {
+    let rows = sqlx::query(sql).fetch_all(pool).await?;
+    rows.iter().map(|r| parse(what, r.try_get::<&str, _>("body")?)).collect()
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn load(&self) -> Result<Loaded, StoreError> {
+        let queues = sqlx::query("SELECT name, paused FROM queues ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(crate::domain::Queue { name: r.try_get("name")?, paused: r.try_get::<i64, _>("paused")? != 0 })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events").fetch_one(&self.pool).await?;
+        Ok(Loaded {
+            runs: bodies(&self.pool, "run", "SELECT body FROM runs ORDER BY id").await?,
+            workers: bodies(&self.pool, "worker", "SELECT body FROM workers ORDER BY id").await?,
+            leases: bodies(&self.pool, "lease", "SELECT body FROM leases WHERE state = 'active'").await?,
+            approvals: bodies(&self.pool, "approval", "SELECT body FROM approvals ORDER BY id").await?,
+            queues,
+            seq: seq.unwrap_or(0) as u64,
+        })
+    }
+
+    async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
+        let mut t = self.pool.begin().await?;
+        for r in &b.runs {
+            sqlx::query(
+                "INSERT INTO runs (id, name, state, created_at, idempotency_key, body) VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            )
+            .bind(&r.id)
+            .bind(&r.name)
+            .bind(state_word(&r.state)?)
+            .bind(r.created_at)
+            .bind(&r.idempotency_key)
+            .bind(json(r)?)
+            .execute(&mut *t)
+            .await?;
+        }
+        for w in &b.workers {
+            sqlx::query(
+                "INSERT INTO workers (id, state, body) VALUES (?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            )
+            .bind(&w.id)
+            .bind(state_word(&w.state)?)
+            .bind(json(w)?)
+            .execute(&mut *t)
+            .await?;
+        }
+        for l in &b.leases {
+            sqlx::query(
+                "INSERT INTO leases (id, run_id, state, body) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            )
+            .bind(&l.id)
+            .bind(&l.run_id)
+            .bind(state_word(&l.state)?)
+            .bind(json(l)?)
+            .execute(&mut *t)
+            .await?;
+        }
+        for a in &b.approvals {
+            sqlx::query(
+                "INSERT INTO approvals (id, run_id, state, body) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            )
+            .bind(&a.id)
+            .bind(&a.run_id)
+            .bind(state_word(&a.state)?)
+            .bind(json(a)?)
+            .execute(&mut *t)
+            .await?;
+        }
+        for q in &b.queues {
+            sqlx::query(
+                "INSERT INTO queues (name, paused) VALUES (?, ?)
+                 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
+            )
+            .bind(&q.name)
+            .bind(q.paused as i64)
+            .execute(&mut *t)
+            .await?;
+        }
+        for e in &b.events {
+            sqlx::query("INSERT INTO events (seq, at, kind, run_id, actor, body) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(e.seq as i64)
+                .bind(e.at_ms)
+                .bind(&e.kind)
+                .bind((!e.run_id.is_empty()).then_some(&e.run_id))
+                .bind(&e.actor)
+                .bind(e.encode_to_vec())
+                .execute(&mut *t)
+                .await?;
+        }
+        for o in &b.outputs {
+            sqlx::query(
+                "INSERT INTO output (run_id, step_index, attempt, stream, at, truncated, data)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&o.run_id)
+            .bind(o.step_index as i64)
+            .bind(o.attempt as i64)
+            .bind(&o.stream)
+            .bind(o.at_ms)
+            .bind(o.truncated as i64)
+            .bind(&o.data)
+            .execute(&mut *t)
+            .await?;
+        }
+        t.commit().await?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after: u64, limit: u32, run_id: Option<&str>) -> Result<Vec<pb::Event>, StoreError> {
+        let rows = match run_id {
+            Some(run) => {
+                sqlx::query("SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+                    .bind(run)
+                    .bind(after as i64)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+                    .bind(after as i64)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(|r| decode_event(r.try_get::<&[u8], _>("body")?)).collect()
+    }
+
+    async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
+        let rows = sqlx::query("SELECT body FROM events WHERE seq > ? AND seq <= ? ORDER BY seq")
+            .bind(after as i64)
+            .bind(until as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| decode_event(r.try_get::<&[u8], _>("body")?)).collect()
+    }
+
+    async fn output(&self, run_id: &str, step: Option<u32>) -> Result<Vec<pb::OutputChunk>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT step_index, attempt, stream, at, truncated, data FROM output
+             WHERE run_id = ? AND (? IS NULL OR step_index = ?) ORDER BY id",
+        )
+        .bind(run_id)
+        .bind(step.map(i64::from))
+        .bind(step.map(i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(pb::OutputChunk {
+                    run_id: run_id.to_owned(),
+                    step_index: r.try_get::<i64, _>("step_index")? as u32,
+                    attempt: r.try_get::<i64, _>("attempt")? as u32,
+                    stream: r.try_get("stream")?,
+                    at_ms: r.try_get("at")?,
+                    truncated: r.try_get::<i64, _>("truncated")? != 0,
+                    data: r.try_get("data")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}

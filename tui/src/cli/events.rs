@@ -1,0 +1,185 @@
+//! The event log: `events`, `events --follow`.
+
+use clap::Args;
+use opsdeck_proto::v1::{Event, ListEventsRequest};
+
+use super::error::CliError;
+use super::output::note;
+use super::table::{Cell, StreamTable, Table};
+use super::time::{duration, now_ms, relative};
+use super::{Ctx, step_number};
+use crate::client::{EventFollower, Followed};
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing events as they happen, across engine restarts (JSON
+    /// Lines with --output json)
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Start at this sequence number [default: the first event kept]
+    #[arg(long, value_name = "SEQ")]
+    pub from: Option<u64>,
+    /// Only this run's events
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+    /// At most this many events [default: the engine's, 1000]
+    #[arg(long, value_name = "N", conflicts_with = "follow")]
+    pub limit: Option<u32>,
+}
+
+const COLUMNS: [&str; 6] = ["SEQ", "AGE", "KIND", "ACTOR", "SUBJECT", "MESSAGE"];
+
+/// Widths most cells of a followed stream fit in (a ULID is 26 characters).
+const STREAM_WIDTHS: [usize; 6] = [5, 7, 16, 8, 26, 0];
+
+pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
+    // `--from` names the first event to show; the API takes the one before.
+    let after_seq = args.from.map_or(0, |seq| seq.saturating_sub(1));
+    let run_id = args.run.unwrap_or_default();
+    if args.follow {
+        return follow(ctx, run_id, after_seq).await;
+    }
+    let mut client = ctx.engine().await?.events();
+    let request = ListEventsRequest {
+        after_seq,
+        limit: args.limit.unwrap_or(0),
+        run_id,
+    };
+    let events = ctx.call(client.list_events(request)).await?.events;
+    ctx.printer.list(&events, "no events", |events| {
+        let now = now_ms();
+        let mut table = Table::new(&COLUMNS);
+        for event in events {
+            table.row(event_row(event, now));
+        }
+        table
+    })
+}
+
+/// Prints events until interrupted. Only errors that waiting cannot fix end
+/// it: a restarting engine is waited for, with a note on stderr.
+async fn follow(ctx: &mut Ctx, run_id: String, after_seq: u64) -> Result<(), CliError> {
+    let engine = ctx.engine().await?.clone();
+    let mut follower = EventFollower::new(&engine, run_id, after_seq);
+    let columns: Vec<(&str, usize)> = COLUMNS.into_iter().zip(STREAM_WIDTHS).collect();
+    let (mut table, header) = StreamTable::new(&columns, ctx.printer.color());
+    if !ctx.printer.json() {
+        ctx.printer.text(&header)?;
+    }
+    loop {
+        match follower.next().await {
+            Ok(Followed::Event(event)) if ctx.printer.json() => ctx.printer.record(&event)?,
+            Ok(Followed::Event(event)) => {
+                ctx.printer
+                    .text(&table.line(&event_row(&event, now_ms())))?;
+            }
+            Ok(Followed::Reconnecting { after, why }) => note(&format!(
+                "lost the event stream from {} ({why}); following again in {}",
+                engine.target().addr,
+                duration(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+            )),
+            Err(status) => return Err(ctx.refused(status)),
+        }
+    }
+}
+
+fn event_row(event: &Event, now: i64) -> Vec<Cell> {
+    let mut message = event.message.clone();
+    if !event.reason.is_empty() {
+        message.push_str(&format!(" (reason: {})", event.reason));
+    }
+    vec![
+        Cell::new(event.seq.to_string()),
+        Cell::new(relative(event.at_ms, now)),
+        Cell::new(&event.kind),
+        Cell::new(&event.actor),
+        Cell::new(subject(event)),
+        Cell::new(message),
+    ]
+}
+
+/// The id of what the event is about, as its kind names it (`step.failed`
+/// is about a run's step, `worker.drain` about a worker); else the first id
+/// it carries.
+fn subject(event: &Event) -> String {
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let by_kind = match event.kind.split('.').next().unwrap_or_default() {
+        "step" => {
+            some(&event.run_id).map(|run| format!("{run} #{}", step_number(event.step_index)))
+        }
+        "run" => some(&event.run_id),
+        "worker" => some(&event.worker_id),
+        "lease" => some(&event.lease_id),
+        "approval" => some(&event.approval_id),
+        "queue" => some(&event.queue),
+        _ => None,
+    };
+    by_kind
+        .or_else(|| {
+            [
+                &event.run_id,
+                &event.approval_id,
+                &event.lease_id,
+                &event.worker_id,
+                &event.queue,
+            ]
+            .into_iter()
+            .find_map(some)
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str) -> Event {
+        Event {
+            seq: 41,
+            at_ms: 1_700_000_000_000 - 12_000,
+            kind: kind.into(),
+            actor: "ann".into(),
+            run_id: "01HRUN".into(),
+            step_index: 1,
+            worker_id: "w-1".into(),
+            message: "step 2 (deploy) failed".into(),
+            reason: "flaky".into(),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn the_subject_is_what_the_kind_names() {
+        assert_eq!(subject(&event("step.failed")), "01HRUN #2");
+        assert_eq!(subject(&event("run.submitted")), "01HRUN");
+        assert_eq!(subject(&event("worker.drain")), "w-1");
+        assert_eq!(subject(&event("lease.expired")), "01HRUN");
+        assert_eq!(subject(&Event::default()), "");
+    }
+
+    #[test]
+    fn an_event_row_has_age_and_reason() {
+        let row = event_row(&event("step.failed"), 1_700_000_000_000);
+        let texts: Vec<&str> = row.iter().map(Cell::text).collect();
+        assert_eq!(
+            texts,
+            [
+                "41",
+                "12s ago",
+                "step.failed",
+                "ann",
+                "01HRUN #2",
+                "step 2 (deploy) failed (reason: flaky)"
+            ]
+        );
+    }
+
+    #[test]
+    fn events_json_lines_have_state_words_and_one_line_per_event() {
+        let line = serde_json::to_string(&event("step.failed")).unwrap();
+        assert!(!line.contains('\n'));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["seq"], 41);
+        assert_eq!(value["kind"], "step.failed");
+    }
+}

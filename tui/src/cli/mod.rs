@@ -1,0 +1,391 @@
+//! The scriptable subcommands: `opsdeck runs`, `opsdeck approve ID`, …
+//!
+//! One file per resource area; each turns its arguments into one or two
+//! calls and hands the answer to the [`output::Printer`], which writes a
+//! [`table`] for people or JSON for scripts.
+//!
+//! - [`error`]: what can fail, its exit code and its words.
+//! - [`output`], [`table`], [`time`]: the shared text and JSON layout.
+//! - [`runs`], [`events`], [`approvals`], [`workers`], [`queues`],
+//!   [`leases`]: the commands.
+
+pub mod approvals;
+pub mod error;
+pub mod events;
+pub mod leases;
+pub mod output;
+pub mod queues;
+pub mod runs;
+pub mod table;
+pub mod time;
+pub mod workers;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use opsdeck_proto::endpoint::EngineAddr;
+use opsdeck_proto::names::Word;
+
+use crate::client::{Auth, Engine, Target, Token};
+use error::{CliError, status_hint};
+use output::{Format, Printer};
+
+/// The command line. With no subcommand the console will start; until it
+/// exists, that prints the help.
+#[derive(Debug, Parser)]
+#[command(
+    name = "opsdeck",
+    version,
+    about = "Operate an opsdeck engine: runs, approvals, workers, queues, leases and events",
+    after_help = "Exit status: 0 success; 1 the engine refused or could not be reached \
+                  (or `submit --wait` saw the run not succeed); 2 usage error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The engine: http://HOST:PORT, HOST:PORT or unix:///PATH [default: the
+    /// local engine socket if one exists ($XDG_STATE_HOME/opsdeck/engine.sock,
+    /// /var/lib/opsdeck/engine.sock, /run/opsdeck/engine.sock), else
+    /// http://127.0.0.1:7465]
+    #[arg(long, env = "OPSDECK_ENGINE", value_name = "ADDR", global = true)]
+    pub engine: Option<EngineAddr>,
+
+    /// Bearer token sent with every call
+    #[arg(
+        long,
+        env = "OPSDECK_TOKEN",
+        value_name = "TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<Token>,
+
+    /// Output format: aligned tables, or one JSON document
+    #[arg(long, short, value_enum, default_value_t, global = true)]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a run from a TOML spec file (`-` reads stdin)
+    Submit(runs::SubmitArgs),
+    /// List runs, newest first
+    Runs(runs::ListArgs),
+    /// Show a run, its steps and the tail of each step's output
+    Run(runs::ShowArgs),
+    /// Cancel a run
+    Cancel(runs::RunChange),
+    /// Give the dead or failed step of a failed run a new attempt
+    Retry(runs::RunChange),
+    /// List pending approvals
+    Approvals(approvals::ListArgs),
+    /// Approve an approval gate
+    Approve(approvals::DecideArgs),
+    /// Reject an approval gate
+    Reject(approvals::DecideArgs),
+    /// List workers
+    Workers,
+    /// Stop a worker taking new work; it finishes what it holds
+    Drain(workers::WorkerChange),
+    /// Let a drained worker take work again
+    Undrain(workers::WorkerChange),
+    /// Drain a worker, then replace its process with a fresh one
+    Recycle(workers::WorkerChange),
+    /// List queues with their depth and rates
+    Queues,
+    /// Stop handing out a queue's steps
+    Pause(queues::QueueChange),
+    /// Hand out a paused queue's steps again
+    Resume(queues::QueueChange),
+    /// List live leases (stale ones first)
+    Leases(leases::ListArgs),
+    /// Force-release a lease: its step goes back to its queue, or fails
+    Release(leases::ReleaseArgs),
+    /// List the event log, or follow it live
+    Events(events::EventsArgs),
+}
+
+/// `--reason`, which every change takes: it is recorded with the change's
+/// event in the audit trail.
+#[derive(Debug, Args)]
+pub struct Reason {
+    /// Why: recorded in the audit trail with your identity
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+impl Reason {
+    pub fn text(&self) -> String {
+        self.reason.clone().unwrap_or_default()
+    }
+}
+
+/// The longest a single call may take. A script must not hang on an engine
+/// that accepted the connection but stopped answering.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a command runs with: the printer, and the engine, connected when
+/// first needed so that usage errors are reported before connection errors.
+#[derive(Debug)]
+pub struct Ctx {
+    pub printer: Printer,
+    target: Target,
+    auth: Auth,
+    engine: Option<Engine>,
+}
+
+impl Ctx {
+    pub fn new(global: GlobalArgs) -> Self {
+        Self {
+            printer: Printer::new(global.output),
+            target: Target::resolve(global.engine),
+            auth: Auth::new(global.token),
+            engine: None,
+        }
+    }
+
+    /// The engine, connecting on first use.
+    pub async fn engine(&mut self) -> Result<&Engine, CliError> {
+        if self.engine.is_none() {
+            self.engine = Some(Engine::connect(self.target.clone(), self.auth.clone()).await?);
+        }
+        // Set just above, or already; never None here.
+        self.engine
+            .as_ref()
+            .ok_or_else(|| CliError::Usage("no engine".to_owned()))
+    }
+
+    /// One unary call, bounded by [`CALL_TIMEOUT`], its error worded.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, CliError> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.refused(status)),
+            Err(_) => Err(self.refused(tonic::Status::deadline_exceeded(format!(
+                "the engine did not answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            )))),
+        }
+    }
+
+    /// An engine error, with advice where the fix is on this side.
+    pub fn refused(&self, status: tonic::Status) -> CliError {
+        let hint = status_hint(
+            status.code(),
+            self.auth.has_token(),
+            &self.target.addr.to_string(),
+        );
+        CliError::Engine { status, hint }
+    }
+}
+
+/// Runs one subcommand and says how the process should exit.
+pub async fn run(global: GlobalArgs, command: Command) -> ExitCode {
+    let mut ctx = Ctx::new(global);
+    match dispatch(&mut ctx, command).await {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(report) = e.report() {
+                output::note(&report);
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError> {
+    use approvals::Verdict;
+    use queues::QueueAction;
+    use runs::RunAction;
+    use workers::WorkerAction;
+    match command {
+        Command::Submit(args) => return runs::submit(ctx, args).await,
+        Command::Runs(args) => runs::list(ctx, args).await?,
+        Command::Run(args) => runs::show(ctx, args).await?,
+        Command::Cancel(args) => runs::change(ctx, RunAction::Cancel, args).await?,
+        Command::Retry(args) => runs::change(ctx, RunAction::Retry, args).await?,
+        Command::Approvals(args) => approvals::list(ctx, args).await?,
+        Command::Approve(args) => approvals::decide(ctx, Verdict::Approve, args).await?,
+        Command::Reject(args) => approvals::decide(ctx, Verdict::Reject, args).await?,
+        Command::Workers => workers::list(ctx).await?,
+        Command::Drain(args) => workers::change(ctx, WorkerAction::Drain, args).await?,
+        Command::Undrain(args) => workers::change(ctx, WorkerAction::Undrain, args).await?,
+        Command::Recycle(args) => workers::change(ctx, WorkerAction::Recycle, args).await?,
+        Command::Queues => queues::list(ctx).await?,
+        Command::Pause(args) => queues::change(ctx, QueueAction::Pause, args).await?,
+        Command::Resume(args) => queues::change(ctx, QueueAction::Resume, args).await?,
+        Command::Leases(args) => leases::list(ctx, args).await?,
+        Command::Release(args) => leases::release(ctx, args).await?,
+        Command::Events(args) => events::run(ctx, args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses a state word (`waiting_approval`, or `waiting-approval`) for
+/// clap; the error lists the words there are.
+pub fn word<T: Word>(text: &str) -> Result<T, String> {
+    T::from_word(text).ok_or_else(|| format!("expected one of: {}", T::words()))
+}
+
+/// A step's number as people count (1-based, as the engine's messages say
+/// "step 1"); the API's `index` is 0-based.
+pub fn step_number(index: u32) -> u64 {
+    u64::from(index) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use opsdeck_proto::v1::RunState;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("opsdeck").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_parses_so_the_console_can_become_the_default() {
+        let cli = parse(&[]).unwrap();
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let cli = parse(&["runs", "--output", "json", "--engine", "unix:///tmp/e.sock"]).unwrap();
+        assert_eq!(cli.global.output, Format::Json);
+        assert_eq!(
+            cli.global.engine,
+            Some(EngineAddr::Unix("/tmp/e.sock".into()))
+        );
+        let cli = parse(&["-o", "json", "--engine", "10.0.0.1:7465", "queues"]).unwrap();
+        assert_eq!(
+            cli.global.engine,
+            Some(EngineAddr::Tcp("http://10.0.0.1:7465".into()))
+        );
+        assert!(matches!(cli.command, Some(Command::Queues)));
+    }
+
+    #[test]
+    fn bad_engine_addresses_and_formats_are_usage_errors() {
+        let e = parse(&["--engine", "ftp://x", "runs"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("unix:///PATH"), "{e}");
+        assert_eq!(parse(&["-o", "yaml", "runs"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["cancel"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["frobnicate"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn runs_takes_repeated_or_comma_separated_states() {
+        let cli = parse(&[
+            "runs",
+            "--state",
+            "running",
+            "--state",
+            "queued,waiting-approval",
+        ]);
+        let Some(Command::Runs(args)) = cli.unwrap().command else {
+            panic!("not runs")
+        };
+        assert_eq!(
+            args.state,
+            vec![
+                RunState::Running,
+                RunState::Queued,
+                RunState::WaitingApproval
+            ]
+        );
+        let e = parse(&["runs", "--state", "sleeping"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string().contains("waiting_approval"),
+            "lists the words: {e}"
+        );
+    }
+
+    #[test]
+    fn submit_takes_its_flags() {
+        let cli = parse(&[
+            "submit",
+            "-",
+            "--wait",
+            "--idempotency-key",
+            "k1",
+            "--reason",
+            "r",
+        ]);
+        let Some(Command::Submit(args)) = cli.unwrap().command else {
+            panic!("not submit")
+        };
+        assert_eq!(args.file.to_str(), Some("-"));
+        assert!(args.wait);
+        assert_eq!(args.idempotency_key.as_deref(), Some("k1"));
+        assert_eq!(args.reason.text(), "r");
+    }
+
+    #[test]
+    fn approve_takes_comment_as_another_name_for_reason() {
+        let cli = parse(&["approve", "a1", "--comment", "looks good"]).unwrap();
+        let Some(Command::Approve(args)) = cli.command else {
+            panic!("not approve")
+        };
+        assert_eq!(args.id, "a1");
+        assert_eq!(args.reason.as_deref(), Some("looks good"));
+        let cli = parse(&["reject", "a1", "--reason", "not now"]).unwrap();
+        let Some(Command::Reject(args)) = cli.command else {
+            panic!("not reject")
+        };
+        assert_eq!(args.reason.as_deref(), Some("not now"));
+    }
+
+    #[test]
+    fn every_change_takes_a_reason() {
+        for change in [
+            &["cancel", "r1"][..],
+            &["retry", "r1"],
+            &["drain", "w1"],
+            &["undrain", "w1"],
+            &["recycle", "w1"],
+            &["pause", "q"],
+            &["resume", "q"],
+            &["release", "l1", "--fail"],
+        ] {
+            let mut args = change.to_vec();
+            args.extend(["--reason", "incident 42"]);
+            assert!(parse(&args).is_ok(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn events_flags() {
+        let cli = parse(&["events", "-f", "--from", "42", "--run", "r1"]).unwrap();
+        let Some(Command::Events(args)) = cli.command else {
+            panic!("not events")
+        };
+        assert!(args.follow);
+        assert_eq!(args.from, Some(42));
+        assert_eq!(args.run.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn the_token_is_hidden_from_debug_output() {
+        let cli = parse(&["--token", "s3cret", "workers"]).unwrap();
+        assert!(!format!("{cli:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,132 @@
+//! Where a command's answer goes: a table for a person, or exactly one JSON
+//! document for a script (JSON Lines for a followed stream).
+
+use std::ffi::OsStr;
+use std::io::{self, IsTerminal, Write};
+
+use serde::Serialize;
+
+use super::error::CliError;
+use super::table::Table;
+
+/// `--output`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned tables for a person.
+    #[default]
+    Text,
+    /// One JSON document on stdout (JSON Lines with `events --follow`).
+    Json,
+}
+
+/// Writes a command's answer to stdout, and notes to stderr.
+#[derive(Debug)]
+pub struct Printer {
+    format: Format,
+    color: bool,
+}
+
+impl Printer {
+    /// A printer for this process's stdout, coloured only when a person is
+    /// looking at it.
+    pub fn new(format: Format) -> Self {
+        let color = format == Format::Text
+            && use_color(
+                std::env::var_os("NO_COLOR").as_deref(),
+                std::env::var_os("TERM").as_deref(),
+                io::stdout().is_terminal(),
+            );
+        Self { format, color }
+    }
+
+    pub fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    pub fn color(&self) -> bool {
+        self.color
+    }
+
+    /// Text as it is; the caller ends its lines.
+    pub fn text(&self, text: &str) -> Result<(), CliError> {
+        let mut out = io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        // Flushed at once: a followed stream must show each line when it
+        // happens, not when a buffer fills.
+        out.flush()?;
+        Ok(())
+    }
+
+    /// One pretty JSON document.
+    pub fn document<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), CliError> {
+        let mut text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+        text.push('\n');
+        self.text(&text)
+    }
+
+    /// One JSON Lines record.
+    pub fn record<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), CliError> {
+        let mut text = serde_json::to_string(value).map_err(io::Error::other)?;
+        text.push('\n');
+        self.text(&text)
+    }
+
+    /// A list: a JSON array, or a table (a note on stderr when it is empty,
+    /// so that stdout holds only the table).
+    pub fn list<T: Serialize>(
+        &self,
+        items: &[T],
+        none: &str,
+        table: impl FnOnce(&[T]) -> Table,
+    ) -> Result<(), CliError> {
+        if self.json() {
+            return self.document(items);
+        }
+        let table = table(items);
+        if table.is_empty() {
+            note(none);
+            return Ok(());
+        }
+        self.text(&table.render(self.color))
+    }
+
+    /// One object a change returned: the object in JSON, or its row of the
+    /// resource's usual table.
+    pub fn one<T: Serialize>(
+        &self,
+        item: &T,
+        table: impl FnOnce(&[T]) -> Table,
+    ) -> Result<(), CliError> {
+        if self.json() {
+            return self.document(item);
+        }
+        self.text(&table(std::slice::from_ref(item)).render(self.color))
+    }
+}
+
+/// A line on stderr: progress and warnings, never part of the answer.
+pub fn note(text: &str) {
+    // Nothing useful can be done when stderr itself is gone.
+    let _ = writeln!(io::stderr().lock(), "{text}");
+}
+
+/// Colour only for a terminal, and never when NO_COLOR is set to anything
+/// (no-color.org) or the terminal says it cannot show it.
+pub fn use_color(no_color: Option<&OsStr>, term: Option<&OsStr>, is_tty: bool) -> bool {
+    is_tty && no_color.is_none_or(OsStr::is_empty) && term.is_none_or(|t| t != "dumb")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let s = |v: &'static str| Some(OsStr::new(v));
+        assert!(use_color(None, s("xterm-256color"), true));
+        assert!(!use_color(None, s("xterm"), false));
+        assert!(!use_color(s("1"), s("xterm"), true));
+        assert!(use_color(s(""), None, true));
+        assert!(!use_color(None, s("dumb"), true));
+    }
+}

@@ -1,0 +1,122 @@
+//! Workers: `workers`, `drain`, `undrain`, `recycle`.
+
+use clap::Args;
+use opsdeck_proto::names::word_of;
+use opsdeck_proto::v1::{ListWorkersRequest, Worker, WorkerActionRequest, WorkerState};
+
+use super::error::CliError;
+use super::table::{Cell, Table, Tone};
+use super::time::{now_ms, relative};
+use super::{Ctx, Reason};
+
+/// `drain WORKER`, `undrain WORKER`, `recycle WORKER`.
+#[derive(Debug, Args)]
+pub struct WorkerChange {
+    /// The worker's id
+    #[arg(value_name = "WORKER")]
+    pub id: String,
+    #[command(flatten)]
+    pub reason: Reason,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum WorkerAction {
+    Drain,
+    Undrain,
+    Recycle,
+}
+
+pub async fn list(ctx: &mut Ctx) -> Result<(), CliError> {
+    let mut client = ctx.engine().await?.workers();
+    let workers = ctx
+        .call(client.list_workers(ListWorkersRequest {}))
+        .await?
+        .workers;
+    ctx.printer
+        .list(&workers, "no workers", |w| worker_table(w, now_ms()))
+}
+
+pub async fn change(
+    ctx: &mut Ctx,
+    action: WorkerAction,
+    args: WorkerChange,
+) -> Result<(), CliError> {
+    let mut client = ctx.engine().await?.workers();
+    let request = WorkerActionRequest {
+        id: args.id,
+        reason: args.reason.text(),
+    };
+    let worker = match action {
+        WorkerAction::Drain => ctx.call(client.drain_worker(request)).await?,
+        WorkerAction::Undrain => ctx.call(client.undrain_worker(request)).await?,
+        WorkerAction::Recycle => ctx.call(client.recycle_worker(request)).await?,
+    };
+    ctx.printer.one(&worker, |w| worker_table(w, now_ms()))
+}
+
+/// The workers table: one row per worker process.
+pub fn worker_table(workers: &[Worker], now: i64) -> Table {
+    let mut table = Table::new(&[
+        "ID",
+        "STATE",
+        "BUSY",
+        "QUEUES",
+        "HOST",
+        "PID",
+        "GEN",
+        "HEARTBEAT",
+        "VERSION",
+    ]);
+    for w in workers {
+        let word = word_of::<WorkerState>(w.state);
+        let mut state = word.clone();
+        if w.recycle_requested && w.state() != WorkerState::Recycling {
+            state.push_str(" (recycle)");
+        }
+        if !w.connected && matches!(w.state(), WorkerState::Online | WorkerState::Draining) {
+            state.push_str(" (disconnected)");
+        }
+        table.row(vec![
+            Cell::new(&w.id),
+            Cell::toned(state, Tone::of_state(&word)),
+            Cell::new(format!("{}/{}", w.lease_ids.len(), w.slots)),
+            Cell::new(w.queues.join(",")),
+            Cell::new(&w.host),
+            Cell::new(w.pid.to_string()),
+            Cell::new(w.generation.to_string()),
+            Cell::new(relative(w.last_heartbeat_at_ms, now)),
+            Cell::new(&w.version),
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_table_shows_load_and_pending_recycles() {
+        let now = 1_700_000_000_000;
+        let w = Worker {
+            id: "w-1".into(),
+            state: WorkerState::Draining as i32,
+            queues: vec!["build".into(), "deploy".into()],
+            slots: 4,
+            lease_ids: vec!["l1".into()],
+            host: "ci-7".into(),
+            pid: 4242,
+            generation: 3,
+            last_heartbeat_at_ms: now - 2_000,
+            version: "0.1.0".into(),
+            connected: true,
+            recycle_requested: true,
+            ..Worker::default()
+        };
+        assert_eq!(
+            worker_table(&[w], now).render(false),
+            "ID   STATE               BUSY  QUEUES        HOST  PID   GEN  HEARTBEAT  VERSION\n\
+             w-1  draining (recycle)  1/4   build,deploy  ci-7  4242  3    2s ago     0.1.0\n"
+        );
+    }
+}
