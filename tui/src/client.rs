@@ -239,8 +239,8 @@ fn connect_hint(target: &Target, kind: Option<std::io::ErrorKind>) -> String {
         Origin::Fallback { looked_at } => {
             let paths: Vec<String> = looked_at.iter().map(|p| p.display().to_string()).collect();
             hint = format!(
-                "no engine was named and there is no local engine socket ({}); pass --engine \
-                 ADDR or set OPSDECK_ENGINE to the engine's address. Otherwise: {hint}",
+                "no engine was named and there is no local engine socket ({}): start opsdeckd, \
+                 or name the engine with --engine ADDR or OPSDECK_ENGINE",
                 paths.join(", ")
             );
         }

@@ -45,10 +45,6 @@ impl Ledger {
         self.results.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty() && self.results.is_empty()
-    }
-
     /// Every lease in hand, for the engine to keep and renew. A finished
     /// step counts until its result is acknowledged: if its lease lapsed
     /// first, the engine would run the step again and refuse the result.
@@ -189,7 +185,7 @@ mod tests {
         assert_eq!(ledger.revoke("a", cancel()), Revoked::Stopping);
         assert_eq!(stop.borrow().as_ref().map(|s| s.reason.clone()), Some(StopReason::Revoked));
         assert!(ledger.finish("a", StepExit::succeeded("ok"), 1).is_none());
-        assert!(ledger.is_empty());
+        assert!(ledger.held().is_empty());
     }
 
     #[tokio::test]
@@ -199,7 +195,7 @@ mod tests {
         ledger.finish("a", StepExit::succeeded("ok"), 1);
         assert_eq!(ledger.revoke("a", cancel()), Revoked::ResultDropped);
         assert_eq!(ledger.revoke("zzz", cancel()), Revoked::Unknown);
-        assert!(ledger.is_empty());
+        assert!(ledger.held().is_empty());
     }
 
     #[tokio::test]

@@ -547,7 +547,7 @@ impl State {
             step.approval_id = None;
         }
         tx.runs.insert(id.to_owned());
-        self.emit(tx, actor, reason, Ev::new("run.retried", format!("step {index} gets new attempts")).step(id, index));
+        self.emit(tx, actor, reason, Ev::new("run.retried", format!("step {} gets new attempts", self.step_name(id, index))).step(id, index));
         self.start_step(tx, id, index, actor, reason);
         self.get_run(id)
     }
@@ -871,7 +871,7 @@ impl State {
         step.state = StepState::Running;
         step.started_at = Some(tx.now);
         tx.runs.insert(run_id.clone());
-        let msg = format!("step {index} running on {worker_id} (pid {})", started.pid);
+        let msg = format!("step {} running on {worker_id} (pid {})", self.step_name(&run_id, index), started.pid);
         self.emit(tx, &Actor::worker(worker_id), "", Ev::new("step.running", msg).step(&run_id, index).worker(worker_id));
     }
 
@@ -1235,7 +1235,7 @@ impl State {
                 }
                 tx.runs.insert(run_id.to_owned());
                 tx.approvals.insert(id.clone());
-                let ev = Ev::new("approval.requested", format!("step {index} waits for approval")).approval(&a);
+                let ev = Ev::new("approval.requested", "step waits for approval").approval(&a);
                 self.approvals.insert(id, a);
                 self.emit(tx, actor, reason, ev);
             }
@@ -1256,7 +1256,7 @@ impl State {
         let q = self.queue_live(&queue);
         trim_window(&mut q.enqueued, tx.now);
         trim_window(&mut q.completed, tx.now);
-        let ev = Ev::new("step.queued", format!("step {index} ready on queue {queue}")).step(run_id, index).queue(&queue);
+        let ev = Ev::new("step.queued", format!("step {} ready on queue {queue}", self.step_name(run_id, index))).step(run_id, index).queue(&queue);
         self.emit(tx, actor, reason, ev);
     }
 
@@ -1280,7 +1280,7 @@ impl State {
         step.finished_at = Some(tx.now);
         step.message = message;
         tx.runs.insert(run_id.to_owned());
-        self.emit(tx, actor, reason, Ev::new("step.succeeded", format!("step {index} succeeded")).step(run_id, index));
+        self.emit(tx, actor, reason, Ev::new("step.succeeded", format!("step {} succeeded", self.step_name(run_id, index))).step(run_id, index));
         if last {
             self.finish_run(tx, run_id, RunState::Succeeded, "every step succeeded".into(), actor, reason);
         } else {
@@ -1301,11 +1301,11 @@ impl State {
             tx.runs.insert(run_id.to_owned());
             self.queue_live(&queue).delayed += 1;
             self.timers.push(Reverse((due, Timer::RetryDue(run_id.to_owned(), index))));
-            let msg = format!("step {index} failed ({message}); retry in {}", humantime::format_duration(Duration::from_millis(delay)));
+            let msg = format!("step {} failed ({message}); retry in {}", self.step_name(run_id, index), humantime::format_duration(Duration::from_millis(delay)));
             self.emit(tx, actor, "", Ev::new("step.retry_scheduled", msg).step(run_id, index).queue(&queue));
         } else {
             let attempts = step.attempt;
-            let msg = format!("step {index} dead after {attempts} attempts: {message}");
+            let msg = format!("step {} dead after {attempts} attempts: {message}", self.step_name(run_id, index));
             self.fail_step(tx, run_id, index, StepState::Dead, message, actor, "");
             self.finish_run(tx, run_id, RunState::Failed, msg, actor, "");
         }
@@ -1318,7 +1318,7 @@ impl State {
         step.message = message.clone();
         tx.runs.insert(run_id.to_owned());
         let kind = if state == StepState::Dead { "step.dead" } else { "step.failed" };
-        self.emit(tx, actor, reason, Ev::new(kind, format!("step {index}: {message}")).step(run_id, index));
+        self.emit(tx, actor, reason, Ev::new(kind, format!("step {}: {message}", self.step_name(run_id, index))).step(run_id, index));
     }
 
     /// Takes a step out of whatever it is doing (queue, lease, backoff,
@@ -1403,6 +1403,16 @@ impl State {
             events: std::mem::take(&mut tx.events),
             outputs: std::mem::take(&mut tx.outputs),
         }
+    }
+}
+
+impl State {
+    /// A step's name, for sentences.
+    fn step_name(&self, run_id: &str, index: u32) -> String {
+        self.runs
+            .get(run_id)
+            .and_then(|r| r.step(index))
+            .map_or_else(|| format!("#{}", index + 1), |s| s.spec.name.clone())
     }
 }
 

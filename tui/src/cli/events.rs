@@ -6,7 +6,7 @@ use opsdeck_proto::v1::{Event, ListEventsRequest};
 use super::error::CliError;
 use super::output::note;
 use super::table::{Cell, StreamTable, Table};
-use super::time::{duration, now_ms, relative};
+use super::time::{now_ms, relative, span};
 use super::{Ctx, step_number};
 use crate::client::{EventFollower, Followed};
 
@@ -76,7 +76,7 @@ async fn follow(ctx: &mut Ctx, run_id: String, after_seq: u64) -> Result<(), Cli
             Ok(Followed::Reconnecting { after, why }) => note(&format!(
                 "lost the event stream from {} ({why}); following again in {}",
                 engine.target().addr,
-                duration(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+                span(after)
             )),
             Err(status) => return Err(ctx.refused(status)),
         }

@@ -53,9 +53,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// The engine: http://HOST:PORT, HOST:PORT or unix:///PATH [default: the
-    /// local engine socket if one exists ($XDG_STATE_HOME/opsdeck/engine.sock,
-    /// /var/lib/opsdeck/engine.sock, /run/opsdeck/engine.sock), else
-    /// http://127.0.0.1:7465]
+    /// local engine socket, else http://127.0.0.1:7465]
+    ///
+    /// The local engine socket is the first that exists of
+    /// $XDG_STATE_HOME/opsdeck/engine.sock (XDG_STATE_HOME defaulting to
+    /// ~/.local/state), /var/lib/opsdeck/engine.sock and
+    /// /run/opsdeck/engine.sock, in that order.
     #[arg(long, env = "OPSDECK_ENGINE", value_name = "ADDR", global = true)]
     pub engine: Option<EngineAddr>,
 
@@ -155,13 +158,11 @@ impl Ctx {
 
     /// The engine, connecting on first use.
     pub async fn engine(&mut self) -> Result<&Engine, CliError> {
-        if self.engine.is_none() {
-            self.engine = Some(Engine::connect(self.target.clone(), self.auth.clone()).await?);
-        }
-        // Set just above, or already; never None here.
-        self.engine
-            .as_ref()
-            .ok_or_else(|| CliError::Usage("no engine".to_owned()))
+        let engine = match self.engine.take() {
+            Some(engine) => engine,
+            None => Engine::connect(self.target.clone(), self.auth.clone()).await?,
+        };
+        Ok(self.engine.insert(engine))
     }
 
     /// One unary call, bounded by [`CALL_TIMEOUT`], its error worded.

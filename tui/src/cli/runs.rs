@@ -20,7 +20,7 @@ use tonic::Code;
 use super::error::CliError;
 use super::output::note;
 use super::table::{Cell, Fields, Table, Tone, clean};
-use super::time::{duration, now_ms, relative};
+use super::time::{now_ms, relative, span};
 use super::{Ctx, Reason, step_number, word};
 use crate::client::{Authed, EventFollower, Followed, is_transient};
 
@@ -165,8 +165,9 @@ fn is_final(state: RunState) -> bool {
 }
 
 /// Follows the run's events until one shows it final, then reads it whole.
-/// Polls as well, and polls only if the engine cannot stream events.
-/// Engine restarts on the way are waited out, not reported as failures.
+/// Also asks for the run every few seconds, in case the event that ends it
+/// does not carry it; only that, if the engine cannot stream events. Engine
+/// restarts on the way are waited out, not reported as failures.
 async fn wait_until_final(ctx: &mut Ctx, run: Run, progress: bool) -> Result<Run, CliError> {
     if is_final(run.state()) {
         return Ok(run);
@@ -193,7 +194,7 @@ async fn wait_until_final(ctx: &mut Ctx, run: Run, progress: bool) -> Result<Run
                 }
                 Ok(Followed::Reconnecting { after, why }) => note(&format!(
                     "lost the run's events ({why}); following again in {}",
-                    duration(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+                    span(after)
                 )),
                 Err(status) if status.code() == Code::Unimplemented => {
                     note("the engine cannot stream events; asking for the run every few seconds");

@@ -4,7 +4,7 @@
 //! function here takes `now` explicitly so that tables render the same in
 //! tests as on a clock.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, as the engine counts them.
 pub fn now_ms() -> i64 {
@@ -58,6 +58,11 @@ pub fn duration(ms: u64) -> String {
         ms if ms < DAY => two(ms / HOUR, "h", ms % HOUR / MIN, "m"),
         ms => two(ms / DAY, "d", ms % DAY / HOUR, "h"),
     }
+}
+
+/// A [`Duration`] as [`duration`] words it.
+pub fn span(d: Duration) -> String {
+    duration(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A span that may be unset (0): "-" then.
