@@ -313,6 +313,13 @@ pub fn is_transient(status: &Status) -> bool {
     )
 }
 
+/// Whether a followed stream should be followed again from its last event:
+/// when [`is_transient`], and when the engine cut off a reader that fell
+/// behind (RESOURCE_EXHAUSTED, its "resync"), which it asks to follow again.
+fn is_resumable(status: &Status) -> bool {
+    is_transient(status) || status.code() == Code::ResourceExhausted
+}
+
 /// What [`EventFollower::next`] has for its caller.
 #[derive(Debug)]
 pub enum Followed {
@@ -371,7 +378,7 @@ impl EventFollower {
                 };
                 match self.client.follow_events(request).await {
                     Ok(response) => self.stream = Some(response.into_inner()),
-                    Err(status) if is_transient(&status) => return Ok(self.broke(status.message())),
+                    Err(status) if is_resumable(&status) => return Ok(self.broke(status.message())),
                     Err(status) => return Err(status),
                 }
                 continue;
@@ -387,7 +394,7 @@ impl EventFollower {
                     return Ok(Followed::Event(Box::new(event)));
                 }
                 Ok(None) => return Ok(self.broke("the engine closed the stream")),
-                Err(status) if is_transient(&status) => return Ok(self.broke(status.message())),
+                Err(status) if is_resumable(&status) => return Ok(self.broke(status.message())),
                 Err(status) => return Err(status),
             }
         }

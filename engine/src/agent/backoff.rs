@@ -44,13 +44,17 @@ fn jittered(ceiling: Duration, unit: f64) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_ceiling_doubles_from_200ms_to_10s() {
         let ceilings: Vec<_> = (0..9).map(|n| ceiling(n).as_millis()).collect();
-        assert_eq!(ceilings, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(
+            ceilings,
+            [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+        );
         assert_eq!(ceiling(u32::MAX), CAP);
     }
 

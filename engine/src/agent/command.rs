@@ -25,7 +25,12 @@ const GENERATION_ENV: &str = "OPSDECK_WORKER_GENERATION";
 #[derive(Clone, clap::Args)]
 pub struct WorkerArgs {
     /// The engine: http://HOST:PORT, HOST:PORT or unix:///PATH.
-    #[arg(long, value_name = "ADDR", env = "OPSDECK_ENGINE", default_value = "http://127.0.0.1:7465")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "OPSDECK_ENGINE",
+        default_value = "http://127.0.0.1:7465"
+    )]
     pub engine: EngineAddr,
 
     /// This worker's stable id [default: the host name].
@@ -53,7 +58,12 @@ pub struct WorkerArgs {
     pub labels: Vec<(String, String)>,
 
     /// The bearer token to present to the engine.
-    #[arg(long, value_name = "TOKEN", env = "OPSDECK_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "OPSDECK_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// How long a cancelled or timed-out step has between SIGTERM and SIGKILL.
@@ -80,10 +90,16 @@ impl WorkerArgs {
     pub fn options(&self, generation: u64) -> anyhow::Result<AgentOptions> {
         let worker_id = match &self.id {
             Some(id) => id.clone(),
-            None => host_name().context("could not read the host name to use as the worker id; pass --id")?,
+            None => host_name()
+                .context("could not read the host name to use as the worker id; pass --id")?,
         };
         let mut seen = std::collections::HashSet::new();
-        let queues: Vec<String> = self.queues.iter().filter(|q| seen.insert(*q)).cloned().collect();
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|q| seen.insert(*q))
+            .cloned()
+            .collect();
         let mut labels = BTreeMap::new();
         for (key, value) in &self.labels {
             if labels.insert(key.clone(), value.clone()).is_some() {
@@ -123,7 +139,12 @@ pub async fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
     let shutdown = CancellationToken::new();
     let kill = CancellationToken::new();
-    let agent = super::run_until(opts, Arc::new(ProcessExecutor), shutdown.clone(), kill.clone());
+    let agent = super::run_until(
+        opts,
+        Arc::new(ProcessExecutor),
+        shutdown.clone(),
+        kill.clone(),
+    );
     tokio::pin!(agent);
     let mut received = 0;
     let exit = loop {
@@ -174,7 +195,10 @@ fn reexec(next_generation: u64) -> anyhow::Error {
         .env(GENERATION_ENV, next_generation.to_string())
         .exec();
     tracing::error!(exe = %exe.display(), "could not re-exec to recycle the worker: {err}");
-    anyhow!("could not re-exec {} to recycle the worker: {err}", exe.display())
+    anyhow!(
+        "could not re-exec {} to recycle the worker: {err}",
+        exe.display()
+    )
 }
 
 /// Linux names a running binary that was replaced on disk (an upgrade)
@@ -205,7 +229,9 @@ fn parse_queue(value: &str) -> Result<String, String> {
 
 fn parse_label(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
         _ => Err(format!("invalid label {value:?}: use KEY=VALUE")),
     }
 }
@@ -219,7 +245,10 @@ struct Signals {
 impl Signals {
     fn new() -> anyhow::Result<Self> {
         let listen = |kind| signal(kind).context("could not listen for signals");
-        Ok(Self { term: listen(SignalKind::terminate())?, int: listen(SignalKind::interrupt())? })
+        Ok(Self {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+        })
     }
 
     async fn recv(&mut self) -> &'static str {
@@ -231,6 +260,7 @@ impl Signals {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use clap::Parser;
 
@@ -243,7 +273,8 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<WorkerArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("opsdeckd").chain(args.iter().copied())).map(|c| c.worker)
+        Cli::try_parse_from(std::iter::once("opsdeckd").chain(args.iter().copied()))
+            .map(|c| c.worker)
     }
 
     #[test]
@@ -266,11 +297,17 @@ mod tests {
         ])
         .unwrap();
         let opts = args.options(3).unwrap();
-        assert_eq!(opts.engine, EngineAddr::Unix("/run/opsdeck/engine.sock".into()));
+        assert_eq!(
+            opts.engine,
+            EngineAddr::Unix("/run/opsdeck/engine.sock".into())
+        );
         assert_eq!(opts.worker_id, "build-7");
         assert_eq!(opts.queues, ["build", "deploy.eu"]);
         assert_eq!(opts.slots, 4);
-        assert_eq!(opts.labels, BTreeMap::from([("zone".into(), "eu-1".into())]));
+        assert_eq!(
+            opts.labels,
+            BTreeMap::from([("zone".into(), "eu-1".into())])
+        );
         assert_eq!(opts.cancel_grace, Duration::from_secs(90));
         assert_eq!(opts.generation, 3);
     }
@@ -287,13 +324,24 @@ mod tests {
     #[test]
     fn bad_input_is_refused_with_a_reason() {
         let no_queue = parse(&[]).err().map(|e| e.kind());
-        assert_eq!(no_queue, Some(clap::error::ErrorKind::MissingRequiredArgument));
-        let bad_queue = parse(&["--queue", "Build"]).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(bad_queue.contains("invalid queue name \"Build\""), "{bad_queue}");
+        assert_eq!(
+            no_queue,
+            Some(clap::error::ErrorKind::MissingRequiredArgument)
+        );
+        let bad_queue = parse(&["--queue", "Build"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            bad_queue.contains("invalid queue name \"Build\""),
+            "{bad_queue}"
+        );
         assert!(parse(&["--queue", "q", "--slots", "0"]).is_err());
         assert!(parse(&["--queue", "q", "--label", "novalue"]).is_err());
         assert!(parse(&["--queue", "q", "--engine", "ftp://x"]).is_err());
-        let twice = parse(&["--queue", "q", "--label", "a=1", "--label", "a=2"]).unwrap().options(1);
+        let twice = parse(&["--queue", "q", "--label", "a=1", "--label", "a=2"])
+            .unwrap()
+            .options(1);
         assert!(twice.is_err());
     }
 

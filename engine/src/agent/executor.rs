@@ -15,7 +15,9 @@ use std::{
     time::Duration,
 };
 
-use opsdeck_proto::v1::{AgentMessage, Assignment, Outcome, StepOutput, StepStarted, agent_message};
+use opsdeck_proto::v1::{
+    AgentMessage, Assignment, Outcome, StepOutput, StepStarted, agent_message,
+};
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
@@ -59,12 +61,20 @@ pub struct StepExit {
 impl StepExit {
     /// Finished successfully.
     pub fn succeeded(message: impl Into<String>) -> Self {
-        Self { outcome: Outcome::Succeeded, exit_code: Some(0), message: message.into() }
+        Self {
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            message: message.into(),
+        }
     }
 
     /// Failed: non-zero exit, killed by a signal, or could not start.
     pub fn failed(exit_code: Option<i32>, message: impl Into<String>) -> Self {
-        Self { outcome: Outcome::Failed, exit_code, message: message.into() }
+        Self {
+            outcome: Outcome::Failed,
+            exit_code,
+            message: message.into(),
+        }
     }
 
     /// Ended because it was told to stop; `how` says how the process went.
@@ -113,7 +123,9 @@ impl StopReason {
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Cancelled { reason } if reason.is_empty() => f.write_str("cancelled by the engine"),
+            Self::Cancelled { reason } if reason.is_empty() => {
+                f.write_str("cancelled by the engine")
+            }
             Self::Cancelled { reason } => write!(f, "cancelled by the engine ({reason})"),
             Self::TimedOut { after } => {
                 write!(f, "timed out after {}", humantime::format_duration(*after))
@@ -172,7 +184,12 @@ struct ReportState {
 
 impl Reporter {
     pub(crate) fn new(lease_id: &str, fencing_token: u64, uplink: Uplink) -> Self {
-        Self { lease_id: lease_id.into(), fencing_token, uplink, state: Arc::default() }
+        Self {
+            lease_id: lease_id.into(),
+            fencing_token,
+            uplink,
+            state: Arc::default(),
+        }
     }
 
     /// The step is under way, as process `pid` (0 when there is no process).
@@ -196,7 +213,9 @@ impl Reporter {
             if !self.send(msg).await {
                 let mut state = self.lock();
                 if state.lost_bytes == 0 {
-                    tracing::warn!("the engine is unreachable: dropping this step's output until it is back");
+                    tracing::warn!(
+                        "the engine is unreachable: dropping this step's output until it is back"
+                    );
                 }
                 state.lost_bytes += chunk.len() as u64;
             }
@@ -261,7 +280,12 @@ impl StepControl {
         grace: Duration,
     ) -> Self {
         let deadline = timeout.map(|after| (Instant::now() + after, after));
-        Self { requests, closed: false, deadline, grace }
+        Self {
+            requests,
+            closed: false,
+            deadline,
+            grace,
+        }
     }
 
     /// Resolves with the next request to stop: from the engine, the worker,
@@ -363,25 +387,36 @@ pub(crate) mod testing {
             reporter: Reporter::new(&step.lease_id, step.fencing_token, uplink),
             control: StepControl::new(requests, timeout, grace),
         };
-        (ctx, Harness { up, stop, _link: link })
+        (
+            ctx,
+            Harness {
+                up,
+                stop,
+                _link: link,
+            },
+        )
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn stop_requested_fires_at_the_timeout_with_the_default_grace() {
         let (_tx, rx) = watch::channel(None);
-        let mut control = StepControl::new(rx, Some(Duration::from_secs(5)), Duration::from_secs(2));
+        let mut control =
+            StepControl::new(rx, Some(Duration::from_secs(5)), Duration::from_secs(2));
         let start = Instant::now();
         let stop = control.stop_requested().await;
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         assert_eq!(
             stop,
             Stop {
-                reason: StopReason::TimedOut { after: Duration::from_secs(5) },
+                reason: StopReason::TimedOut {
+                    after: Duration::from_secs(5)
+                },
                 grace: Duration::from_secs(2)
             }
         );
@@ -392,7 +427,9 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let mut control = StepControl::new(rx, None, Duration::from_secs(10));
         let cancel = Stop {
-            reason: StopReason::Cancelled { reason: "wrong host".into() },
+            reason: StopReason::Cancelled {
+                reason: "wrong host".into(),
+            },
             grace: Duration::from_secs(3),
         };
         tx.send_replace(Some(cancel.clone()));
@@ -413,10 +450,14 @@ mod tests {
 
     #[test]
     fn stop_reasons_read_as_sentences_and_pick_the_outcome() {
-        let cancelled = StopReason::Cancelled { reason: String::new() };
+        let cancelled = StopReason::Cancelled {
+            reason: String::new(),
+        };
         assert_eq!(cancelled.to_string(), "cancelled by the engine");
         assert_eq!(cancelled.outcome(), Outcome::Cancelled);
-        let timed_out = StopReason::TimedOut { after: Duration::from_secs(90) };
+        let timed_out = StopReason::TimedOut {
+            after: Duration::from_secs(90),
+        };
         assert_eq!(timed_out.to_string(), "timed out after 1m 30s");
         assert_eq!(timed_out.outcome(), Outcome::TimedOut);
         assert_eq!(StopReason::Shutdown.outcome(), Outcome::Failed);
@@ -424,7 +465,11 @@ mod tests {
 
     #[tokio::test]
     async fn instant_executor_reports_started_then_succeeds() {
-        let step = Assignment { lease_id: "l1".into(), fencing_token: 7, ..Default::default() };
+        let step = Assignment {
+            lease_id: "l1".into(),
+            fencing_token: 7,
+            ..Default::default()
+        };
         let (ctx, mut harness) = testing::context(&step, Duration::from_secs(1));
         let exit = InstantExecutor.execute(step, ctx).await;
         assert_eq!(exit.outcome, Outcome::Succeeded);
@@ -434,10 +479,16 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_split_into_64k_chunks_and_announced_first() {
-        let step = Assignment { lease_id: "l1".into(), fencing_token: 7, ..Default::default() };
+        let step = Assignment {
+            lease_id: "l1".into(),
+            fencing_token: 7,
+            ..Default::default()
+        };
         let (ctx, mut harness) = testing::context(&step, Duration::from_secs(1));
         ctx.reporter.started(42).await;
-        ctx.reporter.output(OutputStream::Stdout, &vec![b'x'; 150_000]).await;
+        ctx.reporter
+            .output(OutputStream::Stdout, &vec![b'x'; 150_000])
+            .await;
         let sent = harness.drain();
         assert_eq!(sent.started, vec![42]);
         assert_eq!(sent.chunks, vec![65_536, 65_536, 18_928]);

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use opsdeck_proto::{
     endpoint::EngineAddr,
     v1::{
-        AgentMessage, Assignment, CancelStep, EngineMessage, Hello, HeldLease, Outcome, Recycle,
+        AgentMessage, Assignment, CancelStep, EngineMessage, HeldLease, Hello, Outcome, Recycle,
         ResultAck, StepResult, Welcome, agent_message,
         agent_server::{Agent, AgentServer},
         engine_message,
@@ -39,7 +39,11 @@ impl Agent for FakeEngine {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let (down, rx) = mpsc::unbounded_channel();
-        let _ = self.sessions.send(EngineSide { up: request.into_inner(), down, authorization });
+        let _ = self.sessions.send(EngineSide {
+            up: request.into_inner(),
+            down,
+            authorization,
+        });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }
 }
@@ -55,7 +59,10 @@ impl EngineSide {
     /// The next message up, or `None` once the worker ended the stream.
     async fn next(&mut self) -> Option<agent_message::Kind> {
         let msg = tokio::time::timeout(PATIENCE, self.up.message()).await;
-        msg.expect("the worker said nothing").ok().flatten().and_then(|m| m.kind)
+        msg.expect("the worker said nothing")
+            .ok()
+            .flatten()
+            .and_then(|m| m.kind)
     }
 
     /// The next message that is not a heartbeat.
@@ -130,7 +137,9 @@ impl EngineSide {
 
     /// Breaks the session as a restarting engine would.
     fn break_off(self) {
-        let _ = self.down.send(Err(Status::unavailable("engine restarting")));
+        let _ = self
+            .down
+            .send(Err(Status::unavailable("engine restarting")));
     }
 
     /// Waits until the step's stdout has said `needle`.
@@ -161,7 +170,11 @@ impl Harness {
                 .add_service(AgentServer::new(FakeEngine { sessions: tx }))
                 .serve_with_incoming(UnixListenerStream::new(listener)),
         );
-        Self { sessions, engine: EngineAddr::Unix(path), _dir: dir }
+        Self {
+            sessions,
+            engine: EngineAddr::Unix(path),
+            _dir: dir,
+        }
     }
 
     fn options(&self) -> AgentOptions {
@@ -175,17 +188,27 @@ impl Harness {
     }
 
     fn spawn(&self, shutdown: &CancellationToken) -> JoinHandle<anyhow::Result<AgentExit>> {
-        tokio::spawn(run(self.options(), Arc::new(ProcessExecutor), shutdown.clone()))
+        tokio::spawn(run(
+            self.options(),
+            Arc::new(ProcessExecutor),
+            shutdown.clone(),
+        ))
     }
 
     async fn session(&mut self) -> EngineSide {
         let session = tokio::time::timeout(PATIENCE, self.sessions.recv()).await;
-        session.expect("the worker did not connect").expect("the fake engine stopped")
+        session
+            .expect("the worker did not connect")
+            .expect("the fake engine stopped")
     }
 }
 
 async fn exit_of(worker: JoinHandle<anyhow::Result<AgentExit>>) -> AgentExit {
-    tokio::time::timeout(PATIENCE, worker).await.expect("the worker did not return").unwrap().unwrap()
+    tokio::time::timeout(PATIENCE, worker)
+        .await
+        .expect("the worker did not return")
+        .unwrap()
+        .unwrap()
 }
 
 fn held(leases: &[HeldLease]) -> Vec<&str> {
@@ -201,7 +224,12 @@ async fn a_step_runs_reports_and_is_held_until_acked_then_the_worker_recycles() 
     assert_eq!(engine.authorization.as_deref(), Some("Bearer tok"));
     let hello = engine.hello().await;
     assert_eq!(
-        (hello.worker_id.as_str(), hello.queues.as_slice(), hello.slots, hello.generation),
+        (
+            hello.worker_id.as_str(),
+            hello.queues.as_slice(),
+            hello.slots,
+            hello.generation
+        ),
         ("w1", ["build".to_owned()].as_slice(), 4, 5)
     );
     assert_eq!(hello.labels.get("zone").map(String::as_str), Some("eu-1"));
@@ -212,16 +240,27 @@ async fn a_step_runs_reports_and_is_held_until_acked_then_the_worker_recycles() 
 
     engine.assign("l1", "echo hi");
     match engine.recv().await {
-        agent_message::Kind::Started(s) => assert!(s.lease_id == "l1" && s.fencing_token == 9 && s.pid > 0),
+        agent_message::Kind::Started(s) => {
+            assert!(s.lease_id == "l1" && s.fencing_token == 9 && s.pid > 0)
+        }
         other => panic!("expected StepStarted, got {other:?}"),
     }
     match engine.recv().await {
-        agent_message::Kind::Output(o) => assert_eq!((o.stream.as_str(), o.data.as_slice()), ("stdout", &b"hi\n"[..])),
+        agent_message::Kind::Output(o) => assert_eq!(
+            (o.stream.as_str(), o.data.as_slice()),
+            ("stdout", &b"hi\n"[..])
+        ),
         other => panic!("expected StepOutput, got {other:?}"),
     }
     let result = engine.result().await;
     assert_eq!(
-        (result.lease_id.as_str(), result.fencing_token, result.outcome, result.exit_code, result.has_exit_code),
+        (
+            result.lease_id.as_str(),
+            result.fencing_token,
+            result.outcome,
+            result.exit_code,
+            result.has_exit_code
+        ),
         ("l1", 9, Outcome::Succeeded as i32, 0, true)
     );
     assert!(result.finished_at_ms > 0);
@@ -231,7 +270,10 @@ async fn a_step_runs_reports_and_is_held_until_acked_then_the_worker_recycles() 
     while !engine.heartbeat().await.is_empty() {}
 
     engine.send(engine_message::Kind::Recycle(Recycle {}));
-    assert_eq!(exit_of(worker).await, AgentExit::Recycle { next_generation: 6 });
+    assert_eq!(
+        exit_of(worker).await,
+        AgentExit::Recycle { next_generation: 6 }
+    );
     engine.closed().await;
 }
 
@@ -310,7 +352,10 @@ async fn cancel_step_stops_the_process_and_reports_cancelled() {
     }));
     let result = engine.result().await;
     assert_eq!(result.outcome, Outcome::Cancelled as i32);
-    assert_eq!(result.message, "cancelled by the engine (operator: wrong host): killed by signal 15 (SIGTERM)");
+    assert_eq!(
+        result.message,
+        "cancelled by the engine (operator: wrong host): killed by signal 15 (SIGTERM)"
+    );
     assert!(!result.has_exit_code);
     engine.ack("l1");
 
@@ -337,7 +382,9 @@ async fn a_revoked_lease_is_stopped_and_its_result_not_sent() {
     loop {
         match engine.next().await {
             Some(agent_message::Kind::Heartbeat(h)) if h.held.is_empty() => break,
-            Some(agent_message::Kind::Result(r)) => panic!("sent a result for a revoked lease: {r:?}"),
+            Some(agent_message::Kind::Result(r)) => {
+                panic!("sent a result for a revoked lease: {r:?}")
+            }
             _ => {}
         }
     }
@@ -369,7 +416,13 @@ async fn a_second_signal_stops_running_steps_and_reports_them_failed() {
     engine.welcome(&[]);
     let result = engine.result().await;
     assert_eq!(result.outcome, Outcome::Failed as i32);
-    assert!(result.message.starts_with("stopped because the worker is shutting down"), "{}", result.message);
+    assert!(
+        result
+            .message
+            .starts_with("stopped because the worker is shutting down"),
+        "{}",
+        result.message
+    );
     engine.ack("l1");
     assert_eq!(exit_of(worker).await, AgentExit::Stopped);
 }
@@ -378,7 +431,10 @@ async fn a_second_signal_stops_running_steps_and_reports_them_failed() {
 async fn the_instant_executor_finishes_a_burst_of_steps() {
     let mut harness = Harness::start().await;
     let shutdown = CancellationToken::new();
-    let opts = AgentOptions { slots: 256, ..harness.options() };
+    let opts = AgentOptions {
+        slots: 256,
+        ..harness.options()
+    };
     let worker = tokio::spawn(run(opts, Arc::new(InstantExecutor), shutdown.clone()));
 
     let mut engine = harness.session().await;

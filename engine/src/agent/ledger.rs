@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use opsdeck_proto::v1::{HeldLease, StepResult};
 use tokio::{sync::watch, task};
 
-use super::executor::{Stop, StopReason, StepExit};
+use super::executor::{StepExit, Stop, StopReason};
 
 #[derive(Default)]
 pub(super) struct Ledger {
@@ -53,7 +53,10 @@ impl Ledger {
         let finished = self.results.iter().map(|(id, r)| (id, r.fencing_token));
         let mut held: Vec<_> = running
             .chain(finished)
-            .map(|(id, fencing_token)| HeldLease { lease_id: id.clone(), fencing_token })
+            .map(|(id, fencing_token)| HeldLease {
+                lease_id: id.clone(),
+                fencing_token,
+            })
             .collect();
         held.sort_by(|a, b| a.lease_id.cmp(&b.lease_id));
         held
@@ -86,7 +89,10 @@ impl Ledger {
         match self.running.get_mut(lease_id) {
             Some(running) => {
                 running.revoked = true;
-                running.stop.send_replace(Some(Stop { reason: StopReason::Revoked, ..stop }));
+                running.stop.send_replace(Some(Stop {
+                    reason: StopReason::Revoked,
+                    ..stop
+                }));
                 Revoked::Stopping
             }
             None => Revoked::Unknown,
@@ -95,13 +101,21 @@ impl Ledger {
 
     /// The lease of the step run by `task`.
     pub fn lease_of(&self, task: task::Id) -> Option<String> {
-        self.running.iter().find(|(_, r)| r.task == task).map(|(id, _)| id.clone())
+        self.running
+            .iter()
+            .find(|(_, r)| r.task == task)
+            .map(|(id, _)| id.clone())
     }
 
     /// A step ended: keep its result until acknowledged and return it for
     /// sending, or `None` when there is nobody to send it to (revoked, or
     /// not a step of ours).
-    pub fn finish(&mut self, lease_id: &str, exit: StepExit, finished_at_ms: i64) -> Option<StepResult> {
+    pub fn finish(
+        &mut self,
+        lease_id: &str,
+        exit: StepExit,
+        finished_at_ms: i64,
+    ) -> Option<StepResult> {
         let running = self.running.remove(lease_id)?;
         if running.revoked {
             return None;
@@ -140,6 +154,7 @@ pub(super) enum Revoked {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::time::Duration;
 
@@ -150,12 +165,25 @@ mod tests {
     fn running(ledger: &mut Ledger, lease: &str, token: u64) -> watch::Receiver<Option<Stop>> {
         let (stop, rx) = watch::channel(None);
         let task = tokio::spawn(async {}).id();
-        ledger.start(lease.into(), Running { fencing_token: token, task, stop, revoked: false });
+        ledger.start(
+            lease.into(),
+            Running {
+                fencing_token: token,
+                task,
+                stop,
+                revoked: false,
+            },
+        );
         rx
     }
 
     fn cancel() -> Stop {
-        Stop { reason: StopReason::Cancelled { reason: String::new() }, grace: Duration::from_secs(1) }
+        Stop {
+            reason: StopReason::Cancelled {
+                reason: String::new(),
+            },
+            grace: Duration::from_secs(1),
+        }
     }
 
     #[tokio::test]
@@ -163,13 +191,26 @@ mod tests {
         let mut ledger = Ledger::default();
         let _a = running(&mut ledger, "a", 3);
         let _b = running(&mut ledger, "b", 5);
-        let result = ledger.finish("b", StepExit::failed(Some(2), "exited with status 2"), 1_000);
+        let result = ledger.finish(
+            "b",
+            StepExit::failed(Some(2), "exited with status 2"),
+            1_000,
+        );
         let result = result.unwrap();
         assert_eq!(
-            (result.fencing_token, result.outcome, result.exit_code, result.has_exit_code),
+            (
+                result.fencing_token,
+                result.outcome,
+                result.exit_code,
+                result.has_exit_code
+            ),
             (5, Outcome::Failed as i32, 2, true)
         );
-        let held: Vec<_> = ledger.held().into_iter().map(|h| (h.lease_id, h.fencing_token)).collect();
+        let held: Vec<_> = ledger
+            .held()
+            .into_iter()
+            .map(|h| (h.lease_id, h.fencing_token))
+            .collect();
         assert_eq!(held, vec![("a".into(), 3), ("b".into(), 5)]);
         assert_eq!(ledger.results(), vec![result]);
 
@@ -183,7 +224,10 @@ mod tests {
         let mut ledger = Ledger::default();
         let stop = running(&mut ledger, "a", 1);
         assert_eq!(ledger.revoke("a", cancel()), Revoked::Stopping);
-        assert_eq!(stop.borrow().as_ref().map(|s| s.reason.clone()), Some(StopReason::Revoked));
+        assert_eq!(
+            stop.borrow().as_ref().map(|s| s.reason.clone()),
+            Some(StopReason::Revoked)
+        );
         assert!(ledger.finish("a", StepExit::succeeded("ok"), 1).is_none());
         assert!(ledger.held().is_empty());
     }

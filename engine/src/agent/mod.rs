@@ -23,10 +23,11 @@
 mod backoff;
 mod command;
 pub mod executor;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod fake_engine_tests;
 mod ledger;
 mod process;
-#[cfg(test)]
-mod fake_engine_tests;
 mod session;
 mod worker;
 
@@ -81,13 +82,19 @@ impl AgentOptions {
     /// Says what is wrong, if anything, in words a person can act on.
     pub fn validate(&self) -> anyhow::Result<()> {
         check_worker_id(&self.worker_id)?;
-        ensure!(!self.queues.is_empty(), "a worker needs at least one queue to serve");
+        ensure!(
+            !self.queues.is_empty(),
+            "a worker needs at least one queue to serve"
+        );
         for queue in &self.queues {
             check_queue_name(queue)?;
         }
         ensure!(self.slots >= 1, "slots must be at least 1");
         for key in self.labels.keys() {
-            ensure!(!key.trim().is_empty(), "a label needs a name: use KEY=VALUE");
+            ensure!(
+                !key.trim().is_empty(),
+                "a label needs a name: use KEY=VALUE"
+            );
         }
         if let Some(token) = &self.token {
             ensure!(
@@ -155,7 +162,11 @@ pub(crate) async fn run_until(
 
 /// This machine's name, if it has a readable one.
 pub(crate) fn host_name() -> Option<String> {
-    nix::unistd::gethostname().ok()?.into_string().ok().filter(|name| !name.is_empty())
+    nix::unistd::gethostname()
+        .ok()?
+        .into_string()
+        .ok()
+        .filter(|name| !name.is_empty())
 }
 
 /// Queue names are `[a-z0-9._-]{1,64}`, as everywhere in opsdeck; `*`
@@ -175,11 +186,16 @@ fn check_worker_id(id: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     fn options() -> AgentOptions {
-        AgentOptions::new("unix:///tmp/x.sock".parse().unwrap(), "w1", vec!["default".into()])
+        AgentOptions::new(
+            "unix:///tmp/x.sock".parse().unwrap(),
+            "w1",
+            vec!["default".into()],
+        )
     }
 
     #[test]
@@ -195,22 +211,37 @@ mod tests {
     #[test]
     fn validate_names_the_problem() {
         assert!(options().validate().is_ok());
-        let no_queues = AgentOptions { queues: vec![], ..options() };
+        let no_queues = AgentOptions {
+            queues: vec![],
+            ..options()
+        };
         assert_eq!(
             no_queues.validate().unwrap_err().to_string(),
             "a worker needs at least one queue to serve"
         );
-        let zero_slots = AgentOptions { slots: 0, ..options() };
+        let zero_slots = AgentOptions {
+            slots: 0,
+            ..options()
+        };
         assert!(zero_slots.validate().is_err());
-        let bad_token = AgentOptions { token: Some("has space".into()), ..options() };
+        let bad_token = AgentOptions {
+            token: Some("has space".into()),
+            ..options()
+        };
         assert!(bad_token.validate().is_err());
-        let bad_id = AgentOptions { worker_id: "".into(), ..options() };
+        let bad_id = AgentOptions {
+            worker_id: "".into(),
+            ..options()
+        };
         assert!(bad_id.validate().is_err());
     }
 
     #[test]
     fn debug_does_not_show_the_token() {
-        let opts = AgentOptions { token: Some("s3cret".into()), ..options() };
+        let opts = AgentOptions {
+            token: Some("s3cret".into()),
+            ..options()
+        };
         let shown = format!("{opts:?}");
         assert!(!shown.contains("s3cret"));
         assert!(shown.contains("<redacted>"));

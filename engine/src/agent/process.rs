@@ -24,6 +24,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument as _;
 
 use super::executor::{
     Executor, MAX_OUTPUT_CHUNK, OutputStream, Reporter, StepContext, StepControl, StepExit,
@@ -50,7 +51,10 @@ impl Executor for ProcessExecutor {
 }
 
 async fn run(step: Assignment, ctx: StepContext) -> StepExit {
-    let StepContext { reporter, mut control } = ctx;
+    let StepContext {
+        reporter,
+        mut control,
+    } = ctx;
     let mut command = match command(&step) {
         Ok(command) => command,
         Err(why) => return StepExit::failed(None, format!("could not start: {why}")),
@@ -61,8 +65,15 @@ async fn run(step: Assignment, ctx: StepContext) -> StepExit {
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let program = command.as_std().get_program().to_string_lossy().into_owned();
-            return StepExit::failed(None, format!("could not start: {} ({program})", describe_io(&e)));
+            let program = command
+                .as_std()
+                .get_program()
+                .to_string_lossy()
+                .into_owned();
+            return StepExit::failed(
+                None,
+                format!("could not start: {} ({program})", describe_io(&e)),
+            );
         }
     };
     let Some(pid) = child.id() else {
@@ -73,8 +84,14 @@ async fn run(step: Assignment, ctx: StepContext) -> StepExit {
     reporter.started(pid).await;
 
     let pumps = [
-        child.stdout.take().map(|pipe| pump(pipe, OutputStream::Stdout, reporter.clone())),
-        child.stderr.take().map(|pipe| pump(pipe, OutputStream::Stderr, reporter.clone())),
+        child
+            .stdout
+            .take()
+            .map(|pipe| pump(pipe, OutputStream::Stdout, reporter.clone())),
+        child
+            .stderr
+            .take()
+            .map(|pipe| pump(pipe, OutputStream::Stderr, reporter.clone())),
     ];
     let exit = supervise(&mut child, &group, &mut control).await;
     group.finish();
@@ -94,7 +111,10 @@ async fn run(step: Assignment, ctx: StepContext) -> StepExit {
     }
     let lost = reporter.lost_bytes();
     if lost > 0 {
-        tracing::warn!(lost_bytes = lost, "output lost while the engine was unreachable");
+        tracing::warn!(
+            lost_bytes = lost,
+            "output lost while the engine was unreachable"
+        );
     }
     exit
 }
@@ -202,7 +222,10 @@ fn exited(status: ExitStatus) -> StepExit {
 }
 
 fn lost_track(e: &io::Error) -> StepExit {
-    StepExit::failed(None, format!("lost track of the process: {}", describe_io(e)))
+    StepExit::failed(
+        None,
+        format!("lost track of the process: {}", describe_io(e)),
+    )
 }
 
 /// "exited with status 3", "killed by signal 9 (SIGKILL)".
@@ -213,8 +236,14 @@ fn describe_status(status: ExitStatus) -> String {
     let Some(signal) = status.signal() else {
         return format!("ended with wait status {}", status.into_raw());
     };
-    let name = Signal::try_from(signal).map(Signal::as_str).unwrap_or("unknown signal");
-    let core = if status.core_dumped() { ", core dumped" } else { "" };
+    let name = Signal::try_from(signal)
+        .map(Signal::as_str)
+        .unwrap_or("unknown signal");
+    let core = if status.core_dumped() {
+        ", core dumped"
+    } else {
+        ""
+    };
     format!("killed by signal {signal} ({name}{core})")
 }
 
@@ -233,7 +262,7 @@ fn pump(
     stream: OutputStream,
     reporter: Reporter,
 ) -> AbortOnDropHandle<()> {
-    AbortOnDropHandle::new(tokio::spawn(async move {
+    let copy = async move {
         let mut buf = vec![0; MAX_OUTPUT_CHUNK];
         loop {
             match pipe.read(&mut buf).await {
@@ -241,12 +270,17 @@ fn pump(
                 Ok(n) => reporter.output(stream, &buf[..n]).await,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::warn!(stream = stream.as_str(), "could not read the step's output: {e}");
+                    tracing::warn!(
+                        stream = stream.as_str(),
+                        "could not read the step's output: {e}"
+                    );
                     return;
                 }
             }
         }
-    }))
+    };
+    // In the step's span, so what the pump logs names the step.
+    AbortOnDropHandle::new(tokio::spawn(copy.instrument(tracing::Span::current())))
 }
 
 /// The step's process group. Dropped while armed (the step's future was
@@ -259,7 +293,10 @@ struct ProcessGroup {
 impl ProcessGroup {
     fn new(leader: u32) -> Self {
         // With process_group(0) the group id is the leader's pid; pids fit in i32.
-        Self { pgid: Pid::from_raw(leader as i32), armed: true }
+        Self {
+            pgid: Pid::from_raw(leader as i32),
+            armed: true,
+        }
     }
 
     fn signal(&self, signal: Signal) {
@@ -288,6 +325,7 @@ impl Drop for ProcessGroup {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::collections::HashMap;
 
@@ -363,7 +401,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_could_not_start() {
-        let step = Assignment { argv: vec!["/nonexistent/opsdeck-test".into()], ..shell("") };
+        let step = Assignment {
+            argv: vec!["/nonexistent/opsdeck-test".into()],
+            ..shell("")
+        };
         let (exit, sent) = run_step(step).await;
         assert_eq!(exit.outcome, Outcome::Failed);
         assert_eq!(
@@ -378,7 +419,10 @@ mod tests {
         let (exit, _) = run_step(shell("")).await;
         assert_eq!(
             exit,
-            StepExit::failed(None, "could not start: the step has neither a shell command nor argv")
+            StepExit::failed(
+                None,
+                "could not start: the step has neither a shell command nor argv"
+            )
         );
     }
 
@@ -399,7 +443,9 @@ mod tests {
             step_index: 2,
             env: HashMap::from([("GREETING".into(), "hi there".into())]),
             workdir: dir_path.to_string_lossy().into_owned(),
-            ..shell(r#"printf '%s|%s|%s|%s' "$GREETING" "$(pwd -P)" "$OPSDECK_RUN_ID" "$OPSDECK_STEP_INDEX""#)
+            ..shell(
+                r#"printf '%s|%s|%s|%s' "$GREETING" "$(pwd -P)" "$OPSDECK_RUN_ID" "$OPSDECK_STEP_INDEX""#,
+            )
         };
         let (exit, sent) = run_step(step).await;
         assert_eq!(exit.outcome, Outcome::Succeeded);
@@ -423,7 +469,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_workdir_is_named_as_such() {
-        let step = Assignment { workdir: "/nonexistent/opsdeck-dir".into(), ..shell("true") };
+        let step = Assignment {
+            workdir: "/nonexistent/opsdeck-dir".into(),
+            ..shell("true")
+        };
         let (exit, _) = run_step(step).await;
         assert_eq!(
             exit.message,
@@ -436,18 +485,32 @@ mod tests {
         let (exit, sent) = run_step(shell("head -c 300000 /dev/zero")).await;
         assert_eq!(exit.outcome, Outcome::Succeeded);
         assert_eq!(sent.stdout.len(), 300_000);
-        assert!(sent.chunks.iter().all(|&n| n > 0 && n <= MAX_OUTPUT_CHUNK), "{:?}", sent.chunks);
+        assert!(
+            sent.chunks.iter().all(|&n| n > 0 && n <= MAX_OUTPUT_CHUNK),
+            "{:?}",
+            sent.chunks
+        );
     }
 
     #[tokio::test]
     async fn a_timeout_kills_the_step_and_reports_timed_out() {
-        let step = Assignment { timeout_ms: 200, ..shell("sleep 30") };
+        let step = Assignment {
+            timeout_ms: 200,
+            ..shell("sleep 30")
+        };
         let started = Instant::now();
         let (exit, _) = run_step(step).await;
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
         assert_eq!(exit.outcome, Outcome::TimedOut);
         assert_eq!(exit.exit_code, None);
-        assert_eq!(exit.message, "timed out after 200ms: killed by signal 15 (SIGTERM)");
+        assert_eq!(
+            exit.message,
+            "timed out after 200ms: killed by signal 15 (SIGTERM)"
+        );
     }
 
     #[tokio::test]
@@ -460,7 +523,9 @@ mod tests {
         let grace = Duration::from_millis(300);
         let cancelled_at = Instant::now();
         harness.stop.send_replace(Some(Stop {
-            reason: StopReason::Cancelled { reason: "operator: wrong host".into() },
+            reason: StopReason::Cancelled {
+                reason: "operator: wrong host".into(),
+            },
             grace,
         }));
         let exit = task.await.unwrap();
@@ -483,12 +548,17 @@ mod tests {
         wait_for_stdout(&mut harness.up, "ready").await;
         let started = Instant::now();
         harness.stop.send_replace(Some(Stop {
-            reason: StopReason::Cancelled { reason: String::new() },
+            reason: StopReason::Cancelled {
+                reason: String::new(),
+            },
             grace: GRACE,
         }));
         let exit = task.await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(exit.message, "cancelled by the engine: killed by signal 15 (SIGTERM)");
+        assert_eq!(
+            exit.message,
+            "cancelled by the engine: killed by signal 15 (SIGTERM)"
+        );
     }
 
     #[tokio::test]
@@ -502,8 +572,14 @@ mod tests {
         wait_for_stdout(&mut harness.up, "ready").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         // The timeout fired with a 10 s grace; the worker now wants it gone.
-        harness.stop.send_replace(Some(Stop { reason: StopReason::Shutdown, grace: Duration::ZERO }));
-        let exit = tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        harness.stop.send_replace(Some(Stop {
+            reason: StopReason::Shutdown,
+            grace: Duration::ZERO,
+        }));
+        let exit = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(exit.outcome, Outcome::TimedOut);
         assert!(exit.message.contains("SIGKILL"), "{}", exit.message);
     }
@@ -512,7 +588,11 @@ mod tests {
     async fn leftover_background_processes_do_not_hold_the_step_open() {
         let started = Instant::now();
         let (exit, sent) = run_step(shell("sleep 30 & echo done")).await;
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
         assert_eq!(exit.outcome, Outcome::Succeeded);
         assert_eq!(sent.stdout, b"done\n");
     }
@@ -542,7 +622,14 @@ mod tests {
     /// Alive and not a zombie (a killed child waits for the runtime's reaper).
     fn is_alive(pid: u32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(false)
     }
 }

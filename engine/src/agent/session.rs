@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use opsdeck_proto::{
     endpoint::EngineAddr,
-    v1::{AgentMessage, EngineMessage, Hello, Welcome, agent_client::AgentClient, agent_message, engine_message},
+    v1::{
+        AgentMessage, EngineMessage, Hello, Welcome, agent_client::AgentClient, agent_message,
+        engine_message,
+    },
 };
 use tokio::{
     sync::mpsc,
@@ -35,6 +38,9 @@ pub(super) struct Session {
 }
 
 /// What happened on an open session.
+// Returned and matched at once, never stored: boxing the message would cost
+// an allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum SessionEvent {
     /// A message from the engine, the end of its stream (`Ok(None)`), or an error.
     Message(Result<Option<EngineMessage>, Status>),
@@ -49,20 +55,37 @@ pub(super) struct Closed;
 
 impl Session {
     /// Connects, sends `hello` and waits for the engine's Welcome.
-    pub async fn open(engine: EngineAddr, token: Option<String>, hello: Hello) -> anyhow::Result<Self> {
+    pub async fn open(
+        engine: EngineAddr,
+        token: Option<String>,
+        hello: Hello,
+    ) -> anyhow::Result<Self> {
         tokio::time::timeout(OPEN_TIMEOUT, Self::handshake(engine, token, hello))
             .await
-            .map_err(|_| anyhow!("no Welcome within {}", humantime::format_duration(OPEN_TIMEOUT)))?
+            .map_err(|_| {
+                anyhow!(
+                    "no Welcome within {}",
+                    humantime::format_duration(OPEN_TIMEOUT)
+                )
+            })?
     }
 
-    async fn handshake(engine: EngineAddr, token: Option<String>, hello: Hello) -> anyhow::Result<Self> {
+    async fn handshake(
+        engine: EngineAddr,
+        token: Option<String>,
+        hello: Hello,
+    ) -> anyhow::Result<Self> {
         let channel = engine.connect().await.context("could not connect")?;
         let (tx, rx) = mpsc::channel(OUTBOX);
         // Queued before the call so Hello is the first message whatever the engine awaits first.
-        tx.send(message(agent_message::Kind::Hello(hello))).await.map_err(|_| Closed)?;
+        tx.send(message(agent_message::Kind::Hello(hello)))
+            .await
+            .map_err(|_| Closed)?;
         let mut request = Request::new(ReceiverStream::new(rx));
         if let Some(token) = token {
-            request.metadata_mut().insert("authorization", bearer(&token)?);
+            request
+                .metadata_mut()
+                .insert("authorization", bearer(&token)?);
         }
         let mut inbound = AgentClient::new(channel)
             .session(request)
@@ -70,7 +93,9 @@ impl Session {
             .map_err(|status| anyhow!("the engine refused the session: {}", describe(&status)))?
             .into_inner();
         let welcome = match inbound.message().await {
-            Ok(Some(EngineMessage { kind: Some(engine_message::Kind::Welcome(welcome)) })) => welcome,
+            Ok(Some(EngineMessage {
+                kind: Some(engine_message::Kind::Welcome(welcome)),
+            })) => welcome,
             Ok(Some(other)) => bail!("the engine answered Hello with {other:?} instead of Welcome"),
             Ok(None) => bail!("the engine closed the session before its Welcome"),
             Err(status) => bail!("the engine ended the session: {}", describe(&status)),
@@ -81,7 +106,12 @@ impl Session {
         };
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Self { tx, inbound, welcome, heartbeat })
+        Ok(Self {
+            tx,
+            inbound,
+            welcome,
+            heartbeat,
+        })
     }
 
     pub fn welcome(&self) -> &Welcome {
@@ -113,7 +143,9 @@ impl Session {
     /// The stream up ends once every sender is gone: the caller must have
     /// withdrawn the ones it handed to steps.
     pub async fn close(self, wait: Duration) -> Vec<EngineMessage> {
-        let Self { tx, mut inbound, .. } = self;
+        let Self {
+            tx, mut inbound, ..
+        } = self;
         drop(tx);
         let mut late = Vec::new();
         let _ = tokio::time::timeout(wait, async {

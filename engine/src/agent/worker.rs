@@ -6,6 +6,7 @@
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::anyhow;
+use opsdeck_proto::names::Word as _;
 use opsdeck_proto::v1::{
     AgentHeartbeat, AgentMessage, Assignment, EngineMessage, Hello, agent_message, engine_message,
 };
@@ -59,9 +60,11 @@ pub(super) struct Worker {
 
 enum Conn {
     /// Not connected; try again at this time.
-    Down { retry_at: Instant },
+    Down {
+        retry_at: Instant,
+    },
     Connecting(Pin<Box<dyn Future<Output = anyhow::Result<Session>> + Send>>),
-    Up(Session),
+    Up(Box<Session>),
 }
 
 impl Conn {
@@ -110,7 +113,9 @@ impl Worker {
             ledger: Ledger::default(),
             steps: JoinSet::new(),
             uplink: watch::channel(None).0,
-            conn: Conn::Down { retry_at: Instant::now() },
+            conn: Conn::Down {
+                retry_at: Instant::now(),
+            },
             backoff: Backoff::default(),
             engine_draining: false,
             ending: None,
@@ -160,15 +165,18 @@ impl Worker {
             Wake::Opened(Err(e)) => self.retry_later(&e),
             Wake::Session(SessionEvent::Message(Ok(Some(msg)))) => self.on_message(msg).await,
             Wake::Session(SessionEvent::Message(Ok(None))) => {
-                info!("the engine closed the session; reconnecting");
                 self.retry_later(&anyhow!("the engine closed the session"));
             }
             Wake::Session(SessionEvent::Message(Err(status))) => {
-                self.retry_later(&anyhow!("the session broke: {}", session::describe(&status)));
+                self.retry_later(&anyhow!(
+                    "the session broke: {}",
+                    session::describe(&status)
+                ));
             }
             Wake::Session(SessionEvent::Heartbeat) => {
                 let held = self.ledger.held();
-                self.send(agent_message::Kind::Heartbeat(AgentHeartbeat { held })).await;
+                self.send(agent_message::Kind::Heartbeat(AgentHeartbeat { held }))
+                    .await;
             }
             Wake::AckWaitOver => {
                 self.ack_deadline = None;
@@ -184,7 +192,11 @@ impl Worker {
             worker_id: opts.worker_id.clone(),
             queues: opts.queues.clone(),
             slots: opts.slots,
-            labels: opts.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: opts
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             host: self.host.clone(),
             pid: std::process::id(),
@@ -196,7 +208,11 @@ impl Worker {
 
     fn open(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<Session>> + Send>> {
         debug!(engine = %self.opts.engine, "connecting to the engine");
-        Box::pin(Session::open(self.opts.engine.clone(), self.opts.token.clone(), self.hello()))
+        Box::pin(Session::open(
+            self.opts.engine.clone(),
+            self.opts.token.clone(),
+            self.hello(),
+        ))
     }
 
     /// Drops the session, if any, and schedules the next attempt.
@@ -211,7 +227,9 @@ impl Worker {
             "no session with the engine: {error:#}; retrying in {}",
             humantime::format_duration(shown)
         );
-        self.conn = Conn::Down { retry_at: Instant::now() + delay };
+        self.conn = Conn::Down {
+            retry_at: Instant::now() + delay,
+        };
     }
 
     async fn on_welcome(&mut self, session: Session) {
@@ -227,12 +245,20 @@ impl Worker {
             "connected to the engine"
         );
         self.engine_draining = welcome.draining;
-        let revoke = Stop { reason: StopReason::Revoked, grace: self.opts.cancel_grace };
+        let revoke = Stop {
+            reason: StopReason::Revoked,
+            grace: self.opts.cancel_grace,
+        };
         for lease_id in &welcome.revoked {
             match self.ledger.revoke(lease_id, revoke.clone()) {
-                Revoked::Stopping => warn!(lease_id, "the engine revoked this lease: stopping its step"),
+                Revoked::Stopping => {
+                    warn!(lease_id, "the engine revoked this lease: stopping its step")
+                }
                 Revoked::ResultDropped => {
-                    warn!(lease_id, "the engine revoked this lease: dropping its unsent result")
+                    warn!(
+                        lease_id,
+                        "the engine revoked this lease: dropping its unsent result"
+                    )
                 }
                 Revoked::Unknown => debug!(lease_id, "the engine revoked a lease not held here"),
             }
@@ -240,13 +266,17 @@ impl Worker {
         // Results the last session did not see acknowledged go first, before
         // any step can send more on this session.
         for result in self.ledger.results() {
-            if session.send(agent_message::Kind::Result(result)).await.is_err() {
+            if session
+                .send(agent_message::Kind::Result(result))
+                .await
+                .is_err()
+            {
                 self.retry_later(&anyhow!("the session closed while resending results"));
                 return;
             }
         }
         self.uplink.send_replace(Some(session.sender()));
-        self.conn = Conn::Up(session);
+        self.conn = Conn::Up(Box::new(session));
     }
 
     async fn on_message(&mut self, msg: EngineMessage) {
@@ -258,14 +288,25 @@ impl Worker {
                     0 => self.opts.cancel_grace,
                     ms => Duration::from_millis(ms),
                 };
-                let stop = Stop { reason: StopReason::Cancelled { reason: cancel.reason }, grace };
+                let stop = Stop {
+                    reason: StopReason::Cancelled {
+                        reason: cancel.reason,
+                    },
+                    grace,
+                };
                 if !self.ledger.stop(&cancel.lease_id, stop) {
-                    debug!(lease_id = cancel.lease_id, "cancel for a step not running here");
+                    debug!(
+                        lease_id = cancel.lease_id,
+                        "cancel for a step not running here"
+                    );
                 }
             }
             Some(Kind::Drain(drain)) => {
                 if drain.draining != self.engine_draining {
-                    info!(draining = drain.draining, "the engine changed this worker's draining");
+                    info!(
+                        draining = drain.draining,
+                        "the engine changed this worker's draining"
+                    );
                 }
                 self.engine_draining = drain.draining;
             }
@@ -282,8 +323,7 @@ impl Worker {
                 Some(_) if ack.accepted => debug!(lease_id = ack.lease_id, "result accepted"),
                 Some(_) => warn!(
                     lease_id = ack.lease_id,
-                    "the engine refused the step's result: {}",
-                    ack.message
+                    "the engine refused the step's result: {}", ack.message
                 ),
                 None => debug!(lease_id = ack.lease_id, "ack for a result not held here"),
             },
@@ -296,15 +336,24 @@ impl Worker {
         if self.ending == Some(Ending::Stop) {
             // Sent before the engine saw this worker draining. Not in the
             // next Hello's `held`, so the engine requeues it then.
-            info!(lease_id = step.lease_id, "not starting an assignment: the worker is shutting down");
+            info!(
+                lease_id = step.lease_id,
+                "not starting an assignment: the worker is shutting down"
+            );
             return;
         }
         if self.ledger.contains(&step.lease_id) {
-            warn!(lease_id = step.lease_id, "assigned a lease already in hand; ignoring the duplicate");
+            warn!(
+                lease_id = step.lease_id,
+                "assigned a lease already in hand; ignoring the duplicate"
+            );
             return;
         }
         if self.ledger.running() >= self.opts.slots as usize {
-            warn!(slots = self.opts.slots, "the engine assigned more steps than this worker has slots");
+            warn!(
+                slots = self.opts.slots,
+                "the engine assigned more steps than this worker has slots"
+            );
         }
         let span = tracing::info_span!(
             "step",
@@ -314,7 +363,7 @@ impl Worker {
             worker_id = %self.opts.worker_id,
             attempt = step.attempt,
         );
-        span.in_scope(|| info!(step = %step.step_name, "step assigned"));
+        span.in_scope(|| debug!(step = %step.step_name, "step assigned"));
 
         let (stop, requests) = watch::channel(None);
         let timeout = (step.timeout_ms > 0).then(|| Duration::from_millis(step.timeout_ms));
@@ -330,26 +379,50 @@ impl Worker {
                 let lease_id = lease_id.clone();
                 async move {
                     let exit = running.await;
-                    info!(outcome = exit.outcome.as_str_name(), "step finished: {}", exit.message);
-                    Finished { lease_id, exit, finished_at_ms: now_ms() }
+                    info!(
+                        outcome = exit.outcome.word(),
+                        "step finished: {}", exit.message
+                    );
+                    Finished {
+                        lease_id,
+                        exit,
+                        finished_at_ms: now_ms(),
+                    }
                 }
             }
             .instrument(span),
         );
-        self.ledger.start(lease_id, Running { fencing_token, task: task.id(), stop, revoked: false });
+        self.ledger.start(
+            lease_id,
+            Running {
+                fencing_token,
+                task: task.id(),
+                stop,
+                revoked: false,
+            },
+        );
     }
 
     async fn on_step_done(&mut self, done: Result<(task::Id, Finished), JoinError>) {
         let finished = match done {
             Ok((_, finished)) => finished,
             Err(e) => {
-                let Some(lease_id) = self.ledger.lease_of(e.id()) else { return };
+                let Some(lease_id) = self.ledger.lease_of(e.id()) else {
+                    return;
+                };
                 tracing::error!(lease_id, "the step's executor failed: {e}");
                 let exit = StepExit::failed(None, format!("the worker's executor failed: {e}"));
-                Finished { lease_id, exit, finished_at_ms: now_ms() }
+                Finished {
+                    lease_id,
+                    exit,
+                    finished_at_ms: now_ms(),
+                }
             }
         };
-        if let Some(result) = self.ledger.finish(&finished.lease_id, finished.exit, finished.finished_at_ms) {
+        if let Some(result) =
+            self.ledger
+                .finish(&finished.lease_id, finished.exit, finished.finished_at_ms)
+        {
             self.send(agent_message::Kind::Result(result)).await;
         }
     }
@@ -361,10 +434,18 @@ impl Worker {
         if running == 0 {
             return;
         }
-        info!(running, "draining: no new steps; the running ones may finish");
+        info!(
+            running,
+            "draining: no new steps; the running ones may finish"
+        );
         // The engine hears of a worker's own draining only in a Hello: start
         // a new session that says so, keeping the running steps' leases.
-        match std::mem::replace(&mut self.conn, Conn::Down { retry_at: Instant::now() }) {
+        match std::mem::replace(
+            &mut self.conn,
+            Conn::Down {
+                retry_at: Instant::now(),
+            },
+        ) {
             Conn::Up(session) => {
                 self.uplink.send_replace(None);
                 for msg in session.close(CLOSE_WAIT).await {
@@ -385,7 +466,10 @@ impl Worker {
         let running = self.ledger.running();
         if running > 0 {
             warn!(running, "stopping the running steps");
-            self.ledger.stop_all(&Stop { reason: StopReason::Shutdown, grace: self.opts.cancel_grace });
+            self.ledger.stop_all(&Stop {
+                reason: StopReason::Shutdown,
+                grace: self.opts.cancel_grace,
+            });
         }
     }
 
@@ -408,7 +492,8 @@ impl Worker {
         }
         let unacked = self.ledger.unacked();
         if unacked > 0 && !self.ack_wait_over {
-            self.ack_deadline.get_or_insert_with(|| Instant::now() + ACK_WAIT);
+            self.ack_deadline
+                .get_or_insert_with(|| Instant::now() + ACK_WAIT);
             return None;
         }
         if unacked > 0 {
@@ -420,13 +505,20 @@ impl Worker {
         }
         Some(match ending {
             Ending::Stop => AgentExit::Stopped,
-            Ending::Recycle => AgentExit::Recycle { next_generation: self.opts.generation + 1 },
+            Ending::Recycle => AgentExit::Recycle {
+                next_generation: self.opts.generation + 1,
+            },
         })
     }
 
     async fn hang_up(&mut self) {
         self.uplink.send_replace(None);
-        if let Conn::Up(session) = std::mem::replace(&mut self.conn, Conn::Down { retry_at: Instant::now() }) {
+        if let Conn::Up(session) = std::mem::replace(
+            &mut self.conn,
+            Conn::Down {
+                retry_at: Instant::now(),
+            },
+        ) {
             session.close(CLOSE_WAIT).await;
         }
     }

@@ -141,7 +141,7 @@ fn finish(tx: Tx, failed: Option<&EngineError>) {
             Effect::Send(to, msg) => {
                 if failed.is_none() {
                     // A closed session is already being cleaned up.
-                    let _ = to.send(msg);
+                    let _ = to.send(*msg);
                 }
             }
         }

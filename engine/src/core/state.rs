@@ -279,10 +279,10 @@ impl State {
             s.enqueue_ready(&run_id, index);
         }
         for a in loaded.approvals {
-            if a.state == ApprovalState::Pending {
-                if let Some(deadline) = a.deadline_at {
-                    s.timers.push(Reverse((deadline, Timer::ApprovalDeadline(a.id.clone()))));
-                }
+            if a.state == ApprovalState::Pending
+                && let Some(deadline) = a.deadline_at
+            {
+                s.timers.push(Reverse((deadline, Timer::ApprovalDeadline(a.id.clone()))));
             }
             s.approvals.insert(a.id.clone(), a);
         }
@@ -480,10 +480,10 @@ impl State {
         actor: &Actor,
         reason: &str,
     ) -> (pb::Run, bool) {
-        if let Some(existing) = idempotency_key.as_ref().and_then(|k| self.idempotency.get(k)) {
-            if let Some(run) = self.runs.get(existing) {
-                return (convert::run(run), false);
-            }
+        if let Some(existing) = idempotency_key.as_ref().and_then(|k| self.idempotency.get(k))
+            && let Some(run) = self.runs.get(existing)
+        {
+            return (convert::run(run), false);
         }
         let id = ulid::Ulid::new().to_string();
         let run = Run {
@@ -807,20 +807,15 @@ impl State {
             .filter(|h| self.leases.get(&h.lease_id).is_none_or(|l| l.fencing_token != h.fencing_token || l.worker_id != id))
             .map(|h| h.lease_id.clone())
             .collect();
-        tx.effects.push(Effect::Send(
-            out,
-            pb::EngineMessage {
-                kind: Some(pb::engine_message::Kind::Welcome(pb::Welcome {
-                    worker_id: id.clone(),
-                    generation,
-                    heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
-                    lease_ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
-                    revoked,
-                    draining,
-                })),
-            },
-        ));
-        let _ = prior;
+        let welcome = pb::Welcome {
+            worker_id: id.clone(),
+            generation,
+            heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
+            lease_ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
+            revoked,
+            draining,
+        };
+        self.send(tx, &id, pb::engine_message::Kind::Welcome(welcome));
         Ok(())
     }
 
@@ -853,10 +848,11 @@ impl State {
             w.last_heartbeat_at = now;
         }
         for h in held {
-            if let Some(l) = self.leases.get_mut(&h.lease_id) {
-                if l.worker_id == worker_id && l.fencing_token == h.fencing_token {
-                    l.expires_at = now + ttl;
-                }
+            if let Some(l) = self.leases.get_mut(&h.lease_id)
+                && l.worker_id == worker_id
+                && l.fencing_token == h.fencing_token
+            {
+                l.expires_at = now + ttl;
             }
         }
     }
@@ -907,12 +903,8 @@ impl State {
     /// lease with its fencing token; anything else is refused and recorded.
     pub fn step_result(&mut self, tx: &mut Tx, worker_id: &str, result: pb::StepResult) {
         let actor = Actor::worker(worker_id);
-        let ack = |accepted: bool, message: String| pb::EngineMessage {
-            kind: Some(pb::engine_message::Kind::Ack(pb::ResultAck {
-                lease_id: result.lease_id.clone(),
-                accepted,
-                message,
-            })),
+        let ack = |accepted: bool, message: String| {
+            pb::engine_message::Kind::Ack(pb::ResultAck { lease_id: result.lease_id.clone(), accepted, message })
         };
         let Some(lease) = self.current_lease(worker_id, &result.lease_id, result.fencing_token).cloned() else {
             let why = match self.leases.get(&result.lease_id).or_else(|| self.recent_leases.iter().find(|l| l.id == result.lease_id)) {
@@ -930,7 +922,7 @@ impl State {
                 ev = ev.step(&l.run_id, l.step_index);
             }
             self.emit(tx, &actor, "", ev);
-            self.send(tx, worker_id, ack(false, msg).kind.unwrap_or(pb::engine_message::Kind::Recycle(pb::Recycle {})));
+            self.send(tx, worker_id, ack(false, msg));
             return;
         };
         self.end_lease(tx, &lease.id, LeaseState::Released);
@@ -943,7 +935,7 @@ impl State {
             let message = if result.message.is_empty() { format!("attempt {} failed", lease.attempt) } else { result.message.clone() };
             self.attempt_failed(tx, &lease.run_id, lease.step_index, exit, message, &actor);
         }
-        self.send(tx, worker_id, ack(true, String::new()).kind.unwrap_or(pb::engine_message::Kind::Recycle(pb::Recycle {})));
+        self.send(tx, worker_id, ack(true, String::new()));
         self.maybe_recycle(tx, worker_id, &actor, "");
     }
 
@@ -1058,12 +1050,9 @@ impl State {
         free.rotate_left(self.rr % n);
         self.rr = self.rr.wrapping_add(1);
         for queue in queues {
-            loop {
-                let Some(slot) = free.iter().position(|(id, f)| {
-                    *f > 0 && self.workers.get(id).is_some_and(|w| w.serves(&queue))
-                }) else {
-                    break;
-                };
+            while let Some(slot) = free.iter().position(|(id, f)| {
+                *f > 0 && self.workers.get(id).is_some_and(|w| w.serves(&queue))
+            }) {
                 let Some(key) = self.queues.get_mut(&queue).and_then(|q| q.ready.pop_first()) else { break };
                 let worker_id = free[slot].0.clone();
                 free[slot].1 -= 1;
@@ -1144,7 +1133,7 @@ impl State {
 
     fn send(&self, tx: &mut Tx, worker_id: &str, kind: pb::engine_message::Kind) {
         if let Some(s) = self.sessions.get(worker_id) {
-            tx.effects.push(Effect::Send(s.tx.clone(), pb::EngineMessage { kind: Some(kind) }));
+            tx.effects.push(Effect::Send(s.tx.clone(), Box::new(pb::EngineMessage { kind: Some(kind) })));
         }
     }
 
@@ -1185,10 +1174,10 @@ impl State {
         self.output_bytes.remove(id);
         let q = self.queue_live(&lease.queue);
         q.running = q.running.saturating_sub(1);
-        if let Some(step) = self.runs.get_mut(&lease.run_id).and_then(|r| r.step_mut(lease.step_index)) {
-            if step.lease_id.as_deref() == Some(id) {
-                step.lease_id = None;
-            }
+        if let Some(step) = self.runs.get_mut(&lease.run_id).and_then(|r| r.step_mut(lease.step_index))
+            && step.lease_id.as_deref() == Some(id)
+        {
+            step.lease_id = None;
         }
         tx.runs.insert(lease.run_id.clone());
         tx.leases.insert(id.to_owned(), lease.clone());
@@ -1271,6 +1260,7 @@ impl State {
         self.make_ready(tx, run_id, index, actor, reason);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn succeed_step(&mut self, tx: &mut Tx, run_id: &str, index: u32, exit: Option<i32>, message: String, actor: &Actor, reason: &str) {
         let Some(run) = self.runs.get_mut(run_id) else { return };
         let last = index as usize + 1 >= run.steps.len();
@@ -1311,6 +1301,7 @@ impl State {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fail_step(&mut self, tx: &mut Tx, run_id: &str, index: u32, state: StepState, message: String, actor: &Actor, reason: &str) {
         let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else { return };
         step.state = state;
@@ -1450,5 +1441,201 @@ impl State {
     pub fn adopt_connections(&mut self, old: State) {
         self.sessions = old.sessions;
         self.subscribers = old.subscribers;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::spec::parse;
+
+    const T0: Millis = 1_000_000;
+
+    fn state() -> State {
+        State::load(CoreConfig::default(), Loaded::default(), T0)
+    }
+
+    fn alice() -> Actor {
+        Actor { name: "alice".into(), transport: "unix" }
+    }
+
+    fn submit(s: &mut State, spec: &str) -> String {
+        let mut tx = Tx::new(T0);
+        let spec = parse(spec, &Limits::default()).unwrap();
+        s.submit(&mut tx, spec, None, &alice(), "test").0.id
+    }
+
+    /// Connects a worker and returns what the engine sends it.
+    fn worker(s: &mut State, id: &str, queues: &[&str], slots: u32) -> mpsc::UnboundedReceiver<pb::EngineMessage> {
+        worker_at(s, id, queues, slots, T0)
+    }
+
+    fn worker_at(s: &mut State, id: &str, queues: &[&str], slots: u32, now: Millis) -> mpsc::UnboundedReceiver<pb::EngineMessage> {
+        let (out, rx) = mpsc::unbounded_channel();
+        let hello = pb::Hello {
+            worker_id: id.into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            slots,
+            generation: 1,
+            ..Default::default()
+        };
+        let mut tx = Tx::new(now);
+        s.hello(&mut tx, 1, id, hello, out).unwrap();
+        run_effects(tx);
+        rx
+    }
+
+    fn run_effects(tx: Tx) {
+        for e in tx.effects {
+            match e {
+                Effect::Reply(f) => f(None),
+                Effect::Send(to, m) => {
+                    let _ = to.send(*m);
+                }
+            }
+        }
+    }
+
+    fn assignments(rx: &mut mpsc::UnboundedReceiver<pb::EngineMessage>) -> Vec<pb::Assignment> {
+        let mut out = vec![];
+        while let Ok(m) = rx.try_recv() {
+            if let Some(pb::engine_message::Kind::Assign(a)) = m.kind {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    fn dispatch(s: &mut State, now: Millis) {
+        let mut tx = Tx::new(now);
+        s.fire_timers(&mut tx);
+        s.dispatch(&mut tx);
+        run_effects(tx);
+    }
+
+    fn result(s: &mut State, worker: &str, a: &pb::Assignment, outcome: pb::Outcome, now: Millis) -> Vec<pb::Event> {
+        let mut tx = Tx::new(now);
+        let r = pb::StepResult {
+            lease_id: a.lease_id.clone(),
+            fencing_token: a.fencing_token,
+            outcome: outcome as i32,
+            ..Default::default()
+        };
+        s.step_result(&mut tx, worker, r);
+        let events = std::mem::take(&mut tx.events);
+        run_effects(tx);
+        events
+    }
+
+    const ONE_STEP: &str = "name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\nmax_attempts = 2\nbackoff = \"1s\"\n";
+
+    #[test]
+    fn a_result_with_a_stale_fencing_token_is_refused() {
+        let mut s = state();
+        let mut w1 = worker(&mut s, "w1", &["q"], 1);
+        let run = submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0);
+        let first = assignments(&mut w1).pop().unwrap();
+        // The lease expires; the step is leased again with a higher token.
+        dispatch(&mut s, T0 + 31_000);
+        let mut w2 = worker_at(&mut s, "w2", &["q"], 1, T0 + 31_000);
+        dispatch(&mut s, T0 + 31_001);
+        let second = assignments(&mut w2).pop().unwrap();
+        assert!(second.fencing_token > first.fencing_token);
+        let events = result(&mut s, "w1", &first, pb::Outcome::Succeeded, T0 + 31_002);
+        assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["result.refused"]);
+        let events = result(&mut s, "w2", &second, pb::Outcome::Succeeded, T0 + 31_003);
+        assert!(events.iter().any(|e| e.kind == "run.succeeded"));
+        assert_eq!(s.get_run(&run).unwrap().state, pb::RunState::Succeeded as i32);
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_after_its_backoff_then_dead() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let run = submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0);
+        let a = assignments(&mut w).pop().unwrap();
+        let events = result(&mut s, "w", &a, pb::Outcome::Failed, T0 + 10);
+        assert!(events.iter().any(|e| e.kind == "step.retry_scheduled"));
+        dispatch(&mut s, T0 + 500);
+        assert!(assignments(&mut w).is_empty(), "no retry before the backoff");
+        dispatch(&mut s, T0 + 1_010);
+        let b = assignments(&mut w).pop().unwrap();
+        assert_eq!(b.attempt, 2);
+        let events = result(&mut s, "w", &b, pb::Outcome::Failed, T0 + 1_020);
+        assert!(events.iter().any(|e| e.kind == "step.dead"));
+        assert_eq!(s.get_run(&run).unwrap().state, pb::RunState::Failed as i32);
+    }
+
+    #[test]
+    fn steps_are_leased_by_priority_then_in_order() {
+        let mut s = state();
+        let low = submit(&mut s, ONE_STEP);
+        let high = submit(&mut s, "name = \"h\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\npriority = 5\n");
+        let later = submit(&mut s, ONE_STEP);
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let mut order = vec![];
+        for i in 0..3 {
+            dispatch(&mut s, T0 + i);
+            let a = assignments(&mut w).pop().unwrap();
+            order.push(a.run_id.clone());
+            result(&mut s, "w", &a, pb::Outcome::Succeeded, T0 + i);
+        }
+        assert_eq!(order, [high, low, later]);
+    }
+
+    #[test]
+    fn the_submitter_cannot_approve_unless_the_step_allows_it() {
+        let mut s = state();
+        submit(&mut s, "name = \"a\"\n[[step]]\napproval = {}\n");
+        let id = s.list_approvals(false)[0].id.clone();
+        let mut tx = Tx::new(T0);
+        let err = s.decide(&mut tx, &id, true, &alice(), "mine").unwrap_err();
+        assert!(matches!(err, EngineError::PermissionDenied(m) if m.contains("four eyes")));
+        let bob = Actor { name: "bob".into(), transport: "tcp" };
+        s.decide(&mut tx, &id, true, &bob, "ok").unwrap();
+        let again = s.decide(&mut tx, &id, true, &bob, "ok").unwrap_err();
+        assert!(matches!(again, EngineError::FailedPrecondition(_)));
+    }
+
+    #[test]
+    fn a_paused_queue_hands_out_nothing_until_resumed() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let mut tx = Tx::new(T0);
+        s.set_queue_paused(&mut tx, "q", true, &alice(), "incident").unwrap();
+        submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0);
+        assert!(assignments(&mut w).is_empty());
+        let mut tx = Tx::new(T0);
+        s.set_queue_paused(&mut tx, "q", false, &alice(), "over").unwrap();
+        dispatch(&mut s, T0);
+        assert_eq!(assignments(&mut w).len(), 1);
+    }
+
+    #[test]
+    fn a_reregistering_worker_keeps_held_leases_and_returns_the_others() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 2);
+        submit(&mut s, ONE_STEP);
+        submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0);
+        let leased = assignments(&mut w);
+        assert_eq!(leased.len(), 2);
+        let (out, _rx) = mpsc::unbounded_channel();
+        let hello = pb::Hello {
+            worker_id: "w".into(),
+            queues: vec!["q".into()],
+            slots: 2,
+            generation: 1,
+            held: vec![pb::HeldLease { lease_id: leased[0].lease_id.clone(), fencing_token: leased[0].fencing_token }],
+            ..Default::default()
+        };
+        let mut tx = Tx::new(T0 + 5);
+        s.hello(&mut tx, 2, "w", hello, out).unwrap();
+        let live: Vec<String> = s.list_leases(false).into_iter().map(|l| l.id).collect();
+        assert_eq!(live, [leased[0].lease_id.clone()]);
+        assert!(tx.events.iter().any(|e| e.kind == "lease.expired" && e.lease_id == leased[1].lease_id));
     }
 }

@@ -8,13 +8,15 @@ use tokio::sync::mpsc;
 use crate::domain::{Lease, Millis};
 use crate::error::EngineError;
 
+/// Answers a caller. Given the commit's error, if it failed, so the
+/// caller hears about that instead of a change that did not happen.
+pub type Reply = Box<dyn FnOnce(Option<&EngineError>) + Send>;
+
 /// Carried out only after the batch's transaction committed.
 pub enum Effect {
-    /// Answer a caller. Given the commit's error, if it failed, so the
-    /// caller hears about that instead of a change that did not happen.
-    Reply(Box<dyn FnOnce(Option<&EngineError>) + Send>),
+    Reply(Reply),
     /// A message to a worker's session.
-    Send(mpsc::UnboundedSender<pb::EngineMessage>, pb::EngineMessage),
+    Send(mpsc::UnboundedSender<pb::EngineMessage>, Box<pb::EngineMessage>),
 }
 
 /// The changes of one batch: ids of objects to persist, events, output

@@ -88,13 +88,14 @@ pub fn code_word(code: Code) -> &'static str {
     }
 }
 
-/// Advice for the codes where the fix is on this side.
-pub fn status_hint(code: Code, has_token: bool, engine: &str) -> Option<String> {
-    match code {
+/// Advice for the codes where the fix is on this side, unless the engine's
+/// message already gives it.
+pub fn status_hint(status: &Status, has_token: bool, engine: &str) -> Option<String> {
+    match status.code() {
         Code::Unauthenticated if has_token => {
             Some("the engine did not accept the token from --token / OPSDECK_TOKEN".to_owned())
         }
-        Code::Unauthenticated => {
+        Code::Unauthenticated if !status.message().contains("OPSDECK_TOKEN") => {
             Some("pass a token with --token TOKEN or set OPSDECK_TOKEN".to_owned())
         }
         Code::Unavailable => Some(format!(
@@ -134,16 +135,20 @@ mod tests {
 
     #[test]
     fn hints_follow_the_error_line() {
-        let hint = status_hint(Code::Unauthenticated, false, "unix:///x");
-        let e = CliError::Engine {
-            status: Status::unauthenticated("no token"),
-            hint,
-        };
+        let status = Status::unauthenticated("no token");
+        let hint = status_hint(&status, false, "unix:///x");
+        let e = CliError::Engine { status, hint };
         assert_eq!(
             e.report().unwrap(),
             "error: UNAUTHENTICATED: no token\nhint: pass a token with --token TOKEN or set \
              OPSDECK_TOKEN"
         );
+    }
+
+    #[test]
+    fn no_hint_repeats_what_the_engine_said() {
+        let status = Status::unauthenticated("send a token (opsdeck --token / OPSDECK_TOKEN)");
+        assert_eq!(status_hint(&status, false, "unix:///x"), None);
     }
 
     #[test]

@@ -29,8 +29,10 @@ pub struct EventsArgs {
 
 const COLUMNS: [&str; 6] = ["SEQ", "AGE", "KIND", "ACTOR", "SUBJECT", "MESSAGE"];
 
-/// Widths most cells of a followed stream fit in (a ULID is 26 characters).
-const STREAM_WIDTHS: [usize; 6] = [5, 7, 16, 8, 26, 0];
+/// Widths most cells of a followed stream fit in, so that columns seldom
+/// shift: kinds like `lease.force_released`, actors like `worker:HOST`, and
+/// a run's ULID (26 characters) with a step number.
+const STREAM_WIDTHS: [usize; 6] = [5, 7, 18, 15, 30, 0];
 
 pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
     // `--from` names the first event to show; the API takes the one before.

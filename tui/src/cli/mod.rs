@@ -134,7 +134,7 @@ impl Reason {
 
 /// The longest a single call may take. A script must not hang on an engine
 /// that accepted the connection but stopped answering.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a command runs with: the printer, and the engine, connected when
 /// first needed so that usage errors are reported before connection errors.
@@ -183,7 +183,7 @@ impl Ctx {
     /// An engine error, with advice where the fix is on this side.
     pub fn refused(&self, status: tonic::Status) -> CliError {
         let hint = status_hint(
-            status.code(),
+            &status,
             self.auth.has_token(),
             &self.target.addr.to_string(),
         );

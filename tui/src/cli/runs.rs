@@ -185,7 +185,7 @@ async fn wait_until_final(ctx: &mut Ctx, run: Run, progress: bool) -> Result<Run
             next = follower.next(), if following => match next {
                 Ok(Followed::Event(event)) => {
                     if progress {
-                        note(&format!("  {}  {}", event.kind, clean(&event.message, ' ')));
+                        note(&format!("  {:<20} {}", event.kind, clean(&event.message, ' ')));
                     }
                     let ended = event.run.as_ref().is_some_and(|r| r.id == run.id && is_final(r.state()));
                     if ended {
@@ -472,11 +472,14 @@ fn step_tail(step: &Step, output: &[OutputText], lines: usize, color: bool) -> S
     if tail.is_empty() {
         return String::new();
     }
+    let lines = match tail.len() {
+        1 => "last line".to_owned(),
+        n => format!("last {n} lines"),
+    };
     let mut heading = format!(
-        "--- step {} {}, attempt {attempt}, last {} lines",
+        "--- step {} {}, attempt {attempt}, {lines}",
         step_number(step.index),
         step.name,
-        tail.len()
     );
     if last.iter().any(|o| o.truncated) {
         heading.push_str(" (output was capped by the engine)");
@@ -591,7 +594,7 @@ mod tests {
              1     build   exec  succeeded  build  1/3      w-1     0     1m ago   30s ago   -\n\
              2     deploy  exec  running    build  1/3      w-1     -     1m ago   -         -\n\
              \n\
-             --- step 1 build, attempt 1, last 1 lines\n  compiling\n\
+             --- step 1 build, attempt 1, last line\n  compiling\n\
              \n\
              --- step 2 deploy, attempt 2, last 2 lines\n  two\n  three\n"
         );
