@@ -144,7 +144,9 @@ async fn send_snapshot(out: &mpsc::Sender<Item>, seq: u64, s: Snapshot) -> Resul
 impl Console for Api {
     async fn whoami(&self, req: Request<pb::WhoamiRequest>) -> Result<Response<pb::WhoamiResponse>, Status> {
         let actor = caller(&req)?;
+        let head_seq = self.core.call(|s, _| Ok(s.seq())).await?;
         Ok(Response::new(pb::WhoamiResponse {
+            head_seq,
             identity: actor.name,
             transport: actor.transport.to_owned(),
             engine_version: env!("CARGO_PKG_VERSION").to_owned(),

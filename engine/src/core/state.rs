@@ -928,6 +928,8 @@ impl State {
         self.end_lease(tx, &lease.id, LeaseState::Released);
         self.queue_live(&lease.queue).completed.push_back(tx.now);
         let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Failed);
+        let msg = format!("lease released: result {} accepted", opsdeck_proto::names::Word::word(outcome));
+        self.emit(tx, &actor, "", Ev::new("lease.released", msg).lease(&lease));
         let exit = result.has_exit_code.then_some(result.exit_code);
         if outcome == pb::Outcome::Succeeded {
             self.succeed_step(tx, &lease.run_id, lease.step_index, exit, String::new(), &actor, "");
@@ -1327,6 +1329,8 @@ impl State {
             StepState::Leased | StepState::Running => {
                 if let Some(lease) = step.lease_id.as_deref().and_then(|id| self.leases.get(id)).cloned() {
                     self.end_lease(tx, &lease.id, LeaseState::Released);
+                    let ev = Ev::new("lease.released", format!("lease released: {why}")).lease(&lease);
+                    self.emit(tx, actor, reason, ev);
                     self.cancel_on_worker(tx, &lease, why);
                     self.maybe_recycle(tx, &lease.worker_id, actor, reason);
                 }
