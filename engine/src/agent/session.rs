@@ -167,6 +167,22 @@ fn bearer(token: &str) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> 
         .map_err(|_| anyhow!("the token has characters a gRPC header cannot carry"))
 }
 
+/// An error and its causes on one line, each said once: transport errors
+/// repeat their cause's text in their own, which `{:#}` would print twice.
+pub(super) fn describe_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
+}
+
 /// "Unavailable: standby engine; the leader is at …", without tonic's
 /// details and metadata dump.
 pub(super) fn describe(status: &Status) -> String {
@@ -174,5 +190,22 @@ pub(super) fn describe(status: &Status) -> String {
         format!("{:?}", status.code())
     } else {
         format!("{:?}: {}", status.code(), status.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let error = anyhow::Error::new(io)
+            .context("transport error: No such file or directory (os error 2)")
+            .context("could not connect");
+        assert_eq!(
+            describe_chain(&error),
+            "could not connect: transport error: No such file or directory (os error 2)"
+        );
     }
 }

@@ -224,7 +224,8 @@ impl Worker {
         warn!(
             attempt,
             engine = %self.opts.engine,
-            "no session with the engine: {error:#}; retrying in {}",
+            "no session with the engine: {}; retrying in {}",
+            session::describe_chain(error),
             humantime::format_duration(shown)
         );
         self.conn = Conn::Down {
