@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use opsdeck_proto::endpoint::EngineAddr;
 use opsdeck_proto::v1::approvals_client::ApprovalsClient;
+use opsdeck_proto::v1::console_client::ConsoleClient;
 use opsdeck_proto::v1::events_client::EventsClient;
 use opsdeck_proto::v1::leases_client::LeasesClient;
 use opsdeck_proto::v1::queues_client::QueuesClient;
@@ -299,6 +300,7 @@ impl Engine {
         queues: QueuesClient,
         approvals: ApprovalsClient,
         leases: LeasesClient,
+        console: ConsoleClient,
     }
 }
 

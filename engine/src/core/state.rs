@@ -646,7 +646,7 @@ impl State {
         if w.drain_requested != drain {
             w.drain_requested = drain;
             if matches!(w.state, WorkerState::Online | WorkerState::Draining) {
-                w.state = if drain { WorkerState::Draining } else { WorkerState::Online };
+                w.state = if drain || w.self_draining { WorkerState::Draining } else { WorkerState::Online };
             }
             tx.workers.insert(id.to_owned());
             let (kind, msg) = if drain {
@@ -753,6 +753,7 @@ impl State {
             registered_at: now,
             last_heartbeat_at: now,
             drain_requested: false,
+            self_draining: false,
             recycle_requested: false,
         });
         w.queues = hello.queues.clone();
@@ -768,8 +769,12 @@ impl State {
         if recycled {
             w.recycle_requested = false;
         }
-        w.drain_requested |= hello.draining;
-        w.state = if w.drain_requested || w.recycle_requested { WorkerState::Draining } else { WorkerState::Online };
+        w.self_draining = hello.draining;
+        w.state = if w.drain_requested || w.recycle_requested || w.self_draining {
+            WorkerState::Draining
+        } else {
+            WorkerState::Online
+        };
         for q in w.queues.iter().filter(|q| *q != crate::domain::ANY_QUEUE) {
             self.queue_live(q);
         }
@@ -816,6 +821,8 @@ impl State {
             draining,
         };
         self.send(tx, &id, pb::engine_message::Kind::Welcome(welcome));
+        // A recycle asked for before this process connected still applies.
+        self.maybe_recycle(tx, &id, &actor, "");
         Ok(())
     }
 

@@ -276,6 +276,10 @@ pub struct Worker {
     pub last_heartbeat_at: Millis,
     /// An operator asked it to take no new work. Survives reconnects.
     pub drain_requested: bool,
+    /// The process itself is draining (it got SIGTERM); a new process of
+    /// the same worker starts without it.
+    #[serde(default)]
+    pub self_draining: bool,
     /// An operator asked for a recycle that has not happened yet.
     pub recycle_requested: bool,
 }

@@ -103,7 +103,7 @@ fn event_row(event: &Event, now: i64) -> Vec<Cell> {
 /// The id of what the event is about, as its kind names it (`step.failed`
 /// is about a run's step, `worker.drain` about a worker); else the first id
 /// it carries.
-fn subject(event: &Event) -> String {
+pub fn subject(event: &Event) -> String {
     let some = |s: &String| (!s.is_empty()).then(|| s.clone());
     let by_kind = match event.kind.split('.').next().unwrap_or_default() {
         "step" => {

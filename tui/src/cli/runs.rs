@@ -261,12 +261,12 @@ struct RunWithOutput<'a> {
 /// Output chunks in a row of the same step, attempt and stream, joined and
 /// read as text, so that JSON readers get strings rather than byte arrays.
 #[derive(Debug, PartialEq, Serialize)]
-struct OutputText {
-    step_index: u32,
-    attempt: u32,
-    stream: String,
-    text: String,
-    truncated: bool,
+pub struct OutputText {
+    pub step_index: u32,
+    pub attempt: u32,
+    pub stream: String,
+    pub text: String,
+    pub truncated: bool,
 }
 
 async fn show_run(
@@ -308,7 +308,7 @@ async fn show_run(
     ))
 }
 
-fn join_chunks(chunks: &[OutputChunk]) -> Vec<OutputText> {
+pub fn join_chunks(chunks: &[OutputChunk]) -> Vec<OutputText> {
     let mut joined: Vec<(u32, u32, &str, Vec<u8>, bool)> = Vec::new();
     for c in chunks {
         match joined.last_mut() {
@@ -496,7 +496,7 @@ fn step_tail(step: &Step, output: &[OutputText], lines: usize, color: bool) -> S
 /// The last `n` lines of a step's output, safe to print. A carriage return
 /// rewrites its line (progress bars), so only what follows the last one is
 /// kept, as a terminal would have shown it.
-fn last_lines(text: &str, n: usize) -> Vec<String> {
+pub fn last_lines(text: &str, n: usize) -> Vec<String> {
     let text = text.strip_suffix('\n').unwrap_or(text);
     if text.is_empty() || n == 0 {
         return Vec::new();
