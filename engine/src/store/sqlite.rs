@@ -50,6 +50,28 @@ fn decode_event(body: &[u8]) -> Result<pb::Event, StoreError> {
     pb::Event::decode(body).map_err(|e| StoreError::Corrupt { what: "event".into(), why: e.to_string() })
 }
 
+/// Inserts or replaces one object stored whole: (id, [run_id,] state, body).
+async fn upsert_body(
+    t: &mut sqlx::SqliteConnection,
+    table: &'static str,
+    id: &str,
+    run_id: Option<&str>,
+    state: &str,
+    body: &str,
+) -> Result<(), sqlx::Error> {
+    let (cols, vals) = if run_id.is_some() { ("id, run_id, state, body", "?, ?, ?, ?") } else { ("id, state, body", "?, ?, ?") };
+    let sql = format!(
+        "INSERT INTO {table} ({cols}) VALUES ({vals}) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id);
+    if let Some(run) = run_id {
+        q = q.bind(run);
+    }
+    q.bind(state).bind(body).execute(t).await?;
+    Ok(())
+}
+
 async fn bodies<T: DeserializeOwned>(pool: &SqlitePool, what: &str, sql: &'static str) -> Result<Vec<T>, StoreError> {
     let rows = sqlx::query(sql).fetch_all(pool).await?;
     rows.iter().map(|r| parse(what, r.try_get::<&str, _>("body")?)).collect()
@@ -94,39 +116,13 @@ impl Store for SqliteStore {
             .await?;
         }
         for w in &b.workers {
-            sqlx::query(
-                "INSERT INTO workers (id, state, body) VALUES (?, ?, ?)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
-            )
-            .bind(&w.id)
-            .bind(state_word(&w.state)?)
-            .bind(json(w)?)
-            .execute(&mut *t)
-            .await?;
+            upsert_body(&mut t, "workers", &w.id, None, &state_word(&w.state)?, &json(w)?).await?;
         }
         for l in &b.leases {
-            sqlx::query(
-                "INSERT INTO leases (id, run_id, state, body) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
-            )
-            .bind(&l.id)
-            .bind(&l.run_id)
-            .bind(state_word(&l.state)?)
-            .bind(json(l)?)
-            .execute(&mut *t)
-            .await?;
+            upsert_body(&mut t, "leases", &l.id, Some(&l.run_id), &state_word(&l.state)?, &json(l)?).await?;
         }
         for a in &b.approvals {
-            sqlx::query(
-                "INSERT INTO approvals (id, run_id, state, body) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
-            )
-            .bind(&a.id)
-            .bind(&a.run_id)
-            .bind(state_word(&a.state)?)
-            .bind(json(a)?)
-            .execute(&mut *t)
-            .await?;
+            upsert_body(&mut t, "approvals", &a.id, Some(&a.run_id), &state_word(&a.state)?, &json(a)?).await?;
         }
         for q in &b.queues {
             sqlx::query(
