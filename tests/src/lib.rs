@@ -68,7 +68,10 @@ static BUILD: OnceLock<Result<(), String>> = OnceLock::new();
 /// built with (`…/target/debug`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let mut dir = exe.parent().expect("the test binary's directory").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("the test binary's directory")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -76,7 +79,10 @@ fn profile_dir() -> PathBuf {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
 }
 
 /// Builds `opsdeckd` and `opsdeck` once per test process, so that a test never
@@ -114,7 +120,11 @@ fn build_binaries() {
 pub fn opsdeckd() -> PathBuf {
     build_binaries();
     let path = profile_dir().join("opsdeckd");
-    assert!(path.exists(), "{} does not exist after the build", path.display());
+    assert!(
+        path.exists(),
+        "{} does not exist after the build",
+        path.display()
+    );
     path
 }
 
@@ -122,7 +132,11 @@ pub fn opsdeckd() -> PathBuf {
 pub fn opsdeck() -> PathBuf {
     build_binaries();
     let path = profile_dir().join("opsdeck");
-    assert!(path.exists(), "{} does not exist after the build", path.display());
+    assert!(
+        path.exists(),
+        "{} does not exist after the build",
+        path.display()
+    );
     path
 }
 
@@ -143,7 +157,11 @@ fn command(program: &Path, tag: &Path) -> Command {
 }
 
 fn log_file(path: &Path) -> (Stdio, Stdio) {
-    let file = File::options().create(true).append(true).open(path).expect("open a log file");
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open a log file");
     let err = file.try_clone().expect("clone a log file");
     (Stdio::from(file), Stdio::from(err))
 }
@@ -256,10 +274,20 @@ pub struct Engine {
 impl Engine {
     /// Starts an engine and waits until it answers on its Unix socket.
     pub async fn start(opts: EngineOpts) -> Engine {
-        let root = tempfile::Builder::new().prefix("od").tempdir_in("/tmp").expect("a temp dir in /tmp");
+        let root = tempfile::Builder::new()
+            .prefix("od")
+            .tempdir_in("/tmp")
+            .expect("a temp dir in /tmp");
         std::fs::create_dir_all(root.path().join("w")).expect("create the work dir");
         let token = format!("tok_{}", hex::encode(rand::random::<[u8; 16]>()));
-        let mut engine = Engine { opts, root, child: None, starts: 0, token, tcp: None };
+        let mut engine = Engine {
+            opts,
+            root,
+            child: None,
+            starts: 0,
+            token,
+            tcp: None,
+        };
         engine.write_config();
         engine.spawn().await;
         engine
@@ -277,8 +305,12 @@ impl Engine {
     fn write_config(&self) {
         let mut text = String::new();
         if self.opts.token {
-            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(self.token.as_bytes()));
-            text.push_str(&format!("[[token]]\nidentity = \"{TOKEN_IDENTITY}\"\nsha256 = \"{hash}\"\n\n"));
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                self.token.as_bytes(),
+            ));
+            text.push_str(&format!(
+                "[[token]]\nidentity = \"{TOKEN_IDENTITY}\"\nsha256 = \"{hash}\"\n\n"
+            ));
         }
         text.push_str(&self.opts.config);
         std::fs::write(self.config_path(), text).expect("write the engine config");
@@ -316,17 +348,27 @@ impl Engine {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                panic!("opsdeckd serve exited before it was ready ({status}):\n{}", self.logs());
+                panic!(
+                    "opsdeckd serve exited before it was ready ({status}):\n{}",
+                    self.logs()
+                );
             }
             if let Ok(text) = std::fs::read_to_string(&addr_file)
                 && let Ok(addr) = text.trim().parse::<SocketAddr>()
                 && let Ok(channel) = EngineAddr::Unix(self.socket()).connect().await
-                && ConsoleClient::new(channel).whoami(pb::WhoamiRequest {}).await.is_ok()
+                && ConsoleClient::new(channel)
+                    .whoami(pb::WhoamiRequest {})
+                    .await
+                    .is_ok()
             {
                 self.tcp = Some(addr);
                 return;
             }
-            assert!(Instant::now() < deadline, "opsdeckd serve was not ready within 30s:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "opsdeckd serve was not ready within 30s:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(POLL).await;
         }
     }
@@ -370,7 +412,10 @@ impl Engine {
 
     /// A new connection over the Unix socket: the caller is the OS user.
     pub async fn channel(&self) -> Channel {
-        EngineAddr::Unix(self.socket()).connect().await.expect("connect to the engine's Unix socket")
+        EngineAddr::Unix(self.socket())
+            .connect()
+            .await
+            .expect("connect to the engine's Unix socket")
     }
 
     /// A new connection over TCP (no identity by itself: see [`tcp_api`](Self::tcp_api)).
@@ -398,7 +443,14 @@ impl Engine {
 
     /// The OS user's name, as the engine sees callers on its socket.
     pub async fn os_identity(&self) -> String {
-        self.api().await.console.whoami(pb::WhoamiRequest {}).await.expect("whoami").into_inner().identity
+        self.api()
+            .await
+            .console
+            .whoami(pb::WhoamiRequest {})
+            .await
+            .expect("whoami")
+            .into_inner()
+            .identity
     }
 
     // ------------------------------------------------------------ lifecycle
@@ -412,8 +464,9 @@ impl Engine {
     }
 
     /// SIGTERM to the engine; waits (up to 30 s) for it to exit and returns
-    /// how it exited.
-    pub fn sigterm(&mut self) -> ExitStatus {
+    /// how it exited. Async, so that this test's own idle connections keep
+    /// being served (and close when the engine says GOAWAY) meanwhile.
+    pub async fn sigterm(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the engine is running");
         kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM the engine");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -424,9 +477,12 @@ impl Engine {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("the engine did not exit within 30s of SIGTERM:\n{}", self.logs());
+                panic!(
+                    "the engine did not exit within 30s of SIGTERM:\n{}",
+                    self.logs()
+                );
             }
-            std::thread::sleep(POLL);
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -434,7 +490,7 @@ impl Engine {
     /// with SIGTERM first if it is still running) and waits until it is ready.
     pub async fn restart(&mut self) {
         if self.child.is_some() {
-            self.sigterm();
+            self.sigterm().await;
         }
         self.spawn().await;
     }
@@ -454,7 +510,12 @@ impl Engine {
             }
             let lines: Vec<&str> = text.lines().collect();
             let skip = lines.len().saturating_sub(400);
-            out.push_str(&format!("===== {} ({} lines, last {}) =====\n", path.display(), lines.len(), lines.len() - skip));
+            out.push_str(&format!(
+                "===== {} ({} lines, last {}) =====\n",
+                path.display(),
+                lines.len(),
+                lines.len() - skip
+            ));
             for line in &lines[skip..] {
                 out.push_str(line);
                 out.push('\n');
@@ -467,25 +528,46 @@ impl Engine {
 
     /// Submits a spec over the Unix socket; the run as the engine answered.
     pub async fn submit(&self, spec: &str) -> pb::Run {
-        let req = pb::SubmitRunRequest { spec: spec.to_owned(), reason: "e2e test".into(), ..Default::default() };
+        let req = pb::SubmitRunRequest {
+            spec: spec.to_owned(),
+            reason: "e2e test".into(),
+            ..Default::default()
+        };
         match self.api().await.runs.submit_run(req).await {
-            Ok(resp) => resp.into_inner().run.expect("SubmitRun answers with the run"),
+            Ok(resp) => resp
+                .into_inner()
+                .run
+                .expect("SubmitRun answers with the run"),
             Err(status) => panic!("SubmitRun refused {spec:?}: {status:?}\n{}", self.logs()),
         }
     }
 
     pub async fn get_run(&self, id: &str) -> pb::Run {
-        self.api().await.runs.get_run(pb::GetRunRequest { id: id.to_owned() }).await.expect("GetRun").into_inner()
+        self.api()
+            .await
+            .runs
+            .get_run(pb::GetRunRequest { id: id.to_owned() })
+            .await
+            .expect("GetRun")
+            .into_inner()
     }
 
     /// Polls GetRun every 50 ms until `pred` holds; fails the test with the
     /// run, its events and the logs when `timeout` passes first. Transient
     /// errors (an engine restarting) are retried.
-    pub async fn wait_run(&self, id: &str, pred: impl Fn(&pb::Run) -> bool, timeout: Duration) -> pb::Run {
+    pub async fn wait_run(
+        &self,
+        id: &str,
+        pred: impl Fn(&pb::Run) -> bool,
+        timeout: Duration,
+    ) -> pb::Run {
         let deadline = Instant::now() + timeout;
         loop {
             let got = match EngineAddr::Unix(self.socket()).connect().await {
-                Ok(ch) => RunsClient::new(ch).get_run(pb::GetRunRequest { id: id.to_owned() }).await.map(|r| r.into_inner()),
+                Ok(ch) => RunsClient::new(ch)
+                    .get_run(pb::GetRunRequest { id: id.to_owned() })
+                    .await
+                    .map(|r| r.into_inner()),
                 Err(e) => Err(Status::unavailable(e.to_string())),
             };
             if let Ok(run) = &got
@@ -506,36 +588,90 @@ impl Engine {
     }
 
     /// Waits until the run is in `state`.
-    pub async fn wait_run_state(&self, id: &str, state: pb::RunState, timeout: Duration) -> pb::Run {
-        self.wait_run(id, |r| r.state == state as i32, timeout).await
+    pub async fn wait_run_state(
+        &self,
+        id: &str,
+        state: pb::RunState,
+        timeout: Duration,
+    ) -> pb::Run {
+        self.wait_run(id, |r| r.state == state as i32, timeout)
+            .await
     }
 
     /// Waits until step `index` of the run is in `state`.
-    pub async fn wait_step_state(&self, id: &str, index: usize, state: pb::StepState, timeout: Duration) -> pb::Run {
-        self.wait_run(id, |r| r.steps.get(index).is_some_and(|s| s.state == state as i32), timeout).await
+    pub async fn wait_step_state(
+        &self,
+        id: &str,
+        index: usize,
+        state: pb::StepState,
+        timeout: Duration,
+    ) -> pb::Run {
+        self.wait_run(
+            id,
+            |r| r.steps.get(index).is_some_and(|s| s.state == state as i32),
+            timeout,
+        )
+        .await
     }
 
     async fn try_events(&self, run_id: &str) -> Vec<pb::Event> {
-        let Ok(ch) = EngineAddr::Unix(self.socket()).connect().await else { return vec![] };
-        let req = pb::ListEventsRequest { after_seq: 0, limit: 10_000, run_id: run_id.to_owned() };
-        EventsClient::new(ch).list_events(req).await.map(|r| r.into_inner().events).unwrap_or_default()
+        let Ok(ch) = EngineAddr::Unix(self.socket()).connect().await else {
+            return vec![];
+        };
+        let req = pb::ListEventsRequest {
+            after_seq: 0,
+            limit: 10_000,
+            run_id: run_id.to_owned(),
+        };
+        EventsClient::new(ch)
+            .list_events(req)
+            .await
+            .map(|r| r.into_inner().events)
+            .unwrap_or_default()
     }
 
     /// Every event of a run, in the order the engine lists them.
     pub async fn events(&self, run_id: &str) -> Vec<pb::Event> {
-        let req = pb::ListEventsRequest { after_seq: 0, limit: 10_000, run_id: run_id.to_owned() };
-        self.api().await.events.list_events(req).await.expect("ListEvents").into_inner().events
+        let req = pb::ListEventsRequest {
+            after_seq: 0,
+            limit: 10_000,
+            run_id: run_id.to_owned(),
+        };
+        self.api()
+            .await
+            .events
+            .list_events(req)
+            .await
+            .expect("ListEvents")
+            .into_inner()
+            .events
     }
 
     /// Every event after `after_seq`, of every run.
     pub async fn all_events(&self, after_seq: u64) -> Vec<pb::Event> {
-        let req = pb::ListEventsRequest { after_seq, limit: 10_000, run_id: String::new() };
-        self.api().await.events.list_events(req).await.expect("ListEvents").into_inner().events
+        let req = pb::ListEventsRequest {
+            after_seq,
+            limit: 10_000,
+            run_id: String::new(),
+        };
+        self.api()
+            .await
+            .events
+            .list_events(req)
+            .await
+            .expect("ListEvents")
+            .into_inner()
+            .events
     }
 
     /// Polls the event log (all runs when `run_id` is empty) until an event
     /// matches `pred`, and returns it.
-    pub async fn wait_event(&self, run_id: &str, pred: impl Fn(&pb::Event) -> bool, timeout: Duration) -> pb::Event {
+    pub async fn wait_event(
+        &self,
+        run_id: &str,
+        pred: impl Fn(&pb::Event) -> bool,
+        timeout: Duration,
+    ) -> pb::Event {
         let deadline = Instant::now() + timeout;
         loop {
             let events = self.try_events(run_id).await;
@@ -555,11 +691,20 @@ impl Engine {
 
     pub async fn worker(&self, id: &str) -> Option<pb::Worker> {
         let ch = EngineAddr::Unix(self.socket()).connect().await.ok()?;
-        WorkersClient::new(ch).get_worker(pb::GetWorkerRequest { id: id.to_owned() }).await.ok().map(|r| r.into_inner())
+        WorkersClient::new(ch)
+            .get_worker(pb::GetWorkerRequest { id: id.to_owned() })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 
     /// Polls GetWorker until `pred` holds.
-    pub async fn wait_worker(&self, id: &str, pred: impl Fn(&pb::Worker) -> bool, timeout: Duration) -> pb::Worker {
+    pub async fn wait_worker(
+        &self,
+        id: &str,
+        pred: impl Fn(&pb::Worker) -> bool,
+        timeout: Duration,
+    ) -> pb::Worker {
         let deadline = Instant::now() + timeout;
         loop {
             let w = self.worker(id).await;
@@ -569,7 +714,10 @@ impl Engine {
                 return w.clone();
             }
             if Instant::now() > deadline {
-                panic!("worker {id} did not reach the expected state within {timeout:?}; last: {w:#?}\n{}", self.logs());
+                panic!(
+                    "worker {id} did not reach the expected state within {timeout:?}; last: {w:#?}\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(POLL).await;
         }
@@ -588,12 +736,19 @@ impl Engine {
                 .expect("ListApprovals")
                 .into_inner()
                 .approvals;
-            if let Some(a) = list.into_iter().find(|a| a.run_id == run_id && a.state == pb::ApprovalState::Pending as i32) {
+            if let Some(a) = list
+                .into_iter()
+                .find(|a| a.run_id == run_id && a.state == pb::ApprovalState::Pending as i32)
+            {
                 return a;
             }
             if Instant::now() > deadline {
                 let events = self.try_events(run_id).await;
-                panic!("run {run_id} has no pending approval after {DEADLINE:?}; events:\n{}\n{}", describe_events(&events), self.logs());
+                panic!(
+                    "run {run_id} has no pending approval after {DEADLINE:?}; events:\n{}\n{}",
+                    describe_events(&events),
+                    self.logs()
+                );
             }
             tokio::time::sleep(POLL).await;
         }
@@ -601,14 +756,24 @@ impl Engine {
 
     /// Every lease (live ones and recently ended ones).
     pub async fn leases(&self) -> Vec<pb::Lease> {
-        self.api().await.leases.list_leases(pb::ListLeasesRequest { all: true }).await.expect("ListLeases").into_inner().leases
+        self.api()
+            .await
+            .leases
+            .list_leases(pb::ListLeasesRequest { all: true })
+            .await
+            .expect("ListLeases")
+            .into_inner()
+            .leases
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("----- logs of the failed test's engine and workers -----\n{}", self.logs());
+            eprintln!(
+                "----- logs of the failed test's engine and workers -----\n{}",
+                self.logs()
+            );
         }
         if let Some(mut child) = self.child.take() {
             let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
@@ -647,7 +812,9 @@ impl Worker {
         let log = engine.data_dir().join(format!("worker-{id}.log"));
         let (out, err) = log_file(&log);
         let mut cmd = command(&opsdeckd(), engine.root.path());
-        cmd.arg("worker").args(["--engine", &engine.unix_addr()]).args(["--id", id]);
+        cmd.arg("worker")
+            .args(["--engine", &engine.unix_addr()])
+            .args(["--id", id]);
         for q in queues {
             cmd.args(["--queue", q]);
         }
@@ -657,7 +824,11 @@ impl Worker {
             .stdout(out)
             .stderr(err);
         let child = cmd.spawn().expect("spawn opsdeckd worker");
-        Worker { id: id.to_owned(), pid: child.id(), child: Some(child) }
+        Worker {
+            id: id.to_owned(),
+            pid: child.id(),
+            child: Some(child),
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -694,13 +865,23 @@ fn kill_tagged(tag: &Path) {
     let needle = format!("{TAG_VAR}={}", tag.display()).into_bytes();
     for _ in 0..3 {
         let mut found = false;
-        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for entry in dir.filter_map(|e| e.ok()) {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
             if pid == std::process::id() as i32 {
                 continue;
             }
-            let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
             if env.split(|b| *b == 0).any(|var| var == needle.as_slice()) {
                 found = true;
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -731,7 +912,9 @@ pub fn process_alive(pid: i32) -> bool {
 
 /// Whether any live (non-zombie) process is in process group `pgid`.
 pub fn group_alive(pgid: i32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
         .filter_map(stat)
@@ -752,16 +935,25 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(POLL).await;
     }
 }
 
 /// Waits until `path` exists with non-empty content, and returns the content.
 pub async fn wait_for_file(path: &Path, timeout: Duration) -> String {
-    wait_for(&format!("{} to be written", path.display()), timeout, || async {
-        std::fs::read_to_string(path).ok().filter(|t| !t.trim().is_empty())
-    })
+    wait_for(
+        &format!("{} to be written", path.display()),
+        timeout,
+        || async {
+            std::fs::read_to_string(path)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+        },
+    )
     .await
 }
 
@@ -803,12 +995,21 @@ pub fn kinds(events: &[pb::Event]) -> Vec<&str> {
 
 /// Asserts that `result` failed with `code` and a message containing every
 /// one of `needles` (case-insensitive); returns the status.
-pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needles: &[&str]) -> Status {
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    needles: &[&str],
+) -> Status {
     let status = match result {
         Ok(v) => panic!("expected {code:?}, but the call succeeded: {v:?}"),
         Err(s) => s,
     };
-    assert_eq!(status.code(), code, "wrong code; message: {:?}", status.message());
+    assert_eq!(
+        status.code(),
+        code,
+        "wrong code; message: {:?}",
+        status.message()
+    );
     let message = status.message().to_lowercase();
     for needle in needles {
         assert!(

@@ -2,7 +2,9 @@
 //! timed out (each `on_timeout`), and the four-eyes rule.
 
 use opsdeck_tests::pb::{ApprovalState, DecideRequest, ListApprovalsRequest, RunState, StepState};
-use opsdeck_tests::{DEADLINE, Engine, TOKEN_IDENTITY, Worker, assert_status, describe_events, kinds, pb, sh};
+use opsdeck_tests::{
+    DEADLINE, Engine, TOKEN_IDENTITY, Worker, assert_status, describe_events, kinds, pb, sh,
+};
 use tonic::Code;
 
 /// A run whose only step is an approval with these settings.
@@ -11,12 +13,23 @@ fn gate_only(settings: &str) -> String {
 }
 
 async fn approval_by_id(engine: &Engine, id: &str) -> pb::Approval {
-    let all = engine.api().await.approvals.list_approvals(ListApprovalsRequest { all: true }).await.unwrap();
-    all.into_inner().approvals.into_iter().find(|a| a.id == id).unwrap_or_else(|| panic!("approval {id} is not listed"))
+    let all = engine
+        .api()
+        .await
+        .approvals
+        .list_approvals(ListApprovalsRequest { all: true })
+        .await
+        .unwrap();
+    all.into_inner()
+        .approvals
+        .into_iter()
+        .find(|a| a.id == id)
+        .unwrap_or_else(|| panic!("approval {id} is not listed"))
 }
 
 #[tokio::test]
-async fn exec_approval_exec_succeeds_when_another_identity_approves_and_every_event_is_in_order_with_its_actor() {
+async fn exec_approval_exec_succeeds_when_another_identity_approves_and_every_event_is_in_order_with_its_actor()
+ {
     let engine = Engine::start_default().await;
     let worker = Worker::start(&engine, "w1", &["build"], 1).await;
     let (built, shipped) = (engine.path("built"), engine.path("shipped"));
@@ -32,20 +45,32 @@ async fn exec_approval_exec_succeeds_when_another_identity_approves_and_every_ev
     assert_ne!(me, TOKEN_IDENTITY);
 
     let run = engine.submit(&spec).await;
-    assert_eq!(run.submitted_by, me, "a run submitted over the Unix socket belongs to the OS user");
+    assert_eq!(
+        run.submitted_by, me,
+        "a run submitted over the Unix socket belongs to the OS user"
+    );
     let approval = engine.pending_approval(&run.id).await;
     assert_eq!(approval.step_index, 1);
     assert_eq!(approval.submitted_by, me);
-    let waiting = engine.wait_run_state(&run.id, RunState::WaitingApproval, DEADLINE).await;
+    let waiting = engine
+        .wait_run_state(&run.id, RunState::WaitingApproval, DEADLINE)
+        .await;
     assert_eq!(waiting.steps[0].state, StepState::Succeeded as i32);
     assert_eq!(std::fs::read_to_string(&built).unwrap().trim(), "built");
-    assert!(!shipped.exists(), "the step after the gate ran before the approval");
+    assert!(
+        !shipped.exists(),
+        "the step after the gate ran before the approval"
+    );
 
     let decided = engine
         .ci_api()
         .await
         .approvals
-        .decide(DecideRequest { id: approval.id.clone(), approve: true, reason: "change ticket 42".into() })
+        .decide(DecideRequest {
+            id: approval.id.clone(),
+            approve: true,
+            reason: "change ticket 42".into(),
+        })
         .await
         .expect("another identity may approve")
         .into_inner();
@@ -54,15 +79,27 @@ async fn exec_approval_exec_succeeds_when_another_identity_approves_and_every_ev
     assert_eq!(decided.decisions[0].actor, TOKEN_IDENTITY);
     assert_eq!(decided.decisions[0].comment, "change ticket 42");
 
-    let done = engine.wait_run_state(&run.id, RunState::Succeeded, DEADLINE).await;
-    assert!(done.steps.iter().all(|s| s.state == StepState::Succeeded as i32), "{done:#?}");
+    let done = engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+    assert!(
+        done.steps
+            .iter()
+            .all(|s| s.state == StepState::Succeeded as i32),
+        "{done:#?}"
+    );
     assert_eq!(std::fs::read_to_string(&shipped).unwrap().trim(), "shipped");
 
     let all_of_run = engine.events(&run.id).await;
     let shown = describe_events(&all_of_run);
-    assert!(all_of_run.windows(2).all(|w| w[0].seq < w[1].seq), "events out of seq order:\n{shown}");
     assert!(
-        all_of_run.iter().all(|e| e.run_id == run.id && !e.actor.is_empty()),
+        all_of_run.windows(2).all(|w| w[0].seq < w[1].seq),
+        "events out of seq order:\n{shown}"
+    );
+    assert!(
+        all_of_run
+            .iter()
+            .all(|e| e.run_id == run.id && !e.actor.is_empty()),
         "an event without its actor:\n{shown}"
     );
     // The kinds this test is about, in order, none missing and none twice
@@ -77,7 +114,11 @@ async fn exec_approval_exec_succeeds_when_another_identity_approves_and_every_ev
         "approval.approved",
         "run.succeeded",
     ];
-    let events: Vec<pb::Event> = all_of_run.iter().filter(|e| expected.contains(&e.kind.as_str())).cloned().collect();
+    let events: Vec<pb::Event> = all_of_run
+        .iter()
+        .filter(|e| expected.contains(&e.kind.as_str()))
+        .cloned()
+        .collect();
     assert_eq!(
         kinds(&events),
         [
@@ -97,22 +138,56 @@ async fn exec_approval_exec_succeeds_when_another_identity_approves_and_every_ev
         ],
         "the run's timeline:\n{shown}"
     );
-    let step_of = |kind: &str, nth: usize| events.iter().filter(|e| e.kind == kind).nth(nth).unwrap();
+    let step_of =
+        |kind: &str, nth: usize| events.iter().filter(|e| e.kind == kind).nth(nth).unwrap();
     assert_eq!(step_of("run.submitted", 0).actor, me, "{shown}");
-    assert_eq!(step_of("approval.approved", 0).actor, TOKEN_IDENTITY, "{shown}");
-    assert_eq!(step_of("approval.approved", 0).reason, "change ticket 42", "{shown}");
-    assert_eq!(step_of("approval.approved", 0).approval_id, approval.id, "{shown}");
+    assert_eq!(
+        step_of("approval.approved", 0).actor,
+        TOKEN_IDENTITY,
+        "{shown}"
+    );
+    assert_eq!(
+        step_of("approval.approved", 0).reason,
+        "change ticket 42",
+        "{shown}"
+    );
+    assert_eq!(
+        step_of("approval.approved", 0).approval_id,
+        approval.id,
+        "{shown}"
+    );
     for nth in 0..2 {
         let running = step_of("step.running", nth);
-        assert!(running.actor.contains(worker.id()), "step.running names its worker:\n{shown}");
-        assert_eq!(step_of("lease.granted", nth).worker_id, worker.id(), "{shown}");
+        assert!(
+            running.actor.contains(worker.id()),
+            "step.running names its worker:\n{shown}"
+        );
+        assert_eq!(
+            step_of("lease.granted", nth).worker_id,
+            worker.id(),
+            "{shown}"
+        );
     }
-    assert_eq!((step_of("step.running", 0).step_index, step_of("step.running", 1).step_index), (0, 2));
+    assert_eq!(
+        (
+            step_of("step.running", 0).step_index,
+            step_of("step.running", 1).step_index
+        ),
+        (0, 2)
+    );
 
     // The global log holds the same events, gap-free.
     let all = engine.all_events(0).await;
-    assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1), "the global event log has a gap:\n{}", describe_events(&all));
-    let ours: Vec<u64> = all.iter().filter(|e| e.run_id == run.id).map(|e| e.seq).collect();
+    assert!(
+        all.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "the global event log has a gap:\n{}",
+        describe_events(&all)
+    );
+    let ours: Vec<u64> = all
+        .iter()
+        .filter(|e| e.run_id == run.id)
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(ours, all_of_run.iter().map(|e| e.seq).collect::<Vec<_>>());
 }
 
@@ -126,30 +201,51 @@ async fn rejecting_an_approval_fails_the_run_and_records_the_rejecter_and_reason
         .ci_api()
         .await
         .approvals
-        .decide(DecideRequest { id: approval.id.clone(), approve: false, reason: "not during the freeze".into() })
+        .decide(DecideRequest {
+            id: approval.id.clone(),
+            approve: false,
+            reason: "not during the freeze".into(),
+        })
         .await
         .expect("reject")
         .into_inner();
     assert_eq!(decided.state, ApprovalState::Rejected as i32);
 
-    let done = engine.wait_run_state(&run.id, RunState::Failed, DEADLINE).await;
+    let done = engine
+        .wait_run_state(&run.id, RunState::Failed, DEADLINE)
+        .await;
     assert_eq!(done.steps[0].state, StepState::Failed as i32);
     let events = engine.events(&run.id).await;
-    let rejected = events.iter().find(|e| e.kind == "approval.rejected").expect("an approval.rejected event");
+    let rejected = events
+        .iter()
+        .find(|e| e.kind == "approval.rejected")
+        .expect("an approval.rejected event");
     assert_eq!(rejected.actor, TOKEN_IDENTITY);
     assert_eq!(rejected.reason, "not during the freeze");
-    assert_eq!(kinds(&events).last(), Some(&"run.failed"), "{}", describe_events(&events));
+    assert_eq!(
+        kinds(&events).last(),
+        Some(&"run.failed"),
+        "{}",
+        describe_events(&events)
+    );
 }
 
 #[tokio::test]
 async fn approval_timeout_with_on_timeout_reject_rejects_the_approval_and_fails_the_run() {
     let engine = Engine::start_default().await;
-    let run = engine.submit(&gate_only("timeout = \"1s\", on_timeout = \"reject\"")).await;
+    let run = engine
+        .submit(&gate_only("timeout = \"1s\", on_timeout = \"reject\""))
+        .await;
     let approval = engine.pending_approval(&run.id).await;
     assert!(approval.deadline_at_ms > 0);
 
-    engine.wait_run_state(&run.id, RunState::Failed, DEADLINE).await;
-    assert_eq!(approval_by_id(&engine, &approval.id).await.state, ApprovalState::Rejected as i32);
+    engine
+        .wait_run_state(&run.id, RunState::Failed, DEADLINE)
+        .await;
+    assert_eq!(
+        approval_by_id(&engine, &approval.id).await.state,
+        ApprovalState::Rejected as i32
+    );
     let events = engine.events(&run.id).await;
     let shown = describe_events(&events);
     assert!(kinds(&events).contains(&"approval.rejected"), "{shown}");
@@ -160,11 +256,18 @@ async fn approval_timeout_with_on_timeout_reject_rejects_the_approval_and_fails_
 #[tokio::test]
 async fn approval_timeout_with_on_timeout_fail_expires_the_approval_and_fails_the_run() {
     let engine = Engine::start_default().await;
-    let run = engine.submit(&gate_only("timeout = \"1s\", on_timeout = \"fail\"")).await;
+    let run = engine
+        .submit(&gate_only("timeout = \"1s\", on_timeout = \"fail\""))
+        .await;
     let approval = engine.pending_approval(&run.id).await;
 
-    engine.wait_run_state(&run.id, RunState::Failed, DEADLINE).await;
-    assert_eq!(approval_by_id(&engine, &approval.id).await.state, ApprovalState::Expired as i32);
+    engine
+        .wait_run_state(&run.id, RunState::Failed, DEADLINE)
+        .await;
+    assert_eq!(
+        approval_by_id(&engine, &approval.id).await.state,
+        ApprovalState::Expired as i32
+    );
     let events = engine.events(&run.id).await;
     let shown = describe_events(&events);
     assert!(kinds(&events).contains(&"approval.expired"), "{shown}");
@@ -176,7 +279,11 @@ async fn approval_timeout_with_on_timeout_fail_expires_the_approval_and_fails_th
         .ci_api()
         .await
         .approvals
-        .decide(DecideRequest { id: approval.id.clone(), approve: true, reason: "too late".into() })
+        .decide(DecideRequest {
+            id: approval.id.clone(),
+            approve: true,
+            reason: "too late".into(),
+        })
         .await;
     assert_status(late, Code::FailedPrecondition, &[&approval.id]);
 }
@@ -192,28 +299,46 @@ async fn the_submitter_cannot_approve_their_own_run_by_default() {
         .api()
         .await
         .approvals
-        .decide(DecideRequest { id: approval.id.clone(), approve: true, reason: "me, myself".into() })
+        .decide(DecideRequest {
+            id: approval.id.clone(),
+            approve: true,
+            reason: "me, myself".into(),
+        })
         .await;
     assert_status(own, Code::PermissionDenied, &["allow_self_approval"]);
-    assert_eq!(approval_by_id(&engine, &approval.id).await.state, ApprovalState::Pending as i32);
-    assert_eq!(engine.get_run(&run.id).await.state, RunState::WaitingApproval as i32);
+    assert_eq!(
+        approval_by_id(&engine, &approval.id).await.state,
+        ApprovalState::Pending as i32
+    );
+    assert_eq!(
+        engine.get_run(&run.id).await.state,
+        RunState::WaitingApproval as i32
+    );
 
     // Another identity still can.
     engine
         .ci_api()
         .await
         .approvals
-        .decide(DecideRequest { id: approval.id.clone(), approve: true, reason: "second pair of eyes".into() })
+        .decide(DecideRequest {
+            id: approval.id.clone(),
+            approve: true,
+            reason: "second pair of eyes".into(),
+        })
         .await
         .expect("another identity approves");
-    engine.wait_run_state(&run.id, RunState::Succeeded, DEADLINE).await;
+    engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
 }
 
 #[tokio::test]
 async fn the_submitter_may_approve_their_own_run_when_the_step_allows_self_approval() {
     let engine = Engine::start_default().await;
     let me = engine.os_identity().await;
-    let run = engine.submit(&gate_only("timeout = \"5m\", allow_self_approval = true")).await;
+    let run = engine
+        .submit(&gate_only("timeout = \"5m\", allow_self_approval = true"))
+        .await;
     let approval = engine.pending_approval(&run.id).await;
     assert!(approval.allow_self_approval);
 
@@ -221,11 +346,17 @@ async fn the_submitter_may_approve_their_own_run_when_the_step_allows_self_appro
         .api()
         .await
         .approvals
-        .decide(DecideRequest { id: approval.id.clone(), approve: true, reason: "allowed".into() })
+        .decide(DecideRequest {
+            id: approval.id.clone(),
+            approve: true,
+            reason: "allowed".into(),
+        })
         .await
         .expect("self-approval is allowed on this step")
         .into_inner();
     assert_eq!(decided.state, ApprovalState::Approved as i32);
     assert_eq!(decided.decisions[0].actor, me);
-    engine.wait_run_state(&run.id, RunState::Succeeded, DEADLINE).await;
+    engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
 }

@@ -8,7 +8,10 @@ use opsdeck_tests::{DEADLINE, Engine, Worker, sh, wait_for};
 /// A one-step run on queue `work` that waits until `release` exists.
 fn blocked_until(release: &Path) -> String {
     let script = format!("while [ ! -f {} ]; do sleep 0.05; done", release.display());
-    format!("name = \"held\"\n[[step]]\nname = \"wait\"\nqueue = \"work\"\nrun = {}\n", sh(&script))
+    format!(
+        "name = \"held\"\n[[step]]\nname = \"wait\"\nqueue = \"work\"\nrun = {}\n",
+        sh(&script)
+    )
 }
 
 fn quick() -> String {
@@ -18,10 +21,18 @@ fn quick() -> String {
 /// Waits for `n` more heartbeats of a worker to reach the engine: by then
 /// anything the engine would have dispatched to it has been dispatched.
 async fn heartbeats(engine: &Engine, id: &str, n: usize) {
-    let mut seen = engine.worker(id).await.map(|w| w.last_heartbeat_at_ms).unwrap_or_default();
+    let mut seen = engine
+        .worker(id)
+        .await
+        .map(|w| w.last_heartbeat_at_ms)
+        .unwrap_or_default();
     for _ in 0..n {
         seen = wait_for(&format!("a heartbeat from {id}"), DEADLINE, || async {
-            engine.worker(id).await.map(|w| w.last_heartbeat_at_ms).filter(|t| *t > seen)
+            engine
+                .worker(id)
+                .await
+                .map(|w| w.last_heartbeat_at_ms)
+                .filter(|t| *t > seen)
         })
         .await;
     }
@@ -33,41 +44,72 @@ async fn a_drained_worker_finishes_its_step_and_takes_no_more_until_undrained() 
     let _w1 = Worker::start(&engine, "w1", &["work"], 1).await;
     let release = engine.path("release");
     let held = engine.submit(&blocked_until(&release)).await;
-    engine.wait_step_state(&held.id, 0, StepState::Running, DEADLINE).await;
+    engine
+        .wait_step_state(&held.id, 0, StepState::Running, DEADLINE)
+        .await;
 
     let drained = engine
         .api()
         .await
         .workers
-        .drain_worker(WorkerActionRequest { id: "w1".into(), reason: "kernel update".into() })
+        .drain_worker(WorkerActionRequest {
+            id: "w1".into(),
+            reason: "kernel update".into(),
+        })
         .await
         .expect("drain a worker")
         .into_inner();
     assert_eq!(drained.state, WorkerState::Draining as i32);
-    let event = engine.wait_event("", |e| e.kind == "worker.draining" && e.worker_id == "w1", DEADLINE).await;
-    assert_eq!((event.actor, event.reason), (engine.os_identity().await, "kernel update".to_owned()));
+    let event = engine
+        .wait_event(
+            "",
+            |e| e.kind == "worker.draining" && e.worker_id == "w1",
+            DEADLINE,
+        )
+        .await;
+    assert_eq!(
+        (event.actor, event.reason),
+        (engine.os_identity().await, "kernel update".to_owned())
+    );
 
     let next = engine.submit(&quick()).await;
     std::fs::write(&release, "go").unwrap();
-    let done = engine.wait_run_state(&held.id, RunState::Succeeded, DEADLINE).await;
-    assert_eq!(done.steps[0].worker_id, "w1", "the draining worker finished the step it had");
+    let done = engine
+        .wait_run_state(&held.id, RunState::Succeeded, DEADLINE)
+        .await;
+    assert_eq!(
+        done.steps[0].worker_id, "w1",
+        "the draining worker finished the step it had"
+    );
 
     // Its slot is free now, yet it takes nothing more.
     heartbeats(&engine, "w1", 3).await;
     let waiting = engine.get_run(&next.id).await;
-    assert_eq!(waiting.steps[0].state, StepState::Queued as i32, "a draining worker took a new step: {waiting:#?}");
-    assert_eq!(engine.worker("w1").await.unwrap().state, WorkerState::Draining as i32);
+    assert_eq!(
+        waiting.steps[0].state,
+        StepState::Queued as i32,
+        "a draining worker took a new step: {waiting:#?}"
+    );
+    assert_eq!(
+        engine.worker("w1").await.unwrap().state,
+        WorkerState::Draining as i32
+    );
 
     let undrained = engine
         .api()
         .await
         .workers
-        .undrain_worker(WorkerActionRequest { id: "w1".into(), reason: "done".into() })
+        .undrain_worker(WorkerActionRequest {
+            id: "w1".into(),
+            reason: "done".into(),
+        })
         .await
         .expect("undrain a worker")
         .into_inner();
     assert_eq!(undrained.state, WorkerState::Online as i32);
-    let done = engine.wait_run_state(&next.id, RunState::Succeeded, DEADLINE).await;
+    let done = engine
+        .wait_run_state(&next.id, RunState::Succeeded, DEADLINE)
+        .await;
     assert_eq!(done.steps[0].worker_id, "w1");
 }
 
@@ -79,44 +121,72 @@ async fn a_queued_step_waits_for_another_worker_while_the_only_one_is_drained() 
         .api()
         .await
         .workers
-        .drain_worker(WorkerActionRequest { id: "w1".into(), reason: "maintenance".into() })
+        .drain_worker(WorkerActionRequest {
+            id: "w1".into(),
+            reason: "maintenance".into(),
+        })
         .await
         .expect("drain an idle worker");
     let run = engine.submit(&quick()).await;
     heartbeats(&engine, "w1", 3).await;
-    assert_eq!(engine.get_run(&run.id).await.steps[0].state, StepState::Queued as i32);
+    assert_eq!(
+        engine.get_run(&run.id).await.steps[0].state,
+        StepState::Queued as i32
+    );
 
     let _w2 = Worker::start(&engine, "w2", &["work"], 1).await;
-    let done = engine.wait_run_state(&run.id, RunState::Succeeded, DEADLINE).await;
+    let done = engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
     assert_eq!(done.steps[0].worker_id, "w2");
 }
 
 #[tokio::test]
-async fn a_recycled_worker_comes_back_with_the_next_generation_and_its_in_flight_step_still_succeeds() {
+async fn a_recycled_worker_comes_back_with_the_next_generation_and_its_in_flight_step_still_succeeds()
+ {
     let engine = Engine::start_default().await;
     let _w1 = Worker::start(&engine, "w1", &["work"], 1).await;
     let before = engine.worker("w1").await.unwrap().generation;
     let release = engine.path("release");
     let held = engine.submit(&blocked_until(&release)).await;
-    engine.wait_step_state(&held.id, 0, StepState::Running, DEADLINE).await;
+    engine
+        .wait_step_state(&held.id, 0, StepState::Running, DEADLINE)
+        .await;
 
     let asked = engine
         .api()
         .await
         .workers
-        .recycle_worker(WorkerActionRequest { id: "w1".into(), reason: "new binary".into() })
+        .recycle_worker(WorkerActionRequest {
+            id: "w1".into(),
+            reason: "new binary".into(),
+        })
         .await
         .expect("recycle a connected worker")
         .into_inner();
     assert!(asked.recycle_requested, "{asked:#?}");
-    assert_eq!(asked.generation, before, "the generation goes up only once the new process registers");
-    let event = engine.wait_event("", |e| e.kind == "worker.recycle_requested" && e.worker_id == "w1", DEADLINE).await;
+    assert_eq!(
+        asked.generation, before,
+        "the generation goes up only once the new process registers"
+    );
+    let event = engine
+        .wait_event(
+            "",
+            |e| e.kind == "worker.recycle_requested" && e.worker_id == "w1",
+            DEADLINE,
+        )
+        .await;
     assert_eq!(event.reason, "new binary");
 
     // The step in hand finishes before the worker goes.
     std::fs::write(&release, "go").unwrap();
-    let done = engine.wait_run_state(&held.id, RunState::Succeeded, DEADLINE).await;
-    assert_eq!(done.steps[0].attempt, 1, "the in-flight step was not run again");
+    let done = engine
+        .wait_run_state(&held.id, RunState::Succeeded, DEADLINE)
+        .await;
+    assert_eq!(
+        done.steps[0].attempt, 1,
+        "the in-flight step was not run again"
+    );
 
     let back = engine
         .wait_worker(
@@ -126,11 +196,23 @@ async fn a_recycled_worker_comes_back_with_the_next_generation_and_its_in_flight
         )
         .await;
     assert!(!back.recycle_requested, "{back:#?}");
-    let recycled = engine.wait_event("", |e| e.kind == "worker.recycled" && e.worker_id == "w1", DEADLINE).await;
-    assert_eq!(recycled.worker.as_ref().map(|w| w.generation), Some(before + 1), "{recycled:#?}");
+    let recycled = engine
+        .wait_event(
+            "",
+            |e| e.kind == "worker.recycled" && e.worker_id == "w1",
+            DEADLINE,
+        )
+        .await;
+    assert_eq!(
+        recycled.worker.as_ref().map(|w| w.generation),
+        Some(before + 1),
+        "{recycled:#?}"
+    );
 
     // The new process does work.
     let next = engine.submit(&quick()).await;
-    let done = engine.wait_run_state(&next.id, RunState::Succeeded, DEADLINE).await;
+    let done = engine
+        .wait_run_state(&next.id, RunState::Succeeded, DEADLINE)
+        .await;
     assert_eq!(done.steps[0].worker_id, "w1");
 }

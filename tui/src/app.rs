@@ -1,0 +1,1771 @@
+//! The console's model and its `update`, in the Elm style: one [`App`]
+//! holds everything the screen shows, [`update`] applies one [`Msg`] (a key
+//! press, something from the watch, an engine call's result, a tick) and
+//! returns the [`Cmd`]s to carry out (engine calls, fetches, quitting). The
+//! views read `&App` and nothing else; nothing here draws or does I/O, so
+//! every behaviour tests by feeding messages.
+//!
+//! No view types live here: colours, layout and ratatui are the views'.
+
+use crossterm::event::{KeyCode, KeyEvent};
+use opsdeck_proto::names::word_of;
+use opsdeck_proto::v1::{
+    Approval, ApprovalState, Event, Lease, OutputChunk, Queue, Run, RunState, Worker, WorkerState,
+    WhoamiResponse,
+};
+use tui_textarea::{CursorMove, TextArea};
+
+use crate::cli::error::status_hint;
+use crate::cli::events::subject;
+use crate::cli::runs::{join_chunks, last_lines};
+use crate::cli::step_number;
+use crate::cli::time::{duration, relative};
+use crate::conn::{Update, status_words};
+use crate::keys::{Action, Key, lookup};
+use crate::model::{self, Data};
+
+/// The screens, in the order of their digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Screen {
+    Overview,
+    Runs,
+    Run,
+    Workers,
+    Queues,
+    Approvals,
+    Leases,
+    Events,
+}
+
+impl Screen {
+    pub const ALL: [Screen; 8] = [
+        Self::Overview,
+        Self::Runs,
+        Self::Run,
+        Self::Workers,
+        Self::Queues,
+        Self::Approvals,
+        Self::Leases,
+        Self::Events,
+    ];
+
+    /// The name `:` takes, and the help uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Overview => "overview",
+            Self::Runs => "runs",
+            Self::Run => "run",
+            Self::Workers => "workers",
+            Self::Queues => "queues",
+            Self::Approvals => "approvals",
+            Self::Leases => "leases",
+            Self::Events => "events",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Overview => "Overview",
+            Self::Runs => "Runs",
+            Self::Run => "Run",
+            Self::Workers => "Workers",
+            Self::Queues => "Queues",
+            Self::Approvals => "Approvals",
+            Self::Leases => "Leases",
+            Self::Events => "Events",
+        }
+    }
+
+    /// Its digit.
+    pub fn number(self) -> usize {
+        self.index() + 1
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|s| *s == self).unwrap_or(0)
+    }
+
+    /// Screens that show a list with a selection and a filter.
+    pub fn is_list(self) -> bool {
+        !matches!(self, Self::Overview | Self::Run)
+    }
+
+    /// The screen a typed name means: the exact name, else the first whose
+    /// name starts with it.
+    pub fn from_name(text: &str) -> Option<Self> {
+        let text = text.trim().to_ascii_lowercase();
+        if text.is_empty() {
+            return None;
+        }
+        Self::ALL
+            .iter()
+            .find(|s| s.name() == text)
+            .or_else(|| Self::ALL.iter().find(|s| s.name().starts_with(&text)))
+            .copied()
+    }
+}
+
+/// Which colours the terminal gets. Chosen once from the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Palette {
+    /// `NO_COLOR` (or a dumb terminal): bold, dim and reverse only.
+    Mono,
+    /// The 16 ANSI colours every colour terminal has.
+    Ansi16,
+    /// 256 colours, when `COLORTERM` or `TERM` says so.
+    Ansi256,
+}
+
+impl Palette {
+    pub fn detect(no_color: Option<&str>, term: Option<&str>, colorterm: Option<&str>) -> Self {
+        if no_color.is_some_and(|v| !v.is_empty()) || term == Some("dumb") {
+            return Self::Mono;
+        }
+        let truecolor = colorterm.is_some_and(|c| c == "truecolor" || c == "24bit");
+        if truecolor || term.is_some_and(|t| t.contains("256color")) {
+            Self::Ansi256
+        } else {
+            Self::Ansi16
+        }
+    }
+
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok();
+        Self::detect(
+            var("NO_COLOR").as_deref(),
+            var("TERM").as_deref(),
+            var("COLORTERM").as_deref(),
+        )
+    }
+}
+
+/// The state of the watch connection, as the header shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Link {
+    Connecting { attempt: u32 },
+    /// Connected, reading a snapshot.
+    Loading,
+    Live,
+    /// Broken; the next try is at `retry_at_ms`.
+    Retrying {
+        retry_at_ms: i64,
+        attempt: u32,
+        why: String,
+    },
+}
+
+/// Who and what the console is connected to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// The address, as given or found.
+    pub engine: String,
+    pub link: Link,
+    pub identity: String,
+    pub transport: String,
+    pub engine_version: String,
+    pub engine_id: String,
+    /// Since when what is shown may be out of date (the link broke).
+    pub stale_since_ms: Option<i64>,
+    /// When a reconnect found another engine process than before.
+    pub leader_changed_at_ms: Option<i64>,
+}
+
+/// How long the header says "leader changed".
+pub const LEADER_CHANGED_SHOWN_MS: i64 = 5 * 60_000;
+
+/// A list screen's selection and filter. The selection follows its item
+/// (by key) as rows come and go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListState {
+    pub selected: usize,
+    pub key: Option<String>,
+    pub filter: String,
+}
+
+/// A line of text being typed: the state of a tui-textarea, kept as plain
+/// data so that the model holds no widget. Editing goes through a
+/// `TextArea` made for the key press ([`TextField::input`]), so the keys
+/// behave as tui-textarea's do (ctrl-a/e, alt-b/f, ctrl-w, ctrl-u, …).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TextField {
+    pub lines: Vec<String>,
+    /// (row, column) in characters.
+    pub cursor: (usize, usize),
+}
+
+impl TextField {
+    /// The text, as one line.
+    pub fn text(&self) -> String {
+        self.lines.join(" ").trim().to_owned()
+    }
+
+    /// A `TextArea` holding this text with the cursor in place.
+    pub fn textarea(&self) -> TextArea<'static> {
+        let mut area = TextArea::new(self.lines.clone());
+        let row = u16::try_from(self.cursor.0).unwrap_or(u16::MAX);
+        let col = u16::try_from(self.cursor.1).unwrap_or(u16::MAX);
+        area.move_cursor(CursorMove::Jump(row, col));
+        area
+    }
+
+    /// Edits with one key. Enter never makes a second line: a reason is
+    /// one line, and Enter moves on (the caller handles it).
+    pub fn input(&mut self, key: KeyEvent) {
+        if matches!(key.code, KeyCode::Enter)
+            || (key.modifiers.contains(crossterm::event::KeyModifiers::CONTROL)
+                && matches!(key.code, KeyCode::Char('m' | 'j')))
+        {
+            return;
+        }
+        let mut area = self.textarea();
+        area.input(key);
+        let cursor = area.cursor();
+        self.cursor = (cursor.0, cursor.1);
+        self.lines = area.into_lines();
+    }
+
+    pub fn insert(&mut self, text: &str) {
+        let mut area = self.textarea();
+        area.insert_str(text);
+        let cursor = area.cursor();
+        self.cursor = (cursor.0, cursor.1);
+        self.lines = area.into_lines();
+    }
+}
+
+/// A change to the engine, with what it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Approve { approval: String },
+    Reject { approval: String },
+    Cancel { run: String },
+    Retry { run: String },
+    Drain { worker: String },
+    Undrain { worker: String },
+    Recycle { worker: String },
+    Pause { queue: String },
+    Resume { queue: String },
+    ForceRelease { lease: String, fail: bool },
+}
+
+impl Change {
+    /// "approve", as the dialog's OK says it.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::Approve { .. } => "approve",
+            Self::Reject { .. } => "reject",
+            Self::Cancel { .. } => "cancel run",
+            Self::Retry { .. } => "retry run",
+            Self::Drain { .. } => "drain",
+            Self::Undrain { .. } => "undrain",
+            Self::Recycle { .. } => "recycle",
+            Self::Pause { .. } => "pause",
+            Self::Resume { .. } => "resume",
+            Self::ForceRelease { .. } => "force-release",
+        }
+    }
+
+    /// "approving approval 01J…", while the call is out.
+    fn doing(&self) -> String {
+        match self {
+            Self::Approve { approval } => format!("approving {approval}"),
+            Self::Reject { approval } => format!("rejecting {approval}"),
+            Self::Cancel { run } => format!("cancelling run {run}"),
+            Self::Retry { run } => format!("retrying run {run}"),
+            Self::Drain { worker } => format!("draining {worker}"),
+            Self::Undrain { worker } => format!("undraining {worker}"),
+            Self::Recycle { worker } => format!("recycling {worker}"),
+            Self::Pause { queue } => format!("pausing queue {queue}"),
+            Self::Resume { queue } => format!("resuming queue {queue}"),
+            Self::ForceRelease { lease, .. } => format!("force-releasing lease {lease}"),
+        }
+    }
+}
+
+/// What a change returned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Changed {
+    Approval(Approval),
+    Run(Run),
+    Worker(Worker),
+    Queue(Queue),
+    Lease(Lease),
+}
+
+/// Where focus is in the confirmation dialog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Focus {
+    /// The lease id, typed to confirm a force-release.
+    Id,
+    Reason,
+    /// Force-release: fail the step instead of requeueing it.
+    Fail,
+    Ok,
+    Cancel,
+}
+
+/// The confirmation of a change: what it is, in words, and a reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confirm {
+    pub change: Change,
+    pub title: String,
+    /// What will happen, line by line.
+    pub lines: Vec<String>,
+    /// The id that must be typed to confirm, for a force-release.
+    pub type_to_confirm: Option<String>,
+    pub typed: TextField,
+    pub reason: TextField,
+    /// Force-release only: fail the step instead of requeueing it.
+    pub fail: Option<bool>,
+    pub focus: Focus,
+    /// Why OK did nothing.
+    pub error: Option<String>,
+}
+
+impl Confirm {
+    fn new(change: Change, title: String, lines: Vec<String>) -> Self {
+        let (type_to_confirm, fail) = match &change {
+            Change::ForceRelease { lease, fail } => (Some(lease.clone()), Some(*fail)),
+            _ => (None, None),
+        };
+        Self {
+            change,
+            title,
+            lines,
+            type_to_confirm,
+            typed: TextField::default(),
+            reason: TextField::default(),
+            fail,
+            // Focus starts on Cancel: a stray Enter changes nothing.
+            focus: Focus::Cancel,
+            error: None,
+        }
+    }
+
+    /// The focus ring, in Tab order.
+    pub fn ring(&self) -> Vec<Focus> {
+        let mut ring = Vec::with_capacity(5);
+        if self.type_to_confirm.is_some() {
+            ring.push(Focus::Id);
+        }
+        ring.push(Focus::Reason);
+        if self.fail.is_some() {
+            ring.push(Focus::Fail);
+        }
+        ring.extend([Focus::Ok, Focus::Cancel]);
+        ring
+    }
+
+    fn step_focus(&mut self, forward: bool) {
+        let ring = self.ring();
+        let at = ring.iter().position(|f| *f == self.focus).unwrap_or(0);
+        let next = if forward {
+            (at + 1) % ring.len()
+        } else {
+            (at + ring.len() - 1) % ring.len()
+        };
+        self.focus = ring[next];
+    }
+
+    /// What is missing before OK can go ahead.
+    pub fn missing(&self) -> Option<String> {
+        if let Some(id) = &self.type_to_confirm
+            && self.typed.text() != *id
+        {
+            return Some(format!("type the lease id {id} to confirm"));
+        }
+        if self.reason.text().is_empty() {
+            return Some("type a reason: it is recorded with your name in the audit trail".to_owned());
+        }
+        None
+    }
+}
+
+/// An overlay over the screen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Modal {
+    Confirm(Box<Confirm>),
+    Help { scroll: usize },
+}
+
+/// What the bottom line is being used for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Normal,
+    /// `/`: typing the current list's filter.
+    Filter,
+    /// `:`: typing a screen's name.
+    Command(String),
+}
+
+/// How the status line reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusKind {
+    Info,
+    /// A call is out.
+    Pending,
+    Done,
+    /// The engine (or the console) said no.
+    Refused,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub text: String,
+    pub kind: StatusKind,
+    pub at_ms: i64,
+}
+
+/// A line of a step's output, as the log tail shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub step_index: u32,
+    pub attempt: u32,
+    pub stderr: bool,
+    /// A heading between steps/attempts rather than output.
+    pub heading: bool,
+    pub text: String,
+}
+
+/// The run being looked at on the Run screen.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunView {
+    pub run_id: String,
+    /// Its events, by seq (from the log, then live).
+    pub timeline: Vec<Event>,
+    pub timeline_loaded: bool,
+    pub log: Vec<LogLine>,
+    pub log_error: Option<String>,
+    pub log_fetching: bool,
+    /// Another fetch is wanted once the one out is back.
+    pub log_wanted: bool,
+    pub log_fetched_at_ms: i64,
+    /// Keep the newest lines in view.
+    pub follow: bool,
+    /// The first line shown when not following.
+    pub scroll: usize,
+}
+
+/// Lines of a step's output kept for the log tail.
+const LOG_LINES: usize = 2_000;
+/// Bytes of each attempt's output asked for.
+pub const LOG_TAIL_BYTES: u64 = 64 * 1024;
+/// A running step's output is read again this often while shown.
+const LOG_REFRESH_MS: i64 = 2_000;
+/// Heartbeat-driven fields are read again this often (see [`Data::refresh`]).
+const REFRESH_MS: i64 = 3_000;
+/// Events read from the log after a snapshot, to fill the tail.
+const BACKFILL: u64 = 500;
+/// A first ctrl-c waits this long for the second.
+const CTRL_C_MS: i64 = 3_000;
+
+/// Settings from the command line and the environment.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub engine: String,
+    pub readonly: bool,
+    pub palette: Palette,
+}
+
+/// Everything the console shows and remembers.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub now_ms: i64,
+    pub data: Data,
+    /// What the display shows while frozen (space): a copy taken then.
+    pub frozen: Option<Box<(Data, RunView)>>,
+    pub screen: Screen,
+    /// Where Esc goes back to, after Enter drilled in.
+    pub back: Vec<Back>,
+    pub lists: [ListState; 8],
+    /// The current list's row keys, filtered and ordered ([`App::sync`]).
+    pub rows: Vec<String>,
+    rows_for: Option<(Screen, String, u64, bool)>,
+    pub run: RunView,
+    pub input: Input,
+    pub modal: Option<Modal>,
+    pub conn: Connection,
+    pub status: Option<Status>,
+    pub readonly: bool,
+    pub palette: Palette,
+    /// The Events screen keeps the newest event selected.
+    pub events_follow: bool,
+    ctrl_c_at: Option<i64>,
+    refreshing: bool,
+    refreshed_at_ms: i64,
+    /// Terminal size, for page moves.
+    pub size: (u16, u16),
+    pub quit: bool,
+}
+
+/// A step back: the screen, and the filter to put back on the screen that
+/// Enter filtered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Back {
+    pub screen: Screen,
+    pub restore_filter: Option<(Screen, String)>,
+}
+
+/// Something that happened.
+#[derive(Debug)]
+pub enum Msg {
+    Key(KeyEvent),
+    Conn(Update),
+    /// A change's result.
+    Done {
+        change: Change,
+        result: Result<Changed, tonic::Status>,
+    },
+    Output {
+        run_id: String,
+        result: Result<Vec<OutputChunk>, String>,
+    },
+    Timeline {
+        run_id: String,
+        result: Result<Vec<Event>, String>,
+    },
+    Backfill(Result<Vec<Event>, String>),
+    Refreshed(Result<(Vec<Worker>, Vec<Lease>), String>),
+    /// A second passed (the clock is `App::now_ms`, set by the caller).
+    Tick,
+    Resize { width: u16, height: u16 },
+}
+
+/// Something to do outside the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cmd {
+    Change { change: Change, reason: String },
+    FetchOutput { run_id: String },
+    FetchTimeline { run_id: String },
+    /// Events after this seq, to fill the tail.
+    FetchEvents { after_seq: u64 },
+    /// Workers' heartbeats and leases' expiries.
+    Refresh,
+    Resync,
+    Quit,
+}
+
+impl App {
+    pub fn new(options: Options, now_ms: i64) -> Self {
+        Self {
+            now_ms,
+            data: Data::default(),
+            frozen: None,
+            screen: Screen::Overview,
+            back: Vec::new(),
+            lists: Default::default(),
+            rows: Vec::new(),
+            rows_for: None,
+            run: RunView::default(),
+            input: Input::Normal,
+            modal: None,
+            conn: Connection {
+                engine: options.engine,
+                link: Link::Connecting { attempt: 0 },
+                identity: String::new(),
+                transport: String::new(),
+                engine_version: String::new(),
+                engine_id: String::new(),
+                stale_since_ms: None,
+                leader_changed_at_ms: None,
+            },
+            status: None,
+            readonly: options.readonly,
+            palette: options.palette,
+            events_follow: true,
+            ctrl_c_at: None,
+            refreshing: false,
+            refreshed_at_ms: 0,
+            size: (80, 24),
+            quit: false,
+        }
+    }
+
+    /// What the views show: the frozen copy, or the live data.
+    pub fn shown(&self) -> (&Data, &RunView) {
+        match &self.frozen {
+            Some(frozen) => (&frozen.0, &frozen.1),
+            None => (&self.data, &self.run),
+        }
+    }
+
+    pub fn list(&self, screen: Screen) -> &ListState {
+        &self.lists[screen.index()]
+    }
+
+    fn list_mut(&mut self, screen: Screen) -> &mut ListState {
+        &mut self.lists[screen.index()]
+    }
+
+    /// Whether changes may be made now (connected and live).
+    pub fn live(&self) -> bool {
+        self.conn.link == Link::Live
+    }
+
+    fn say(&mut self, kind: StatusKind, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            kind,
+            at_ms: self.now_ms,
+        });
+    }
+
+    /// Recomputes the current list's rows if what they depend on changed,
+    /// and keeps the selection on its item. The main loop calls it before
+    /// drawing; `update` before handling a key.
+    pub fn sync(&mut self) {
+        let screen = self.screen;
+        let frozen = self.frozen.is_some();
+        let filter = self.list(screen).filter.clone();
+        let version = self.shown().0.version;
+        let key = (screen, filter, version, frozen);
+        if self.rows_for.as_ref() != Some(&key) {
+            self.rows = rows(self.shown().0, screen, &key.1, self.now_ms);
+            self.rows_for = Some(key);
+        }
+        let len = self.rows.len();
+        let follow = screen == Screen::Events && self.events_follow;
+        let rows = &self.rows;
+        let list = &mut self.lists[screen.index()];
+        if follow {
+            list.selected = 0;
+        } else if let Some(at) = list.key.as_ref().and_then(|k| rows.iter().position(|r| r == k)) {
+            list.selected = at;
+        } else {
+            list.selected = list.selected.min(len.saturating_sub(1));
+        }
+        list.key = rows.get(list.selected).cloned();
+    }
+
+    /// The selected row's key on the current list.
+    pub fn selected_key(&self) -> Option<&str> {
+        self.list(self.screen).key.as_deref()
+    }
+
+    fn page(&self) -> usize {
+        usize::from(self.size.1.saturating_sub(8)).max(1)
+    }
+
+    /// Rows of the log the Run screen has, roughly: for page moves.
+    fn log_rows(&self) -> usize {
+        usize::from(self.size.1.saturating_sub(8) / 2).max(1)
+    }
+}
+
+/// Applies one message; returns what to do next.
+pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
+    match msg {
+        Msg::Key(key) => {
+            app.sync();
+            on_key(app, key)
+        }
+        Msg::Conn(update) => on_conn(app, update),
+        Msg::Done { change, result } => {
+            match result {
+                Ok(changed) => {
+                    let text = outcome(&change, &changed, &app.data);
+                    app.say(StatusKind::Done, text);
+                }
+                Err(status) => {
+                    let mut text = format!("refused: {}", status_words(&status));
+                    if let Some(hint) = status_hint(&status, false, &app.conn.engine) {
+                        text.push_str(&format!(" ({hint})"));
+                    }
+                    app.say(StatusKind::Refused, text);
+                }
+            }
+            Vec::new()
+        }
+        Msg::Output { run_id, result } => on_output(app, &run_id, result),
+        Msg::Timeline { run_id, result } => {
+            if app.run.run_id == run_id {
+                match result {
+                    Ok(events) => merge_timeline(&mut app.run.timeline, events),
+                    Err(why) => app.say(StatusKind::Refused, format!("the run's events cannot be read: {why}")),
+                }
+                app.run.timeline_loaded = true;
+            }
+            Vec::new()
+        }
+        Msg::Backfill(result) => {
+            match result {
+                Ok(events) => app.data.backfill(events),
+                Err(why) => app.say(StatusKind::Info, format!("recent events cannot be read: {why}")),
+            }
+            Vec::new()
+        }
+        Msg::Refreshed(result) => {
+            app.refreshing = false;
+            if let Ok((workers, leases)) = result {
+                app.data.refresh(&workers, &leases);
+            }
+            Vec::new()
+        }
+        Msg::Tick => on_tick(app),
+        Msg::Resize { width, height } => {
+            app.size = (width, height);
+            Vec::new()
+        }
+    }
+}
+
+fn on_tick(app: &mut App) -> Vec<Cmd> {
+    let mut cmds = Vec::new();
+    app.data.sample();
+    if app
+        .ctrl_c_at
+        .is_some_and(|at| app.now_ms - at > CTRL_C_MS)
+    {
+        app.ctrl_c_at = None;
+    }
+    if app.live() && !app.refreshing && app.now_ms - app.refreshed_at_ms >= REFRESH_MS {
+        app.refreshing = true;
+        app.refreshed_at_ms = app.now_ms;
+        cmds.push(Cmd::Refresh);
+    }
+    // A running step writes output without events: read it again now and
+    // then while someone looks.
+    if app.screen == Screen::Run && app.live() && app.frozen.is_none() {
+        let running = app
+            .data
+            .runs
+            .get(&app.run.run_id)
+            .is_some_and(|r| r.state() == RunState::Running);
+        if running && app.now_ms - app.run.log_fetched_at_ms >= LOG_REFRESH_MS {
+            cmds.extend(want_output(app));
+        }
+    }
+    cmds
+}
+
+fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
+    let now = app.now_ms;
+    match update {
+        Update::Connecting { attempt } => {
+            if !matches!(app.conn.link, Link::Loading) {
+                app.conn.link = Link::Connecting { attempt };
+            }
+            Vec::new()
+        }
+        Update::Connected {
+            whoami,
+            leader_changed,
+            resumed_after,
+        } => {
+            let was_down = app.conn.stale_since_ms.is_some();
+            set_identity(&mut app.conn, whoami);
+            if leader_changed {
+                app.conn.leader_changed_at_ms = Some(now);
+            }
+            if resumed_after == 0 {
+                app.conn.link = Link::Loading;
+            } else {
+                app.conn.link = Link::Live;
+                app.conn.stale_since_ms = None;
+            }
+            if leader_changed {
+                app.say(
+                    StatusKind::Info,
+                    format!(
+                        "leader changed: now connected to engine {}; resumed after seq {resumed_after}",
+                        app.conn.engine_id
+                    ),
+                );
+            } else if was_down && resumed_after > 0 {
+                app.say(StatusKind::Info, format!("reconnected; resumed after seq {resumed_after}"));
+            }
+            Vec::new()
+        }
+        Update::Disconnected {
+            retry_in,
+            attempt,
+            why,
+        } => {
+            if app.conn.stale_since_ms.is_none() {
+                app.conn.stale_since_ms = Some(now);
+            }
+            let retry_ms = i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX);
+            app.conn.link = Link::Retrying {
+                retry_at_ms: now.saturating_add(retry_ms),
+                attempt,
+                why,
+            };
+            app.refreshing = false;
+            Vec::new()
+        }
+        Update::Snapshot(snapshot) => {
+            let seq = snapshot.seq;
+            app.data.apply_snapshot(*snapshot, now);
+            app.conn.link = Link::Live;
+            app.conn.stale_since_ms = None;
+            let newest = app.data.events.back().map_or(0, |e| e.seq);
+            let mut cmds = vec![Cmd::FetchEvents {
+                after_seq: newest.max(seq.saturating_sub(BACKFILL)),
+            }];
+            if !app.run.run_id.is_empty() {
+                cmds.push(Cmd::FetchTimeline {
+                    run_id: app.run.run_id.clone(),
+                });
+                cmds.extend(want_output(app));
+            }
+            cmds
+        }
+        Update::Event(event) => {
+            let ours = !app.run.run_id.is_empty() && event.run_id == app.run.run_id;
+            let applied = app.data.apply_event(*event, now).clone();
+            if ours {
+                merge_timeline(&mut app.run.timeline, vec![applied]);
+                return want_output(app);
+            }
+            Vec::new()
+        }
+        Update::Resync { reason } => {
+            app.conn.link = Link::Loading;
+            app.say(StatusKind::Info, format!("reading everything again: {reason}"));
+            Vec::new()
+        }
+        Update::Heartbeat { .. } => Vec::new(),
+    }
+}
+
+fn set_identity(conn: &mut Connection, whoami: WhoamiResponse) {
+    conn.identity = whoami.identity;
+    conn.transport = whoami.transport;
+    conn.engine_version = whoami.engine_version;
+    conn.engine_id = whoami.engine_id;
+}
+
+/// A fetch of the open run's output, unless one is out (then one more is
+/// made when it is back).
+fn want_output(app: &mut App) -> Vec<Cmd> {
+    if app.run.run_id.is_empty() {
+        return Vec::new();
+    }
+    if app.run.log_fetching {
+        app.run.log_wanted = true;
+        return Vec::new();
+    }
+    app.run.log_fetching = true;
+    app.run.log_wanted = false;
+    app.run.log_fetched_at_ms = app.now_ms;
+    vec![Cmd::FetchOutput {
+        run_id: app.run.run_id.clone(),
+    }]
+}
+
+fn on_output(app: &mut App, run_id: &str, result: Result<Vec<OutputChunk>, String>) -> Vec<Cmd> {
+    if app.run.run_id != run_id {
+        return Vec::new();
+    }
+    app.run.log_fetching = false;
+    match result {
+        Ok(chunks) => {
+            app.run.log = log_lines(&chunks);
+            app.run.log_error = None;
+        }
+        Err(why) => app.run.log_error = Some(why),
+    }
+    if app.run.log_wanted {
+        return want_output(app);
+    }
+    Vec::new()
+}
+
+/// Output chunks as the log tail's lines: a heading per step, attempt and
+/// stream, then the text made safe for the terminal.
+pub fn log_lines(chunks: &[OutputChunk]) -> Vec<LogLine> {
+    let mut lines = Vec::new();
+    for part in join_chunks(chunks) {
+        let stderr = part.stream == "stderr";
+        let mut heading = format!(
+            "step {} attempt {} {}",
+            step_number(part.step_index),
+            part.attempt,
+            part.stream
+        );
+        if part.truncated {
+            heading.push_str(" (capped by the engine)");
+        }
+        lines.push(LogLine {
+            step_index: part.step_index,
+            attempt: part.attempt,
+            stderr,
+            heading: true,
+            text: heading,
+        });
+        for text in last_lines(&part.text, usize::MAX) {
+            lines.push(LogLine {
+                step_index: part.step_index,
+                attempt: part.attempt,
+                stderr,
+                heading: false,
+                text,
+            });
+        }
+    }
+    let skip = lines.len().saturating_sub(LOG_LINES);
+    lines.drain(..skip);
+    lines
+}
+
+fn merge_timeline(timeline: &mut Vec<Event>, events: Vec<Event>) {
+    for mut e in events {
+        e.run = None;
+        e.worker = None;
+        e.lease = None;
+        e.approval = None;
+        e.queue_state = None;
+        match timeline.binary_search_by_key(&e.seq, |t| t.seq) {
+            Ok(_) => {}
+            Err(at) => timeline.insert(at, e),
+        }
+    }
+}
+
+// ----------------------------------------------------------------- keys
+
+fn on_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
+    let Some(k) = Key::of(&key) else {
+        return Vec::new();
+    };
+    if k.ctrl && k.code == KeyCode::Char('c') {
+        return interrupt(app);
+    }
+    app.ctrl_c_at = None;
+    match app.modal.take() {
+        Some(Modal::Confirm(confirm)) => return on_confirm_key(app, *confirm, key),
+        Some(Modal::Help { scroll }) => {
+            app.modal = match lookup(k, app.screen) {
+                Some(Action::Down) => Some(Modal::Help {
+                    scroll: scroll.saturating_add(1),
+                }),
+                Some(Action::Up) => Some(Modal::Help {
+                    scroll: scroll.saturating_sub(1),
+                }),
+                Some(Action::PageDown) => Some(Modal::Help {
+                    scroll: scroll.saturating_add(10),
+                }),
+                Some(Action::PageUp) => Some(Modal::Help {
+                    scroll: scroll.saturating_sub(10),
+                }),
+                Some(Action::Top) => Some(Modal::Help { scroll: 0 }),
+                // ?, Esc, q and anything else close it.
+                _ => None,
+            };
+            return Vec::new();
+        }
+        None => {}
+    }
+    match std::mem::replace(&mut app.input, Input::Normal) {
+        Input::Filter => return on_filter_key(app, key),
+        Input::Command(text) => return on_command_key(app, text, key),
+        Input::Normal => {}
+    }
+    let Some(action) = lookup(k, app.screen) else {
+        return Vec::new();
+    };
+    if action.changes() {
+        return start_change(app, action);
+    }
+    act(app, action)
+}
+
+fn interrupt(app: &mut App) -> Vec<Cmd> {
+    if app.ctrl_c_at.is_some() {
+        app.quit = true;
+        return vec![Cmd::Quit];
+    }
+    app.ctrl_c_at = Some(app.now_ms);
+    app.say(StatusKind::Info, "press ctrl-c again to quit");
+    Vec::new()
+}
+
+fn on_filter_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
+    let screen = app.screen;
+    let ctrl = key.modifiers.contains(crossterm::event::KeyModifiers::CONTROL);
+    let filter = &mut app.list_mut(screen).filter;
+    match key.code {
+        KeyCode::Esc => filter.clear(),
+        KeyCode::Enter => return Vec::new(),
+        KeyCode::Backspace => {
+            filter.pop();
+            app.input = Input::Filter;
+        }
+        KeyCode::Char('u') if ctrl => {
+            filter.clear();
+            app.input = Input::Filter;
+        }
+        KeyCode::Char(c) if !ctrl => {
+            filter.push(c);
+            app.input = Input::Filter;
+        }
+        _ => app.input = Input::Filter,
+    }
+    // The filter changed what the rows are: start at the top.
+    let list = app.list_mut(screen);
+    list.selected = 0;
+    list.key = None;
+    Vec::new()
+}
+
+fn on_command_key(app: &mut App, mut text: String, key: KeyEvent) -> Vec<Cmd> {
+    match key.code {
+        KeyCode::Esc => Vec::new(),
+        KeyCode::Enter => match Screen::from_name(&text) {
+            Some(screen) => go(app, screen),
+            None => {
+                let names: Vec<&str> = Screen::ALL.iter().map(|s| s.name()).collect();
+                app.say(
+                    StatusKind::Refused,
+                    format!("no screen named {text:?}; there are: {}", names.join(", ")),
+                );
+                Vec::new()
+            }
+        },
+        KeyCode::Backspace => {
+            if text.pop().is_some() {
+                app.input = Input::Command(text);
+            }
+            Vec::new()
+        }
+        KeyCode::Char(c) => {
+            text.push(c);
+            app.input = Input::Command(text);
+            Vec::new()
+        }
+        _ => {
+            app.input = Input::Command(text);
+            Vec::new()
+        }
+    }
+}
+
+fn act(app: &mut App, action: Action) -> Vec<Cmd> {
+    match action {
+        Action::Go(screen) => go(app, screen),
+        Action::Command => {
+            app.input = Input::Command(String::new());
+            Vec::new()
+        }
+        Action::Filter => {
+            app.input = Input::Filter;
+            Vec::new()
+        }
+        Action::Up => move_by(app, -1),
+        Action::Down => move_by(app, 1),
+        Action::PageUp => move_by(app, -(isize::try_from(app.page()).unwrap_or(1))),
+        Action::PageDown => move_by(app, isize::try_from(app.page()).unwrap_or(1)),
+        Action::Top => move_by(app, isize::MIN),
+        Action::Bottom => move_by(app, isize::MAX),
+        Action::Enter => enter(app),
+        Action::Back => {
+            if !go_back(app) {
+                app.list_mut(app.screen).filter.clear();
+            }
+            Vec::new()
+        }
+        Action::Quit => {
+            if go_back(app) {
+                return Vec::new();
+            }
+            app.quit = true;
+            vec![Cmd::Quit]
+        }
+        Action::Interrupt => interrupt(app),
+        Action::Help => {
+            app.modal = Some(Modal::Help { scroll: 0 });
+            Vec::new()
+        }
+        Action::Follow => {
+            match app.screen {
+                Screen::Run => {
+                    app.run.follow = !app.run.follow;
+                    let word = if app.run.follow { "following the log" } else { "stopped following" };
+                    app.say(StatusKind::Info, word);
+                }
+                Screen::Events => {
+                    app.events_follow = !app.events_follow;
+                    let word = if app.events_follow { "following new events" } else { "stopped following" };
+                    app.say(StatusKind::Info, word);
+                }
+                _ => {}
+            }
+            app.sync();
+            Vec::new()
+        }
+        Action::Freeze => {
+            if app.frozen.take().is_some() {
+                app.say(StatusKind::Info, "live again");
+            } else {
+                app.frozen = Some(Box::new((app.data.clone(), app.run.clone())));
+                app.say(
+                    StatusKind::Info,
+                    "frozen: this display stops here, the engine goes on; space to go live",
+                );
+            }
+            app.sync();
+            Vec::new()
+        }
+        Action::Resync => {
+            app.conn.link = Link::Loading;
+            app.say(StatusKind::Info, "reading everything from the engine again");
+            vec![Cmd::Resync]
+        }
+        // Changes go through start_change.
+        _ => Vec::new(),
+    }
+}
+
+/// Switches screen (digits, `:name`): a fresh start, so no way back.
+fn go(app: &mut App, screen: Screen) -> Vec<Cmd> {
+    app.back.clear();
+    if screen == Screen::Run && app.run.run_id.is_empty() {
+        // The run selected on the Runs screen, if any.
+        let selected = app.list(Screen::Runs).key.clone();
+        return match selected {
+            Some(id) => open_run(app, id),
+            None => {
+                app.say(
+                    StatusKind::Info,
+                    "no run is open: pick one on the Runs screen (2) and press enter",
+                );
+                Vec::new()
+            }
+        };
+    }
+    app.screen = screen;
+    app.sync();
+    Vec::new()
+}
+
+fn go_back(app: &mut App) -> bool {
+    let Some(back) = app.back.pop() else {
+        return false;
+    };
+    if let Some((screen, filter)) = back.restore_filter {
+        app.list_mut(screen).filter = filter;
+    }
+    app.screen = back.screen;
+    app.sync();
+    true
+}
+
+fn drill(app: &mut App, to: Screen, filter: Option<String>) {
+    let restore_filter = filter.map(|f| {
+        let old = std::mem::replace(&mut app.list_mut(to).filter, f);
+        (to, old)
+    });
+    app.back.push(Back {
+        screen: app.screen,
+        restore_filter,
+    });
+    app.screen = to;
+    let list = app.list_mut(to);
+    list.selected = 0;
+    list.key = None;
+    app.sync();
+}
+
+fn open_run(app: &mut App, run_id: String) -> Vec<Cmd> {
+    if app.screen != Screen::Run {
+        app.back.push(Back {
+            screen: app.screen,
+            restore_filter: None,
+        });
+    }
+    app.screen = Screen::Run;
+    if app.run.run_id == run_id {
+        return Vec::new();
+    }
+    app.run = RunView {
+        run_id: run_id.clone(),
+        follow: true,
+        ..RunView::default()
+    };
+    let mut cmds = vec![Cmd::FetchTimeline { run_id }];
+    cmds.extend(want_output(app));
+    cmds
+}
+
+fn enter(app: &mut App) -> Vec<Cmd> {
+    let Some(key) = app.selected_key().map(str::to_owned) else {
+        return Vec::new();
+    };
+    let data = app.shown().0;
+    match app.screen {
+        Screen::Runs => open_run(app, key),
+        Screen::Approvals => match data.approvals.get(&key).map(|a| a.run_id.clone()) {
+            Some(run) => open_run(app, run),
+            None => Vec::new(),
+        },
+        Screen::Leases => match data.leases.get(&key).map(|l| l.run_id.clone()) {
+            Some(run) => open_run(app, run),
+            None => Vec::new(),
+        },
+        Screen::Events => {
+            let event = key.parse().ok().and_then(|seq| data.event(seq));
+            let (run, worker) = event.map_or((String::new(), String::new()), |e| {
+                (e.run_id.clone(), e.worker_id.clone())
+            });
+            if !run.is_empty() {
+                open_run(app, run)
+            } else if !worker.is_empty() {
+                drill(app, Screen::Workers, Some(worker));
+                Vec::new()
+            } else {
+                Vec::new()
+            }
+        }
+        Screen::Workers => {
+            drill(app, Screen::Leases, Some(key));
+            Vec::new()
+        }
+        Screen::Queues => {
+            drill(app, Screen::Runs, Some(key));
+            Vec::new()
+        }
+        Screen::Overview | Screen::Run => Vec::new(),
+    }
+}
+
+fn move_by(app: &mut App, delta: isize) -> Vec<Cmd> {
+    if app.screen == Screen::Run {
+        scroll_log(app, delta);
+        return Vec::new();
+    }
+    if !app.screen.is_list() {
+        return Vec::new();
+    }
+    let len = app.rows.len();
+    let screen = app.screen;
+    let list = app.list_mut(screen);
+    let to = match delta {
+        isize::MIN => 0,
+        isize::MAX => len.saturating_sub(1),
+        d if d < 0 => list.selected.saturating_sub(d.unsigned_abs()),
+        d => list.selected.saturating_add(d.unsigned_abs()).min(len.saturating_sub(1)),
+    };
+    list.selected = to;
+    list.key = app.rows.get(to).cloned();
+    if screen == Screen::Events {
+        // The newest is at the top: being there is following.
+        app.events_follow = to == 0;
+    }
+    Vec::new()
+}
+
+fn scroll_log(app: &mut App, delta: isize) {
+    let rows = app.log_rows();
+    let max = app.run.log.len().saturating_sub(rows);
+    let run = &mut app.run;
+    match delta {
+        isize::MIN => {
+            run.follow = false;
+            run.scroll = 0;
+        }
+        isize::MAX => run.follow = true,
+        d => {
+            let from = if run.follow { max } else { run.scroll.min(max) };
+            let to = if d < 0 {
+                from.saturating_sub(d.unsigned_abs())
+            } else {
+                from.saturating_add(d.unsigned_abs()).min(max)
+            };
+            run.follow = to >= max && d > 0;
+            run.scroll = to;
+        }
+    }
+}
+
+// -------------------------------------------------------------- changes
+
+fn start_change(app: &mut App, action: Action) -> Vec<Cmd> {
+    if app.readonly {
+        app.say(
+            StatusKind::Refused,
+            "read-only: this console was started with --readonly, so nothing can be changed from it",
+        );
+        return Vec::new();
+    }
+    if !app.live() {
+        let text = format!("not connected: changes are disabled until the engine is back ({})", link_words(app));
+        app.say(StatusKind::Refused, text);
+        return Vec::new();
+    }
+    match prepare(app, action) {
+        Ok(confirm) => app.modal = Some(Modal::Confirm(Box::new(confirm))),
+        Err(why) => app.say(StatusKind::Refused, why),
+    }
+    Vec::new()
+}
+
+/// The connection state in words: "live", "reconnecting in 3s", ….
+pub fn link_words(app: &App) -> String {
+    match &app.conn.link {
+        Link::Live => "live".to_owned(),
+        Link::Loading => "loading".to_owned(),
+        Link::Connecting { .. } => "connecting".to_owned(),
+        Link::Retrying { retry_at_ms, .. } => {
+            let secs = (retry_at_ms - app.now_ms).max(0).div_ceil(1000);
+            format!("reconnecting in {secs}s")
+        }
+    }
+}
+
+/// The confirmation for a change on the current selection, or why there is
+/// nothing to change.
+fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
+    let (data, run_view) = app.shown();
+    let now = app.now_ms;
+    let selected = app.selected_key();
+    let run_of_screen = || -> Result<&Run, String> {
+        let id = match app.screen {
+            Screen::Run => Some(run_view.run_id.as_str()),
+            _ => selected,
+        };
+        let id = id.ok_or("no run is selected")?;
+        data.runs.get(id).ok_or_else(|| format!("run {id} is not known here"))
+    };
+    match action {
+        Action::Approve | Action::Reject => {
+            let approval = match app.screen {
+                Screen::Run => {
+                    let run = run_of_screen()?;
+                    data.pending_approval_of(&run.id)
+                        .ok_or_else(|| format!("run {} waits for no approval", run.name))?
+                }
+                _ => {
+                    let id = selected.ok_or("no approval is selected")?;
+                    data.approvals.get(id).ok_or_else(|| format!("approval {id} is not known here"))?
+                }
+            };
+            if approval.state() != ApprovalState::Pending {
+                return Err(format!(
+                    "approval {} is already {}",
+                    approval.id,
+                    word_of::<ApprovalState>(approval.state)
+                ));
+            }
+            let approve = action == Action::Approve;
+            let change = if approve {
+                Change::Approve {
+                    approval: approval.id.clone(),
+                }
+            } else {
+                Change::Reject {
+                    approval: approval.id.clone(),
+                }
+            };
+            let votes = approval.decisions.iter().filter(|d| d.approve).count();
+            let mut lines = vec![
+                format!("approval {}", approval.id),
+                format!(
+                    "run {} ({}), step {} {}",
+                    approval.run_name,
+                    approval.run_id,
+                    step_number(approval.step_index),
+                    approval.step_name
+                ),
+                format!(
+                    "asked by {} {}; {votes} of {} approvals so far",
+                    approval.submitted_by,
+                    relative(approval.requested_at_ms, now),
+                    approval.required.max(1)
+                ),
+            ];
+            lines.push(if approve {
+                "approving lets the run go on once enough approvals are in".to_owned()
+            } else {
+                "rejecting fails the step and the run".to_owned()
+            });
+            let title = if approve { "Approve" } else { "Reject" };
+            Ok(Confirm::new(change, title.to_owned(), lines))
+        }
+        Action::CancelRun | Action::Retry => {
+            let run = run_of_screen()?;
+            let state = word_of::<RunState>(run.state);
+            let (change, title, effect) = if action == Action::CancelRun {
+                if model::run_is_final(run) {
+                    return Err(format!("run {} is already {state}", run.name));
+                }
+                (
+                    Change::Cancel { run: run.id.clone() },
+                    "Cancel run",
+                    "its running step is stopped and the run ends as cancelled",
+                )
+            } else {
+                if run.state() != RunState::Failed {
+                    return Err(format!("only a failed run can be retried; run {} is {state}", run.name));
+                }
+                (
+                    Change::Retry { run: run.id.clone() },
+                    "Retry run",
+                    "its dead or failed step gets a new attempt budget",
+                )
+            };
+            let mut lines = vec![format!("run {} ({}), {state}", run.name, run.id)];
+            if let Some(step) = run.steps.get(run.current_step as usize) {
+                lines.push(format!("step {} {}", step_number(step.index), step.name));
+            }
+            if !run.message.is_empty() {
+                lines.push(run.message.clone());
+            }
+            lines.push(effect.to_owned());
+            Ok(Confirm::new(change, title.to_owned(), lines))
+        }
+        Action::Drain | Action::Undrain | Action::Recycle => {
+            let id = selected.ok_or("no worker is selected")?;
+            let w = data.workers.get(id).ok_or_else(|| format!("worker {id} is not known here"))?;
+            let state = word_of::<WorkerState>(w.state);
+            let (change, title, effect) = match action {
+                Action::Drain => {
+                    if w.state() != WorkerState::Online {
+                        return Err(format!("only an online worker can be drained; {id} is {state}"));
+                    }
+                    (
+                        Change::Drain { worker: id.to_owned() },
+                        "Drain worker",
+                        format!("it takes no new work and finishes the {} step(s) it holds", w.lease_ids.len()),
+                    )
+                }
+                Action::Undrain => {
+                    if w.state() != WorkerState::Draining {
+                        return Err(format!("only a draining worker can be undrained; {id} is {state}"));
+                    }
+                    (
+                        Change::Undrain { worker: id.to_owned() },
+                        "Undrain worker",
+                        "it takes work again".to_owned(),
+                    )
+                }
+                _ => {
+                    if !matches!(w.state(), WorkerState::Online | WorkerState::Draining) {
+                        return Err(format!("only an online or draining worker can be recycled; {id} is {state}"));
+                    }
+                    (
+                        Change::Recycle { worker: id.to_owned() },
+                        "Recycle worker",
+                        format!(
+                            "it drains, then a fresh process replaces it as generation {}",
+                            w.generation + 1
+                        ),
+                    )
+                }
+            };
+            let lines = vec![
+                format!(
+                    "worker {id} on {}, {state}, generation {}",
+                    if w.host.is_empty() { "?" } else { &w.host },
+                    w.generation
+                ),
+                format!("{}/{} slots busy; queues {}", w.lease_ids.len(), w.slots, w.queues.join(", ")),
+                effect,
+            ];
+            Ok(Confirm::new(change, title.to_owned(), lines))
+        }
+        Action::PauseResume => {
+            let name = selected.ok_or("no queue is selected")?;
+            let q = data.queues.get(name).ok_or_else(|| format!("queue {name} is not known here"))?;
+            let q = &q.queue;
+            let figures = format!("queue {name}: {} ready, {} delayed, {} running", q.ready, q.delayed, q.running);
+            let (change, title, effect) = if q.paused {
+                (
+                    Change::Resume { queue: name.to_owned() },
+                    "Resume queue",
+                    "its ready steps are handed out to workers again",
+                )
+            } else {
+                (
+                    Change::Pause { queue: name.to_owned() },
+                    "Pause queue",
+                    "no step is handed out until it is resumed; running steps go on",
+                )
+            };
+            Ok(Confirm::new(change, title.to_owned(), vec![figures, effect.to_owned()]))
+        }
+        Action::ForceRelease => {
+            let id = selected.ok_or("no lease is selected")?;
+            let l = data.leases.get(id).ok_or_else(|| format!("lease {id} is not known here"))?;
+            let lines = vec![
+                format!("lease {id}, held by {}", l.worker_id),
+                format!(
+                    "run {} ({}), step {} {}, attempt {}",
+                    l.run_name,
+                    l.run_id,
+                    step_number(l.step_index),
+                    l.step_name,
+                    l.attempt
+                ),
+                "the step goes back to its queue, or fails if you say so below; \
+                 its worker can no longer report on it"
+                    .to_owned(),
+            ];
+            let change = Change::ForceRelease {
+                lease: id.to_owned(),
+                fail: false,
+            };
+            Ok(Confirm::new(change, "Force-release lease".to_owned(), lines))
+        }
+        _ => Err("nothing to change".to_owned()),
+    }
+}
+
+fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
+    let ctrl = key.modifiers.contains(crossterm::event::KeyModifiers::CONTROL);
+    match key.code {
+        KeyCode::Esc => {
+            app.say(StatusKind::Info, "nothing changed");
+            return Vec::new();
+        }
+        KeyCode::Tab if !key.modifiers.contains(crossterm::event::KeyModifiers::SHIFT) => c.step_focus(true),
+        KeyCode::Tab | KeyCode::BackTab => c.step_focus(false),
+        KeyCode::Enter => match c.focus {
+            Focus::Cancel => {
+                app.say(StatusKind::Info, "nothing changed");
+                return Vec::new();
+            }
+            Focus::Ok => {
+                if !app.live() {
+                    c.error = Some(format!("not connected ({}): try again once live", link_words(app)));
+                } else if let Some(missing) = c.missing() {
+                    c.error = Some(missing);
+                } else {
+                    let mut change = c.change;
+                    if let (Change::ForceRelease { fail, .. }, Some(chosen)) = (&mut change, c.fail) {
+                        *fail = chosen;
+                    }
+                    app.say(StatusKind::Pending, format!("{}...", change.doing()));
+                    return vec![Cmd::Change {
+                        change,
+                        reason: c.reason.text(),
+                    }];
+                }
+            }
+            Focus::Fail => {
+                c.fail = c.fail.map(|f| !f);
+            }
+            Focus::Id | Focus::Reason => c.step_focus(true),
+        },
+        KeyCode::Left | KeyCode::Right if matches!(c.focus, Focus::Ok | Focus::Cancel) => {
+            c.focus = if c.focus == Focus::Ok { Focus::Cancel } else { Focus::Ok };
+        }
+        KeyCode::Char(' ') if c.focus == Focus::Fail => c.fail = c.fail.map(|f| !f),
+        _ => match c.focus {
+            Focus::Id => c.typed.input(key),
+            Focus::Reason => c.reason.input(key),
+            Focus::Ok | Focus::Cancel | Focus::Fail => {
+                // Typing on a button types into the first field that
+                // still needs it, rather than being lost.
+                if let KeyCode::Char(ch) = key.code
+                    && !ctrl
+                {
+                    let id_missing = c.type_to_confirm.as_ref().is_some_and(|id| c.typed.text() != *id);
+                    if id_missing {
+                        c.focus = Focus::Id;
+                        c.typed.insert(&ch.to_string());
+                    } else {
+                        c.focus = Focus::Reason;
+                        c.reason.insert(&ch.to_string());
+                    }
+                }
+            }
+        },
+    }
+    if c.missing().is_none() {
+        c.error = None;
+    }
+    app.modal = Some(Modal::Confirm(Box::new(c)));
+    Vec::new()
+}
+
+/// The status line after a change went through, in words.
+pub fn outcome(change: &Change, changed: &Changed, data: &Data) -> String {
+    match (change, changed) {
+        (Change::Approve { approval }, Changed::Approval(a)) => {
+            if a.state() == ApprovalState::Approved {
+                format!("approved {approval}: run {} continues", a.run_name)
+            } else {
+                let votes = a.decisions.iter().filter(|d| d.approve).count();
+                format!(
+                    "approval of {approval} recorded: {votes} of {} so far, it stays {}",
+                    a.required.max(1),
+                    word_of::<ApprovalState>(a.state)
+                )
+            }
+        }
+        (Change::Reject { approval }, Changed::Approval(a)) => {
+            format!("rejected {approval}: run {} fails", a.run_name)
+        }
+        (Change::Cancel { run }, Changed::Run(r)) => {
+            format!("cancel of run {} ({run}) accepted: it is {}", r.name, word_of::<RunState>(r.state))
+        }
+        (Change::Retry { run }, Changed::Run(r)) => {
+            format!("run {} ({run}) retried: it is {} again", r.name, word_of::<RunState>(r.state))
+        }
+        (Change::Drain { worker }, Changed::Worker(w)) => format!(
+            "draining {worker}: no new work; it finishes the {} step(s) it holds",
+            w.lease_ids.len()
+        ),
+        (Change::Undrain { worker }, Changed::Worker(_)) => format!("{worker} takes work again"),
+        (Change::Recycle { worker }, Changed::Worker(w)) => format!(
+            "recycling {worker}: generation {} is replaced by a fresh process once drained",
+            w.generation
+        ),
+        (Change::Pause { queue }, Changed::Queue(q)) => {
+            format!("paused queue {queue}: its {} ready step(s) wait until it is resumed", q.ready)
+        }
+        (Change::Resume { queue }, Changed::Queue(q)) => {
+            format!("resumed queue {queue}: {} ready step(s) are handed out again", q.ready)
+        }
+        (Change::ForceRelease { lease, fail }, Changed::Lease(l)) => {
+            let step = format!("step {} {} of run {}", step_number(l.step_index), l.step_name, l.run_name);
+            let queue = data
+                .runs
+                .get(&l.run_id)
+                .and_then(|r| r.steps.get(l.step_index as usize))
+                .map_or(l.queue.clone(), |s| s.queue.clone());
+            if *fail {
+                format!("force-released lease {lease}: {step} fails")
+            } else {
+                format!("force-released lease {lease}: {step} goes back to queue {queue}")
+            }
+        }
+        (change, _) => format!("{} done", change.verb()),
+    }
+}
+
+// ----------------------------------------------------------------- rows
+
+/// The keys of a list's rows, filtered and in display order.
+pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<String> {
+    let words: Vec<String> = filter.split_whitespace().map(str::to_lowercase).collect();
+    let keep = |hay: &[&str]| -> bool {
+        words.is_empty()
+            || words
+                .iter()
+                .all(|w| hay.iter().any(|h| h.to_lowercase().contains(w.as_str())))
+    };
+    match screen {
+        Screen::Runs => data
+            .runs
+            .values()
+            .rev()
+            .filter(|r| {
+                if words.is_empty() {
+                    return true;
+                }
+                let state = word_of::<RunState>(r.state);
+                let mut hay: Vec<&str> = vec![&r.id, &r.name, &state, &r.submitted_by];
+                hay.extend(r.labels.values().map(String::as_str));
+                hay.extend(r.steps.iter().map(|s| s.queue.as_str()));
+                hay.extend(r.steps.iter().map(|s| s.name.as_str()));
+                keep(&hay)
+            })
+            .map(|r| r.id.clone())
+            .collect(),
+        Screen::Workers => data
+            .workers
+            .values()
+            .filter(|w| {
+                if words.is_empty() {
+                    return true;
+                }
+                let status = model::worker_status(data, w, now_ms);
+                let mut hay: Vec<&str> = vec![&w.id, &status.word, &w.host];
+                hay.extend(status.note);
+                if status.stuck {
+                    hay.push("stuck");
+                }
+                hay.extend(w.queues.iter().map(String::as_str));
+                keep(&hay)
+            })
+            .map(|w| w.id.clone())
+            .collect(),
+        Screen::Queues => data
+            .queues
+            .values()
+            .filter(|q| keep(&[&q.queue.name, if q.queue.paused { "paused" } else { "active" }]))
+            .map(|q| q.queue.name.clone())
+            .collect(),
+        Screen::Approvals => {
+            let mut list: Vec<&Approval> = data
+                .approvals
+                .values()
+                .filter(|a| {
+                    let state = word_of::<ApprovalState>(a.state);
+                    let overdue = if model::overdue(a, now_ms) { "overdue" } else { "" };
+                    keep(&[
+                        &a.id,
+                        &a.run_id,
+                        &a.run_name,
+                        &a.step_name,
+                        &state,
+                        &a.submitted_by,
+                        overdue,
+                    ])
+                })
+                .collect();
+            // Pending first, oldest ask first; then the latest decisions.
+            list.sort_by_key(|a| {
+                let pending = a.state() == ApprovalState::Pending;
+                (
+                    !pending,
+                    if pending { a.requested_at_ms } else { -a.decided_at_ms },
+                    a.id.clone(),
+                )
+            });
+            list.into_iter().map(|a| a.id.clone()).collect()
+        }
+        Screen::Leases => {
+            let mut list: Vec<&Lease> = data
+                .leases
+                .values()
+                .filter(|l| {
+                    let stale = if model::lease_stale(data, l) { "stale" } else { "" };
+                    keep(&[
+                        &l.id,
+                        &l.run_id,
+                        &l.run_name,
+                        &l.step_name,
+                        &l.worker_id,
+                        &l.queue,
+                        stale,
+                    ])
+                })
+                .collect();
+            // Stale ones first, then soonest to expire.
+            list.sort_by_key(|l| (!model::lease_stale(data, l), l.expires_at_ms, l.id.clone()));
+            list.into_iter().map(|l| l.id.clone()).collect()
+        }
+        Screen::Events => data
+            .events
+            .iter()
+            .rev()
+            .filter(|e| {
+                if words.is_empty() {
+                    return true;
+                }
+                let subject = subject(e);
+                keep(&[
+                    &e.kind,
+                    &e.actor,
+                    &e.message,
+                    &e.reason,
+                    &subject,
+                    &e.run_id,
+                    &e.worker_id,
+                    &e.lease_id,
+                    &e.approval_id,
+                    &e.queue,
+                ])
+            })
+            .map(|e| e.seq.to_string())
+            .collect(),
+        Screen::Overview | Screen::Run => Vec::new(),
+    }
+}
+
+/// A time span for a header: "3s", "5m12s".
+pub fn age(from_ms: i64, now_ms: i64) -> String {
+    duration(u64::try_from(now_ms.saturating_sub(from_ms)).unwrap_or(0))
+}

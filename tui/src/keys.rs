@@ -1,0 +1,477 @@
+//! The one keymap: every key, the screens where it works, what it does and
+//! the words that describe it. The `?` help lists [`KEYMAP`] whole, the
+//! footer lists the entries of the current screen, and [`lookup`] turns a
+//! key press into an [`Action`] from the same table, so the three cannot
+//! disagree.
+//!
+//! Keys that change something (`a`, `x`, `C`, `D`, `U`, `R`, `X`, `p`, `r`)
+//! stay off the keys vim and less use to move (`j k g G / ? n N d u f b`
+//! and space), so that a navigating hand never approves by accident.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::app::Screen;
+
+/// What a key asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A digit: the screen is the digit's.
+    Go(Screen),
+    /// `:` — type a screen's name.
+    Command,
+    Filter,
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Top,
+    Bottom,
+    Enter,
+    Back,
+    Quit,
+    /// ctrl-c: quits when pressed twice.
+    Interrupt,
+    Help,
+    Approve,
+    Reject,
+    CancelRun,
+    Retry,
+    Drain,
+    Undrain,
+    Recycle,
+    ForceRelease,
+    PauseResume,
+    Follow,
+    Freeze,
+    Resync,
+}
+
+impl Action {
+    /// Whether the action changes something in the engine: those ask for
+    /// confirmation and are refused read-only or disconnected.
+    pub fn changes(self) -> bool {
+        matches!(
+            self,
+            Self::Approve
+                | Self::Reject
+                | Self::CancelRun
+                | Self::Retry
+                | Self::Drain
+                | Self::Undrain
+                | Self::Recycle
+                | Self::ForceRelease
+                | Self::PauseResume
+        )
+    }
+}
+
+/// One key: a code and the modifiers that must be held (shift is part of
+/// an upper-case letter, not a modifier here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key {
+    pub code: KeyCode,
+    pub ctrl: bool,
+}
+
+const fn ch(c: char) -> Key {
+    Key {
+        code: KeyCode::Char(c),
+        ctrl: false,
+    }
+}
+
+const fn ctrl(c: char) -> Key {
+    Key {
+        code: KeyCode::Char(c),
+        ctrl: true,
+    }
+}
+
+const fn code(code: KeyCode) -> Key {
+    Key { code, ctrl: false }
+}
+
+impl Key {
+    /// The key a crossterm event names, or `None` for a release.
+    pub fn of(event: &KeyEvent) -> Option<Self> {
+        if event.kind == KeyEventKind::Release {
+            return None;
+        }
+        let code = match event.code {
+            // Terminals differ on whether shift-tab is BackTab or Tab+SHIFT.
+            KeyCode::Tab if event.modifiers.contains(KeyModifiers::SHIFT) => KeyCode::BackTab,
+            other => other,
+        };
+        Some(Self {
+            code,
+            ctrl: event.modifiers.contains(KeyModifiers::CONTROL),
+        })
+    }
+}
+
+/// Where a binding works.
+#[derive(Clone, Copy, Debug)]
+pub enum Where {
+    All,
+    /// The screens that show lists.
+    Lists,
+    Only(&'static [Screen]),
+}
+
+impl Where {
+    pub fn includes(self, screen: Screen) -> bool {
+        match self {
+            Self::All => true,
+            Self::Lists => screen.is_list(),
+            Self::Only(screens) => screens.contains(&screen),
+        }
+    }
+
+    /// How the help names the screens.
+    pub fn describe(self) -> String {
+        match self {
+            Self::All => "everywhere".to_owned(),
+            Self::Lists => "lists".to_owned(),
+            Self::Only(screens) => screens
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// One row of the keymap.
+#[derive(Clone, Copy, Debug)]
+pub struct Binding {
+    pub keys: &'static [Key],
+    /// The keys as the help and the footer write them.
+    pub label: &'static str,
+    pub action: Action,
+    pub screens: Where,
+    /// What it does, in the help.
+    pub what: &'static str,
+    /// The footer's word for it; `None` keeps it out of the footer.
+    pub short: Option<&'static str>,
+}
+
+use Screen::{Approvals, Events, Leases, Queues, Run, Runs, Workers};
+
+const DIGITS: &[Key] = &[
+    ch('1'),
+    ch('2'),
+    ch('3'),
+    ch('4'),
+    ch('5'),
+    ch('6'),
+    ch('7'),
+    ch('8'),
+];
+
+/// The keymap, in the order the footer offers keys: what a screen is for
+/// first, moving about last.
+pub const KEYMAP: &[Binding] = &[
+    Binding {
+        keys: &[ch('a')],
+        label: "a",
+        action: Action::Approve,
+        screens: Where::Only(&[Approvals, Run]),
+        what: "approve the selected approval (asks for a reason)",
+        short: Some("approve"),
+    },
+    Binding {
+        keys: &[ch('x')],
+        label: "x",
+        action: Action::Reject,
+        screens: Where::Only(&[Approvals, Run]),
+        what: "reject the selected approval (asks for a reason)",
+        short: Some("reject"),
+    },
+    Binding {
+        keys: &[ch('C')],
+        label: "C",
+        action: Action::CancelRun,
+        screens: Where::Only(&[Runs, Run]),
+        what: "cancel the run",
+        short: Some("cancel"),
+    },
+    Binding {
+        keys: &[ch('r')],
+        label: "r",
+        action: Action::Retry,
+        screens: Where::Only(&[Runs, Run]),
+        what: "retry the failed run's dead step",
+        short: Some("retry"),
+    },
+    Binding {
+        keys: &[ch('D')],
+        label: "D",
+        action: Action::Drain,
+        screens: Where::Only(&[Workers]),
+        what: "drain the worker: no new work, it finishes what it holds",
+        short: Some("drain"),
+    },
+    Binding {
+        keys: &[ch('U')],
+        label: "U",
+        action: Action::Undrain,
+        screens: Where::Only(&[Workers]),
+        what: "undrain the worker: it takes work again",
+        short: Some("undrain"),
+    },
+    Binding {
+        keys: &[ch('R')],
+        label: "R",
+        action: Action::Recycle,
+        screens: Where::Only(&[Workers]),
+        what: "recycle the worker: drain, then a fresh process",
+        short: Some("recycle"),
+    },
+    Binding {
+        keys: &[ch('X')],
+        label: "X",
+        action: Action::ForceRelease,
+        screens: Where::Only(&[Leases]),
+        what: "force-release the lease (type its id to confirm)",
+        short: Some("release"),
+    },
+    Binding {
+        keys: &[ch('p')],
+        label: "p",
+        action: Action::PauseResume,
+        screens: Where::Only(&[Queues]),
+        what: "pause or resume the queue",
+        short: Some("pause/resume"),
+    },
+    Binding {
+        keys: &[ch('F')],
+        label: "F",
+        action: Action::Follow,
+        screens: Where::Only(&[Run, Events]),
+        what: "follow: keep the newest lines in view",
+        short: Some("follow"),
+    },
+    Binding {
+        keys: &[code(KeyCode::Enter)],
+        label: "enter",
+        action: Action::Enter,
+        screens: Where::Only(&[Runs, Workers, Queues, Approvals, Leases, Events]),
+        what: "open the selected item (a run, or the list it belongs to)",
+        short: Some("open"),
+    },
+    Binding {
+        keys: &[ch('/')],
+        label: "/",
+        action: Action::Filter,
+        screens: Where::Lists,
+        what: "filter the list by text (enter keeps it, esc clears it)",
+        short: Some("filter"),
+    },
+    Binding {
+        keys: &[code(KeyCode::Esc)],
+        label: "esc",
+        action: Action::Back,
+        screens: Where::All,
+        what: "back to where enter came from; clears the filter at the top",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('q')],
+        label: "q",
+        action: Action::Quit,
+        screens: Where::All,
+        what: "back; quits from the top",
+        short: Some("back/quit"),
+    },
+    Binding {
+        keys: &[ch('?')],
+        label: "?",
+        action: Action::Help,
+        screens: Where::All,
+        what: "show every key",
+        short: Some("help"),
+    },
+    Binding {
+        keys: DIGITS,
+        label: "1-8",
+        action: Action::Go(Screen::Overview),
+        screens: Where::All,
+        what: "switch screen: 1 overview 2 runs 3 run 4 workers 5 queues 6 approvals 7 leases 8 events",
+        short: None,
+    },
+    Binding {
+        keys: &[ch(':')],
+        label: ":",
+        action: Action::Command,
+        screens: Where::All,
+        what: "switch screen by name (:runs, :workers, ...; a prefix will do)",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('j'), code(KeyCode::Down)],
+        label: "j/down",
+        action: Action::Down,
+        screens: Where::All,
+        what: "move down",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('k'), code(KeyCode::Up)],
+        label: "k/up",
+        action: Action::Up,
+        screens: Where::All,
+        what: "move up",
+        short: None,
+    },
+    Binding {
+        keys: &[code(KeyCode::PageDown)],
+        label: "pgdn",
+        action: Action::PageDown,
+        screens: Where::All,
+        what: "a page down",
+        short: None,
+    },
+    Binding {
+        keys: &[code(KeyCode::PageUp)],
+        label: "pgup",
+        action: Action::PageUp,
+        screens: Where::All,
+        what: "a page up",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('g'), code(KeyCode::Home)],
+        label: "g/home",
+        action: Action::Top,
+        screens: Where::All,
+        what: "to the top",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('G'), code(KeyCode::End)],
+        label: "G/end",
+        action: Action::Bottom,
+        screens: Where::All,
+        what: "to the bottom",
+        short: None,
+    },
+    Binding {
+        keys: &[ch(' ')],
+        label: "space",
+        action: Action::Freeze,
+        screens: Where::All,
+        what: "freeze the display (this console only; the engine goes on)",
+        short: Some("freeze"),
+    },
+    Binding {
+        keys: &[ctrl('r')],
+        label: "ctrl-r",
+        action: Action::Resync,
+        screens: Where::All,
+        what: "drop what is shown and read everything from the engine again",
+        short: None,
+    },
+    Binding {
+        keys: &[ctrl('c')],
+        label: "ctrl-c",
+        action: Action::Interrupt,
+        screens: Where::All,
+        what: "quit (press twice)",
+        short: None,
+    },
+];
+
+/// The action of a key on a screen, if it has one there.
+pub fn lookup(key: Key, screen: Screen) -> Option<Action> {
+    let binding = KEYMAP
+        .iter()
+        .find(|b| b.keys.contains(&key) && b.screens.includes(screen))?;
+    match binding.action {
+        Action::Go(_) => {
+            let KeyCode::Char(c) = key.code else {
+                return None;
+            };
+            let n = c.to_digit(10)?;
+            Screen::ALL
+                .get(usize::try_from(n).ok()?.checked_sub(1)?)
+                .map(|s| Action::Go(*s))
+        }
+        action => Some(action),
+    }
+}
+
+/// The footer's keys for a screen, in keymap order: (label, word).
+pub fn footer(screen: Screen) -> impl Iterator<Item = (&'static str, &'static str)> {
+    KEYMAP.iter().filter_map(move |b| {
+        let short = b.short?;
+        b.screens.includes(screen).then_some((b.label, short))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: char) -> Key {
+        ch(c)
+    }
+
+    #[test]
+    fn digits_switch_to_their_screen_everywhere() {
+        assert_eq!(lookup(key('1'), Runs), Some(Action::Go(Screen::Overview)));
+        assert_eq!(lookup(key('8'), Run), Some(Action::Go(Events)));
+        assert_eq!(lookup(key('9'), Run), None);
+    }
+
+    #[test]
+    fn change_keys_work_only_where_their_object_is() {
+        assert_eq!(lookup(key('a'), Approvals), Some(Action::Approve));
+        assert_eq!(lookup(key('a'), Workers), None);
+        assert_eq!(lookup(key('D'), Workers), Some(Action::Drain));
+        assert_eq!(lookup(key('X'), Leases), Some(Action::ForceRelease));
+        assert_eq!(lookup(key('p'), Queues), Some(Action::PauseResume));
+    }
+
+    #[test]
+    fn no_change_sits_on_a_vim_or_less_navigation_key() {
+        let navigation = "hjklgGwbefdunN/?q ";
+        for b in KEYMAP.iter().filter(|b| b.action.changes()) {
+            for k in b.keys {
+                if let KeyCode::Char(c) = k.code {
+                    assert!(!navigation.contains(c), "{c} changes something");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_key_means_two_things_on_one_screen() {
+        for screen in Screen::ALL {
+            let mut seen = Vec::new();
+            for b in KEYMAP.iter().filter(|b| b.screens.includes(screen)) {
+                for k in b.keys {
+                    assert!(!seen.contains(k), "{k:?} twice on {screen:?}");
+                    seen.push(*k);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_footer_offers_the_screens_own_keys_first() {
+        let approvals: Vec<_> = footer(Approvals).map(|(_, w)| w).collect();
+        assert_eq!(approvals[..2], ["approve", "reject"]);
+        assert!(approvals.contains(&"help"));
+        assert!(!footer(Workers).any(|(_, w)| w == "approve"));
+    }
+
+    #[test]
+    fn ctrl_keys_and_shift_tab_are_read_from_crossterm_events() {
+        let e = KeyEvent::new(KeyCode::Char('r'), KeyModifiers::CONTROL);
+        assert_eq!(lookup(Key::of(&e).unwrap(), Runs), Some(Action::Resync));
+        let e = KeyEvent::new(KeyCode::Char('C'), KeyModifiers::SHIFT);
+        assert_eq!(lookup(Key::of(&e).unwrap(), Runs), Some(Action::CancelRun));
+        let e = KeyEvent::new(KeyCode::Tab, KeyModifiers::SHIFT);
+        assert_eq!(Key::of(&e).unwrap().code, KeyCode::BackTab);
+    }
+}

@@ -1,0 +1,101 @@
+//! A list as a bordered table: a title with the count and the filter, the
+//! column titles, and a window of rows that keeps the selection in view.
+//! Only the rows in the window are built, so a list of 10,000 runs costs
+//! what its 50 visible rows cost.
+
+use std::ops::Range;
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph, Row, StatefulWidget, Table, TableState, Widget};
+
+use crate::view::theme::Theme;
+
+/// The first row to show so that `selected` is in a window of `height`
+/// rows: it stays mid-window once the list scrolls. A pure function of
+/// its inputs, so the view needs no scroll state.
+pub fn window(total: usize, selected: usize, height: usize) -> usize {
+    if total <= height || height == 0 {
+        return 0;
+    }
+    selected.saturating_sub(height / 2).min(total - height)
+}
+
+/// How to draw one list.
+pub struct ListTable<'a> {
+    pub title: &'a str,
+    pub header: &'a [&'a str],
+    pub widths: &'a [Constraint],
+    /// Rows after filtering.
+    pub total: usize,
+    pub selected: usize,
+    pub filter: &'a str,
+    /// What an empty list says.
+    pub empty: &'a str,
+    /// Mark the data as possibly out of date (disconnected, frozen).
+    pub stale: Option<&'a str>,
+    pub theme: &'a Theme,
+}
+
+impl ListTable<'_> {
+    /// Draws the list; `rows` builds the rows of a range of the list.
+    pub fn render<'r>(self, area: Rect, buf: &mut Buffer, rows: impl FnOnce(Range<usize>) -> Vec<Row<'r>>) {
+        let t = self.theme;
+        let mut title = vec![Span::styled(format!(" {} ", self.title), t.heading())];
+        title.push(Span::raw(format!("{} ", self.total)));
+        if !self.filter.is_empty() {
+            title.push(Span::styled(format!("/{} ", self.filter), t.key()));
+        }
+        if let Some(stale) = self.stale {
+            title.push(Span::styled(format!("{stale} "), t.warn()));
+        }
+        let mut block = Block::bordered().title(Line::from(title));
+        if self.stale.is_some() {
+            block = block.border_style(t.dim());
+        }
+        let inner = block.inner(area);
+        block.render(area, buf);
+        if inner.width == 0 || inner.height == 0 {
+            return;
+        }
+        if self.total == 0 {
+            let text = if self.filter.is_empty() {
+                self.empty.to_owned()
+            } else {
+                format!("nothing matches /{} (esc on the filter clears it)", self.filter)
+            };
+            Paragraph::new(text).style(t.dim()).render(inner, buf);
+            return;
+        }
+        let height = usize::from(inner.height.saturating_sub(1));
+        let offset = window(self.total, self.selected, height);
+        let end = (offset + height).min(self.total);
+        let header = Row::new(self.header.iter().copied()).style(t.heading());
+        let table = Table::new(rows(offset..end), self.widths.iter().copied())
+            .header(header)
+            .column_spacing(1)
+            .row_highlight_style(t.selected());
+        let mut state = TableState::default().with_selected(self.selected.checked_sub(offset));
+        StatefulWidget::render(table, inner, buf, &mut state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_the_selection_in_view() {
+        assert_eq!(window(5, 4, 10), 0);
+        assert_eq!(window(100, 0, 10), 0);
+        assert_eq!(window(100, 4, 10), 0);
+        assert_eq!(window(100, 50, 10), 45);
+        assert_eq!(window(100, 99, 10), 90);
+        assert_eq!(window(100, 99, 0), 0);
+        for selected in 0..100 {
+            let at = window(100, selected, 7);
+            assert!((at..at + 7).contains(&selected));
+        }
+    }
+}
