@@ -2,9 +2,8 @@
 //! speak the real Agent protocol over loopback gRPC but finish each step at
 //! once, and M one-step runs. Prints one JSON line.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use opsdeck_proto::endpoint::EngineAddr;
@@ -80,49 +79,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut follow = events.follow_events(pb::FollowEventsRequest::default()).await?.into_inner();
 
     let spec = "name = \"bench\"\n[[step]]\nqueue = \"bench\"\nrun = \"true\"\n";
-    let started = Instant::now();
-    let submitted: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut submits = tokio::task::JoinSet::new();
     for _ in 0..args.runs {
         let permit = sem.clone().acquire_owned().await?;
         let mut client = runs.clone();
-        let submitted = submitted.clone();
         submits.spawn(async move {
-            let at = Instant::now();
             let reply = client.submit_run(pb::SubmitRunRequest { spec: spec.into(), ..Default::default() }).await;
             drop(permit);
-            let run = reply?.into_inner().run.context("no run in the answer")?;
-            // A std mutex: held for an insert, never across an await.
-            if let Ok(mut m) = submitted.lock() {
-                m.insert(run.id, at);
-            }
+            reply?.into_inner().run.context("no run in the answer")?;
             anyhow::Ok(())
         });
     }
 
     let mut latencies = Vec::with_capacity(args.runs);
-    let mut early: Vec<(String, Instant)> = Vec::new();
+    let mut last_seq = 0;
+    let (mut first_created, mut last_done) = (i64::MAX, i64::MIN);
     while latencies.len() < args.runs {
-        let event = tokio::time::timeout(Duration::from_secs(60), follow.next())
+        let event = match tokio::time::timeout(Duration::from_secs(60), follow.next())
             .await
             .context("no progress for 60 s")?
-            .context("the event stream ended")??;
+            .context("the event stream ended")?
+        {
+            Ok(event) => event,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                // This reader fell behind the engine and was cut off: follow
+                // again from the last event it saw, as any client would.
+                let again = pb::FollowEventsRequest { after_seq: last_seq, ..Default::default() };
+                follow = events.follow_events(again).await?.into_inner();
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
+        last_seq = event.seq;
         if event.kind != "run.succeeded" && event.kind != "run.failed" {
             continue;
         }
-        let now = Instant::now();
-        early.push((event.run_id, now));
-        let map = submitted.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        early.retain(|(id, done)| match map.get(id) {
-            Some(at) => {
-                latencies.push(done.duration_since(*at));
-                false
-            }
-            None => true,
-        });
+        // Submit to done as the engine recorded it: the commit that
+        // created the run to the one that finished it. A client reading
+        // the stream late does not inflate it.
+        let created = event.run.as_ref().map_or(event.at_ms, |r| r.created_at_ms);
+        latencies.push(Duration::from_millis(u64::try_from(event.at_ms - created).unwrap_or(0)));
+        first_created = first_created.min(created);
+        last_done = last_done.max(event.at_ms);
     }
-    let elapsed = started.elapsed();
+    // The engine's own clock, for the same reason.
+    let elapsed = Duration::from_millis(u64::try_from(last_done - first_created).unwrap_or(1).max(1));
     while let Some(r) = submits.join_next().await {
         r??;
     }
