@@ -10,8 +10,8 @@
 use crossterm::event::{KeyCode, KeyEvent};
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{
-    Approval, ApprovalState, Event, Lease, OutputChunk, Queue, Run, RunState, Worker, WorkerState,
-    WhoamiResponse,
+    Approval, ApprovalState, Event, Lease, OutputChunk, Queue, Run, RunState, WhoamiResponse,
+    Worker, WorkerState,
 };
 use tui_textarea::{CursorMove, TextArea};
 
@@ -142,7 +142,9 @@ impl Palette {
 /// The state of the watch connection, as the header shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Link {
-    Connecting { attempt: u32 },
+    Connecting {
+        attempt: u32,
+    },
     /// Connected, reading a snapshot.
     Loading,
     Live,
@@ -212,7 +214,9 @@ impl TextField {
     /// one line, and Enter moves on (the caller handles it).
     pub fn input(&mut self, key: KeyEvent) {
         if matches!(key.code, KeyCode::Enter)
-            || (key.modifiers.contains(crossterm::event::KeyModifiers::CONTROL)
+            || (key
+                .modifiers
+                .contains(crossterm::event::KeyModifiers::CONTROL)
                 && matches!(key.code, KeyCode::Char('m' | 'j')))
         {
             return;
@@ -375,7 +379,9 @@ impl Confirm {
             return Some(format!("type the lease id {id} to confirm"));
         }
         if self.reason.text().is_empty() {
-            return Some("type a reason: it is recorded with your name in the audit trail".to_owned());
+            return Some(
+                "type a reason: it is recorded with your name in the audit trail".to_owned(),
+            );
         }
         None
     }
@@ -528,17 +534,29 @@ pub enum Msg {
     Refreshed(Result<(Vec<Worker>, Vec<Lease>), String>),
     /// A second passed (the clock is `App::now_ms`, set by the caller).
     Tick,
-    Resize { width: u16, height: u16 },
+    Resize {
+        width: u16,
+        height: u16,
+    },
 }
 
 /// Something to do outside the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cmd {
-    Change { change: Change, reason: String },
-    FetchOutput { run_id: String },
-    FetchTimeline { run_id: String },
+    Change {
+        change: Change,
+        reason: String,
+    },
+    FetchOutput {
+        run_id: String,
+    },
+    FetchTimeline {
+        run_id: String,
+    },
     /// Events after this seq, to fill the tail.
-    FetchEvents { after_seq: u64 },
+    FetchEvents {
+        after_seq: u64,
+    },
     /// Workers' heartbeats and leases' expiries.
     Refresh,
     Resync,
@@ -629,7 +647,11 @@ impl App {
         let list = &mut self.lists[screen.index()];
         if follow {
             list.selected = 0;
-        } else if let Some(at) = list.key.as_ref().and_then(|k| rows.iter().position(|r| r == k)) {
+        } else if let Some(at) = list
+            .key
+            .as_ref()
+            .and_then(|k| rows.iter().position(|r| r == k))
+        {
             list.selected = at;
         } else {
             list.selected = list.selected.min(len.saturating_sub(1));
@@ -681,7 +703,10 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
             if app.run.run_id == run_id {
                 match result {
                     Ok(events) => merge_timeline(&mut app.run.timeline, events),
-                    Err(why) => app.say(StatusKind::Refused, format!("the run's events cannot be read: {why}")),
+                    Err(why) => app.say(
+                        StatusKind::Refused,
+                        format!("the run's events cannot be read: {why}"),
+                    ),
                 }
                 app.run.timeline_loaded = true;
             }
@@ -690,7 +715,10 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
         Msg::Backfill(result) => {
             match result {
                 Ok(events) => app.data.backfill(events),
-                Err(why) => app.say(StatusKind::Info, format!("recent events cannot be read: {why}")),
+                Err(why) => app.say(
+                    StatusKind::Info,
+                    format!("recent events cannot be read: {why}"),
+                ),
             }
             Vec::new()
         }
@@ -712,10 +740,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
 fn on_tick(app: &mut App) -> Vec<Cmd> {
     let mut cmds = Vec::new();
     app.data.sample();
-    if app
-        .ctrl_c_at
-        .is_some_and(|at| app.now_ms - at > CTRL_C_MS)
-    {
+    if app.ctrl_c_at.is_some_and(|at| app.now_ms - at > CTRL_C_MS) {
         app.ctrl_c_at = None;
     }
     if app.live() && !app.refreshing && app.now_ms - app.refreshed_at_ms >= REFRESH_MS {
@@ -772,7 +797,10 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                     ),
                 );
             } else if was_down && resumed_after > 0 {
-                app.say(StatusKind::Info, format!("reconnected; resumed after seq {resumed_after}"));
+                app.say(
+                    StatusKind::Info,
+                    format!("reconnected; resumed after seq {resumed_after}"),
+                );
             }
             Vec::new()
         }
@@ -785,6 +813,13 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                 app.conn.stale_since_ms = Some(now);
             }
             let retry_ms = i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX);
+            app.say(
+                StatusKind::Refused,
+                format!(
+                    "no connection to the engine: {why}; retrying (attempt {})",
+                    attempt + 1
+                ),
+            );
             app.conn.link = Link::Retrying {
                 retry_at_ms: now.saturating_add(retry_ms),
                 attempt,
@@ -821,7 +856,10 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
         }
         Update::Resync { reason } => {
             app.conn.link = Link::Loading;
-            app.say(StatusKind::Info, format!("reading everything again: {reason}"));
+            app.say(
+                StatusKind::Info,
+                format!("reading everything again: {reason}"),
+            );
             Vec::new()
         }
         Update::Heartbeat { .. } => Vec::new(),
@@ -982,7 +1020,9 @@ fn interrupt(app: &mut App) -> Vec<Cmd> {
 
 fn on_filter_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
     let screen = app.screen;
-    let ctrl = key.modifiers.contains(crossterm::event::KeyModifiers::CONTROL);
+    let ctrl = key
+        .modifiers
+        .contains(crossterm::event::KeyModifiers::CONTROL);
     let filter = &mut app.list_mut(screen).filter;
     match key.code {
         KeyCode::Esc => filter.clear(),
@@ -1080,12 +1120,20 @@ fn act(app: &mut App, action: Action) -> Vec<Cmd> {
             match app.screen {
                 Screen::Run => {
                     app.run.follow = !app.run.follow;
-                    let word = if app.run.follow { "following the log" } else { "stopped following" };
+                    let word = if app.run.follow {
+                        "following the log"
+                    } else {
+                        "stopped following"
+                    };
                     app.say(StatusKind::Info, word);
                 }
                 Screen::Events => {
                     app.events_follow = !app.events_follow;
-                    let word = if app.events_follow { "following new events" } else { "stopped following" };
+                    let word = if app.events_follow {
+                        "following new events"
+                    } else {
+                        "stopped following"
+                    };
                     app.say(StatusKind::Info, word);
                 }
                 _ => {}
@@ -1238,12 +1286,15 @@ fn move_by(app: &mut App, delta: isize) -> Vec<Cmd> {
     }
     let len = app.rows.len();
     let screen = app.screen;
-    let list = app.list_mut(screen);
+    let list = &mut app.lists[screen.index()];
     let to = match delta {
         isize::MIN => 0,
         isize::MAX => len.saturating_sub(1),
         d if d < 0 => list.selected.saturating_sub(d.unsigned_abs()),
-        d => list.selected.saturating_add(d.unsigned_abs()).min(len.saturating_sub(1)),
+        d => list
+            .selected
+            .saturating_add(d.unsigned_abs())
+            .min(len.saturating_sub(1)),
     };
     list.selected = to;
     list.key = app.rows.get(to).cloned();
@@ -1288,7 +1339,10 @@ fn start_change(app: &mut App, action: Action) -> Vec<Cmd> {
         return Vec::new();
     }
     if !app.live() {
-        let text = format!("not connected: changes are disabled until the engine is back ({})", link_words(app));
+        let text = format!(
+            "not connected: changes are disabled until the engine is back ({})",
+            link_words(app)
+        );
         app.say(StatusKind::Refused, text);
         return Vec::new();
     }
@@ -1306,7 +1360,7 @@ pub fn link_words(app: &App) -> String {
         Link::Loading => "loading".to_owned(),
         Link::Connecting { .. } => "connecting".to_owned(),
         Link::Retrying { retry_at_ms, .. } => {
-            let secs = (retry_at_ms - app.now_ms).max(0).div_ceil(1000);
+            let secs = ((retry_at_ms - app.now_ms).max(0) + 999) / 1000;
             format!("reconnecting in {secs}s")
         }
     }
@@ -1324,7 +1378,9 @@ fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
             _ => selected,
         };
         let id = id.ok_or("no run is selected")?;
-        data.runs.get(id).ok_or_else(|| format!("run {id} is not known here"))
+        data.runs
+            .get(id)
+            .ok_or_else(|| format!("run {id} is not known here"))
     };
     match action {
         Action::Approve | Action::Reject => {
@@ -1336,7 +1392,9 @@ fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
                 }
                 _ => {
                     let id = selected.ok_or("no approval is selected")?;
-                    data.approvals.get(id).ok_or_else(|| format!("approval {id} is not known here"))?
+                    data.approvals
+                        .get(id)
+                        .ok_or_else(|| format!("approval {id} is not known here"))?
                 }
             };
             if approval.state() != ApprovalState::Pending {
@@ -1389,16 +1447,23 @@ fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
                     return Err(format!("run {} is already {state}", run.name));
                 }
                 (
-                    Change::Cancel { run: run.id.clone() },
+                    Change::Cancel {
+                        run: run.id.clone(),
+                    },
                     "Cancel run",
                     "its running step is stopped and the run ends as cancelled",
                 )
             } else {
                 if run.state() != RunState::Failed {
-                    return Err(format!("only a failed run can be retried; run {} is {state}", run.name));
+                    return Err(format!(
+                        "only a failed run can be retried; run {} is {state}",
+                        run.name
+                    ));
                 }
                 (
-                    Change::Retry { run: run.id.clone() },
+                    Change::Retry {
+                        run: run.id.clone(),
+                    },
                     "Retry run",
                     "its dead or failed step gets a new attempt budget",
                 )
@@ -1415,35 +1480,53 @@ fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
         }
         Action::Drain | Action::Undrain | Action::Recycle => {
             let id = selected.ok_or("no worker is selected")?;
-            let w = data.workers.get(id).ok_or_else(|| format!("worker {id} is not known here"))?;
+            let w = data
+                .workers
+                .get(id)
+                .ok_or_else(|| format!("worker {id} is not known here"))?;
             let state = word_of::<WorkerState>(w.state);
             let (change, title, effect) = match action {
                 Action::Drain => {
                     if w.state() != WorkerState::Online {
-                        return Err(format!("only an online worker can be drained; {id} is {state}"));
+                        return Err(format!(
+                            "only an online worker can be drained; {id} is {state}"
+                        ));
                     }
                     (
-                        Change::Drain { worker: id.to_owned() },
+                        Change::Drain {
+                            worker: id.to_owned(),
+                        },
                         "Drain worker",
-                        format!("it takes no new work and finishes the {} step(s) it holds", w.lease_ids.len()),
+                        format!(
+                            "it takes no new work and finishes the {} step(s) it holds",
+                            w.lease_ids.len()
+                        ),
                     )
                 }
                 Action::Undrain => {
                     if w.state() != WorkerState::Draining {
-                        return Err(format!("only a draining worker can be undrained; {id} is {state}"));
+                        return Err(format!(
+                            "only a draining worker can be undrained; {id} is {state}"
+                        ));
                     }
                     (
-                        Change::Undrain { worker: id.to_owned() },
+                        Change::Undrain {
+                            worker: id.to_owned(),
+                        },
                         "Undrain worker",
                         "it takes work again".to_owned(),
                     )
                 }
                 _ => {
                     if !matches!(w.state(), WorkerState::Online | WorkerState::Draining) {
-                        return Err(format!("only an online or draining worker can be recycled; {id} is {state}"));
+                        return Err(format!(
+                            "only an online or draining worker can be recycled; {id} is {state}"
+                        ));
                     }
                     (
-                        Change::Recycle { worker: id.to_owned() },
+                        Change::Recycle {
+                            worker: id.to_owned(),
+                        },
                         "Recycle worker",
                         format!(
                             "it drains, then a fresh process replaces it as generation {}",
@@ -1458,34 +1541,56 @@ fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
                     if w.host.is_empty() { "?" } else { &w.host },
                     w.generation
                 ),
-                format!("{}/{} slots busy; queues {}", w.lease_ids.len(), w.slots, w.queues.join(", ")),
+                format!(
+                    "{}/{} slots busy; queues {}",
+                    w.lease_ids.len(),
+                    w.slots,
+                    w.queues.join(", ")
+                ),
                 effect,
             ];
             Ok(Confirm::new(change, title.to_owned(), lines))
         }
         Action::PauseResume => {
             let name = selected.ok_or("no queue is selected")?;
-            let q = data.queues.get(name).ok_or_else(|| format!("queue {name} is not known here"))?;
+            let q = data
+                .queues
+                .get(name)
+                .ok_or_else(|| format!("queue {name} is not known here"))?;
             let q = &q.queue;
-            let figures = format!("queue {name}: {} ready, {} delayed, {} running", q.ready, q.delayed, q.running);
+            let figures = format!(
+                "queue {name}: {} ready, {} delayed, {} running",
+                q.ready, q.delayed, q.running
+            );
             let (change, title, effect) = if q.paused {
                 (
-                    Change::Resume { queue: name.to_owned() },
+                    Change::Resume {
+                        queue: name.to_owned(),
+                    },
                     "Resume queue",
                     "its ready steps are handed out to workers again",
                 )
             } else {
                 (
-                    Change::Pause { queue: name.to_owned() },
+                    Change::Pause {
+                        queue: name.to_owned(),
+                    },
                     "Pause queue",
                     "no step is handed out until it is resumed; running steps go on",
                 )
             };
-            Ok(Confirm::new(change, title.to_owned(), vec![figures, effect.to_owned()]))
+            Ok(Confirm::new(
+                change,
+                title.to_owned(),
+                vec![figures, effect.to_owned()],
+            ))
         }
         Action::ForceRelease => {
             let id = selected.ok_or("no lease is selected")?;
-            let l = data.leases.get(id).ok_or_else(|| format!("lease {id} is not known here"))?;
+            let l = data
+                .leases
+                .get(id)
+                .ok_or_else(|| format!("lease {id} is not known here"))?;
             let lines = vec![
                 format!("lease {id}, held by {}", l.worker_id),
                 format!(
@@ -1504,20 +1609,32 @@ fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
                 lease: id.to_owned(),
                 fail: false,
             };
-            Ok(Confirm::new(change, "Force-release lease".to_owned(), lines))
+            Ok(Confirm::new(
+                change,
+                "Force-release lease".to_owned(),
+                lines,
+            ))
         }
         _ => Err("nothing to change".to_owned()),
     }
 }
 
 fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
-    let ctrl = key.modifiers.contains(crossterm::event::KeyModifiers::CONTROL);
+    let ctrl = key
+        .modifiers
+        .contains(crossterm::event::KeyModifiers::CONTROL);
     match key.code {
         KeyCode::Esc => {
             app.say(StatusKind::Info, "nothing changed");
             return Vec::new();
         }
-        KeyCode::Tab if !key.modifiers.contains(crossterm::event::KeyModifiers::SHIFT) => c.step_focus(true),
+        KeyCode::Tab
+            if !key
+                .modifiers
+                .contains(crossterm::event::KeyModifiers::SHIFT) =>
+        {
+            c.step_focus(true)
+        }
         KeyCode::Tab | KeyCode::BackTab => c.step_focus(false),
         KeyCode::Enter => match c.focus {
             Focus::Cancel => {
@@ -1526,12 +1643,16 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
             }
             Focus::Ok => {
                 if !app.live() {
-                    c.error = Some(format!("not connected ({}): try again once live", link_words(app)));
+                    c.error = Some(format!(
+                        "not connected ({}): try again once live",
+                        link_words(app)
+                    ));
                 } else if let Some(missing) = c.missing() {
                     c.error = Some(missing);
                 } else {
                     let mut change = c.change;
-                    if let (Change::ForceRelease { fail, .. }, Some(chosen)) = (&mut change, c.fail) {
+                    if let (Change::ForceRelease { fail, .. }, Some(chosen)) = (&mut change, c.fail)
+                    {
                         *fail = chosen;
                     }
                     app.say(StatusKind::Pending, format!("{}...", change.doing()));
@@ -1547,7 +1668,11 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
             Focus::Id | Focus::Reason => c.step_focus(true),
         },
         KeyCode::Left | KeyCode::Right if matches!(c.focus, Focus::Ok | Focus::Cancel) => {
-            c.focus = if c.focus == Focus::Ok { Focus::Cancel } else { Focus::Ok };
+            c.focus = if c.focus == Focus::Ok {
+                Focus::Cancel
+            } else {
+                Focus::Ok
+            };
         }
         KeyCode::Char(' ') if c.focus == Focus::Fail => c.fail = c.fail.map(|f| !f),
         _ => match c.focus {
@@ -1559,7 +1684,10 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
                 if let KeyCode::Char(ch) = key.code
                     && !ctrl
                 {
-                    let id_missing = c.type_to_confirm.as_ref().is_some_and(|id| c.typed.text() != *id);
+                    let id_missing = c
+                        .type_to_confirm
+                        .as_ref()
+                        .is_some_and(|id| c.typed.text() != *id);
                     if id_missing {
                         c.focus = Focus::Id;
                         c.typed.insert(&ch.to_string());
@@ -1571,7 +1699,9 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
             }
         },
     }
-    if c.missing().is_none() {
+    // An error goes once what it asked for is done (not on the Enter that
+    // raised it).
+    if key.code != KeyCode::Enter && c.missing().is_none() {
         c.error = None;
     }
     app.modal = Some(Modal::Confirm(Box::new(c)));
@@ -1597,10 +1727,18 @@ pub fn outcome(change: &Change, changed: &Changed, data: &Data) -> String {
             format!("rejected {approval}: run {} fails", a.run_name)
         }
         (Change::Cancel { run }, Changed::Run(r)) => {
-            format!("cancel of run {} ({run}) accepted: it is {}", r.name, word_of::<RunState>(r.state))
+            format!(
+                "cancel of run {} ({run}) accepted: it is {}",
+                r.name,
+                word_of::<RunState>(r.state)
+            )
         }
         (Change::Retry { run }, Changed::Run(r)) => {
-            format!("run {} ({run}) retried: it is {} again", r.name, word_of::<RunState>(r.state))
+            format!(
+                "run {} ({run}) retried: it is {} again",
+                r.name,
+                word_of::<RunState>(r.state)
+            )
         }
         (Change::Drain { worker }, Changed::Worker(w)) => format!(
             "draining {worker}: no new work; it finishes the {} step(s) it holds",
@@ -1612,13 +1750,24 @@ pub fn outcome(change: &Change, changed: &Changed, data: &Data) -> String {
             w.generation
         ),
         (Change::Pause { queue }, Changed::Queue(q)) => {
-            format!("paused queue {queue}: its {} ready step(s) wait until it is resumed", q.ready)
+            format!(
+                "paused queue {queue}: its {} ready step(s) wait until it is resumed",
+                q.ready
+            )
         }
         (Change::Resume { queue }, Changed::Queue(q)) => {
-            format!("resumed queue {queue}: {} ready step(s) are handed out again", q.ready)
+            format!(
+                "resumed queue {queue}: {} ready step(s) are handed out again",
+                q.ready
+            )
         }
         (Change::ForceRelease { lease, fail }, Changed::Lease(l)) => {
-            let step = format!("step {} {} of run {}", step_number(l.step_index), l.step_name, l.run_name);
+            let step = format!(
+                "step {} {} of run {}",
+                step_number(l.step_index),
+                l.step_name,
+                l.run_name
+            );
             let queue = data
                 .runs
                 .get(&l.run_id)
@@ -1684,7 +1833,12 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
         Screen::Queues => data
             .queues
             .values()
-            .filter(|q| keep(&[&q.queue.name, if q.queue.paused { "paused" } else { "active" }]))
+            .filter(|q| {
+                keep(&[
+                    &q.queue.name,
+                    if q.queue.paused { "paused" } else { "active" },
+                ])
+            })
             .map(|q| q.queue.name.clone())
             .collect(),
         Screen::Approvals => {
@@ -1693,7 +1847,11 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
                 .values()
                 .filter(|a| {
                     let state = word_of::<ApprovalState>(a.state);
-                    let overdue = if model::overdue(a, now_ms) { "overdue" } else { "" };
+                    let overdue = if model::overdue(a, now_ms) {
+                        "overdue"
+                    } else {
+                        ""
+                    };
                     keep(&[
                         &a.id,
                         &a.run_id,
@@ -1706,11 +1864,15 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
                 })
                 .collect();
             // Pending first, oldest ask first; then the latest decisions.
-            list.sort_by_key(|a| {
+            list.sort_by_cached_key(|a| {
                 let pending = a.state() == ApprovalState::Pending;
                 (
                     !pending,
-                    if pending { a.requested_at_ms } else { -a.decided_at_ms },
+                    if pending {
+                        a.requested_at_ms
+                    } else {
+                        -a.decided_at_ms
+                    },
                     a.id.clone(),
                 )
             });
@@ -1721,7 +1883,11 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
                 .leases
                 .values()
                 .filter(|l| {
-                    let stale = if model::lease_stale(data, l) { "stale" } else { "" };
+                    let stale = if model::lease_stale(data, l) {
+                        "stale"
+                    } else {
+                        ""
+                    };
                     keep(&[
                         &l.id,
                         &l.run_id,
@@ -1734,7 +1900,9 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
                 })
                 .collect();
             // Stale ones first, then soonest to expire.
-            list.sort_by_key(|l| (!model::lease_stale(data, l), l.expires_at_ms, l.id.clone()));
+            list.sort_by_cached_key(|l| {
+                (!model::lease_stale(data, l), l.expires_at_ms, l.id.clone())
+            });
             list.into_iter().map(|l| l.id.clone()).collect()
         }
         Screen::Events => data
@@ -1765,7 +1933,9 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
     }
 }
 
-/// A time span for a header: "3s", "5m12s".
+/// How long ago, in whole seconds and up: "0s", "3s", "5m12s". Under a
+/// second is "0s": engine and console clocks are rarely closer than that.
 pub fn age(from_ms: i64, now_ms: i64) -> String {
-    duration(u64::try_from(now_ms.saturating_sub(from_ms)).unwrap_or(0))
+    let ms = u64::try_from(now_ms.saturating_sub(from_ms)).unwrap_or(0);
+    duration(ms - ms % 1000)
 }

@@ -36,7 +36,9 @@ const BACKOFF_MAX_MS: u64 = 10_000;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
     /// Trying to connect now (attempt 0 is the first).
-    Connecting { attempt: u32 },
+    Connecting {
+        attempt: u32,
+    },
     /// Connected and watching; a snapshot or the missed events follow.
     Connected {
         whoami: WhoamiResponse,
@@ -57,9 +59,13 @@ pub enum Update {
     Event(Box<Event>),
     /// The engine cut us off (or events went missing): a snapshot is being
     /// read again. What is shown stays until it arrives.
-    Resync { reason: String },
+    Resync {
+        reason: String,
+    },
     /// The engine is there and has nothing new.
-    Heartbeat { seq: u64 },
+    Heartbeat {
+        seq: u64,
+    },
 }
 
 enum State {
@@ -196,7 +202,9 @@ impl Conn {
         }
     }
 
-    async fn connect(&mut self) -> Result<(Engine, Streaming<WatchMessage>, WhoamiResponse), String> {
+    async fn connect(
+        &mut self,
+    ) -> Result<(Engine, Streaming<WatchMessage>, WhoamiResponse), String> {
         let engine = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             Engine::connect(self.target.clone(), self.auth.clone()),
@@ -208,11 +216,12 @@ impl Conn {
             Err(_) => return Err(format!("no answer from {} within 10s", self.target.addr)),
         };
         let mut console = engine.console();
-        let whoami = match tokio::time::timeout(CONNECT_TIMEOUT, console.whoami(WhoamiRequest {})).await {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(status_words(&status)),
-            Err(_) => return Err("the engine did not answer Whoami within 10s".to_owned()),
-        };
+        let whoami =
+            match tokio::time::timeout(CONNECT_TIMEOUT, console.whoami(WhoamiRequest {})).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => return Err(status_words(&status)),
+                Err(_) => return Err("the engine did not answer Whoami within 10s".to_owned()),
+            };
         let request = WatchRequest {
             resume_after_seq: self.last_seq,
         };
@@ -317,7 +326,11 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
 /// A gRPC error in the words the status line uses.
 pub fn status_words(status: &tonic::Status) -> String {
     match status.message() {
-        "" => format!("{}: {}", code_word(status.code()), status.code().description()),
+        "" => format!(
+            "{}: {}",
+            code_word(status.code()),
+            status.code().description()
+        ),
         message => format!("{}: {message}", code_word(status.code())),
     }
 }
@@ -326,7 +339,7 @@ pub fn status_words(status: &tonic::Status) -> String {
 mod tests {
     use super::*;
     use opsdeck_proto::endpoint::EngineAddr;
-    use opsdeck_proto::v1::{Heartbeat, Resync, SnapshotBegin, SnapshotChunk, SnapshotEnd, Run};
+    use opsdeck_proto::v1::{Heartbeat, Resync, Run, SnapshotBegin, SnapshotChunk, SnapshotEnd};
 
     fn conn() -> Conn {
         Conn::new(
@@ -361,7 +374,10 @@ mod tests {
     #[test]
     fn a_snapshot_arrives_whole_and_sets_the_resume_point() {
         let mut c = conn();
-        assert_eq!(c.handle(msg(Kind::SnapshotBegin(SnapshotBegin { seq: 7 }))), None);
+        assert_eq!(
+            c.handle(msg(Kind::SnapshotBegin(SnapshotBegin { seq: 7 }))),
+            None
+        );
         let chunk = |id: &str| SnapshotChunk {
             runs: vec![Run {
                 id: id.into(),
@@ -371,7 +387,8 @@ mod tests {
         };
         assert_eq!(c.handle(msg(Kind::SnapshotChunk(chunk("a")))), None);
         assert_eq!(c.handle(msg(Kind::SnapshotChunk(chunk("b")))), None);
-        let Some(Update::Snapshot(s)) = c.handle(msg(Kind::SnapshotEnd(SnapshotEnd { seq: 7 }))) else {
+        let Some(Update::Snapshot(s)) = c.handle(msg(Kind::SnapshotEnd(SnapshotEnd { seq: 7 })))
+        else {
             panic!("no snapshot")
         };
         assert_eq!(s.seq, 7);

@@ -2,18 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
-use opsdeck_tui::cli::{self, Cli};
+use clap::Parser;
+use opsdeck_tui::args::{Args, Command};
+use opsdeck_tui::client::{Auth, Target};
+use opsdeck_tui::{cli, console, demo};
 
 fn main() -> ExitCode {
     // Usage errors exit 2 here, from clap.
-    let cli = Cli::parse();
-    let Some(command) = cli.command else {
-        // The console will start here. Until then, say what there is.
-        eprint!("{}", Cli::command().render_help());
-        return ExitCode::from(2);
-    };
-    // One thread is plenty: a command makes one call at a time.
+    let args = Args::parse();
+    // One thread is plenty: a command makes one call at a time, and the
+    // console draws a frame in well under a millisecond per thousand rows.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -24,5 +22,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(cli::run(cli.global, command))
+    match args.command {
+        Some(Command::Cli(command)) => runtime.block_on(cli::run(args.global, command)),
+        Some(Command::Demo(demo_args)) => runtime.block_on(demo::run(demo_args)),
+        None => {
+            let target = Target::resolve(args.global.engine);
+            let auth = Auth::new(args.global.token);
+            match runtime.block_on(console::run(target, auth, args.readonly)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

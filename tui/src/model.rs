@@ -92,7 +92,11 @@ impl Data {
     /// the depth samples are history and stay.
     pub fn apply_snapshot(&mut self, snapshot: Snapshot, now_ms: i64) {
         self.seq = snapshot.seq;
-        self.runs = snapshot.runs.into_iter().map(|r| (r.id.clone(), r)).collect();
+        self.runs = snapshot
+            .runs
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
         self.workers = snapshot
             .workers
             .into_iter()
@@ -314,7 +318,9 @@ pub enum Holder {
 pub fn holder(data: &Data, lease: &Lease) -> Holder {
     match data.workers.get(&lease.worker_id) {
         None => Holder::Unknown,
-        Some(w) if w.connected && !matches!(w.state(), WorkerState::Offline | WorkerState::Stopped) => {
+        Some(w)
+            if w.connected && !matches!(w.state(), WorkerState::Offline | WorkerState::Stopped) =>
+        {
             Holder::Ok
         }
         Some(_) => Holder::Gone,
@@ -343,7 +349,8 @@ pub fn lease_stuck(data: &Data, lease: &Lease, now_ms: i64) -> bool {
         s.state() == StepState::Running
             && s.timeout_ms > 0
             && s.started_at_ms > 0
-            && now_ms.saturating_sub(s.started_at_ms) > i64::try_from(s.timeout_ms).unwrap_or(i64::MAX)
+            && now_ms.saturating_sub(s.started_at_ms)
+                > i64::try_from(s.timeout_ms).unwrap_or(i64::MAX)
     })
 }
 
@@ -372,7 +379,11 @@ pub fn worker_status(data: &Data, w: &Worker, now_ms: i64) -> WorkerStatus {
     } else if w.state() == WorkerState::Online && recently_recycled {
         Some("recycled")
     } else if w.state() == WorkerState::Online {
-        Some(if w.lease_ids.is_empty() { "idle" } else { "busy" })
+        Some(if w.lease_ids.is_empty() {
+            "idle"
+        } else {
+            "busy"
+        })
     } else {
         None
     };
@@ -538,14 +549,17 @@ mod tests {
             },
             NOW,
         );
-        data.apply_snapshot(Snapshot {
-            seq: 10,
-            runs: vec![Run {
-                id: "new".into(),
-                ..Run::default()
-            }],
-            ..Snapshot::default()
-        }, NOW);
+        data.apply_snapshot(
+            Snapshot {
+                seq: 10,
+                runs: vec![Run {
+                    id: "new".into(),
+                    ..Run::default()
+                }],
+                ..Snapshot::default()
+            },
+            NOW,
+        );
         assert_eq!(data.runs.keys().collect::<Vec<_>>(), ["new"]);
         assert_eq!(data.events.len(), 1);
         assert_eq!(data.seq, 10);
@@ -580,8 +594,10 @@ mod tests {
     #[test]
     fn a_lease_is_stale_when_its_holder_is_gone_and_stuck_when_overdue_on_a_live_one() {
         let mut data = Data::default();
-        data.workers.insert("up".into(), worker("up", true, &["l1"]));
-        data.workers.insert("down".into(), worker("down", false, &["l2"]));
+        data.workers
+            .insert("up".into(), worker("up", true, &["l1"]));
+        data.workers
+            .insert("down".into(), worker("down", false, &["l2"]));
         let overdue_lease = lease("l1", "up", NOW - EXPIRY_SLACK_MS - 1);
         let held_by_gone = lease("l2", "down", NOW - 60_000);
         assert!(!lease_stale(&data, &overdue_lease));
@@ -594,7 +610,8 @@ mod tests {
     #[test]
     fn a_step_over_its_timeout_makes_its_lease_stuck() {
         let mut data = Data::default();
-        data.workers.insert("up".into(), worker("up", true, &["l1"]));
+        data.workers
+            .insert("up".into(), worker("up", true, &["l1"]));
         data.runs.insert(
             "r1".into(),
             Run {
@@ -608,7 +625,8 @@ mod tests {
                 ..Run::default()
             },
         );
-        data.leases.insert("l1".into(), lease("l1", "up", NOW + 10_000));
+        data.leases
+            .insert("l1".into(), lease("l1", "up", NOW + 10_000));
         assert!(lease_stuck(&data, &data.leases["l1"], NOW));
         let status = worker_status(&data, &data.workers["up"], NOW);
         assert!(status.stuck);

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use opsdeck_proto::v1 as pb;
 use prost::Message;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
 
+use super::codec::{decode_event, json, parse, state_word};
 use super::{Batch, Store, StoreError};
 use crate::core::Loaded;
 
@@ -32,22 +33,6 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
-}
-
-fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt { what: "encode".into(), why: e.to_string() })
-}
-
-fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what: what.into(), why: e.to_string() })
-}
-
-fn state_word<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    Ok(json(v)?.trim_matches('"').to_owned())
-}
-
-fn decode_event(body: &[u8]) -> Result<pb::Event, StoreError> {
-    pb::Event::decode(body).map_err(|e| StoreError::Corrupt { what: "event".into(), why: e.to_string() })
 }
 
 /// Inserts or replaces one object stored whole: (id, [run_id,] state, body).

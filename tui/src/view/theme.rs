@@ -81,7 +81,9 @@ impl Theme {
     pub fn selected(&self) -> Style {
         match self.palette {
             Palette::Mono | Palette::Ansi16 => Style::new().add_modifier(Modifier::REVERSED),
-            Palette::Ansi256 => Style::new().bg(Color::Indexed(238)).add_modifier(Modifier::BOLD),
+            Palette::Ansi256 => Style::new()
+                .bg(Color::Indexed(238))
+                .add_modifier(Modifier::BOLD),
         }
     }
 
@@ -116,7 +118,10 @@ impl Theme {
     pub fn badge(&self) -> Style {
         match self.palette {
             Palette::Mono => Style::new().add_modifier(Modifier::BOLD),
-            Palette::Ansi16 => Style::new().bg(Color::Yellow).fg(Color::Black).add_modifier(Modifier::BOLD),
+            Palette::Ansi16 => Style::new()
+                .bg(Color::Yellow)
+                .fg(Color::Black)
+                .add_modifier(Modifier::BOLD),
             Palette::Ansi256 => Style::new()
                 .bg(Color::Indexed(214))
                 .fg(Color::Indexed(16))
@@ -128,9 +133,14 @@ impl Theme {
     pub fn link(&self, live: bool) -> Style {
         match (self.palette, live) {
             (Palette::Mono, true) => Style::new().add_modifier(Modifier::BOLD),
-            (Palette::Mono, false) => Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+            (Palette::Mono, false) => {
+                Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)
+            }
             (Palette::Ansi16, true) => Style::new().bg(Color::Green).fg(Color::Black),
-            (Palette::Ansi16, false) => Style::new().bg(Color::Red).fg(Color::White).add_modifier(Modifier::BOLD),
+            (Palette::Ansi16, false) => Style::new()
+                .bg(Color::Red)
+                .fg(Color::White)
+                .add_modifier(Modifier::BOLD),
             (Palette::Ansi256, true) => Style::new().bg(Color::Indexed(71)).fg(Color::Indexed(16)),
             (Palette::Ansi256, false) => Style::new()
                 .bg(Color::Indexed(160))
@@ -174,7 +184,15 @@ mod tests {
     #[test]
     fn sixteen_colours_use_only_the_ansi_names() {
         let t = Theme::new(Palette::Ansi16);
-        for s in [t.good(), t.bad(), t.warn(), t.dim(), t.bar(), t.badge(), t.link(false)] {
+        for s in [
+            t.good(),
+            t.bad(),
+            t.warn(),
+            t.dim(),
+            t.bar(),
+            t.badge(),
+            t.link(false),
+        ] {
             for c in [s.fg, s.bg].into_iter().flatten() {
                 assert!(!matches!(c, Color::Indexed(_) | Color::Rgb(..)), "{c:?}");
             }

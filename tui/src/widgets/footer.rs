@@ -55,7 +55,10 @@ pub fn status_line(app: &App, theme: &Theme) -> Line<'static> {
                 Span::styled(":", theme.key()),
                 Span::raw(text.clone()),
                 Span::styled("█", theme.dim()),
-                Span::styled("  a screen: overview runs run workers queues approvals leases events", theme.dim()),
+                Span::styled(
+                    "  a screen: overview runs run workers queues approvals leases events",
+                    theme.dim(),
+                ),
             ]);
         }
         Input::Normal => {}

@@ -17,9 +17,8 @@ use super::fit;
 /// A wall-clock time of day, local: "14:03:07".
 pub fn clock(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
-    let Ok(t) = libc::time_t::try_from(secs) else {
-        return "??:??:??".to_owned();
-    };
+    // time_t is 64 bits wide on every platform this runs on.
+    let t = secs as libc::time_t;
     // SAFETY: localtime_r writes only into `tm`, which lives on this
     // stack frame; it is the re-entrant form, safe beside other threads.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
@@ -41,16 +40,26 @@ fn badges(app: &App, theme: &Theme) -> Vec<Span<'static>> {
         _ => format!(" {} ", link_words(app)),
     };
     out.push(Span::styled(state, theme.link(live)));
+    if let Some(since) = app.conn.stale_since_ms {
+        out.push(Span::styled(
+            format!(" stale since {} ", clock(since)),
+            theme.link(false),
+        ));
+    }
     let pending = data.pending_approvals();
     if pending > 0 {
-        let word = if pending == 1 { "approval" } else { "approvals" };
-        out.push(Span::styled(format!(" {pending} {word} pending "), theme.badge()));
+        let word = if pending == 1 {
+            "approval"
+        } else {
+            "approvals"
+        };
+        out.push(Span::styled(
+            format!(" {pending} {word} pending "),
+            theme.badge(),
+        ));
     }
     if app.frozen.is_some() {
         out.push(Span::styled(" FROZEN ", theme.focus()));
-    }
-    if let Some(since) = app.conn.stale_since_ms {
-        out.push(Span::styled(format!(" stale since {} ", clock(since)), theme.link(false)));
     }
     if app
         .conn
@@ -93,10 +102,14 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         left.push(Span::raw(fit(&who, room)));
     }
     let left_area = Rect {
-        width: area.width.saturating_sub(u16::try_from(right_width).unwrap_or(u16::MAX)),
+        width: area
+            .width
+            .saturating_sub(u16::try_from(right_width).unwrap_or(u16::MAX)),
         ..area
     };
-    Paragraph::new(Line::from(left)).style(theme.bar()).render(left_area, buf);
+    Paragraph::new(Line::from(left))
+        .style(theme.bar())
+        .render(left_area, buf);
     let right_area = Rect {
         x: left_area.x + left_area.width,
         width: area.width - left_area.width,

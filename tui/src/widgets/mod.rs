@@ -43,7 +43,10 @@ impl Rows {
 
     pub fn take(&mut self, height: u16) -> Rect {
         let height = height.min(self.area.height);
-        let taken = Rect { height, ..self.area };
+        let taken = Rect {
+            height,
+            ..self.area
+        };
         self.area.y += height;
         self.area.height -= height;
         taken
@@ -114,6 +117,9 @@ mod tests {
         assert_eq!(fit("api", 6), "api");
         assert_eq!(fit("api", 0), "");
         assert_eq!(short_id("01J8ZK3M9QZABCDEF", 7), "…ABCDEF");
-        assert_eq!(centered(Rect::new(0, 0, 10, 4), 20, 2), Rect::new(0, 1, 10, 2));
+        assert_eq!(
+            centered(Rect::new(0, 0, 10, 4), 20, 2),
+            Rect::new(0, 1, 10, 2)
+        );
     }
 }

@@ -40,7 +40,12 @@ pub struct ListTable<'a> {
 
 impl ListTable<'_> {
     /// Draws the list; `rows` builds the rows of a range of the list.
-    pub fn render<'r>(self, area: Rect, buf: &mut Buffer, rows: impl FnOnce(Range<usize>) -> Vec<Row<'r>>) {
+    pub fn render<'r>(
+        self,
+        area: Rect,
+        buf: &mut Buffer,
+        rows: impl FnOnce(Range<usize>) -> Vec<Row<'r>>,
+    ) {
         let t = self.theme;
         let mut title = vec![Span::styled(format!(" {} ", self.title), t.heading())];
         title.push(Span::raw(format!("{} ", self.total)));
@@ -63,7 +68,10 @@ impl ListTable<'_> {
             let text = if self.filter.is_empty() {
                 self.empty.to_owned()
             } else {
-                format!("nothing matches /{} (esc on the filter clears it)", self.filter)
+                format!(
+                    "nothing matches /{} (esc on the filter clears it)",
+                    self.filter
+                )
             };
             Paragraph::new(text).style(t.dim()).render(inner, buf);
             return;

@@ -1,0 +1,198 @@
+//! PostgreSQL: for teams that run several engines against one database.
+
+use std::time::Duration;
+
+use opsdeck_proto::v1 as pb;
+use prost::Message;
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use super::codec::{decode_event, json, parse, state_word};
+use super::{Batch, Store, StoreError};
+use crate::core::Loaded;
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+impl PostgresStore {
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+/// Inserts or replaces one object stored whole: (id, [run_id,] state, body).
+async fn upsert_body(
+    t: &mut sqlx::PgConnection,
+    table: &'static str,
+    id: &str,
+    run_id: Option<&str>,
+    state: &str,
+    body: &str,
+) -> Result<(), sqlx::Error> {
+    let (cols, vals) = if run_id.is_some() {
+        ("id, run_id, state, body", "$1, $2, $3, $4")
+    } else {
+        ("id, state, body", "$1, $2, $3")
+    };
+    let sql = format!(
+        "INSERT INTO {table} ({cols}) VALUES ({vals}) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id);
+    if let Some(run) = run_id {
+        q = q.bind(run);
+    }
+    q.bind(state).bind(body).execute(t).await?;
+    Ok(())
+}
+
+async fn bodies<T: DeserializeOwned>(pool: &PgPool, what: &str, sql: &'static str) -> Result<Vec<T>, StoreError> {
+    let rows = sqlx::query(sql).fetch_all(pool).await?;
+    rows.iter().map(|r| parse(what, r.try_get::<&str, _>("body")?)).collect()
+}
+
+fn events(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<pb::Event>, StoreError> {
+    rows.iter().map(|r| decode_event(r.try_get::<&[u8], _>("body")?)).collect()
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn load(&self) -> Result<Loaded, StoreError> {
+        let queues = sqlx::query("SELECT name, paused FROM queues ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(crate::domain::Queue { name: r.try_get("name")?, paused: r.try_get("paused")? }))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events").fetch_one(&self.pool).await?;
+        Ok(Loaded {
+            runs: bodies(&self.pool, "run", "SELECT body FROM runs ORDER BY id").await?,
+            workers: bodies(&self.pool, "worker", "SELECT body FROM workers ORDER BY id").await?,
+            leases: bodies(&self.pool, "lease", "SELECT body FROM leases WHERE state = 'active'").await?,
+            approvals: bodies(&self.pool, "approval", "SELECT body FROM approvals ORDER BY id").await?,
+            queues,
+            seq: seq.unwrap_or(0) as u64,
+        })
+    }
+
+    async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
+        let mut t = self.pool.begin().await?;
+        for r in &b.runs {
+            sqlx::query(
+                "INSERT INTO runs (id, name, state, created_at, idempotency_key, body) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            )
+            .bind(&r.id)
+            .bind(&r.name)
+            .bind(state_word(&r.state)?)
+            .bind(r.created_at)
+            .bind(&r.idempotency_key)
+            .bind(json(r)?)
+            .execute(&mut *t)
+            .await?;
+        }
+        for w in &b.workers {
+            upsert_body(&mut t, "workers", &w.id, None, &state_word(&w.state)?, &json(w)?).await?;
+        }
+        for l in &b.leases {
+            upsert_body(&mut t, "leases", &l.id, Some(&l.run_id), &state_word(&l.state)?, &json(l)?).await?;
+        }
+        for a in &b.approvals {
+            upsert_body(&mut t, "approvals", &a.id, Some(&a.run_id), &state_word(&a.state)?, &json(a)?).await?;
+        }
+        for q in &b.queues {
+            sqlx::query(
+                "INSERT INTO queues (name, paused) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
+            )
+            .bind(&q.name)
+            .bind(q.paused)
+            .execute(&mut *t)
+            .await?;
+        }
+        for e in &b.events {
+            sqlx::query("INSERT INTO events (seq, at, kind, run_id, actor, body) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(e.seq as i64)
+                .bind(e.at_ms)
+                .bind(&e.kind)
+                .bind((!e.run_id.is_empty()).then_some(&e.run_id))
+                .bind(&e.actor)
+                .bind(e.encode_to_vec())
+                .execute(&mut *t)
+                .await?;
+        }
+        for o in &b.outputs {
+            sqlx::query(
+                "INSERT INTO output (run_id, step_index, attempt, stream, at, truncated, data)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&o.run_id)
+            .bind(i64::from(o.step_index))
+            .bind(i64::from(o.attempt))
+            .bind(&o.stream)
+            .bind(o.at_ms)
+            .bind(o.truncated)
+            .bind(&o.data)
+            .execute(&mut *t)
+            .await?;
+        }
+        t.commit().await?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after: u64, limit: u32, run_id: Option<&str>) -> Result<Vec<pb::Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM events WHERE seq > $1 AND ($2::TEXT IS NULL OR run_id = $2) ORDER BY seq LIMIT $3",
+        )
+        .bind(after as i64)
+        .bind(run_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        events(&rows)
+    }
+
+    async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
+        let rows = sqlx::query("SELECT body FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq")
+            .bind(after as i64)
+            .bind(until as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        events(&rows)
+    }
+
+    async fn output(&self, run_id: &str, step: Option<u32>) -> Result<Vec<pb::OutputChunk>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT step_index, attempt, stream, at, truncated, data FROM output
+             WHERE run_id = $1 AND ($2::BIGINT IS NULL OR step_index = $2) ORDER BY id",
+        )
+        .bind(run_id)
+        .bind(step.map(i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(pb::OutputChunk {
+                    run_id: run_id.to_owned(),
+                    step_index: r.try_get::<i64, _>("step_index")? as u32,
+                    attempt: r.try_get::<i64, _>("attempt")? as u32,
+                    stream: r.try_get("stream")?,
+                    at_ms: r.try_get("at")?,
+                    truncated: r.try_get("truncated")?,
+                    data: r.try_get("data")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}

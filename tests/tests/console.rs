@@ -1,0 +1,270 @@
+//! The real `opsdeck` console in a real terminal (tmux, 80×24) against a
+//! real engine and a real worker: it shows a pending approval; keys
+//! approve it with a typed reason; the engine records the approval with
+//! that reason and the run finishes; the engine restarts and the console,
+//! never restarted, shows the events after the restart; resized to 20×5
+//! and back, it still renders.
+//!
+//! The run is submitted over TCP as the token's identity, so that the
+//! console (on the Unix socket, as the OS user) is another person and the
+//! four-eyes rule lets it approve. Every wait polls the screen or the API
+//! with a deadline; nothing sleeps to assert.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use opsdeck_tests::pb::{RunState, SubmitRunRequest};
+use opsdeck_tests::{DEADLINE, Engine, TOKEN_IDENTITY, Worker, describe_events, opsdeck, sh};
+
+/// A tmux server of its own (`-L`), so that the test neither sees nor
+/// disturbs anyone else's sessions; killed on drop.
+struct Tmux {
+    server: String,
+}
+
+const SESSION: &str = "console";
+
+impl Tmux {
+    /// Starts `program args` in a detached `width`×`height` session. The
+    /// pane stays after the program ends, with its exit status, so that a
+    /// crash shows on the screen instead of the pane vanishing.
+    fn start(program: &Path, args: &[&str], width: u16, height: u16) -> Self {
+        let server = format!("opsdeck-e2e-{}", std::process::id());
+        let tmux = Self { server };
+        let mut line = vec![shell_quote(&program.display().to_string())];
+        line.extend(args.iter().map(|a| shell_quote(a)));
+        let script = format!("{}; echo \"[console exited: $?]\"; sleep 600", line.join(" "));
+        let out = tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            SESSION,
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+            "sh",
+            "-c",
+            &script,
+        ]);
+        assert!(
+            out.status.success(),
+            "tmux new-session failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.server, "-f", "/dev/null"])
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .expect("run tmux (is it installed? apt-get install tmux)")
+    }
+
+    fn screen(&self) -> String {
+        let out = self.run(&["capture-pane", "-p", "-t", SESSION]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Keys as tmux names them (`Tab`, `Enter`, `Escape`, or a character).
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", SESSION];
+        args.extend(keys);
+        assert!(self.run(&args).status.success(), "send-keys {keys:?}");
+    }
+
+    /// Text typed literally.
+    fn text(&self, text: &str) {
+        assert!(self.run(&["send-keys", "-t", SESSION, "-l", text]).status.success());
+    }
+
+    fn resize(&self, width: u16, height: u16) {
+        let out = self.run(&[
+            "resize-window",
+            "-t",
+            SESSION,
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "resize-window: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Polls the screen until `pred` holds; fails with the last screen (and
+    /// the engine's logs) when `timeout` passes first.
+    async fn wait(&self, what: &str, engine: &Engine, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                !screen.contains("[console exited"),
+                "the console exited while waiting for {what}:\n{screen}"
+            );
+            if Instant::now() > deadline {
+                panic!(
+                    "the console did not show {what} within {timeout:?}; the screen:\n{screen}\n{}",
+                    engine.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- the console's last screen -----\n{}", self.screen());
+        }
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A run that builds, waits for an approval (four eyes), then ships.
+fn gated(name: &str, engine: &Engine) -> String {
+    format!(
+        "name = \"{name}\"\n\
+         [[step]]\nname = \"build\"\nqueue = \"build\"\nrun = {}\n\
+         [[step]]\nname = \"gate\"\napproval = {{ timeout = \"10m\" }}\n\
+         [[step]]\nname = \"ship\"\nqueue = \"build\"\nrun = {}\n",
+        sh("echo built"),
+        sh(&format!("echo shipped > {}", engine.path(name).display())),
+    )
+}
+
+#[tokio::test]
+async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_resize() {
+    let mut engine = Engine::start_default().await;
+    let _worker = Worker::start(&engine, "w1", &["build"], 1).await;
+    let me = engine.os_identity().await;
+    assert_ne!(me, TOKEN_IDENTITY);
+
+    let submit = |spec: String| SubmitRunRequest {
+        spec,
+        reason: "console e2e".into(),
+        ..Default::default()
+    };
+    let run = engine
+        .ci_api()
+        .await
+        .runs
+        .submit_run(submit(gated("ship-it", &engine)))
+        .await
+        .expect("submit over TCP with the token")
+        .into_inner()
+        .run
+        .expect("the run");
+    assert_eq!(run.submitted_by, TOKEN_IDENTITY);
+    let approval = engine.pending_approval(&run.id).await;
+
+    let engine_addr = engine.unix_addr();
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &engine_addr], 80, 24);
+
+    // It shows the pending approval: the header badge, then the list.
+    tmux.wait("the pending-approval badge", &engine, DEADLINE, |s| {
+        s.contains("1 approval pending")
+    })
+    .await;
+    tmux.keys(&["6"]);
+    let screen = tmux
+        .wait("the approval on the Approvals screen", &engine, DEADLINE, |s| {
+            s.contains("ship-it") && s.contains("pending")
+        })
+        .await;
+    assert!(
+        screen.contains(&format!("as {me}")),
+        "the header names who we are:\n{screen}"
+    );
+
+    // a, Tab to the reason, type it, Tab to OK, Enter.
+    tmux.keys(&["a"]);
+    tmux.wait("the confirmation", &engine, DEADLINE, |s| {
+        s.contains("Approve") && s.contains("OK: approve")
+    })
+    .await;
+    tmux.keys(&["Tab"]);
+    let reason = "e2e: change 42 looks good";
+    tmux.text(reason);
+    tmux.wait("the typed reason", &engine, DEADLINE, |s| s.contains(reason))
+        .await;
+    tmux.keys(&["Tab", "Enter"]);
+    tmux.wait("the outcome in the status line", &engine, DEADLINE, |s| {
+        s.contains(&format!("approved {}", approval.id)) && s.contains("continues")
+    })
+    .await;
+
+    // The engine recorded it, with that reason and our name; the run ends.
+    let done = engine.wait_run_state(&run.id, RunState::Succeeded, DEADLINE).await;
+    assert_eq!(done.state, RunState::Succeeded as i32);
+    let events = engine.events(&run.id).await;
+    let approved = events
+        .iter()
+        .find(|e| e.kind == "approval.approved")
+        .unwrap_or_else(|| panic!("no approval.approved event:\n{}", describe_events(&events)));
+    assert_eq!(approved.reason, reason);
+    assert_eq!(approved.actor, me);
+    tmux.keys(&["8"]);
+    tmux.wait("the run's end on the Events screen", &engine, DEADLINE, |s| {
+        s.contains("run.succeeded")
+    })
+    .await;
+
+    // The engine restarts; the console is not restarted and shows what
+    // happens after.
+    engine.restart().await;
+    let after = engine
+        .ci_api()
+        .await
+        .runs
+        .submit_run(submit(gated("after-restart", &engine)))
+        .await
+        .expect("submit after the restart")
+        .into_inner()
+        .run
+        .expect("the run");
+    engine.pending_approval(&after.id).await;
+    tmux.wait(
+        "the events after the restart, live",
+        &engine,
+        Duration::from_secs(30),
+        |s| s.contains("after-restart") && s.contains("approval.requested") && s.contains(" live "),
+    )
+    .await;
+
+    // Squeezed to 20×5 it still draws (and does not crash); back to 80×24
+    // everything is there again.
+    tmux.resize(20, 5);
+    tmux.wait("something at 20×5", &engine, DEADLINE, |s| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines.iter().any(|l| l.contains("opsdeck")) && lines.iter().all(|l| l.chars().count() <= 20)
+    })
+    .await;
+    tmux.resize(80, 24);
+    tmux.wait("the full screen again at 80×24", &engine, DEADLINE, |s| {
+        s.contains("after-restart") && s.contains("8 Events") && s.contains("1 approval pending")
+    })
+    .await;
+
+    // q quits from the top, and the terminal is left as it was found.
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", &engine, DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}

@@ -1,0 +1,450 @@
+//! The console's main loop: one `select!` over key presses, the watch
+//! connection, the results of engine calls and a one-second tick; the app
+//! is updated with each, and the frame is drawn only when something
+//! changed — at most [`FRAME_RATE`] times a second, so that a burst of
+//! events costs one frame, not one each.
+//!
+//! Engine calls run as tasks; their results come back as messages. The
+//! terminal is restored on every way out: a `Drop` guard for returns and
+//! unwinding, a panic hook for the message to land on a sane terminal.
+
+use std::io::{self, BufWriter, IsTerminal, Stdout, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
+use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
+use crossterm::{cursor, execute};
+use futures::StreamExt;
+use opsdeck_proto::v1::{
+    GetOutputRequest, ListEventsRequest, ListLeasesRequest, ListWorkersRequest,
+};
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::app::{self, App, Change, Changed, Cmd, LOG_TAIL_BYTES, Msg, Options, Palette};
+use crate::cli::CALL_TIMEOUT;
+use crate::cli::time::now_ms;
+use crate::client::{Auth, Engine, Target};
+use crate::conn::{Conn, Update, status_words};
+use crate::view::Console;
+
+/// Frames a second at most, when things change faster than that.
+pub const FRAME_RATE: u32 = 30;
+
+/// Why the console could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error(
+        "the console needs a terminal: stdin and stdout must be one (for scripts, use the subcommands: opsdeck --help)"
+    )]
+    NotATerminal,
+    #[error("the terminal failed: {0}")]
+    Terminal(#[from] io::Error),
+}
+
+/// Counts the bytes written to the terminal, for `OPSDECK_CONSOLE_STATS`.
+pub struct Counting<W> {
+    inner: W,
+    count: Arc<AtomicU64>,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Backend = CrosstermBackend<Counting<BufWriter<Stdout>>>;
+
+/// Restores the terminal when dropped.
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+fn restore() {
+    let _ = terminal::disable_raw_mode();
+    let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+}
+
+fn setup(count: Arc<AtomicU64>) -> Result<(Terminal<Backend>, TerminalGuard), ConsoleError> {
+    if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
+        return Err(ConsoleError::NotATerminal);
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // Restore first, or the message lands on a raw alternate screen
+        // that is about to vanish.
+        restore();
+        previous(info);
+    }));
+    terminal::enable_raw_mode()?;
+    let guard = TerminalGuard;
+    execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+    let writer = Counting {
+        inner: BufWriter::with_capacity(64 * 1024, io::stdout()),
+        count,
+    };
+    let terminal = Terminal::new(CrosstermBackend::new(writer))?;
+    Ok((terminal, guard))
+}
+
+/// Runs the console against `target` until the operator quits.
+pub async fn run(target: Target, auth: Auth, readonly: bool) -> Result<(), ConsoleError> {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let (mut terminal, _guard) = setup(bytes.clone())?;
+    let options = Options {
+        engine: target.addr.to_string(),
+        readonly,
+        palette: Palette::from_env(),
+    };
+    let mut app = App::new(options, now_ms());
+    let size = terminal.size()?;
+    app.size = (size.width, size.height);
+    let mut conn = Conn::new(target, auth);
+    let (results, mut results_rx) = mpsc::unbounded_channel::<Msg>();
+    let mut keys = EventStream::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut stats = Stats::from_env(bytes);
+    let frame = Duration::from_secs(1) / FRAME_RATE;
+    let mut dirty = true;
+    let mut drawn_at = Instant::now() - frame;
+
+    loop {
+        if dirty && drawn_at.elapsed() >= frame {
+            app.sync();
+            let started = std::time::Instant::now();
+            terminal.draw(|f| f.render_widget(Console(&app), f.area()))?;
+            drawn_at = Instant::now();
+            dirty = false;
+            if let Some(stats) = &mut stats {
+                stats.drawn(started.elapsed());
+            }
+        }
+        let msg = tokio::select! {
+            key = keys.next() => match key {
+                Some(Ok(TermEvent::Key(key))) if key.kind == KeyEventKind::Press => Msg::Key(key),
+                Some(Ok(TermEvent::Resize(width, height))) => Msg::Resize { width, height },
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                // The terminal is gone.
+                None => return Ok(()),
+            },
+            update = conn.next() => {
+                if let (Some(stats), Update::Event(e)) = (&mut stats, &update) {
+                    stats.event(e.at_ms);
+                }
+                Msg::Conn(update)
+            }
+            Some(msg) = results_rx.recv() => msg,
+            _ = tick.tick() => Msg::Tick,
+            _ = tokio::time::sleep_until(drawn_at + frame), if dirty => continue,
+        };
+        if let (Some(stats), Msg::Tick) = (&mut stats, &msg) {
+            stats.tick();
+        }
+        app.now_ms = now_ms();
+        let cmds = app::update(&mut app, msg);
+        dirty = true;
+        for cmd in cmds {
+            match cmd {
+                Cmd::Quit => return Ok(()),
+                Cmd::Resync => conn.resync(),
+                cmd => {
+                    let engine = conn.engine().cloned();
+                    let results = results.clone();
+                    tokio::spawn(async move {
+                        if let Some(msg) = carry_out(engine, cmd).await {
+                            // The loop may be gone; then nobody waits for it.
+                            let _ = results.send(msg);
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One call, bounded by [`CALL_TIMEOUT`]; its error in words.
+async fn call<T>(
+    future: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, future).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "the engine did not answer within {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Carries out a command against the engine; its result as a message.
+async fn carry_out(engine: Option<Engine>, cmd: Cmd) -> Option<Msg> {
+    let Some(engine) = engine else {
+        // Changes are refused before they get here while disconnected;
+        // a fetch asked for just before a break lands here.
+        return failed(
+            cmd,
+            tonic::Status::unavailable("not connected to the engine"),
+        );
+    };
+    let words = |e: tonic::Status| status_words(&e);
+    Some(match cmd {
+        Cmd::Change { change, reason } => {
+            let result = change_call(&engine, &change, reason).await;
+            Msg::Done { change, result }
+        }
+        Cmd::FetchOutput { run_id } => {
+            let request = GetOutputRequest {
+                run_id: run_id.clone(),
+                step_index: None,
+                tail_bytes: LOG_TAIL_BYTES,
+            };
+            let result = call(engine.runs().get_output(request)).await;
+            Msg::Output {
+                run_id,
+                result: result.map(|r| r.chunks).map_err(words),
+            }
+        }
+        Cmd::FetchTimeline { run_id } => {
+            let result = list_events(&engine, 0, 1000, run_id.clone()).await;
+            Msg::Timeline {
+                run_id,
+                result: result.map_err(words),
+            }
+        }
+        Cmd::FetchEvents { after_seq } => Msg::Backfill(
+            list_events(&engine, after_seq, 500, String::new())
+                .await
+                .map_err(words),
+        ),
+        Cmd::Refresh => {
+            let workers = call(engine.workers().list_workers(ListWorkersRequest {})).await;
+            let leases = call(
+                engine
+                    .leases()
+                    .list_leases(ListLeasesRequest { all: false }),
+            )
+            .await;
+            Msg::Refreshed(match (workers, leases) {
+                (Ok(w), Ok(l)) => Ok((w.workers, l.leases)),
+                (Err(e), _) | (_, Err(e)) => Err(words(e)),
+            })
+        }
+        Cmd::Quit | Cmd::Resync => return None,
+    })
+}
+
+/// The message a command's failure makes, without a call.
+fn failed(cmd: Cmd, status: tonic::Status) -> Option<Msg> {
+    let why = status_words(&status);
+    Some(match cmd {
+        Cmd::Change { change, .. } => Msg::Done {
+            change,
+            result: Err(status),
+        },
+        Cmd::FetchOutput { run_id } => Msg::Output {
+            run_id,
+            result: Err(why),
+        },
+        Cmd::FetchTimeline { run_id } => Msg::Timeline {
+            run_id,
+            result: Err(why),
+        },
+        Cmd::FetchEvents { .. } => Msg::Backfill(Err(why)),
+        Cmd::Refresh => Msg::Refreshed(Err(why)),
+        Cmd::Quit | Cmd::Resync => return None,
+    })
+}
+
+async fn list_events(
+    engine: &Engine,
+    after_seq: u64,
+    limit: u32,
+    run_id: String,
+) -> Result<Vec<opsdeck_proto::v1::Event>, tonic::Status> {
+    let request = ListEventsRequest {
+        after_seq,
+        limit,
+        run_id,
+    };
+    call(engine.events().list_events(request))
+        .await
+        .map(|r| r.events)
+}
+
+async fn change_call(
+    engine: &Engine,
+    change: &Change,
+    reason: String,
+) -> Result<Changed, tonic::Status> {
+    use opsdeck_proto::v1::{
+        CancelRunRequest, DecideRequest, ForceReleaseRequest, QueueActionRequest, RetryRunRequest,
+        WorkerActionRequest,
+    };
+    let worker = |id: &String| WorkerActionRequest {
+        id: id.clone(),
+        reason: reason.clone(),
+    };
+    let queue = |name: &String| QueueActionRequest {
+        name: name.clone(),
+        reason: reason.clone(),
+    };
+    Ok(match change {
+        Change::Approve { approval } | Change::Reject { approval } => {
+            let request = DecideRequest {
+                id: approval.clone(),
+                approve: matches!(change, Change::Approve { .. }),
+                reason: reason.clone(),
+            };
+            Changed::Approval(call(engine.approvals().decide(request)).await?)
+        }
+        Change::Cancel { run } => Changed::Run(
+            call(engine.runs().cancel_run(CancelRunRequest {
+                id: run.clone(),
+                reason: reason.clone(),
+            }))
+            .await?,
+        ),
+        Change::Retry { run } => Changed::Run(
+            call(engine.runs().retry_run(RetryRunRequest {
+                id: run.clone(),
+                reason: reason.clone(),
+            }))
+            .await?,
+        ),
+        Change::Drain { worker: id } => {
+            Changed::Worker(call(engine.workers().drain_worker(worker(id))).await?)
+        }
+        Change::Undrain { worker: id } => {
+            Changed::Worker(call(engine.workers().undrain_worker(worker(id))).await?)
+        }
+        Change::Recycle { worker: id } => {
+            Changed::Worker(call(engine.workers().recycle_worker(worker(id))).await?)
+        }
+        Change::Pause { queue: name } => {
+            Changed::Queue(call(engine.queues().pause_queue(queue(name))).await?)
+        }
+        Change::Resume { queue: name } => {
+            Changed::Queue(call(engine.queues().resume_queue(queue(name))).await?)
+        }
+        Change::ForceRelease { lease, fail } => Changed::Lease(
+            call(engine.leases().force_release(ForceReleaseRequest {
+                id: lease.clone(),
+                fail: *fail,
+                reason: reason.clone(),
+            }))
+            .await?,
+        ),
+    })
+}
+
+/// Figures for measuring the console, written every 10 s to the file
+/// named by `OPSDECK_CONSOLE_STATS`: frames drawn and their render time,
+/// bytes written to the terminal, events applied and the time from an
+/// event's commit in the engine to the frame that showed it.
+struct Stats {
+    file: std::fs::File,
+    bytes: Arc<AtomicU64>,
+    bytes_at_last: u64,
+    since: std::time::Instant,
+    frames: u64,
+    render_us: Vec<u64>,
+    events: u64,
+    /// The oldest event not yet drawn.
+    undrawn_since_ms: Option<i64>,
+    latency_ms: Vec<i64>,
+    ticks: u64,
+}
+
+impl Stats {
+    fn from_env(bytes: Arc<AtomicU64>) -> Option<Self> {
+        let path = std::env::var_os("OPSDECK_CONSOLE_STATS")?;
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()?;
+        Some(Self {
+            file,
+            bytes,
+            bytes_at_last: 0,
+            since: std::time::Instant::now(),
+            frames: 0,
+            render_us: Vec::new(),
+            events: 0,
+            undrawn_since_ms: None,
+            latency_ms: Vec::new(),
+            ticks: 0,
+        })
+    }
+
+    fn event(&mut self, at_ms: i64) {
+        self.events += 1;
+        self.undrawn_since_ms.get_or_insert(at_ms);
+    }
+
+    fn drawn(&mut self, took: Duration) {
+        self.frames += 1;
+        self.render_us
+            .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        if let Some(at) = self.undrawn_since_ms.take() {
+            self.latency_ms.push(now_ms() - at);
+        }
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        if !self.ticks.is_multiple_of(10) {
+            return;
+        }
+        let secs = self.since.elapsed().as_secs_f64().max(0.001);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let pct = |v: &mut Vec<i64>, p: usize| -> i64 {
+            v.sort_unstable();
+            v.get(v.len().saturating_sub(1) * p / 100)
+                .copied()
+                .unwrap_or(0)
+        };
+        let mut render: Vec<i64> = self
+            .render_us
+            .iter()
+            .map(|v| i64::try_from(*v).unwrap_or(i64::MAX))
+            .collect();
+        let line = format!(
+            "secs={secs:.1} frames={} bytes={} bytes_per_sec={:.0} events={} events_per_sec={:.0} \
+             render_us_p50={} render_us_p99={} latency_ms_p50={} latency_ms_p99={} latency_ms_max={}\n",
+            self.frames,
+            bytes - self.bytes_at_last,
+            (bytes - self.bytes_at_last) as f64 / secs,
+            self.events,
+            self.events as f64 / secs,
+            pct(&mut render, 50),
+            pct(&mut render, 99),
+            pct(&mut self.latency_ms, 50),
+            pct(&mut self.latency_ms, 99),
+            self.latency_ms.last().copied().unwrap_or(0),
+        );
+        let _ = self.file.write_all(line.as_bytes());
+        self.bytes_at_last = bytes;
+        self.since = std::time::Instant::now();
+        self.frames = 0;
+        self.render_us.clear();
+        self.events = 0;
+        self.latency_ms.clear();
+    }
+}

@@ -1,0 +1,460 @@
+//! `opsdeck demo`: something to look at on a fresh machine, in one
+//! command. It starts the real `opsdeckd serve` (found next to this
+//! binary) on a temporary data dir, three real `opsdeckd worker`s on the
+//! queues `build`, `deploy` and `ops`, and a workload: runs that build,
+//! wait for an approval (self-approval allowed, so the operator can
+//! approve from the console), fail and retry, die, or take their time;
+//! and now and then a worker drained or recycled. Then it opens the
+//! console on that engine. On the way out it stops every process it
+//! started and removes the data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Args;
+use opsdeck_proto::endpoint::EngineAddr;
+use opsdeck_proto::v1::{SubmitRunRequest, WhoamiRequest, WorkerActionRequest};
+use rand::Rng;
+use rand::seq::IndexedRandom;
+
+use crate::cli::output::note;
+use crate::client::{Auth, Engine, Origin, Target};
+use crate::console;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Runs submitted per second, on average
+    #[arg(long, default_value_t = 0.4, value_name = "N")]
+    pub rate: f64,
+    /// Keep the data dir (the engine's and workers' logs are there)
+    #[arg(long)]
+    pub keep: bool,
+    /// Open the console read-only
+    #[arg(long)]
+    pub readonly: bool,
+    /// Do not open the console: print the engine's address and run until
+    /// ctrl-c (to watch it from another terminal)
+    #[arg(long)]
+    pub headless: bool,
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(
+        "opsdeckd is not next to this program ({0}): build both with `cargo build` \
+         (or `cargo build --release`), then run the opsdeck from the same target directory"
+    )]
+    NoEngineBinary(PathBuf),
+    #[error("cannot make a temporary data dir: {0}")]
+    TempDir(std::io::Error),
+    #[error("cannot start {what}: {error}")]
+    Spawn { what: String, error: std::io::Error },
+    #[error("the demo engine did not come up: {why}\n--- {log} (last lines) ---\n{tail}")]
+    EngineDown {
+        why: String,
+        log: String,
+        tail: String,
+    },
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+}
+
+/// The workers: id, queues, slots.
+const WORKERS: &[(&str, &[&str], u32)] = &[
+    ("build-1", &["build"], 2),
+    ("deploy-1", &["deploy"], 1),
+    ("ops-1", &["ops", "build"], 2),
+];
+
+/// Every process the demo started; stopped when dropped, whatever way the
+/// demo ends.
+struct Processes {
+    children: Vec<(String, Child)>,
+}
+
+impl Processes {
+    fn stop(&mut self) {
+        // Workers first, so that they do not spend their grace reconnecting.
+        for (_, child) in self.children.iter().rev() {
+            signal_group(child, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        for (_, child) in self.children.iter_mut().rev() {
+            while std::time::Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            signal_group(child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn signal_group(child: &Child, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) with a negative pid signals that process group;
+        // each child was started as the leader of its own group.
+        unsafe {
+            libc::kill(-pid, signal);
+        }
+    }
+}
+
+pub async fn run(args: DemoArgs) -> ExitCode {
+    match demo(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            note(&format!("error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> Result<(), DemoError> {
+    let opsdeckd = engine_binary()?;
+    // In /tmp: a Unix socket's path must stay under about 100 bytes.
+    let dir = tempfile::Builder::new()
+        .prefix("opsdeck-demo-")
+        .tempdir_in("/tmp")
+        .map_err(DemoError::TempDir)?;
+    let data = dir.path().to_path_buf();
+    let mut processes = Processes {
+        children: Vec::new(),
+    };
+
+    let engine_log = data.join("engine.log");
+    let mut serve = command(&opsdeckd, &engine_log)?;
+    serve
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--heartbeat-interval", "1s", "--lease-ttl", "5s"])
+        .args(["--worker-timeout", "4s", "--cancel-grace", "2s"]);
+    let child = serve.spawn().map_err(|error| DemoError::Spawn {
+        what: format!("{} serve", opsdeckd.display()),
+        error,
+    })?;
+    processes.children.push(("engine".to_owned(), child));
+    let socket = data.join("engine.sock");
+    let engine = wait_for_engine(&socket, &mut processes, &engine_log).await?;
+
+    let addr = format!("unix://{}", socket.display());
+    for (id, queues, slots) in WORKERS {
+        let mut worker = command(&opsdeckd, &data.join(format!("worker-{id}.log")))?;
+        worker.arg("worker").args(["--engine", &addr, "--id", id]);
+        for q in *queues {
+            worker.args(["--queue", q]);
+        }
+        worker.args(["--slots", &slots.to_string(), "--cancel-grace", "2s"]);
+        let child = worker.spawn().map_err(|error| DemoError::Spawn {
+            what: format!("{} worker {id}", opsdeckd.display()),
+            error,
+        })?;
+        processes.children.push(((*id).to_owned(), child));
+    }
+
+    let workload = tokio::spawn(workload(engine.clone(), args.rate));
+    let result = if args.headless {
+        println!("demo engine: {addr} (data and logs in {})", data.display());
+        println!("watch it with: opsdeck --engine {addr}");
+        let _ = tokio::signal::ctrl_c().await;
+        Ok(())
+    } else {
+        let target = Target {
+            addr: EngineAddr::Unix(socket),
+            origin: Origin::Given,
+        };
+        console::run(target, Auth::default(), args.readonly).await
+    };
+    workload.abort();
+    processes.stop();
+    if args.keep {
+        let kept = dir.keep();
+        note(&format!(
+            "the demo's data and logs are in {}",
+            kept.display()
+        ));
+    }
+    result.map_err(DemoError::from)
+}
+
+fn engine_binary() -> Result<PathBuf, DemoError> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("opsdeck"));
+    let path = exe.with_file_name("opsdeckd");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DemoError::NoEngineBinary(exe))
+    }
+}
+
+/// `opsdeckd` with its output to `log`, in a process group of its own
+/// (so that stopping it stops the steps it runs), with no `OPSDECK_*`
+/// settings from the caller's environment, and ended with the demo even
+/// if the demo is killed.
+fn command(program: &Path, log: &Path) -> Result<Command, DemoError> {
+    let file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|error| DemoError::Spawn {
+            what: format!("a log file at {}", log.display()),
+            error,
+        })?;
+    let err = file.try_clone().map_err(|error| DemoError::Spawn {
+        what: "a log file".to_owned(),
+        error,
+    })?;
+    let mut cmd = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OPSDECK_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // SAFETY: prctl is async-signal-safe, as pre_exec requires; it asks
+    // the kernel to SIGTERM the child when the demo dies.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+async fn wait_for_engine(
+    socket: &Path,
+    processes: &mut Processes,
+    log: &Path,
+) -> Result<Engine, DemoError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let target = Target {
+        addr: EngineAddr::Unix(socket.to_path_buf()),
+        origin: Origin::Given,
+    };
+    let down = |why: String| DemoError::EngineDown {
+        why,
+        log: log.display().to_string(),
+        tail: tail(log),
+    };
+    loop {
+        if let Some((_, child)) = processes.children.first_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            return Err(down(format!("opsdeckd serve exited ({status})")));
+        }
+        if socket.exists()
+            && let Ok(engine) = Engine::connect(target.clone(), Auth::default()).await
+            && engine.console().whoami(WhoamiRequest {}).await.is_ok()
+        {
+            return Ok(engine);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(down("it did not answer within 30s".to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A kind of run the workload submits, and how often (relative weight).
+struct Kind {
+    weight: u32,
+    /// Submitted only while fewer of its runs wait for approval than this.
+    gated: bool,
+    spec: &'static str,
+}
+
+const KINDS: &[Kind] = &[
+    Kind {
+        weight: 4,
+        gated: false,
+        spec: r#"
+name = "build-api"
+labels = { team = "payments" }
+[[step]]
+name = "compile"
+queue = "build"
+run = "echo compiling api; for i in 1 2 3 4; do echo \"unit $i/4\"; sleep 1; done; echo built"
+timeout = "2m"
+[[step]]
+name = "test"
+queue = "build"
+run = "echo running 42 tests; sleep 2; echo 42 passed"
+timeout = "2m"
+"#,
+    },
+    Kind {
+        weight: 2,
+        gated: true,
+        spec: r#"
+name = "deploy-web"
+labels = { team = "web", env = "prod" }
+[[step]]
+name = "build"
+queue = "build"
+run = "echo building web; sleep 2; echo image web:1.4.2"
+timeout = "2m"
+[[step]]
+name = "approve-prod"
+approval = { timeout = "10m", on_timeout = "reject", allow_self_approval = true }
+[[step]]
+name = "rollout"
+queue = "deploy"
+run = "for p in 10 50 100; do echo \"rolled out to $p%\"; sleep 2; done"
+timeout = "5m"
+"#,
+    },
+    Kind {
+        weight: 2,
+        gated: false,
+        spec: r#"
+name = "migrate-db"
+labels = { team = "data" }
+[[step]]
+name = "migrate"
+queue = "ops"
+run = "if [ \"$OPSDECK_ATTEMPT\" -lt 2 ]; then echo 'db: connection refused' >&2; exit 1; fi; echo 'applied 3 migrations'"
+max_attempts = 3
+backoff = "2s"
+timeout = "1m"
+"#,
+    },
+    Kind {
+        weight: 1,
+        gated: false,
+        spec: r#"
+name = "backup-logs"
+labels = { team = "sre" }
+[[step]]
+name = "backup"
+queue = "ops"
+run = "echo copying logs; sleep 1; echo 'backup: no space left on device' >&2; exit 28"
+max_attempts = 2
+backoff = "1s"
+timeout = "1m"
+"#,
+    },
+    Kind {
+        weight: 1,
+        gated: false,
+        spec: r#"
+name = "nightly-report"
+labels = { team = "finance" }
+[[step]]
+name = "report"
+queue = "ops"
+run = "echo generating report; for i in 1 2 3 4 5 6; do sleep 5; echo \"page $i\"; done; echo done"
+timeout = "5m"
+"#,
+    },
+    Kind {
+        weight: 2,
+        gated: false,
+        spec: r#"
+name = "cleanup-tmp"
+[[step]]
+name = "clean"
+queue = "build"
+run = "echo removed 12 files"
+"#,
+    },
+];
+
+/// Runs waiting for approval before gated kinds stop being submitted, and
+/// runs in flight before nothing is.
+const MAX_WAITING: usize = 3;
+const MAX_ACTIVE: usize = 20;
+
+/// Submits runs for ever (until aborted), and drains, undrains and
+/// recycles a worker now and then.
+async fn workload(engine: Engine, rate: f64) {
+    let mut runs = engine.runs();
+    let mut approvals = engine.approvals();
+    let mut workers = engine.workers();
+    let mut next_worker_action = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut round = 0u32;
+    let mean = Duration::from_secs_f64(1.0 / rate.clamp(0.01, 1000.0));
+    loop {
+        let wait = mean.mul_f64(rand::rng().random_range(0.5..1.5));
+        tokio::time::sleep(wait).await;
+        let active = runs
+            .list_runs(opsdeck_proto::v1::ListRunsRequest {
+                states: vec![1, 2, 3],
+                limit: 1000,
+            })
+            .await
+            .map(|r| r.into_inner().runs.len())
+            .unwrap_or(0);
+        let waiting = approvals
+            .list_approvals(opsdeck_proto::v1::ListApprovalsRequest { all: false })
+            .await
+            .map(|r| r.into_inner().approvals.len())
+            .unwrap_or(0);
+        if active < MAX_ACTIVE {
+            let choices: Vec<&Kind> = KINDS
+                .iter()
+                .filter(|k| !k.gated || waiting < MAX_WAITING)
+                .collect();
+            // Chosen before any await: the thread's RNG cannot be held across one.
+            let kind = choices
+                .choose_weighted(&mut rand::rng(), |k| k.weight)
+                .ok()
+                .copied();
+            if let Some(kind) = kind {
+                let request = SubmitRunRequest {
+                    spec: kind.spec.to_owned(),
+                    idempotency_key: String::new(),
+                    reason: "demo workload".to_owned(),
+                };
+                let _ = runs.submit_run(request).await;
+            }
+        }
+        if tokio::time::Instant::now() >= next_worker_action {
+            next_worker_action = tokio::time::Instant::now() + Duration::from_secs(45);
+            round += 1;
+            let request = |id: &str, reason: &str| WorkerActionRequest {
+                id: id.to_owned(),
+                reason: reason.to_owned(),
+            };
+            match round % 3 {
+                1 => {
+                    let _ = workers
+                        .drain_worker(request("build-1", "demo: draining for a kernel update"))
+                        .await;
+                }
+                2 => {
+                    let _ = workers
+                        .undrain_worker(request("build-1", "demo: kernel updated"))
+                        .await;
+                }
+                _ => {
+                    let _ = workers
+                        .recycle_worker(request("ops-1", "demo: picking up a new config"))
+                        .await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Live leases, stale ones first (their holder is gone, so they only wait
+//! to expire), then the soonest to expire.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::text::Span;
+use ratatui::widgets::{Cell, Row};
+
+use super::Ctx;
+use crate::app::Screen;
+use crate::cli::step_number;
+use crate::cli::time::relative;
+use crate::model::{Holder, holder, lease_stuck};
+use crate::widgets::short_id;
+
+pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
+    let app = ctx.app;
+    let t = &ctx.theme;
+    let id_width = Ctx::id_width(area);
+    let widths = [
+        Constraint::Length(id_width),
+        Constraint::Fill(2),
+        Constraint::Fill(2),
+        Constraint::Fill(2),
+        Constraint::Length(12),
+        Constraint::Length(3),
+        Constraint::Length(14),
+    ];
+    let header = ["ID", "RUN", "STEP", "WORKER", "HOLDER", "ATT", "EXPIRES"];
+    ctx.list(
+        Screen::Leases,
+        "Leases",
+        &header,
+        &widths,
+        "no live leases: no step is being run",
+    )
+    .render(area, buf, |range| {
+        app.rows[range]
+            .iter()
+            .filter_map(|id| ctx.data.leases.get(id))
+            .map(|l| {
+                let holder_cell = match holder(ctx.data, l) {
+                    Holder::Ok => {
+                        let word = ctx
+                            .data
+                            .workers
+                            .get(&l.worker_id)
+                            .map(|w| {
+                                opsdeck_proto::names::word_of::<opsdeck_proto::v1::WorkerState>(
+                                    w.state,
+                                )
+                            })
+                            .unwrap_or_default();
+                        Span::styled(word.clone(), t.state(&word))
+                    }
+                    Holder::Gone => {
+                        use opsdeck_proto::v1::WorkerState;
+                        let word = ctx.data.workers.get(&l.worker_id).map_or("gone", |w| {
+                            match w.state() {
+                                WorkerState::Offline => "offline",
+                                WorkerState::Stopped => "stopped",
+                                _ => "disconnected",
+                            }
+                        });
+                        Span::styled(word, t.alert())
+                    }
+                    Holder::Unknown => Span::styled("unknown", t.warn()),
+                };
+                let expires = if lease_stuck(ctx.data, l, ctx.now) {
+                    Span::styled(
+                        format!("STUCK {}", relative(l.expires_at_ms, ctx.now)),
+                        t.alert(),
+                    )
+                } else {
+                    Span::raw(relative(l.expires_at_ms, ctx.now))
+                };
+                Row::new([
+                    Cell::from(Span::styled(
+                        short_id(&l.id, usize::from(id_width)),
+                        t.dim(),
+                    )),
+                    Cell::from(l.run_name.clone()),
+                    Cell::from(format!("{} {}", step_number(l.step_index), l.step_name)),
+                    Cell::from(l.worker_id.clone()),
+                    Cell::from(holder_cell),
+                    Cell::from(l.attempt.to_string()),
+                    Cell::from(expires),
+                ])
+            })
+            .collect()
+    });
+}

@@ -1,0 +1,166 @@
+//! Rendering: `&App` in, cells out, nothing else. [`Console`] lays out the
+//! frame (header, screen tabs, the screen, footer, and any dialog on top)
+//! and hands the body to the current screen's view, one file per screen.
+//!
+//! Nothing here changes the app or does I/O; a view that needs something
+//! computed reads it from the app (rows are kept by [`App::sync`]).
+
+pub mod approvals;
+pub mod events;
+pub mod leases;
+pub mod overview;
+pub mod queues;
+pub mod run;
+pub mod runs;
+pub mod theme;
+pub mod workers;
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Widget};
+
+use crate::app::{App, Link, Modal, RunView, Screen};
+use crate::model::Data;
+use crate::widgets::table::ListTable;
+use crate::widgets::{Rows, confirm, footer, header, help};
+use theme::Theme;
+
+/// What every screen's view gets.
+pub struct Ctx<'a> {
+    pub app: &'a App,
+    pub data: &'a Data,
+    pub run: &'a RunView,
+    pub theme: Theme,
+    pub now: i64,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(app: &'a App) -> Self {
+        let (data, run) = app.shown();
+        Self {
+            app,
+            data,
+            run,
+            theme: Theme::new(app.palette),
+            now: app.now_ms,
+        }
+    }
+
+    /// Why what is shown may be out of date, for list titles.
+    pub fn stale(&self) -> Option<&'static str> {
+        if self.app.frozen.is_some() {
+            Some("frozen")
+        } else if self.app.conn.link != Link::Live {
+            Some("stale")
+        } else {
+            None
+        }
+    }
+
+    /// Whether the terminal is wide enough for full ids and extra columns.
+    pub fn wide(area: Rect) -> bool {
+        area.width >= 120
+    }
+
+    /// How wide an id column is: a whole ULID when there is room, else
+    /// its tail.
+    pub fn id_width(area: Rect) -> u16 {
+        if Self::wide(area) { 26 } else { 9 }
+    }
+
+    /// The list of a screen, with its rows, selection, filter and state.
+    pub fn list<'t>(
+        &'t self,
+        screen: Screen,
+        title: &'t str,
+        header: &'t [&'t str],
+        widths: &'t [Constraint],
+        empty: &'t str,
+    ) -> ListTable<'t> {
+        let list = self.app.list(screen);
+        ListTable {
+            title,
+            header,
+            widths,
+            total: self.app.rows.len(),
+            selected: list.selected,
+            filter: &list.filter,
+            empty,
+            stale: self.stale(),
+            theme: &self.theme,
+        }
+    }
+}
+
+/// The whole frame.
+pub struct Console<'a>(pub &'a App);
+
+impl Widget for Console<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let app = self.0;
+        let ctx = Ctx::new(app);
+        let theme = ctx.theme;
+        let (head, tabs, foot) = match area.height {
+            0..=2 => (0, 0, 0),
+            3..=5 => (1, 0, 1),
+            _ => (1, 1, 2),
+        };
+        let mut rows = Rows::new(area);
+        header::render(app, &theme, rows.take(head), buf);
+        render_tabs(app, &theme, rows.take(tabs), buf);
+        footer::render(app, &theme, rows.take_bottom(foot), buf);
+        let body = rows.rest();
+        match app.screen {
+            Screen::Overview => overview::render(&ctx, body, buf),
+            Screen::Runs => runs::render(&ctx, body, buf),
+            Screen::Run => run::render(&ctx, body, buf),
+            Screen::Workers => workers::render(&ctx, body, buf),
+            Screen::Queues => queues::render(&ctx, body, buf),
+            Screen::Approvals => approvals::render(&ctx, body, buf),
+            Screen::Leases => leases::render(&ctx, body, buf),
+            Screen::Events => events::render(&ctx, body, buf),
+        }
+        match &app.modal {
+            Some(Modal::Confirm(c)) => confirm::render(c, &theme, area, buf),
+            Some(Modal::Help { scroll }) => help::render(&theme, *scroll, area, buf),
+            None => {}
+        }
+    }
+}
+
+/// `1 Overview 2 Runs …`, the current one highlighted; only the numbers
+/// and the current name when that does not fit.
+fn render_tabs(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    if area.height == 0 {
+        return;
+    }
+    let full: usize = Screen::ALL.iter().map(|s| s.title().len() + 3).sum();
+    let compact = full > usize::from(area.width);
+    let mut spans = Vec::new();
+    for s in Screen::ALL {
+        let current = s == app.screen;
+        let text = if compact && !current {
+            format!(" {}", s.number())
+        } else {
+            format!(" {} {}", s.number(), s.title())
+        };
+        let style = if current {
+            theme.selected()
+        } else {
+            theme.dim()
+        };
+        spans.push(Span::styled(text, style));
+        spans.push(Span::raw(" "));
+    }
+    Paragraph::new(Line::from(spans)).render(area, buf);
+}
+
+/// A cell's text for a count that may be zero: "-" reads faster.
+pub fn count(n: u64) -> String {
+    if n == 0 {
+        "-".to_owned()
+    } else {
+        n.to_string()
+    }
+}

@@ -1,0 +1,242 @@
+//! Every screen rendered on ratatui's TestBackend and compared with its
+//! snapshot (the clock is fixed, so ages and ids are stable), plus the
+//! rules that hold at any size and palette: no panic from 1×1 to 200×60,
+//! no colour at all under NO_COLOR, only the 16 ANSI colours by default.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use crossterm::event::KeyCode;
+use insta::assert_snapshot;
+use opsdeck_proto::v1::OutputChunk;
+use opsdeck_tui::app::{self, Msg, Palette, Screen};
+use opsdeck_tui::conn::Update;
+use ratatui::style::Color;
+
+fn screen(digit: char) -> opsdeck_tui::app::App {
+    let mut app = app();
+    app::update(&mut app, key(digit));
+    app
+}
+
+/// The Run screen on deploy-web, with its events and output read.
+fn run_screen() -> opsdeck_tui::app::App {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.screen, Screen::Run);
+    assert!(
+        !cmds.is_empty(),
+        "opening a run reads its events and output"
+    );
+    let run_id = app.run.run_id.clone();
+    let timeline = events()
+        .into_iter()
+        .filter(|e| e.run_id == run_id)
+        .collect();
+    app::update(
+        &mut app,
+        Msg::Timeline {
+            run_id: run_id.clone(),
+            result: Ok(timeline),
+        },
+    );
+    let chunk = |stream: &str, data: &str| OutputChunk {
+        run_id: run_id.clone(),
+        step_index: 0,
+        attempt: 1,
+        stream: stream.into(),
+        data: data.into(),
+        at_ms: NOW,
+        truncated: false,
+    };
+    app::update(
+        &mut app,
+        Msg::Output {
+            run_id: run_id.clone(),
+            result: Ok(vec![
+                chunk("stdout", "building web\nimage web:1.4.2\n"),
+                chunk("stderr", "warning: \x1b[31mcache miss\x1b[0m\n"),
+            ]),
+        },
+    );
+    app
+}
+
+#[test]
+fn overview() {
+    assert_snapshot!(render(&mut app(), 80, 24).backend());
+}
+
+#[test]
+fn runs() {
+    assert_snapshot!(render(&mut screen('2'), 80, 24).backend());
+}
+
+#[test]
+fn run_detail() {
+    assert_snapshot!(render(&mut run_screen(), 80, 24).backend());
+}
+
+#[test]
+fn workers() {
+    assert_snapshot!(render(&mut screen('4'), 80, 24).backend());
+}
+
+#[test]
+fn queues() {
+    assert_snapshot!(render(&mut screen('5'), 80, 24).backend());
+}
+
+#[test]
+fn approvals() {
+    assert_snapshot!(render(&mut screen('6'), 80, 24).backend());
+}
+
+#[test]
+fn leases() {
+    assert_snapshot!(render(&mut screen('7'), 80, 24).backend());
+}
+
+#[test]
+fn events_tail() {
+    assert_snapshot!(render(&mut screen('8'), 80, 24).backend());
+}
+
+#[test]
+fn confirm_dialog_for_an_approval() {
+    let mut app = screen('6');
+    app::update(&mut app, key('a'));
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "change 42");
+    assert_snapshot!(render(&mut app, 80, 24).backend());
+}
+
+#[test]
+fn force_release_asks_for_the_lease_id() {
+    let mut app = screen('7');
+    app::update(&mut app, key('X'));
+    assert_snapshot!(render(&mut app, 80, 24).backend());
+}
+
+#[test]
+fn help_lists_every_key() {
+    let mut app = app();
+    app::update(&mut app, key('?'));
+    assert_snapshot!(render(&mut app, 80, 24).backend());
+}
+
+#[test]
+fn a_filter_being_typed() {
+    let mut app = screen('2');
+    app::update(&mut app, key('/'));
+    type_text(&mut app, "deploy");
+    assert_snapshot!(render(&mut app, 80, 24).backend());
+}
+
+#[test]
+fn disconnected_keeps_the_data_and_says_since_when() {
+    let mut app = screen('2');
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Disconnected {
+            retry_in: Duration::from_millis(2500),
+            attempt: 2,
+            why: "UNAVAILABLE: the engine is shutting down".into(),
+        }),
+    );
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    insta::with_settings!({filters => vec![(r"\d\d:\d\d:\d\d", "[time]")]}, {
+        assert_snapshot!(frame);
+    });
+}
+
+#[test]
+fn read_only_and_frozen_are_on_the_header() {
+    let mut app = app_with(Palette::Ansi16, true);
+    app::update(&mut app, key(' '));
+    assert_snapshot!(render(&mut app, 80, 24).backend());
+}
+
+#[test]
+fn wide_terminal_shows_full_ids_and_more_columns() {
+    assert_snapshot!("runs_200x60", render(&mut screen('2'), 200, 60).backend());
+    assert_snapshot!("overview_200x60", render(&mut app(), 200, 60).backend());
+    assert_snapshot!("run_200x60", render(&mut run_screen(), 200, 60).backend());
+}
+
+#[test]
+fn every_screen_renders_at_any_size_without_panicking() {
+    let sizes = [
+        (1, 1),
+        (2, 1),
+        (1, 3),
+        (20, 5),
+        (40, 10),
+        (80, 24),
+        (200, 60),
+    ];
+    for digit in '1'..='8' {
+        for (w, h) in sizes {
+            let mut app = run_screen();
+            app::update(&mut app, key(digit));
+            render(&mut app, w, h);
+            // With each overlay too.
+            app::update(&mut app, key('?'));
+            render(&mut app, w, h);
+            app::update(&mut app, code(KeyCode::Esc));
+        }
+    }
+    for (w, h) in sizes {
+        let mut app = screen('7');
+        app::update(&mut app, key('X'));
+        render(&mut app, w, h);
+        app::update(&mut app, key('/'));
+        render(&mut app, w, h);
+    }
+}
+
+#[test]
+fn no_color_uses_no_colour_at_all() {
+    for digit in '1'..='8' {
+        let mut app = app_with(Palette::Mono, false);
+        app::update(&mut app, key(digit));
+        app::update(&mut app, key('a'));
+        let terminal = render(&mut app, 120, 40);
+        for cell in terminal.backend().buffer().content() {
+            assert_eq!(
+                (cell.fg, cell.bg),
+                (Color::Reset, Color::Reset),
+                "{cell:?} on screen {digit}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_default_palette_is_the_16_ansi_colours() {
+    for digit in '1'..='8' {
+        let mut app = app();
+        app::update(&mut app, key(digit));
+        let terminal = render(&mut app, 120, 40);
+        for cell in terminal.backend().buffer().content() {
+            for c in [cell.fg, cell.bg] {
+                assert!(
+                    !matches!(c, Color::Indexed(_) | Color::Rgb(..)),
+                    "{c:?} on screen {digit}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn output_is_made_safe_for_the_terminal() {
+    let frame = render(&mut run_screen(), 80, 24).backend().to_string();
+    assert!(frame.contains("warning: cache miss"), "{frame}");
+    assert!(!frame.contains('\x1b'));
+}

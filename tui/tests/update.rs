@@ -1,0 +1,610 @@
+//! Key handling and stream updates, through `update()` alone: screen
+//! switching, filters, drilling in and backing out, the confirmation flow
+//! (focus on Cancel first), refusals read-only or disconnected, ctrl-c
+//! twice, and the connection states the header shows.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use crossterm::event::KeyCode;
+use opsdeck_proto::v1::{Approval, ApprovalState, Event, WhoamiResponse, Worker, WorkerState};
+use opsdeck_tui::app::{
+    self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Screen, StatusKind,
+};
+use opsdeck_tui::conn::Update;
+
+fn confirm(app: &opsdeck_tui::app::App) -> &opsdeck_tui::app::Confirm {
+    match &app.modal {
+        Some(Modal::Confirm(c)) => c,
+        other => panic!("no confirmation open: {other:?}"),
+    }
+}
+
+fn status(app: &opsdeck_tui::app::App) -> String {
+    app.status
+        .as_ref()
+        .map(|s| s.text.clone())
+        .unwrap_or_default()
+}
+
+/// The status line contains `words`.
+#[track_caller]
+fn says(app: &opsdeck_tui::app::App, words: &str) {
+    let status = status(app);
+    assert!(
+        status.contains(words),
+        "the status line says {status:?}, not {words:?}"
+    );
+}
+
+#[test]
+fn digits_and_colon_names_switch_screens() {
+    let mut app = app();
+    assert_eq!(app.screen, Screen::Overview);
+    app::update(&mut app, key('4'));
+    assert_eq!(app.screen, Screen::Workers);
+    app::update(&mut app, key(':'));
+    type_text(&mut app, "appr");
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.screen, Screen::Approvals);
+    app::update(&mut app, key(':'));
+    type_text(&mut app, "nope");
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.screen, Screen::Approvals);
+    says(&app, "no screen named");
+    // `run` is the Run screen, not a prefix of `runs`.
+    assert_eq!(Screen::from_name("run"), Some(Screen::Run));
+    assert_eq!(Screen::from_name("ru"), Some(Screen::Runs));
+}
+
+#[test]
+fn j_k_g_and_shift_g_move_the_selection_and_it_follows_its_item() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    assert_eq!(app.selected_key(), Some("01HRUN0000000000000000DEPLOY"));
+    app::update(&mut app, key('j'));
+    app::update(&mut app, code(KeyCode::Down));
+    assert_eq!(app.selected_key(), Some("01HRUN00000000000000000BUILD"));
+    app::update(&mut app, key('G'));
+    assert_eq!(app.list(Screen::Runs).selected, 3);
+    app::update(&mut app, key('k'));
+    assert_eq!(app.list(Screen::Runs).selected, 2);
+    app::update(&mut app, key('g'));
+    assert_eq!(app.list(Screen::Runs).selected, 0);
+    app::update(&mut app, code(KeyCode::PageDown));
+    assert_eq!(
+        app.list(Screen::Runs).selected,
+        3,
+        "a page down stops at the end"
+    );
+
+    // A new run arrives at the top: the selection stays on its run.
+    app::update(&mut app, key('k'));
+    let before = app.selected_key().unwrap().to_owned();
+    let mut newer = runs()[0].clone();
+    newer.id = "01HRUN0000000000000000NEWER".into();
+    newer.id.push('Z');
+    let event = Event {
+        seq: 46,
+        kind: "run.submitted".into(),
+        run: Some(newer),
+        ..Event::default()
+    };
+    app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
+    app.sync();
+    assert_eq!(app.selected_key(), Some(before.as_str()));
+}
+
+#[test]
+fn slash_filters_and_esc_clears_it() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    app::update(&mut app, key('/'));
+    assert_eq!(app.input, Input::Filter);
+    type_text(&mut app, "backup");
+    app.sync();
+    assert_eq!(app.rows, ["01HRUN0000000000000000BACKUP"]);
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.input, Input::Normal);
+    assert_eq!(
+        app.list(Screen::Runs).filter,
+        "backup",
+        "enter keeps the filter"
+    );
+    // Keys are keys again, not filter text.
+    app::update(&mut app, key('j'));
+    assert_eq!(app.list(Screen::Runs).filter, "backup");
+    app::update(&mut app, key('/'));
+    app::update(&mut app, code(KeyCode::Esc));
+    assert_eq!(app.list(Screen::Runs).filter, "");
+    app.sync();
+    assert_eq!(app.rows.len(), 4);
+}
+
+#[test]
+fn filter_words_all_have_to_match_somewhere() {
+    let mut app = app();
+    app::update(&mut app, key('7'));
+    app::update(&mut app, key('/'));
+    type_text(&mut app, "STALE migrate");
+    app.sync();
+    assert_eq!(app.rows, ["01HLEASE0000000000000000002"]);
+}
+
+#[test]
+fn enter_drills_in_and_esc_and_q_come_back() {
+    let mut app = app();
+    app::update(&mut app, key('4'));
+    // build-1, first by id: its leases.
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.screen, Screen::Leases);
+    assert_eq!(app.list(Screen::Leases).filter, "build-1");
+    app.sync();
+    assert_eq!(app.rows, ["01HLEASE0000000000000000001"]);
+    // The lease's run.
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.screen, Screen::Run);
+    assert_eq!(app.run.run_id, "01HRUN00000000000000000BUILD");
+    assert!(cmds.contains(&Cmd::FetchTimeline {
+        run_id: "01HRUN00000000000000000BUILD".into()
+    }));
+    assert!(cmds.contains(&Cmd::FetchOutput {
+        run_id: "01HRUN00000000000000000BUILD".into()
+    }));
+    app::update(&mut app, code(KeyCode::Esc));
+    assert_eq!(app.screen, Screen::Leases);
+    app::update(&mut app, key('q'));
+    assert_eq!(app.screen, Screen::Workers);
+    assert_eq!(
+        app.list(Screen::Leases).filter,
+        "",
+        "the drill's filter is taken back"
+    );
+    // From the top, q quits.
+    let cmds = app::update(&mut app, key('q'));
+    assert_eq!(cmds, [Cmd::Quit]);
+    assert!(app.quit);
+}
+
+#[test]
+fn ctrl_c_quits_only_when_pressed_twice() {
+    let mut app = app();
+    assert!(app::update(&mut app, ctrl('c')).is_empty());
+    assert!(!app.quit);
+    says(&app, "again");
+    // Another key in between starts over.
+    app::update(&mut app, key('j'));
+    assert!(app::update(&mut app, ctrl('c')).is_empty());
+    assert_eq!(app::update(&mut app, ctrl('c')), [Cmd::Quit]);
+    assert!(app.quit);
+
+    // Even from inside a dialog.
+    let mut app = common::app();
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('a'));
+    app::update(&mut app, ctrl('c'));
+    assert_eq!(app::update(&mut app, ctrl('c')), [Cmd::Quit]);
+}
+
+#[test]
+fn a_first_ctrl_c_expires_after_a_few_seconds() {
+    let mut app = app();
+    app::update(&mut app, ctrl('c'));
+    app.now_ms += 5_000;
+    app::update(&mut app, Msg::Tick);
+    assert!(app::update(&mut app, ctrl('c')).is_empty());
+    assert!(!app.quit);
+}
+
+#[test]
+fn approving_asks_for_a_reason_with_focus_on_cancel_first() {
+    let mut app = app();
+    app::update(&mut app, key('6'));
+    // Pending first, oldest ask first: deploy-api's.
+    assert_eq!(app.selected_key(), Some("01HAPP00000000000000000002"));
+    app::update(&mut app, key('a'));
+    assert_eq!(confirm(&app).focus, Focus::Cancel);
+    assert_eq!(
+        confirm(&app).change,
+        Change::Approve {
+            approval: "01HAPP00000000000000000002".into()
+        }
+    );
+
+    // Enter on Cancel changes nothing.
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert!(app.modal.is_none());
+    assert_eq!(status(&app), "nothing changed");
+
+    // Tab to the reason, type it, tab to OK, enter.
+    app::update(&mut app, key('a'));
+    app::update(&mut app, code(KeyCode::Tab));
+    assert_eq!(confirm(&app).focus, Focus::Reason);
+    type_text(&mut app, "ticket 42, checked the diff");
+    app::update(&mut app, code(KeyCode::Tab));
+    assert_eq!(confirm(&app).focus, Focus::Ok);
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(
+        cmds,
+        [Cmd::Change {
+            change: Change::Approve {
+                approval: "01HAPP00000000000000000002".into()
+            },
+            reason: "ticket 42, checked the diff".into(),
+        }]
+    );
+    assert!(app.modal.is_none());
+    assert_eq!(app.status.as_ref().unwrap().kind, StatusKind::Pending);
+
+    // The engine's answer, in words.
+    let approved = Approval {
+        id: "01HAPP00000000000000000002".into(),
+        run_name: "deploy-api".into(),
+        state: ApprovalState::Approved as i32,
+        ..Approval::default()
+    };
+    app::update(
+        &mut app,
+        Msg::Done {
+            change: Change::Approve {
+                approval: approved.id.clone(),
+            },
+            result: Ok(Changed::Approval(approved)),
+        },
+    );
+    assert_eq!(
+        status(&app),
+        "approved 01HAPP00000000000000000002: run deploy-api continues"
+    );
+}
+
+#[test]
+fn ok_without_a_reason_says_what_is_missing() {
+    let mut app = app();
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('x'));
+    app::update(&mut app, code(KeyCode::BackTab));
+    assert_eq!(confirm(&app).focus, Focus::Ok);
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert!(confirm(&app).error.as_deref().unwrap().contains("reason"));
+    // Typing on a button goes to the reason.
+    type_text(&mut app, "no");
+    assert_eq!(confirm(&app).reason.text(), "no");
+    assert_eq!(confirm(&app).focus, Focus::Reason);
+    assert!(confirm(&app).error.is_none());
+    app::update(&mut app, code(KeyCode::Esc));
+    assert!(app.modal.is_none());
+}
+
+#[test]
+fn force_release_needs_the_lease_id_typed() {
+    let mut app = app();
+    app::update(&mut app, key('7'));
+    let id = app.selected_key().unwrap().to_owned();
+    app::update(&mut app, key('X'));
+    assert_eq!(confirm(&app).focus, Focus::Cancel);
+    assert_eq!(
+        confirm(&app).ring(),
+        [
+            Focus::Id,
+            Focus::Reason,
+            Focus::Fail,
+            Focus::Ok,
+            Focus::Cancel
+        ]
+    );
+    app::update(&mut app, code(KeyCode::Tab));
+    assert_eq!(confirm(&app).focus, Focus::Id);
+    type_text(&mut app, "01HLEASE-wrong");
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "holder is gone");
+    app::update(&mut app, code(KeyCode::Tab));
+    app::update(&mut app, key(' '));
+    assert_eq!(confirm(&app).fail, Some(true));
+    app::update(&mut app, code(KeyCode::Tab));
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert!(confirm(&app).error.as_deref().unwrap().contains(&id));
+
+    // Fix the id: back to the field, clear it, type it right.
+    app::update(&mut app, code(KeyCode::Tab));
+    app::update(&mut app, code(KeyCode::Tab));
+    assert_eq!(confirm(&app).focus, Focus::Id);
+    for _ in 0..20 {
+        app::update(&mut app, code(KeyCode::Backspace));
+    }
+    type_text(&mut app, &id);
+    for _ in 0..3 {
+        app::update(&mut app, code(KeyCode::Tab));
+    }
+    assert_eq!(confirm(&app).focus, Focus::Ok);
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(
+        cmds,
+        [Cmd::Change {
+            change: Change::ForceRelease {
+                lease: id,
+                fail: true
+            },
+            reason: "holder is gone".into(),
+        }]
+    );
+}
+
+#[test]
+fn read_only_refuses_every_change_and_says_why() {
+    let mut app = app_with(Palette::Ansi16, true);
+    for (screen, k) in [
+        ('6', 'a'),
+        ('6', 'x'),
+        ('2', 'C'),
+        ('2', 'r'),
+        ('4', 'D'),
+        ('4', 'U'),
+        ('4', 'R'),
+        ('7', 'X'),
+        ('5', 'p'),
+    ] {
+        app::update(&mut app, key(screen));
+        assert!(app::update(&mut app, key(k)).is_empty());
+        assert!(app.modal.is_none(), "{k} opened a dialog read-only");
+        says(&app, "--readonly");
+    }
+}
+
+#[test]
+fn changes_are_refused_while_disconnected_and_allowed_again_once_live() {
+    let mut app = app();
+    app::update(&mut app, key('6'));
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Disconnected {
+            retry_in: Duration::from_secs(3),
+            attempt: 0,
+            why: "transport error".into(),
+        }),
+    );
+    assert_eq!(app::link_words(&app), "reconnecting in 3s");
+    assert_eq!(app.conn.stale_since_ms, Some(NOW));
+    app::update(&mut app, key('a'));
+    assert!(app.modal.is_none());
+    assert!(
+        status(&app).starts_with("not connected"),
+        "{}",
+        status(&app)
+    );
+    // The data stays.
+    assert_eq!(app.data.approvals.len(), 3);
+
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Connected {
+            whoami: WhoamiResponse {
+                identity: "ann".into(),
+                engine_id: "host:2".into(),
+                ..WhoamiResponse::default()
+            },
+            leader_changed: true,
+            resumed_after: 45,
+        }),
+    );
+    assert_eq!(app.conn.link, Link::Live);
+    assert_eq!(app.conn.stale_since_ms, None);
+    assert_eq!(app.conn.leader_changed_at_ms, Some(NOW));
+    says(&app, "leader changed");
+    app::update(&mut app, key('a'));
+    assert!(matches!(app.modal, Some(Modal::Confirm(_))));
+}
+
+#[test]
+fn a_dialog_open_when_the_link_breaks_does_not_send() {
+    let mut app = app();
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('a'));
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "ok");
+    app::update(&mut app, code(KeyCode::Tab));
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Disconnected {
+            retry_in: Duration::from_secs(1),
+            attempt: 0,
+            why: "gone".into(),
+        }),
+    );
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert!(
+        confirm(&app)
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("not connected")
+    );
+}
+
+#[test]
+fn the_engine_refusing_shows_its_code_and_message() {
+    let mut app = app();
+    app::update(
+        &mut app,
+        Msg::Done {
+            change: Change::Approve {
+                approval: "a1".into(),
+            },
+            result: Err(tonic::Status::failed_precondition(
+                "approval a1 is already approved by bob",
+            )),
+        },
+    );
+    assert_eq!(
+        status(&app),
+        "refused: FAILED_PRECONDITION: approval a1 is already approved by bob"
+    );
+    assert_eq!(app.status.as_ref().unwrap().kind, StatusKind::Refused);
+}
+
+#[test]
+fn changes_that_cannot_apply_are_explained_without_a_dialog() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    // deploy-web is waiting, not failed.
+    app::update(&mut app, key('r'));
+    assert!(app.modal.is_none());
+    says(&app, "only a failed run");
+    app::update(&mut app, key('G'));
+    app::update(&mut app, key('C'));
+    says(&app, "already succeeded");
+    // The approved one cannot be approved again.
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('G'));
+    app::update(&mut app, key('a'));
+    says(&app, "already approved");
+    // An online worker cannot be undrained.
+    app::update(&mut app, key('4'));
+    app::update(&mut app, key('U'));
+    says(&app, "only a draining worker");
+}
+
+#[test]
+fn pause_or_resume_follows_the_queue_state() {
+    let mut app = app();
+    app::update(&mut app, key('5'));
+    app::update(&mut app, key('p'));
+    assert_eq!(
+        confirm(&app).change,
+        Change::Pause {
+            queue: "build".into()
+        }
+    );
+    app::update(&mut app, code(KeyCode::Esc));
+    app::update(&mut app, key('j'));
+    app::update(&mut app, key('p'));
+    assert_eq!(
+        confirm(&app).change,
+        Change::Resume {
+            queue: "deploy".into()
+        }
+    );
+}
+
+#[test]
+fn space_freezes_the_display_but_not_the_data() {
+    let mut app = app();
+    app::update(&mut app, key(' '));
+    assert!(app.frozen.is_some());
+    let worker = Worker {
+        id: "new-1".into(),
+        state: WorkerState::Online as i32,
+        ..Worker::default()
+    };
+    let event = Event {
+        seq: 46,
+        kind: "worker.registered".into(),
+        worker: Some(worker),
+        ..Event::default()
+    };
+    app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
+    assert!(app.data.workers.contains_key("new-1"));
+    assert!(
+        !app.shown().0.workers.contains_key("new-1"),
+        "the display is frozen"
+    );
+    app::update(&mut app, key(' '));
+    assert!(app.shown().0.workers.contains_key("new-1"));
+}
+
+#[test]
+fn ctrl_r_resyncs_and_a_snapshot_brings_the_link_back() {
+    let mut app = app();
+    assert_eq!(app::update(&mut app, ctrl('r')), [Cmd::Resync]);
+    assert_eq!(app.conn.link, Link::Loading);
+    let cmds = app::update(&mut app, Msg::Conn(Update::Snapshot(Box::new(snapshot()))));
+    assert_eq!(app.conn.link, Link::Live);
+    assert!(matches!(cmds[0], Cmd::FetchEvents { .. }));
+}
+
+#[test]
+fn events_of_the_open_run_join_its_timeline_and_refresh_its_output() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    app::update(&mut app, code(KeyCode::Enter));
+    let run_id = app.run.run_id.clone();
+    // The first fetch is out: a second waits for it.
+    let event = |seq| Event {
+        seq,
+        kind: "step.running".into(),
+        run_id: run_id.clone(),
+        ..Event::default()
+    };
+    assert!(app::update(&mut app, Msg::Conn(Update::Event(Box::new(event(46))))).is_empty());
+    assert_eq!(app.run.timeline.len(), 1);
+    let cmds = app::update(
+        &mut app,
+        Msg::Output {
+            run_id: run_id.clone(),
+            result: Ok(vec![]),
+        },
+    );
+    assert_eq!(
+        cmds,
+        [Cmd::FetchOutput {
+            run_id: run_id.clone()
+        }]
+    );
+    app::update(
+        &mut app,
+        Msg::Output {
+            run_id: run_id.clone(),
+            result: Ok(vec![]),
+        },
+    );
+    let cmds = app::update(&mut app, Msg::Conn(Update::Event(Box::new(event(47)))));
+    assert_eq!(cmds, [Cmd::FetchOutput { run_id }]);
+}
+
+#[test]
+fn ticks_sample_depth_and_ask_for_heartbeats() {
+    let mut app = app();
+    let before = app.data.depth["build"].len();
+    app.now_ms += 3_000;
+    let cmds = app::update(&mut app, Msg::Tick);
+    assert_eq!(app.data.depth["build"].len(), before + 1);
+    assert!(cmds.contains(&Cmd::Refresh));
+    // Not again while one is out.
+    app.now_ms += 3_000;
+    assert!(!app::update(&mut app, Msg::Tick).contains(&Cmd::Refresh));
+}
+
+#[test]
+fn help_opens_and_closes() {
+    let mut app = app();
+    app::update(&mut app, key('?'));
+    assert!(matches!(app.modal, Some(Modal::Help { scroll: 0 })));
+    app::update(&mut app, key('j'));
+    assert!(matches!(app.modal, Some(Modal::Help { scroll: 1 })));
+    app::update(&mut app, code(KeyCode::Esc));
+    assert!(app.modal.is_none());
+}
+
+#[test]
+fn the_events_screen_follows_the_newest_until_moved() {
+    let mut app = app();
+    app::update(&mut app, key('8'));
+    assert!(app.events_follow);
+    assert_eq!(app.selected_key(), Some("45"));
+    app::update(&mut app, key('j'));
+    assert!(!app.events_follow);
+    let event = Event {
+        seq: 46,
+        kind: "queue.paused".into(),
+        ..Event::default()
+    };
+    app::update(&mut app, Msg::Conn(Update::Event(Box::new(event.clone()))));
+    app.sync();
+    assert_eq!(app.selected_key(), Some("44"), "stays on its event");
+    app::update(&mut app, key('F'));
+    assert_eq!(app.selected_key(), Some("46"));
+}
