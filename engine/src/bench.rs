@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Submits in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// A PostgreSQL server URL to bench on (a fresh database is made on it)
+    /// instead of a temporary SQLite file.
+    #[arg(long)]
+    pub postgres: Option<String>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -40,7 +44,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         data_dir: dir.path().to_owned(),
         listen: Some("127.0.0.1:0".into()),
         socket: None,
-        database: format!("sqlite://{}", dir.path().join("bench.db").display()),
+        database: match &args.postgres {
+            Some(server) => fresh_postgres_database(server).await?,
+            None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        },
         local_workers: 0,
         core: CoreConfig::default(),
         tokens: vec![("bench".into(), crate::api::auth::token_hash(&token))],
@@ -137,7 +144,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         latencies[i].as_secs_f64() * 1000.0
     };
     let line = serde_json::json!({
-        "database": "sqlite",
+        "database": if args.postgres.is_some() { "postgres" } else { "sqlite" },
         "runs": args.runs,
         "workers": args.workers,
         "slots": args.slots,
@@ -147,4 +154,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// Makes an empty database on a PostgreSQL server and returns its URL.
+async fn fresh_postgres_database(server: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let name = format!("opsdeck_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let mut admin = sqlx::PgConnection::connect(server).await.with_context(|| format!("cannot connect to {server}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+    let (base, _) = server.rsplit_once('/').context("the PostgreSQL URL must end in /DATABASE")?;
+    Ok(format!("{base}/{name}"))
 }

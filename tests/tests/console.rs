@@ -56,13 +56,19 @@ impl Tmux {
         tmux
     }
 
+    /// The server starts with the first command, in this environment: no
+    /// `OPSDECK_*` from the caller's (a token would go to the engine).
     fn run(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
-            .args(["-L", &self.server, "-f", "/dev/null"])
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &self.server, "-f", "/dev/null"])
             .args(args)
-            .env_remove("TMUX")
-            .output()
-            .expect("run tmux (is it installed? apt-get install tmux)")
+            .env_remove("TMUX");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OPSDECK_") {
+                cmd.env_remove(&name);
+            }
+        }
+        cmd.output().expect("run tmux (is it installed? apt-get install tmux)")
     }
 
     fn screen(&self) -> String {

@@ -1,6 +1,7 @@
 //! A load for measuring the console: submits runs to a paused queue at a
-//! steady rate, so that the engine records two events per run
-//! (`run.submitted`, `step.queued`) with no worker involved.
+//! steady rate and cancels each at once, so that the engine records a few
+//! events per run (`run.submitted`, `step.queued`, `run.cancelled`, …)
+//! with no worker involved and no queue growing without bound.
 //!
 //! cargo run --release -p opsdeck-tui --example load -- ENGINE EVENTS_PER_SEC SECONDS
 
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opsdeck_proto::v1::{QueueActionRequest, SubmitRunRequest};
+use opsdeck_proto::v1::{CancelRunRequest, QueueActionRequest, SubmitRunRequest};
 use opsdeck_tui::client::{Auth, Engine, Target};
 use tokio::sync::Semaphore;
 
@@ -46,7 +47,8 @@ async fn main() {
         })
         .await
         .expect("pause");
-    let runs_per_sec = events_per_sec / 2.0;
+    // run.submitted, step.queued, step.cancelled, run.cancelled.
+    let runs_per_sec = events_per_sec / 4.0;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / runs_per_sec));
     let inflight = Arc::new(Semaphore::new(64));
     let started = Instant::now();
@@ -57,7 +59,15 @@ async fn main() {
         let mut runs = engine.runs();
         let request = submit();
         tokio::spawn(async move {
-            let _ = runs.submit_run(request).await;
+            if let Ok(response) = runs.submit_run(request).await
+                && let Some(run) = response.into_inner().run
+            {
+                let cancel = CancelRunRequest {
+                    id: run.id,
+                    reason: "load".into(),
+                };
+                let _ = runs.cancel_run(cancel).await;
+            }
             drop(permit);
         });
         sent += 1;

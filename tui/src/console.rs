@@ -365,9 +365,13 @@ struct Stats {
     frames: u64,
     render_us: Vec<u64>,
     events: u64,
-    /// The oldest event not yet drawn.
+    /// The oldest event not yet drawn: its time in the engine, and when
+    /// it arrived here.
     undrawn_since_ms: Option<i64>,
+    undrawn_arrived: Option<std::time::Instant>,
     latency_ms: Vec<i64>,
+    /// From arrival to frame: the console's own share.
+    here_us: Vec<i64>,
     ticks: u64,
 }
 
@@ -388,7 +392,9 @@ impl Stats {
             render_us: Vec::new(),
             events: 0,
             undrawn_since_ms: None,
+            undrawn_arrived: None,
             latency_ms: Vec::new(),
+            here_us: Vec::new(),
             ticks: 0,
         })
     }
@@ -396,6 +402,7 @@ impl Stats {
     fn event(&mut self, at_ms: i64) {
         self.events += 1;
         self.undrawn_since_ms.get_or_insert(at_ms);
+        self.undrawn_arrived.get_or_insert_with(std::time::Instant::now);
     }
 
     fn drawn(&mut self, took: Duration) {
@@ -404,6 +411,9 @@ impl Stats {
             .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         if let Some(at) = self.undrawn_since_ms.take() {
             self.latency_ms.push(now_ms() - at);
+        }
+        if let Some(arrived) = self.undrawn_arrived.take() {
+            self.here_us.push(i64::try_from(arrived.elapsed().as_micros()).unwrap_or(i64::MAX));
         }
     }
 
@@ -427,7 +437,8 @@ impl Stats {
             .collect();
         let line = format!(
             "secs={secs:.1} frames={} bytes={} bytes_per_sec={:.0} events={} events_per_sec={:.0} \
-             render_us_p50={} render_us_p99={} latency_ms_p50={} latency_ms_p99={} latency_ms_max={}\n",
+             render_us_p50={} render_us_p99={} latency_ms_p50={} latency_ms_p99={} latency_ms_max={} \
+             arrival_to_frame_us_p50={} arrival_to_frame_us_p99={}\n",
             self.frames,
             bytes - self.bytes_at_last,
             (bytes - self.bytes_at_last) as f64 / secs,
@@ -438,6 +449,8 @@ impl Stats {
             pct(&mut self.latency_ms, 50),
             pct(&mut self.latency_ms, 99),
             self.latency_ms.last().copied().unwrap_or(0),
+            pct(&mut self.here_us, 50),
+            pct(&mut self.here_us, 99),
         );
         let _ = self.file.write_all(line.as_bytes());
         self.bytes_at_last = bytes;
@@ -446,5 +459,6 @@ impl Stats {
         self.render_us.clear();
         self.events = 0;
         self.latency_ms.clear();
+        self.here_us.clear();
     }
 }
