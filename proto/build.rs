@@ -18,10 +18,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     // Served by gRPC reflection, so grpcurl works without the .proto files.
     fs::write(out.join("opsdeck_descriptor.bin"), fds.encode_to_vec())?;
 
-    let builder = tonic_prost_build::configure()
-        .type_attribute(".opsdeck.v1", "#[derive(serde::Serialize)]");
+    let builder =
+        tonic_prost_build::configure().type_attribute(".opsdeck.v1", "#[derive(serde::Serialize)]");
     let builder = ENUM_FIELDS.iter().fold(builder, |b, (path, func)| {
-        b.field_attribute(path, format!("#[serde(serialize_with = \"crate::json::{func}\")]"))
+        b.field_attribute(
+            path,
+            format!("#[serde(serialize_with = \"crate::json::{func}\")]"),
+        )
     });
     builder.compile_fds(fds)?;
     Ok(())

@@ -37,7 +37,10 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.runs > 0 && args.workers > 0 && args.slots > 0, "--runs, --workers and --slots must be at least 1");
+    anyhow::ensure!(
+        args.runs > 0 && args.workers > 0 && args.slots > 0,
+        "--runs, --workers and --slots must be at least 1"
+    );
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let token = ulid::Ulid::new().to_string();
     let opts = ServeOptions {
@@ -57,7 +60,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let engine = tokio::spawn(serve::run(opts, stop.clone(), move |b| {
         let _ = bound_tx.send(b.tcp);
     }));
-    let addr = bound_rx.await.ok().flatten().context("the bench engine did not start")?;
+    let addr = bound_rx
+        .await
+        .ok()
+        .flatten()
+        .context("the bench engine did not start")?;
     let engine_addr = EngineAddr::Tcp(format!("http://{addr}"));
 
     for i in 0..args.workers {
@@ -70,6 +77,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             token: Some(token.clone()),
             generation: 1,
             cancel_grace: Duration::from_secs(1),
+            // The bench measures the engine; results stay in memory.
+            spool_dir: None,
         };
         let executor: Arc<dyn agent::Executor> = Arc::new(agent::InstantExecutor);
         tokio::spawn(agent::run(options, executor, stop.clone()));
@@ -81,9 +90,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         req.metadata_mut().insert("authorization", bearer.clone());
         Ok(req)
     };
-    let mut events = pb::events_client::EventsClient::with_interceptor(channel.clone(), auth.clone());
+    let mut events =
+        pb::events_client::EventsClient::with_interceptor(channel.clone(), auth.clone());
     let runs = pb::runs_client::RunsClient::with_interceptor(channel, auth);
-    let mut follow = events.follow_events(pb::FollowEventsRequest::default()).await?.into_inner();
+    let mut follow = events
+        .follow_events(pb::FollowEventsRequest::default())
+        .await?
+        .into_inner();
 
     let spec = "name = \"bench\"\n[[step]]\nqueue = \"bench\"\nrun = \"true\"\n";
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
@@ -92,7 +105,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let permit = sem.clone().acquire_owned().await?;
         let mut client = runs.clone();
         submits.spawn(async move {
-            let reply = client.submit_run(pb::SubmitRunRequest { spec: spec.into(), ..Default::default() }).await;
+            let reply = client
+                .submit_run(pb::SubmitRunRequest {
+                    spec: spec.into(),
+                    ..Default::default()
+                })
+                .await;
             drop(permit);
             reply?.into_inner().run.context("no run in the answer")?;
             anyhow::Ok(())
@@ -112,7 +130,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                 // This reader fell behind the engine and was cut off: follow
                 // again from the last event it saw, as any client would.
-                let again = pb::FollowEventsRequest { after_seq: last_seq, ..Default::default() };
+                let again = pb::FollowEventsRequest {
+                    after_seq: last_seq,
+                    ..Default::default()
+                };
                 follow = events.follow_events(again).await?.into_inner();
                 continue;
             }
@@ -126,12 +147,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // created the run to the one that finished it. A client reading
         // the stream late does not inflate it.
         let created = event.run.as_ref().map_or(event.at_ms, |r| r.created_at_ms);
-        latencies.push(Duration::from_millis(u64::try_from(event.at_ms - created).unwrap_or(0)));
+        latencies.push(Duration::from_millis(
+            u64::try_from(event.at_ms - created).unwrap_or(0),
+        ));
         first_created = first_created.min(created);
         last_done = last_done.max(event.at_ms);
     }
     // The engine's own clock, for the same reason.
-    let elapsed = Duration::from_millis(u64::try_from(last_done - first_created).unwrap_or(1).max(1));
+    let elapsed =
+        Duration::from_millis(u64::try_from(last_done - first_created).unwrap_or(1).max(1));
     while let Some(r) = submits.join_next().await {
         r??;
     }
@@ -159,9 +183,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// Makes an empty database on a PostgreSQL server and returns its URL.
 async fn fresh_postgres_database(server: &str) -> anyhow::Result<String> {
     use sqlx::Connection;
-    let name = format!("opsdeck_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let mut admin = sqlx::PgConnection::connect(server).await.with_context(|| format!("cannot connect to {server}"))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
-    let (base, _) = server.rsplit_once('/').context("the PostgreSQL URL must end in /DATABASE")?;
+    let name = format!(
+        "opsdeck_bench_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let mut admin = sqlx::PgConnection::connect(server)
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    let (base, _) = server
+        .rsplit_once('/')
+        .context("the PostgreSQL URL must end in /DATABASE")?;
     Ok(format!("{base}/{name}"))
 }

@@ -46,6 +46,11 @@ pub struct EngineSection {
     pub cancel_grace: Option<Duration>,
     pub output_cap_bytes: Option<usize>,
     pub subscriber_buffer: Option<usize>,
+    /// Stuck leases of one run name within `quarantine_window` that
+    /// quarantine it (0: never).
+    pub quarantine_after: Option<u32>,
+    #[serde(with = "humantime_serde_opt")]
+    pub quarantine_window: Option<Duration>,
 }
 
 /// A bearer token, stored only as its hash.
@@ -66,8 +71,11 @@ mod humantime_serde_opt {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| {
-            humantime::parse_duration(&t)
-                .map_err(|e| serde::de::Error::custom(format!("{t:?} is not a duration ({e}); write e.g. \"30s\"")))
+            humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration ({e}); write e.g. \"30s\""
+                ))
+            })
         })
         .transpose()
     }
@@ -76,7 +84,10 @@ mod humantime_serde_opt {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {message}")]
@@ -86,13 +97,18 @@ pub enum ConfigError {
 impl ConfigFile {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
         for (i, t) in cfg.token.iter().enumerate() {
             let bad = t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit());
             if bad {
@@ -128,6 +144,8 @@ impl ConfigFile {
             limits: self.limits.clone(),
             output_cap_bytes: e.output_cap_bytes.unwrap_or(d.output_cap_bytes),
             subscriber_buffer: e.subscriber_buffer.unwrap_or(d.subscriber_buffer),
+            quarantine_after: e.quarantine_after.unwrap_or(d.quarantine_after),
+            quarantine_window: e.quarantine_window.unwrap_or(d.quarantine_window),
         }
     }
 }
@@ -138,7 +156,12 @@ impl ConfigFile {
 pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
         // systemd StateDirectory= may list several, separated by ':'.
-        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if !first.is_empty() {
             return PathBuf::from(first);
         }
@@ -162,13 +185,17 @@ mod tests {
     #[test]
     fn parses_durations_and_tokens() {
         let cfg = ConfigFile::parse(
-            "[engine]\nlease_ttl = \"2s\"\n[[token]]\nidentity = \"ci\"\nsha256 = \"".to_owned().as_str(),
+            "[engine]\nlease_ttl = \"2s\"\n[[token]]\nidentity = \"ci\"\nsha256 = \""
+                .to_owned()
+                .as_str(),
             Path::new("x.toml"),
         );
         assert!(cfg.is_err());
         let hash = "a".repeat(64);
         let cfg = ConfigFile::parse(
-            &format!("[engine]\nlease_ttl = \"2s\"\n[[token]]\nidentity = \"ci\"\nsha256 = \"{hash}\"\n"),
+            &format!(
+                "[engine]\nlease_ttl = \"2s\"\n[[token]]\nidentity = \"ci\"\nsha256 = \"{hash}\"\n"
+            ),
             Path::new("x.toml"),
         )
         .unwrap();
@@ -178,9 +205,13 @@ mod tests {
 
     #[test]
     fn mistakes_are_named_with_their_line() {
-        let err = ConfigFile::parse("[engine]\nlease_tll = \"2s\"\n", Path::new("e.toml")).unwrap_err().to_string();
+        let err = ConfigFile::parse("[engine]\nlease_tll = \"2s\"\n", Path::new("e.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lease_tll") && err.contains("line 2"), "{err}");
-        let err = ConfigFile::parse("[engine]\nlease_ttl = \"soon\"\n", Path::new("e.toml")).unwrap_err().to_string();
+        let err = ConfigFile::parse("[engine]\nlease_ttl = \"soon\"\n", Path::new("e.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a duration"), "{err}");
     }
 }

@@ -123,7 +123,11 @@ pub fn step(run_id: &str, s: &Step) -> pb::Step {
                 .iter()
                 .map(|v| pb::EnvVar {
                     name: v.name.clone(),
-                    value: if v.secret { String::new() } else { v.value.clone() },
+                    value: if v.secret {
+                        String::new()
+                    } else {
+                        v.value.clone()
+                    },
                     secret: v.secret,
                 })
                 .collect();
@@ -177,6 +181,16 @@ pub fn lease(l: &Lease, run: Option<&Run>) -> pb::Lease {
             .map(|s| s.spec.name.clone())
             .unwrap_or_default(),
         run_name: run.map(|r| r.name.clone()).unwrap_or_default(),
+        stuck: l.stuck,
+    }
+}
+
+pub fn quarantine(q: &crate::domain::Quarantine) -> pb::Quarantine {
+    pb::Quarantine {
+        name: q.name.clone(),
+        since_ms: q.since,
+        stuck_count: q.stuck_count,
+        message: q.message.clone(),
     }
 }
 

@@ -42,12 +42,17 @@ pub struct Bound {
 /// and tests that listen on port 0.
 pub const ADDR_FILE: &str = "engine.addr";
 
-/// How long shutdown waits for streams and the commit in flight.
+/// How long shutdown waits, in all, for the commit in flight, the streams
+/// and the local workers.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 /// Runs an engine until `shutdown` is cancelled. `on_bound` hears where it
 /// listens as soon as the listeners are open.
-pub async fn run(opts: ServeOptions, shutdown: CancellationToken, on_bound: impl FnOnce(&Bound)) -> anyhow::Result<()> {
+pub async fn run(
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(&Bound),
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create the data dir {}", opts.data_dir.display()))?;
     let store = store::open(&opts.database)
@@ -59,14 +64,21 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken, on_bound: impl
         .context("cannot load the engine's state from its database")?;
 
     let tcp = match &opts.listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
         None => None,
     };
     let unix = match &opts.socket {
         Some(path) => Some(bind_socket(path)?),
         None => None,
     };
-    let bound = Bound { tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()), socket: opts.socket.clone() };
+    let bound = Bound {
+        tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        socket: opts.socket.clone(),
+    };
     if let Some(addr) = bound.tcp {
         std::fs::write(opts.data_dir.join(ADDR_FILE), format!("{addr}\n"))
             .with_context(|| format!("cannot write {}", opts.data_dir.join(ADDR_FILE).display()))?;
@@ -81,7 +93,12 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken, on_bound: impl
         engine_id: format!("{}:{}", hostname(), std::process::id()),
     };
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(api::serve(api, Auth::new(opts.tokens.clone()), Listeners { tcp, unix }, server_stop.clone()));
+    let server = tokio::spawn(api::serve(
+        api,
+        Auth::new(opts.tokens.clone()),
+        Listeners { tcp, unix },
+        server_stop.clone(),
+    ));
     let workers_stop = CancellationToken::new();
     let local = local_workers(&opts, &bound, workers_stop.clone());
 
@@ -92,15 +109,24 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken, on_bound: impl
     // Stopping the core ends every stream (workers and consoles hear the
     // engine is going), which lets the servers finish.
     core_stop.cancel();
-    if tokio::time::timeout(SHUTDOWN_BOUND, core_task).await.is_err() {
+    // One bound for all of it: a client that stopped reading cannot hold
+    // the engine up for longer.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BOUND;
+    if tokio::time::timeout_at(deadline, core_task).await.is_err() {
         tracing::warn!("the core did not stop within {SHUTDOWN_BOUND:?}");
     }
-    match tokio::time::timeout(SHUTDOWN_BOUND, server).await {
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
-        Err(_) => tracing::warn!("streams still open after {SHUTDOWN_BOUND:?}; closing them"),
+        Err(_) => tracing::warn!(
+            "streams still open {SHUTDOWN_BOUND:?} after the shutdown began; closing them"
+        ),
         _ => {}
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), local).await;
+    let _ = tokio::time::timeout_at(
+        deadline.max(tokio::time::Instant::now() + Duration::from_millis(500)),
+        local,
+    )
+    .await;
     if let Some(path) = &opts.socket {
         let _ = std::fs::remove_file(path);
     }
@@ -118,7 +144,8 @@ fn bind_socket(path: &PathBuf) -> anyhow::Result<UnixListener> {
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -128,19 +155,27 @@ fn bind_socket(path: &PathBuf) -> anyhow::Result<UnixListener> {
 
 /// `--local-workers N`: one in-process worker with N slots serving every
 /// queue, speaking the real Agent protocol over the engine's own socket.
-fn local_workers(opts: &ServeOptions, bound: &Bound, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn local_workers(
+    opts: &ServeOptions,
+    bound: &Bound,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let engine = match (&bound.socket, bound.tcp) {
         _ if opts.local_workers == 0 => return tokio::spawn(async {}),
         (Some(path), _) => opsdeck_proto::endpoint::EngineAddr::Unix(path.clone()),
         (None, Some(addr)) => opsdeck_proto::endpoint::EngineAddr::Tcp(format!("http://{addr}")),
         (None, None) => return tokio::spawn(async {}),
     };
+    let worker_id = format!("{}-local", hostname());
     let mut options = AgentOptions {
         engine,
-        worker_id: format!("{}-local", hostname()),
+        spool_dir: Some(opts.data_dir.join("spool").join(&worker_id)),
+        worker_id,
         queues: vec![crate::domain::ANY_QUEUE.to_owned()],
         slots: opts.local_workers,
-        labels: [("local".to_owned(), "true".to_owned())].into_iter().collect(),
+        labels: [("local".to_owned(), "true".to_owned())]
+            .into_iter()
+            .collect(),
         token: None,
         generation: 1,
         cancel_grace: opts.core.cancel_grace,
@@ -161,5 +196,8 @@ fn local_workers(opts: &ServeOptions, bound: &Bound, stop: CancellationToken) ->
 }
 
 pub fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }

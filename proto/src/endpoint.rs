@@ -19,9 +19,7 @@ pub enum EngineAddr {
 
 /// An address that could not be understood.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "invalid engine address {addr:?}: {why}; use http://HOST:PORT, HOST:PORT or unix:///PATH"
-)]
+#[error("invalid engine address {addr:?}: {why}; use http://HOST:PORT, HOST:PORT or unix:///PATH")]
 pub struct AddrError {
     addr: String,
     why: String,
@@ -31,7 +29,10 @@ impl FromStr for EngineAddr {
     type Err = AddrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |why: &str| AddrError { addr: s.to_owned(), why: why.to_owned() };
+        let err = |why: &str| AddrError {
+            addr: s.to_owned(),
+            why: why.to_owned(),
+        };
         let s = s.trim();
         if s.is_empty() {
             return Err(err("it is empty"));
@@ -108,7 +109,9 @@ mod tests {
             EngineAddr::Tcp("http://127.0.0.1:7465".into())
         );
         assert_eq!(
-            "unix:///run/opsdeck/engine.sock".parse::<EngineAddr>().unwrap(),
+            "unix:///run/opsdeck/engine.sock"
+                .parse::<EngineAddr>()
+                .unwrap(),
             EngineAddr::Unix("/run/opsdeck/engine.sock".into())
         );
         assert!("ftp://x".parse::<EngineAddr>().is_err());

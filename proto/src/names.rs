@@ -24,7 +24,11 @@ pub trait Word: Sized + Copy + 'static {
 
     /// Parses a lowercase word (case-insensitive; `-` may stand for `_`).
     fn from_word(word: &str) -> Option<Self> {
-        let name = format!("{}{}", Self::PREFIX, word.replace('-', "_").to_ascii_uppercase());
+        let name = format!(
+            "{}{}",
+            Self::PREFIX,
+            word.replace('-', "_").to_ascii_uppercase()
+        );
         Self::from_proto_name(&name).filter(|v| v.proto_name() != Self::unspecified_name())
     }
 
@@ -35,7 +39,11 @@ pub trait Word: Sized + Copy + 'static {
 
     /// The words of every value, for error messages.
     fn words() -> String {
-        Self::all().iter().map(|v| v.word()).collect::<Vec<_>>().join(", ")
+        Self::all()
+            .iter()
+            .map(|v| v.word())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -56,22 +64,53 @@ macro_rules! word {
     };
 }
 
-word!(RunState, "RUN_STATE_", [Queued, Running, WaitingApproval, Succeeded, Failed, Cancelled]);
+word!(
+    RunState,
+    "RUN_STATE_",
+    [
+        Queued,
+        Running,
+        WaitingApproval,
+        Succeeded,
+        Failed,
+        Cancelled
+    ]
+);
 word!(StepKind, "STEP_KIND_", [Exec, Approval]);
 word!(
     StepState,
     "STEP_STATE_",
-    [Blocked, Queued, Leased, Running, Succeeded, Failed, RetryWait, Cancelled, Dead, Waiting]
+    [
+        Blocked, Queued, Leased, Running, Succeeded, Failed, RetryWait, Cancelled, Dead, Waiting
+    ]
 );
-word!(WorkerState, "WORKER_STATE_", [Online, Draining, Recycling, Offline, Stopped]);
-word!(LeaseState, "LEASE_STATE_", [Active, Released, Expired, ForceReleased]);
-word!(ApprovalState, "APPROVAL_STATE_", [Pending, Approved, Rejected, Expired, Cancelled]);
-word!(Outcome, "OUTCOME_", [Succeeded, Failed, TimedOut, Cancelled]);
+word!(
+    WorkerState,
+    "WORKER_STATE_",
+    [Online, Draining, Recycling, Offline, Stopped]
+);
+word!(
+    LeaseState,
+    "LEASE_STATE_",
+    [Active, Released, Expired, ForceReleased]
+);
+word!(
+    ApprovalState,
+    "APPROVAL_STATE_",
+    [Pending, Approved, Rejected, Expired, Cancelled]
+);
+word!(
+    Outcome,
+    "OUTCOME_",
+    [Succeeded, Failed, TimedOut, Cancelled]
+);
 
 /// The word for an enum field's wire value; "unknown" for a value this build
 /// does not know.
 pub fn word_of<T: Word + TryFrom<i32>>(value: i32) -> String {
-    T::try_from(value).map(Word::word).unwrap_or_else(|_| "unknown".to_owned())
+    T::try_from(value)
+        .map(Word::word)
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 #[cfg(test)]
@@ -81,10 +120,19 @@ mod tests {
     #[test]
     fn words_round_trip() {
         assert_eq!(RunState::WaitingApproval.word(), "waiting_approval");
-        assert_eq!(RunState::from_word("waiting_approval"), Some(RunState::WaitingApproval));
-        assert_eq!(RunState::from_word("waiting-approval"), Some(RunState::WaitingApproval));
+        assert_eq!(
+            RunState::from_word("waiting_approval"),
+            Some(RunState::WaitingApproval)
+        );
+        assert_eq!(
+            RunState::from_word("waiting-approval"),
+            Some(RunState::WaitingApproval)
+        );
         assert_eq!(RunState::from_word("unspecified"), None);
-        assert_eq!(StepState::from_word("retry_wait"), Some(StepState::RetryWait));
+        assert_eq!(
+            StepState::from_word("retry_wait"),
+            Some(StepState::RetryWait)
+        );
         assert_eq!(word_of::<LeaseState>(4), "force_released");
         assert_eq!(word_of::<LeaseState>(99), "unknown");
     }

@@ -647,21 +647,41 @@ impl Engine {
             .events
     }
 
-    /// Every event after `after_seq`, of every run.
+    /// Every event after `after_seq`, of every run (read page by page).
     pub async fn all_events(&self, after_seq: u64) -> Vec<pb::Event> {
-        let req = pb::ListEventsRequest {
-            after_seq,
-            limit: 10_000,
-            run_id: String::new(),
-        };
-        self.api()
-            .await
-            .events
-            .list_events(req)
-            .await
-            .expect("ListEvents")
-            .into_inner()
-            .events
+        let mut api = self.api().await;
+        let mut out: Vec<pb::Event> = Vec::new();
+        let mut after = after_seq;
+        loop {
+            let req = pb::ListEventsRequest {
+                after_seq: after,
+                limit: 10_000,
+                run_id: String::new(),
+            };
+            let page = api
+                .events
+                .list_events(req)
+                .await
+                .expect("ListEvents")
+                .into_inner()
+                .events;
+            let Some(last) = page.last() else {
+                return out;
+            };
+            after = last.seq;
+            out.extend(page);
+        }
+    }
+
+    /// The engine process's resident memory, in KiB, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read the engine's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
     }
 
     /// Polls the event log (all runs when `run_id` is empty) until an event
@@ -790,6 +810,7 @@ pub struct Worker {
     id: String,
     child: Option<Child>,
     pid: u32,
+    spool: PathBuf,
 }
 
 impl Worker {
@@ -818,6 +839,12 @@ impl Worker {
         for q in queues {
             cmd.args(["--queue", q]);
         }
+        // Each test's workers spool in its own data dir: tests run at once
+        // with the same worker ids.
+        let spool = Self::spool_dir_of(engine, id);
+        if !extra.contains(&"--spool-dir") {
+            cmd.arg("--spool-dir").arg(&spool);
+        }
         cmd.args(["--slots", &slots.to_string()])
             .args(["--cancel-grace", &engine.opts.cancel_grace])
             .args(extra)
@@ -828,7 +855,38 @@ impl Worker {
             id: id.to_owned(),
             pid: child.id(),
             child: Some(child),
+            spool,
         }
+    }
+
+    /// Where the harness has worker `id` of `engine` spool its results.
+    pub fn spool_dir_of(engine: &Engine, id: &str) -> PathBuf {
+        engine.data_dir().join("spool").join(id)
+    }
+
+    /// The result files in this worker's spool (lock and temporary files left out).
+    pub fn spooled(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.spool)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        });
+        files.sort();
+        files
+    }
+
+    /// SIGSTOP to the worker process alone: frozen, as by a partition or a
+    /// stalled VM. Its steps, in their own process groups, keep running.
+    pub fn freeze(&self) {
+        kill(Pid::from_raw(self.pid as i32), Signal::SIGSTOP).expect("SIGSTOP the worker");
+    }
+
+    /// SIGCONT after [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        kill(Pid::from_raw(self.pid as i32), Signal::SIGCONT).expect("SIGCONT the worker");
     }
 
     pub fn id(&self) -> &str {
@@ -852,9 +910,144 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A frozen process does not die of SIGKILL until it runs again.
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
             let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
         }
+    }
+}
+
+// --------------------------------------------------------------- fake agent
+
+/// A hand-driven Agent.Session: the test says Hello, reads what the engine
+/// sends and answers as it likes (e.g. heartbeats forever, never a result).
+pub struct FakeAgent {
+    pub id: String,
+    up: tokio::sync::mpsc::Sender<pb::AgentMessage>,
+    down: tonic::Streaming<pb::EngineMessage>,
+}
+
+impl FakeAgent {
+    /// Opens a session as worker `id` serving `queues` and waits for the Welcome.
+    pub async fn connect(
+        engine: &Engine,
+        id: &str,
+        queues: &[&str],
+        slots: u32,
+    ) -> (FakeAgent, pb::Welcome) {
+        let (up, rx) = tokio::sync::mpsc::channel(64);
+        let hello = pb::Hello {
+            worker_id: id.into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            slots,
+            generation: 1,
+            version: "e2e-fake".into(),
+            ..Default::default()
+        };
+        up.send(pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let down = engine
+            .api()
+            .await
+            .agent
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("open an agent session")
+            .into_inner();
+        let mut agent = FakeAgent {
+            id: id.to_owned(),
+            up,
+            down,
+        };
+        let welcome = match agent.next().await.kind {
+            Some(pb::engine_message::Kind::Welcome(w)) => w,
+            other => panic!("expected a Welcome, got {other:?}"),
+        };
+        (agent, welcome)
+    }
+
+    /// The next message from the engine (within [`DEADLINE`]).
+    pub async fn next(&mut self) -> pb::EngineMessage {
+        tokio::time::timeout(DEADLINE, self.down.message())
+            .await
+            .expect("a message from the engine in time")
+            .expect("the session stays open")
+            .expect("a message, not the end of the session")
+    }
+
+    /// The next assignment, skipping other messages.
+    pub async fn assignment(&mut self) -> pb::Assignment {
+        loop {
+            if let Some(pb::engine_message::Kind::Assign(a)) = self.next().await.kind {
+                return a;
+            }
+        }
+    }
+
+    pub async fn send(&self, kind: pb::agent_message::Kind) {
+        self.up
+            .send(pb::AgentMessage { kind: Some(kind) })
+            .await
+            .expect("the session is open");
+    }
+
+    /// Says the step of `a` started, as process `pid`.
+    pub async fn started(&self, a: &pb::Assignment, pid: u32) {
+        self.send(pb::agent_message::Kind::Started(pb::StepStarted {
+            lease_id: a.lease_id.clone(),
+            fencing_token: a.fencing_token,
+            pid,
+        }))
+        .await;
+    }
+
+    /// Heartbeats holding `held` every `every` until the task is aborted
+    /// (or the session ends): a worker that is alive but makes no progress.
+    pub fn keep_heartbeating(
+        &self,
+        held: &[&pb::Assignment],
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let held: Vec<pb::HeldLease> = held
+            .iter()
+            .map(|a| pb::HeldLease {
+                lease_id: a.lease_id.clone(),
+                fencing_token: a.fencing_token,
+            })
+            .collect();
+        let up = self.up.clone();
+        tokio::spawn(async move {
+            loop {
+                let beat = pb::AgentMessage {
+                    kind: Some(pb::agent_message::Kind::Heartbeat(pb::AgentHeartbeat {
+                        held: held.clone(),
+                    })),
+                };
+                if up.send(beat).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// One heartbeat holding `held`.
+    pub async fn heartbeat(&self, held: &[&pb::Assignment]) {
+        let held = held
+            .iter()
+            .map(|a| pb::HeldLease {
+                lease_id: a.lease_id.clone(),
+                fencing_token: a.fencing_token,
+            })
+            .collect();
+        self.send(pb::agent_message::Kind::Heartbeat(pb::AgentHeartbeat {
+            held,
+        }))
+        .await;
     }
 }
 

@@ -34,7 +34,10 @@ impl Tmux {
         let tmux = Self { server };
         let mut line = vec![shell_quote(&program.display().to_string())];
         line.extend(args.iter().map(|a| shell_quote(a)));
-        let script = format!("{}; echo \"[console exited: $?]\"; sleep 600", line.join(" "));
+        let script = format!(
+            "{}; echo \"[console exited: $?]\"; sleep 600",
+            line.join(" ")
+        );
         let out = tmux.run(&[
             "new-session",
             "-d",
@@ -68,7 +71,8 @@ impl Tmux {
                 cmd.env_remove(&name);
             }
         }
-        cmd.output().expect("run tmux (is it installed? apt-get install tmux)")
+        cmd.output()
+            .expect("run tmux (is it installed? apt-get install tmux)")
     }
 
     fn screen(&self) -> String {
@@ -85,7 +89,11 @@ impl Tmux {
 
     /// Text typed literally.
     fn text(&self, text: &str) {
-        assert!(self.run(&["send-keys", "-t", SESSION, "-l", text]).status.success());
+        assert!(
+            self.run(&["send-keys", "-t", SESSION, "-l", text])
+                .status
+                .success()
+        );
     }
 
     fn resize(&self, width: u16, height: u16) {
@@ -107,7 +115,13 @@ impl Tmux {
 
     /// Polls the screen until `pred` holds; fails with the last screen (and
     /// the engine's logs) when `timeout` passes first.
-    async fn wait(&self, what: &str, engine: &Engine, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    async fn wait(
+        &self,
+        what: &str,
+        engine: &Engine,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let screen = self.screen();
@@ -189,9 +203,12 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     .await;
     tmux.keys(&["6"]);
     let screen = tmux
-        .wait("the approval on the Approvals screen", &engine, DEADLINE, |s| {
-            s.contains("ship-it") && s.contains("pending")
-        })
+        .wait(
+            "the approval on the Approvals screen",
+            &engine,
+            DEADLINE,
+            |s| s.contains("ship-it") && s.contains("pending"),
+        )
         .await;
     assert!(
         screen.contains(&format!("as {me}")),
@@ -207,8 +224,10 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     tmux.keys(&["Tab"]);
     let reason = "e2e: change 42 looks good";
     tmux.text(reason);
-    tmux.wait("the typed reason", &engine, DEADLINE, |s| s.contains(reason))
-        .await;
+    tmux.wait("the typed reason", &engine, DEADLINE, |s| {
+        s.contains(reason)
+    })
+    .await;
     tmux.keys(&["Tab", "Enter"]);
     tmux.wait("the outcome in the status line", &engine, DEADLINE, |s| {
         s.contains(&format!("approved {}", approval.id)) && s.contains("continues")
@@ -216,7 +235,9 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     .await;
 
     // The engine recorded it, with that reason and our name; the run ends.
-    let done = engine.wait_run_state(&run.id, RunState::Succeeded, DEADLINE).await;
+    let done = engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
     assert_eq!(done.state, RunState::Succeeded as i32);
     let events = engine.events(&run.id).await;
     let approved = events
@@ -226,9 +247,12 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     assert_eq!(approved.reason, reason);
     assert_eq!(approved.actor, me);
     tmux.keys(&["8"]);
-    tmux.wait("the run's end on the Events screen", &engine, DEADLINE, |s| {
-        s.contains("run.succeeded")
-    })
+    tmux.wait(
+        "the run's end on the Events screen",
+        &engine,
+        DEADLINE,
+        |s| s.contains("run.succeeded"),
+    )
     .await;
 
     // The engine restarts; the console is not restarted and shows what

@@ -150,6 +150,7 @@ async fn a_killed_workers_lease_expires_after_the_ttl_another_worker_finishes_th
         has_exit_code: true,
         message: "stale attempt".into(),
         finished_at_ms: 0,
+        ..Default::default()
     };
     up.send(AgentMessage {
         kind: Some(agent_message::Kind::Result(stale)),

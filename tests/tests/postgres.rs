@@ -9,10 +9,20 @@ use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, sh};
 async fn fresh_database() -> Option<String> {
     use sqlx::Connection;
     let server = std::env::var("OPSDECK_TEST_POSTGRES").ok()?;
-    let name = format!("opsdeck_e2e_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to OPSDECK_TEST_POSTGRES");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create a database");
-    let (base, _) = server.rsplit_once('/').expect("a database URL ending in /DBNAME");
+    let name = format!(
+        "opsdeck_e2e_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to OPSDECK_TEST_POSTGRES");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create a database");
+    let (base, _) = server
+        .rsplit_once('/')
+        .expect("a database URL ending in /DBNAME");
     Some(format!("{base}/{name}"))
 }
 
@@ -22,7 +32,10 @@ async fn on_postgres_runs_finish_and_survive_an_engine_kill() {
         eprintln!("OPSDECK_TEST_POSTGRES is not set: nothing to test against");
         return;
     };
-    let opts = EngineOpts { config: format!("[engine]\ndatabase = \"{url}\"\n"), ..Default::default() };
+    let opts = EngineOpts {
+        config: format!("[engine]\ndatabase = \"{url}\"\n"),
+        ..Default::default()
+    };
     let mut engine = Engine::start(opts).await;
     let _worker = Worker::start(&engine, "w1", &["pg"], 2).await;
     let marker = engine.path("ran");
@@ -31,7 +44,9 @@ async fn on_postgres_runs_finish_and_survive_an_engine_kill() {
         sh(&format!("echo ran >> {}", marker.display()))
     );
     let run = engine.submit(&spec).await;
-    engine.wait_run_state(&run.id, RunState::Succeeded, DEADLINE).await;
+    engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
     let before = engine.all_events(0).await;
 
     engine.kill9();
@@ -39,13 +54,30 @@ async fn on_postgres_runs_finish_and_survive_an_engine_kill() {
     let reloaded = engine.get_run(&run.id).await;
     assert_eq!(reloaded.state, RunState::Succeeded as i32);
     let after = engine.all_events(0).await;
-    assert_eq!(after[..before.len()], before[..], "every event is still there after kill -9");
+    assert_eq!(
+        after[..before.len()],
+        before[..],
+        "every event is still there after kill -9"
+    );
 
     // The seq carries on from the stored log.
     let second = engine.submit(&spec).await;
-    engine.wait_run_state(&second.id, RunState::Succeeded, DEADLINE).await;
+    engine
+        .wait_run_state(&second.id, RunState::Succeeded, DEADLINE)
+        .await;
     let all = engine.all_events(0).await;
     let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one gap-free seq");
-    assert_eq!(std::fs::read_to_string(&marker).expect("the marker").lines().count(), 2, "each run's step ran once");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "one gap-free seq"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker)
+            .expect("the marker")
+            .lines()
+            .count(),
+        2,
+        "each run's step ran once"
+    );
 }

@@ -1,6 +1,6 @@
 //! A load for measuring the console: submits runs to a paused queue at a
 //! steady rate and cancels each at once, so that the engine records a few
-//! events per run (`run.submitted`, `step.queued`, `run.cancelled`, …)
+//! events per run (`run.submitted`, `step.queued`, `run.cancelled`)
 //! with no worker involved and no queue growing without bound.
 //!
 //! cargo run --release -p opsdeck-tui --example load -- ENGINE EVENTS_PER_SEC SECONDS
@@ -47,8 +47,8 @@ async fn main() {
         })
         .await
         .expect("pause");
-    // run.submitted, step.queued, step.cancelled, run.cancelled.
-    let runs_per_sec = events_per_sec / 4.0;
+    // run.submitted, step.queued, run.cancelled.
+    let runs_per_sec = events_per_sec / 3.0;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / runs_per_sec));
     let inflight = Arc::new(Semaphore::new(64));
     let started = Instant::now();

@@ -452,6 +452,10 @@ pub struct RunView {
     pub scroll: usize,
 }
 
+/// A list this long is listed again at most every [`BIG_LIST_MS`] when
+/// only the data changed (see [`App::sync`]).
+const BIG_LIST: usize = 5_000;
+const BIG_LIST_MS: i64 = 250;
 /// Lines of a step's output kept for the log tail.
 const LOG_LINES: usize = 2_000;
 /// Bytes of each attempt's output asked for.
@@ -487,6 +491,7 @@ pub struct App {
     /// The current list's row keys, filtered and ordered ([`App::sync`]).
     pub rows: Vec<String>,
     rows_for: Option<(Screen, String, u64, bool)>,
+    rows_at_ms: i64,
     pub run: RunView,
     pub input: Input,
     pub modal: Option<Modal>,
@@ -574,6 +579,7 @@ impl App {
             lists: Default::default(),
             rows: Vec::new(),
             rows_for: None,
+            rows_at_ms: 0,
             run: RunView::default(),
             input: Input::Normal,
             modal: None,
@@ -637,9 +643,20 @@ impl App {
         let filter = self.list(screen).filter.clone();
         let version = self.shown().0.version;
         let key = (screen, filter, version, frozen);
-        if self.rows_for.as_ref() != Some(&key) {
+        // A long list whose only change is the data is listed again at
+        // most a few times a second: at 1,000 events a second, listing
+        // 50,000 runs for every frame is most of what the console would
+        // do. The rows shown are looked up afresh every frame, so only a
+        // new row's arrival waits.
+        let throttled = self.rows_for.as_ref().is_some_and(|(s, f, _, z)| {
+            (*s, f.as_str(), *z) == (screen, key.1.as_str(), frozen)
+                && self.rows.len() >= BIG_LIST
+                && self.now_ms - self.rows_at_ms < BIG_LIST_MS
+        });
+        if self.rows_for.as_ref() != Some(&key) && !throttled {
             self.rows = rows(self.shown().0, screen, &key.1, self.now_ms);
             self.rows_for = Some(key);
+            self.rows_at_ms = self.now_ms;
         }
         let len = self.rows.len();
         let follow = screen == Screen::Events && self.events_follow;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
 use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{cursor, execute};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use opsdeck_proto::v1::{
     GetOutputRequest, ListEventsRequest, ListLeasesRequest, ListWorkersRequest,
 };
@@ -34,6 +34,8 @@ use crate::view::Console;
 
 /// Frames a second at most, when things change faster than that.
 pub const FRAME_RATE: u32 = 30;
+/// Messages applied before a frame at most, when more keep coming.
+const MAX_BATCH: usize = 256;
 
 /// Why the console could not run.
 #[derive(Debug, thiserror::Error)]
@@ -154,28 +156,45 @@ pub async fn run(target: Target, auth: Auth, readonly: bool) -> Result<(), Conso
             _ = tick.tick() => Msg::Tick,
             _ = tokio::time::sleep_until(drawn_at + frame), if dirty => continue,
         };
-        if let (Some(stats), Msg::Tick) = (&mut stats, &msg) {
-            stats.tick();
+        // Whatever else is ready goes into the same frame: the events of
+        // one engine transaction arrive together, and drawing after the
+        // first would show the rest a frame late.
+        let mut batch = vec![msg];
+        while batch.len() < MAX_BATCH {
+            if let Some(update) = conn.next().now_or_never() {
+                if let (Some(stats), Update::Event(e)) = (&mut stats, &update) {
+                    stats.event(e.at_ms);
+                }
+                batch.push(Msg::Conn(update));
+            } else if let Ok(msg) = results_rx.try_recv() {
+                batch.push(msg);
+            } else {
+                break;
+            }
         }
-        app.now_ms = now_ms();
-        let cmds = app::update(&mut app, msg);
-        dirty = true;
-        for cmd in cmds {
-            match cmd {
-                Cmd::Quit => return Ok(()),
-                Cmd::Resync => conn.resync(),
-                cmd => {
-                    let engine = conn.engine().cloned();
-                    let results = results.clone();
-                    tokio::spawn(async move {
-                        if let Some(msg) = carry_out(engine, cmd).await {
-                            // The loop may be gone; then nobody waits for it.
-                            let _ = results.send(msg);
-                        }
-                    });
+        for msg in batch {
+            if let (Some(stats), Msg::Tick) = (&mut stats, &msg) {
+                stats.tick();
+            }
+            app.now_ms = now_ms();
+            for cmd in app::update(&mut app, msg) {
+                match cmd {
+                    Cmd::Quit => return Ok(()),
+                    Cmd::Resync => conn.resync(),
+                    cmd => {
+                        let engine = conn.engine().cloned();
+                        let results = results.clone();
+                        tokio::spawn(async move {
+                            if let Some(msg) = carry_out(engine, cmd).await {
+                                // The loop may be gone; then nobody waits for it.
+                                let _ = results.send(msg);
+                            }
+                        });
+                    }
                 }
             }
         }
+        dirty = true;
     }
 }
 
@@ -402,7 +421,8 @@ impl Stats {
     fn event(&mut self, at_ms: i64) {
         self.events += 1;
         self.undrawn_since_ms.get_or_insert(at_ms);
-        self.undrawn_arrived.get_or_insert_with(std::time::Instant::now);
+        self.undrawn_arrived
+            .get_or_insert_with(std::time::Instant::now);
     }
 
     fn drawn(&mut self, took: Duration) {
@@ -413,7 +433,8 @@ impl Stats {
             self.latency_ms.push(now_ms() - at);
         }
         if let Some(arrived) = self.undrawn_arrived.take() {
-            self.here_us.push(i64::try_from(arrived.elapsed().as_micros()).unwrap_or(i64::MAX));
+            self.here_us
+                .push(i64::try_from(arrived.elapsed().as_micros()).unwrap_or(i64::MAX));
         }
     }
 

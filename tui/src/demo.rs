@@ -165,18 +165,27 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
         processes.children.push(((*id).to_owned(), child));
     }
 
+    // From here on a signal ends the demo through the same clean-up as
+    // quitting does: ctrl-c (once the console has given the terminal
+    // back, or in headless mode), SIGTERM, and SIGHUP when the terminal
+    // goes away. Listening replaces the default of dying on the spot,
+    // which would leave the data dir behind.
+    let mut signals = Signals::new();
     let workload = tokio::spawn(workload(engine.clone(), args.rate));
     let result = if args.headless {
         println!("demo engine: {addr} (data and logs in {})", data.display());
         println!("watch it with: opsdeck --engine {addr}");
-        let _ = tokio::signal::ctrl_c().await;
+        signals.any().await;
         Ok(())
     } else {
         let target = Target {
             addr: EngineAddr::Unix(socket),
             origin: Origin::Given,
         };
-        console::run(target, Auth::default(), args.readonly).await
+        tokio::select! {
+            result = console::run(target, Auth::default(), args.readonly) => result,
+            () = signals.any() => Ok(()),
+        }
     };
     workload.abort();
     processes.stop();
@@ -188,6 +197,31 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
         ));
     }
     result.map_err(DemoError::from)
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught rather than fatal.
+struct Signals(Vec<tokio::signal::unix::Signal>);
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ];
+        // A signal that cannot be listened to keeps its default.
+        Self(kinds.into_iter().filter_map(|k| signal(k).ok()).collect())
+    }
+
+    /// The next of them.
+    async fn any(&mut self) {
+        if self.0.is_empty() {
+            return std::future::pending().await;
+        }
+        let all = self.0.iter_mut().map(|s| Box::pin(s.recv()));
+        futures::future::select_all(all).await;
+    }
 }
 
 fn engine_binary() -> Result<PathBuf, DemoError> {

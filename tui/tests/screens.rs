@@ -240,3 +240,26 @@ fn output_is_made_safe_for_the_terminal() {
     assert!(frame.contains("warning: cache miss"), "{frame}");
     assert!(!frame.contains('\x1b'));
 }
+
+#[test]
+fn the_palette_follows_no_color_colorterm_and_term() {
+    let detect = Palette::detect;
+    assert_eq!(
+        detect(Some("1"), Some("xterm-256color"), Some("truecolor")),
+        Palette::Mono
+    );
+    assert_eq!(detect(None, Some("dumb"), None), Palette::Mono);
+    assert_eq!(
+        detect(Some(""), Some("xterm"), None),
+        Palette::Ansi16,
+        "an empty NO_COLOR does not count"
+    );
+    assert_eq!(detect(None, Some("xterm"), None), Palette::Ansi16);
+    assert_eq!(detect(None, Some("screen"), None), Palette::Ansi16);
+    assert_eq!(detect(None, Some("tmux-256color"), None), Palette::Ansi256);
+    assert_eq!(
+        detect(None, Some("xterm"), Some("truecolor")),
+        Palette::Ansi256
+    );
+    assert_eq!(detect(None, None, Some("24bit")), Palette::Ansi256);
+}

@@ -608,3 +608,41 @@ fn the_events_screen_follows_the_newest_until_moved() {
     app::update(&mut app, key('F'));
     assert_eq!(app.selected_key(), Some("46"));
 }
+
+#[test]
+fn a_long_list_is_listed_again_a_few_times_a_second_but_at_once_on_a_new_filter() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    let template = runs()[3].clone();
+    for i in 0..6_000 {
+        let mut run = template.clone();
+        run.id = format!("01HBULK{i:019}");
+        app.data.runs.insert(run.id.clone(), run);
+    }
+    app.data.version += 1;
+    app.now_ms += 1_000;
+    app.sync();
+    let listed = app.rows.len();
+    assert_eq!(listed, 6_004);
+    let mut run = template.clone();
+    run.id = "01HZZZNEWEST".into();
+    let event = Event {
+        seq: 46,
+        run: Some(run),
+        ..Event::default()
+    };
+    app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
+    app.sync();
+    assert_eq!(
+        app.rows.len(),
+        listed,
+        "not listed again within the same instant"
+    );
+    app.now_ms += 300;
+    app.sync();
+    assert_eq!(app.rows.len(), listed + 1);
+    assert_eq!(app.rows[0], "01HZZZNEWEST");
+    app::update(&mut app, key('/'));
+    type_text(&mut app, "NEWEST");
+    assert_eq!(app.rows, ["01HZZZNEWEST"], "a new filter lists at once");
+}

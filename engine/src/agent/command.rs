@@ -69,6 +69,12 @@ pub struct WorkerArgs {
     /// How long a cancelled or timed-out step has between SIGTERM and SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub cancel_grace: Duration,
+
+    /// Where results wait on disk until the engine acknowledges them
+    /// [default: DATA_DIR/spool/ID, DATA_DIR being $XDG_STATE_HOME/opsdeck or
+    /// /var/lib/opsdeck as a service]
+    #[arg(long, value_name = "DIR", env = "OPSDECK_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for WorkerArgs {
@@ -81,6 +87,7 @@ impl fmt::Debug for WorkerArgs {
             .field("labels", &self.labels)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("cancel_grace", &self.cancel_grace)
+            .field("spool_dir", &self.spool_dir)
             .finish()
     }
 }
@@ -106,8 +113,14 @@ impl WorkerArgs {
                 bail!("label {key:?} is given twice");
             }
         }
+        let spool_dir = self.spool_dir.clone().unwrap_or_else(|| {
+            crate::config::default_data_dir()
+                .join("spool")
+                .join(&worker_id)
+        });
         let opts = AgentOptions {
             engine: self.engine.clone(),
+            spool_dir: Some(spool_dir),
             worker_id,
             queues,
             slots: self.slots,
@@ -133,6 +146,7 @@ pub async fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
         queues = opts.queues.join(","),
         slots = opts.slots,
         generation,
+        spool = %opts.spool_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default(),
         "worker starting"
     );
 
@@ -294,6 +308,8 @@ mod tests {
             "zone=eu-1",
             "--cancel-grace",
             "1m 30s",
+            "--spool-dir",
+            "/var/spool/opsdeck/build-7",
         ])
         .unwrap();
         let opts = args.options(3).unwrap();
@@ -310,6 +326,10 @@ mod tests {
         );
         assert_eq!(opts.cancel_grace, Duration::from_secs(90));
         assert_eq!(opts.generation, 3);
+        assert_eq!(
+            opts.spool_dir,
+            Some(PathBuf::from("/var/spool/opsdeck/build-7"))
+        );
     }
 
     #[test]
@@ -319,6 +339,11 @@ mod tests {
         assert_eq!(opts.slots, 1);
         assert_eq!(opts.cancel_grace, Duration::from_secs(10));
         assert!(!opts.worker_id.is_empty());
+        let spool = opts.spool_dir.unwrap();
+        assert!(
+            spool.ends_with(format!("spool/{}", opts.worker_id)),
+            "{spool:?}"
+        );
     }
 
     #[test]

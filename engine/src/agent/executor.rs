@@ -26,6 +26,11 @@ use tokio::{
 /// The largest `StepOutput` chunk sent up (64 KiB).
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
 
+/// How much of a step's latest output is kept with its result (8 KiB), so
+/// that the spool holds it and the engine gets it if the live output was
+/// lost while it was unreachable.
+pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
+
 /// The future of one step, resolving to how it ended.
 pub type StepFuture = Pin<Box<dyn Future<Output = StepExit> + Send + 'static>>;
 
@@ -180,6 +185,8 @@ struct ReportState {
     announced: bool,
     /// Output bytes dropped while disconnected.
     lost_bytes: u64,
+    /// The last [`OUTPUT_TAIL_BYTES`] of output, stdout and stderr as written.
+    tail: std::collections::VecDeque<u8>,
 }
 
 impl Reporter {
@@ -203,6 +210,13 @@ impl Reporter {
         // A step that started while the worker was disconnected announces
         // itself before its first output on the new connection.
         self.announce().await;
+        {
+            let mut state = self.lock();
+            let keep = &data[data.len().saturating_sub(OUTPUT_TAIL_BYTES)..];
+            state.tail.extend(keep);
+            let excess = state.tail.len().saturating_sub(OUTPUT_TAIL_BYTES);
+            state.tail.drain(..excess);
+        }
         for chunk in data.chunks(MAX_OUTPUT_CHUNK) {
             let msg = agent_message::Kind::Output(StepOutput {
                 lease_id: self.lease_id.to_string(),
@@ -225,6 +239,11 @@ impl Reporter {
     /// Output bytes that could not be sent because the worker was disconnected.
     pub fn lost_bytes(&self) -> u64 {
         self.lock().lost_bytes
+    }
+
+    /// The last [`OUTPUT_TAIL_BYTES`] of the step's output.
+    pub fn tail(&self) -> Vec<u8> {
+        self.lock().tail.iter().copied().collect()
     }
 
     async fn announce(&self) {

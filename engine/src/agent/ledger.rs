@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use opsdeck_proto::v1::{HeldLease, StepResult};
 use tokio::{sync::watch, task};
 
-use super::executor::{StepExit, Stop, StopReason};
+use super::executor::{Reporter, StepExit, Stop, StopReason};
 
 #[derive(Default)]
 pub(super) struct Ledger {
@@ -26,6 +26,8 @@ pub(super) struct Running {
     /// The engine revoked the lease: the step is being stopped and nobody
     /// will accept its result.
     pub revoked: bool,
+    /// The step's reporter, for the output tail and the bytes lost.
+    pub reporter: Reporter,
 }
 
 impl Ledger {
@@ -80,11 +82,13 @@ impl Ledger {
         }
     }
 
-    /// The engine does not recognise `lease_id` any more: stop its step and
-    /// forget its result. Returns what was done, for the log.
+    /// The engine does not recognise `lease_id` any more: stop its step.
+    /// A finished step's result is kept and still sent: the engine refuses
+    /// it and records that, and its ack lets the spool forget it. Returns
+    /// what was done, for the log.
     pub fn revoke(&mut self, lease_id: &str, stop: Stop) -> Revoked {
-        if self.results.remove(lease_id).is_some() {
-            return Revoked::ResultDropped;
+        if self.results.contains_key(lease_id) {
+            return Revoked::Finished;
         }
         match self.running.get_mut(lease_id) {
             Some(running) => {
@@ -128,9 +132,17 @@ impl Ledger {
             has_exit_code: exit.exit_code.is_some(),
             message: exit.message,
             finished_at_ms,
+            output_tail: running.reporter.tail(),
+            output_lost_bytes: running.reporter.lost_bytes(),
         };
         self.results.insert(lease_id.to_owned(), result.clone());
         Some(result)
+    }
+
+    /// A result spooled by an earlier process of this worker, to be sent
+    /// (and held) like one of this process's.
+    pub fn restore(&mut self, result: StepResult) {
+        self.results.insert(result.lease_id.clone(), result);
     }
 
     /// The engine took (or refused for good) the result for `lease_id`.
@@ -149,7 +161,8 @@ impl Ledger {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Revoked {
     Stopping,
-    ResultDropped,
+    /// Finished: its result goes to the engine anyway, to be refused.
+    Finished,
     Unknown,
 }
 
@@ -172,6 +185,7 @@ mod tests {
                 task,
                 stop,
                 revoked: false,
+                reporter: Reporter::new(lease, token, watch::channel(None).1),
             },
         );
         rx
@@ -233,12 +247,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn revoking_a_finished_step_drops_its_result() {
+    async fn revoking_a_finished_step_keeps_its_result_for_the_engine_to_refuse() {
         let mut ledger = Ledger::default();
         let _stop = running(&mut ledger, "a", 1);
         ledger.finish("a", StepExit::succeeded("ok"), 1);
-        assert_eq!(ledger.revoke("a", cancel()), Revoked::ResultDropped);
+        assert_eq!(ledger.revoke("a", cancel()), Revoked::Finished);
         assert_eq!(ledger.revoke("zzz", cancel()), Revoked::Unknown);
+        assert_eq!(ledger.results().len(), 1);
+        assert!(ledger.ack("a").is_some());
         assert!(ledger.held().is_empty());
     }
 

@@ -8,15 +8,20 @@
 //! - `session`: one Agent.Session stream (Hello → Welcome, then messages).
 //! - `ledger`: leases in hand — running steps and unacknowledged results —
 //!   kept across reconnects.
+//! - `spool`: each result on disk until the engine acknowledges it, kept
+//!   across engine outages and worker restarts.
 //! - [`executor`]: the [`Executor`] trait and [`InstantExecutor`];
 //!   `process`: [`ProcessExecutor`], steps as real process groups.
 //! - `command`: the `opsdeckd worker` command line, signals and re-exec.
 //!
 //! Protocol as the worker speaks it: the first message of every session is a
 //! Hello listing the leases in hand (running, or finished with the result not
-//! yet acknowledged). Per step, StepStarted comes before its output and the
+//! yet acknowledged, including results a previous process of this worker
+//! left in the spool). Per step, StepStarted comes before its output and the
 //! output before its StepResult. A result is resent after every reconnect
-//! until a ResultAck for its lease arrives. A worker that starts draining on
+//! until a ResultAck for its lease arrives (accepted or refused), even when
+//! the Welcome says its lease is no longer held: the engine decides, and
+//! records a refusal. A worker that starts draining on
 //! its own (SIGTERM) says so by closing its session and opening a new one
 //! whose Hello has `draining` set.
 
@@ -29,9 +34,10 @@ mod fake_engine_tests;
 mod ledger;
 mod process;
 mod session;
+mod spool;
 mod worker;
 
-use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure};
 use opsdeck_proto::endpoint::EngineAddr;
@@ -62,6 +68,9 @@ pub struct AgentOptions {
     pub generation: u64,
     /// SIGTERM-to-SIGKILL wait for cancels (unless CancelStep says) and timeouts.
     pub cancel_grace: Duration,
+    /// Where results wait on disk until the engine acknowledges them; `None`
+    /// keeps them in memory only (lost if the process dies first).
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -76,6 +85,7 @@ impl AgentOptions {
             token: None,
             generation: 1,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            spool_dir: None,
         }
     }
 
@@ -117,6 +127,7 @@ impl fmt::Debug for AgentOptions {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("generation", &self.generation)
             .field("cancel_grace", &self.cancel_grace)
+            .field("spool_dir", &self.spool_dir)
             .finish()
     }
 }
@@ -156,7 +167,20 @@ pub(crate) async fn run_until(
 ) -> anyhow::Result<AgentExit> {
     opts.validate()?;
     let span = tracing::info_span!("worker", worker_id = %opts.worker_id);
-    let worker = worker::Worker::new(opts, executor, host_name().unwrap_or_default());
+    let (spool, spooled) = match &opts.spool_dir {
+        Some(dir) => {
+            let (spool, spooled) = spool::Spool::open(dir, &opts.worker_id)?;
+            (Some(spool), spooled)
+        }
+        None => (None, Vec::new()),
+    };
+    let worker = worker::Worker::new(
+        opts,
+        executor,
+        host_name().unwrap_or_default(),
+        spool,
+        spooled,
+    );
     Ok(worker.run(shutdown, kill).instrument(span).await)
 }
 

@@ -24,6 +24,7 @@ use super::{
     executor::{Executor, Reporter, StepContext, StepControl, StepExit, Stop, StopReason},
     ledger::{Ledger, Revoked, Running},
     session::{self, Session, SessionEvent},
+    spool::Spool,
 };
 
 /// When winding down, how long to wait for the engine to acknowledge the
@@ -38,6 +39,8 @@ pub(super) struct Worker {
     executor: Arc<dyn Executor>,
     host: String,
     ledger: Ledger,
+    /// Results on disk until acknowledged; `None` keeps them in memory only.
+    spool: Option<Spool>,
     /// The running steps. Dropping the set aborts them, which kills their
     /// processes: nobody would be left to report their results.
     steps: JoinSet<Finished>,
@@ -105,12 +108,31 @@ enum Wake {
 }
 
 impl Worker {
-    pub fn new(opts: AgentOptions, executor: Arc<dyn Executor>, host: String) -> Self {
+    /// A worker with `spool`, holding the results an earlier process of it
+    /// left there (`spooled`) to send first.
+    pub fn new(
+        opts: AgentOptions,
+        executor: Arc<dyn Executor>,
+        host: String,
+        spool: Option<Spool>,
+        spooled: Vec<opsdeck_proto::v1::StepResult>,
+    ) -> Self {
+        let mut ledger = Ledger::default();
+        if !spooled.is_empty() {
+            info!(
+                results = spooled.len(),
+                "found results an earlier process of this worker spooled; they go to the engine first"
+            );
+        }
+        for result in spooled {
+            ledger.restore(result);
+        }
         Self {
             opts,
             executor,
             host,
-            ledger: Ledger::default(),
+            ledger,
+            spool,
             steps: JoinSet::new(),
             uplink: watch::channel(None).0,
             conn: Conn::Down {
@@ -255,10 +277,11 @@ impl Worker {
                 Revoked::Stopping => {
                     warn!(lease_id, "the engine revoked this lease: stopping its step")
                 }
-                Revoked::ResultDropped => {
+                Revoked::Finished => {
                     warn!(
                         lease_id,
-                        "the engine revoked this lease: dropping its unsent result"
+                        "the engine no longer holds this lease for this worker: sending its result anyway, \
+                         for the engine to refuse and record"
                     )
                 }
                 Revoked::Unknown => debug!(lease_id, "the engine revoked a lease not held here"),
@@ -320,14 +343,21 @@ impl Worker {
                 self.ending = Some(Ending::Recycle);
             }
             Some(Kind::Recycle(_)) => debug!("recycle ignored: already on the way out"),
-            Some(Kind::Ack(ack)) => match self.ledger.ack(&ack.lease_id) {
-                Some(_) if ack.accepted => debug!(lease_id = ack.lease_id, "result accepted"),
-                Some(_) => warn!(
-                    lease_id = ack.lease_id,
-                    "the engine refused the step's result: {}", ack.message
-                ),
-                None => debug!(lease_id = ack.lease_id, "ack for a result not held here"),
-            },
+            Some(Kind::Ack(ack)) => {
+                match self.ledger.ack(&ack.lease_id) {
+                    Some(_) if ack.accepted => debug!(lease_id = ack.lease_id, "result accepted"),
+                    Some(_) => warn!(
+                        lease_id = ack.lease_id,
+                        "the engine refused the step's result: {}", ack.message
+                    ),
+                    None => debug!(lease_id = ack.lease_id, "ack for a result not held here"),
+                }
+                // Accepted or refused for good: either way the engine has
+                // decided, and the spool need not keep it.
+                if let Some(spool) = &mut self.spool {
+                    spool.remove(&ack.lease_id);
+                }
+            }
             Some(Kind::Welcome(_)) => warn!("the engine sent a second Welcome; ignoring it"),
             None => debug!("empty message from the engine"),
         }
@@ -368,8 +398,9 @@ impl Worker {
 
         let (stop, requests) = watch::channel(None);
         let timeout = (step.timeout_ms > 0).then(|| Duration::from_millis(step.timeout_ms));
+        let reporter = Reporter::new(&step.lease_id, step.fencing_token, self.uplink.subscribe());
         let ctx = StepContext {
-            reporter: Reporter::new(&step.lease_id, step.fencing_token, self.uplink.subscribe()),
+            reporter: reporter.clone(),
             control: StepControl::new(requests, timeout, self.opts.cancel_grace),
         };
         let lease_id = step.lease_id.clone();
@@ -400,6 +431,7 @@ impl Worker {
                 task: task.id(),
                 stop,
                 revoked: false,
+                reporter,
             },
         );
     }
@@ -424,6 +456,16 @@ impl Worker {
             self.ledger
                 .finish(&finished.lease_id, finished.exit, finished.finished_at_ms)
         {
+            // On disk before it goes: if this process dies before the engine
+            // acknowledges it, the next one sends it.
+            if let Some(spool) = &mut self.spool
+                && let Err(e) = spool.write(&result).await
+            {
+                tracing::error!(
+                    lease_id = result.lease_id,
+                    "cannot spool the step's result ({e:#}); it is kept in memory only"
+                );
+            }
             self.send(agent_message::Kind::Result(result)).await;
         }
     }
@@ -498,11 +540,19 @@ impl Worker {
             return None;
         }
         if unacked > 0 {
-            warn!(
-                unacked,
-                "leaving with results the engine has not acknowledged: their leases will expire \
-                 and the engine will run those steps again"
-            );
+            match &self.spool {
+                Some(spool) => warn!(
+                    unacked,
+                    spool = %spool.dir().display(),
+                    "leaving with results the engine has not acknowledged: they stay in the spool, \
+                     and the next process of this worker sends them"
+                ),
+                None => warn!(
+                    unacked,
+                    "leaving with results the engine has not acknowledged: their leases will expire \
+                     and the engine will run those steps again"
+                ),
+            }
         }
         Some(match ending {
             Ending::Stop => AgentExit::Stopped,

@@ -24,25 +24,43 @@ pub struct Auth {
 impl Auth {
     /// `tokens`: (identity, hex sha256 of the token).
     pub fn new(tokens: impl IntoIterator<Item = (String, String)>) -> Self {
-        let map = tokens.into_iter().map(|(identity, hash)| (hash.to_ascii_lowercase(), identity)).collect();
-        Self { tokens: Arc::new(map) }
+        let map = tokens
+            .into_iter()
+            .map(|(identity, hash)| (hash.to_ascii_lowercase(), identity))
+            .collect();
+        Self {
+            tokens: Arc::new(map),
+        }
     }
 
     fn identify(&self, req: &Request<()>) -> Result<Actor, Status> {
         if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
             let Some(cred) = info.peer_cred else {
-                return Err(Status::unauthenticated("the kernel gave no peer credentials for this socket connection"));
+                return Err(Status::unauthenticated(
+                    "the kernel gave no peer credentials for this socket connection",
+                ));
             };
-            return Ok(Actor { name: user_name(cred.uid()), transport: "unix" });
+            return Ok(Actor {
+                name: user_name(cred.uid()),
+                transport: "unix",
+            });
         }
         let bearer = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         let Some(token) = bearer else {
-            let via = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).map(|a| format!(" from {a}")).unwrap_or_default();
+            let via = req
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(|i| i.remote_addr())
+                .map(|a| format!(" from {a}"))
+                .unwrap_or_default();
             return Err(Status::unauthenticated(format!(
                 "no identity{via}: send `authorization: Bearer <token>` with a token from the engine's config \
                  (opsdeck --token / OPSDECK_TOKEN), or connect through the engine's Unix socket"
@@ -50,7 +68,10 @@ impl Auth {
         };
         let hash = hex::encode(Sha256::digest(token.as_bytes()));
         match self.tokens.get(&hash) {
-            Some(identity) => Ok(Actor { name: identity.clone(), transport: "tcp" }),
+            Some(identity) => Ok(Actor {
+                name: identity.clone(),
+                transport: "tcp",
+            }),
             None => Err(Status::unauthenticated(
                 "the bearer token is not known to this engine; check the token, or the [[token]] entries of the engine's config",
             )),

@@ -13,17 +13,31 @@ const DEFAULT_LIST: u32 = 1000;
 
 #[tonic::async_trait]
 impl Events for Api {
-    async fn list_events(&self, req: Request<pb::ListEventsRequest>) -> Result<Response<pb::ListEventsResponse>, Status> {
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let req = req.into_inner();
-        let limit = if req.limit == 0 { DEFAULT_LIST } else { req.limit.min(10_000) };
+        let limit = if req.limit == 0 {
+            DEFAULT_LIST
+        } else {
+            req.limit.min(10_000)
+        };
         let run = (!req.run_id.is_empty()).then_some(req.run_id.as_str());
-        let events = self.store.events_after(req.after_seq, limit, run).await.map_err(super::store_error)?;
+        let events = self
+            .store
+            .events_after(req.after_seq, limit, run)
+            .await
+            .map_err(super::store_error)?;
         Ok(Response::new(pb::ListEventsResponse { events }))
     }
 
     type FollowEventsStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
-    async fn follow_events(&self, req: Request<pb::FollowEventsRequest>) -> Result<Response<Self::FollowEventsStream>, Status> {
+    async fn follow_events(
+        &self,
+        req: Request<pb::FollowEventsRequest>,
+    ) -> Result<Response<Self::FollowEventsStream>, Status> {
         let req = req.into_inner();
         let run = (!req.run_id.is_empty()).then_some(req.run_id);
         let feed = super::watch::feed(self, req.after_seq, run, false).await?;
@@ -33,13 +47,20 @@ impl Events for Api {
 }
 
 /// Events only: a resync ends the stream with an error the client can act on.
-fn async_stream_events(feed: super::watch::Feed) -> impl Stream<Item = Result<pb::Event, Status>> + Send {
+fn async_stream_events(
+    feed: super::watch::Feed,
+) -> impl Stream<Item = Result<pb::Event, Status>> + Send {
     use tokio_stream::StreamExt;
     feed.into_stream().filter_map(|item| match item {
-        Ok(pb::WatchMessage { kind: Some(pb::watch_message::Kind::Event(e)) }) => Some(Ok(e)),
-        Ok(pb::WatchMessage { kind: Some(pb::watch_message::Kind::Resync(r)) }) => {
-            Some(Err(Status::resource_exhausted(format!("{}; follow again from your last seq", r.reason))))
-        }
+        Ok(pb::WatchMessage {
+            kind: Some(pb::watch_message::Kind::Event(e)),
+        }) => Some(Ok(e)),
+        Ok(pb::WatchMessage {
+            kind: Some(pb::watch_message::Kind::Resync(r)),
+        }) => Some(Err(Status::resource_exhausted(format!(
+            "{}; follow again from your last seq",
+            r.reason
+        )))),
         Ok(_) => None,
         Err(e) => Some(Err(e)),
     })

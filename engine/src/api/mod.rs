@@ -7,6 +7,7 @@
 mod agent;
 pub mod auth;
 mod events;
+mod limit;
 mod resources;
 mod runs;
 mod watch;
@@ -22,6 +23,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::codegen::http::Response;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
@@ -31,9 +33,16 @@ use crate::core::CoreHandle;
 use crate::domain::spec::Limits;
 use crate::store::{Store, StoreError};
 
-/// Requests up to this size are decoded, so that an oversized spec gets the
-/// engine's own answer naming the limit rather than a transport error.
+/// Requests up to this size are decoded by default (`limits.max_message_bytes`),
+/// so that an oversized spec gets the engine's own answer naming the spec
+/// limit rather than a transport error.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The least the Agent stream decodes whatever `limits.max_message_bytes`
+/// says: a worker's messages are bounded by the worker itself (output in
+/// chunks of 64 KiB, an 8 KiB output tail with each result), and a limit
+/// set low for API callers must not cut the engine off from its own workers.
+pub const MIN_AGENT_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// State shared by every service.
 #[derive(Clone)]
@@ -49,17 +58,24 @@ pub struct Api {
 fn id_arg(what: &str, id: String) -> Result<String, Status> {
     let id = id.trim().to_owned();
     if id.is_empty() {
-        return Err(Status::invalid_argument(format!("the {what} id is empty; give the id of a {what}")));
+        return Err(Status::invalid_argument(format!(
+            "the {what} id is empty; give the id of a {what}"
+        )));
     }
     if id.len() > 256 {
-        return Err(Status::invalid_argument(format!("the {what} id is {} characters long; ids are at most 256", id.len())));
+        return Err(Status::invalid_argument(format!(
+            "the {what} id is {} characters long; ids are at most 256",
+            id.len()
+        )));
     }
     Ok(id)
 }
 
 fn store_error(e: StoreError) -> Status {
     tracing::error!(error = %e, "store read failed");
-    Status::unavailable(format!("the engine could not read its database ({e}); retry shortly"))
+    Status::unavailable(format!(
+        "the engine could not read its database ({e}); retry shortly"
+    ))
 }
 
 /// The listeners an engine serves on.
@@ -69,24 +85,52 @@ pub struct Listeners {
 }
 
 /// Serves the API on every listener until `shutdown` is cancelled.
-pub async fn serve(api: Api, auth: Auth, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    api: Api,
+    auth: Auth,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RunsServer<Api>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
 
     let mut tasks = tokio::task::JoinSet::new();
+    // One count of connections for every listener.
+    let max_connections = api.limits.max_connections;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     if let Some(l) = listeners.tcp {
+        let (ok, refused) = limit::split(TcpListenerStream::new(l), slots.clone());
         let router = router(&api, &auth, health_service.clone())?;
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(l), stop.cancelled()).await
+            router
+                .serve_with_incoming_shutdown(ok, stop.cancelled())
+                .await
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            refuser(max_connections)
+                .serve_with_incoming_shutdown(refused, stop.cancelled())
+                .await
         });
     }
     if let Some(l) = listeners.unix {
+        let (ok, refused) = limit::split(UnixListenerStream::new(l), slots.clone());
         let router = router(&api, &auth, health_service.clone())?;
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop.cancelled()).await
+            router
+                .serve_with_incoming_shutdown(ok, stop.cancelled())
+                .await
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            refuser(max_connections)
+                .serve_with_incoming_shutdown(refused, stop.cancelled())
+                .await
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -95,12 +139,39 @@ pub async fn serve(api: Api, auth: Auth, listeners: Listeners, shutdown: Cancell
     Ok(())
 }
 
+/// Serves connections over `limits.max_connections`: every call is answered
+/// RESOURCE_EXHAUSTED, and the connection closes soon after.
+fn refuser(
+    max_connections: usize,
+) -> tonic::transport::server::Router<
+    tower::layer::util::Stack<
+        tower::layer::LayerFn<impl Fn(tonic::service::Routes) -> limit::Refuse + Clone>,
+        tower::layer::util::Identity,
+    >,
+> {
+    let refuse = limit::Refuse::new(max_connections);
+    let (_, health) = tonic_health::server::health_reporter();
+    Server::builder()
+        .layer(tower::layer::layer_fn(move |_| refuse.clone()))
+        .add_service(health)
+}
+
+type Explained = tower::layer::util::Stack<
+    tower::util::MapResponseLayer<fn(Response<tonic::body::Body>) -> Response<tonic::body::Body>>,
+    tower::layer::util::Identity,
+>;
+
 fn router(
     api: &Api,
     auth: &Auth,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) -> anyhow::Result<tonic::transport::server::Router> {
-    let descriptors = [opsdeck_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET];
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> anyhow::Result<tonic::transport::server::Router<Explained>> {
+    let descriptors = [
+        opsdeck_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
     let mut v1 = tonic_reflection::server::Builder::configure();
     let mut v1alpha = tonic_reflection::server::Builder::configure();
     for d in descriptors {
@@ -109,18 +180,65 @@ fn router(
     }
     let guarded = |svc| InterceptedService::new(svc, auth.clone());
     let a = api.clone();
+    let max = api.limits.max_message_bytes;
+    let explain: fn(Response<tonic::body::Body>) -> Response<tonic::body::Body> =
+        limit::explain_message_limit;
     Ok(Server::builder()
+        .layer(tower::util::MapResponseLayer::new(explain))
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(health)
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?)
-        .add_service(InterceptedService::new(RunsServer::new(a.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES), auth.clone()))
-        .add_service(InterceptedService::new(EventsServer::new(a.clone()), auth.clone()))
-        .add_service(InterceptedService::new(WorkersServer::new(a.clone()), auth.clone()))
-        .add_service(InterceptedService::new(QueuesServer::new(a.clone()), auth.clone()))
-        .add_service(InterceptedService::new(ApprovalsServer::new(a.clone()), auth.clone()))
-        .add_service(InterceptedService::new(LeasesServer::new(a.clone()), auth.clone()))
-        .add_service(InterceptedService::new(ConsoleServer::new(a.clone()), auth.clone()))
-        .add_service(guarded(AgentServer::new(a).max_decoding_message_size(MAX_MESSAGE_BYTES))))
+        .add_service(InterceptedService::new(
+            RunsServer::new(a.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            EventsServer::new(a.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            WorkersServer::new(a.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            QueuesServer::new(a.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ApprovalsServer::new(a.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            LeasesServer::new(a.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ConsoleServer::new(a.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(guarded(
+            AgentServer::new(a).max_decoding_message_size(max.max(MIN_AGENT_MESSAGE_BYTES)),
+        )))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every id argument is taken trimmed or refused as INVALID_ARGUMENT
+        /// naming what kind of id it is.
+        #[test]
+        fn any_id_argument_is_taken_or_refused_naming_it(id in "\\PC{0,300}") {
+            match super::id_arg("lease", id.clone()) {
+                Ok(taken) => prop_assert!(!taken.is_empty() && taken.len() <= 256 && taken == id.trim()),
+                Err(status) => {
+                    prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                    prop_assert!(status.message().contains("lease id"), "{}", status.message());
+                }
+            }
+        }
+    }
 }

@@ -3,7 +3,8 @@
 
 use opsdeck_proto::v1 as pb;
 use opsdeck_proto::v1::{
-    approvals_server::Approvals, leases_server::Leases, queues_server::Queues, workers_server::Workers,
+    approvals_server::Approvals, leases_server::Leases, queues_server::Queues,
+    workers_server::Workers,
 };
 use tonic::{Request, Response, Status};
 
@@ -11,26 +12,52 @@ use super::{Api, auth::caller, id_arg};
 
 #[tonic::async_trait]
 impl Workers for Api {
-    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+    async fn list_workers(
+        &self,
+        _: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let workers = self.core.call(|s, _| Ok(s.list_workers())).await?;
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
-    async fn get_worker(&self, req: Request<pb::GetWorkerRequest>) -> Result<Response<pb::Worker>, Status> {
+    async fn get_worker(
+        &self,
+        req: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
         let id = id_arg("worker", req.into_inner().id)?;
-        Ok(Response::new(self.core.call(move |s, _| s.get_worker(&id)).await?))
+        Ok(Response::new(
+            self.core.call(move |s, _| s.get_worker(&id)).await?,
+        ))
     }
 
-    async fn drain_worker(&self, req: Request<pb::WorkerActionRequest>) -> Result<Response<pb::Worker>, Status> {
-        self.worker_action(req, |s, tx, id, actor, reason| s.drain_worker(tx, id, true, actor, reason)).await
+    async fn drain_worker(
+        &self,
+        req: Request<pb::WorkerActionRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        self.worker_action(req, |s, tx, id, actor, reason| {
+            s.drain_worker(tx, id, true, actor, reason)
+        })
+        .await
     }
 
-    async fn undrain_worker(&self, req: Request<pb::WorkerActionRequest>) -> Result<Response<pb::Worker>, Status> {
-        self.worker_action(req, |s, tx, id, actor, reason| s.drain_worker(tx, id, false, actor, reason)).await
+    async fn undrain_worker(
+        &self,
+        req: Request<pb::WorkerActionRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        self.worker_action(req, |s, tx, id, actor, reason| {
+            s.drain_worker(tx, id, false, actor, reason)
+        })
+        .await
     }
 
-    async fn recycle_worker(&self, req: Request<pb::WorkerActionRequest>) -> Result<Response<pb::Worker>, Status> {
-        self.worker_action(req, |s, tx, id, actor, reason| s.recycle_worker(tx, id, actor, reason)).await
+    async fn recycle_worker(
+        &self,
+        req: Request<pb::WorkerActionRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        self.worker_action(req, |s, tx, id, actor, reason| {
+            s.recycle_worker(tx, id, actor, reason)
+        })
+        .await
     }
 }
 
@@ -43,66 +70,112 @@ type WorkerAction = fn(
 ) -> crate::error::EngineResult<pb::Worker>;
 
 impl Api {
-    async fn worker_action(&self, req: Request<pb::WorkerActionRequest>, action: WorkerAction) -> Result<Response<pb::Worker>, Status> {
+    async fn worker_action(
+        &self,
+        req: Request<pb::WorkerActionRequest>,
+        action: WorkerAction,
+    ) -> Result<Response<pb::Worker>, Status> {
         let actor = caller(&req)?;
         let req = req.into_inner();
         let id = id_arg("worker", req.id)?;
-        Ok(Response::new(self.core.call(move |s, tx| action(s, tx, &id, &actor, &req.reason)).await?))
+        Ok(Response::new(
+            self.core
+                .call(move |s, tx| action(s, tx, &id, &actor, &req.reason))
+                .await?,
+        ))
     }
 
-    async fn queue_action(&self, req: Request<pb::QueueActionRequest>, paused: bool) -> Result<Response<pb::Queue>, Status> {
+    async fn queue_action(
+        &self,
+        req: Request<pb::QueueActionRequest>,
+        paused: bool,
+    ) -> Result<Response<pb::Queue>, Status> {
         let actor = caller(&req)?;
         let req = req.into_inner();
         Ok(Response::new(
-            self.core.call(move |s, tx| s.set_queue_paused(tx, &req.name, paused, &actor, &req.reason)).await?,
+            self.core
+                .call(move |s, tx| s.set_queue_paused(tx, &req.name, paused, &actor, &req.reason))
+                .await?,
         ))
     }
 }
 
 #[tonic::async_trait]
 impl Queues for Api {
-    async fn list_queues(&self, _: Request<pb::ListQueuesRequest>) -> Result<Response<pb::ListQueuesResponse>, Status> {
+    async fn list_queues(
+        &self,
+        _: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let queues = self.core.call(|s, tx| Ok(s.list_queues(tx.now))).await?;
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
 
-    async fn pause_queue(&self, req: Request<pb::QueueActionRequest>) -> Result<Response<pb::Queue>, Status> {
+    async fn pause_queue(
+        &self,
+        req: Request<pb::QueueActionRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
         self.queue_action(req, true).await
     }
 
-    async fn resume_queue(&self, req: Request<pb::QueueActionRequest>) -> Result<Response<pb::Queue>, Status> {
+    async fn resume_queue(
+        &self,
+        req: Request<pb::QueueActionRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
         self.queue_action(req, false).await
     }
 }
 
 #[tonic::async_trait]
 impl Approvals for Api {
-    async fn list_approvals(&self, req: Request<pb::ListApprovalsRequest>) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
         let all = req.into_inner().all;
-        let approvals = self.core.call(move |s, _| Ok(s.list_approvals(all))).await?;
+        let approvals = self
+            .core
+            .call(move |s, _| Ok(s.list_approvals(all)))
+            .await?;
         Ok(Response::new(pb::ListApprovalsResponse { approvals }))
     }
 
-    async fn decide(&self, req: Request<pb::DecideRequest>) -> Result<Response<pb::Approval>, Status> {
+    async fn decide(
+        &self,
+        req: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
         let actor = caller(&req)?;
         let req = req.into_inner();
         let id = id_arg("approval", req.id)?;
-        Ok(Response::new(self.core.call(move |s, tx| s.decide(tx, &id, req.approve, &actor, &req.reason)).await?))
+        Ok(Response::new(
+            self.core
+                .call(move |s, tx| s.decide(tx, &id, req.approve, &actor, &req.reason))
+                .await?,
+        ))
     }
 }
 
 #[tonic::async_trait]
 impl Leases for Api {
-    async fn list_leases(&self, req: Request<pb::ListLeasesRequest>) -> Result<Response<pb::ListLeasesResponse>, Status> {
+    async fn list_leases(
+        &self,
+        req: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
         let all = req.into_inner().all;
         let leases = self.core.call(move |s, _| Ok(s.list_leases(all))).await?;
         Ok(Response::new(pb::ListLeasesResponse { leases }))
     }
 
-    async fn force_release(&self, req: Request<pb::ForceReleaseRequest>) -> Result<Response<pb::Lease>, Status> {
+    async fn force_release(
+        &self,
+        req: Request<pb::ForceReleaseRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
         let actor = caller(&req)?;
         let req = req.into_inner();
         let id = id_arg("lease", req.id)?;
-        Ok(Response::new(self.core.call(move |s, tx| s.force_release(tx, &id, req.fail, &actor, &req.reason)).await?))
+        Ok(Response::new(
+            self.core
+                .call(move |s, tx| s.force_release(tx, &id, req.fail, &actor, &req.reason))
+                .await?,
+        ))
     }
 }

@@ -6,7 +6,6 @@
 //! head meet exactly: no gap, no duplicate.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use opsdeck_proto::v1 as pb;
@@ -35,10 +34,23 @@ pub struct Feed {
     run: Option<String>,
 }
 
-pub async fn feed(api: &Api, resume_after: u64, run: Option<String>, snapshot: bool) -> Result<Feed, Status> {
+pub async fn feed(
+    api: &Api,
+    resume_after: u64,
+    run: Option<String>,
+    snapshot: bool,
+) -> Result<Feed, Status> {
     let filter = run.clone();
-    let sub = api.core.call(move |s, tx| Ok(s.subscribe(resume_after, filter, snapshot, tx.now))).await?;
-    Ok(Feed { store: api.store.clone(), sub, resume_after, run })
+    let sub = api
+        .core
+        .call(move |s, tx| Ok(s.subscribe(resume_after, filter, snapshot, tx.now)))
+        .await?;
+    Ok(Feed {
+        store: api.store.clone(),
+        sub,
+        resume_after,
+        run,
+    })
 }
 
 type Item = Result<pb::WatchMessage, Status>;
@@ -86,13 +98,21 @@ impl Feed {
             }
         }
         let mut last_seq = head;
+        let lagged = self.sub.lagged.clone();
         loop {
             tokio::select! {
                 event = self.sub.rx.recv() => match event {
                     Some(e) => {
                         last_seq = e.seq;
-                        if out.send(msg(Kind::Event((*e).clone()))).await.is_err() {
-                            return;
+                        // A client that stopped reading blocks this send; once
+                        // the core cuts it off, stop waiting and drop what is
+                        // buffered, so a stalled client holds no more memory.
+                        tokio::select! {
+                            biased;
+                            () = lagged.wait() => break,
+                            sent = out.send(msg(Kind::Event((*e).clone()))) => if sent.is_err() {
+                                return;
+                            },
                         }
                     }
                     None => break,
@@ -106,43 +126,64 @@ impl Feed {
                 _ = out.closed() => return,
             }
         }
-        if self.sub.lagged.load(Ordering::SeqCst) {
-            let reason = format!("this client fell behind (more than its buffer of unread events) after seq {last_seq}");
+        // Free the buffered events before waiting on a client that may
+        // never read again.
+        drop(self.sub.rx);
+        if lagged.is_set() {
+            let reason = format!(
+                "this client fell behind (more than its buffer of unread events) after seq {last_seq}"
+            );
             let _ = out.send(msg(Kind::Resync(pb::Resync { reason }))).await;
         } else {
-            let _ = out.send(Err(Status::unavailable("the engine is shutting down; reconnect and resume from your last seq"))).await;
+            let _ = out
+                .send(Err(Status::unavailable(
+                    "the engine is shutting down; reconnect and resume from your last seq",
+                )))
+                .await;
         }
     }
 }
 
 async fn send_snapshot(out: &mpsc::Sender<Item>, seq: u64, s: Snapshot) -> Result<(), ()> {
     use pb::watch_message::Kind;
-    out.send(msg(Kind::SnapshotBegin(pb::SnapshotBegin { seq }))).await.map_err(drop)?;
+    out.send(msg(Kind::SnapshotBegin(pb::SnapshotBegin { seq })))
+        .await
+        .map_err(drop)?;
     let mut chunk = pb::SnapshotChunk {
         workers: s.workers,
         queues: s.queues,
         leases: s.leases,
         approvals: s.approvals,
+        quarantines: s.quarantines,
         ..Default::default()
     };
     let mut size = chunk.encoded_len();
     for run in s.runs {
         let len = run.encoded_len();
         if size + len > CHUNK_BYTES && !chunk.runs.is_empty() {
-            out.send(msg(Kind::SnapshotChunk(std::mem::take(&mut chunk)))).await.map_err(drop)?;
+            out.send(msg(Kind::SnapshotChunk(std::mem::take(&mut chunk))))
+                .await
+                .map_err(drop)?;
             size = 0;
         }
         size += len + 8;
         chunk.runs.push(run);
     }
-    out.send(msg(Kind::SnapshotChunk(chunk))).await.map_err(drop)?;
-    out.send(msg(Kind::SnapshotEnd(pb::SnapshotEnd { seq }))).await.map_err(drop)?;
+    out.send(msg(Kind::SnapshotChunk(chunk)))
+        .await
+        .map_err(drop)?;
+    out.send(msg(Kind::SnapshotEnd(pb::SnapshotEnd { seq })))
+        .await
+        .map_err(drop)?;
     Ok(())
 }
 
 #[tonic::async_trait]
 impl Console for Api {
-    async fn whoami(&self, req: Request<pb::WhoamiRequest>) -> Result<Response<pb::WhoamiResponse>, Status> {
+    async fn whoami(
+        &self,
+        req: Request<pb::WhoamiRequest>,
+    ) -> Result<Response<pb::WhoamiResponse>, Status> {
         let actor = caller(&req)?;
         let head_seq = self.core.call(|s, _| Ok(s.seq())).await?;
         Ok(Response::new(pb::WhoamiResponse {
@@ -156,7 +197,10 @@ impl Console for Api {
 
     type WatchStream = Pin<Box<dyn Stream<Item = Item> + Send>>;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         let feed = feed(self, req.resume_after_seq, None, true).await?;
         Ok(Response::new(Box::pin(feed.into_stream())))

@@ -12,7 +12,11 @@ use opsdeck_engine::{agent, bench};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "opsdeckd", version, about = "The opsdeck engine: runs, queues, workers, leases, approvals and events over gRPC")]
+#[command(
+    name = "opsdeckd",
+    version,
+    about = "The opsdeck engine: runs, queues, workers, leases, approvals and events over gRPC"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "OPSDECK_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
@@ -33,7 +37,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check a config file and exit.
     CheckConfig {
-        #[arg(long, env = "OPSDECK_CONFIG", default_value = "/etc/opsdeck/engine.toml")]
+        #[arg(
+            long,
+            env = "OPSDECK_CONFIG",
+            default_value = "/etc/opsdeck/engine.toml"
+        )]
         config: PathBuf,
     },
     /// Make a bearer token: prints it once, and the config lines holding its hash.
@@ -90,6 +98,12 @@ struct ServeArgs {
     /// SIGTERM, then SIGKILL after this long, when a step is cancelled.
     #[arg(long, env = "OPSDECK_CANCEL_GRACE", value_parser = humantime::parse_duration)]
     cancel_grace: Option<Duration>,
+    /// Quarantine a run name after this many stuck leases within the window (0: never).
+    #[arg(long, env = "OPSDECK_QUARANTINE_AFTER", value_name = "N")]
+    quarantine_after: Option<u32>,
+    /// The window stuck leases are counted in for a quarantine.
+    #[arg(long, env = "OPSDECK_QUARANTINE_WINDOW", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    quarantine_window: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -112,9 +126,12 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -130,7 +147,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
             std::fs::create_dir_all(&data_dir)?;
             let url = args.database.unwrap_or_else(|| sqlite_url(&data_dir));
-            opsdeck_engine::store::open(&url).await.with_context(|| format!("cannot migrate {url}"))?;
+            opsdeck_engine::store::open(&url)
+                .await
+                .with_context(|| format!("cannot migrate {url}"))?;
             println!("migrations applied to {url}");
             Ok(())
         }
@@ -140,14 +159,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
-        Command::Token { command: TokenCommand::New { identity } } => {
+        Command::Token {
+            command: TokenCommand::New { identity },
+        } => {
             let token = format!("odk_{}", hex_token());
             println!("token (shown once; give it to {identity}): {token}");
             println!();
             println!("add to the engine's config:");
             println!("[[token]]");
             println!("identity = {identity:?}");
-            println!("sha256 = \"{}\"", opsdeck_engine::api::auth::token_hash(&token));
+            println!(
+                "sha256 = \"{}\"",
+                opsdeck_engine::api::auth::token_hash(&token)
+            );
             Ok(())
         }
     }
@@ -174,6 +198,8 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     core.lease_ttl = args.lease_ttl.unwrap_or(core.lease_ttl);
     core.worker_timeout = args.worker_timeout.unwrap_or(core.worker_timeout);
     core.cancel_grace = args.cancel_grace.unwrap_or(core.cancel_grace);
+    core.quarantine_after = args.quarantine_after.unwrap_or(core.quarantine_after);
+    core.quarantine_window = args.quarantine_window.unwrap_or(core.quarantine_window);
     anyhow::ensure!(
         core.heartbeat_interval < core.lease_ttl,
         "heartbeat_interval ({:?}) must be shorter than lease_ttl ({:?}), or leases expire between heartbeats",
@@ -181,16 +207,32 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         core.lease_ttl
     );
     let e = &file.engine;
-    let data_dir = args.data_dir.or(e.data_dir.clone()).unwrap_or_else(default_data_dir);
-    let listen = args.listen.or(e.listen.clone()).unwrap_or_else(|| format!("127.0.0.1:{}", opsdeck_proto::DEFAULT_PORT));
-    let socket = args.socket.or(e.socket.clone()).unwrap_or_else(|| data_dir.join("engine.sock"));
+    let data_dir = args
+        .data_dir
+        .or(e.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let listen = args
+        .listen
+        .or(e.listen.clone())
+        .unwrap_or_else(|| format!("127.0.0.1:{}", opsdeck_proto::DEFAULT_PORT));
+    let socket = args
+        .socket
+        .or(e.socket.clone())
+        .unwrap_or_else(|| data_dir.join("engine.sock"));
     let opts = ServeOptions {
-        database: args.database.or(e.database.clone()).unwrap_or_else(|| sqlite_url(&data_dir)),
+        database: args
+            .database
+            .or(e.database.clone())
+            .unwrap_or_else(|| sqlite_url(&data_dir)),
         listen: (listen != "none").then_some(listen),
         socket: (socket.as_os_str() != "none").then_some(socket),
         local_workers: args.local_workers.or(e.local_workers).unwrap_or(0),
         core,
-        tokens: file.token.iter().map(|t| (t.identity.clone(), t.sha256.clone())).collect(),
+        tokens: file
+            .token
+            .iter()
+            .map(|t| (t.identity.clone(), t.sha256.clone()))
+            .collect(),
         data_dir,
     };
     let shutdown = CancellationToken::new();
@@ -214,7 +256,10 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -17,7 +17,7 @@ use opsdeck_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use state::{CoreConfig, Loaded, Snapshot, State, Subscription};
+pub use state::{CoreConfig, Lagged, Loaded, Snapshot, State, Subscription};
 pub use tx::{Effect, Tx};
 
 use crate::domain::now_ms;
@@ -63,7 +63,9 @@ impl CoreHandle {
 }
 
 fn stopping() -> EngineError {
-    EngineError::Unavailable("the engine is shutting down; retry against the engine once it is back".into())
+    EngineError::Unavailable(
+        "the engine is shutting down; retry against the engine once it is back".into(),
+    )
 }
 
 /// Starts the core on `store`, loading its state. Returns the handle and

@@ -18,8 +18,8 @@ use super::tx::{Effect, Tx};
 use crate::convert;
 use crate::domain::spec::{Limits, RunSpec};
 use crate::domain::{
-    Actor, Approval, ApprovalState, Decision, Lease, LeaseState, Millis, OnTimeout, Queue, Run,
-    RunState, Step, StepKindSpec, StepState, Worker, WorkerState, validate_queue_name,
+    Actor, Approval, ApprovalState, Decision, Lease, LeaseState, Millis, OnTimeout, Quarantine,
+    Queue, Run, RunState, Step, StepKindSpec, StepState, Worker, WorkerState, validate_queue_name,
 };
 use crate::error::{EngineError, EngineResult};
 
@@ -37,6 +37,10 @@ pub struct CoreConfig {
     pub output_cap_bytes: usize,
     /// Events a stream subscriber may have unread before it is cut off.
     pub subscriber_buffer: usize,
+    /// A run name whose leases get stuck this many times within
+    /// `quarantine_window` is quarantined; 0 never quarantines.
+    pub quarantine_after: u32,
+    pub quarantine_window: Duration,
 }
 
 impl Default for CoreConfig {
@@ -49,6 +53,8 @@ impl Default for CoreConfig {
             limits: Limits::default(),
             output_cap_bytes: 1024 * 1024,
             subscriber_buffer: 4096,
+            quarantine_after: 5,
+            quarantine_window: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -65,6 +71,7 @@ pub struct Loaded {
     pub leases: Vec<Lease>,
     pub approvals: Vec<Approval>,
     pub queues: Vec<Queue>,
+    pub quarantines: Vec<Quarantine>,
     pub seq: u64,
 }
 
@@ -101,6 +108,9 @@ enum Timer {
     Heartbeat(String),
     ApprovalDeadline(String),
     RetryDue(String, u32),
+    /// Whether a lease outlived its step's timeout, the cancel grace and two
+    /// heartbeats: its worker could not stop the step.
+    StuckCheck(String),
 }
 
 /// A connected worker process.
@@ -115,7 +125,35 @@ struct Subscriber {
     /// Events up to here were in its snapshot or replay.
     after: u64,
     run_id: Option<String>,
-    lagged: Arc<std::sync::atomic::AtomicBool>,
+    lagged: Arc<Lagged>,
+}
+
+/// Set by the core when it cuts a subscriber off for falling behind; the
+/// stream's task stops at once (dropping what it had buffered) and sends
+/// the client a resync.
+#[derive(Default)]
+pub struct Lagged {
+    flag: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Lagged {
+    fn set(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Stores a permit when nobody waits yet, so it is never missed.
+        self.notify.notify_one();
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once the subscriber has been cut off.
+    pub async fn wait(&self) {
+        if !self.is_set() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// What a new subscriber gets: the seq it starts after, a snapshot when it
@@ -125,7 +163,7 @@ pub struct Subscription {
     pub snapshot: Option<Snapshot>,
     pub rx: mpsc::Receiver<Arc<pb::Event>>,
     /// Set when the feed was cut off because the subscriber fell behind.
-    pub lagged: Arc<std::sync::atomic::AtomicBool>,
+    pub lagged: Arc<Lagged>,
 }
 
 #[derive(Default)]
@@ -135,6 +173,7 @@ pub struct Snapshot {
     pub queues: Vec<pb::Queue>,
     pub leases: Vec<pb::Lease>,
     pub approvals: Vec<pb::Approval>,
+    pub quarantines: Vec<pb::Quarantine>,
 }
 
 /// An event being put together: its kind, its subjects and a sentence.
@@ -147,12 +186,17 @@ pub struct Ev {
     lease: Option<String>,
     approval: Option<String>,
     queue: Option<String>,
+    quarantine: Option<pb::Quarantine>,
     message: String,
 }
 
 impl Ev {
     fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), ..Default::default() }
+        Self {
+            kind,
+            message: message.into(),
+            ..Default::default()
+        }
     }
     fn run(mut self, id: &str) -> Self {
         self.run = Some(id.to_owned());
@@ -181,6 +225,10 @@ impl Ev {
         self.queue = Some(q.to_owned());
         self
     }
+    fn quarantine(mut self, q: &Quarantine) -> Self {
+        self.quarantine = Some(convert::quarantine(q));
+        self
+    }
 }
 
 pub struct State {
@@ -195,6 +243,10 @@ pub struct State {
     worker_leases: HashMap<String, BTreeSet<String>>,
     recent_leases: VecDeque<Lease>,
     approvals: BTreeMap<String, Approval>,
+    /// Run names refused (and not dispatched) until an operator clears them.
+    quarantines: BTreeMap<String, Quarantine>,
+    /// When leases of runs of each name got stuck, within the window.
+    stuck_at: HashMap<String, VecDeque<Millis>>,
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
     subscribers: Vec<Subscriber>,
     output_bytes: HashMap<String, usize>,
@@ -221,6 +273,12 @@ impl State {
             worker_leases: HashMap::new(),
             recent_leases: VecDeque::new(),
             approvals: BTreeMap::new(),
+            quarantines: loaded
+                .quarantines
+                .into_iter()
+                .map(|q| (q.name.clone(), q))
+                .collect(),
+            stuck_at: HashMap::new(),
             timers: BinaryHeap::new(),
             subscribers: Vec::new(),
             output_bytes: HashMap::new(),
@@ -229,7 +287,13 @@ impl State {
             rr: 0,
         };
         for q in loaded.queues {
-            s.queues.insert(q.name.clone(), QueueLive { queue: q, ..Default::default() });
+            s.queues.insert(
+                q.name.clone(),
+                QueueLive {
+                    queue: q,
+                    ..Default::default()
+                },
+            );
         }
         let ttl = ms(s.cfg.lease_ttl);
         for mut l in loaded.leases {
@@ -238,16 +302,24 @@ impl State {
             }
             l.expires_at = l.expires_at.max(now + ttl);
             s.queue_live(&l.queue).running += 1;
-            s.worker_leases.entry(l.worker_id.clone()).or_default().insert(l.id.clone());
-            s.timers.push(Reverse((l.expires_at, Timer::LeaseExpiry(l.id.clone()))));
+            s.worker_leases
+                .entry(l.worker_id.clone())
+                .or_default()
+                .insert(l.id.clone());
+            s.timers
+                .push(Reverse((l.expires_at, Timer::LeaseExpiry(l.id.clone()))));
             s.leases.insert(l.id.clone(), l);
         }
         let timeout = ms(s.cfg.worker_timeout);
         for mut w in loaded.workers {
-            if matches!(w.state, WorkerState::Online | WorkerState::Draining | WorkerState::Recycling) {
+            if matches!(
+                w.state,
+                WorkerState::Online | WorkerState::Draining | WorkerState::Recycling
+            ) {
                 // Not connected yet: give it a heartbeat timeout to come back.
                 w.last_heartbeat_at = now;
-                s.timers.push(Reverse((now + timeout, Timer::Heartbeat(w.id.clone()))));
+                s.timers
+                    .push(Reverse((now + timeout, Timer::Heartbeat(w.id.clone()))));
             }
             s.workers.insert(w.id.clone(), w);
         }
@@ -266,7 +338,8 @@ impl State {
                         StepState::RetryWait => {
                             s.queue_live(queue).delayed += 1;
                             let due = step.next_attempt_at.unwrap_or(now);
-                            s.timers.push(Reverse((due, Timer::RetryDue(run.id.clone(), step.index))));
+                            s.timers
+                                .push(Reverse((due, Timer::RetryDue(run.id.clone(), step.index))));
                         }
                         _ => {}
                     }
@@ -278,11 +351,21 @@ impl State {
         for (_, run_id, index) in ready {
             s.enqueue_ready(&run_id, index);
         }
+        let live: Vec<(String, Millis)> = s
+            .leases
+            .values()
+            .filter(|l| !l.stuck)
+            .filter_map(|l| Some((l.id.clone(), s.stuck_check_at(l)?)))
+            .collect();
+        for (id, at) in live {
+            s.timers.push(Reverse((at, Timer::StuckCheck(id))));
+        }
         for a in loaded.approvals {
             if a.state == ApprovalState::Pending
                 && let Some(deadline) = a.deadline_at
             {
-                s.timers.push(Reverse((deadline, Timer::ApprovalDeadline(a.id.clone()))));
+                s.timers
+                    .push(Reverse((deadline, Timer::ApprovalDeadline(a.id.clone()))));
             }
             s.approvals.insert(a.id.clone(), a);
         }
@@ -307,7 +390,10 @@ impl State {
         self.seq += 1;
         let run = ev.run.as_deref().and_then(|id| self.runs.get(id));
         let lease = ev.lease.as_deref().and_then(|id| {
-            self.leases.get(id).or_else(|| tx.lease(id)).map(|l| convert::lease(l, run))
+            self.leases
+                .get(id)
+                .or_else(|| tx.lease(id))
+                .map(|l| convert::lease(l, run))
         });
         let event = pb::Event {
             seq: self.seq,
@@ -331,6 +417,7 @@ impl State {
                 .and_then(|id| self.approvals.get(id))
                 .map(|a| convert::approval(a, run)),
             queue_state: ev.queue.as_deref().and_then(|q| self.queue_pb(q, tx.now)),
+            quarantine: ev.quarantine,
         };
         tracing::debug!(seq = event.seq, kind = %event.kind, run_id = %event.run_id, "event");
         tx.events.push(event);
@@ -340,7 +427,6 @@ impl State {
     /// subscriber whose buffer is full is cut off (and told to resync) rather
     /// than slowing the engine or growing without bound.
     pub fn publish(&mut self, events: &[Arc<pb::Event>]) {
-        use std::sync::atomic::Ordering;
         self.subscribers.retain(|sub| {
             for e in events {
                 if e.seq <= sub.after {
@@ -352,7 +438,7 @@ impl State {
                 match sub.tx.try_send(e.clone()) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        sub.lagged.store(true, Ordering::SeqCst);
+                        sub.lagged.set();
                         return false;
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
@@ -368,29 +454,63 @@ impl State {
 
     /// Registers a subscriber. `resume_after` = 0 asks for a snapshot; a
     /// seq the engine has not reached (another database's) gets one too.
-    pub fn subscribe(&mut self, resume_after: u64, run_id: Option<String>, snapshot: bool, now: Millis) -> Subscription {
+    pub fn subscribe(
+        &mut self,
+        resume_after: u64,
+        run_id: Option<String>,
+        snapshot: bool,
+        now: Millis,
+    ) -> Subscription {
         let (tx, rx) = mpsc::channel(self.cfg.subscriber_buffer);
-        let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lagged = Arc::new(Lagged::default());
         let head = self.seq;
-        self.subscribers.push(Subscriber { tx, after: head, run_id, lagged: lagged.clone() });
-        let snapshot = (snapshot && (resume_after == 0 || resume_after > head)).then(|| self.snapshot(now));
-        Subscription { head, snapshot, rx, lagged }
+        self.subscribers.push(Subscriber {
+            tx,
+            after: head,
+            run_id,
+            lagged: lagged.clone(),
+        });
+        let snapshot =
+            (snapshot && (resume_after == 0 || resume_after > head)).then(|| self.snapshot(now));
+        Subscription {
+            head,
+            snapshot,
+            rx,
+            lagged,
+        }
     }
 
     pub fn snapshot(&self, now: Millis) -> Snapshot {
         Snapshot {
             runs: self.runs.values().rev().map(convert::run).collect(),
-            workers: self.workers.keys().filter_map(|id| self.worker_pb(id)).collect(),
-            queues: self.queues.keys().filter_map(|q| self.queue_pb(q, now)).collect(),
+            workers: self
+                .workers
+                .keys()
+                .filter_map(|id| self.worker_pb(id))
+                .collect(),
+            queues: self
+                .queues
+                .keys()
+                .filter_map(|q| self.queue_pb(q, now))
+                .collect(),
             leases: self.list_leases(false),
             approvals: self.list_approvals(false),
+            quarantines: self.list_quarantines(),
         }
+    }
+
+    /// Quarantined run names, by name.
+    pub fn list_quarantines(&self) -> Vec<pb::Quarantine> {
+        self.quarantines.values().map(convert::quarantine).collect()
     }
 
     // ---------------------------------------------------------------- reads
 
     pub fn get_run(&self, id: &str) -> EngineResult<pb::Run> {
-        self.runs.get(id).map(convert::run).ok_or_else(|| not_found("run", id, "opsdeck runs"))
+        self.runs
+            .get(id)
+            .map(convert::run)
+            .ok_or_else(|| not_found("run", id, "opsdeck runs"))
     }
 
     pub fn list_runs(&self, states: &[RunState], limit: usize) -> Vec<pb::Run> {
@@ -405,16 +525,24 @@ impl State {
 
     pub fn worker_pb(&self, id: &str) -> Option<pb::Worker> {
         let w = self.workers.get(id)?;
-        let leases = self.worker_leases.get(id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let leases = self
+            .worker_leases
+            .get(id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         Some(convert::worker(w, self.sessions.contains_key(id), leases))
     }
 
     pub fn get_worker(&self, id: &str) -> EngineResult<pb::Worker> {
-        self.worker_pb(id).ok_or_else(|| not_found("worker", id, "opsdeck workers"))
+        self.worker_pb(id)
+            .ok_or_else(|| not_found("worker", id, "opsdeck workers"))
     }
 
     pub fn list_workers(&self) -> Vec<pb::Worker> {
-        self.workers.keys().filter_map(|id| self.worker_pb(id)).collect()
+        self.workers
+            .keys()
+            .filter_map(|id| self.worker_pb(id))
+            .collect()
     }
 
     pub fn queue_pb(&self, name: &str, now: Millis) -> Option<pb::Queue> {
@@ -424,7 +552,8 @@ impl State {
             .iter()
             .filter_map(|k| self.runs.get(&k.run_id)?.step(k.step)?.ready_since)
             .min();
-        let in_window = |v: &VecDeque<Millis>| v.iter().filter(|t| **t > now - RATE_WINDOW_MS).count() as u64;
+        let in_window =
+            |v: &VecDeque<Millis>| v.iter().filter(|t| **t > now - RATE_WINDOW_MS).count() as u64;
         Some(pb::Queue {
             name: name.to_owned(),
             paused: q.queue.paused,
@@ -443,18 +572,32 @@ impl State {
     }
 
     pub fn list_queues(&self, now: Millis) -> Vec<pb::Queue> {
-        self.queues.keys().filter_map(|q| self.queue_pb(q, now)).collect()
+        self.queues
+            .keys()
+            .filter_map(|q| self.queue_pb(q, now))
+            .collect()
     }
 
     /// Live leases, those whose holder is gone first, then by expiry.
     pub fn list_leases(&self, all: bool) -> Vec<pb::Lease> {
         let mut live: Vec<&Lease> = self.leases.values().collect();
-        live.sort_by_key(|l| (self.sessions.contains_key(&l.worker_id), l.expires_at, l.id.clone()));
-        let mut out: Vec<pb::Lease> =
-            live.into_iter().map(|l| convert::lease(l, self.runs.get(&l.run_id))).collect();
+        live.sort_by_key(|l| {
+            (
+                self.sessions.contains_key(&l.worker_id),
+                l.expires_at,
+                l.id.clone(),
+            )
+        });
+        let mut out: Vec<pb::Lease> = live
+            .into_iter()
+            .map(|l| convert::lease(l, self.runs.get(&l.run_id)))
+            .collect();
         if all {
             out.extend(
-                self.recent_leases.iter().rev().map(|l| convert::lease(l, self.runs.get(&l.run_id))),
+                self.recent_leases
+                    .iter()
+                    .rev()
+                    .map(|l| convert::lease(l, self.runs.get(&l.run_id))),
             );
         }
         out
@@ -462,8 +605,15 @@ impl State {
 
     /// Pending approvals (oldest first), then decided ones if asked.
     pub fn list_approvals(&self, all: bool) -> Vec<pb::Approval> {
-        let pending = self.approvals.values().filter(|a| a.state == ApprovalState::Pending);
-        let decided = self.approvals.values().rev().filter(|a| a.state != ApprovalState::Pending);
+        let pending = self
+            .approvals
+            .values()
+            .filter(|a| a.state == ApprovalState::Pending);
+        let decided = self
+            .approvals
+            .values()
+            .rev()
+            .filter(|a| a.state != ApprovalState::Pending);
         pending
             .chain(decided.take(if all { usize::MAX } else { 0 }))
             .map(|a| convert::approval(a, self.runs.get(&a.run_id)))
@@ -479,11 +629,25 @@ impl State {
         idempotency_key: Option<String>,
         actor: &Actor,
         reason: &str,
-    ) -> (pb::Run, bool) {
-        if let Some(existing) = idempotency_key.as_ref().and_then(|k| self.idempotency.get(k))
+    ) -> EngineResult<(pb::Run, bool)> {
+        if let Some(existing) = idempotency_key
+            .as_ref()
+            .and_then(|k| self.idempotency.get(k))
             && let Some(run) = self.runs.get(existing)
         {
-            return (convert::run(run), false);
+            return Ok((convert::run(run), false));
+        }
+        if let Some(q) = self.quarantines.get(&spec.name) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "run name {:?} is quarantined since {}: {} of its leases got stuck within {} \
+                 (quarantine_after and quarantine_window in the engine config); fix what makes its steps hang, \
+                 then clear it with `opsdeck unquarantine {} --reason TEXT`",
+                q.name,
+                time_word(q.since),
+                q.stuck_count,
+                humantime::format_duration(self.cfg.quarantine_window),
+                q.name
+            )));
         }
         let id = ulid::Ulid::new().to_string();
         let run = Run {
@@ -496,7 +660,12 @@ impl State {
             updated_at: tx.now,
             finished_at: None,
             current_step: 0,
-            steps: spec.steps.into_iter().enumerate().map(|(i, s)| Step::new(i as u32, s)).collect(),
+            steps: spec
+                .steps
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| Step::new(i as u32, s))
+                .collect(),
             message: String::new(),
             idempotency_key: idempotency_key.clone(),
         };
@@ -508,11 +677,23 @@ impl State {
         tx.runs.insert(id.clone());
         self.emit(tx, actor, reason, Ev::new("run.submitted", msg).run(&id));
         self.start_step(tx, &id, 0, actor, reason);
-        (self.runs.get(&id).map(convert::run).unwrap_or_default(), true)
+        Ok((
+            self.runs.get(&id).map(convert::run).unwrap_or_default(),
+            true,
+        ))
     }
 
-    pub fn cancel_run(&mut self, tx: &mut Tx, id: &str, actor: &Actor, reason: &str) -> EngineResult<pb::Run> {
-        let run = self.runs.get(id).ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
+    pub fn cancel_run(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<pb::Run> {
+        let run = self
+            .runs
+            .get(id)
+            .ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
         if run.state.is_final() {
             return Err(EngineError::FailedPrecondition(format!(
                 "run {id} is already {}; only a queued, running or waiting run can be cancelled",
@@ -520,17 +701,43 @@ impl State {
             )));
         }
         let index = run.current_step;
-        self.stop_step(tx, id, index, StepState::Cancelled, "run cancelled", actor, reason);
-        self.finish_run(tx, id, RunState::Cancelled, format!("cancelled by {}", actor.name), actor, reason);
+        self.stop_step(
+            tx,
+            id,
+            index,
+            StepState::Cancelled,
+            "run cancelled",
+            actor,
+            reason,
+        );
+        self.finish_run(
+            tx,
+            id,
+            RunState::Cancelled,
+            format!("cancelled by {}", actor.name),
+            actor,
+            reason,
+        );
         self.get_run(id)
     }
 
     /// Retries a failed run from the step that failed, with a fresh attempt budget.
-    pub fn retry_run(&mut self, tx: &mut Tx, id: &str, actor: &Actor, reason: &str) -> EngineResult<pb::Run> {
-        let run = self.runs.get_mut(id).ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
+    pub fn retry_run(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<pb::Run> {
+        let run = self
+            .runs
+            .get_mut(id)
+            .ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
         let index = run.current_step;
         let step_state = run.step(index).map(|s| s.state);
-        if run.state != RunState::Failed || !matches!(step_state, Some(StepState::Dead | StepState::Failed)) {
+        if run.state != RunState::Failed
+            || !matches!(step_state, Some(StepState::Dead | StepState::Failed))
+        {
             return Err(EngineError::FailedPrecondition(format!(
                 "run {id} is {}; only a failed run (a dead or failed step) can be retried",
                 word(run.state)
@@ -547,7 +754,16 @@ impl State {
             step.approval_id = None;
         }
         tx.runs.insert(id.to_owned());
-        self.emit(tx, actor, reason, Ev::new("run.retried", format!("step {} gets new attempts", self.step_name(id, index))).step(id, index));
+        self.emit(
+            tx,
+            actor,
+            reason,
+            Ev::new(
+                "run.retried",
+                format!("step {} gets new attempts", self.step_name(id, index)),
+            )
+            .step(id, index),
+        );
         self.start_step(tx, id, index, actor, reason);
         self.get_run(id)
     }
@@ -560,9 +776,16 @@ impl State {
         actor: &Actor,
         comment: &str,
     ) -> EngineResult<pb::Approval> {
-        let a = self.approvals.get_mut(id).ok_or_else(|| not_found("approval", id, "opsdeck approvals"))?;
+        let a = self
+            .approvals
+            .get_mut(id)
+            .ok_or_else(|| not_found("approval", id, "opsdeck approvals"))?;
         if a.state != ApprovalState::Pending {
-            let by = a.decisions.last().map(|d| format!(" by {}", d.actor)).unwrap_or_default();
+            let by = a
+                .decisions
+                .last()
+                .map(|d| format!(" by {}", d.actor))
+                .unwrap_or_default();
             return Err(EngineError::FailedPrecondition(format!(
                 "approval {id} is already {}{by}; a decided approval cannot be decided again",
                 approval_word(a.state)
@@ -581,24 +804,47 @@ impl State {
                 actor.name, a.spec.required
             )));
         }
-        a.decisions.push(Decision { actor: actor.name.clone(), approve, comment: comment.to_owned(), at: tx.now });
+        a.decisions.push(Decision {
+            actor: actor.name.clone(),
+            approve,
+            comment: comment.to_owned(),
+            at: tx.now,
+        });
         let approvals = a.decisions.iter().filter(|d| d.approve).count() as u32;
         let (run_id, index, required) = (a.run_id.clone(), a.step_index, a.spec.required);
         tx.approvals.insert(id.to_owned());
         if !approve {
             a.state = ApprovalState::Rejected;
             a.decided_at = Some(tx.now);
-            let ev = Ev::new("approval.rejected", format!("rejected by {}", actor.name)).approval(a);
+            let ev =
+                Ev::new("approval.rejected", format!("rejected by {}", actor.name)).approval(a);
             self.emit(tx, actor, comment, ev);
             let msg = format!("rejected by {}: {comment}", actor.name);
-            self.fail_step(tx, &run_id, index, StepState::Failed, msg.clone(), actor, comment);
+            self.fail_step(
+                tx,
+                &run_id,
+                index,
+                StepState::Failed,
+                msg.clone(),
+                actor,
+                comment,
+            );
             self.finish_run(tx, &run_id, RunState::Failed, msg, actor, comment);
         } else if approvals >= required {
             a.state = ApprovalState::Approved;
             a.decided_at = Some(tx.now);
-            let ev = Ev::new("approval.approved", format!("approved by {}", actor.name)).approval(a);
+            let ev =
+                Ev::new("approval.approved", format!("approved by {}", actor.name)).approval(a);
             self.emit(tx, actor, comment, ev);
-            self.succeed_step(tx, &run_id, index, None, format!("approved by {}", actor.name), actor, comment);
+            self.succeed_step(
+                tx,
+                &run_id,
+                index,
+                None,
+                format!("approved by {}", actor.name),
+                actor,
+                comment,
+            );
         } else {
             let ev = Ev::new(
                 "approval.approved",
@@ -627,17 +873,31 @@ impl State {
             q.queue.paused = paused;
             tx.queues.insert(name.to_owned());
             let (kind, msg) = if paused {
-                ("queue.paused", format!("queue {name} paused: no new leases"))
+                (
+                    "queue.paused",
+                    format!("queue {name} paused: no new leases"),
+                )
             } else {
                 ("queue.resumed", format!("queue {name} resumed"))
             };
             self.emit(tx, actor, reason, Ev::new(kind, msg).queue(name));
         }
-        self.queue_pb(name, tx.now).ok_or_else(|| not_found("queue", name, "opsdeck queues"))
+        self.queue_pb(name, tx.now)
+            .ok_or_else(|| not_found("queue", name, "opsdeck queues"))
     }
 
-    pub fn drain_worker(&mut self, tx: &mut Tx, id: &str, drain: bool, actor: &Actor, reason: &str) -> EngineResult<pb::Worker> {
-        let w = self.workers.get_mut(id).ok_or_else(|| not_found("worker", id, "opsdeck workers"))?;
+    pub fn drain_worker(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        drain: bool,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<pb::Worker> {
+        let w = self
+            .workers
+            .get_mut(id)
+            .ok_or_else(|| not_found("worker", id, "opsdeck workers"))?;
         if !drain && w.recycle_requested {
             return Err(EngineError::FailedPrecondition(format!(
                 "worker {id} is being recycled; it comes back undrained with the next generation"
@@ -646,23 +906,43 @@ impl State {
         if w.drain_requested != drain {
             w.drain_requested = drain;
             if matches!(w.state, WorkerState::Online | WorkerState::Draining) {
-                w.state = if drain || w.self_draining { WorkerState::Draining } else { WorkerState::Online };
+                w.state = if drain || w.self_draining {
+                    WorkerState::Draining
+                } else {
+                    WorkerState::Online
+                };
             }
             tx.workers.insert(id.to_owned());
             let (kind, msg) = if drain {
-                ("worker.draining", format!("worker {id} draining: finishes what it has, takes no more"))
+                (
+                    "worker.draining",
+                    format!("worker {id} draining: finishes what it has, takes no more"),
+                )
             } else {
                 ("worker.undrained", format!("worker {id} takes work again"))
             };
             self.emit(tx, actor, reason, Ev::new(kind, msg).worker(id));
-            self.send(tx, id, pb::engine_message::Kind::Drain(pb::Drain { draining: drain }));
+            self.send(
+                tx,
+                id,
+                pb::engine_message::Kind::Drain(pb::Drain { draining: drain }),
+            );
         }
         self.get_worker(id)
     }
 
-    pub fn recycle_worker(&mut self, tx: &mut Tx, id: &str, actor: &Actor, reason: &str) -> EngineResult<pb::Worker> {
+    pub fn recycle_worker(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<pb::Worker> {
         let connected = self.sessions.contains_key(id);
-        let w = self.workers.get_mut(id).ok_or_else(|| not_found("worker", id, "opsdeck workers"))?;
+        let w = self
+            .workers
+            .get_mut(id)
+            .ok_or_else(|| not_found("worker", id, "opsdeck workers"))?;
         if !connected {
             return Err(EngineError::FailedPrecondition(format!(
                 "worker {id} is not connected; a recycle needs a running worker (start it again instead)"
@@ -672,14 +952,29 @@ impl State {
             w.recycle_requested = true;
             w.state = WorkerState::Draining;
             tx.workers.insert(id.to_owned());
-            let msg = format!("worker {id} will drain, then restart as generation {}", w.generation + 1);
-            self.emit(tx, actor, reason, Ev::new("worker.recycle_requested", msg).worker(id));
+            let msg = format!(
+                "worker {id} will drain, then restart as generation {}",
+                w.generation + 1
+            );
+            self.emit(
+                tx,
+                actor,
+                reason,
+                Ev::new("worker.recycle_requested", msg).worker(id),
+            );
             self.maybe_recycle(tx, id, actor, reason);
         }
         self.get_worker(id)
     }
 
-    pub fn force_release(&mut self, tx: &mut Tx, id: &str, fail: bool, actor: &Actor, reason: &str) -> EngineResult<pb::Lease> {
+    pub fn force_release(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        fail: bool,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<pb::Lease> {
         let Some(lease) = self.leases.get(id).cloned() else {
             return Err(match self.recent_leases.iter().find(|l| l.id == id) {
                 Some(l) => EngineError::FailedPrecondition(format!(
@@ -691,18 +986,64 @@ impl State {
         };
         self.end_lease(tx, id, LeaseState::ForceReleased);
         let action = if fail { "step failed" } else { "step requeued" };
-        let ev = Ev::new("lease.force_released", format!("lease force-released by {}: {action}", actor.name)).lease(&lease);
+        let ev = Ev::new(
+            "lease.force_released",
+            format!("lease force-released by {}: {action}", actor.name),
+        )
+        .lease(&lease);
         self.emit(tx, actor, reason, ev);
         self.cancel_on_worker(tx, &lease, "lease force-released by an operator");
         if fail {
             let msg = format!("failed by {} (force-release): {reason}", actor.name);
-            self.fail_step(tx, &lease.run_id, lease.step_index, StepState::Failed, msg.clone(), actor, reason);
+            self.fail_step(
+                tx,
+                &lease.run_id,
+                lease.step_index,
+                StepState::Failed,
+                msg.clone(),
+                actor,
+                reason,
+            );
             self.finish_run(tx, &lease.run_id, RunState::Failed, msg, actor, reason);
         } else {
             self.requeue(tx, &lease.run_id, lease.step_index, actor, reason);
         }
         self.maybe_recycle(tx, &lease.worker_id, actor, reason);
-        Ok(self.recent_leases.iter().rev().find(|l| l.id == id).map(|l| convert::lease(l, self.runs.get(&l.run_id))).unwrap_or_default())
+        Ok(self
+            .recent_leases
+            .iter()
+            .rev()
+            .find(|l| l.id == id)
+            .map(|l| convert::lease(l, self.runs.get(&l.run_id)))
+            .unwrap_or_default())
+    }
+
+    /// Lets runs of a quarantined name be submitted and dispatched again.
+    pub fn clear_quarantine(
+        &mut self,
+        tx: &mut Tx,
+        name: &str,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<pb::Quarantine> {
+        let Some(q) = self.quarantines.remove(name) else {
+            return Err(EngineError::NotFound(format!(
+                "run name {name:?} is not quarantined; `opsdeck quarantines` lists the ones that are"
+            )));
+        };
+        self.stuck_at.remove(name);
+        tx.quarantines.insert(name.to_owned());
+        let msg = format!(
+            "run name {name} cleared by {}: runs of it are taken again",
+            actor.name
+        );
+        self.emit(
+            tx,
+            actor,
+            reason,
+            Ev::new("run_name.quarantine_cleared", msg).quarantine(&q),
+        );
+        Ok(convert::quarantine(&q))
     }
 
     // ---------------------------------------------------------------- agent
@@ -718,16 +1059,27 @@ impl State {
     ) -> EngineResult<()> {
         let id = hello.worker_id.trim().to_owned();
         if id.is_empty() || id.len() > 128 {
-            return Err(EngineError::InvalidArgument("worker id must be 1 to 128 characters".into()));
+            return Err(EngineError::InvalidArgument(
+                "worker id must be 1 to 128 characters".into(),
+            ));
         }
         if hello.queues.is_empty() {
-            return Err(EngineError::InvalidArgument(format!("worker {id} serves no queue; give it at least one --queue")));
+            return Err(EngineError::InvalidArgument(format!(
+                "worker {id} serves no queue; give it at least one --queue"
+            )));
         }
-        for q in hello.queues.iter().filter(|q| *q != crate::domain::ANY_QUEUE) {
-            validate_queue_name(q).map_err(|e| EngineError::InvalidArgument(format!("worker {id}: {e}")))?;
+        for q in hello
+            .queues
+            .iter()
+            .filter(|q| *q != crate::domain::ANY_QUEUE)
+        {
+            validate_queue_name(q)
+                .map_err(|e| EngineError::InvalidArgument(format!("worker {id}: {e}")))?;
         }
         if hello.slots == 0 {
-            return Err(EngineError::InvalidArgument(format!("worker {id} has 0 slots; give it --slots 1 or more")));
+            return Err(EngineError::InvalidArgument(format!(
+                "worker {id} has 0 slots; give it --slots 1 or more"
+            )));
         }
         let actor = Actor::worker(&id);
         // A second process with the same id replaces the first: the newest
@@ -735,10 +1087,18 @@ impl State {
         if self.sessions.remove(&id).is_some() {
             tracing::warn!(worker_id = %id, "a new session replaced the worker's previous one");
         }
-        self.sessions.insert(id.clone(), Session { id: session, tx: out.clone() });
+        self.sessions.insert(
+            id.clone(),
+            Session {
+                id: session,
+                tx: out.clone(),
+            },
+        );
         let now = tx.now;
         let prior = self.workers.get(&id).cloned();
-        let recycled = prior.as_ref().is_some_and(|w| w.recycle_requested && hello.generation > w.generation);
+        let recycled = prior
+            .as_ref()
+            .is_some_and(|w| w.recycle_requested && hello.generation > w.generation);
         let mut w = prior.clone().unwrap_or_else(|| Worker {
             id: id.clone(),
             state: WorkerState::Online,
@@ -782,26 +1142,49 @@ impl State {
         let generation = w.generation;
         self.workers.insert(id.clone(), w);
         tx.workers.insert(id.clone());
-        self.timers.push(Reverse((now + ms(self.cfg.worker_timeout), Timer::Heartbeat(id.clone()))));
+        self.timers.push(Reverse((
+            now + ms(self.cfg.worker_timeout),
+            Timer::Heartbeat(id.clone()),
+        )));
         let (kind, msg) = if recycled {
-            ("worker.recycled", format!("worker {id} is back as generation {generation}"))
+            (
+                "worker.recycled",
+                format!("worker {id} is back as generation {generation}"),
+            )
         } else {
-            ("worker.registered", format!("worker {id} online, serving {}", hello.queues.join(", ")))
+            (
+                "worker.registered",
+                format!("worker {id} online, serving {}", hello.queues.join(", ")),
+            )
         };
         self.emit(tx, &actor, "", Ev::new(kind, msg).worker(&id));
 
         // Keep the leases it still holds; return its others to their queues
         // now rather than after their TTL.
-        let held: HashMap<&str, u64> = hello.held.iter().map(|h| (h.lease_id.as_str(), h.fencing_token)).collect();
-        let ours: Vec<String> = self.worker_leases.get(&id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let held: HashMap<&str, u64> = hello
+            .held
+            .iter()
+            .map(|h| (h.lease_id.as_str(), h.fencing_token))
+            .collect();
+        let ours: Vec<String> = self
+            .worker_leases
+            .get(&id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         for lease_id in ours {
-            let Some(lease) = self.leases.get_mut(&lease_id) else { continue };
+            let Some(lease) = self.leases.get_mut(&lease_id) else {
+                continue;
+            };
             if held.get(lease_id.as_str()) == Some(&lease.fencing_token) {
                 lease.expires_at = now + ms(self.cfg.lease_ttl);
             } else {
                 let lease = lease.clone();
                 self.end_lease(tx, &lease_id, LeaseState::Expired);
-                let ev = Ev::new("lease.expired", format!("worker {id} re-registered without lease {lease_id}")).lease(&lease);
+                let ev = Ev::new(
+                    "lease.expired",
+                    format!("worker {id} re-registered without lease {lease_id}"),
+                )
+                .lease(&lease);
                 self.emit(tx, &actor, "", ev);
                 self.requeue(tx, &lease.run_id, lease.step_index, &actor, "");
             }
@@ -809,7 +1192,11 @@ impl State {
         let revoked = hello
             .held
             .iter()
-            .filter(|h| self.leases.get(&h.lease_id).is_none_or(|l| l.fencing_token != h.fencing_token || l.worker_id != id))
+            .filter(|h| {
+                self.leases
+                    .get(&h.lease_id)
+                    .is_none_or(|l| l.fencing_token != h.fencing_token || l.worker_id != id)
+            })
             .map(|h| h.lease_id.clone())
             .collect();
         let welcome = pb::Welcome {
@@ -832,7 +1219,9 @@ impl State {
             return;
         }
         self.sessions.remove(worker_id);
-        let Some(w) = self.workers.get_mut(worker_id) else { return };
+        let Some(w) = self.workers.get_mut(worker_id) else {
+            return;
+        };
         if w.state == WorkerState::Recycling {
             // Expected: it is replacing its process. The heartbeat timer
             // marks it offline if it does not come back.
@@ -841,8 +1230,15 @@ impl State {
         w.state = WorkerState::Offline;
         tx.workers.insert(worker_id.to_owned());
         let held = self.worker_leases.get(worker_id).map_or(0, |s| s.len());
-        let msg = format!("worker {worker_id} disconnected; its {held} leases expire after their TTL unless it returns");
-        self.emit(tx, &Actor::worker(worker_id), "", Ev::new("worker.offline", msg).worker(worker_id));
+        let msg = format!(
+            "worker {worker_id} disconnected; its {held} leases expire after their TTL unless it returns"
+        );
+        self.emit(
+            tx,
+            &Actor::worker(worker_id),
+            "",
+            Ev::new("worker.offline", msg).worker(worker_id),
+        );
     }
 
     pub fn session_of(&self, worker_id: &str) -> Option<u64> {
@@ -865,45 +1261,87 @@ impl State {
     }
 
     pub fn step_started(&mut self, tx: &mut Tx, worker_id: &str, started: pb::StepStarted) {
-        let Some(lease) = self.current_lease(worker_id, &started.lease_id, started.fencing_token) else { return };
+        let Some(lease) = self.current_lease(worker_id, &started.lease_id, started.fencing_token)
+        else {
+            return;
+        };
         let (run_id, index) = (lease.run_id.clone(), lease.step_index);
-        let Some(step) = self.runs.get_mut(&run_id).and_then(|r| r.step_mut(index)) else { return };
+        let Some(step) = self.runs.get_mut(&run_id).and_then(|r| r.step_mut(index)) else {
+            return;
+        };
         if step.state != StepState::Leased {
             return;
         }
         step.state = StepState::Running;
         step.started_at = Some(tx.now);
         tx.runs.insert(run_id.clone());
-        let msg = format!("step {} running on {worker_id} (pid {})", self.step_name(&run_id, index), started.pid);
-        self.emit(tx, &Actor::worker(worker_id), "", Ev::new("step.running", msg).step(&run_id, index).worker(worker_id));
+        let msg = format!(
+            "step {} running on {worker_id} (pid {})",
+            self.step_name(&run_id, index),
+            started.pid
+        );
+        self.emit(
+            tx,
+            &Actor::worker(worker_id),
+            "",
+            Ev::new("step.running", msg)
+                .step(&run_id, index)
+                .worker(worker_id),
+        );
     }
 
     pub fn step_output(&mut self, tx: &mut Tx, worker_id: &str, out: pb::StepOutput) {
-        let Some(lease) = self.current_lease(worker_id, &out.lease_id, out.fencing_token) else { return };
-        let (run_id, index, attempt) = (lease.run_id.clone(), lease.step_index, lease.attempt);
+        let Some(lease) = self
+            .current_lease(worker_id, &out.lease_id, out.fencing_token)
+            .cloned()
+        else {
+            return;
+        };
+        self.keep_output(tx, &lease, &out.stream, out.data);
+    }
+
+    /// Keeps output of a lease's attempt, up to the per-attempt cap. The
+    /// output that reaches the cap is followed by a marker chunk (marked
+    /// truncated) that says so and names the setting; later output is dropped.
+    fn keep_output(&mut self, tx: &mut Tx, lease: &Lease, stream: &str, mut data: Vec<u8>) {
         let cap = self.cfg.output_cap_bytes;
-        let used = self.output_bytes.entry(out.lease_id.clone()).or_insert(0);
+        let used = self.output_bytes.entry(lease.id.clone()).or_insert(0);
         if *used >= cap {
             return;
         }
         let room = cap - *used;
-        let truncated = out.data.len() > room;
-        let mut data = out.data;
+        let truncated = data.len() > room;
         data.truncate(room);
         *used += data.len();
         if truncated {
             // Mark the cap once; later chunks are dropped above.
             *used = cap;
         }
-        tx.outputs.push(pb::OutputChunk {
-            run_id,
-            step_index: index,
-            attempt,
-            stream: if out.stream == "stderr" { "stderr".into() } else { "stdout".into() },
+        let stream = if stream == "stderr" {
+            "stderr"
+        } else {
+            "stdout"
+        };
+        let chunk = |data: Vec<u8>, truncated: bool| pb::OutputChunk {
+            run_id: lease.run_id.clone(),
+            step_index: lease.step_index,
+            attempt: lease.attempt,
+            stream: stream.to_owned(),
             data,
             at_ms: tx.now,
             truncated,
+        };
+        let marker = truncated.then(|| {
+            let text = format!(
+                "\n[opsdeck: output of this attempt capped at {cap} bytes (output_cap_bytes in the engine config); \
+                 the rest was dropped]\n"
+            );
+            chunk(text.into_bytes(), true)
         });
+        if !data.is_empty() {
+            tx.outputs.push(chunk(data, false));
+        }
+        tx.outputs.extend(marker);
     }
 
     /// A result from a worker. Accepted only from the holder of the live
@@ -911,37 +1349,83 @@ impl State {
     pub fn step_result(&mut self, tx: &mut Tx, worker_id: &str, result: pb::StepResult) {
         let actor = Actor::worker(worker_id);
         let ack = |accepted: bool, message: String| {
-            pb::engine_message::Kind::Ack(pb::ResultAck { lease_id: result.lease_id.clone(), accepted, message })
+            pb::engine_message::Kind::Ack(pb::ResultAck {
+                lease_id: result.lease_id.clone(),
+                accepted,
+                message,
+            })
         };
-        let Some(lease) = self.current_lease(worker_id, &result.lease_id, result.fencing_token).cloned() else {
-            let why = match self.leases.get(&result.lease_id).or_else(|| self.recent_leases.iter().find(|l| l.id == result.lease_id)) {
+        let Some(lease) = self
+            .current_lease(worker_id, &result.lease_id, result.fencing_token)
+            .cloned()
+        else {
+            let why = match self
+                .leases
+                .get(&result.lease_id)
+                .or_else(|| self.recent_leases.iter().find(|l| l.id == result.lease_id))
+            {
                 Some(l) if l.fencing_token != result.fencing_token => format!(
                     "stale fencing token {} (current {})",
                     result.fencing_token, l.fencing_token
                 ),
-                Some(l) if l.state != LeaseState::Active => format!("lease already {}", lease_word(l.state)),
+                Some(l) if l.state != LeaseState::Active => {
+                    format!("lease already {}", lease_word(l.state))
+                }
                 Some(l) => format!("lease is held by {}", l.worker_id),
                 None => "unknown lease".to_owned(),
             };
             let msg = format!("result for lease {} refused: {why}", result.lease_id);
             let mut ev = Ev::new("result.refused", msg.clone()).worker(worker_id);
-            if let Some(l) = self.recent_leases.iter().find(|l| l.id == result.lease_id).cloned() {
+            if let Some(l) = self
+                .recent_leases
+                .iter()
+                .find(|l| l.id == result.lease_id)
+                .cloned()
+            {
                 ev = ev.step(&l.run_id, l.step_index);
             }
             self.emit(tx, &actor, "", ev);
             self.send(tx, worker_id, ack(false, msg));
             return;
         };
+        if result.output_lost_bytes > 0 && !result.output_tail.is_empty() {
+            // Output sent while the engine was unreachable was lost; the
+            // tail the worker kept with its result is the best there is.
+            let mut data = format!(
+                "[opsdeck: {} bytes of output were lost while the worker could not reach the engine; \
+                 the last {} bytes of the step's output follow]\n",
+                result.output_lost_bytes,
+                result.output_tail.len()
+            )
+            .into_bytes();
+            data.extend_from_slice(&result.output_tail);
+            self.keep_output(tx, &lease, "stdout", data);
+        }
         self.end_lease(tx, &lease.id, LeaseState::Released);
         self.queue_live(&lease.queue).completed.push_back(tx.now);
         let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Failed);
-        let msg = format!("lease released: result {} accepted", opsdeck_proto::names::Word::word(outcome));
+        let msg = format!(
+            "lease released: result {} accepted",
+            opsdeck_proto::names::Word::word(outcome)
+        );
         self.emit(tx, &actor, "", Ev::new("lease.released", msg).lease(&lease));
         let exit = result.has_exit_code.then_some(result.exit_code);
         if outcome == pb::Outcome::Succeeded {
-            self.succeed_step(tx, &lease.run_id, lease.step_index, exit, String::new(), &actor, "");
+            self.succeed_step(
+                tx,
+                &lease.run_id,
+                lease.step_index,
+                exit,
+                String::new(),
+                &actor,
+                "",
+            );
         } else {
-            let message = if result.message.is_empty() { format!("attempt {} failed", lease.attempt) } else { result.message.clone() };
+            let message = if result.message.is_empty() {
+                format!("attempt {} failed", lease.attempt)
+            } else {
+                result.message.clone()
+            };
             self.attempt_failed(tx, &lease.run_id, lease.step_index, exit, message, &actor);
         }
         self.send(tx, worker_id, ack(true, String::new()));
@@ -949,7 +1433,9 @@ impl State {
     }
 
     fn current_lease(&self, worker_id: &str, lease_id: &str, token: u64) -> Option<&Lease> {
-        self.leases.get(lease_id).filter(|l| l.worker_id == worker_id && l.fencing_token == token)
+        self.leases
+            .get(lease_id)
+            .filter(|l| l.worker_id == worker_id && l.fencing_token == token)
     }
 
     // ---------------------------------------------------------------- timers
@@ -961,25 +1447,38 @@ impl State {
             if *at > tx.now {
                 break;
             }
-            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
+            };
             match timer {
                 Timer::LeaseExpiry(id) => {
-                    let Some(lease) = self.leases.get(&id).cloned() else { continue };
+                    let Some(lease) = self.leases.get(&id).cloned() else {
+                        continue;
+                    };
                     if lease.expires_at > tx.now {
                         // Renewed by heartbeats since this timer was set.
-                        self.timers.push(Reverse((lease.expires_at, Timer::LeaseExpiry(id))));
+                        self.timers
+                            .push(Reverse((lease.expires_at, Timer::LeaseExpiry(id))));
                         continue;
                     }
                     self.end_lease(tx, &id, LeaseState::Expired);
-                    let msg = format!("lease {id} expired: no heartbeat from {} within the TTL", lease.worker_id);
+                    let msg = format!(
+                        "lease {id} expired: no heartbeat from {} within the TTL",
+                        lease.worker_id
+                    );
                     self.emit(tx, &engine, "", Ev::new("lease.expired", msg).lease(&lease));
                     self.cancel_on_worker(tx, &lease, "lease expired");
                     self.requeue(tx, &lease.run_id, lease.step_index, &engine, "");
                 }
                 Timer::Heartbeat(id) => {
-                    let Some(w) = self.workers.get_mut(&id) else { continue };
+                    let Some(w) = self.workers.get_mut(&id) else {
+                        continue;
+                    };
                     let due = w.last_heartbeat_at + ms(self.cfg.worker_timeout);
-                    if !matches!(w.state, WorkerState::Online | WorkerState::Draining | WorkerState::Recycling) {
+                    if !matches!(
+                        w.state,
+                        WorkerState::Online | WorkerState::Draining | WorkerState::Recycling
+                    ) {
                         continue;
                     }
                     if due > tx.now {
@@ -989,12 +1488,18 @@ impl State {
                     w.state = WorkerState::Offline;
                     tx.workers.insert(id.clone());
                     self.sessions.remove(&id);
-                    let msg = format!("worker {id} offline: no heartbeat for {}", humantime::format_duration(self.cfg.worker_timeout));
+                    let msg = format!(
+                        "worker {id} offline: no heartbeat for {}",
+                        humantime::format_duration(self.cfg.worker_timeout)
+                    );
                     self.emit(tx, &engine, "", Ev::new("worker.offline", msg).worker(&id));
                 }
                 Timer::ApprovalDeadline(id) => self.approval_timed_out(tx, &id),
+                Timer::StuckCheck(id) => self.stuck_check(tx, &id),
                 Timer::RetryDue(run_id, index) => {
-                    let Some(step) = self.runs.get(&run_id).and_then(|r| r.step(index)) else { continue };
+                    let Some(step) = self.runs.get(&run_id).and_then(|r| r.step(index)) else {
+                        continue;
+                    };
                     if step.state != StepState::RetryWait {
                         continue;
                     }
@@ -1007,9 +1512,93 @@ impl State {
         }
     }
 
+    /// When a live lease counts as stuck: its step's timeout, then the
+    /// worker's SIGTERM-to-SIGKILL grace, then two heartbeats for the
+    /// worker to report. `None` for a step without a timeout.
+    fn stuck_check_at(&self, lease: &Lease) -> Option<Millis> {
+        let step = self.runs.get(&lease.run_id)?.step(lease.step_index)?;
+        let timeout = i64::try_from(step.exec()?.timeout_ms?).unwrap_or(i64::MAX / 4);
+        let slack = ms(self.cfg.cancel_grace).saturating_add(2 * ms(self.cfg.heartbeat_interval));
+        Some(
+            lease
+                .granted_at
+                .saturating_add(timeout)
+                .saturating_add(slack),
+        )
+    }
+
+    /// A lease still live past its stuck check: its worker keeps it (it
+    /// heartbeats) but could not stop the step. Flag it, and quarantine the
+    /// run name once that happens too often.
+    fn stuck_check(&mut self, tx: &mut Tx, id: &str) {
+        let engine = Actor::engine();
+        let Some(lease) = self.leases.get_mut(id) else {
+            return;
+        };
+        if lease.stuck {
+            return;
+        }
+        lease.stuck = true;
+        let lease = lease.clone();
+        tx.leases.insert(id.to_owned(), lease.clone());
+        let Some(run) = self.runs.get(&lease.run_id) else {
+            return;
+        };
+        let name = run.name.clone();
+        let timeout = run
+            .step(lease.step_index)
+            .and_then(|s| s.exec()?.timeout_ms)
+            .unwrap_or(0);
+        let msg = format!(
+            "lease {id} stuck: {}/{} is still held by {} after its {} timeout and the {} cancel grace; \
+             the worker could not stop it: look at the process on that host, then force-release the lease",
+            name,
+            self.step_name(&lease.run_id, lease.step_index),
+            lease.worker_id,
+            humantime::format_duration(Duration::from_millis(timeout)),
+            humantime::format_duration(self.cfg.cancel_grace),
+        );
+        self.emit(tx, &engine, "", Ev::new("lease.stuck", msg).lease(&lease));
+
+        let window = ms(self.cfg.quarantine_window);
+        let times = self.stuck_at.entry(name.clone()).or_default();
+        times.push_back(tx.now);
+        while times.front().is_some_and(|t| *t <= tx.now - window) {
+            times.pop_front();
+        }
+        let count = times.len() as u32;
+        let after = self.cfg.quarantine_after;
+        if after == 0 || count < after || self.quarantines.contains_key(&name) {
+            return;
+        }
+        let q = Quarantine {
+            name: name.clone(),
+            since: tx.now,
+            stuck_count: count,
+            message: format!(
+                "{count} leases of runs named {name} got stuck within {}: new runs of it are refused and its \
+                 queued steps wait until an operator clears it with `opsdeck unquarantine {name} --reason TEXT`",
+                humantime::format_duration(self.cfg.quarantine_window)
+            ),
+        };
+        let msg = format!("run name {name} quarantined: {}", q.message);
+        tx.quarantines.insert(name.clone());
+        self.quarantines.insert(name, q.clone());
+        self.emit(
+            tx,
+            &engine,
+            "",
+            Ev::new("run_name.quarantined", msg)
+                .run(&lease.run_id)
+                .quarantine(&q),
+        );
+    }
+
     fn approval_timed_out(&mut self, tx: &mut Tx, id: &str) {
         let engine = Actor::engine();
-        let Some(a) = self.approvals.get_mut(id) else { return };
+        let Some(a) = self.approvals.get_mut(id) else {
+            return;
+        };
         if a.state != ApprovalState::Pending || a.deadline_at.is_none_or(|d| d > tx.now) {
             return;
         }
@@ -1020,12 +1609,30 @@ impl State {
         };
         a.state = state;
         tx.approvals.insert(id.to_owned());
-        let msg = format!("approval timed out; on_timeout = {}", a.spec.on_timeout.word());
+        let msg = format!(
+            "approval timed out; on_timeout = {}",
+            a.spec.on_timeout.word()
+        );
         let (run_id, index) = (a.run_id.clone(), a.step_index);
         let ev = Ev::new(kind, msg.clone()).approval(a);
         self.emit(tx, &engine, "approval timeout", ev);
-        self.fail_step(tx, &run_id, index, StepState::Failed, msg.clone(), &engine, "approval timeout");
-        self.finish_run(tx, &run_id, RunState::Failed, msg, &engine, "approval timeout");
+        self.fail_step(
+            tx,
+            &run_id,
+            index,
+            StepState::Failed,
+            msg.clone(),
+            &engine,
+            "approval timeout",
+        );
+        self.finish_run(
+            tx,
+            &run_id,
+            RunState::Failed,
+            msg,
+            &engine,
+            "approval timeout",
+        );
     }
 
     // -------------------------------------------------------------- dispatch
@@ -1062,7 +1669,9 @@ impl State {
             while let Some(slot) = free.iter().position(|(id, f)| {
                 *f > 0 && self.workers.get(id).is_some_and(|w| w.serves(&queue))
             }) {
-                let Some(key) = self.queues.get_mut(&queue).and_then(|q| q.ready.pop_first()) else { break };
+                let Some(key) = self.next_ready(&queue) else {
+                    break;
+                };
                 let worker_id = free[slot].0.clone();
                 free[slot].1 -= 1;
                 // Spread work: the next step goes to the next worker.
@@ -1073,12 +1682,38 @@ impl State {
         }
     }
 
+    /// Takes the next ready step of a queue, passing over quarantined run names.
+    fn next_ready(&mut self, queue: &str) -> Option<ReadyKey> {
+        let q = self.queues.get_mut(queue)?;
+        if self.quarantines.is_empty() {
+            return q.ready.pop_first();
+        }
+        let runs = &self.runs;
+        let quarantines = &self.quarantines;
+        let key = q
+            .ready
+            .iter()
+            .find(|k| {
+                runs.get(&k.run_id)
+                    .is_none_or(|r| !quarantines.contains_key(&r.name))
+            })?
+            .clone();
+        q.ready.remove(&key);
+        Some(key)
+    }
+
     fn grant(&mut self, tx: &mut Tx, run_id: &str, index: u32, worker_id: &str) {
         let now = tx.now;
-        let Some(run) = self.runs.get_mut(run_id) else { return };
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
         let run_name = run.name.clone();
-        let Some(step) = run.step_mut(index) else { return };
-        let Some(exec) = step.exec().cloned() else { return };
+        let Some(step) = run.step_mut(index) else {
+            return;
+        };
+        let Some(exec) = step.exec().cloned() else {
+            return;
+        };
         step.attempt += 1;
         step.fence += 1;
         let lease = Lease {
@@ -1093,6 +1728,7 @@ impl State {
             expires_at: now + ms(self.cfg.lease_ttl),
             ended_at: None,
             queue: exec.queue.clone(),
+            stuck: false,
         };
         step.state = StepState::Leased;
         step.lease_id = Some(lease.id.clone());
@@ -1102,11 +1738,29 @@ impl State {
         tx.runs.insert(run_id.to_owned());
         tx.leases.insert(lease.id.clone(), lease.clone());
         self.queue_live(&exec.queue).running += 1;
-        self.worker_leases.entry(worker_id.to_owned()).or_default().insert(lease.id.clone());
-        self.timers.push(Reverse((lease.expires_at, Timer::LeaseExpiry(lease.id.clone()))));
+        self.worker_leases
+            .entry(worker_id.to_owned())
+            .or_default()
+            .insert(lease.id.clone());
+        self.timers.push(Reverse((
+            lease.expires_at,
+            Timer::LeaseExpiry(lease.id.clone()),
+        )));
         self.leases.insert(lease.id.clone(), lease.clone());
-        let msg = format!("{run_name}/{step_name} attempt {} leased to {worker_id}", lease.attempt);
-        self.emit(tx, &Actor::engine(), "", Ev::new("lease.granted", msg).lease(&lease));
+        if let Some(at) = self.stuck_check_at(&lease) {
+            self.timers
+                .push(Reverse((at, Timer::StuckCheck(lease.id.clone()))));
+        }
+        let msg = format!(
+            "{run_name}/{step_name} attempt {} leased to {worker_id}",
+            lease.attempt
+        );
+        self.emit(
+            tx,
+            &Actor::engine(),
+            "",
+            Ev::new("lease.granted", msg).lease(&lease),
+        );
         let (shell, argv) = match exec.command {
             crate::domain::Command::Shell(s) => (s, vec![]),
             crate::domain::Command::Argv(a) => (String::new(), a),
@@ -1134,15 +1788,23 @@ impl State {
     // ------------------------------------------------------------- helpers
 
     fn queue_live(&mut self, name: &str) -> &mut QueueLive {
-        self.queues.entry(name.to_owned()).or_insert_with(|| QueueLive {
-            queue: Queue { name: name.to_owned(), paused: false },
-            ..Default::default()
-        })
+        self.queues
+            .entry(name.to_owned())
+            .or_insert_with(|| QueueLive {
+                queue: Queue {
+                    name: name.to_owned(),
+                    paused: false,
+                },
+                ..Default::default()
+            })
     }
 
     fn send(&self, tx: &mut Tx, worker_id: &str, kind: pb::engine_message::Kind) {
         if let Some(s) = self.sessions.get(worker_id) {
-            tx.effects.push(Effect::Send(s.tx.clone(), Box::new(pb::EngineMessage { kind: Some(kind) })));
+            tx.effects.push(Effect::Send(
+                s.tx.clone(),
+                Box::new(pb::EngineMessage { kind: Some(kind) }),
+            ));
         }
     }
 
@@ -1159,11 +1821,18 @@ impl State {
     }
 
     fn enqueue_ready(&mut self, run_id: &str, index: u32) {
-        let Some(step) = self.runs.get(run_id).and_then(|r| r.step(index)) else { return };
+        let Some(step) = self.runs.get(run_id).and_then(|r| r.step(index)) else {
+            return;
+        };
         let Some(exec) = step.exec() else { return };
         let (queue, priority) = (exec.queue.clone(), exec.priority);
         self.ready_order += 1;
-        let key = ReadyKey { priority: Reverse(priority), order: self.ready_order, run_id: run_id.to_owned(), step: index };
+        let key = ReadyKey {
+            priority: Reverse(priority),
+            order: self.ready_order,
+            run_id: run_id.to_owned(),
+            step: index,
+        };
         self.queue_live(&queue).ready.insert(key);
     }
 
@@ -1174,7 +1843,9 @@ impl State {
     }
 
     fn end_lease(&mut self, tx: &mut Tx, id: &str, state: LeaseState) {
-        let Some(mut lease) = self.leases.remove(id) else { return };
+        let Some(mut lease) = self.leases.remove(id) else {
+            return;
+        };
         lease.state = state;
         lease.ended_at = Some(tx.now);
         if let Some(set) = self.worker_leases.get_mut(&lease.worker_id) {
@@ -1183,7 +1854,10 @@ impl State {
         self.output_bytes.remove(id);
         let q = self.queue_live(&lease.queue);
         q.running = q.running.saturating_sub(1);
-        if let Some(step) = self.runs.get_mut(&lease.run_id).and_then(|r| r.step_mut(lease.step_index))
+        if let Some(step) = self
+            .runs
+            .get_mut(&lease.run_id)
+            .and_then(|r| r.step_mut(lease.step_index))
             && step.lease_id.as_deref() == Some(id)
         {
             step.lease_id = None;
@@ -1199,11 +1873,15 @@ impl State {
     /// Starts step `index` of a run: exec steps go to their queue, approval
     /// steps open an approval.
     fn start_step(&mut self, tx: &mut Tx, run_id: &str, index: u32, actor: &Actor, reason: &str) {
-        let Some(run) = self.runs.get_mut(run_id) else { return };
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
         run.current_step = index;
         run.updated_at = tx.now;
         let submitted_by = run.submitted_by.clone();
-        let Some(step) = run.step_mut(index) else { return };
+        let Some(step) = run.step_mut(index) else {
+            return;
+        };
         match step.spec.kind.clone() {
             StepKindSpec::Exec(_) => {
                 run.state = RunState::Running;
@@ -1215,7 +1893,9 @@ impl State {
                 step.approval_id = Some(id.clone());
                 step.started_at = Some(tx.now);
                 run.state = RunState::WaitingApproval;
-                let deadline_at = spec.timeout_ms.map(|t| tx.now + i64::try_from(t).unwrap_or(i64::MAX / 4));
+                let deadline_at = spec
+                    .timeout_ms
+                    .map(|t| tx.now + i64::try_from(t).unwrap_or(i64::MAX / 4));
                 let a = Approval {
                     id: id.clone(),
                     run_id: run_id.to_owned(),
@@ -1229,7 +1909,8 @@ impl State {
                     decided_at: None,
                 };
                 if let Some(d) = deadline_at {
-                    self.timers.push(Reverse((d, Timer::ApprovalDeadline(id.clone()))));
+                    self.timers
+                        .push(Reverse((d, Timer::ApprovalDeadline(id.clone()))));
                 }
                 tx.runs.insert(run_id.to_owned());
                 tx.approvals.insert(id.clone());
@@ -1242,7 +1923,9 @@ impl State {
 
     /// Puts an exec step on its queue's ready list.
     fn make_ready(&mut self, tx: &mut Tx, run_id: &str, index: u32, actor: &Actor, reason: &str) {
-        let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else { return };
+        let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else {
+            return;
+        };
         step.state = StepState::Queued;
         step.ready_since = Some(tx.now);
         step.next_attempt_at = None;
@@ -1254,15 +1937,27 @@ impl State {
         let q = self.queue_live(&queue);
         trim_window(&mut q.enqueued, tx.now);
         trim_window(&mut q.completed, tx.now);
-        let ev = Ev::new("step.queued", format!("step {} ready on queue {queue}", self.step_name(run_id, index))).step(run_id, index).queue(&queue);
+        let ev = Ev::new(
+            "step.queued",
+            format!(
+                "step {} ready on queue {queue}",
+                self.step_name(run_id, index)
+            ),
+        )
+        .step(run_id, index)
+        .queue(&queue);
         self.emit(tx, actor, reason, ev);
     }
 
     /// Returns a step whose lease ended early to its queue, unless the run
     /// has moved on (cancelled, failed).
     fn requeue(&mut self, tx: &mut Tx, run_id: &str, index: u32, actor: &Actor, reason: &str) {
-        let Some(run) = self.runs.get(run_id) else { return };
-        let live = run.step(index).is_some_and(|s| matches!(s.state, StepState::Leased | StepState::Running));
+        let Some(run) = self.runs.get(run_id) else {
+            return;
+        };
+        let live = run
+            .step(index)
+            .is_some_and(|s| matches!(s.state, StepState::Leased | StepState::Running));
         if run.state.is_final() || !live {
             return;
         }
@@ -1270,28 +1965,69 @@ impl State {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn succeed_step(&mut self, tx: &mut Tx, run_id: &str, index: u32, exit: Option<i32>, message: String, actor: &Actor, reason: &str) {
-        let Some(run) = self.runs.get_mut(run_id) else { return };
+    fn succeed_step(
+        &mut self,
+        tx: &mut Tx,
+        run_id: &str,
+        index: u32,
+        exit: Option<i32>,
+        message: String,
+        actor: &Actor,
+        reason: &str,
+    ) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
         let last = index as usize + 1 >= run.steps.len();
-        let Some(step) = run.step_mut(index) else { return };
+        let Some(step) = run.step_mut(index) else {
+            return;
+        };
         step.state = StepState::Succeeded;
         step.exit_code = exit;
         step.finished_at = Some(tx.now);
         step.message = message;
         tx.runs.insert(run_id.to_owned());
-        self.emit(tx, actor, reason, Ev::new("step.succeeded", format!("step {} succeeded", self.step_name(run_id, index))).step(run_id, index));
+        self.emit(
+            tx,
+            actor,
+            reason,
+            Ev::new(
+                "step.succeeded",
+                format!("step {} succeeded", self.step_name(run_id, index)),
+            )
+            .step(run_id, index),
+        );
         if last {
-            self.finish_run(tx, run_id, RunState::Succeeded, "every step succeeded".into(), actor, reason);
+            self.finish_run(
+                tx,
+                run_id,
+                RunState::Succeeded,
+                "every step succeeded".into(),
+                actor,
+                reason,
+            );
         } else {
             self.start_step(tx, run_id, index + 1, actor, reason);
         }
     }
 
-    fn attempt_failed(&mut self, tx: &mut Tx, run_id: &str, index: u32, exit: Option<i32>, message: String, actor: &Actor) {
-        let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else { return };
+    fn attempt_failed(
+        &mut self,
+        tx: &mut Tx,
+        run_id: &str,
+        index: u32,
+        exit: Option<i32>,
+        message: String,
+        actor: &Actor,
+    ) {
+        let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else {
+            return;
+        };
         step.exit_code = exit;
         if step.has_attempts_left() {
-            let delay = step.exec().map_or(0, |e| e.backoff_after(step.attempt - step.attempt_base));
+            let delay = step
+                .exec()
+                .map_or(0, |e| e.backoff_after(step.attempt - step.attempt_base));
             let due = tx.now + i64::try_from(delay).unwrap_or(i64::MAX / 4);
             step.state = StepState::RetryWait;
             step.next_attempt_at = Some(due);
@@ -1299,33 +2035,83 @@ impl State {
             let queue = step.queue().unwrap_or_default().to_owned();
             tx.runs.insert(run_id.to_owned());
             self.queue_live(&queue).delayed += 1;
-            self.timers.push(Reverse((due, Timer::RetryDue(run_id.to_owned(), index))));
-            let msg = format!("step {} failed ({message}); retry in {}", self.step_name(run_id, index), humantime::format_duration(Duration::from_millis(delay)));
-            self.emit(tx, actor, "", Ev::new("step.retry_scheduled", msg).step(run_id, index).queue(&queue));
+            self.timers
+                .push(Reverse((due, Timer::RetryDue(run_id.to_owned(), index))));
+            let msg = format!(
+                "step {} failed ({message}); retry in {}",
+                self.step_name(run_id, index),
+                humantime::format_duration(Duration::from_millis(delay))
+            );
+            self.emit(
+                tx,
+                actor,
+                "",
+                Ev::new("step.retry_scheduled", msg)
+                    .step(run_id, index)
+                    .queue(&queue),
+            );
         } else {
             let attempts = step.attempt;
-            let msg = format!("step {} dead after {attempts} attempts: {message}", self.step_name(run_id, index));
+            let msg = format!(
+                "step {} dead after {attempts} attempts: {message}",
+                self.step_name(run_id, index)
+            );
             self.fail_step(tx, run_id, index, StepState::Dead, message, actor, "");
             self.finish_run(tx, run_id, RunState::Failed, msg, actor, "");
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn fail_step(&mut self, tx: &mut Tx, run_id: &str, index: u32, state: StepState, message: String, actor: &Actor, reason: &str) {
-        let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else { return };
+    fn fail_step(
+        &mut self,
+        tx: &mut Tx,
+        run_id: &str,
+        index: u32,
+        state: StepState,
+        message: String,
+        actor: &Actor,
+        reason: &str,
+    ) {
+        let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else {
+            return;
+        };
         step.state = state;
         step.finished_at = Some(tx.now);
         step.message = message.clone();
         tx.runs.insert(run_id.to_owned());
-        let kind = if state == StepState::Dead { "step.dead" } else { "step.failed" };
-        self.emit(tx, actor, reason, Ev::new(kind, format!("step {}: {message}", self.step_name(run_id, index))).step(run_id, index));
+        let kind = if state == StepState::Dead {
+            "step.dead"
+        } else {
+            "step.failed"
+        };
+        self.emit(
+            tx,
+            actor,
+            reason,
+            Ev::new(
+                kind,
+                format!("step {}: {message}", self.step_name(run_id, index)),
+            )
+            .step(run_id, index),
+        );
     }
 
     /// Takes a step out of whatever it is doing (queue, lease, backoff,
     /// approval) and leaves it in `state`.
     #[allow(clippy::too_many_arguments)]
-    fn stop_step(&mut self, tx: &mut Tx, run_id: &str, index: u32, state: StepState, why: &str, actor: &Actor, reason: &str) {
-        let Some(step) = self.runs.get(run_id).and_then(|r| r.step(index)).cloned() else { return };
+    fn stop_step(
+        &mut self,
+        tx: &mut Tx,
+        run_id: &str,
+        index: u32,
+        state: StepState,
+        why: &str,
+        actor: &Actor,
+        reason: &str,
+    ) {
+        let Some(step) = self.runs.get(run_id).and_then(|r| r.step(index)).cloned() else {
+            return;
+        };
         let queue = step.queue().unwrap_or_default().to_owned();
         match step.state {
             StepState::Queued => self.remove_ready(&queue, run_id, index),
@@ -1334,16 +2120,26 @@ impl State {
                 q.delayed = q.delayed.saturating_sub(1);
             }
             StepState::Leased | StepState::Running => {
-                if let Some(lease) = step.lease_id.as_deref().and_then(|id| self.leases.get(id)).cloned() {
+                if let Some(lease) = step
+                    .lease_id
+                    .as_deref()
+                    .and_then(|id| self.leases.get(id))
+                    .cloned()
+                {
                     self.end_lease(tx, &lease.id, LeaseState::Released);
-                    let ev = Ev::new("lease.released", format!("lease released: {why}")).lease(&lease);
+                    let ev =
+                        Ev::new("lease.released", format!("lease released: {why}")).lease(&lease);
                     self.emit(tx, actor, reason, ev);
                     self.cancel_on_worker(tx, &lease, why);
                     self.maybe_recycle(tx, &lease.worker_id, actor, reason);
                 }
             }
             StepState::Waiting => {
-                if let Some(a) = step.approval_id.as_deref().and_then(|id| self.approvals.get_mut(id)) {
+                if let Some(a) = step
+                    .approval_id
+                    .as_deref()
+                    .and_then(|id| self.approvals.get_mut(id))
+                {
                     a.state = ApprovalState::Cancelled;
                     a.decided_at = Some(tx.now);
                     tx.approvals.insert(a.id.clone());
@@ -1361,8 +2157,18 @@ impl State {
         }
     }
 
-    fn finish_run(&mut self, tx: &mut Tx, run_id: &str, state: RunState, message: String, actor: &Actor, reason: &str) {
-        let Some(run) = self.runs.get_mut(run_id) else { return };
+    fn finish_run(
+        &mut self,
+        tx: &mut Tx,
+        run_id: &str,
+        state: RunState,
+        message: String,
+        actor: &Actor,
+        reason: &str,
+    ) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
         run.state = state;
         run.finished_at = Some(tx.now);
         run.updated_at = tx.now;
@@ -1378,32 +2184,79 @@ impl State {
 
     /// Recycles a worker that asked for it once its last lease has ended.
     fn maybe_recycle(&mut self, tx: &mut Tx, worker_id: &str, actor: &Actor, reason: &str) {
-        let busy = self.worker_leases.get(worker_id).is_some_and(|s| !s.is_empty());
-        let Some(w) = self.workers.get_mut(worker_id) else { return };
-        if !w.recycle_requested || busy || w.state == WorkerState::Recycling || !self.sessions.contains_key(worker_id) {
+        let busy = self
+            .worker_leases
+            .get(worker_id)
+            .is_some_and(|s| !s.is_empty());
+        let Some(w) = self.workers.get_mut(worker_id) else {
+            return;
+        };
+        if !w.recycle_requested
+            || busy
+            || w.state == WorkerState::Recycling
+            || !self.sessions.contains_key(worker_id)
+        {
             return;
         }
         w.state = WorkerState::Recycling;
         tx.workers.insert(worker_id.to_owned());
-        let msg = format!("worker {worker_id} drained; restarting as generation {}", w.generation + 1);
-        self.emit(tx, actor, reason, Ev::new("worker.recycling", msg).worker(worker_id));
-        self.send(tx, worker_id, pb::engine_message::Kind::Recycle(pb::Recycle {}));
+        let msg = format!(
+            "worker {worker_id} drained; restarting as generation {}",
+            w.generation + 1
+        );
+        self.emit(
+            tx,
+            actor,
+            reason,
+            Ev::new("worker.recycling", msg).worker(worker_id),
+        );
+        self.send(
+            tx,
+            worker_id,
+            pb::engine_message::Kind::Recycle(pb::Recycle {}),
+        );
     }
 
     /// Copies of every object a transaction changed, for the store.
     pub fn batch(&self, tx: &mut Tx) -> crate::store::Batch {
         crate::store::Batch {
-            runs: tx.runs.iter().filter_map(|id| self.runs.get(id).cloned()).collect(),
-            workers: tx.workers.iter().filter_map(|id| self.workers.get(id).cloned()).collect(),
+            runs: tx
+                .runs
+                .iter()
+                .filter_map(|id| self.runs.get(id).cloned())
+                .collect(),
+            workers: tx
+                .workers
+                .iter()
+                .filter_map(|id| self.workers.get(id).cloned())
+                .collect(),
             leases: tx
                 .leases
                 .keys()
-                .filter_map(|id| self.leases.get(id).cloned().or_else(|| tx.lease(id).cloned()))
+                .filter_map(|id| {
+                    self.leases
+                        .get(id)
+                        .cloned()
+                        .or_else(|| tx.lease(id).cloned())
+                })
                 .collect(),
-            approvals: tx.approvals.iter().filter_map(|id| self.approvals.get(id).cloned()).collect(),
-            queues: tx.queues.iter().filter_map(|n| self.queues.get(n).map(|q| q.queue.clone())).collect(),
+            approvals: tx
+                .approvals
+                .iter()
+                .filter_map(|id| self.approvals.get(id).cloned())
+                .collect(),
+            queues: tx
+                .queues
+                .iter()
+                .filter_map(|n| self.queues.get(n).map(|q| q.queue.clone()))
+                .collect(),
             events: std::mem::take(&mut tx.events),
             outputs: std::mem::take(&mut tx.outputs),
+            quarantines: tx
+                .quarantines
+                .iter()
+                .map(|n| (n.clone(), self.quarantines.get(n).cloned()))
+                .collect(),
         }
     }
 }
@@ -1416,6 +2269,12 @@ impl State {
             .and_then(|r| r.step(index))
             .map_or_else(|| format!("#{}", index + 1), |s| s.spec.name.clone())
     }
+}
+
+/// A Unix-milliseconds time as people read it (UTC).
+fn time_word(at: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn not_found(what: &str, id: &str, list: &str) -> EngineError {
@@ -1456,6 +2315,9 @@ impl State {
 }
 
 #[cfg(test)]
+mod model_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::spec::parse;
@@ -1467,21 +2329,38 @@ mod tests {
     }
 
     fn alice() -> Actor {
-        Actor { name: "alice".into(), transport: "unix" }
+        Actor {
+            name: "alice".into(),
+            transport: "unix",
+        }
     }
 
     fn submit(s: &mut State, spec: &str) -> String {
         let mut tx = Tx::new(T0);
         let spec = parse(spec, &Limits::default()).unwrap();
-        s.submit(&mut tx, spec, None, &alice(), "test").0.id
+        s.submit(&mut tx, spec, None, &alice(), "test")
+            .unwrap()
+            .0
+            .id
     }
 
     /// Connects a worker and returns what the engine sends it.
-    fn worker(s: &mut State, id: &str, queues: &[&str], slots: u32) -> mpsc::UnboundedReceiver<pb::EngineMessage> {
+    fn worker(
+        s: &mut State,
+        id: &str,
+        queues: &[&str],
+        slots: u32,
+    ) -> mpsc::UnboundedReceiver<pb::EngineMessage> {
         worker_at(s, id, queues, slots, T0)
     }
 
-    fn worker_at(s: &mut State, id: &str, queues: &[&str], slots: u32, now: Millis) -> mpsc::UnboundedReceiver<pb::EngineMessage> {
+    fn worker_at(
+        s: &mut State,
+        id: &str,
+        queues: &[&str],
+        slots: u32,
+        now: Millis,
+    ) -> mpsc::UnboundedReceiver<pb::EngineMessage> {
         let (out, rx) = mpsc::unbounded_channel();
         let hello = pb::Hello {
             worker_id: id.into(),
@@ -1524,7 +2403,13 @@ mod tests {
         run_effects(tx);
     }
 
-    fn result(s: &mut State, worker: &str, a: &pb::Assignment, outcome: pb::Outcome, now: Millis) -> Vec<pb::Event> {
+    fn result(
+        s: &mut State,
+        worker: &str,
+        a: &pb::Assignment,
+        outcome: pb::Outcome,
+        now: Millis,
+    ) -> Vec<pb::Event> {
         let mut tx = Tx::new(now);
         let r = pb::StepResult {
             lease_id: a.lease_id.clone(),
@@ -1554,10 +2439,16 @@ mod tests {
         let second = assignments(&mut w2).pop().unwrap();
         assert!(second.fencing_token > first.fencing_token);
         let events = result(&mut s, "w1", &first, pb::Outcome::Succeeded, T0 + 31_002);
-        assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["result.refused"]);
+        assert_eq!(
+            events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["result.refused"]
+        );
         let events = result(&mut s, "w2", &second, pb::Outcome::Succeeded, T0 + 31_003);
         assert!(events.iter().any(|e| e.kind == "run.succeeded"));
-        assert_eq!(s.get_run(&run).unwrap().state, pb::RunState::Succeeded as i32);
+        assert_eq!(
+            s.get_run(&run).unwrap().state,
+            pb::RunState::Succeeded as i32
+        );
     }
 
     #[test]
@@ -1570,7 +2461,10 @@ mod tests {
         let events = result(&mut s, "w", &a, pb::Outcome::Failed, T0 + 10);
         assert!(events.iter().any(|e| e.kind == "step.retry_scheduled"));
         dispatch(&mut s, T0 + 500);
-        assert!(assignments(&mut w).is_empty(), "no retry before the backoff");
+        assert!(
+            assignments(&mut w).is_empty(),
+            "no retry before the backoff"
+        );
         dispatch(&mut s, T0 + 1_010);
         let b = assignments(&mut w).pop().unwrap();
         assert_eq!(b.attempt, 2);
@@ -1583,7 +2477,10 @@ mod tests {
     fn steps_are_leased_by_priority_then_in_order() {
         let mut s = state();
         let low = submit(&mut s, ONE_STEP);
-        let high = submit(&mut s, "name = \"h\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\npriority = 5\n");
+        let high = submit(
+            &mut s,
+            "name = \"h\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\npriority = 5\n",
+        );
         let later = submit(&mut s, ONE_STEP);
         let mut w = worker(&mut s, "w", &["q"], 1);
         let mut order = vec![];
@@ -1604,7 +2501,10 @@ mod tests {
         let mut tx = Tx::new(T0);
         let err = s.decide(&mut tx, &id, true, &alice(), "mine").unwrap_err();
         assert!(matches!(err, EngineError::PermissionDenied(m) if m.contains("four eyes")));
-        let bob = Actor { name: "bob".into(), transport: "tcp" };
+        let bob = Actor {
+            name: "bob".into(),
+            transport: "tcp",
+        };
         s.decide(&mut tx, &id, true, &bob, "ok").unwrap();
         let again = s.decide(&mut tx, &id, true, &bob, "ok").unwrap_err();
         assert!(matches!(again, EngineError::FailedPrecondition(_)));
@@ -1615,12 +2515,14 @@ mod tests {
         let mut s = state();
         let mut w = worker(&mut s, "w", &["q"], 1);
         let mut tx = Tx::new(T0);
-        s.set_queue_paused(&mut tx, "q", true, &alice(), "incident").unwrap();
+        s.set_queue_paused(&mut tx, "q", true, &alice(), "incident")
+            .unwrap();
         submit(&mut s, ONE_STEP);
         dispatch(&mut s, T0);
         assert!(assignments(&mut w).is_empty());
         let mut tx = Tx::new(T0);
-        s.set_queue_paused(&mut tx, "q", false, &alice(), "over").unwrap();
+        s.set_queue_paused(&mut tx, "q", false, &alice(), "over")
+            .unwrap();
         dispatch(&mut s, T0);
         assert_eq!(assignments(&mut w).len(), 1);
     }
@@ -1640,13 +2542,20 @@ mod tests {
             queues: vec!["q".into()],
             slots: 2,
             generation: 1,
-            held: vec![pb::HeldLease { lease_id: leased[0].lease_id.clone(), fencing_token: leased[0].fencing_token }],
+            held: vec![pb::HeldLease {
+                lease_id: leased[0].lease_id.clone(),
+                fencing_token: leased[0].fencing_token,
+            }],
             ..Default::default()
         };
         let mut tx = Tx::new(T0 + 5);
         s.hello(&mut tx, 2, "w", hello, out).unwrap();
         let live: Vec<String> = s.list_leases(false).into_iter().map(|l| l.id).collect();
         assert_eq!(live, [leased[0].lease_id.clone()]);
-        assert!(tx.events.iter().any(|e| e.kind == "lease.expired" && e.lease_id == leased[1].lease_id));
+        assert!(
+            tx.events
+                .iter()
+                .any(|e| e.kind == "lease.expired" && e.lease_id == leased[1].lease_id)
+        );
     }
 }

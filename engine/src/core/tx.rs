@@ -16,7 +16,10 @@ pub type Reply = Box<dyn FnOnce(Option<&EngineError>) + Send>;
 pub enum Effect {
     Reply(Reply),
     /// A message to a worker's session.
-    Send(mpsc::UnboundedSender<pb::EngineMessage>, Box<pb::EngineMessage>),
+    Send(
+        mpsc::UnboundedSender<pb::EngineMessage>,
+        Box<pb::EngineMessage>,
+    ),
 }
 
 /// The changes of one batch: ids of objects to persist, events, output
@@ -30,6 +33,8 @@ pub struct Tx {
     pub leases: BTreeMap<String, Lease>,
     pub approvals: BTreeSet<String>,
     pub queues: BTreeSet<String>,
+    /// Run names whose quarantine was set or cleared.
+    pub quarantines: BTreeSet<String>,
     pub events: Vec<pb::Event>,
     pub outputs: Vec<pb::OutputChunk>,
     pub effects: Vec<Effect>,
@@ -44,6 +49,7 @@ impl Tx {
             leases: BTreeMap::new(),
             approvals: BTreeSet::new(),
             queues: BTreeSet::new(),
+            quarantines: BTreeSet::new(),
             events: Vec::new(),
             outputs: Vec::new(),
             effects: Vec::new(),
@@ -61,6 +67,7 @@ impl Tx {
             && self.leases.is_empty()
             && self.approvals.is_empty()
             && self.queues.is_empty()
+            && self.quarantines.is_empty()
             && self.events.is_empty()
             && self.outputs.is_empty())
     }

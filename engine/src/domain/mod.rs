@@ -4,6 +4,8 @@
 
 pub mod model;
 pub mod spec;
+#[cfg(test)]
+mod spec_props;
 
 pub use model::*;
 
@@ -53,6 +55,10 @@ mod tests {
         assert!(validate_queue_name("build.linux-x86_64").is_ok());
         assert!(validate_queue_name("").is_err());
         assert!(validate_queue_name("Build").unwrap_err().contains("'B'"));
-        assert!(validate_queue_name(&"a".repeat(65)).unwrap_err().contains("limit is 64"));
+        assert!(
+            validate_queue_name(&"a".repeat(65))
+                .unwrap_err()
+                .contains("limit is 64")
+        );
     }
 }

@@ -46,7 +46,10 @@ pub enum StepState {
 
 impl StepState {
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Dead)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Dead
+        )
     }
 }
 
@@ -102,7 +105,9 @@ impl ExecSpec {
     /// The delay before the retry that follows failed attempt `attempt` (1-based).
     pub fn backoff_after(&self, attempt: u32) -> u64 {
         let doublings = attempt.saturating_sub(1).min(32);
-        self.backoff_ms.saturating_mul(1u64 << doublings).min(MAX_BACKOFF_MS.max(self.backoff_ms))
+        self.backoff_ms
+            .saturating_mul(1u64 << doublings)
+            .min(MAX_BACKOFF_MS.max(self.backoff_ms))
     }
 }
 
@@ -150,11 +155,17 @@ pub struct StepSpec {
 
 impl StepSpec {
     pub fn exec(name: String, spec: ExecSpec) -> Self {
-        Self { name, kind: StepKindSpec::Exec(spec) }
+        Self {
+            name,
+            kind: StepKindSpec::Exec(spec),
+        }
     }
 
     pub fn approval(name: String, spec: ApprovalSpec) -> Self {
-        Self { name, kind: StepKindSpec::Approval(spec) }
+        Self {
+            name,
+            kind: StepKindSpec::Approval(spec),
+        }
     }
 }
 
@@ -287,7 +298,9 @@ pub struct Worker {
 impl Worker {
     /// Whether it takes steps of `queue`.
     pub fn serves(&self, queue: &str) -> bool {
-        self.queues.iter().any(|q| q == queue || q == super::ANY_QUEUE)
+        self.queues
+            .iter()
+            .any(|q| q == queue || q == super::ANY_QUEUE)
     }
 }
 
@@ -313,6 +326,21 @@ pub struct Lease {
     pub expires_at: Millis,
     pub ended_at: Option<Millis>,
     pub queue: String,
+    /// The step outlived its timeout, the cancel grace and two heartbeats
+    /// while the worker kept the lease: its worker could not stop it.
+    #[serde(default)]
+    pub stuck: bool,
+}
+
+/// A run name whose steps got stuck `stuck_count` times within the
+/// engine's quarantine window: new runs of it are refused, and its queued
+/// steps are not dispatched, until an operator clears it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub name: String,
+    pub since: Millis,
+    pub stuck_count: u32,
+    pub message: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,11 +392,17 @@ pub struct Actor {
 impl Actor {
     /// The engine itself (timers, expiry).
     pub fn engine() -> Self {
-        Self { name: "opsdeckd".into(), transport: "engine" }
+        Self {
+            name: "opsdeckd".into(),
+            transport: "engine",
+        }
     }
 
     pub fn worker(id: &str) -> Self {
-        Self { name: format!("worker:{id}"), transport: "agent" }
+        Self {
+            name: format!("worker:{id}"),
+            transport: "agent",
+        }
     }
 }
 

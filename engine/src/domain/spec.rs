@@ -25,8 +25,8 @@ use serde::Deserialize;
 
 use super::model::{ApprovalSpec, Command, EnvEntry, ExecSpec, OnTimeout, StepSpec};
 
-/// Limits on what a spec may ask for. Each is in the engine's config under
-/// `[limits]`, named as the field here.
+/// Limits on what a spec may ask for, and on what the API takes. Each is in
+/// the engine's config under `[limits]`, named as the field here.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -35,6 +35,11 @@ pub struct Limits {
     pub max_command_bytes: usize,
     pub max_env_entries: usize,
     pub max_attempts: u32,
+    /// The largest gRPC message the engine decodes.
+    pub max_message_bytes: usize,
+    /// Connections served at once, over every listener; more are answered
+    /// RESOURCE_EXHAUSTED and closed.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +50,8 @@ impl Default for Limits {
             max_command_bytes: 64 * 1024,
             max_env_entries: 256,
             max_attempts: 100,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_connections: 1024,
         }
     }
 }
@@ -128,8 +135,8 @@ pub fn parse(text: &str, limits: &Limits) -> Result<RunSpec, SpecError> {
             limits.max_spec_bytes
         )));
     }
-    let raw: RawSpec =
-        toml::from_str(text).map_err(|e| SpecError::Invalid(e.to_string().trim_end().to_owned()))?;
+    let raw: RawSpec = toml::from_str(text)
+        .map_err(|e| SpecError::Invalid(e.to_string().trim_end().to_owned()))?;
     let invalid = |msg: String| Err(SpecError::Invalid(msg));
     let name = raw.name.trim().to_owned();
     if name.is_empty() || name.len() > 128 {
@@ -152,10 +159,17 @@ pub fn parse(text: &str, limits: &Limits) -> Result<RunSpec, SpecError> {
     let mut seen = std::collections::HashSet::new();
     for s in &steps {
         if !seen.insert(s.name.as_str()) {
-            return invalid(format!("two steps are named {:?}; step names must be unique", s.name));
+            return invalid(format!(
+                "two steps are named {:?}; step names must be unique",
+                s.name
+            ));
         }
     }
-    Ok(RunSpec { name, labels: raw.labels, steps })
+    Ok(RunSpec {
+        name,
+        labels: raw.labels,
+        steps,
+    })
 }
 
 fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, SpecError> {
@@ -227,7 +241,9 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
         }
         (Some(shell), None) => Command::Shell(shell),
         (None, Some(argv)) if argv.is_empty() || argv[0].is_empty() => {
-            return Err(invalid("`argv` is empty; its first item is the program to run".into()));
+            return Err(invalid(
+                "`argv` is empty; its first item is the program to run".into(),
+            ));
         }
         (None, Some(argv)) => Command::Argv(argv),
     };
@@ -248,13 +264,19 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
     let mut env = Vec::with_capacity(raw.env.len());
     for (key, value) in raw.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(invalid(format!("env name {key:?} is not a valid variable name")));
+            return Err(invalid(format!(
+                "env name {key:?} is not a valid variable name"
+            )));
         }
         let (value, secret) = match value {
             RawEnv::Plain(v) => (v, false),
             RawEnv::Detailed { value, secret } => (value, secret),
         };
-        env.push(EnvEntry { name: key, value, secret });
+        env.push(EnvEntry {
+            name: key,
+            value,
+            secret,
+        });
     }
     let max_attempts = raw.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if max_attempts == 0 || max_attempts > limits.max_attempts {
@@ -263,7 +285,11 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
             limits.max_attempts
         )));
     }
-    let timeout_ms = raw.timeout.map(|t| duration_ms(&t, "timeout")).transpose().map_err(invalid)?;
+    let timeout_ms = raw
+        .timeout
+        .map(|t| duration_ms(&t, "timeout"))
+        .transpose()
+        .map_err(invalid)?;
     let backoff_ms = match raw.backoff {
         Some(b) => duration_ms(&b, "backoff").map_err(invalid)?,
         None => DEFAULT_BACKOFF.as_millis() as u64,
@@ -285,7 +311,9 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
 
 fn duration_ms(text: &str, field: &str) -> Result<u64, String> {
     let d = humantime::parse_duration(text).map_err(|e| {
-        format!("`{field}` is {text:?}: {e}; write a duration such as \"30s\", \"10m\" or \"1h 30m\"")
+        format!(
+            "`{field}` is {text:?}: {e}; write a duration such as \"30s\", \"10m\" or \"1h 30m\""
+        )
     })?;
     if d.is_zero() {
         return Err(format!("`{field}` must be longer than zero"));
@@ -329,11 +357,15 @@ mod tests {
             "#,
         );
         assert_eq!(spec.steps.len(), 3);
-        let StepKindSpec::Exec(exec) = &spec.steps[0].kind else { panic!("exec") };
+        let StepKindSpec::Exec(exec) = &spec.steps[0].kind else {
+            panic!("exec")
+        };
         assert_eq!(exec.timeout_ms, Some(600_000));
         assert_eq!(exec.backoff_ms, 2000);
         assert!(exec.env.iter().any(|e| e.name == "TOKEN" && e.secret));
-        let StepKindSpec::Approval(a) = &spec.steps[1].kind else { panic!("approval") };
+        let StepKindSpec::Approval(a) = &spec.steps[1].kind else {
+            panic!("approval")
+        };
         assert_eq!(a.on_timeout, OnTimeout::Fail);
         assert!(a.allow_self_approval);
         assert_eq!(spec.steps[2].name, "step-3");
@@ -344,20 +376,33 @@ mod tests {
         assert!(parse_err("name = ").contains("line 1"));
         assert!(parse_err("name = \"x\"").contains("no steps"));
         assert!(parse_err("name = \"x\"\n[[step]]\nrun = \"true\"").contains("`queue` is missing"));
-        assert!(parse_err("name = \"x\"\n[[step]]\nqueue = \"Q!\"\nrun = \"true\"").contains("'Q'"));
-        assert!(parse_err("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\ntimeout = \"soon\"")
-            .contains("duration"));
-        assert!(parse_err("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\nbogus = 1")
-            .contains("bogus"));
-        assert!(parse_err("name = \"x\"\n[[step]]\napproval = {}\nqueue = \"q\"").contains("`queue`"));
+        assert!(
+            parse_err("name = \"x\"\n[[step]]\nqueue = \"Q!\"\nrun = \"true\"").contains("'Q'")
+        );
+        assert!(
+            parse_err("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\ntimeout = \"soon\"")
+                .contains("duration")
+        );
+        assert!(
+            parse_err("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\nbogus = 1")
+                .contains("bogus")
+        );
+        assert!(
+            parse_err("name = \"x\"\n[[step]]\napproval = {}\nqueue = \"q\"").contains("`queue`")
+        );
     }
 
     #[test]
     fn limits_are_enforced_with_their_names() {
-        let big = format!("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"{}\"", "a".repeat(70_000));
+        let big = format!(
+            "name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"{}\"",
+            "a".repeat(70_000)
+        );
         let err = parse(&big, &Limits::default()).unwrap_err();
         assert!(matches!(&err, SpecError::TooLarge(m) if m.contains("max_command_bytes")));
         let huge = "#".repeat(2 * 1024 * 1024);
-        assert!(matches!(parse(&huge, &Limits::default()), Err(SpecError::TooLarge(m)) if m.contains("max_spec_bytes")));
+        assert!(
+            matches!(parse(&huge, &Limits::default()), Err(SpecError::TooLarge(m)) if m.contains("max_spec_bytes"))
+        );
     }
 }

@@ -10,8 +10,8 @@ use opsdeck_proto::v1 as pb;
 use super::{Batch, Store, open};
 use crate::domain::spec::{Limits, parse};
 use crate::domain::{
-    Approval, ApprovalSpec, ApprovalState, Lease, LeaseState, OnTimeout, Queue, Run, RunState, Step, Worker,
-    WorkerState,
+    Approval, ApprovalSpec, ApprovalState, Lease, LeaseState, OnTimeout, Quarantine, Queue, Run,
+    RunState, Step, Worker, WorkerState,
 };
 
 /// A store under test, and what to clean up after it.
@@ -24,9 +24,17 @@ struct Backend {
 async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let mut out = vec![Backend { name: "sqlite", store: open(&url).await.unwrap(), _dir: Some(dir) }];
+    let mut out = vec![Backend {
+        name: "sqlite",
+        store: open(&url).await.unwrap(),
+        _dir: Some(dir),
+    }];
     if let Ok(server) = std::env::var("OPSDECK_TEST_POSTGRES") {
-        out.push(Backend { name: "postgres", store: open(&fresh_pg_database(&server).await).await.unwrap(), _dir: None });
+        out.push(Backend {
+            name: "postgres",
+            store: open(&fresh_pg_database(&server).await).await.unwrap(),
+            _dir: None,
+        });
     }
     out
 }
@@ -36,13 +44,20 @@ async fn fresh_pg_database(server: &str) -> String {
     use sqlx::Connection;
     let name = format!("opsdeck_t_{}", ulid::Ulid::new().to_string().to_lowercase());
     let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let (base, _) = server.rsplit_once('/').unwrap();
     format!("{base}/{name}")
 }
 
 fn run(id: &str, state: RunState) -> Run {
-    let spec = parse("name = \"r\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n", &Limits::default()).unwrap();
+    let spec = parse(
+        "name = \"r\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n",
+        &Limits::default(),
+    )
+    .unwrap();
     Run {
         id: id.into(),
         name: "r".into(),
@@ -72,11 +87,19 @@ fn lease(id: &str, state: LeaseState) -> Lease {
         expires_at: 20,
         ended_at: None,
         queue: "q".into(),
+        stuck: false,
     }
 }
 
 fn event(seq: u64, run_id: &str) -> pb::Event {
-    pb::Event { seq, at_ms: seq as i64, kind: "run.submitted".into(), actor: "alice".into(), run_id: run_id.into(), ..Default::default() }
+    pb::Event {
+        seq,
+        at_ms: seq as i64,
+        kind: "run.submitted".into(),
+        actor: "alice".into(),
+        run_id: run_id.into(),
+        ..Default::default()
+    }
 }
 
 fn sample() -> Batch {
@@ -99,25 +122,89 @@ fn sample() -> Batch {
             self_draining: false,
             recycle_requested: false,
         }],
-        leases: vec![lease("l-live", LeaseState::Active), lease("l-done", LeaseState::Released)],
+        leases: vec![
+            lease("l-live", LeaseState::Active),
+            lease("l-done", LeaseState::Released),
+        ],
         approvals: vec![Approval {
             id: "a".into(),
             run_id: "r1".into(),
             step_index: 0,
             state: ApprovalState::Pending,
             submitted_by: "alice".into(),
-            spec: ApprovalSpec { timeout_ms: Some(5), on_timeout: OnTimeout::Fail, allow_self_approval: false, required: 2 },
+            spec: ApprovalSpec {
+                timeout_ms: Some(5),
+                on_timeout: OnTimeout::Fail,
+                allow_self_approval: false,
+                required: 2,
+            },
             decisions: vec![],
             requested_at: 1,
             deadline_at: Some(6),
             decided_at: None,
         }],
-        queues: vec![Queue { name: "q".into(), paused: true }],
+        queues: vec![Queue {
+            name: "q".into(),
+            paused: true,
+        }],
         events: vec![event(1, "r1"), event(2, ""), event(3, "r1")],
         outputs: vec![
-            pb::OutputChunk { run_id: "r1".into(), step_index: 0, attempt: 1, stream: "stdout".into(), data: b"one".to_vec(), at_ms: 1, truncated: false },
-            pb::OutputChunk { run_id: "r1".into(), step_index: 1, attempt: 1, stream: "stderr".into(), data: b"two".to_vec(), at_ms: 2, truncated: true },
+            pb::OutputChunk {
+                run_id: "r1".into(),
+                step_index: 0,
+                attempt: 1,
+                stream: "stdout".into(),
+                data: b"one".to_vec(),
+                at_ms: 1,
+                truncated: false,
+            },
+            pb::OutputChunk {
+                run_id: "r1".into(),
+                step_index: 1,
+                attempt: 1,
+                stream: "stderr".into(),
+                data: b"two".to_vec(),
+                at_ms: 2,
+                truncated: true,
+            },
         ],
+        quarantines: vec![
+            ("r".into(), Some(quarantine("r"))),
+            ("s".into(), Some(quarantine("s"))),
+        ],
+    }
+}
+
+fn quarantine(name: &str) -> Quarantine {
+    Quarantine {
+        name: name.into(),
+        since: 5,
+        stuck_count: 3,
+        message: format!("{name} got stuck"),
+    }
+}
+
+#[tokio::test]
+async fn a_quarantine_loads_back_until_it_is_cleared() {
+    for b in backends().await {
+        b.store.commit(&sample()).await.unwrap();
+        assert_eq!(
+            b.store.load().await.unwrap().quarantines,
+            vec![quarantine("r"), quarantine("s")],
+            "{}",
+            b.name
+        );
+        let clear = Batch {
+            quarantines: vec![("r".into(), None)],
+            ..Default::default()
+        };
+        b.store.commit(&clear).await.unwrap();
+        assert_eq!(
+            b.store.load().await.unwrap().quarantines,
+            vec![quarantine("s")],
+            "{}",
+            b.name
+        );
     }
 }
 
@@ -131,7 +218,12 @@ async fn a_committed_batch_loads_back_whole_with_only_live_leases() {
         assert_eq!(loaded.workers, batch.workers, "{}", b.name);
         assert_eq!(loaded.approvals, batch.approvals, "{}", b.name);
         assert_eq!(loaded.queues, batch.queues, "{}", b.name);
-        assert_eq!(loaded.leases, vec![lease("l-live", LeaseState::Active)], "{}", b.name);
+        assert_eq!(
+            loaded.leases,
+            vec![lease("l-live", LeaseState::Active)],
+            "{}",
+            b.name
+        );
         assert_eq!(loaded.seq, 3, "{}", b.name);
     }
 }
@@ -143,7 +235,10 @@ async fn a_later_commit_replaces_an_object() {
         let later = Batch {
             runs: vec![run("r1", RunState::Succeeded)],
             leases: vec![lease("l-live", LeaseState::Expired)],
-            queues: vec![Queue { name: "q".into(), paused: false }],
+            queues: vec![Queue {
+                name: "q".into(),
+                paused: false,
+            }],
             ..Default::default()
         };
         b.store.commit(&later).await.unwrap();
@@ -159,10 +254,30 @@ async fn events_read_back_in_seq_order_by_range_and_by_run() {
     for b in backends().await {
         b.store.commit(&sample()).await.unwrap();
         let seqs = |v: Vec<pb::Event>| v.into_iter().map(|e| e.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(b.store.events_after(0, 10, None).await.unwrap()), [1, 2, 3], "{}", b.name);
-        assert_eq!(seqs(b.store.events_after(1, 1, None).await.unwrap()), [2], "{}", b.name);
-        assert_eq!(seqs(b.store.events_after(0, 10, Some("r1")).await.unwrap()), [1, 3], "{}", b.name);
-        assert_eq!(seqs(b.store.events_between(1, 3).await.unwrap()), [2, 3], "{}", b.name);
+        assert_eq!(
+            seqs(b.store.events_after(0, 10, None).await.unwrap()),
+            [1, 2, 3],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            seqs(b.store.events_after(1, 1, None).await.unwrap()),
+            [2],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            seqs(b.store.events_after(0, 10, Some("r1")).await.unwrap()),
+            [1, 3],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            seqs(b.store.events_between(1, 3).await.unwrap()),
+            [2, 3],
+            "{}",
+            b.name
+        );
         let e = b.store.events_after(0, 1, None).await.unwrap().remove(0);
         assert_eq!(e, event(1, "r1"), "{}", b.name);
     }
@@ -173,9 +288,23 @@ async fn output_reads_back_in_order_per_run_and_step() {
     for b in backends().await {
         let batch = sample();
         b.store.commit(&batch).await.unwrap();
-        assert_eq!(b.store.output("r1", None).await.unwrap(), batch.outputs, "{}", b.name);
-        assert_eq!(b.store.output("r1", Some(1)).await.unwrap(), batch.outputs[1..], "{}", b.name);
-        assert!(b.store.output("other", None).await.unwrap().is_empty(), "{}", b.name);
+        assert_eq!(
+            b.store.output("r1", None).await.unwrap(),
+            batch.outputs,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            b.store.output("r1", Some(1)).await.unwrap(),
+            batch.outputs[1..],
+            "{}",
+            b.name
+        );
+        assert!(
+            b.store.output("other", None).await.unwrap().is_empty(),
+            "{}",
+            b.name
+        );
     }
 }
 
@@ -184,7 +313,11 @@ async fn a_failed_commit_writes_nothing_of_its_batch() {
     for b in backends().await {
         b.store.commit(&sample()).await.unwrap();
         // Seq 3 exists: the whole batch, its run included, must be refused.
-        let clash = Batch { runs: vec![run("r2", RunState::Queued)], events: vec![event(4, "r2"), event(3, "r2")], ..Default::default() };
+        let clash = Batch {
+            runs: vec![run("r2", RunState::Queued)],
+            events: vec![event(4, "r2"), event(3, "r2")],
+            ..Default::default()
+        };
         assert!(b.store.commit(&clash).await.is_err(), "{}", b.name);
         let loaded = b.store.load().await.unwrap();
         assert_eq!(loaded.runs.len(), 1, "{}", b.name);

@@ -16,7 +16,7 @@ pub use sqlite::SqliteStore;
 use opsdeck_proto::v1 as pb;
 
 use crate::core::Loaded;
-use crate::domain::{Approval, Lease, Queue, Run, Worker};
+use crate::domain::{Approval, Lease, Quarantine, Queue, Run, Worker};
 
 /// Everything one group commit writes, in one transaction.
 #[derive(Debug, Default)]
@@ -28,6 +28,8 @@ pub struct Batch {
     pub queues: Vec<Queue>,
     pub events: Vec<pb::Event>,
     pub outputs: Vec<pb::OutputChunk>,
+    /// Quarantines set (`Some`) or cleared (`None`), by run name.
+    pub quarantines: Vec<(String, Option<Quarantine>)>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -56,13 +56,21 @@ async fn upsert_body(
     Ok(())
 }
 
-async fn bodies<T: DeserializeOwned>(pool: &PgPool, what: &str, sql: &'static str) -> Result<Vec<T>, StoreError> {
+async fn bodies<T: DeserializeOwned>(
+    pool: &PgPool,
+    what: &str,
+    sql: &'static str,
+) -> Result<Vec<T>, StoreError> {
     let rows = sqlx::query(sql).fetch_all(pool).await?;
-    rows.iter().map(|r| parse(what, r.try_get::<&str, _>("body")?)).collect()
+    rows.iter()
+        .map(|r| parse(what, r.try_get::<&str, _>("body")?))
+        .collect()
 }
 
 fn events(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<pb::Event>, StoreError> {
-    rows.iter().map(|r| decode_event(r.try_get::<&[u8], _>("body")?)).collect()
+    rows.iter()
+        .map(|r| decode_event(r.try_get::<&[u8], _>("body")?))
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -72,14 +80,37 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|r| Ok(crate::domain::Queue { name: r.try_get("name")?, paused: r.try_get("paused")? }))
+            .map(|r| {
+                Ok(crate::domain::Queue {
+                    name: r.try_get("name")?,
+                    paused: r.try_get("paused")?,
+                })
+            })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events").fetch_one(&self.pool).await?;
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Loaded {
             runs: bodies(&self.pool, "run", "SELECT body FROM runs ORDER BY id").await?,
             workers: bodies(&self.pool, "worker", "SELECT body FROM workers ORDER BY id").await?,
-            leases: bodies(&self.pool, "lease", "SELECT body FROM leases WHERE state = 'active'").await?,
-            approvals: bodies(&self.pool, "approval", "SELECT body FROM approvals ORDER BY id").await?,
+            leases: bodies(
+                &self.pool,
+                "lease",
+                "SELECT body FROM leases WHERE state = 'active'",
+            )
+            .await?,
+            approvals: bodies(
+                &self.pool,
+                "approval",
+                "SELECT body FROM approvals ORDER BY id",
+            )
+            .await?,
+            quarantines: bodies(
+                &self.pool,
+                "quarantine",
+                "SELECT body FROM quarantines ORDER BY name",
+            )
+            .await?,
             queues,
             seq: seq.unwrap_or(0) as u64,
         })
@@ -102,13 +133,37 @@ impl Store for PostgresStore {
             .await?;
         }
         for w in &b.workers {
-            upsert_body(&mut t, "workers", &w.id, None, &state_word(&w.state)?, &json(w)?).await?;
+            upsert_body(
+                &mut t,
+                "workers",
+                &w.id,
+                None,
+                &state_word(&w.state)?,
+                &json(w)?,
+            )
+            .await?;
         }
         for l in &b.leases {
-            upsert_body(&mut t, "leases", &l.id, Some(&l.run_id), &state_word(&l.state)?, &json(l)?).await?;
+            upsert_body(
+                &mut t,
+                "leases",
+                &l.id,
+                Some(&l.run_id),
+                &state_word(&l.state)?,
+                &json(l)?,
+            )
+            .await?;
         }
         for a in &b.approvals {
-            upsert_body(&mut t, "approvals", &a.id, Some(&a.run_id), &state_word(&a.state)?, &json(a)?).await?;
+            upsert_body(
+                &mut t,
+                "approvals",
+                &a.id,
+                Some(&a.run_id),
+                &state_word(&a.state)?,
+                &json(a)?,
+            )
+            .await?;
         }
         for q in &b.queues {
             sqlx::query(
@@ -146,11 +201,36 @@ impl Store for PostgresStore {
             .execute(&mut *t)
             .await?;
         }
+        for (name, q) in &b.quarantines {
+            match q {
+                Some(q) => {
+                    sqlx::query(
+                        "INSERT INTO quarantines (name, body) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                    )
+                    .bind(name)
+                    .bind(json(q)?)
+                    .execute(&mut *t)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM quarantines WHERE name = $1")
+                        .bind(name)
+                        .execute(&mut *t)
+                        .await?;
+                }
+            }
+        }
         t.commit().await?;
         Ok(())
     }
 
-    async fn events_after(&self, after: u64, limit: u32, run_id: Option<&str>) -> Result<Vec<pb::Event>, StoreError> {
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+        run_id: Option<&str>,
+    ) -> Result<Vec<pb::Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT body FROM events WHERE seq > $1 AND ($2::TEXT IS NULL OR run_id = $2) ORDER BY seq LIMIT $3",
         )
@@ -171,7 +251,11 @@ impl Store for PostgresStore {
         events(&rows)
     }
 
-    async fn output(&self, run_id: &str, step: Option<u32>) -> Result<Vec<pb::OutputChunk>, StoreError> {
+    async fn output(
+        &self,
+        run_id: &str,
+        step: Option<u32>,
+    ) -> Result<Vec<pb::OutputChunk>, StoreError> {
         let rows = sqlx::query(
             "SELECT step_index, attempt, stream, at, truncated, data FROM output
              WHERE run_id = $1 AND ($2::BIGINT IS NULL OR step_index = $2) ORDER BY id",

@@ -6,8 +6,10 @@ use std::time::Duration;
 use opsdeck_proto::v1 as pb;
 use prost::Message;
 use serde::de::DeserializeOwned;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use super::codec::{decode_event, json, parse, state_word};
 use super::{Batch, Store, StoreError};
@@ -29,7 +31,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
@@ -44,7 +49,11 @@ async fn upsert_body(
     state: &str,
     body: &str,
 ) -> Result<(), sqlx::Error> {
-    let (cols, vals) = if run_id.is_some() { ("id, run_id, state, body", "?, ?, ?, ?") } else { ("id, state, body", "?, ?, ?") };
+    let (cols, vals) = if run_id.is_some() {
+        ("id, run_id, state, body", "?, ?, ?, ?")
+    } else {
+        ("id, state, body", "?, ?, ?")
+    };
     let sql = format!(
         "INSERT INTO {table} ({cols}) VALUES ({vals}) \
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body"
@@ -57,9 +66,15 @@ async fn upsert_body(
     Ok(())
 }
 
-async fn bodies<T: DeserializeOwned>(pool: &SqlitePool, what: &str, sql: &'static str) -> Result<Vec<T>, StoreError> {
+async fn bodies<T: DeserializeOwned>(
+    pool: &SqlitePool,
+    what: &str,
+    sql: &'static str,
+) -> Result<Vec<T>, StoreError> {
     let rows = sqlx::query(sql).fetch_all(pool).await?;
-    rows.iter().map(|r| parse(what, r.try_get::<&str, _>("body")?)).collect()
+    rows.iter()
+        .map(|r| parse(what, r.try_get::<&str, _>("body")?))
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -70,15 +85,36 @@ impl Store for SqliteStore {
             .await?
             .iter()
             .map(|r| {
-                Ok(crate::domain::Queue { name: r.try_get("name")?, paused: r.try_get::<i64, _>("paused")? != 0 })
+                Ok(crate::domain::Queue {
+                    name: r.try_get("name")?,
+                    paused: r.try_get::<i64, _>("paused")? != 0,
+                })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events").fetch_one(&self.pool).await?;
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Loaded {
             runs: bodies(&self.pool, "run", "SELECT body FROM runs ORDER BY id").await?,
             workers: bodies(&self.pool, "worker", "SELECT body FROM workers ORDER BY id").await?,
-            leases: bodies(&self.pool, "lease", "SELECT body FROM leases WHERE state = 'active'").await?,
-            approvals: bodies(&self.pool, "approval", "SELECT body FROM approvals ORDER BY id").await?,
+            leases: bodies(
+                &self.pool,
+                "lease",
+                "SELECT body FROM leases WHERE state = 'active'",
+            )
+            .await?,
+            approvals: bodies(
+                &self.pool,
+                "approval",
+                "SELECT body FROM approvals ORDER BY id",
+            )
+            .await?,
+            quarantines: bodies(
+                &self.pool,
+                "quarantine",
+                "SELECT body FROM quarantines ORDER BY name",
+            )
+            .await?,
             queues,
             seq: seq.unwrap_or(0) as u64,
         })
@@ -101,13 +137,37 @@ impl Store for SqliteStore {
             .await?;
         }
         for w in &b.workers {
-            upsert_body(&mut t, "workers", &w.id, None, &state_word(&w.state)?, &json(w)?).await?;
+            upsert_body(
+                &mut t,
+                "workers",
+                &w.id,
+                None,
+                &state_word(&w.state)?,
+                &json(w)?,
+            )
+            .await?;
         }
         for l in &b.leases {
-            upsert_body(&mut t, "leases", &l.id, Some(&l.run_id), &state_word(&l.state)?, &json(l)?).await?;
+            upsert_body(
+                &mut t,
+                "leases",
+                &l.id,
+                Some(&l.run_id),
+                &state_word(&l.state)?,
+                &json(l)?,
+            )
+            .await?;
         }
         for a in &b.approvals {
-            upsert_body(&mut t, "approvals", &a.id, Some(&a.run_id), &state_word(&a.state)?, &json(a)?).await?;
+            upsert_body(
+                &mut t,
+                "approvals",
+                &a.id,
+                Some(&a.run_id),
+                &state_word(&a.state)?,
+                &json(a)?,
+            )
+            .await?;
         }
         for q in &b.queues {
             sqlx::query(
@@ -120,15 +180,17 @@ impl Store for SqliteStore {
             .await?;
         }
         for e in &b.events {
-            sqlx::query("INSERT INTO events (seq, at, kind, run_id, actor, body) VALUES (?, ?, ?, ?, ?, ?)")
-                .bind(e.seq as i64)
-                .bind(e.at_ms)
-                .bind(&e.kind)
-                .bind((!e.run_id.is_empty()).then_some(&e.run_id))
-                .bind(&e.actor)
-                .bind(e.encode_to_vec())
-                .execute(&mut *t)
-                .await?;
+            sqlx::query(
+                "INSERT INTO events (seq, at, kind, run_id, actor, body) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(e.seq as i64)
+            .bind(e.at_ms)
+            .bind(&e.kind)
+            .bind((!e.run_id.is_empty()).then_some(&e.run_id))
+            .bind(&e.actor)
+            .bind(e.encode_to_vec())
+            .execute(&mut *t)
+            .await?;
         }
         for o in &b.outputs {
             sqlx::query(
@@ -145,19 +207,46 @@ impl Store for SqliteStore {
             .execute(&mut *t)
             .await?;
         }
+        for (name, q) in &b.quarantines {
+            match q {
+                Some(q) => {
+                    sqlx::query(
+                        "INSERT INTO quarantines (name, body) VALUES (?, ?)
+                         ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                    )
+                    .bind(name)
+                    .bind(json(q)?)
+                    .execute(&mut *t)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM quarantines WHERE name = ?")
+                        .bind(name)
+                        .execute(&mut *t)
+                        .await?;
+                }
+            }
+        }
         t.commit().await?;
         Ok(())
     }
 
-    async fn events_after(&self, after: u64, limit: u32, run_id: Option<&str>) -> Result<Vec<pb::Event>, StoreError> {
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+        run_id: Option<&str>,
+    ) -> Result<Vec<pb::Event>, StoreError> {
         let rows = match run_id {
             Some(run) => {
-                sqlx::query("SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?")
-                    .bind(run)
-                    .bind(after as i64)
-                    .bind(limit as i64)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(
+                    "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                )
+                .bind(run)
+                .bind(after as i64)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
                 sqlx::query("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
@@ -167,7 +256,9 @@ impl Store for SqliteStore {
                     .await?
             }
         };
-        rows.iter().map(|r| decode_event(r.try_get::<&[u8], _>("body")?)).collect()
+        rows.iter()
+            .map(|r| decode_event(r.try_get::<&[u8], _>("body")?))
+            .collect()
     }
 
     async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
@@ -176,10 +267,16 @@ impl Store for SqliteStore {
             .bind(until as i64)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| decode_event(r.try_get::<&[u8], _>("body")?)).collect()
+        rows.iter()
+            .map(|r| decode_event(r.try_get::<&[u8], _>("body")?))
+            .collect()
     }
 
-    async fn output(&self, run_id: &str, step: Option<u32>) -> Result<Vec<pb::OutputChunk>, StoreError> {
+    async fn output(
+        &self,
+        run_id: &str,
+        step: Option<u32>,
+    ) -> Result<Vec<pb::OutputChunk>, StoreError> {
         let rows = sqlx::query(
             "SELECT step_index, attempt, stream, at, truncated, data FROM output
              WHERE run_id = ? AND (? IS NULL OR step_index = ?) ORDER BY id",

@@ -7,13 +7,14 @@
 //! - [`error`]: what can fail, its exit code and its words.
 //! - [`output`], [`table`], [`time`]: the shared text and JSON layout.
 //! - [`runs`], [`events`], [`approvals`], [`workers`], [`queues`],
-//!   [`leases`]: the commands.
+//!   [`leases`], [`quarantines`]: the commands.
 
 pub mod approvals;
 pub mod error;
 pub mod events;
 pub mod leases;
 pub mod output;
+pub mod quarantines;
 pub mod queues;
 pub mod runs;
 pub mod table;
@@ -115,6 +116,10 @@ pub enum Command {
     Release(leases::ReleaseArgs),
     /// List the event log, or follow it live
     Events(events::EventsArgs),
+    /// List run names quarantined because their steps got stuck too often
+    Quarantines,
+    /// Let runs of a quarantined name be submitted and run again
+    Unquarantine(quarantines::UnquarantineArgs),
 }
 
 /// `--reason`, which every change takes: it is recorded with the change's
@@ -229,6 +234,8 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Leases(args) => leases::list(ctx, args).await?,
         Command::Release(args) => leases::release(ctx, args).await?,
         Command::Events(args) => events::run(ctx, args).await?,
+        Command::Quarantines => quarantines::list(ctx).await?,
+        Command::Unquarantine(args) => quarantines::clear(ctx, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -366,6 +373,7 @@ mod tests {
             &["pause", "q"],
             &["resume", "q"],
             &["release", "l1", "--fail"],
+            &["unquarantine", "nightly-backup"],
         ] {
             let mut args = change.to_vec();
             args.extend(["--reason", "incident 42"]);

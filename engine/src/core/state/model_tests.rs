@@ -1,0 +1,645 @@
+//! A model-based property test of the core: random sequences of submit,
+//! worker hello (connect and reconnect), dispatch, heartbeat, clock advance
+//! (lease expiry, heartbeat loss, retry backoff, approval deadlines, stuck
+//! checks), step start, results with fresh and stale fencing tokens,
+//! cancel, approval decisions, force-release, drain, recycle, disconnect and
+//! quarantine clearing, applied as the core loop applies them (each command,
+//! then timers, then dispatch). After every step the state's invariants
+//! must hold:
+//!
+//! - at most one live lease per step, and a step is leased or running
+//!   exactly when it has one;
+//! - fencing tokens only grow per step;
+//! - final runs and final steps stay as they are;
+//! - each queue's ready depth equals its steps in state `queued`, its
+//!   delayed count its steps in `retry_wait`, its running count its live
+//!   leases.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::domain::spec::parse;
+
+const T0: Millis = 1_000_000;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit(u8),
+    Hello {
+        worker: u8,
+        keep_leases: bool,
+        slots: u8,
+    },
+    Heartbeat(u8),
+    Advance(u32),
+    Started(u8),
+    Result {
+        pick: u8,
+        stale: bool,
+        outcome: u8,
+    },
+    Cancel(u8),
+    Decide {
+        pick: u8,
+        approve: bool,
+    },
+    ForceRelease {
+        pick: u8,
+        fail: bool,
+    },
+    Drain {
+        worker: u8,
+        on: bool,
+    },
+    Recycle(u8),
+    Disconnect(u8),
+    ClearQuarantine(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..5).prop_map(Op::Submit),
+        2 => (0u8..3, any::<bool>(), 1u8..4).prop_map(|(worker, keep_leases, slots)| Op::Hello { worker, keep_leases, slots }),
+        2 => (0u8..3).prop_map(Op::Heartbeat),
+        3 => prop_oneof![0u32..2_000, 2_000u32..12_000].prop_map(Op::Advance),
+        2 => any::<u8>().prop_map(Op::Started),
+        4 => (any::<u8>(), any::<bool>(), 0u8..4).prop_map(|(pick, stale, outcome)| Op::Result { pick, stale, outcome }),
+        1 => any::<u8>().prop_map(Op::Cancel),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(pick, approve)| Op::Decide { pick, approve }),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(pick, fail)| Op::ForceRelease { pick, fail }),
+        1 => (0u8..3, any::<bool>()).prop_map(|(worker, on)| Op::Drain { worker, on }),
+        1 => (0u8..3).prop_map(Op::Recycle),
+        1 => (0u8..3).prop_map(Op::Disconnect),
+        1 => any::<u8>().prop_map(Op::ClearQuarantine),
+    ]
+}
+
+const SPECS: &[&str] = &[
+    "name = \"one\"\n[[step]]\nqueue = \"q1\"\nrun = \"true\"\n",
+    "name = \"two\"\n[[step]]\nqueue = \"q1\"\nrun = \"a\"\nmax_attempts = 3\nbackoff = \"1s\"\n\
+     [[step]]\nqueue = \"q2\"\nrun = \"b\"\npriority = 5\n",
+    "name = \"gated\"\n[[step]]\napproval = { timeout = \"20s\", on_timeout = \"fail\" }\n[[step]]\nqueue = \"q2\"\nrun = \"c\"\n",
+    "name = \"hangs\"\n[[step]]\nqueue = \"q1\"\nrun = \"d\"\ntimeout = \"2s\"\nmax_attempts = 2\nbackoff = \"500ms\"\n",
+    "name = \"hangs\"\n[[step]]\nqueue = \"q2\"\nrun = \"e\"\ntimeout = \"1s\"\n",
+];
+
+struct Harness {
+    s: State,
+    now: Millis,
+    session: u64,
+    /// What each connected worker's session received.
+    inbox: HashMap<String, mpsc::UnboundedReceiver<pb::EngineMessage>>,
+    /// Every assignment ever sent: (worker, assignment).
+    sent: Vec<(String, pb::Assignment)>,
+    /// The highest fencing token seen per step.
+    tokens: BTreeMap<(String, u32), u64>,
+    /// Runs and steps seen final, with their state.
+    final_runs: BTreeMap<String, RunState>,
+    final_steps: BTreeMap<(String, u32), StepState>,
+    /// Events by kind, to know what the sequences reached.
+    kinds: BTreeMap<String, usize>,
+}
+
+fn alice() -> Actor {
+    Actor {
+        name: "alice".into(),
+        transport: "unix",
+    }
+}
+
+fn bob() -> Actor {
+    Actor {
+        name: "bob".into(),
+        transport: "tcp",
+    }
+}
+
+fn worker_id(n: u8) -> String {
+    format!("w{n}")
+}
+
+impl Harness {
+    fn new() -> Self {
+        let cfg = CoreConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(5),
+            worker_timeout: Duration::from_secs(4),
+            cancel_grace: Duration::from_secs(1),
+            quarantine_after: 2,
+            quarantine_window: Duration::from_secs(3600),
+            ..CoreConfig::default()
+        };
+        Self {
+            s: State::load(cfg, Loaded::default(), T0),
+            now: T0,
+            session: 0,
+            inbox: HashMap::new(),
+            sent: Vec::new(),
+            tokens: BTreeMap::new(),
+            final_runs: BTreeMap::new(),
+            final_steps: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+        }
+    }
+
+    /// One batch: the command, then timers and dispatch, as the core loop.
+    fn batch(&mut self, command: impl FnOnce(&mut State, &mut Tx)) {
+        let mut tx = Tx::new(self.now);
+        command(&mut self.s, &mut tx);
+        self.s.fire_timers(&mut tx);
+        self.s.dispatch(&mut tx);
+        for e in self.s.batch(&mut tx).events {
+            *self.kinds.entry(e.kind).or_default() += 1;
+        }
+        for effect in tx.effects {
+            match effect {
+                Effect::Reply(f) => f(None),
+                Effect::Send(to, m) => {
+                    let _ = to.send(*m);
+                }
+            }
+        }
+        for (worker, rx) in &mut self.inbox {
+            while let Ok(m) = rx.try_recv() {
+                if let Some(pb::engine_message::Kind::Assign(a)) = m.kind {
+                    self.sent.push((worker.clone(), a));
+                }
+            }
+        }
+    }
+
+    fn connected(&self, worker: &str) -> bool {
+        self.s.session_of(worker).is_some()
+    }
+
+    fn live_leases(&self) -> Vec<Lease> {
+        let mut v: Vec<Lease> = self.s.leases.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Submit(i) => {
+                let spec = parse(SPECS[i as usize % SPECS.len()], &Limits::default())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                self.batch(|s, tx| {
+                    // Refused while its name is quarantined: fine.
+                    let _ = s.submit(tx, spec, None, &alice(), "model");
+                });
+            }
+            Op::Hello {
+                worker,
+                keep_leases,
+                slots,
+            } => {
+                let id = worker_id(worker);
+                let held: Vec<pb::HeldLease> = if keep_leases {
+                    self.live_leases()
+                        .into_iter()
+                        .filter(|l| l.worker_id == id)
+                        .map(|l| pb::HeldLease {
+                            lease_id: l.id,
+                            fencing_token: l.fencing_token,
+                        })
+                        .collect()
+                } else {
+                    vec![]
+                };
+                let queues = if worker == 2 {
+                    vec!["q2".to_owned()]
+                } else {
+                    vec!["q1".to_owned(), "q2".to_owned()]
+                };
+                let hello = pb::Hello {
+                    worker_id: id.clone(),
+                    queues,
+                    slots: u32::from(slots),
+                    generation: 1 + self.session,
+                    held,
+                    ..Default::default()
+                };
+                self.session += 1;
+                let session = self.session;
+                let (out, rx) = mpsc::unbounded_channel();
+                self.inbox.insert(id.clone(), rx);
+                self.batch(|s, tx| {
+                    if let Err(e) = s.hello(tx, session, &id, hello, out) {
+                        panic!("a valid hello was refused: {e}");
+                    }
+                });
+            }
+            Op::Heartbeat(worker) => {
+                let id = worker_id(worker);
+                if !self.connected(&id) {
+                    return;
+                }
+                let held: Vec<pb::HeldLease> = self
+                    .live_leases()
+                    .into_iter()
+                    .filter(|l| l.worker_id == id)
+                    .map(|l| pb::HeldLease {
+                        lease_id: l.id,
+                        fencing_token: l.fencing_token,
+                    })
+                    .collect();
+                let now = self.now;
+                self.batch(|s, _| s.heartbeat(&id, &held, now));
+            }
+            Op::Advance(ms) => {
+                self.now += i64::from(ms);
+                self.batch(|_, _| {});
+            }
+            Op::Started(pick) => {
+                let live = self.live_leases();
+                let Some(l) = pick_from(&live, pick) else {
+                    return;
+                };
+                if !self.connected(&l.worker_id) {
+                    return;
+                }
+                let started = pb::StepStarted {
+                    lease_id: l.id.clone(),
+                    fencing_token: l.fencing_token,
+                    pid: 7,
+                };
+                self.batch(|s, tx| s.step_started(tx, &l.worker_id, started));
+            }
+            Op::Result {
+                pick,
+                stale,
+                outcome,
+            } => {
+                let (worker, lease_id, token) = if stale {
+                    let Some((w, a)) = pick_from(&self.sent, pick) else {
+                        return;
+                    };
+                    (
+                        w.clone(),
+                        a.lease_id.clone(),
+                        a.fencing_token.saturating_sub(u64::from(pick % 2)),
+                    )
+                } else {
+                    let live = self.live_leases();
+                    let Some(l) = pick_from(&live, pick) else {
+                        return;
+                    };
+                    (l.worker_id.clone(), l.id.clone(), l.fencing_token)
+                };
+                if !self.connected(&worker) {
+                    return;
+                }
+                let outcome = [
+                    pb::Outcome::Succeeded,
+                    pb::Outcome::Failed,
+                    pb::Outcome::TimedOut,
+                    pb::Outcome::Cancelled,
+                ][outcome as usize % 4];
+                let result = pb::StepResult {
+                    lease_id,
+                    fencing_token: token,
+                    outcome: outcome as i32,
+                    output_tail: b"tail".to_vec(),
+                    output_lost_bytes: u64::from(pick % 3),
+                    ..Default::default()
+                };
+                self.batch(|s, tx| s.step_result(tx, &worker, result));
+            }
+            Op::Cancel(pick) => {
+                let ids: Vec<String> = self.s.runs.keys().cloned().collect();
+                let Some(id) = pick_from(&ids, pick).cloned() else {
+                    return;
+                };
+                self.batch(|s, tx| {
+                    let _ = s.cancel_run(tx, &id, &alice(), "model");
+                });
+            }
+            Op::Decide { pick, approve } => {
+                let ids: Vec<String> = self.s.approvals.keys().cloned().collect();
+                let Some(id) = pick_from(&ids, pick).cloned() else {
+                    return;
+                };
+                self.batch(|s, tx| {
+                    let _ = s.decide(tx, &id, approve, &bob(), "model");
+                });
+            }
+            Op::ForceRelease { pick, fail } => {
+                let mut ids: Vec<String> = self.live_leases().into_iter().map(|l| l.id).collect();
+                ids.extend(self.sent.iter().map(|(_, a)| a.lease_id.clone()));
+                let Some(id) = pick_from(&ids, pick).cloned() else {
+                    return;
+                };
+                self.batch(|s, tx| {
+                    let _ = s.force_release(tx, &id, fail, &alice(), "model");
+                });
+            }
+            Op::Drain { worker, on } => {
+                let id = worker_id(worker);
+                self.batch(|s, tx| {
+                    let _ = s.drain_worker(tx, &id, on, &alice(), "model");
+                });
+            }
+            Op::Recycle(worker) => {
+                let id = worker_id(worker);
+                self.batch(|s, tx| {
+                    let _ = s.recycle_worker(tx, &id, &alice(), "model");
+                });
+            }
+            Op::Disconnect(worker) => {
+                let id = worker_id(worker);
+                let Some(session) = self.s.session_of(&id) else {
+                    return;
+                };
+                self.batch(|s, tx| s.session_closed(tx, &id, session));
+            }
+            Op::ClearQuarantine(pick) => {
+                let names: Vec<String> = self.s.quarantines.keys().cloned().collect();
+                let Some(name) = pick_from(&names, pick).cloned() else {
+                    return;
+                };
+                self.batch(|s, tx| {
+                    let _ = s.clear_quarantine(tx, &name, &alice(), "model");
+                });
+            }
+        }
+    }
+
+    /// Every invariant, or what broke.
+    fn check(&mut self) -> Result<(), String> {
+        let s = &self.s;
+        // At most one live lease per step; leased/running exactly when held.
+        let mut per_step: BTreeMap<(String, u32), &Lease> = BTreeMap::new();
+        for l in s.leases.values() {
+            if let Some(other) = per_step.insert((l.run_id.clone(), l.step_index), l) {
+                return Err(format!(
+                    "two live leases on {}/{}: {} and {}",
+                    l.run_id, l.step_index, other.id, l.id
+                ));
+            }
+            let step = s
+                .runs
+                .get(&l.run_id)
+                .and_then(|r| r.step(l.step_index))
+                .ok_or("a lease of no step")?;
+            if !matches!(step.state, StepState::Leased | StepState::Running)
+                || step.lease_id.as_deref() != Some(&l.id)
+            {
+                return Err(format!(
+                    "live lease {} but its step is {:?} (lease {:?})",
+                    l.id, step.state, step.lease_id
+                ));
+            }
+            if !s
+                .worker_leases
+                .get(&l.worker_id)
+                .is_some_and(|set| set.contains(&l.id))
+            {
+                return Err(format!("live lease {} missing from its worker's set", l.id));
+            }
+        }
+        let listed: usize = s.worker_leases.values().map(|set| set.len()).sum();
+        if listed != s.leases.len() {
+            return Err(format!(
+                "workers list {listed} leases, {} are live",
+                s.leases.len()
+            ));
+        }
+        // Fencing tokens only grow, per step.
+        for (w, a) in &self.sent {
+            let key = (a.run_id.clone(), a.step_index);
+            let _ = w;
+            let seen = self.tokens.entry(key).or_insert(0);
+            *seen = (*seen).max(a.fencing_token);
+        }
+        for run in s.runs.values() {
+            for step in &run.steps {
+                let key = (run.id.clone(), step.index);
+                let seen = self.tokens.get(&key).copied().unwrap_or(0);
+                if step.fence < seen {
+                    return Err(format!(
+                        "step {}/{} fence {} below token {seen} already handed out",
+                        run.id, step.index, step.fence
+                    ));
+                }
+                self.tokens.insert(key, step.fence.max(seen));
+            }
+        }
+        let mut by_step: BTreeMap<(String, u32), Vec<u64>> = BTreeMap::new();
+        for (_, a) in &self.sent {
+            by_step
+                .entry((a.run_id.clone(), a.step_index))
+                .or_default()
+                .push(a.fencing_token);
+        }
+        for (key, tokens) in by_step {
+            if tokens.windows(2).any(|w| w[1] <= w[0]) {
+                return Err(format!("tokens of {key:?} did not grow: {tokens:?}"));
+            }
+        }
+        // Final stays final.
+        for run in s.runs.values() {
+            if let Some(was) = self.final_runs.get(&run.id)
+                && *was != run.state
+            {
+                return Err(format!(
+                    "final run {} went from {was:?} to {:?}",
+                    run.id, run.state
+                ));
+            }
+            if run.state.is_final() {
+                self.final_runs.insert(run.id.clone(), run.state);
+            }
+            for step in &run.steps {
+                let key = (run.id.clone(), step.index);
+                if let Some(was) = self.final_steps.get(&key)
+                    && *was != step.state
+                {
+                    return Err(format!(
+                        "final step {key:?} went from {was:?} to {:?}",
+                        step.state
+                    ));
+                }
+                if step.state.is_final() {
+                    self.final_steps.insert(key, step.state);
+                }
+            }
+        }
+        // Queue figures equal the steps and leases they count.
+        let mut queued: BTreeMap<String, u64> = BTreeMap::new();
+        let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+        for run in s.runs.values() {
+            for step in &run.steps {
+                let Some(q) = step.queue() else { continue };
+                match step.state {
+                    StepState::Queued => *queued.entry(q.to_owned()).or_default() += 1,
+                    StepState::RetryWait => *waiting.entry(q.to_owned()).or_default() += 1,
+                    _ => {}
+                }
+            }
+        }
+        for (name, q) in &s.queues {
+            let ready = q.ready.len() as u64;
+            let want = queued.get(name).copied().unwrap_or(0);
+            if ready != want {
+                return Err(format!(
+                    "queue {name} has {ready} ready but {want} steps are queued"
+                ));
+            }
+            for k in &q.ready {
+                let state = s
+                    .runs
+                    .get(&k.run_id)
+                    .and_then(|r| r.step(k.step))
+                    .map(|st| st.state);
+                if state != Some(StepState::Queued) {
+                    return Err(format!("ready entry {}/{} is {state:?}", k.run_id, k.step));
+                }
+            }
+            let delayed = waiting.get(name).copied().unwrap_or(0);
+            if q.delayed != delayed {
+                return Err(format!(
+                    "queue {name} counts {} delayed but {delayed} steps wait to retry",
+                    q.delayed
+                ));
+            }
+            let running = s.leases.values().filter(|l| &l.queue == name).count() as u64;
+            if q.running != running {
+                return Err(format!(
+                    "queue {name} counts {} running but {running} leases are live",
+                    q.running
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pick_from<T>(items: &[T], pick: u8) -> Option<&T> {
+    if items.is_empty() {
+        None
+    } else {
+        items.get(pick as usize % items.len())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, max_shrink_iters: 4096, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_command_sequences_never_break_the_core_invariants(ops in prop::collection::vec(op(), 1..80)) {
+        let mut h = Harness::new();
+        for (i, op) in ops.iter().enumerate() {
+            h.apply(op.clone());
+            if let Err(broken) = h.check() {
+                prop_assert!(false, "after op #{i} {op:?}: {broken}");
+            }
+        }
+    }
+}
+
+#[test]
+fn random_sequences_reach_every_kind_of_transition() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..300 {
+        let ops = prop::collection::vec(op(), 1..80)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let mut h = Harness::new();
+        for op in ops {
+            h.apply(op);
+        }
+        for (k, n) in h.kinds {
+            *kinds.entry(k).or_default() += n;
+        }
+    }
+    for kind in [
+        "lease.granted",
+        "step.running",
+        "lease.released",
+        "lease.expired",
+        "lease.force_released",
+        "lease.stuck",
+        "result.refused",
+        "step.retry_scheduled",
+        "step.dead",
+        "run.succeeded",
+        "run.failed",
+        "run.cancelled",
+        "approval.approved",
+        "approval.rejected",
+        "worker.recycling",
+        "worker.offline",
+        "run_name.quarantined",
+        "run_name.quarantine_cleared",
+    ] {
+        assert!(
+            kinds.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} in 300 random sequences: {kinds:?}"
+        );
+    }
+}
+
+#[test]
+fn the_model_reaches_the_interesting_states() {
+    // A fixed sequence that leases, expires, retries, gets stuck and
+    // quarantines, so the random runs above are known to be able to.
+    let mut h = Harness::new();
+    let ops = [
+        Op::Hello {
+            worker: 0,
+            keep_leases: false,
+            slots: 2,
+        },
+        Op::Submit(3),
+        Op::Submit(4),
+        Op::Started(0),
+        Op::Heartbeat(0),
+        Op::Advance(1_500),
+        Op::Heartbeat(0),
+        Op::Advance(1_500),
+        Op::Heartbeat(0),
+        Op::Advance(1_500),
+        Op::Heartbeat(0),
+        Op::Advance(1_000),
+    ];
+    for op in ops {
+        h.apply(op);
+        h.check().unwrap();
+    }
+    assert!(h.s.leases.values().any(|l| l.stuck), "a lease got stuck");
+    assert!(
+        h.s.quarantines.contains_key("hangs"),
+        "the name got quarantined"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Request validation of the agent protocol: any Hello is taken or
+    /// refused as INVALID_ARGUMENT naming the worker or what is wrong.
+    #[test]
+    fn any_hello_is_taken_or_refused_as_invalid_argument(
+        worker_id in "\\PC{0,140}",
+        queues in prop::collection::vec("\\PC{0,70}", 0..4),
+        slots in 0u32..3,
+    ) {
+        let mut h = Harness::new();
+        let hello = pb::Hello { worker_id: worker_id.clone(), queues, slots, ..Default::default() };
+        let (out, _rx) = mpsc::unbounded_channel();
+        let mut tx = Tx::new(h.now);
+        match h.s.hello(&mut tx, 1, "someone", hello, out) {
+            Ok(()) => prop_assert!(h.s.session_of(worker_id.trim()).is_some()),
+            Err(e) => {
+                prop_assert!(matches!(e, EngineError::InvalidArgument(_)), "{e:?}");
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+}
