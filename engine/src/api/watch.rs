@@ -192,6 +192,8 @@ impl Console for Api {
             transport: actor.transport.to_owned(),
             engine_version: env!("CARGO_PKG_VERSION").to_owned(),
             engine_id: self.engine_id.clone(),
+            roles: Vec::new(),
+            leader_epoch: 0,
         }))
     }
 
