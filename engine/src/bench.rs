@@ -53,7 +53,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         local_workers: 0,
         core: CoreConfig::default(),
-        tokens: vec![("bench".into(), crate::api::auth::token_hash(&token))],
+        metrics_listen: None,
+        // One token for the submitter and the workers.
+        tokens: vec![crate::config::TokenEntry {
+            identity: "bench".into(),
+            sha256: crate::api::auth::token_hash(&token),
+            roles: vec![crate::domain::Role::Operator, crate::domain::Role::Agent],
+            groups: Vec::new(),
+        }],
+        unix: Default::default(),
+        ha: Default::default(),
+        tls: None,
     };
     let stop = CancellationToken::new();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
@@ -69,12 +79,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     for i in 0..args.workers {
         let options = AgentOptions {
-            engine: engine_addr.clone(),
+            engine: engine_addr.clone().into(),
             worker_id: format!("bench-{i}"),
             queues: vec!["bench".into()],
             slots: args.slots,
             labels: Default::default(),
             token: Some(token.clone()),
+            tls: None,
             generation: 1,
             cancel_grace: Duration::from_secs(1),
             // The bench measures the engine; results stay in memory.

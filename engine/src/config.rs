@@ -1,5 +1,7 @@
-//! The engine's configuration: a TOML file, overridden by `OPSDECK_*`
-//! environment variables and flags.
+//! The engine's configuration: a TOML file (`--config`, default
+//! [`DEFAULT_CONFIG`]), overridden by `OPSDECK_*` environment variables,
+//! overridden by flags. `examples/engine.toml` lists every setting with its
+//! default.
 //!
 //! ```toml
 //! [engine]
@@ -7,17 +9,36 @@
 //! heartbeat_interval = "5s"
 //! lease_ttl = "30s"
 //!
+//! [metrics]
+//! listen = "127.0.0.1:9465"
+//!
+//! [log]
+//! format = "json"
+//! dir = "/var/log/opsdeck"
+//!
 //! [[token]]
 //! identity = "ci-bot"
-//! sha256 = "<hex SHA-256 of the token>"   # opsdeckd token new --identity ci-bot
+//! sha256 = "<hex SHA-256 of the token>"   # opsdeckd token new --identity ci-bot --role operator
+//! roles = ["operator"]                      # viewer when left out
+//!
+//! [[unix.user]]                             # callers on the Unix socket, by user
+//! name = "alice"
+//! roles = ["approver"]
 //! ```
+//!
+//! Every mistake is named with its line: syntax and type errors by the
+//! parser, and the checks serde cannot make (addresses, URLs, hashes, how
+//! settings relate) by [`ConfigFile::check`], which finds the line of the
+//! offending key in the document again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 
 use crate::core::CoreConfig;
+use crate::domain::Role;
 use crate::domain::spec::Limits;
 
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +47,58 @@ pub struct ConfigFile {
     pub engine: EngineSection,
     pub limits: Limits,
     pub token: Vec<TokenEntry>,
+    pub unix: UnixSection,
+    pub ha: HaSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
+    /// TLS on the TCP listener (the Unix socket stays plain).
+    pub tls: Option<TlsSection>,
+    /// Secrets that run specs name (`env = { X = { secret = "NAME" } }`).
+    pub secrets: std::collections::BTreeMap<String, crate::secrets::SecretSource>,
+}
+
+/// `[tls]`: the TCP listener's certificate and key (PEM files); with
+/// `client_ca`, every TCP client must show a certificate that CA signed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSection {
+    pub fn server_tls(&self) -> opsdeck_proto::tls::ServerTls {
+        opsdeck_proto::tls::ServerTls {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+        }
+    }
+}
+
+/// Where the engine's config is read from when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/opsdeck/engine.toml";
+
+/// Where Prometheus metrics, `/healthz` and `/readyz` are served by default.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9465";
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// host:port for `/metrics`, `/healthz` and `/readyz`; "" turns them off.
+    pub listen: Option<String>,
+}
+
+/// `[log]`: where the engine's log goes besides stderr.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// "plain" or "json", for stderr and the files alike.
+    pub format: Option<String>,
+    /// A directory for daily rolling log files (`opsdeckd.YYYY-MM-DD.log`).
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,12 +127,68 @@ pub struct EngineSection {
 }
 
 /// A bearer token, stored only as its hash.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
     pub identity: String,
     /// Hex SHA-256 of the token.
     pub sha256: String,
+    /// What the token may do; viewer when left out.
+    #[serde(default = "viewer_only")]
+    pub roles: Vec<Role>,
+    /// Groups the token's identity belongs to, for approval steps that name
+    /// a `group`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+fn viewer_only() -> Vec<Role> {
+    vec![Role::Viewer]
+}
+
+/// `[ha]`: several engines on one PostgreSQL database (README, "Running
+/// more than one engine").
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaSection {
+    /// Where clients reach this engine (`--advertise`); default: its TCP
+    /// address. Standbys name the leader by it.
+    pub advertise: Option<String>,
+    /// How long a lead lasts unless renewed; default 10s.
+    #[serde(with = "humantime_serde_opt")]
+    pub leader_ttl: Option<Duration>,
+}
+
+/// Roles of callers on the Unix socket, whom the kernel names.
+///
+/// A caller gets the roles of the `[[unix.user]]` entry naming it and of
+/// every `[[unix.group]]` entry naming one of its groups. One that no entry
+/// names gets admin and agent if it is the engine's own user or root, and
+/// `others` otherwise.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnixSection {
+    pub others: Vec<Role>,
+    pub user: Vec<UnixRoles>,
+    pub group: Vec<UnixRoles>,
+}
+
+impl Default for UnixSection {
+    fn default() -> Self {
+        Self {
+            others: viewer_only(),
+            user: Vec::new(),
+            group: Vec::new(),
+        }
+    }
+}
+
+/// `[[unix.user]]` or `[[unix.group]]`: a user or group name and its roles.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixRoles {
+    pub name: String,
+    pub roles: Vec<Role>,
 }
 
 /// Durations written as "30s", "5m".
@@ -94,6 +223,116 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// One step of the path to a setting: a key, or an index into an array of
+/// tables (`[[token]]`).
+#[derive(Clone, Copy, Debug)]
+pub enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The semantic mistakes of one config file, each with its line.
+pub struct Problems<'t> {
+    text: &'t str,
+    doc: Option<DeTable<'t>>,
+    list: Vec<String>,
+}
+
+impl<'t> Problems<'t> {
+    fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            doc: DeTable::parse(text).ok().map(|d| d.into_inner()),
+            list: Vec::new(),
+        }
+    }
+
+    /// Records a mistake in the setting at `path` (e.g. `[Key("engine"),
+    /// Key("listen")]`), naming its line when the file holds it.
+    pub fn add(&mut self, path: &[Seg<'_>], message: impl std::fmt::Display) {
+        let name = path
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => format!(".{k}"),
+                Seg::Index(i) => format!("[{i}]"),
+            })
+            .collect::<String>();
+        let name = name.trim_start_matches('.');
+        match self.line_of(path) {
+            Some(line) => self.list.push(format!("line {line}: {name}: {message}")),
+            None => self.list.push(format!("{name}: {message}")),
+        }
+    }
+
+    /// The line of the deepest part of `path` the document holds.
+    pub fn line_of(&self, path: &[Seg<'_>]) -> Option<usize> {
+        let doc = self.doc.as_ref()?;
+        let mut table = Some(doc);
+        let mut array: Option<&[toml::Spanned<DeValue<'_>>]> = None;
+        let mut at = None;
+        for seg in path {
+            let value = match *seg {
+                Seg::Key(key) => table.and_then(|t| {
+                    t.iter()
+                        .find(|(k, _)| k.get_ref() == key)
+                        .map(|(k, v)| (k.span(), v))
+                }),
+                Seg::Index(i) => array.and_then(|a| a.get(i)).map(|v| (v.span(), v)),
+            };
+            let Some((span, value)) = value else { break };
+            at = Some(span.start);
+            table = None;
+            array = None;
+            match value.get_ref() {
+                DeValue::Table(t) => table = Some(t),
+                DeValue::Array(a) => array = Some(a),
+                _ => at = Some(value.span().start),
+            }
+        }
+        at.map(|offset| line_at(self.text, offset))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<String> {
+        self.list
+    }
+}
+
+/// The 1-based line of a byte offset.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |before| before.matches('\n').count())
+        + 1
+}
+
+/// Checks a `host:port` listen address without resolving it.
+pub fn check_listen(addr: &str) -> Result<(), String> {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "{addr:?} is not an address to listen on; write host:port, e.g. \"127.0.0.1:7465\""
+        )),
+    }
+}
+
+/// Checks a database URL: SQLite or PostgreSQL.
+pub fn check_database(url: &str) -> Result<(), String> {
+    let known = ["sqlite:", "postgres://", "postgresql://"];
+    if known.iter().any(|p| url.starts_with(p)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url:?} is not a database URL; write sqlite:///var/lib/opsdeck/opsdeck.db or postgres://user@host/db"
+        ))
+    }
+}
+
 impl ConfigFile {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -109,27 +348,103 @@ impl ConfigFile {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        for (i, t) in cfg.token.iter().enumerate() {
-            let bad = t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit());
-            if bad {
-                return Err(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message: format!(
-                        "[[token]] #{} ({}): sha256 must be 64 hex digits, the SHA-256 of the token \
-                         (`opsdeckd token new --identity NAME` prints one)",
-                        i + 1,
-                        t.identity
-                    ),
-                });
-            }
-            if t.identity.trim().is_empty() {
-                return Err(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message: format!("[[token]] #{}: identity is empty", i + 1),
-                });
-            }
+        let problems = cfg.check(text);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: problems.join("\n  "),
+            });
         }
         Ok(cfg)
+    }
+
+    /// Every mistake serde cannot see, each with its line in `text`.
+    pub fn check(&self, text: &str) -> Vec<String> {
+        use Seg::{Index, Key};
+        let mut p = Problems::new(text);
+        let e = &self.engine;
+        if let Some(listen) = e.listen.as_deref().filter(|l| *l != "none")
+            && let Err(why) = check_listen(listen)
+        {
+            p.add(&[Key("engine"), Key("listen")], why);
+        }
+        if let Some(url) = &e.database
+            && let Err(why) = check_database(url)
+        {
+            p.add(&[Key("engine"), Key("database")], why);
+        }
+        // Only when the file sets both: flags may set the other.
+        if let (Some(heartbeat), Some(ttl)) = (e.heartbeat_interval, e.lease_ttl)
+            && heartbeat >= ttl
+        {
+            p.add(
+                &[Key("engine"), Key("lease_ttl")],
+                format!(
+                    "heartbeat_interval ({}) must be shorter than lease_ttl ({}), or leases expire between heartbeats",
+                    humantime::format_duration(heartbeat),
+                    humantime::format_duration(ttl)
+                ),
+            );
+        }
+        if let Some(listen) = self.metrics.listen.as_deref().filter(|l| !l.is_empty())
+            && let Err(why) = check_listen(listen)
+        {
+            p.add(
+                &[Key("metrics"), Key("listen")],
+                format!("{why}, or \"\" for no metrics"),
+            );
+        }
+        if let Some(format) = &self.log.format
+            && format != "plain"
+            && format != "json"
+        {
+            p.add(
+                &[Key("log"), Key("format")],
+                format!("{format:?} is not a log format; write \"plain\" or \"json\""),
+            );
+        }
+        for (i, t) in self.token.iter().enumerate() {
+            let bad = t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit());
+            if bad {
+                p.add(
+                    &[Key("token"), Index(i), Key("sha256")],
+                    format!(
+                        "the token of {:?} must be 64 hex digits, the SHA-256 of the token \
+                         (`opsdeckd token new --identity NAME` prints one)",
+                        t.identity
+                    ),
+                );
+            }
+            if t.identity.trim().is_empty() {
+                p.add(
+                    &[Key("token"), Index(i), Key("identity")],
+                    "identity is empty",
+                );
+            }
+            let same = self.token[..i]
+                .iter()
+                .find(|o| o.sha256.eq_ignore_ascii_case(&t.sha256));
+            if let Some(first) = same {
+                p.add(
+                    &[Key("token"), Index(i), Key("sha256")],
+                    format!(
+                        "the token of {:?} has the same sha256 as the token of {:?}; make a new token for one of them",
+                        t.identity, first.identity
+                    ),
+                );
+            }
+        }
+        for (kind, entries) in [("user", &self.unix.user), ("group", &self.unix.group)] {
+            for (i, entry) in entries.iter().enumerate() {
+                if entry.name.trim().is_empty() {
+                    p.add(
+                        &[Key("unix"), Key(kind), Index(i), Key("name")],
+                        format!("name is empty; name a Unix {kind}"),
+                    );
+                }
+            }
+        }
+        p.into_vec()
     }
 
     /// The core's timings and limits: the file's values over the defaults.
@@ -146,6 +461,8 @@ impl ConfigFile {
             subscriber_buffer: e.subscriber_buffer.unwrap_or(d.subscriber_buffer),
             quarantine_after: e.quarantine_after.unwrap_or(d.quarantine_after),
             quarantine_window: e.quarantine_window.unwrap_or(d.quarantine_window),
+            // Read by the caller with `Secrets::load(&self.secrets)`: it can fail.
+            secrets: d.secrets,
         }
     }
 }
@@ -212,6 +529,88 @@ mod tests {
         let err = ConfigFile::parse("[engine]\nlease_ttl = \"soon\"\n", Path::new("e.toml"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not a duration"), "{err}");
+        assert!(
+            err.contains("not a duration") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn semantic_mistakes_are_named_with_their_line() {
+        let text = "[engine]\nlisten = \"nowhere\"\ndatabase = \"mysql://x\"\n\n[metrics]\nlisten = \"1.2.3.4\"\n\n\
+                    [log]\nformat = \"xml\"\n\n[[token]]\nidentity = \"a\"\nsha256 = \"short\"\n";
+        let err = ConfigFile::parse(text, Path::new("e.toml"))
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "line 2: engine.listen",
+            "line 3: engine.database",
+            "line 6: metrics.listen",
+            "line 9: log.format",
+            "line 13: token[0].sha256",
+        ] {
+            assert!(err.contains(want), "{want} not in {err}");
+        }
+        let err = ConfigFile::parse(
+            "[engine]\nheartbeat_interval = \"5s\"\nlease_ttl = \"5s\"\n",
+            Path::new("e.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 3: engine.lease_ttl"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_complete() {
+        let text = include_str!("../../examples/engine.toml");
+        let cfg = ConfigFile::parse(text, Path::new("examples/engine.toml")).unwrap();
+        let d = CoreConfig::default();
+        let c = cfg.core_config();
+        assert_eq!(c.lease_ttl, d.lease_ttl);
+        assert_eq!(c.heartbeat_interval, d.heartbeat_interval);
+        // Every setting is written out, commented with one '#' (prose has
+        // two), and is still valid with every setting uncommented.
+        let uncommented: String = text
+            .lines()
+            .filter(|l| !l.starts_with("##"))
+            .map(|l| l.strip_prefix('#').unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let full = ConfigFile::parse(&uncommented, Path::new("examples/engine.toml"));
+        assert!(full.is_ok(), "{full:?}");
+        for key in [
+            "data_dir",
+            "listen",
+            "socket",
+            "database",
+            "local_workers",
+            "heartbeat_interval",
+            "lease_ttl",
+            "worker_timeout",
+            "cancel_grace",
+            "output_cap_bytes",
+            "subscriber_buffer",
+            "quarantine_after",
+            "quarantine_window",
+            "max_spec_bytes",
+            "max_steps",
+            "max_command_bytes",
+            "max_env_entries",
+            "max_attempts",
+            "max_message_bytes",
+            "max_connections",
+            "format",
+            "dir",
+            "identity",
+            "sha256",
+            "roles",
+            "groups",
+            "others",
+        ] {
+            assert!(
+                uncommented.contains(&format!("\n{key} = ")),
+                "examples/engine.toml does not show {key}"
+            );
+        }
     }
 }

@@ -123,12 +123,13 @@ pub fn step(run_id: &str, s: &Step) -> pb::Step {
                 .iter()
                 .map(|v| pb::EnvVar {
                     name: v.name.clone(),
-                    value: if v.secret {
+                    value: if v.secret.is_some() {
                         String::new()
                     } else {
                         v.value.clone()
                     },
-                    secret: v.secret,
+                    secret: v.secret.is_some(),
+                    secret_name: v.secret.clone().unwrap_or_default(),
                 })
                 .collect();
             out.workdir = e.workdir.clone().unwrap_or_default();

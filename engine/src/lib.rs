@@ -9,18 +9,30 @@
 //! - [`agent`]: the worker process (`opsdeckd worker`): runs exec steps as
 //!   real processes, heartbeats, drains and recycles.
 //! - [`config`]: the engine's configuration file and flags.
+//! - [`ha`]: several engines on one database: the lead, standbys, fencing.
 //! - [`serve`]: puts an engine together and runs it until shutdown.
+//! - [`secrets`]: the config's `[secrets]`, whose values only the steps
+//!   that name them get.
 //! - [`bench`]: `opsdeckd bench`.
 //! - [`convert`]: domain values to opsdeck.v1 messages.
 //! - [`error`]: the engine's errors and their gRPC codes.
+//! - [`metrics`], [`notify`], [`logging`], [`backup`]: operating it —
+//!   Prometheus and health endpoints, systemd's notify protocol, the log,
+//!   and consistent copies of a live SQLite database.
 
 pub mod agent;
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod config;
 pub mod convert;
 pub mod core;
 pub mod domain;
 pub mod error;
+pub mod ha;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod secrets;
 pub mod serve;
 pub mod store;

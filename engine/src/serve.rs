@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, AgentExit, AgentOptions};
 use crate::api::{self, Api, Auth, Listeners};
 use crate::core::{self, CoreConfig};
-use crate::store;
+use crate::metrics::{self, ReadyState, Readiness};
+use crate::notify;
+use crate::ha::{self, HaOptions, HaSettings, Role};
+use crate::store::{self, Leadership};
 
 /// Everything `serve` needs, already merged from flags, environment and file.
 #[derive(Clone, Debug)]
@@ -27,8 +30,16 @@ pub struct ServeOptions {
     pub database: String,
     pub local_workers: u32,
     pub core: CoreConfig,
-    /// (identity, hex sha256 of the token).
-    pub tokens: Vec<(String, String)>,
+    /// `/metrics`, `/healthz` and `/readyz`; `None`: not served.
+    pub metrics_listen: Option<String>,
+    /// Bearer tokens (by hash) with their identities and roles.
+    pub tokens: Vec<crate::config::TokenEntry>,
+    /// Roles of callers on the Unix socket.
+    pub unix: crate::config::UnixSection,
+    /// `--advertise` and `[ha]`: several engines on one PostgreSQL database.
+    pub ha: HaSettings,
+    /// `[tls]`: TLS (and, with a client CA, mutual TLS) on the TCP listener.
+    pub tls: Option<opsdeck_proto::tls::ServerTls>,
 }
 
 /// Where a started engine listens.
@@ -59,9 +70,14 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot open the database {}", opts.database))?;
     let core_stop = CancellationToken::new();
-    let (core, core_task) = core::start(opts.core.clone(), store.clone(), core_stop.clone())
-        .await
-        .context("cannot load the engine's state from its database")?;
+    let core = core::CoreHandle::unstarted();
+    let tls = match &opts.tls {
+        Some(tls) if opts.listen.is_some() => Some(
+            tls.load()
+                .context("cannot set up TLS for the TCP listener")?,
+        ),
+        _ => None,
+    };
 
     let tcp = match &opts.listen {
         Some(addr) => Some(
@@ -79,31 +95,160 @@ pub async fn run(
         tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
         socket: opts.socket.clone(),
     };
+    let ha = HaOptions {
+        advertise: opts
+            .ha
+            .advertise
+            .clone()
+            .unwrap_or_else(|| default_advertise(&bound)),
+        leader_ttl: opts.ha.leader_ttl,
+    };
+
+    // Take the lead now if it is free (always, on SQLite), so that a lone
+    // engine answers its very first call as the leader.
+    let (role_tx, role) = tokio::sync::watch::channel(Role::Standby {
+        leader: None,
+        epoch: 0,
+    });
+    let mut core_task = None;
+    match store
+        .lead(&ha.advertise, &ha.advertise, ha.leader_ttl, None)
+        .await
+        .context("cannot take part in the leader election on the database")?
+    {
+        Leadership::Leader { epoch } => {
+            core_task = Some(
+                core::start(&core, opts.core.clone(), store.clone(), core_stop.clone())
+                    .await
+                    .context("cannot load the engine's state from its database")?,
+            );
+            role_tx.send_replace(Role::Leader { epoch });
+        }
+        Leadership::Follower { epoch, address } => {
+            tracing::info!(epoch, leader = ?address, advertise = %ha.advertise, "another engine leads; standing by");
+            role_tx.send_replace(Role::Standby {
+                leader: address,
+                epoch,
+            });
+        }
+    }
+
     if let Some(addr) = bound.tcp {
         std::fs::write(opts.data_dir.join(ADDR_FILE), format!("{addr}\n"))
             .with_context(|| format!("cannot write {}", opts.data_dir.join(ADDR_FILE).display()))?;
     }
+    let metrics_listener = match &opts.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr, &opts.data_dir).await?),
+        None => None,
+    };
     tracing::info!(tcp = ?bound.tcp, socket = ?bound.socket, database = %opts.database, "opsdeckd serving");
     on_bound(&bound);
 
     let api = Api {
-        core,
-        store,
+        core: core.clone(),
+        store: store.clone(),
         limits: opts.core.limits.clone(),
         engine_id: format!("{}:{}", hostname(), std::process::id()),
+        role: role.clone(),
     };
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(
         api,
-        Auth::new(opts.tokens.clone()),
-        Listeners { tcp, unix },
+        Auth::new(&opts.tokens, opts.unix.clone()),
+        Listeners { tcp, unix, tls },
         server_stop.clone(),
     ));
+    let readiness = Readiness::default();
+    let ops_stop = CancellationToken::new();
+    let sources = metrics::Sources {
+        core: core.clone(),
+        store: store.clone(),
+        readiness: readiness.clone(),
+    };
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, sources.clone(), ops_stop.clone()));
+    }
+    let _watchdog = notify::watchdog(sources, ops_stop.clone());
+    let leading = role.borrow().is_leader();
+    readiness.set(if leading {
+        ReadyState::Serving
+    } else {
+        ReadyState::Standby
+    });
+    notify::ready(&format!(
+        "{} on {}",
+        if leading { "leading" } else { "standing by" },
+        describe(&bound)
+    ));
+
+    let (epoch, mut core_task) = match core_task {
+        Some(task) => (role.borrow().epoch(), task),
+        None => match ha::campaign(&store, &ha, &role_tx, &shutdown).await {
+            None => {
+                // Shut down while standing by: nothing to commit or hand over.
+                readiness.set(ReadyState::Stopping);
+                notify::stopping("stopping");
+                ops_stop.cancel();
+                server_stop.cancel();
+                let _ = tokio::time::timeout(SHUTDOWN_BOUND, server).await;
+                if let Some(path) = &opts.socket {
+                    let _ = std::fs::remove_file(path);
+                }
+                tracing::info!("opsdeckd stopped");
+                return Ok(());
+            }
+            Some(epoch) => {
+                tracing::info!(epoch, "this engine now leads; loading the state");
+                let task = core::start(&core, opts.core.clone(), store.clone(), core_stop.clone())
+                    .await
+                    .context("took the lead but cannot load the state from the database")?;
+                role_tx.send_replace(Role::Leader { epoch });
+                (epoch, task)
+            }
+        },
+    };
+    tracing::info!(epoch, advertise = %ha.advertise, "leading");
+    readiness.set(ReadyState::Serving);
+    notify::status(&format!("leading (epoch {epoch}) on {}", describe(&bound)));
     let workers_stop = CancellationToken::new();
     let local = local_workers(&opts, &bound, workers_stop.clone());
 
-    shutdown.cancelled().await;
+    let lead_stop = CancellationToken::new();
+    let lost = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        held = ha::hold(&store, &ha, epoch, &lead_stop) => held.err(),
+        ended = &mut core_task => Some(match ended {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "the engine core stopped".to_owned(),
+            Err(e) => format!("the engine core failed: {e}"),
+        }),
+    };
+    lead_stop.cancel();
+    if let Some(why) = lost {
+        // Another engine leads, or may: stop answering and writing at once,
+        // and leave it to the supervisor to start this one again as a standby.
+        role_tx.send_replace(Role::Standby {
+            leader: None,
+            epoch,
+        });
+        core_stop.cancel();
+        workers_stop.cancel();
+        server_stop.cancel();
+        if let Some(path) = &opts.socket {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::error!(epoch, "stepping down: {why}");
+        readiness.set(ReadyState::Standby);
+        notify::stopping(&format!("stepping down: {why}"));
+        ops_stop.cancel();
+        anyhow::bail!(
+            "this engine stepped down as leader (epoch {epoch}): {why}; it exits so that its supervisor starts it again as a standby"
+        );
+    }
     tracing::info!("shutting down: no new requests; finishing the commit in flight");
+    readiness.set(ReadyState::Stopping);
+    notify::stopping("stopping: finishing the commit in flight");
+    ops_stop.cancel();
     workers_stop.cancel();
     server_stop.cancel();
     // Stopping the core ends every stream (workers and consoles hear the
@@ -114,6 +259,10 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + SHUTDOWN_BOUND;
     if tokio::time::timeout_at(deadline, core_task).await.is_err() {
         tracing::warn!("the core did not stop within {SHUTDOWN_BOUND:?}");
+    }
+    // Hand the lead over at once rather than when it lapses.
+    if let Err(e) = store.resign(epoch).await {
+        tracing::warn!(error = %e, "could not give up the lead; a standby takes it once it lapses");
     }
     match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
@@ -132,6 +281,18 @@ pub async fn run(
     }
     tracing::info!("opsdeckd stopped");
     Ok(())
+}
+
+/// Where the engine listens, for status lines.
+fn describe(bound: &Bound) -> String {
+    let mut parts = Vec::new();
+    if let Some(a) = bound.tcp {
+        parts.push(format!("tcp {a}"));
+    }
+    if let Some(p) = &bound.socket {
+        parts.push(format!("unix {}", p.display()));
+    }
+    parts.join(", ")
 }
 
 /// Binds the Unix socket, replacing a stale file left by an engine that
@@ -168,7 +329,7 @@ fn local_workers(
     };
     let worker_id = format!("{}-local", hostname());
     let mut options = AgentOptions {
-        engine,
+        engine: engine.into(),
         spool_dir: Some(opts.data_dir.join("spool").join(&worker_id)),
         worker_id,
         queues: vec![crate::domain::ANY_QUEUE.to_owned()],
@@ -177,6 +338,7 @@ fn local_workers(
             .into_iter()
             .collect(),
         token: None,
+        tls: None,
         generation: 1,
         cancel_grace: opts.core.cancel_grace,
     };
@@ -193,6 +355,19 @@ fn local_workers(
             }
         }
     })
+}
+
+/// Where clients reach this engine when `--advertise` is not given: its
+/// TCP address (with the host name for a wildcard address), else its socket.
+fn default_advertise(bound: &Bound) -> String {
+    match (bound.tcp, &bound.socket) {
+        (Some(addr), _) if addr.ip().is_unspecified() => {
+            format!("http://{}:{}", hostname(), addr.port())
+        }
+        (Some(addr), _) => format!("http://{addr}"),
+        (None, Some(path)) => format!("unix://{}", path.display()),
+        (None, None) => hostname(),
+    }
 }
 
 pub fn hostname() -> String {

@@ -6,7 +6,7 @@
 use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
 
 /// Where an engine listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,15 +71,30 @@ impl EngineAddr {
     /// Opens a channel to the engine. Fails when the engine cannot be
     /// reached now; the channel reconnects by itself afterwards.
     pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        self.connect_with(None).await
+    }
+
+    /// As [`connect`](Self::connect); an `https://` address speaks TLS with
+    /// `tls` (from [`ClientTls::load`](crate::tls::ClientTls::load)), or
+    /// trusting the system's roots when `None`. Other addresses ignore it.
+    pub async fn connect_with(
+        &self,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Channel, tonic::transport::Error> {
         match self {
             Self::Tcp(url) => {
-                Endpoint::from_shared(url.clone())?
+                let mut endpoint = Endpoint::from_shared(url.clone())?
                     .connect_timeout(Duration::from_secs(5))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(20))
-                    .connect()
-                    .await
+                    .keep_alive_timeout(Duration::from_secs(20));
+                if url.starts_with("https://") {
+                    endpoint = endpoint.tls_config(
+                        tls.cloned()
+                            .unwrap_or_else(|| ClientTlsConfig::new().with_native_roots()),
+                    )?;
+                }
+                endpoint.connect().await
             }
             Self::Unix(path) => {
                 let path = path.clone();

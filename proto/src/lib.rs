@@ -6,11 +6,17 @@
 //! - [`json`]: serde helpers the generated types use for those words.
 //! - [`endpoint`]: engine addresses (`http://host:port`, `unix:///path`) and
 //!   how to connect to one.
+//! - [`failover`]: several engines sharing a database (`--engine a,b,c`):
+//!   finding the one that leads.
+//! - [`tls`]: TLS files for the engine's TCP listener and its `https://`
+//!   clients (certificates, keys, mutual TLS).
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC reflection.
 
 pub mod endpoint;
+pub mod failover;
 pub mod json;
 pub mod names;
+pub mod tls;
 
 #[allow(clippy::all)]
 pub mod v1 {

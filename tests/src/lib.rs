@@ -57,7 +57,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// and killed at the end, whatever process group they ended up in.
 const TAG_VAR: &str = "OPSDECK_E2E_TAG";
 
-/// The identity the engine's config gives to the TCP token.
+/// The identity the engine's config gives to the TCP token (an admin).
 pub const TOKEN_IDENTITY: &str = "ci-token";
 
 // ------------------------------------------------------------------ binaries
@@ -236,7 +236,7 @@ impl Clients<TcpService> {
 /// How to start an engine. The defaults are short timings for tests.
 #[derive(Clone, Debug)]
 pub struct EngineOpts {
-    /// Write a config with a `[[token]]` for [`TOKEN_IDENTITY`].
+    /// Write a config with a `[[token]]` for [`TOKEN_IDENTITY`], an admin.
     pub token: bool,
     pub heartbeat_interval: String,
     pub lease_ttl: String,
@@ -244,6 +244,13 @@ pub struct EngineOpts {
     pub cancel_grace: String,
     /// More TOML for the config file (e.g. a `[limits]` table).
     pub config: String,
+    /// More `opsdeckd serve` arguments (e.g. `--database URL`, `--leader-ttl 2s`).
+    pub args: Vec<String>,
+    /// Ready once it answers its health check, as leader or standby
+    /// (engines sharing a database); otherwise once it answers Whoami.
+    pub standby_ok: bool,
+    /// More environment for the engine process (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for EngineOpts {
@@ -255,6 +262,9 @@ impl Default for EngineOpts {
             worker_timeout: "1500ms".into(),
             cancel_grace: "1s".into(),
             config: String::new(),
+            args: Vec::new(),
+            standby_ok: false,
+            env: Vec::new(),
         }
     }
 }
@@ -309,7 +319,7 @@ impl Engine {
                 self.token.as_bytes(),
             ));
             text.push_str(&format!(
-                "[[token]]\nidentity = \"{TOKEN_IDENTITY}\"\nsha256 = \"{hash}\"\n\n"
+                "[[token]]\nidentity = \"{TOKEN_IDENTITY}\"\nsha256 = \"{hash}\"\nroles = [\"admin\"]\n\n"
             ));
         }
         text.push_str(&self.opts.config);
@@ -327,10 +337,13 @@ impl Engine {
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--heartbeat-interval", &self.opts.heartbeat_interval])
             .args(["--lease-ttl", &self.opts.lease_ttl])
             .args(["--worker-timeout", &self.opts.worker_timeout])
             .args(["--cancel-grace", &self.opts.cancel_grace])
+            .args(&self.opts.args)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(self.config_path())
             .stdout(out)
@@ -356,10 +369,17 @@ impl Engine {
             if let Ok(text) = std::fs::read_to_string(&addr_file)
                 && let Ok(addr) = text.trim().parse::<SocketAddr>()
                 && let Ok(channel) = EngineAddr::Unix(self.socket()).connect().await
-                && ConsoleClient::new(channel)
-                    .whoami(pb::WhoamiRequest {})
-                    .await
-                    .is_ok()
+                && (if self.opts.standby_ok {
+                    tonic_health::pb::health_client::HealthClient::new(channel)
+                        .check(tonic_health::pb::HealthCheckRequest::default())
+                        .await
+                        .is_ok()
+                } else {
+                    ConsoleClient::new(channel)
+                        .whoami(pb::WhoamiRequest {})
+                        .await
+                        .is_ok()
+                })
             {
                 self.tcp = Some(addr);
                 return;
@@ -622,6 +642,7 @@ impl Engine {
             after_seq: 0,
             limit: 10_000,
             run_id: run_id.to_owned(),
+            ..Default::default()
         };
         EventsClient::new(ch)
             .list_events(req)
@@ -636,6 +657,7 @@ impl Engine {
             after_seq: 0,
             limit: 10_000,
             run_id: run_id.to_owned(),
+            ..Default::default()
         };
         self.api()
             .await
@@ -657,6 +679,7 @@ impl Engine {
                 after_seq: after,
                 limit: 10_000,
                 run_id: String::new(),
+                ..Default::default()
             };
             let page = api
                 .events
@@ -833,9 +856,11 @@ impl Worker {
         let log = engine.data_dir().join(format!("worker-{id}.log"));
         let (out, err) = log_file(&log);
         let mut cmd = command(&opsdeckd(), engine.root.path());
-        cmd.arg("worker")
-            .args(["--engine", &engine.unix_addr()])
-            .args(["--id", id]);
+        cmd.arg("worker").args(["--id", id]);
+        // `extra` may name other engines (`--engine a,b,c`).
+        if !extra.contains(&"--engine") {
+            cmd.args(["--engine", &engine.unix_addr()]);
+        }
         for q in queues {
             cmd.args(["--queue", q]);
         }

@@ -1,9 +1,11 @@
 //! Approval gates: decided through the API by another identity, rejected,
-//! timed out (each `on_timeout`), and the four-eyes rule.
+//! timed out (each `on_timeout`), the four-eyes rule, N distinct
+//! approvers, and steps that only a role or a group may decide.
 
 use opsdeck_tests::pb::{ApprovalState, DecideRequest, ListApprovalsRequest, RunState, StepState};
 use opsdeck_tests::{
-    DEADLINE, Engine, TOKEN_IDENTITY, Worker, assert_status, describe_events, kinds, pb, sh,
+    DEADLINE, Engine, EngineOpts, TOKEN_IDENTITY, Worker, assert_status, describe_events, kinds,
+    pb, sh,
 };
 use tonic::Code;
 
@@ -357,6 +359,254 @@ async fn the_submitter_may_approve_their_own_run_when_the_step_allows_self_appro
     assert_eq!(decided.state, ApprovalState::Approved as i32);
     assert_eq!(decided.decisions[0].actor, me);
     engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+}
+
+/// A token for `identity` and its `[[token]]` entry.
+fn token(identity: &str, roles: &[&str], groups: &[&str]) -> (String, String) {
+    let token = format!("tok_{}", hex::encode(rand::random::<[u8; 16]>()));
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let entry = format!(
+        "[[token]]\nidentity = {identity:?}\nsha256 = \"{hash}\"\nroles = [{}]\ngroups = [{}]\n\n",
+        list(roles),
+        list(groups)
+    );
+    (token, entry)
+}
+
+/// An engine with a submitter `sam` (operator and approver), approvers
+/// `ann` and `ben`, and `dora`, an approver in group `dba`.
+struct Team {
+    engine: Engine,
+    sam: String,
+    ann: String,
+    ben: String,
+    dora: String,
+}
+
+async fn team() -> Team {
+    let (sam, s) = token("sam", &["operator", "approver"], &[]);
+    let (ann, a) = token("ann", &["approver"], &[]);
+    let (ben, b) = token("ben", &["approver"], &["web"]);
+    let (dora, d) = token("dora", &["approver"], &["dba"]);
+    let engine = Engine::start(EngineOpts {
+        config: [s, a, b, d].concat(),
+        ..EngineOpts::default()
+    })
+    .await;
+    Team {
+        engine,
+        sam,
+        ann,
+        ben,
+        dora,
+    }
+}
+
+impl Team {
+    async fn submit_as_sam(&self, spec: &str) -> pb::Run {
+        let run = self
+            .engine
+            .tcp_api(Some(&self.sam))
+            .await
+            .runs
+            .submit_run(pb::SubmitRunRequest {
+                spec: spec.into(),
+                reason: "release".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("sam submits")
+            .into_inner()
+            .run
+            .expect("the run");
+        assert_eq!(run.submitted_by, "sam");
+        run
+    }
+
+    async fn decide(
+        &self,
+        token: &str,
+        id: &str,
+        approve: bool,
+    ) -> Result<pb::Approval, tonic::Status> {
+        self.engine
+            .tcp_api(Some(token))
+            .await
+            .approvals
+            .decide(DecideRequest {
+                id: id.into(),
+                approve,
+                reason: "looked at it".into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+#[tokio::test]
+async fn two_required_approvals_need_two_distinct_approvers_and_not_the_submitter() {
+    let t = team().await;
+    let run = t
+        .submit_as_sam(&gate_only("timeout = \"5m\", approvals = 2"))
+        .await;
+    let approval = t.engine.pending_approval(&run.id).await;
+    assert_eq!(approval.required, 2);
+
+    // Four eyes: sam holds the approver role but submitted the run.
+    assert_status(
+        t.decide(&t.sam, &approval.id, true).await,
+        Code::PermissionDenied,
+        &["four eyes", "sam"],
+    );
+    let first = t
+        .decide(&t.ann, &approval.id, true)
+        .await
+        .expect("ann approves");
+    assert_eq!(first.state, ApprovalState::Pending as i32);
+    assert_eq!(first.decisions.len(), 1);
+    // The same approver twice does not count twice.
+    assert_status(
+        t.decide(&t.ann, &approval.id, true).await,
+        Code::FailedPrecondition,
+        &["ann has already approved", "2 distinct approvers"],
+    );
+    assert_eq!(
+        approval_by_id(&t.engine, &approval.id).await.state,
+        ApprovalState::Pending as i32
+    );
+    assert_eq!(
+        t.engine.get_run(&run.id).await.state,
+        RunState::WaitingApproval as i32
+    );
+    let second = t
+        .decide(&t.ben, &approval.id, true)
+        .await
+        .expect("ben approves");
+    assert_eq!(second.state, ApprovalState::Approved as i32);
+    let actors: Vec<&str> = second.decisions.iter().map(|d| d.actor.as_str()).collect();
+    assert_eq!(actors, ["ann", "ben"]);
+    t.engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+    // A decided approval cannot be decided again, by anyone.
+    assert_status(
+        t.decide(&t.dora, &approval.id, false).await,
+        Code::FailedPrecondition,
+        &["already approved"],
+    );
+}
+
+#[tokio::test]
+async fn one_rejection_rejects_an_approval_that_already_has_other_approvals() {
+    let t = team().await;
+    let run = t
+        .submit_as_sam(&gate_only("timeout = \"5m\", approvals = 3"))
+        .await;
+    let approval = t.engine.pending_approval(&run.id).await;
+    t.decide(&t.ann, &approval.id, true)
+        .await
+        .expect("ann approves");
+    let rejected = t
+        .decide(&t.ben, &approval.id, false)
+        .await
+        .expect("ben rejects");
+    assert_eq!(rejected.state, ApprovalState::Rejected as i32);
+    let failed = t
+        .engine
+        .wait_run_state(&run.id, RunState::Failed, DEADLINE)
+        .await;
+    assert!(
+        failed.message.contains("rejected by ben"),
+        "{}",
+        failed.message
+    );
+}
+
+#[tokio::test]
+async fn a_step_that_names_a_role_is_decided_only_by_callers_holding_it() {
+    let t = team().await;
+    let run = t
+        .submit_as_sam(&gate_only("timeout = \"5m\", role = \"admin\""))
+        .await;
+    let approval = t.engine.pending_approval(&run.id).await;
+    assert_status(
+        t.decide(&t.ann, &approval.id, true).await,
+        Code::PermissionDenied,
+        &["only by the admin role", "approval.role", "ann"],
+    );
+    // The ci token is an admin.
+    let decided = t
+        .decide(t.engine.token(), &approval.id, true)
+        .await
+        .expect("an admin approves");
+    assert_eq!(decided.state, ApprovalState::Approved as i32);
+    t.engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+}
+
+#[tokio::test]
+async fn a_step_that_names_a_group_is_decided_only_by_its_members_by_token_or_unix_group() {
+    let t = team().await;
+    let run = t
+        .submit_as_sam(&gate_only("timeout = \"5m\", group = \"dba\""))
+        .await;
+    let approval = t.engine.pending_approval(&run.id).await;
+    // Not in it: an approver in another group, and an admin in none.
+    for token in [t.ben.as_str(), t.engine.token()] {
+        assert_status(
+            t.decide(token, &approval.id, true).await,
+            Code::PermissionDenied,
+            &["members of group \"dba\"", "approval.group"],
+        );
+    }
+    let decided = t
+        .decide(&t.dora, &approval.id, true)
+        .await
+        .expect("a member of dba approves");
+    assert_eq!(decided.state, ApprovalState::Approved as i32);
+    t.engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+
+    // Over the socket, the caller's Unix groups count.
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .expect("the test's user is in the user database");
+    let group = nix::unistd::Group::from_gid(user.gid)
+        .unwrap()
+        .expect("the user's primary group is in the group database")
+        .name;
+    let run = t
+        .submit_as_sam(&gate_only(&format!("timeout = \"5m\", group = {group:?}")))
+        .await;
+    let approval = t.engine.pending_approval(&run.id).await;
+    assert_status(
+        t.decide(&t.dora, &approval.id, true).await,
+        Code::PermissionDenied,
+        &[&group],
+    );
+    t.engine
+        .api()
+        .await
+        .approvals
+        .decide(DecideRequest {
+            id: approval.id.clone(),
+            approve: true,
+            reason: "in the group".into(),
+        })
+        .await
+        .expect("a socket user in the group approves");
+    t.engine
         .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
         .await;
 }

@@ -2,8 +2,12 @@
 //! real engine and a real worker: it shows a pending approval; keys
 //! approve it with a typed reason; the engine records the approval with
 //! that reason and the run finishes; the engine restarts and the console,
-//! never restarted, shows the events after the restart; resized to 20×5
-//! and back, it still renders.
+//! never restarted, shows the events after the restart (and no "leader
+//! changed": the same engine came back); resized to 20×5 and back, it
+//! still renders. A stuck lease and its quarantined run name
+//! show on the Overview, the Leases and the Quarantines screens, and keys
+//! clear the quarantine with a reason. A viewer is not offered changes and
+//! is told which role a change needs.
 //!
 //! The run is submitted over TCP as the token's identity, so that the
 //! console (on the Unix socket, as the OS user) is another person and the
@@ -12,10 +16,16 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use opsdeck_tests::pb::{RunState, SubmitRunRequest};
-use opsdeck_tests::{DEADLINE, Engine, TOKEN_IDENTITY, Worker, describe_events, opsdeck, sh};
+use opsdeck_tests::pb::{
+    ApprovalState, ListApprovalsRequest, ListQuarantinesRequest, RunState, StepState,
+    SubmitRunRequest, WhoamiRequest,
+};
+use opsdeck_tests::{
+    DEADLINE, Engine, EngineOpts, FakeAgent, TOKEN_IDENTITY, Worker, describe_events, opsdeck, sh,
+};
 
 /// A tmux server of its own (`-L`), so that the test neither sees nor
 /// disturbs anyone else's sessions; killed on drop.
@@ -30,7 +40,12 @@ impl Tmux {
     /// pane stays after the program ends, with its exit status, so that a
     /// crash shows on the screen instead of the pane vanishing.
     fn start(program: &Path, args: &[&str], width: u16, height: u16) -> Self {
-        let server = format!("opsdeck-e2e-{}", std::process::id());
+        static SERVERS: AtomicU32 = AtomicU32::new(0);
+        let server = format!(
+            "opsdeck-e2e-{}-{}",
+            std::process::id(),
+            SERVERS.fetch_add(1, Ordering::Relaxed)
+        );
         let tmux = Self { server };
         let mut line = vec![shell_quote(&program.display().to_string())];
         line.extend(args.iter().map(|a| shell_quote(a)));
@@ -269,13 +284,24 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
         .run
         .expect("the run");
     engine.pending_approval(&after.id).await;
-    tmux.wait(
-        "the events after the restart, live",
-        &engine,
-        Duration::from_secs(30),
-        |s| s.contains("after-restart") && s.contains("approval.requested") && s.contains(" live "),
-    )
-    .await;
+    let screen = tmux
+        .wait(
+            "the events after the restart, live",
+            &engine,
+            Duration::from_secs(30),
+            |s| {
+                s.contains("after-restart")
+                    && s.contains("approval.requested")
+                    && s.contains(" live ")
+            },
+        )
+        .await;
+    // The same engine came back (a new process, the same leader epoch):
+    // not a new leader.
+    assert!(
+        !screen.contains("leader changed"),
+        "a restart is not a leader change:\n{screen}"
+    );
 
     // Squeezed to 20×5 it still draws (and does not crash); back to 80×24
     // everything is there again.
@@ -292,6 +318,193 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     .await;
 
     // q quits from the top, and the terminal is left as it was found.
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", &engine, DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+const WEDGED: &str = "name = \"wedged\"\n[[step]]\nname = \"s\"\nqueue = \"hang\"\ntimeout = \"1s\"\nrun = \"true\"\n";
+
+#[tokio::test]
+async fn console_shows_a_stuck_lease_and_its_quarantined_name_and_clears_the_quarantine_with_keys()
+{
+    // One stuck lease quarantines the name.
+    let opts = EngineOpts {
+        config: "[engine]\nquarantine_after = 1\nquarantine_window = \"10m\"\n".into(),
+        ..EngineOpts::default()
+    };
+    let engine = Engine::start(opts).await;
+    // A worker that takes the step and keeps heartbeating but never
+    // reports, as one whose step's processes cannot be killed.
+    let (mut fake, _) = FakeAgent::connect(&engine, "wedged-host", &["hang"], 1).await;
+    let run = engine.submit(WEDGED).await;
+    let a = fake.assignment().await;
+    fake.started(&a, 4242).await;
+    let beating = fake.keep_heartbeating(&[&a], Duration::from_millis(100));
+    engine
+        .wait_event(&run.id, |e| e.kind == "lease.stuck", DEADLINE)
+        .await;
+    engine
+        .wait_event("", |e| e.kind == "run_name.quarantined", DEADLINE)
+        .await;
+    let me = engine.os_identity().await;
+
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &engine.unix_addr()], 80, 24);
+
+    // The Overview: a header badge, the stuck lease counted, the name.
+    tmux.wait(
+        "the quarantine and the stuck lease on the Overview",
+        &engine,
+        DEADLINE,
+        |s| {
+            s.contains("1 quarantined")
+                && s.contains("1 STUCK")
+                && s.contains("quarantine wedged (1 stuck")
+        },
+    )
+    .await;
+
+    // The Leases screen marks the lease.
+    tmux.keys(&["7"]);
+    tmux.wait(
+        "the stuck lease on the Leases screen",
+        &engine,
+        DEADLINE,
+        |s| s.contains("Leases 1 (1 STUCK)") && s.contains("wedged") && s.contains("STUCK"),
+    )
+    .await;
+
+    // The Quarantines screen lists it; U, a reason, OK clears it.
+    tmux.keys(&["9"]);
+    tmux.wait("the Quarantines screen", &engine, DEADLINE, |s| {
+        s.contains("Quarantines 1") && s.contains("wedged") && s.contains("U clear")
+    })
+    .await;
+    tmux.keys(&["U"]);
+    tmux.wait("the confirmation", &engine, DEADLINE, |s| {
+        s.contains("Clear quarantine") && s.contains("OK: clear quarantine")
+    })
+    .await;
+    tmux.keys(&["Tab"]);
+    let reason = "e2e: the NFS mount is back";
+    tmux.text(reason);
+    tmux.wait("the typed reason", &engine, DEADLINE, |s| {
+        s.contains(reason)
+    })
+    .await;
+    tmux.keys(&["Tab", "Enter"]);
+    tmux.wait("the outcome, and the list empty", &engine, DEADLINE, |s| {
+        s.contains("cleared the quarantine of wedged")
+            && s.contains("no quarantined run names")
+            && !s.contains("1 quarantined")
+    })
+    .await;
+
+    // The engine cleared it, with our reason and name, and takes the name
+    // again.
+    let mut api = engine.api().await;
+    let left = api
+        .runs
+        .list_quarantines(ListQuarantinesRequest {})
+        .await
+        .expect("list quarantines")
+        .into_inner()
+        .quarantines;
+    assert!(left.is_empty(), "{left:#?}");
+    let cleared = engine
+        .wait_event("", |e| e.kind == "run_name.quarantine_cleared", DEADLINE)
+        .await;
+    assert_eq!(cleared.reason, reason);
+    assert_eq!(cleared.actor, me);
+    let again = engine.submit(WEDGED).await;
+    assert_eq!(again.steps[0].state, StepState::Queued as i32, "{again:#?}");
+    beating.abort();
+
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", &engine, DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+const VIEWER_TOKEN: &str = "tok_e2e_viewer_only";
+
+#[tokio::test]
+async fn a_viewer_is_offered_no_changes_and_is_told_the_role_a_key_needs() {
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        VIEWER_TOKEN.as_bytes(),
+    ));
+    let opts = EngineOpts {
+        config: format!(
+            "[[token]]\nidentity = \"watcher\"\nsha256 = \"{hash}\"\nroles = [\"viewer\"]\n"
+        ),
+        ..EngineOpts::default()
+    };
+    let engine = Engine::start(opts).await;
+    let who = engine
+        .tcp_api(Some(VIEWER_TOKEN))
+        .await
+        .console
+        .whoami(WhoamiRequest {})
+        .await
+        .expect("whoami as the viewer")
+        .into_inner();
+    assert_eq!(who.roles, ["viewer"], "{who:#?}");
+    let run = engine
+        .submit("name = \"gated\"\n[[step]]\nname = \"gate\"\napproval = {}\n")
+        .await;
+    let approval = engine.pending_approval(&run.id).await;
+
+    let addr = engine.tcp_addr().to_string();
+    let tmux = Tmux::start(
+        &opsdeck(),
+        &["--engine", &addr, "--token", VIEWER_TOKEN],
+        80,
+        24,
+    );
+    tmux.wait("who we are and our role", &engine, DEADLINE, |s| {
+        s.contains("as watcher (viewer)") && s.contains("1 approval pending")
+    })
+    .await;
+    tmux.keys(&["6"]);
+    let screen = tmux
+        .wait("the approval, without its keys", &engine, DEADLINE, |s| {
+            s.contains("gated") && s.contains("pending")
+        })
+        .await;
+    assert!(
+        !screen.contains("a approve") && !screen.contains("x reject"),
+        "a viewer is offered approve:\n{screen}"
+    );
+    tmux.keys(&["a"]);
+    tmux.wait(
+        "the role needed, in the status line",
+        &engine,
+        DEADLINE,
+        |s| s.contains("approving needs the approver role"),
+    )
+    .await;
+    assert!(
+        !tmux.screen().contains("OK: approve"),
+        "no dialog for a change that would be refused"
+    );
+    let approvals = engine
+        .api()
+        .await
+        .approvals
+        .list_approvals(ListApprovalsRequest::default())
+        .await
+        .expect("list approvals")
+        .into_inner()
+        .approvals;
+    let still = approvals
+        .iter()
+        .find(|a| a.id == approval.id)
+        .expect("the approval");
+    assert_eq!(still.state, ApprovalState::Pending as i32);
+
     tmux.keys(&["q"]);
     tmux.wait("the console's exit", &engine, DEADLINE, |s| {
         s.contains("[console exited: 0]")

@@ -109,9 +109,14 @@ async fn a_step_over_its_timeout_is_killed_and_fails() {
 
 #[tokio::test]
 async fn a_secret_env_value_reaches_the_step_but_never_an_answer_an_event_the_output_or_a_log() {
-    let engine = Engine::start_default().await;
-    let _w1 = Worker::start(&engine, "w1", &["work"], 1).await;
     let secret = "s3cr3t-e2e-value-7f1c";
+    let engine = Engine::start(opsdeck_tests::EngineOpts {
+        config: "[secrets]\napi_token = { env = \"TEST_API_TOKEN\" }\n".into(),
+        env: vec![("TEST_API_TOKEN".into(), secret.into())],
+        ..Default::default()
+    })
+    .await;
+    let _w1 = Worker::start(&engine, "w1", &["work"], 1).await;
     let seen = engine.path("seen");
     let script = format!(
         "printf %s \"$API_TOKEN\" > {}; echo \"plain=$PLAIN\"",
@@ -119,7 +124,7 @@ async fn a_secret_env_value_reaches_the_step_but_never_an_answer_an_event_the_ou
     );
     let spec = format!(
         "name = \"secretive\"\n[[step]]\nname = \"s\"\nqueue = \"work\"\nrun = {}\n\
-         env = {{ PLAIN = \"visible\", API_TOKEN = {{ value = \"{secret}\", secret = true }} }}\n",
+         env = {{ PLAIN = \"visible\", API_TOKEN = {{ secret = \"api_token\" }} }}\n",
         sh(&script)
     );
     let run = engine.submit(&spec).await;

@@ -81,6 +81,7 @@ async fn a_client_that_stops_reading_is_cut_off_with_a_resync_and_the_engine_doe
         .follow_events(FollowEventsRequest {
             after_seq: after,
             run_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect("FollowEvents")
@@ -277,6 +278,7 @@ async fn fifty_stalled_subscribers_under_2000_events_a_second_keep_the_engine_me
                 .follow_events(FollowEventsRequest {
                     after_seq: after,
                     run_id: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("follow")

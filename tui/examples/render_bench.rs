@@ -134,6 +134,7 @@ fn snapshot() -> Snapshot {
         queues,
         leases,
         approvals,
+        quarantines: Vec::new(),
     }
 }
 

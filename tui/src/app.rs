@@ -10,8 +10,8 @@
 use crossterm::event::{KeyCode, KeyEvent};
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{
-    Approval, ApprovalState, Event, Lease, OutputChunk, Queue, Run, RunState, WhoamiResponse,
-    Worker, WorkerState,
+    Approval, ApprovalState, Event, Lease, OutputChunk, Quarantine, Queue, Run, RunState,
+    WhoamiResponse, Worker, WorkerState,
 };
 use tui_textarea::{CursorMove, TextArea};
 
@@ -23,6 +23,7 @@ use crate::cli::time::{duration, relative};
 use crate::conn::{Update, status_words};
 use crate::keys::{Action, Key, lookup};
 use crate::model::{self, Data};
+use crate::roles;
 
 /// The screens, in the order of their digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,10 +36,11 @@ pub enum Screen {
     Approvals,
     Leases,
     Events,
+    Quarantines,
 }
 
 impl Screen {
-    pub const ALL: [Screen; 8] = [
+    pub const ALL: [Screen; 9] = [
         Self::Overview,
         Self::Runs,
         Self::Run,
@@ -47,6 +49,7 @@ impl Screen {
         Self::Approvals,
         Self::Leases,
         Self::Events,
+        Self::Quarantines,
     ];
 
     /// The name `:` takes, and the help uses.
@@ -60,6 +63,7 @@ impl Screen {
             Self::Approvals => "approvals",
             Self::Leases => "leases",
             Self::Events => "events",
+            Self::Quarantines => "quarantines",
         }
     }
 
@@ -73,6 +77,7 @@ impl Screen {
             Self::Approvals => "Approvals",
             Self::Leases => "Leases",
             Self::Events => "Events",
+            Self::Quarantines => "Quarantines",
         }
     }
 
@@ -163,17 +168,21 @@ pub struct Connection {
     pub engine: String,
     pub link: Link,
     pub identity: String,
+    /// The caller's roles, as `Whoami` said them; empty when the engine
+    /// does not report roles (then everything is offered).
+    pub roles: Vec<String>,
     pub transport: String,
     pub engine_version: String,
     pub engine_id: String,
     /// Since when what is shown may be out of date (the link broke).
     pub stale_since_ms: Option<i64>,
-    /// When a reconnect found another engine process than before.
+    /// The leader's epoch at the last connect (0 from a single engine).
+    pub leader_epoch: Option<u64>,
+    /// When a reconnect found another leader than before (its epoch
+    /// changed). The header says so until the next key press, so that an
+    /// operator away from the keyboard still sees it on coming back.
     pub leader_changed_at_ms: Option<i64>,
 }
-
-/// How long the header says "leader changed".
-pub const LEADER_CHANGED_SHOWN_MS: i64 = 5 * 60_000;
 
 /// A list screen's selection and filter. The selection follows its item
 /// (by key) as rows come and go.
@@ -250,6 +259,7 @@ pub enum Change {
     Pause { queue: String },
     Resume { queue: String },
     ForceRelease { lease: String, fail: bool },
+    ClearQuarantine { name: String },
 }
 
 impl Change {
@@ -266,6 +276,23 @@ impl Change {
             Self::Pause { .. } => "pause",
             Self::Resume { .. } => "resume",
             Self::ForceRelease { .. } => "force-release",
+            Self::ClearQuarantine { .. } => "clear quarantine",
+        }
+    }
+
+    /// The key's action that asks for this change (for the roles).
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Approve { .. } => Action::Approve,
+            Self::Reject { .. } => Action::Reject,
+            Self::Cancel { .. } => Action::CancelRun,
+            Self::Retry { .. } => Action::Retry,
+            Self::Drain { .. } => Action::Drain,
+            Self::Undrain { .. } => Action::Undrain,
+            Self::Recycle { .. } => Action::Recycle,
+            Self::Pause { .. } | Self::Resume { .. } => Action::PauseResume,
+            Self::ForceRelease { .. } => Action::ForceRelease,
+            Self::ClearQuarantine { .. } => Action::ClearQuarantine,
         }
     }
 
@@ -282,6 +309,7 @@ impl Change {
             Self::Pause { queue } => format!("pausing queue {queue}"),
             Self::Resume { queue } => format!("resuming queue {queue}"),
             Self::ForceRelease { lease, .. } => format!("force-releasing lease {lease}"),
+            Self::ClearQuarantine { name } => format!("clearing the quarantine of {name}"),
         }
     }
 }
@@ -294,6 +322,7 @@ pub enum Changed {
     Worker(Worker),
     Queue(Queue),
     Lease(Lease),
+    Quarantine(Quarantine),
 }
 
 /// Where focus is in the confirmation dialog.
@@ -487,7 +516,7 @@ pub struct App {
     pub screen: Screen,
     /// Where Esc goes back to, after Enter drilled in.
     pub back: Vec<Back>,
-    pub lists: [ListState; 8],
+    pub lists: [ListState; 9],
     /// The current list's row keys, filtered and ordered ([`App::sync`]).
     pub rows: Vec<String>,
     rows_for: Option<(Screen, String, u64, bool)>,
@@ -587,10 +616,12 @@ impl App {
                 engine: options.engine,
                 link: Link::Connecting { attempt: 0 },
                 identity: String::new(),
+                roles: Vec::new(),
                 transport: String::new(),
                 engine_version: String::new(),
                 engine_id: String::new(),
                 stale_since_ms: None,
+                leader_epoch: None,
                 leader_changed_at_ms: None,
             },
             status: None,
@@ -791,10 +822,15 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
         }
         Update::Connected {
             whoami,
-            leader_changed,
             resumed_after,
         } => {
             let was_down = app.conn.stale_since_ms.is_some();
+            // Another leader, not merely the same engine restarted (its
+            // host:pid changes then too, so engine_id cannot tell).
+            let leader_changed = app
+                .conn
+                .leader_epoch
+                .is_some_and(|epoch| epoch != whoami.leader_epoch);
             set_identity(&mut app.conn, whoami);
             if leader_changed {
                 app.conn.leader_changed_at_ms = Some(now);
@@ -809,8 +845,9 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                 app.say(
                     StatusKind::Info,
                     format!(
-                        "leader changed: now connected to engine {}; resumed after seq {resumed_after}",
-                        app.conn.engine_id
+                        "leader changed: engine {} leads now (epoch {}); resumed after seq {resumed_after}",
+                        app.conn.engine_id,
+                        app.conn.leader_epoch.unwrap_or(0)
                     ),
                 );
             } else if was_down && resumed_after > 0 {
@@ -885,6 +922,8 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
 
 fn set_identity(conn: &mut Connection, whoami: WhoamiResponse) {
     conn.identity = whoami.identity;
+    conn.roles = whoami.roles;
+    conn.leader_epoch = Some(whoami.leader_epoch);
     conn.transport = whoami.transport;
     conn.engine_version = whoami.engine_version;
     conn.engine_id = whoami.engine_id;
@@ -970,6 +1009,7 @@ fn merge_timeline(timeline: &mut Vec<Event>, events: Vec<Event>) {
         e.lease = None;
         e.approval = None;
         e.queue_state = None;
+        e.quarantine = None;
         match timeline.binary_search_by_key(&e.seq, |t| t.seq) {
             Ok(_) => {}
             Err(at) => timeline.insert(at, e),
@@ -987,6 +1027,8 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
         return interrupt(app);
     }
     app.ctrl_c_at = None;
+    // Seen: the header stops saying so.
+    app.conn.leader_changed_at_ms = None;
     match app.modal.take() {
         Some(Modal::Confirm(confirm)) => return on_confirm_key(app, *confirm, key),
         Some(Modal::Help { scroll }) => {
@@ -1285,7 +1327,7 @@ fn enter(app: &mut App) -> Vec<Cmd> {
             drill(app, Screen::Leases, Some(key));
             Vec::new()
         }
-        Screen::Queues => {
+        Screen::Queues | Screen::Quarantines => {
             drill(app, Screen::Runs, Some(key));
             Vec::new()
         }
@@ -1353,6 +1395,10 @@ fn start_change(app: &mut App, action: Action) -> Vec<Cmd> {
             StatusKind::Refused,
             "read-only: this console was started with --readonly, so nothing can be changed from it",
         );
+        return Vec::new();
+    }
+    if let Some(why) = roles::refusal(&app.conn.roles, action) {
+        app.say(StatusKind::Refused, why);
         return Vec::new();
     }
     if !app.live() {
@@ -1632,6 +1678,33 @@ fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
                 lines,
             ))
         }
+        Action::ClearQuarantine => {
+            let name = selected.ok_or("no quarantined run name is selected")?;
+            let q = data
+                .quarantines
+                .get(name)
+                .ok_or_else(|| format!("{name} is not quarantined (any more)"))?;
+            let active = active_runs(data, name);
+            let mut lines = vec![format!(
+                "run name {name}, quarantined {} after {} stuck lease(s)",
+                relative(q.since_ms, now),
+                q.stuck_count
+            )];
+            if !q.message.is_empty() {
+                lines.push(q.message.clone());
+            }
+            lines.push(format!(
+                "new runs of {name} are accepted again, and the queued steps of its {active} \
+                 active run(s) are handed out; clear it once the cause is dealt with"
+            ));
+            Ok(Confirm::new(
+                Change::ClearQuarantine {
+                    name: name.to_owned(),
+                },
+                "Clear quarantine".to_owned(),
+                lines,
+            ))
+        }
         _ => Err("nothing to change".to_owned()),
     }
 }
@@ -1664,6 +1737,9 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
                         "not connected ({}): try again once live",
                         link_words(app)
                     ));
+                } else if let Some(why) = roles::refusal(&app.conn.roles, c.change.action()) {
+                    // The roles changed (a reconnect) while the dialog was open.
+                    c.error = Some(why);
                 } else if let Some(missing) = c.missing() {
                     c.error = Some(missing);
                 } else {
@@ -1796,6 +1872,10 @@ pub fn outcome(change: &Change, changed: &Changed, data: &Data) -> String {
                 format!("force-released lease {lease}: {step} goes back to queue {queue}")
             }
         }
+        (Change::ClearQuarantine { name }, Changed::Quarantine(_)) => format!(
+            "cleared the quarantine of {name}: its runs are taken again ({} active)",
+            active_runs(data, name)
+        ),
         (change, _) => format!("{} done", change.verb()),
     }
 }
@@ -1900,8 +1980,12 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
                 .leases
                 .values()
                 .filter(|l| {
-                    let stale = if model::lease_stale(data, l) {
+                    let mark = if model::lease_stuck(l) {
+                        "stuck"
+                    } else if model::lease_stale(data, l) {
                         "stale"
+                    } else if model::lease_overdue(data, l, now_ms) {
+                        "overdue"
                     } else {
                         ""
                     };
@@ -1912,15 +1996,31 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
                         &l.step_name,
                         &l.worker_id,
                         &l.queue,
-                        stale,
+                        mark,
                     ])
                 })
                 .collect();
-            // Stale ones first, then soonest to expire.
+            // Stuck ones first (someone has to act), then stale ones,
+            // then the soonest to expire.
             list.sort_by_cached_key(|l| {
-                (!model::lease_stale(data, l), l.expires_at_ms, l.id.clone())
+                (
+                    !model::lease_stuck(l),
+                    !model::lease_stale(data, l),
+                    l.expires_at_ms,
+                    l.id.clone(),
+                )
             });
             list.into_iter().map(|l| l.id.clone()).collect()
+        }
+        Screen::Quarantines => {
+            let mut list: Vec<&Quarantine> = data
+                .quarantines
+                .values()
+                .filter(|q| keep(&[&q.name, &q.message]))
+                .collect();
+            // The latest first.
+            list.sort_by_cached_key(|q| (-q.since_ms, q.name.clone()));
+            list.into_iter().map(|q| q.name.clone()).collect()
         }
         Screen::Events => data
             .events
@@ -1948,6 +2048,15 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
             .collect(),
         Screen::Overview | Screen::Run => Vec::new(),
     }
+}
+
+/// Runs of a name that have not ended: while the name is quarantined,
+/// their queued steps wait.
+pub fn active_runs(data: &Data, name: &str) -> usize {
+    data.runs
+        .values()
+        .filter(|r| r.name == name && !model::run_is_final(r))
+        .count()
 }
 
 /// How long ago, in whole seconds and up: "0s", "3s", "5m12s". Under a

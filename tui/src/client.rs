@@ -11,6 +11,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use opsdeck_proto::endpoint::EngineAddr;
+use opsdeck_proto::failover::EngineList;
+use opsdeck_proto::tls::ClientTls;
 use opsdeck_proto::v1::approvals_client::ApprovalsClient;
 use opsdeck_proto::v1::console_client::ConsoleClient;
 use opsdeck_proto::v1::events_client::EventsClient;
@@ -71,11 +73,22 @@ impl fmt::Debug for Token {
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
     token: Option<Token>,
+    /// For `https://` engines: the CA to trust, the certificate to show.
+    tls: ClientTls,
 }
 
 impl Auth {
     pub fn new(token: Option<Token>) -> Self {
-        Self { token }
+        Self {
+            token,
+            tls: ClientTls::default(),
+        }
+    }
+
+    /// With these TLS files (`--ca`, `--cert`, `--key`).
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn has_token(&self) -> bool {
@@ -104,6 +117,9 @@ pub enum Origin {
     LocalSocket,
     /// No socket found at any of these paths, so [`FALLBACK_ADDR`].
     Fallback { looked_at: Vec<PathBuf> },
+    /// Several addresses given (`--engine a,b,c`): engines sharing a
+    /// database, of which the connection goes to the one that leads.
+    Replicas(EngineList),
 }
 
 /// The engine to talk to.
@@ -116,10 +132,14 @@ pub struct Target {
 impl Target {
     /// The given address, or else the local default (see [`Target::local`]),
     /// looking at this process's environment and file system.
-    pub fn resolve(given: Option<EngineAddr>) -> Self {
+    pub fn resolve(given: Option<EngineList>) -> Self {
         match given {
-            Some(addr) => Self {
-                addr,
+            Some(list) if list.addrs().len() > 1 => Self {
+                addr: list.first().clone(),
+                origin: Origin::Replicas(list),
+            },
+            Some(list) => Self {
+                addr: list.first().clone(),
                 origin: Origin::Given,
             },
             None => Self::local(
@@ -231,7 +251,7 @@ fn connect_hint(target: &Target, kind: Option<std::io::ErrorKind>) -> String {
             .to_owned(),
     };
     match &target.origin {
-        Origin::Given => {
+        Origin::Given | Origin::Replicas(_) => {
             hint.push_str("; the address came from --engine or OPSDECK_ENGINE");
         }
         Origin::LocalSocket => {
@@ -277,11 +297,41 @@ impl Engine {
     /// advice, instead of as the first call's UNAVAILABLE. The channel
     /// reconnects by itself afterwards.
     pub async fn connect(target: Target, auth: Auth) -> Result<Self, ConnectError> {
-        let channel = target
-            .addr
-            .connect()
-            .await
-            .map_err(|e| ConnectError::new(&target, &e))?;
+        let tls = if auth.tls == ClientTls::default() {
+            None
+        } else {
+            Some(auth.tls.load().map_err(|e| {
+                ConnectError {
+                    addr: target.addr.clone(),
+                    detail: e.to_string(),
+                    hint: "fix --ca, --cert or --key (or OPSDECK_CA, OPSDECK_CERT, OPSDECK_KEY)"
+                        .to_owned(),
+                }
+            })?)
+        };
+        let mut target = target;
+        let channel = match &target.origin {
+            Origin::Replicas(list) => {
+                let (leader, channel) =
+                    list.connect_leader(tls.as_ref())
+                        .await
+                        .map_err(|e| ConnectError {
+                            addr: target.addr.clone(),
+                            detail: e.to_string(),
+                            hint: "check that the engines are running and that one of them leads \
+                               (its /readyz says so); the addresses came from --engine or \
+                               OPSDECK_ENGINE"
+                                .to_owned(),
+                        })?;
+                target.addr = leader;
+                channel
+            }
+            _ => target
+                .addr
+                .connect_with(tls.as_ref())
+                .await
+                .map_err(|e| ConnectError::new(&target, &e))?,
+        };
         Ok(Self {
             target,
             channel,
@@ -341,6 +391,10 @@ pub enum Followed {
 pub struct EventFollower {
     client: EventsClient<Authed>,
     run_id: String,
+    /// Only these kinds (exact, or families such as `run`) and this actor;
+    /// empty: all.
+    kinds: Vec<String>,
+    actor: String,
     after_seq: u64,
     stream: Option<Streaming<Event>>,
     /// Consecutive failures, for the backoff.
@@ -357,11 +411,21 @@ impl EventFollower {
         Self {
             client: engine.events(),
             run_id,
+            kinds: Vec::new(),
+            actor: String::new(),
             after_seq,
             stream: None,
             failures: 0,
             retry_at: None,
         }
+    }
+
+    /// Only events of these kinds (exact, or families such as `run`) by
+    /// this actor, filtered by the engine; empty ones filter nothing.
+    pub fn with_filter(mut self, kinds: Vec<String>, actor: String) -> Self {
+        self.kinds = kinds;
+        self.actor = actor;
+        self
     }
 
     /// The next event, or word that the stream broke and will be resumed.
@@ -377,6 +441,8 @@ impl EventFollower {
                 let request = FollowEventsRequest {
                     after_seq: self.after_seq,
                     run_id: self.run_id.clone(),
+                    kinds: self.kinds.clone(),
+                    actor: self.actor.clone(),
                 };
                 match self.client.follow_events(request).await {
                     Ok(response) => self.stream = Some(response.into_inner()),

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use opsdeck_proto::failover::EngineList;
 use opsdeck_proto::v1::watch_message::Kind;
 use opsdeck_proto::v1::{Event, WatchMessage, WatchRequest, WhoamiRequest, WhoamiResponse};
 use rand::Rng;
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 use tonic::Streaming;
 
 use crate::cli::error::code_word;
-use crate::client::{Auth, Engine, Target};
+use crate::client::{Auth, Engine, Origin, Target};
 use crate::model::Snapshot;
 
 /// How long connecting, Whoami and opening the watch may take each.
@@ -41,9 +42,8 @@ pub enum Update {
     },
     /// Connected and watching; a snapshot or the missed events follow.
     Connected {
+        /// Who we are, and the leader's epoch (the app tells a new leader).
         whoami: WhoamiResponse,
-        /// Another engine process answers than before the break.
-        leader_changed: bool,
         /// 0 when a snapshot was asked for, else the seq resumed after.
         resumed_after: u64,
     },
@@ -70,7 +70,7 @@ pub enum Update {
 
 enum State {
     Connected {
-        engine: Engine,
+        engine: Box<Engine>,
         stream: Box<Streaming<WatchMessage>>,
         heard_at: Instant,
         /// Failures before this connection; cleared once it delivers.
@@ -92,7 +92,6 @@ pub struct Conn {
     /// The seq of the last event (or snapshot) handed out: where a
     /// reconnect resumes. 0 asks for a snapshot.
     last_seq: u64,
-    engine_id: Option<String>,
     /// A snapshot being received, chunk by chunk.
     partial: Option<Snapshot>,
 }
@@ -109,7 +108,6 @@ impl Conn {
                 announced: false,
             },
             last_seq: 0,
-            engine_id: None,
             partial: None,
         }
     }
@@ -117,7 +115,7 @@ impl Conn {
     /// The engine, while connected: engine calls go over the same channel.
     pub fn engine(&self) -> Option<&Engine> {
         match &self.state {
-            State::Connected { engine, .. } => Some(engine),
+            State::Connected { engine, .. } => Some(engine.as_ref()),
             State::Disconnected { .. } => None,
         }
     }
@@ -151,21 +149,15 @@ impl Conn {
                     let attempt = *attempt;
                     return match self.connect().await {
                         Ok((engine, stream, whoami)) => {
-                            let leader_changed = self
-                                .engine_id
-                                .as_ref()
-                                .is_some_and(|id| *id != whoami.engine_id);
-                            self.engine_id = Some(whoami.engine_id.clone());
                             self.partial = None;
                             self.state = State::Connected {
-                                engine,
+                                engine: Box::new(engine),
                                 stream: Box::new(stream),
                                 heard_at: Instant::now(),
                                 attempt,
                             };
                             Update::Connected {
                                 whoami,
-                                leader_changed,
                                 resumed_after: self.last_seq,
                             }
                         }
@@ -219,7 +211,10 @@ impl Conn {
         let whoami =
             match tokio::time::timeout(CONNECT_TIMEOUT, console.whoami(WhoamiRequest {})).await {
                 Ok(Ok(response)) => response.into_inner(),
-                Ok(Err(status)) => return Err(status_words(&status)),
+                Ok(Err(status)) => {
+                    self.follow_leader(&status);
+                    return Err(status_words(&status));
+                }
                 Err(_) => return Err("the engine did not answer Whoami within 10s".to_owned()),
             };
         let request = WatchRequest {
@@ -231,6 +226,22 @@ impl Conn {
             Err(_) => return Err("the engine did not start the watch within 10s".to_owned()),
         };
         Ok((engine, stream, whoami))
+    }
+
+    /// A standby answered, naming the leader: the next attempt goes there,
+    /// keeping the addresses given to fall back on.
+    fn follow_leader(&mut self, status: &tonic::Status) {
+        let Some(leader) = opsdeck_proto::failover::leader_hint(status) else {
+            return;
+        };
+        let given = match &self.target.origin {
+            Origin::Replicas(list) => list.clone(),
+            _ => EngineList::from(self.target.addr.clone()),
+        };
+        self.target = Target {
+            addr: leader.clone(),
+            origin: Origin::Replicas(given.led_by(leader)),
+        };
     }
 
     fn broke(&mut self, attempt: u32, why: String) -> Update {
@@ -274,6 +285,7 @@ impl Conn {
                 partial.queues.extend(chunk.queues);
                 partial.leases.extend(chunk.leases);
                 partial.approvals.extend(chunk.approvals);
+                partial.quarantines.extend(chunk.quarantines);
                 None
             }
             Kind::SnapshotEnd(end) => {

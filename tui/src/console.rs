@@ -300,6 +300,7 @@ async fn list_events(
         after_seq,
         limit,
         run_id,
+        ..ListEventsRequest::default()
     };
     call(engine.events().list_events(request))
         .await
@@ -312,8 +313,8 @@ async fn change_call(
     reason: String,
 ) -> Result<Changed, tonic::Status> {
     use opsdeck_proto::v1::{
-        CancelRunRequest, DecideRequest, ForceReleaseRequest, QueueActionRequest, RetryRunRequest,
-        WorkerActionRequest,
+        CancelRunRequest, ClearQuarantineRequest, DecideRequest, ForceReleaseRequest,
+        QueueActionRequest, RetryRunRequest, WorkerActionRequest,
     };
     let worker = |id: &String| WorkerActionRequest {
         id: id.clone(),
@@ -365,6 +366,13 @@ async fn change_call(
             call(engine.leases().force_release(ForceReleaseRequest {
                 id: lease.clone(),
                 fail: *fail,
+                reason: reason.clone(),
+            }))
+            .await?,
+        ),
+        Change::ClearQuarantine { name } => Changed::Quarantine(
+            call(engine.runs().clear_quarantine(ClearQuarantineRequest {
+                name: name.clone(),
                 reason: reason.clone(),
             }))
             .await?,

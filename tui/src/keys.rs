@@ -2,7 +2,8 @@
 //! the words that describe it. The `?` help lists [`KEYMAP`] whole, the
 //! footer lists the entries of the current screen, and [`lookup`] turns a
 //! key press into an [`Action`] from the same table, so the three cannot
-//! disagree.
+//! disagree. The help and the footer leave out the changes the caller's
+//! roles do not allow ([`crate::roles`]).
 //!
 //! Keys that change something (`a`, `x`, `C`, `D`, `U`, `R`, `X`, `p`, `r`)
 //! stay off the keys vim and less use to move (`j k g G / ? n N d u f b`
@@ -41,6 +42,7 @@ pub enum Action {
     Recycle,
     ForceRelease,
     PauseResume,
+    ClearQuarantine,
     Follow,
     Freeze,
     Resync,
@@ -61,6 +63,7 @@ impl Action {
                 | Self::Recycle
                 | Self::ForceRelease
                 | Self::PauseResume
+                | Self::ClearQuarantine
         )
     }
 }
@@ -155,7 +158,7 @@ pub struct Binding {
     pub short: Option<&'static str>,
 }
 
-use Screen::{Approvals, Events, Leases, Queues, Run, Runs, Workers};
+use Screen::{Approvals, Events, Leases, Quarantines, Queues, Run, Runs, Workers};
 
 const DIGITS: &[Key] = &[
     ch('1'),
@@ -166,6 +169,7 @@ const DIGITS: &[Key] = &[
     ch('6'),
     ch('7'),
     ch('8'),
+    ch('9'),
 ];
 
 /// The keymap, in the order the footer offers keys: what a screen is for
@@ -244,6 +248,14 @@ pub const KEYMAP: &[Binding] = &[
         short: Some("pause/resume"),
     },
     Binding {
+        keys: &[ch('U')],
+        label: "U",
+        action: Action::ClearQuarantine,
+        screens: Where::Only(&[Quarantines]),
+        what: "clear the quarantine: runs of the name are taken again (asks for a reason)",
+        short: Some("clear"),
+    },
+    Binding {
         keys: &[ch('F')],
         label: "F",
         action: Action::Follow,
@@ -255,7 +267,15 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[code(KeyCode::Enter)],
         label: "enter",
         action: Action::Enter,
-        screens: Where::Only(&[Runs, Workers, Queues, Approvals, Leases, Events]),
+        screens: Where::Only(&[
+            Runs,
+            Workers,
+            Queues,
+            Approvals,
+            Leases,
+            Events,
+            Quarantines,
+        ]),
         what: "open the selected item (a run, or the list it belongs to)",
         short: Some("open"),
     },
@@ -293,10 +313,10 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: DIGITS,
-        label: "1-8",
+        label: "1-9",
         action: Action::Go(Screen::Overview),
         screens: Where::All,
-        what: "switch screen: 1 overview 2 runs 3 run 4 workers 5 queues 6 approvals 7 leases 8 events",
+        what: "switch screen: 1 overview 2 runs 3 run 4 workers 5 queues 6 approvals 7 leases 8 events 9 quarantines",
         short: None,
     },
     Binding {
@@ -400,9 +420,20 @@ pub fn lookup(key: Key, screen: Screen) -> Option<Action> {
     }
 }
 
+/// The bindings the caller's roles allow, in keymap order: what the help
+/// lists.
+pub fn offered(roles: &[String]) -> impl Iterator<Item = &'static Binding> {
+    KEYMAP
+        .iter()
+        .filter(move |b| crate::roles::allows(roles, b.action))
+}
+
 /// The footer's keys for a screen, in keymap order: (label, word).
-pub fn footer(screen: Screen) -> impl Iterator<Item = (&'static str, &'static str)> {
-    KEYMAP.iter().filter_map(move |b| {
+pub fn footer(
+    screen: Screen,
+    roles: &[String],
+) -> impl Iterator<Item = (&'static str, &'static str)> {
+    offered(roles).filter_map(move |b| {
         let short = b.short?;
         b.screens.includes(screen).then_some((b.label, short))
     })
@@ -420,7 +451,8 @@ mod tests {
     fn digits_switch_to_their_screen_everywhere() {
         assert_eq!(lookup(key('1'), Runs), Some(Action::Go(Screen::Overview)));
         assert_eq!(lookup(key('8'), Run), Some(Action::Go(Events)));
-        assert_eq!(lookup(key('9'), Run), None);
+        assert_eq!(lookup(key('9'), Run), Some(Action::Go(Quarantines)));
+        assert_eq!(lookup(key('0'), Run), None);
     }
 
     #[test]
@@ -430,6 +462,8 @@ mod tests {
         assert_eq!(lookup(key('D'), Workers), Some(Action::Drain));
         assert_eq!(lookup(key('X'), Leases), Some(Action::ForceRelease));
         assert_eq!(lookup(key('p'), Queues), Some(Action::PauseResume));
+        assert_eq!(lookup(key('U'), Quarantines), Some(Action::ClearQuarantine));
+        assert_eq!(lookup(key('U'), Workers), Some(Action::Undrain));
     }
 
     #[test]
@@ -459,10 +493,23 @@ mod tests {
 
     #[test]
     fn the_footer_offers_the_screens_own_keys_first() {
-        let approvals: Vec<_> = footer(Approvals).map(|(_, w)| w).collect();
+        let approvals: Vec<_> = footer(Approvals, &[]).map(|(_, w)| w).collect();
         assert_eq!(approvals[..2], ["approve", "reject"]);
         assert!(approvals.contains(&"help"));
-        assert!(!footer(Workers).any(|(_, w)| w == "approve"));
+        assert!(!footer(Workers, &[]).any(|(_, w)| w == "approve"));
+    }
+
+    #[test]
+    fn the_footer_and_help_leave_out_what_the_roles_do_not_allow() {
+        let operator = ["operator".to_owned()];
+        let workers: Vec<_> = footer(Workers, &operator).map(|(_, w)| w).collect();
+        assert_eq!(workers[..2], ["drain", "undrain"]);
+        assert!(!workers.contains(&"recycle"), "{workers:?}");
+        assert!(!footer(Approvals, &operator).any(|(_, w)| w == "approve"));
+        assert!(footer(Quarantines, &["admin".to_owned()]).any(|(_, w)| w == "clear"));
+        let viewer = ["viewer".to_owned()];
+        assert!(offered(&viewer).all(|b| !b.action.changes()));
+        assert!(offered(&viewer).any(|b| b.action == Action::Help));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`widgets`]: the pieces the screens share (table, sparkline, confirm
 //!   dialog, help, header, footer).
 //! - [`keys`]: the one keymap the help, the footer and `update` read.
+//! - [`roles`]: which role each change needs; the keys offered follow it.
 //! - [`conn`]: the `Console.Watch` connection, reconnecting by itself.
 //! - [`console`]: the main loop (one `select!`), engine calls as tasks,
 //!   and the terminal, restored on exit and on panic.
@@ -36,5 +37,6 @@ pub mod console;
 pub mod demo;
 pub mod keys;
 pub mod model;
+pub mod roles;
 pub mod view;
 pub mod widgets;

@@ -26,8 +26,9 @@ fn main() -> ExitCode {
         Some(Command::Cli(command)) => runtime.block_on(cli::run(args.global, command)),
         Some(Command::Demo(demo_args)) => runtime.block_on(demo::run(demo_args)),
         None => {
+            let tls = args.global.tls();
             let target = Target::resolve(args.global.engine);
-            let auth = Auth::new(args.global.token);
+            let auth = Auth::new(args.global.token).with_tls(tls);
             match runtime.block_on(console::run(target, auth, args.readonly)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -1,19 +1,19 @@
 //! The console's mirror of the engine: every run, worker, queue, live
-//! lease and approval it has heard of, kept current from the snapshot and
+//! lease, approval and quarantined run name it has heard of, kept current from the snapshot and
 //! the events of `Console.Watch`, plus what only a client can keep (queue
 //! depth samples for the sparklines, the recent event tail).
 //!
 //! No I/O and no view types: [`Data`] is applied to by the app and read by
-//! the views. Derived figures (stale leases, stuck workers, overdue
-//! approvals) are pure functions of it and a clock, so that they test
+//! the views. Derived figures (stale and overdue leases, stuck workers,
+//! overdue approvals) are pure functions of it and a clock, so that they test
 //! without one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{
-    Approval, ApprovalState, Event, Lease, LeaseState, Queue, Run, RunState, StepState, Worker,
-    WorkerState,
+    Approval, ApprovalState, Event, Lease, LeaseState, Quarantine, Queue, Run, RunState, StepState,
+    Worker, WorkerState,
 };
 
 /// Events kept for the Events screen and the Overview tail.
@@ -41,6 +41,7 @@ pub struct Snapshot {
     pub queues: Vec<opsdeck_proto::v1::Queue>,
     pub leases: Vec<Lease>,
     pub approvals: Vec<Approval>,
+    pub quarantines: Vec<Quarantine>,
 }
 
 /// A queue's figures and when they were heard, so that the age of its
@@ -79,6 +80,8 @@ pub struct Data {
     pub leases: BTreeMap<String, Lease>,
     /// Pending ones, and the decided ones heard of since.
     pub approvals: BTreeMap<String, Approval>,
+    /// Quarantined run names, by name.
+    pub quarantines: BTreeMap<String, Quarantine>,
     /// The global tail, oldest first, without the objects they carried.
     pub events: VecDeque<Event>,
     /// Ready depth per queue, one sample a tick, oldest first.
@@ -126,6 +129,11 @@ impl Data {
         for a in snapshot.approvals {
             self.approvals.insert(a.id.clone(), a);
         }
+        self.quarantines = snapshot
+            .quarantines
+            .into_iter()
+            .map(|q| (q.name.clone(), q))
+            .collect();
         self.loaded = true;
         self.version += 1;
     }
@@ -152,6 +160,13 @@ impl Data {
         if let Some(approval) = event.approval.take() {
             self.approvals.insert(approval.id.clone(), approval);
             self.trim_approvals();
+        }
+        if let Some(quarantine) = event.quarantine.take() {
+            if event.kind == "run_name.quarantine_cleared" {
+                self.quarantines.remove(&quarantine.name);
+            } else {
+                self.quarantines.insert(quarantine.name.clone(), quarantine);
+            }
         }
         if let Some(queue) = event.queue_state.take() {
             self.queues.insert(
@@ -286,6 +301,7 @@ fn strip(event: &mut Event) {
     event.lease = None;
     event.approval = None;
     event.queue_state = None;
+    event.quarantine = None;
 }
 
 // ------------------------------------------------------------- derived
@@ -332,10 +348,19 @@ pub fn lease_stale(data: &Data, lease: &Lease) -> bool {
     holder(data, lease) != Holder::Ok
 }
 
-/// Stuck: a lease past its expiry (beyond what the refresh can explain)
-/// while its worker is connected, or a running step over its timeout.
-pub fn lease_stuck(data: &Data, lease: &Lease, now_ms: i64) -> bool {
-    if holder(data, lease) != Holder::Ok {
+/// Stuck, as the engine says (`lease.stuck`): the step outlived its
+/// timeout, the cancel grace and two heartbeats while its worker kept the
+/// lease; the worker could not stop it, and someone has to.
+pub fn lease_stuck(lease: &Lease) -> bool {
+    lease.stuck
+}
+
+/// Overdue, as the console sees it before the engine says stuck: a lease
+/// past its expiry (beyond what the refresh can explain) while its worker
+/// is connected, or a running step over its timeout (its worker should be
+/// stopping it now).
+pub fn lease_overdue(data: &Data, lease: &Lease, now_ms: i64) -> bool {
+    if lease.stuck || holder(data, lease) != Holder::Ok {
         return false;
     }
     if lease.expires_at_ms > 0 && lease.expires_at_ms + EXPIRY_SLACK_MS < now_ms {
@@ -391,7 +416,7 @@ pub fn worker_status(data: &Data, w: &Worker, now_ms: i64) -> WorkerStatus {
         .lease_ids
         .iter()
         .filter_map(|id| data.leases.get(id))
-        .any(|l| lease_stuck(data, l, now_ms));
+        .any(lease_stuck);
     WorkerStatus { word, note, stuck }
 }
 
@@ -410,6 +435,10 @@ pub struct Figures {
     pub oldest_pending_ms: u64,
     pub live_leases: usize,
     pub stale_leases: usize,
+    /// Leases the engine marked stuck.
+    pub stuck_leases: usize,
+    /// Quarantined run names.
+    pub quarantines: usize,
     pub ready: u64,
     pub running: u64,
     pub delayed: u64,
@@ -462,6 +491,8 @@ pub fn figures(data: &Data, now_ms: i64) -> Figures {
         .values()
         .filter(|l| lease_stale(data, l))
         .count();
+    f.stuck_leases = data.leases.values().filter(|l| lease_stuck(l)).count();
+    f.quarantines = data.quarantines.len();
     for q in data.queues.values() {
         f.ready += q.queue.ready;
         f.running += q.queue.running;
@@ -592,7 +623,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_is_stale_when_its_holder_is_gone_and_stuck_when_overdue_on_a_live_one() {
+    fn a_lease_is_stale_when_its_holder_is_gone_and_overdue_when_past_expiry_on_a_live_one() {
         let mut data = Data::default();
         data.workers
             .insert("up".into(), worker("up", true, &["l1"]));
@@ -601,14 +632,88 @@ mod tests {
         let overdue_lease = lease("l1", "up", NOW - EXPIRY_SLACK_MS - 1);
         let held_by_gone = lease("l2", "down", NOW - 60_000);
         assert!(!lease_stale(&data, &overdue_lease));
-        assert!(lease_stuck(&data, &overdue_lease, NOW));
+        assert!(lease_overdue(&data, &overdue_lease, NOW));
+        assert!(!lease_stuck(&overdue_lease), "only the engine says stuck");
         assert!(lease_stale(&data, &held_by_gone));
-        assert!(!lease_stuck(&data, &held_by_gone, NOW));
-        assert!(!lease_stuck(&data, &lease("l3", "up", NOW + 1000), NOW));
+        assert!(!lease_overdue(&data, &held_by_gone, NOW));
+        assert!(!lease_overdue(&data, &lease("l3", "up", NOW + 1000), NOW));
     }
 
     #[test]
-    fn a_step_over_its_timeout_makes_its_lease_stuck() {
+    fn a_lease_the_engine_marked_stuck_makes_its_worker_stuck_and_is_counted() {
+        let mut data = Data::default();
+        data.workers
+            .insert("up".into(), worker("up", true, &["l1"]));
+        let mut stuck = lease("l1", "up", NOW + 10_000);
+        stuck.stuck = true;
+        data.apply_event(
+            Event {
+                seq: 1,
+                kind: "lease.stuck".into(),
+                lease: Some(stuck),
+                ..Event::default()
+            },
+            NOW,
+        );
+        assert!(lease_stuck(&data.leases["l1"]));
+        assert!(
+            !lease_overdue(&data, &data.leases["l1"], NOW),
+            "stuck, not merely overdue"
+        );
+        assert!(worker_status(&data, &data.workers["up"], NOW).stuck);
+        let f = figures(&data, NOW);
+        assert_eq!((f.stuck, f.stuck_leases), (1, 1));
+    }
+
+    #[test]
+    fn quarantines_come_from_the_snapshot_and_go_with_their_cleared_event() {
+        let mut data = Data::default();
+        let q = |name: &str| Quarantine {
+            name: name.into(),
+            since_ms: NOW,
+            stuck_count: 2,
+            message: "stuck twice".into(),
+        };
+        data.apply_snapshot(
+            Snapshot {
+                seq: 3,
+                quarantines: vec![q("wedged")],
+                ..Snapshot::default()
+            },
+            NOW,
+        );
+        assert_eq!(data.quarantines.keys().collect::<Vec<_>>(), ["wedged"]);
+        data.apply_event(
+            Event {
+                seq: 4,
+                kind: "run_name.quarantined".into(),
+                quarantine: Some(q("nightly")),
+                ..Event::default()
+            },
+            NOW,
+        );
+        assert_eq!(figures(&data, NOW).quarantines, 2);
+        assert!(
+            data.events[0].quarantine.is_none(),
+            "the tail keeps no objects"
+        );
+        data.apply_event(
+            Event {
+                seq: 5,
+                kind: "run_name.quarantine_cleared".into(),
+                quarantine: Some(q("wedged")),
+                ..Event::default()
+            },
+            NOW,
+        );
+        assert_eq!(data.quarantines.keys().collect::<Vec<_>>(), ["nightly"]);
+        // A snapshot replaces them whole.
+        data.apply_snapshot(Snapshot::default(), NOW);
+        assert!(data.quarantines.is_empty());
+    }
+
+    #[test]
+    fn a_step_over_its_timeout_makes_its_lease_overdue_but_not_its_worker_stuck() {
         let mut data = Data::default();
         data.workers
             .insert("up".into(), worker("up", true, &["l1"]));
@@ -627,9 +732,9 @@ mod tests {
         );
         data.leases
             .insert("l1".into(), lease("l1", "up", NOW + 10_000));
-        assert!(lease_stuck(&data, &data.leases["l1"], NOW));
+        assert!(lease_overdue(&data, &data.leases["l1"], NOW));
         let status = worker_status(&data, &data.workers["up"], NOW);
-        assert!(status.stuck);
+        assert!(!status.stuck, "the worker may still stop it");
         assert_eq!(status.note, Some("busy"));
     }
 

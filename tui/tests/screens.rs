@@ -108,6 +108,79 @@ fn events_tail() {
 }
 
 #[test]
+fn quarantines() {
+    assert_snapshot!(render(&mut screen('9'), 80, 24).backend());
+}
+
+#[test]
+fn clearing_a_quarantine_asks_for_a_reason() {
+    let mut app = screen('9');
+    app::update(&mut app, key('U'));
+    assert_snapshot!(render(&mut app, 80, 24).backend());
+}
+
+#[test]
+fn roles_are_on_the_header_and_keys_they_do_not_allow_are_not_offered() {
+    // An operator: drain and undrain, but no recycle on the Workers screen.
+    let mut app = app_as(&["operator"]);
+    app::update(&mut app, key('4'));
+    assert_snapshot!(render(&mut app, 80, 24).backend());
+}
+
+#[test]
+fn help_for_a_viewer_lists_no_changes() {
+    let mut app = app_as(&["viewer"]);
+    app::update(&mut app, key('?'));
+    let frame = render(&mut app, 80, 40).backend().to_string();
+    for hidden in [
+        "approve the",
+        "drain the",
+        "force-release",
+        "clear the quarantine",
+    ] {
+        assert!(
+            !frame.contains(hidden),
+            "{hidden} offered to a viewer:\n{frame}"
+        );
+    }
+    assert!(frame.contains("your roles: viewer"), "{frame}");
+    assert_snapshot!(frame);
+}
+
+#[test]
+fn a_new_leader_is_on_the_header() {
+    let mut app = app();
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Connected {
+            whoami: whoami(&["admin"], 2),
+            resumed_after: 45,
+        }),
+    );
+    assert_snapshot!(render(&mut app, 80, 24).backend());
+}
+
+#[test]
+fn tabs_keep_the_current_screens_name_and_fit_the_line() {
+    use opsdeck_tui::view::tab_titles;
+    for width in [80usize, 100, 200] {
+        for current in Screen::ALL {
+            let titled = tab_titles(current, width);
+            let index = Screen::ALL.iter().position(|s| *s == current).unwrap();
+            assert!(titled[index], "{current:?} at {width}");
+            let used: usize = Screen::ALL
+                .iter()
+                .zip(titled)
+                .map(|(s, t)| if t { s.title().len() + 3 } else { 2 })
+                .sum::<usize>()
+                + 8;
+            assert!(used <= width, "{current:?} at {width}: {used}");
+        }
+    }
+    assert!(tab_titles(Screen::Overview, 200).iter().all(|t| *t));
+}
+
+#[test]
 fn confirm_dialog_for_an_approval() {
     let mut app = screen('6');
     app::update(&mut app, key('a'));
@@ -180,7 +253,7 @@ fn every_screen_renders_at_any_size_without_panicking() {
         (80, 24),
         (200, 60),
     ];
-    for digit in '1'..='8' {
+    for digit in '1'..='9' {
         for (w, h) in sizes {
             let mut app = run_screen();
             app::update(&mut app, key(digit));
@@ -202,7 +275,7 @@ fn every_screen_renders_at_any_size_without_panicking() {
 
 #[test]
 fn no_color_uses_no_colour_at_all() {
-    for digit in '1'..='8' {
+    for digit in '1'..='9' {
         let mut app = app_with(Palette::Mono, false);
         app::update(&mut app, key(digit));
         app::update(&mut app, key('a'));
@@ -219,7 +292,7 @@ fn no_color_uses_no_colour_at_all() {
 
 #[test]
 fn the_default_palette_is_the_16_ansi_colours() {
-    for digit in '1'..='8' {
+    for digit in '1'..='9' {
         let mut app = app();
         app::update(&mut app, key(digit));
         let terminal = render(&mut app, 120, 40);

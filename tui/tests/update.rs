@@ -1,7 +1,8 @@
 //! Key handling and stream updates, through `update()` alone: screen
 //! switching, filters, drilling in and backing out, the confirmation flow
-//! (focus on Cancel first), refusals read-only or disconnected, ctrl-c
-//! twice, and the connection states the header shows.
+//! (focus on Cancel first), refusals read-only, disconnected or for want
+//! of a role, quarantines shown and cleared, ctrl-c twice, and the
+//! connection states the header shows (a new leader, not a restart).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use crossterm::event::KeyCode;
-use opsdeck_proto::v1::{Approval, ApprovalState, Event, WhoamiResponse, Worker, WorkerState};
+use opsdeck_proto::v1::{Approval, ApprovalState, Event, Quarantine, Worker, WorkerState};
 use opsdeck_tui::app::{
     self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Screen, StatusKind,
 };
@@ -338,6 +339,7 @@ fn force_release_needs_the_lease_id_typed() {
 fn read_only_refuses_every_change_and_says_why() {
     let mut app = app_with(Palette::Ansi16, true);
     for (screen, k) in [
+        ('9', 'U'),
         ('6', 'a'),
         ('6', 'x'),
         ('2', 'C'),
@@ -379,22 +381,23 @@ fn changes_are_refused_while_disconnected_and_allowed_again_once_live() {
     // The data stays.
     assert_eq!(app.data.approvals.len(), 3);
 
+    // The same engine, restarted: another process, the same epoch.
+    let mut restarted = whoami(&[], 0);
+    restarted.engine_id = "host:2".into();
     app::update(
         &mut app,
         Msg::Conn(Update::Connected {
-            whoami: WhoamiResponse {
-                identity: "ann".into(),
-                engine_id: "host:2".into(),
-                ..WhoamiResponse::default()
-            },
-            leader_changed: true,
+            whoami: restarted,
             resumed_after: 45,
         }),
     );
     assert_eq!(app.conn.link, Link::Live);
     assert_eq!(app.conn.stale_since_ms, None);
-    assert_eq!(app.conn.leader_changed_at_ms, Some(NOW));
-    says(&app, "leader changed");
+    assert_eq!(
+        app.conn.leader_changed_at_ms, None,
+        "a restart is no new leader"
+    );
+    says(&app, "reconnected; resumed after seq 45");
     app::update(&mut app, key('a'));
     assert!(matches!(app.modal, Some(Modal::Confirm(_))));
 }
@@ -645,4 +648,238 @@ fn a_long_list_is_listed_again_a_few_times_a_second_but_at_once_on_a_new_filter(
     app::update(&mut app, key('/'));
     type_text(&mut app, "NEWEST");
     assert_eq!(app.rows, ["01HZZZNEWEST"], "a new filter lists at once");
+}
+
+fn reconnect(app: &mut opsdeck_tui::app::App, engine_id: &str, leader_epoch: u64) {
+    app::update(
+        app,
+        Msg::Conn(Update::Disconnected {
+            retry_in: Duration::from_secs(1),
+            attempt: 0,
+            why: "gone".into(),
+        }),
+    );
+    let mut who = whoami(&[], leader_epoch);
+    who.engine_id = engine_id.into();
+    app::update(
+        app,
+        Msg::Conn(Update::Connected {
+            whoami: who,
+            resumed_after: 45,
+        }),
+    );
+}
+
+#[test]
+fn a_new_leader_epoch_says_leader_changed_until_the_next_key_and_a_restart_does_not() {
+    let mut app = app_as(&[]);
+    reconnect(&mut app, "db-1:100", 7);
+    // The first leader epoch heard (0 from the fixture's first connect,
+    // then 7): a change.
+    assert_eq!(app.conn.leader_changed_at_ms, Some(NOW));
+    says(&app, "leader changed");
+    says(&app, "(epoch 7)");
+    app::update(&mut app, key('j'));
+    assert_eq!(
+        app.conn.leader_changed_at_ms, None,
+        "a key press has seen it"
+    );
+
+    // The same leader restarted (a new pid): not a new leader.
+    reconnect(&mut app, "db-1:200", 7);
+    assert_eq!(app.conn.leader_changed_at_ms, None);
+    says(&app, "reconnected");
+
+    // A single engine (epoch 0 each time), restarted: never.
+    let mut single = app_as(&[]);
+    reconnect(&mut single, "host:2", 0);
+    reconnect(&mut single, "host:3", 0);
+    assert_eq!(single.conn.leader_changed_at_ms, None);
+}
+
+#[test]
+fn a_role_short_of_the_change_is_told_which_role_it_needs_and_nothing_is_sent() {
+    let mut app = app_as(&["viewer"]);
+    for (screen, k, role) in [
+        ('6', 'a', "approver"),
+        ('2', 'C', "operator"),
+        ('4', 'D', "operator"),
+        ('4', 'R', "admin"),
+        ('7', 'X', "admin"),
+        ('9', 'U', "admin"),
+    ] {
+        app::update(&mut app, key(screen));
+        assert!(app::update(&mut app, key(k)).is_empty());
+        assert!(app.modal.is_none(), "{k} opened a dialog for a viewer");
+        says(&app, &format!("needs the {role} role"));
+        says(&app, "you are viewer");
+        assert_eq!(app.status.as_ref().unwrap().kind, StatusKind::Refused);
+    }
+
+    // An operator drains but does not recycle, approve or clear.
+    let mut app = app_as(&["operator"]);
+    app::update(&mut app, key('4'));
+    app::update(&mut app, key('D'));
+    assert!(matches!(app.modal, Some(Modal::Confirm(_))));
+    app::update(&mut app, code(KeyCode::Esc));
+    app::update(&mut app, key('R'));
+    assert!(app.modal.is_none());
+    says(&app, "recycling a worker needs the admin role");
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('a'));
+    says(&app, "approving needs the approver role (or admin)");
+
+    // An admin may do it all.
+    let mut app = app_as(&["admin"]);
+    app::update(&mut app, key('9'));
+    app::update(&mut app, key('U'));
+    assert!(matches!(app.modal, Some(Modal::Confirm(_))));
+}
+
+#[test]
+fn roles_lost_while_a_dialog_is_open_stop_its_ok() {
+    let mut app = app_as(&["approver"]);
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('a'));
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "ok");
+    app::update(&mut app, code(KeyCode::Tab));
+    // A reconnect finds the caller a viewer now.
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Connected {
+            whoami: whoami(&["viewer"], 0),
+            resumed_after: 45,
+        }),
+    );
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert!(
+        confirm(&app)
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("needs the approver role")
+    );
+}
+
+#[test]
+fn nine_and_colon_quarantines_list_the_quarantined_names_and_enter_lists_their_runs() {
+    let mut app = app();
+    app::update(&mut app, key('9'));
+    assert_eq!(app.screen, Screen::Quarantines);
+    assert_eq!(app.rows, ["nightly-report"]);
+    app::update(&mut app, key('1'));
+    app::update(&mut app, key(':'));
+    type_text(&mut app, "quar");
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.screen, Screen::Quarantines);
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.screen, Screen::Runs);
+    assert_eq!(app.list(Screen::Runs).filter, "nightly-report");
+    app::update(&mut app, code(KeyCode::Esc));
+    assert_eq!(app.screen, Screen::Quarantines);
+}
+
+#[test]
+fn quarantines_follow_the_events_that_set_and_clear_them() {
+    let mut app = app();
+    let q = Quarantine {
+        name: "deploy-web".into(),
+        since_ms: NOW,
+        stuck_count: 2,
+        message: "stuck twice".into(),
+    };
+    let event = |seq, kind: &str| Event {
+        seq,
+        kind: kind.into(),
+        quarantine: Some(q.clone()),
+        ..Event::default()
+    };
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Event(Box::new(event(46, "run_name.quarantined")))),
+    );
+    app::update(&mut app, key('9'));
+    assert_eq!(
+        app.rows,
+        ["deploy-web", "nightly-report"],
+        "the latest first"
+    );
+    assert_eq!(app::active_runs(&app.data, "deploy-web"), 1);
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Event(Box::new(event(
+            47,
+            "run_name.quarantine_cleared",
+        )))),
+    );
+    app.sync();
+    assert_eq!(app.rows, ["nightly-report"]);
+}
+
+#[test]
+fn clearing_a_quarantine_asks_for_a_reason_and_says_what_follows() {
+    let mut app = app_as(&["admin"]);
+    app::update(&mut app, key('9'));
+    app::update(&mut app, key('U'));
+    let c = confirm(&app);
+    assert_eq!(c.focus, Focus::Cancel);
+    assert_eq!(
+        c.change,
+        Change::ClearQuarantine {
+            name: "nightly-report".into()
+        }
+    );
+    assert!(c.lines[0].contains("3 stuck lease(s)"), "{:?}", c.lines);
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "report host rebooted");
+    app::update(&mut app, code(KeyCode::Tab));
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(
+        cmds,
+        [Cmd::Change {
+            change: Change::ClearQuarantine {
+                name: "nightly-report".into()
+            },
+            reason: "report host rebooted".into(),
+        }]
+    );
+    says(&app, "clearing the quarantine of nightly-report");
+    app::update(
+        &mut app,
+        Msg::Done {
+            change: Change::ClearQuarantine {
+                name: "nightly-report".into(),
+            },
+            result: Ok(Changed::Quarantine(quarantines()[0].clone())),
+        },
+    );
+    assert_eq!(
+        status(&app),
+        "cleared the quarantine of nightly-report: its runs are taken again (0 active)"
+    );
+    // Nothing left to clear: said, not a dialog.
+    app.data.quarantines.clear();
+    app.data.version += 1;
+    app::update(&mut app, key('U'));
+    assert!(app.modal.is_none());
+    says(&app, "no quarantined run name is selected");
+}
+
+#[test]
+fn stuck_leases_come_first_and_filter_by_the_word() {
+    let mut app = app();
+    app::update(&mut app, key('7'));
+    assert_eq!(
+        app.rows,
+        [
+            "01HLEASE0000000000000000003",
+            "01HLEASE0000000000000000002",
+            "01HLEASE0000000000000000001"
+        ],
+        "stuck, then stale, then by expiry"
+    );
+    app::update(&mut app, key('/'));
+    type_text(&mut app, "stuck");
+    assert_eq!(app.rows, ["01HLEASE0000000000000000003"]);
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use opsdeck_proto::endpoint::EngineAddr;
+use opsdeck_proto::failover::EngineList;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -24,14 +24,16 @@ const GENERATION_ENV: &str = "OPSDECK_WORKER_GENERATION";
 /// Run steps from an opsdeck engine's queues.
 #[derive(Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// The engine: http://HOST:PORT, HOST:PORT or unix:///PATH.
+    /// The engine: http://HOST:PORT, HOST:PORT or unix:///PATH; several,
+    /// comma-separated, for engines sharing a database (the worker follows
+    /// the one that leads).
     #[arg(
         long,
         value_name = "ADDR",
         env = "OPSDECK_ENGINE",
         default_value = "http://127.0.0.1:7465"
     )]
-    pub engine: EngineAddr,
+    pub engine: EngineList,
 
     /// This worker's stable id [default: the host name].
     #[arg(long = "id", value_name = "ID", env = "OPSDECK_WORKER_ID")]
@@ -66,6 +68,20 @@ pub struct WorkerArgs {
     )]
     pub token: Option<String>,
 
+    /// For an https:// engine: PEM file of the CA that signed its
+    /// certificate [default: the system's trusted roots].
+    #[arg(long, value_name = "FILE", env = "OPSDECK_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// For an engine that requires client certificates (mutual TLS): this
+    /// worker's PEM certificate; needs --key.
+    #[arg(long, value_name = "FILE", env = "OPSDECK_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", env = "OPSDECK_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
     /// How long a cancelled or timed-out step has between SIGTERM and SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub cancel_grace: Duration,
@@ -86,6 +102,9 @@ impl fmt::Debug for WorkerArgs {
             .field("slots", &self.slots)
             .field("labels", &self.labels)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
             .field("cancel_grace", &self.cancel_grace)
             .field("spool_dir", &self.spool_dir)
             .finish()
@@ -93,6 +112,19 @@ impl fmt::Debug for WorkerArgs {
 }
 
 impl WorkerArgs {
+    /// The TLS files, read and checked; `None` when none is given.
+    fn tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        let tls = opsdeck_proto::tls::ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        };
+        if tls == opsdeck_proto::tls::ClientTls::default() {
+            return Ok(None);
+        }
+        Ok(Some(tls.load()?))
+    }
+
     /// The agent's options, for this process's `generation`.
     pub fn options(&self, generation: u64) -> anyhow::Result<AgentOptions> {
         let worker_id = match &self.id {
@@ -126,6 +158,7 @@ impl WorkerArgs {
             slots: self.slots,
             labels,
             token: self.token.clone(),
+            tls: self.tls()?,
             generation,
             cancel_grace: self.cancel_grace,
         };
@@ -277,6 +310,7 @@ impl Signals {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use clap::Parser;
+    use opsdeck_proto::endpoint::EngineAddr;
 
     use super::*;
 

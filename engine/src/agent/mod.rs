@@ -32,6 +32,7 @@ pub mod executor;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod fake_engine_tests;
 mod ledger;
+mod mask;
 mod process;
 mod session;
 mod spool;
@@ -40,7 +41,7 @@ mod worker;
 use std::{collections::BTreeMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure};
-use opsdeck_proto::endpoint::EngineAddr;
+use opsdeck_proto::failover::EngineList;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -55,7 +56,9 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 /// Who this worker is and what it serves.
 #[derive(Clone)]
 pub struct AgentOptions {
-    pub engine: EngineAddr,
+    /// The engine, or several sharing a database: the session goes to the
+    /// one that leads.
+    pub engine: EngineList,
     /// Stable across restarts and recycles; the engine knows the worker by it.
     pub worker_id: String,
     pub queues: Vec<String>,
@@ -64,6 +67,9 @@ pub struct AgentOptions {
     pub labels: BTreeMap<String, String>,
     /// Sent as `authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// For `https://` engines: the CA to trust and the client certificate
+    /// to show (`--ca`, `--cert`, `--key`); `None` trusts the system's roots.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Increases with every recycle.
     pub generation: u64,
     /// SIGTERM-to-SIGKILL wait for cancels (unless CancelStep says) and timeouts.
@@ -75,14 +81,19 @@ pub struct AgentOptions {
 
 impl AgentOptions {
     /// Options with the defaults: one slot, no labels, no token, generation 1.
-    pub fn new(engine: EngineAddr, worker_id: impl Into<String>, queues: Vec<String>) -> Self {
+    pub fn new(
+        engine: impl Into<EngineList>,
+        worker_id: impl Into<String>,
+        queues: Vec<String>,
+    ) -> Self {
         Self {
-            engine,
+            engine: engine.into(),
             worker_id: worker_id.into(),
             queues,
             slots: 1,
             labels: BTreeMap::new(),
             token: None,
+            tls: None,
             generation: 1,
             cancel_grace: DEFAULT_CANCEL_GRACE,
             spool_dir: None,
@@ -125,6 +136,7 @@ impl fmt::Debug for AgentOptions {
             .field("slots", &self.slots)
             .field("labels", &self.labels)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
             .field("generation", &self.generation)
             .field("cancel_grace", &self.cancel_grace)
             .field("spool_dir", &self.spool_dir)
@@ -216,7 +228,7 @@ mod tests {
 
     fn options() -> AgentOptions {
         AgentOptions::new(
-            "unix:///tmp/x.sock".parse().unwrap(),
+            "unix:///tmp/x.sock".parse::<EngineList>().unwrap(),
             "w1",
             vec!["default".into()],
         )

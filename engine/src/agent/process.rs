@@ -30,6 +30,7 @@ use super::executor::{
     Executor, MAX_OUTPUT_CHUNK, OutputStream, Reporter, StepContext, StepControl, StepExit,
     StepFuture,
 };
+use super::mask::Masker;
 
 /// How long output may keep flowing after the step's process group is gone.
 /// Only a process that escaped the group (`setsid`) can hold the pipes open
@@ -83,15 +84,16 @@ async fn run(step: Assignment, ctx: StepContext) -> StepExit {
     tracing::info!(pid, "step started");
     reporter.started(pid).await;
 
+    let masker = || Masker::new(secret_values(&step));
     let pumps = [
         child
             .stdout
             .take()
-            .map(|pipe| pump(pipe, OutputStream::Stdout, reporter.clone())),
+            .map(|pipe| pump(pipe, OutputStream::Stdout, reporter.clone(), masker())),
         child
             .stderr
             .take()
-            .map(|pipe| pump(pipe, OutputStream::Stderr, reporter.clone())),
+            .map(|pipe| pump(pipe, OutputStream::Stderr, reporter.clone(), masker())),
     ];
     let exit = supervise(&mut child, &group, &mut control).await;
     group.finish();
@@ -255,28 +257,47 @@ fn describe_io(e: &io::Error) -> String {
     }
 }
 
-/// Copies one output pipe to the engine as it arrives. Each read returns
-/// what is there (up to a chunk), so output goes up live, not in batches.
+/// The values of the step's secret env entries, which its output must not
+/// show.
+fn secret_values(step: &Assignment) -> impl Iterator<Item = &str> {
+    step.secret_env
+        .iter()
+        .filter_map(|name| step.env.get(name).map(String::as_str))
+}
+
+/// Copies one output pipe to the engine as it arrives, secrets masked. Each
+/// read returns what is there (up to a chunk), so output goes up live, not
+/// in batches; only bytes that may begin a secret wait for the next read.
 fn pump(
     mut pipe: impl AsyncRead + Unpin + Send + 'static,
     stream: OutputStream,
     reporter: Reporter,
+    mut masker: Masker,
 ) -> AbortOnDropHandle<()> {
     let copy = async move {
         let mut buf = vec![0; MAX_OUTPUT_CHUNK];
         loop {
             match pipe.read(&mut buf).await {
-                Ok(0) => return,
-                Ok(n) => reporter.output(stream, &buf[..n]).await,
+                Ok(0) => break,
+                Ok(n) => {
+                    let data = masker.feed(&buf[..n]);
+                    if !data.is_empty() {
+                        reporter.output(stream, &data).await;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!(
                         stream = stream.as_str(),
                         "could not read the step's output: {e}"
                     );
-                    return;
+                    break;
                 }
             }
+        }
+        let rest = masker.finish();
+        if !rest.is_empty() {
+            reporter.output(stream, &rest).await;
         }
     };
     // In the step's span, so what the pump logs names the step.
@@ -385,6 +406,28 @@ mod tests {
         assert_ne!(sent.started[0], 0);
         assert_eq!(sent.stdout, b"hello\n");
         assert_eq!(sent.stderr, b"oops\n");
+    }
+
+    #[tokio::test]
+    async fn secret_values_are_masked_in_both_streams_even_when_split_across_writes() {
+        let step = Assignment {
+            env: HashMap::from([
+                ("DB_PASS".into(), "hunter2-secret".into()),
+                ("PLAIN".into(), "visible".into()),
+            ]),
+            secret_env: vec!["DB_PASS".into()],
+            ..shell(
+                "echo \"pass=$DB_PASS plain=$PLAIN\"; printf 'x=hunter2-'; sleep 0.2; \
+                 printf 'secret.\\n'; echo \"$DB_PASS\" >&2; printf 'hunter2'",
+            )
+        };
+        let (exit, sent) = run_step(step).await;
+        assert_eq!(exit.outcome, Outcome::Succeeded);
+        assert_eq!(
+            String::from_utf8_lossy(&sent.stdout),
+            "pass=*** plain=visible\nx=***.\nhunter2"
+        );
+        assert_eq!(String::from_utf8_lossy(&sent.stderr), "***\n");
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use opsdeck_proto::{
-    endpoint::EngineAddr,
+    failover::EngineList,
     v1::{
         AgentMessage, EngineMessage, Hello, Welcome, agent_client::AgentClient, agent_message,
         engine_message,
@@ -16,6 +16,7 @@ use tokio::{
     time::{Instant, Interval, MissedTickBehavior},
 };
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::ClientTlsConfig;
 use tonic::{Request, Status, Streaming, metadata::MetadataValue};
 
 /// Messages waiting to go up. Small: a full outbox slows the step output
@@ -56,11 +57,12 @@ pub(super) struct Closed;
 impl Session {
     /// Connects, sends `hello` and waits for the engine's Welcome.
     pub async fn open(
-        engine: EngineAddr,
+        engine: EngineList,
         token: Option<String>,
+        tls: Option<ClientTlsConfig>,
         hello: Hello,
     ) -> anyhow::Result<Self> {
-        tokio::time::timeout(OPEN_TIMEOUT, Self::handshake(engine, token, hello))
+        tokio::time::timeout(OPEN_TIMEOUT, Self::handshake(engine, token, tls, hello))
             .await
             .map_err(|_| {
                 anyhow!(
@@ -71,11 +73,16 @@ impl Session {
     }
 
     async fn handshake(
-        engine: EngineAddr,
+        engine: EngineList,
         token: Option<String>,
+        tls: Option<ClientTlsConfig>,
         hello: Hello,
     ) -> anyhow::Result<Self> {
-        let channel = engine.connect().await.context("could not connect")?;
+        // With several addresses, the one that leads.
+        let (_, channel) = engine
+            .connect_leader(tls.as_ref())
+            .await
+            .context("could not connect")?;
         let (tx, rx) = mpsc::channel(OUTBOX);
         // Queued before the call so Hello is the first message whatever the engine awaits first.
         tx.send(message(agent_message::Kind::Hello(hello)))

@@ -233,6 +233,7 @@ impl Worker {
         Box::pin(Session::open(
             self.opts.engine.clone(),
             self.opts.token.clone(),
+            self.opts.tls.clone(),
             self.hello(),
         ))
     }

@@ -1,52 +1,135 @@
-//! Who is calling. On the Unix socket the kernel says (the peer's uid); on
-//! TCP a bearer token from the config does. A caller with neither is
-//! refused before any service sees the request.
+//! Who is calling, and whether they may make this call.
+//!
+//! Identity: on the Unix socket the kernel says (the peer's uid and gid,
+//! `SO_PEERCRED`), and the user database gives its name and groups; on TCP
+//! a bearer token listed in the config by its SHA-256 does. Roles: a
+//! token's `roles`; for socket callers, the `[unix]` section of the config.
+//!
+//! [`Guard`] is a layer over the whole router: every request is identified
+//! and checked against the table in [`super::roles`] before any service
+//! sees it. No identity is UNAUTHENTICATED; a role missing is
+//! PERMISSION_DENIED naming the role needed and the roles held.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
-use crate::domain::Actor;
+use super::roles::{self, Need};
+use crate::config::{TokenEntry, UnixSection};
+use crate::domain::{Actor, Grants, Role};
+
+/// How long what the user database said about a socket user is kept:
+/// changes to its groups take effect within this.
+const UNIX_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// The identified caller, put in the request's extensions.
 #[derive(Clone, Debug)]
-pub struct Caller(pub Actor);
+pub struct Caller {
+    pub actor: Actor,
+    pub grants: Grants,
+}
 
-/// Known tokens, by the hex SHA-256 of the token.
-#[derive(Clone, Default)]
+/// Known tokens and the roles of socket users.
+#[derive(Clone)]
 pub struct Auth {
-    tokens: Arc<HashMap<String, String>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// By the lowercase hex SHA-256 of the token.
+    tokens: HashMap<String, Caller>,
+    unix: UnixSection,
+    /// The engine's own uid: it and root are admin (and agent, for the
+    /// local workers) unless the config names them.
+    own_uid: u32,
+    /// Socket callers by (uid, gid), with when they were looked up.
+    unix_cache: Mutex<HashMap<(u32, u32), (Instant, Caller)>>,
 }
 
 impl Auth {
-    /// `tokens`: (identity, hex sha256 of the token).
-    pub fn new(tokens: impl IntoIterator<Item = (String, String)>) -> Self {
-        let map = tokens
-            .into_iter()
-            .map(|(identity, hash)| (hash.to_ascii_lowercase(), identity))
+    pub fn new(tokens: &[TokenEntry], unix: UnixSection) -> Self {
+        let tokens = tokens
+            .iter()
+            .map(|t| {
+                let caller = Caller {
+                    actor: Actor {
+                        name: t.identity.clone(),
+                        transport: "tcp",
+                    },
+                    grants: Grants::new(t.roles.iter().copied(), t.groups.iter().cloned()),
+                };
+                (t.sha256.to_ascii_lowercase(), caller)
+            })
             .collect();
         Self {
-            tokens: Arc::new(map),
+            inner: Arc::new(Inner {
+                tokens,
+                unix,
+                own_uid: nix::unistd::geteuid().as_raw(),
+                unix_cache: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
-    fn identify(&self, req: &Request<()>) -> Result<Actor, Status> {
-        if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
+    /// The layer that guards every request with this.
+    pub fn guard(&self) -> Guard {
+        Guard { auth: self.clone() }
+    }
+
+    /// The caller of a request, if it may call `path`; `Ok(None)` for an
+    /// open method.
+    fn admit(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Option<Caller>, Status> {
+        let need = roles::need(path);
+        if need == Some(Need::Open) {
+            return Ok(None);
+        }
+        let caller = self.identify(headers, extensions)?;
+        let method = path.trim_start_matches('/');
+        match need {
+            None => Err(Status::permission_denied(format!(
+                "{method} is not a method this engine serves to anyone"
+            ))),
+            Some(Need::Open | Need::Identity) => Ok(Some(caller)),
+            Some(Need::Role(role)) if caller.grants.has(role) => Ok(Some(caller)),
+            Some(Need::Role(role)) => {
+                tracing::info!(
+                    identity = %caller.actor.name,
+                    transport = caller.actor.transport,
+                    method,
+                    "call refused: the {role} role is needed"
+                );
+                Err(Status::permission_denied(refusal(method, role, &caller)))
+            }
+        }
+    }
+
+    fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Caller, Status> {
+        if let Some(info) = extensions.get::<UdsConnectInfo>() {
             let Some(cred) = info.peer_cred else {
                 return Err(Status::unauthenticated(
                     "the kernel gave no peer credentials for this socket connection",
                 ));
             };
-            return Ok(Actor {
-                name: user_name(cred.uid()),
-                transport: "unix",
-            });
+            return Ok(self.unix_caller(cred.uid(), cred.gid()));
         }
-        let bearer = req
-            .metadata()
+        let bearer = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
@@ -55,8 +138,7 @@ impl Auth {
             })
             .map(str::trim);
         let Some(token) = bearer else {
-            let via = req
-                .extensions()
+            let via = extensions
                 .get::<TcpConnectInfo>()
                 .and_then(|i| i.remote_addr())
                 .map(|a| format!(" from {a}"))
@@ -66,44 +148,308 @@ impl Auth {
                  (opsdeck --token / OPSDECK_TOKEN), or connect through the engine's Unix socket"
             )));
         };
-        let hash = hex::encode(Sha256::digest(token.as_bytes()));
-        match self.tokens.get(&hash) {
-            Some(identity) => Ok(Actor {
-                name: identity.clone(),
-                transport: "tcp",
-            }),
+        match self.inner.tokens.get(&token_hash(token)) {
+            // Over TLS the event log says so.
+            Some(caller) if extensions.get::<TlsConnectInfo<TcpConnectInfo>>().is_some() => {
+                let mut caller = caller.clone();
+                caller.actor.transport = "tls";
+                Ok(caller)
+            }
+            Some(caller) => Ok(caller.clone()),
             None => Err(Status::unauthenticated(
                 "the bearer token is not known to this engine; check the token, or the [[token]] entries of the engine's config",
             )),
         }
     }
-}
 
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let actor = self.identify(&req)?;
-        req.extensions_mut().insert(Caller(actor));
-        Ok(req)
+    /// A socket caller by its uid and gid, looked up at most every
+    /// [`UNIX_CACHE_TTL`].
+    fn unix_caller(&self, uid: u32, gid: u32) -> Caller {
+        let now = Instant::now();
+        let mut cache = self
+            .inner
+            .unix_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, caller)) = cache.get(&(uid, gid))
+            && now.duration_since(*at) < UNIX_CACHE_TTL
+        {
+            return caller.clone();
+        }
+        let caller = self.look_up_unix(uid, gid);
+        cache.retain(|_, (at, _)| now.duration_since(*at) < UNIX_CACHE_TTL);
+        cache.insert((uid, gid), (now, caller.clone()));
+        caller
+    }
+
+    fn look_up_unix(&self, uid: u32, gid: u32) -> Caller {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        let name = user
+            .as_ref()
+            .map_or_else(|| format!("uid:{uid}"), |u| u.name.clone());
+        let groups = unix_groups(user.as_ref(), gid);
+        let roles = unix_roles(
+            &self.inner.unix,
+            &name,
+            &groups,
+            uid == self.inner.own_uid || uid == 0,
+        );
+        Caller {
+            actor: Actor {
+                name,
+                transport: "unix",
+            },
+            grants: Grants::new(roles, groups),
+        }
     }
 }
 
-/// The caller of a request that went through [`Auth`].
+/// The roles of a socket user named `name` in `groups`. `privileged`: the
+/// engine's own user or root, admin and agent unless a `[[unix.user]]`
+/// entry names it.
+fn unix_roles(unix: &UnixSection, name: &str, groups: &[String], privileged: bool) -> Vec<Role> {
+    let mut roles = Vec::new();
+    let named = unix.user.iter().filter(|e| e.name == name);
+    let mut matched = false;
+    for entry in named {
+        matched = true;
+        roles.extend(entry.roles.iter().copied());
+    }
+    if !matched && privileged {
+        matched = true;
+        roles.extend([Role::Admin, Role::Agent]);
+    }
+    for entry in unix.group.iter().filter(|e| groups.contains(&e.name)) {
+        matched = true;
+        roles.extend(entry.roles.iter().copied());
+    }
+    if !matched {
+        roles.extend(unix.others.iter().copied());
+    }
+    roles
+}
+
+/// The names of the peer's gid and of every group the user database puts
+/// the user in.
+fn unix_groups(user: Option<&nix::unistd::User>, gid: u32) -> Vec<String> {
+    use nix::unistd::{Gid, Group};
+    let mut gids = vec![Gid::from_raw(gid)];
+    if let Some(user) = user
+        && let Ok(name) = std::ffi::CString::new(user.name.clone())
+        && let Ok(more) = nix::unistd::getgrouplist(&name, user.gid)
+    {
+        gids.extend(more);
+    }
+    gids.sort_by_key(|g| g.as_raw());
+    gids.dedup();
+    gids.into_iter()
+        .filter_map(|g| Group::from_gid(g).ok().flatten().map(|g| g.name))
+        .collect()
+}
+
+/// "opsdeck.v1.Runs/SubmitRun needs the operator role; alice (tcp) has viewer".
+fn refusal(method: &str, role: Role, caller: &Caller) -> String {
+    let also = match role {
+        Role::Viewer | Role::Operator | Role::Approver => " (admin includes it)",
+        Role::Admin | Role::Agent => "",
+    };
+    let how = match (role, caller.actor.transport) {
+        (Role::Agent, _) => {
+            "; workers connect with a token holding the agent role (`opsdeckd token new --role agent`)"
+        }
+        (_, "unix") => "; socket users get roles from the [unix] section of the engine's config",
+        _ => "; a token gets roles from the `roles` of its [[token]] entry in the engine's config",
+    };
+    format!(
+        "{method} needs the {role} role{also}; {} ({}) has {}{how}",
+        caller.actor.name,
+        caller.actor.transport,
+        caller.grants.describe_roles()
+    )
+}
+
+/// The caller of a request that went through [`Guard`].
 pub fn caller<T>(req: &Request<T>) -> Result<Actor, Status> {
     req.extensions()
         .get::<Caller>()
-        .map(|c| c.0.clone())
+        .map(|c| c.actor.clone())
         .ok_or_else(|| Status::unauthenticated("no identity on this request"))
 }
 
-/// The user name of a uid, or `uid:N` when it has none.
-fn user_name(uid: u32) -> String {
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(user)) => user.name,
-        _ => format!("uid:{uid}"),
-    }
+/// What the caller of a request that went through [`Guard`] holds.
+pub fn grants<T>(req: &Request<T>) -> Result<Grants, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .map(|c| c.grants.clone())
+        .ok_or_else(|| Status::unauthenticated("no identity on this request"))
 }
 
 /// The hex SHA-256 of a token, as the config stores it.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Identifies and authorizes every request before the router sees it.
+#[derive(Clone)]
+pub struct Guard {
+    auth: Auth,
+}
+
+impl<S> tower::Layer<S> for Guard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// A service behind [`Guard`].
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    auth: Auth,
+}
+
+type GuardedFuture<E> =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Guarded<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = GuardedFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self
+            .auth
+            .admit(req.uri().path(), req.headers(), req.extensions())
+        {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    req.extensions_mut().insert(caller);
+                }
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::config::UnixRoles;
+
+    fn auth() -> Auth {
+        let token = |identity: &str, token: &str, roles: &[Role]| TokenEntry {
+            identity: identity.into(),
+            sha256: token_hash(token).to_ascii_uppercase(),
+            roles: roles.to_vec(),
+            groups: vec!["dba".into()],
+        };
+        Auth::new(
+            &[
+                token("ci", "t-op", &[Role::Operator]),
+                token("w1", "t-agent", &[Role::Agent]),
+            ],
+            UnixSection::default(),
+        )
+    }
+
+    fn call(auth: &Auth, path: &str, token: Option<&str>) -> Result<Option<Caller>, Status> {
+        let mut headers = http::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        auth.admit(path, &headers, &http::Extensions::new())
+    }
+
+    #[test]
+    fn a_token_gets_its_roles_and_groups_and_is_refused_what_they_lack() {
+        let a = auth();
+        let ok = call(&a, "/opsdeck.v1.Runs/SubmitRun", Some("t-op"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.actor.name, "ci");
+        assert!(ok.grants.has(Role::Viewer) && ok.grants.in_group("dba"));
+        let no = call(&a, "/opsdeck.v1.Leases/ForceRelease", Some("t-op")).unwrap_err();
+        assert_eq!(no.code(), tonic::Code::PermissionDenied);
+        assert!(
+            no.message().contains("needs the admin role")
+                && no.message().contains("ci (tcp) has viewer, operator"),
+            "{}",
+            no.message()
+        );
+        let agent = call(&a, "/opsdeck.v1.Agent/Session", Some("t-op")).unwrap_err();
+        assert!(
+            agent.message().contains("agent role"),
+            "{}",
+            agent.message()
+        );
+        let runs = call(&a, "/opsdeck.v1.Runs/ListRuns", Some("t-agent")).unwrap_err();
+        assert_eq!(runs.code(), tonic::Code::PermissionDenied);
+        assert!(call(&a, "/opsdeck.v1.Agent/Session", Some("t-agent")).is_ok());
+        assert!(call(&a, "/opsdeck.v1.Console/Whoami", Some("t-agent")).is_ok());
+    }
+
+    #[test]
+    fn no_identity_is_unauthenticated_except_for_health_and_reflection() {
+        let a = auth();
+        let none = call(&a, "/opsdeck.v1.Runs/ListRuns", None).unwrap_err();
+        assert_eq!(none.code(), tonic::Code::Unauthenticated);
+        let wrong = call(&a, "/opsdeck.v1.Runs/ListRuns", Some("nope")).unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+        assert!(
+            call(&a, "/grpc.health.v1.Health/Check", None)
+                .unwrap()
+                .is_none()
+        );
+        let unlisted = call(&a, "/opsdeck.v1.Runs/Nuke", Some("t-op")).unwrap_err();
+        assert_eq!(unlisted.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn socket_users_get_roles_by_name_and_group_and_privileged_ones_admin() {
+        let entry = |name: &str, roles: &[Role]| UnixRoles {
+            name: name.into(),
+            roles: roles.to_vec(),
+        };
+        let unix = UnixSection {
+            others: vec![Role::Viewer],
+            user: vec![entry("alice", &[Role::Approver])],
+            group: vec![entry("sre", &[Role::Operator])],
+        };
+        let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            unix_roles(&unix, "bob", &groups(&["users"]), false),
+            [Role::Viewer]
+        );
+        assert_eq!(
+            unix_roles(&unix, "alice", &groups(&["sre"]), false),
+            [Role::Approver, Role::Operator]
+        );
+        assert_eq!(
+            unix_roles(&unix, "carol", &groups(&["sre"]), false),
+            [Role::Operator]
+        );
+        assert_eq!(
+            unix_roles(&unix, "opsdeck", &groups(&["sre"]), true),
+            [Role::Admin, Role::Agent, Role::Operator]
+        );
+        assert_eq!(unix_roles(&unix, "alice", &[], true), [Role::Approver]);
+    }
 }

@@ -1,5 +1,6 @@
-//! The gRPC API: one file per service, the auth interceptor, and the
-//! server that puts them on the TCP and Unix listeners.
+//! The gRPC API: one file per service, the guard that identifies callers
+//! and checks their roles (`auth`, with the table of what each method needs
+//! in `roles`), and the server that puts them on the TCP and Unix listeners.
 //!
 //! `grpc.health.v1` and server reflection (v1 and v1alpha) are served
 //! without a token so that stock tools (grpcurl, grpc_health_probe) work.
@@ -9,6 +10,7 @@ pub mod auth;
 mod events;
 mod limit;
 mod resources;
+pub mod roles;
 mod runs;
 mod watch;
 
@@ -24,7 +26,6 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codegen::http::Response;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 pub use auth::Auth;
@@ -52,6 +53,8 @@ pub struct Api {
     pub limits: Limits,
     /// Names this engine process in Whoami.
     pub engine_id: String,
+    /// Leader or standby, and the lead's epoch (Whoami's `leader_epoch`).
+    pub role: tokio::sync::watch::Receiver<crate::ha::Role>,
 }
 
 /// An id argument: present and of sane length.
@@ -82,6 +85,9 @@ fn store_error(e: StoreError) -> Status {
 pub struct Listeners {
     pub tcp: Option<TcpListener>,
     pub unix: Option<UnixListener>,
+    /// TLS on the TCP listener. The Unix socket stays plain: the kernel
+    /// names its callers.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Serves the API on every listener until `shutdown` is cancelled.
@@ -92,10 +98,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<RunsServer<Api>>().await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    // SERVING while this engine leads, NOT_SERVING while it stands by.
+    tokio::spawn(crate::ha::report_health(health, api.role.clone()));
 
     let mut tasks = tokio::task::JoinSet::new();
     // One count of connections for every listener.
@@ -103,7 +107,7 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     if let Some(l) = listeners.tcp {
         let (ok, refused) = limit::split(TcpListenerStream::new(l), slots.clone());
-        let router = router(&api, &auth, health_service.clone())?;
+        let router = router(&api, &auth, health_service.clone(), listeners.tls.clone())?;
         let stop = shutdown.clone();
         tasks.spawn(async move {
             router
@@ -111,15 +115,16 @@ pub async fn serve(
                 .await
         });
         let stop = shutdown.clone();
+        let refuser = refuser(server(listeners.tls.clone())?, max_connections);
         tasks.spawn(async move {
-            refuser(max_connections)
+            refuser
                 .serve_with_incoming_shutdown(refused, stop.cancelled())
                 .await
         });
     }
     if let Some(l) = listeners.unix {
         let (ok, refused) = limit::split(UnixListenerStream::new(l), slots.clone());
-        let router = router(&api, &auth, health_service.clone())?;
+        let router = router(&api, &auth, health_service.clone(), None)?;
         let stop = shutdown.clone();
         tasks.spawn(async move {
             router
@@ -127,8 +132,9 @@ pub async fn serve(
                 .await
         });
         let stop = shutdown.clone();
+        let refuser = refuser(server(None)?, max_connections);
         tasks.spawn(async move {
-            refuser(max_connections)
+            refuser
                 .serve_with_incoming_shutdown(refused, stop.cancelled())
                 .await
         });
@@ -142,6 +148,7 @@ pub async fn serve(
 /// Serves connections over `limits.max_connections`: every call is answered
 /// RESOURCE_EXHAUSTED, and the connection closes soon after.
 fn refuser(
+    server: Server,
     max_connections: usize,
 ) -> tonic::transport::server::Router<
     tower::layer::util::Stack<
@@ -151,14 +158,31 @@ fn refuser(
 > {
     let refuse = limit::Refuse::new(max_connections);
     let (_, health) = tonic_health::server::health_reporter();
-    Server::builder()
+    server
         .layer(tower::layer::layer_fn(move |_| refuse.clone()))
         .add_service(health)
 }
 
+/// A server builder, speaking TLS when `tls` is set.
+fn server(tls: Option<tonic::transport::ServerTlsConfig>) -> anyhow::Result<Server> {
+    let server = Server::builder();
+    Ok(match tls {
+        Some(tls) => server.tls_config(tls)?,
+        None => server,
+    })
+}
+
 type Explained = tower::layer::util::Stack<
-    tower::util::MapResponseLayer<fn(Response<tonic::body::Body>) -> Response<tonic::body::Body>>,
-    tower::layer::util::Identity,
+    auth::Guard,
+    tower::layer::util::Stack<
+        crate::ha::StandbyGate,
+        tower::layer::util::Stack<
+            tower::util::MapResponseLayer<
+                fn(Response<tonic::body::Body>) -> Response<tonic::body::Body>,
+            >,
+            tower::layer::util::Identity,
+        >,
+    >,
 >;
 
 fn router(
@@ -167,6 +191,7 @@ fn router(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> anyhow::Result<tonic::transport::server::Router<Explained>> {
     let descriptors = [
         opsdeck_proto::FILE_DESCRIPTOR_SET,
@@ -178,49 +203,31 @@ fn router(
         v1 = v1.register_encoded_file_descriptor_set(d);
         v1alpha = v1alpha.register_encoded_file_descriptor_set(d);
     }
-    let guarded = |svc| InterceptedService::new(svc, auth.clone());
     let a = api.clone();
     let max = api.limits.max_message_bytes;
     let explain: fn(Response<tonic::body::Body>) -> Response<tonic::body::Body> =
         limit::explain_message_limit;
-    Ok(Server::builder()
+    Ok(server(tls)?
         .layer(tower::util::MapResponseLayer::new(explain))
+        // A standby answers only health and reflection, naming the leader.
+        .layer(crate::ha::StandbyGate::new(api.role.clone()))
+        // Every request, to every service: identity and role first.
+        .layer(auth.guard())
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(health)
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?)
-        .add_service(InterceptedService::new(
-            RunsServer::new(a.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            EventsServer::new(a.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            WorkersServer::new(a.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            QueuesServer::new(a.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            ApprovalsServer::new(a.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            LeasesServer::new(a.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            ConsoleServer::new(a.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(guarded(
+        .add_service(RunsServer::new(a.clone()).max_decoding_message_size(max))
+        .add_service(EventsServer::new(a.clone()).max_decoding_message_size(max))
+        .add_service(WorkersServer::new(a.clone()).max_decoding_message_size(max))
+        .add_service(QueuesServer::new(a.clone()).max_decoding_message_size(max))
+        .add_service(ApprovalsServer::new(a.clone()).max_decoding_message_size(max))
+        .add_service(LeasesServer::new(a.clone()).max_decoding_message_size(max))
+        .add_service(ConsoleServer::new(a.clone()).max_decoding_message_size(max))
+        .add_service(
             AgentServer::new(a).max_decoding_message_size(max.max(MIN_AGENT_MESSAGE_BYTES)),
-        )))
+        ))
 }
 
 #[cfg(test)]

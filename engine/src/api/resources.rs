@@ -8,7 +8,11 @@ use opsdeck_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Api, auth::caller, id_arg};
+use super::{
+    Api,
+    auth::{caller, grants},
+    id_arg,
+};
 
 #[tonic::async_trait]
 impl Workers for Api {
@@ -144,11 +148,12 @@ impl Approvals for Api {
         req: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::Approval>, Status> {
         let actor = caller(&req)?;
+        let grants = grants(&req)?;
         let req = req.into_inner();
         let id = id_arg("approval", req.id)?;
         Ok(Response::new(
             self.core
-                .call(move |s, tx| s.decide(tx, &id, req.approve, &actor, &req.reason))
+                .call(move |s, tx| s.decide(tx, &id, req.approve, &actor, &grants, &req.reason))
                 .await?,
         ))
     }

@@ -16,7 +16,10 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Api, auth::caller};
+use super::{
+    Api,
+    auth::{caller, grants},
+};
 use crate::core::{Snapshot, Subscription};
 use crate::store::Store;
 
@@ -185,6 +188,7 @@ impl Console for Api {
         req: Request<pb::WhoamiRequest>,
     ) -> Result<Response<pb::WhoamiResponse>, Status> {
         let actor = caller(&req)?;
+        let grants = grants(&req)?;
         let head_seq = self.core.call(|s, _| Ok(s.seq())).await?;
         Ok(Response::new(pb::WhoamiResponse {
             head_seq,
@@ -192,8 +196,11 @@ impl Console for Api {
             transport: actor.transport.to_owned(),
             engine_version: env!("CARGO_PKG_VERSION").to_owned(),
             engine_id: self.engine_id.clone(),
-            roles: Vec::new(),
-            leader_epoch: 0,
+            // Every role held, included ones too (admin lists operator,
+            // approver and viewer), so a client checks for the one an
+            // action needs.
+            roles: grants.roles().map(|r| r.word().to_owned()).collect(),
+            leader_epoch: self.role.borrow().epoch(),
         }))
     }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use opsdeck_engine::config::{ConfigFile, default_data_dir};
+use opsdeck_engine::config::{ConfigFile, DEFAULT_CONFIG, DEFAULT_METRICS_LISTEN, default_data_dir};
 use opsdeck_engine::serve::{self, ServeOptions};
-use opsdeck_engine::{agent, bench};
+use opsdeck_engine::{agent, bench, logging};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -18,9 +18,13 @@ use tokio_util::sync::CancellationToken;
     about = "The opsdeck engine: runs, queues, workers, leases, approvals and events over gRPC"
 )]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, env = "OPSDECK_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
-    log_format: String,
+    /// Log format on stderr and in the log files; default: [log] format, or plain.
+    #[arg(long, global = true, env = "OPSDECK_LOG_FORMAT", value_parser = ["plain", "json"])]
+    log_format: Option<String>,
+    /// Also write daily rolling log files here (opsdeckd.YYYY-MM-DD.log);
+    /// default: [log] dir, or none.
+    #[arg(long, global = true, env = "OPSDECK_LOG_DIR", value_name = "DIR")]
+    log_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +39,18 @@ enum Command {
     Migrate(DbArgs),
     /// Measure throughput and latency on a temporary engine.
     Bench(bench::BenchArgs),
+    /// Copy a live SQLite database consistently to PATH (a new file), e.g.
+    /// for a nightly backup; restore by stopping the engine and putting the
+    /// copy in the database's place.
+    Backup {
+        /// The file to write; it must not exist yet.
+        path: PathBuf,
+        /// The engine's config, for [engine] data_dir and database.
+        #[arg(long, env = "OPSDECK_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Check a config file and exit.
     CheckConfig {
         #[arg(
@@ -56,7 +72,21 @@ enum TokenCommand {
     New {
         #[arg(long)]
         identity: String,
+        /// What the token may do (repeat for more): viewer, operator,
+        /// approver, admin, or agent for a worker. Default: viewer.
+        #[arg(long = "role", value_name = "ROLE", value_parser = parse_role)]
+        roles: Vec<opsdeck_engine::domain::Role>,
+        /// A group the identity belongs to, for approval steps that name
+        /// one (repeat for more).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
     },
+}
+
+fn parse_role(word: &str) -> Result<opsdeck_engine::domain::Role, String> {
+    opsdeck_engine::domain::Role::parse(word.trim()).ok_or_else(|| {
+        format!("{word:?} is not a role; use viewer, operator, approver, admin or agent")
+    })
 }
 
 #[derive(clap::Args)]
@@ -88,6 +118,10 @@ struct ServeArgs {
     /// Worker slots to run in this process (serving every queue).
     #[arg(long, env = "OPSDECK_LOCAL_WORKERS")]
     local_workers: Option<u32>,
+    /// Where /metrics, /healthz and /readyz listen (port 0 picks one); ""
+    /// for none. Default: [metrics] listen, or 127.0.0.1:9465.
+    #[arg(long, env = "OPSDECK_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     #[arg(long, env = "OPSDECK_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
     #[arg(long, env = "OPSDECK_LEASE_TTL", value_parser = humantime::parse_duration)]
@@ -104,11 +138,25 @@ struct ServeArgs {
     /// The window stuck leases are counted in for a quarantine.
     #[arg(long, env = "OPSDECK_QUARANTINE_WINDOW", value_name = "DURATION", value_parser = humantime::parse_duration)]
     quarantine_window: Option<Duration>,
+    /// Where clients reach this engine, as standbys name it (several engines
+    /// on one PostgreSQL database); default: its TCP address.
+    #[arg(long, env = "OPSDECK_ADVERTISE", value_name = "ADDR")]
+    advertise: Option<String>,
+    /// How long the lead lasts unless renewed: how soon a standby takes over
+    /// from a leader that died.
+    #[arg(long, env = "OPSDECK_LEADER_TTL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    leader_ttl: Option<Duration>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    let _log = match init_logging(&cli) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("opsdeckd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -125,18 +173,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Flags, then `OPSDECK_LOG_*`, then the engine's config file ([log]).
+fn init_logging(cli: &Cli) -> anyhow::Result<logging::LogGuard> {
+    let file = match &cli.command {
+        Command::Serve(args) => engine_config(args.config.as_deref())?.log,
+        _ => Default::default(),
+    };
+    let format = match cli.log_format.as_deref().or(file.format.as_deref()) {
+        Some(word) => word.parse().map_err(anyhow::Error::msg)?,
+        None => logging::Format::Plain,
+    };
+    logging::init(&logging::LogOptions {
+        format,
+        dir: cli.log_dir.clone().or(file.dir),
+    })
+}
+
+/// The engine's config: `--config`, else /etc/opsdeck/engine.toml when it
+/// exists, else the defaults.
+fn engine_config(path: Option<&std::path::Path>) -> anyhow::Result<ConfigFile> {
+    let default = std::path::Path::new(DEFAULT_CONFIG);
+    Ok(match path {
+        Some(path) => ConfigFile::load(path)?,
+        None if default.exists() => ConfigFile::load(default)?,
+        None => ConfigFile::default(),
+    })
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -154,14 +215,50 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Backup { path, config, db } => {
+            let file = engine_config(config.as_deref())?;
+            let data_dir = db
+                .data_dir
+                .or(file.engine.data_dir)
+                .unwrap_or_else(default_data_dir);
+            let url = db
+                .database
+                .or(file.engine.database)
+                .unwrap_or_else(|| sqlite_url(&data_dir));
+            opsdeck_engine::backup::backup(&url, &path).await?;
+            println!("backed up {url} to {}", path.display());
+            Ok(())
+        }
         Command::CheckConfig { config } => {
-            ConfigFile::load(&config)?;
+            let file = ConfigFile::load(&config)?;
+            opsdeck_engine::secrets::Secrets::load(&file.secrets).map_err(anyhow::Error::msg)?;
+            if let Some(tls) = &file.tls {
+                tls.server_tls().load()?;
+            }
             println!("{}: ok", config.display());
             Ok(())
         }
         Command::Token {
-            command: TokenCommand::New { identity },
+            command:
+                TokenCommand::New {
+                    identity,
+                    mut roles,
+                    groups,
+                },
         } => {
+            anyhow::ensure!(
+                !identity.trim().is_empty(),
+                "--identity is empty; name who will use the token"
+            );
+            if roles.is_empty() {
+                roles.push(opsdeck_engine::domain::Role::Viewer);
+            }
+            roles.sort();
+            roles.dedup();
+            let list = |items: Vec<String>| {
+                let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+                format!("[{}]", quoted.join(", "))
+            };
             let token = format!("odk_{}", hex_token());
             println!("token (shown once; give it to {identity}): {token}");
             println!();
@@ -172,6 +269,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "sha256 = \"{}\"",
                 opsdeck_engine::api::auth::token_hash(&token)
             );
+            println!(
+                "roles = {}",
+                list(roles.iter().map(|r| r.word().to_owned()).collect())
+            );
+            if !groups.is_empty() {
+                println!("groups = {}", list(groups));
+            }
             Ok(())
         }
     }
@@ -189,10 +293,7 @@ fn sqlite_url(data_dir: &std::path::Path) -> String {
 }
 
 async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
-    };
+    let file = engine_config(args.config.as_deref())?;
     let mut core = file.core_config();
     core.heartbeat_interval = args.heartbeat_interval.unwrap_or(core.heartbeat_interval);
     core.lease_ttl = args.lease_ttl.unwrap_or(core.lease_ttl);
@@ -200,6 +301,8 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     core.cancel_grace = args.cancel_grace.unwrap_or(core.cancel_grace);
     core.quarantine_after = args.quarantine_after.unwrap_or(core.quarantine_after);
     core.quarantine_window = args.quarantine_window.unwrap_or(core.quarantine_window);
+    core.secrets =
+        opsdeck_engine::secrets::Secrets::load(&file.secrets).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         core.heartbeat_interval < core.lease_ttl,
         "heartbeat_interval ({:?}) must be shorter than lease_ttl ({:?}), or leases expire between heartbeats",
@@ -228,13 +331,25 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         socket: (socket.as_os_str() != "none").then_some(socket),
         local_workers: args.local_workers.or(e.local_workers).unwrap_or(0),
         core,
-        tokens: file
-            .token
-            .iter()
-            .map(|t| (t.identity.clone(), t.sha256.clone()))
-            .collect(),
+        metrics_listen: Some(
+            args.metrics_listen
+                .or(file.metrics.listen.clone())
+                .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_owned()),
+        )
+        .filter(|l| !l.is_empty()),
+        tokens: file.token.clone(),
+        unix: file.unix.clone(),
+        ha: opsdeck_engine::ha::HaSettings {
+            advertise: args.advertise.or(file.ha.advertise.clone()),
+            leader_ttl: args
+                .leader_ttl
+                .or(file.ha.leader_ttl)
+                .unwrap_or(opsdeck_engine::ha::DEFAULT_LEADER_TTL),
+        },
+        tls: file.tls.as_ref().map(|t| t.server_tls()),
         data_dir,
     };
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -244,7 +359,7 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     serve::run(opts, shutdown, |bound| {
         let mut parts = Vec::new();
         if let Some(a) = bound.tcp {
-            parts.push(format!("http://{a}"));
+            parts.push(format!("{scheme}://{a}"));
         }
         if let Some(p) = &bound.socket {
             parts.push(format!("unix://{}", p.display()));

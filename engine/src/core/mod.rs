@@ -22,20 +22,36 @@ pub use tx::{Effect, Tx};
 
 use crate::domain::now_ms;
 use crate::error::{EngineError, EngineResult};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The most commands applied in one transaction.
 const MAX_BATCH: usize = 2048;
 
 type Job = Box<dyn FnOnce(&mut State, &mut Tx) + Send>;
 
-/// A cheap handle to the core, cloned into every service.
-#[derive(Clone)]
+/// A cheap handle to the core, cloned into every service. It exists
+/// before the core does: a standby serves with a handle whose core starts
+/// only once the engine leads (see [`start`]).
+#[derive(Clone, Default)]
 pub struct CoreHandle {
-    tx: mpsc::Sender<Job>,
+    tx: Arc<std::sync::OnceLock<mpsc::Sender<Job>>>,
 }
 
 impl CoreHandle {
+    /// A handle to a core not started yet; calls answer UNAVAILABLE until
+    /// [`start`] starts it.
+    pub fn unstarted() -> Self {
+        Self::default()
+    }
+
+    fn sender(&self) -> EngineResult<&mpsc::Sender<Job>> {
+        self.tx.get().ok_or_else(|| {
+            EngineError::Unavailable(
+                "this engine is a standby and holds no state; call the leader".into(),
+            )
+        })
+    }
+
     /// Runs `f` on the live state inside the next batch; its answer is
     /// delivered once that batch is committed.
     pub async fn call<T, F>(&self, f: F) -> EngineResult<T>
@@ -48,7 +64,7 @@ impl CoreHandle {
             let result = f(state, tx);
             tx.reply(reply, result);
         });
-        self.tx.send(job).await.map_err(|_| stopping())?;
+        self.sender()?.send(job).await.map_err(|_| stopping())?;
         rx.await.map_err(|_| stopping())?
     }
 
@@ -58,7 +74,10 @@ impl CoreHandle {
     where
         F: FnOnce(&mut State, &mut Tx) + Send + 'static,
     {
-        self.tx.send(Box::new(f)).await.map_err(|_| stopping())
+        self.sender()?
+            .send(Box::new(f))
+            .await
+            .map_err(|_| stopping())
     }
 }
 
@@ -68,20 +87,31 @@ fn stopping() -> EngineError {
     )
 }
 
-/// Starts the core on `store`, loading its state. Returns the handle and
-/// the task, which ends once `shutdown` is cancelled and the batch in
-/// flight is committed.
+/// The core task's end: `Ok` once `shutdown` was cancelled and the batch
+/// in flight committed; [`StoreError::Fenced`] when another engine took
+/// the lead, after which this one must not go on.
+pub type CoreTask = tokio::task::JoinHandle<Result<(), StoreError>>;
+
+/// Starts the core behind `handle` on `store`, loading its state (the
+/// events' `seq` goes on from the store's last one, whichever engine wrote
+/// it). A handle is started once; starting it again is refused.
 pub async fn start(
+    handle: &CoreHandle,
     cfg: CoreConfig,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
-) -> Result<(CoreHandle, tokio::task::JoinHandle<()>), crate::store::StoreError> {
+) -> Result<CoreTask, StoreError> {
     let loaded = store.load().await?;
     let state = State::load(cfg.clone(), loaded, now_ms());
     tracing::info!(seq = state.seq(), "state loaded");
     let (tx, rx) = mpsc::channel(8192);
-    let task = tokio::spawn(run(state, cfg, store, rx, shutdown));
-    Ok((CoreHandle { tx }, task))
+    if handle.tx.set(tx).is_err() {
+        return Err(StoreError::Corrupt {
+            what: "engine core".into(),
+            why: "started twice".into(),
+        });
+    }
+    Ok(tokio::spawn(run(state, cfg, store, rx, shutdown)))
 }
 
 async fn run(
@@ -90,7 +120,7 @@ async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Job>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), StoreError> {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     loop {
         let wake = state
@@ -119,7 +149,16 @@ async fn run(
             Ok(events) => {
                 finish(tx, None);
                 let events: Vec<Arc<pb::Event>> = events.into_iter().map(Arc::new).collect();
+                crate::metrics::observe_committed(&events);
                 state.publish(&events);
+            }
+            Err(e @ StoreError::Fenced { .. }) => {
+                // Another engine leads now: whatever this one holds is
+                // stale, and it must neither write nor answer from it.
+                tracing::error!(error = %e, "fenced: another engine took the lead; stopping the core");
+                let err = EngineError::Unavailable(format!("{e}; retry against the leader"));
+                finish(tx, Some(&err));
+                return Err(e);
             }
             Err(e) => {
                 // The live state holds changes the database refused: answer
@@ -134,6 +173,7 @@ async fn run(
         }
     }
     tracing::info!("engine core stopped");
+    Ok(())
 }
 
 fn finish(tx: Tx, failed: Option<&EngineError>) {

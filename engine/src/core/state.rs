@@ -18,10 +18,12 @@ use super::tx::{Effect, Tx};
 use crate::convert;
 use crate::domain::spec::{Limits, RunSpec};
 use crate::domain::{
-    Actor, Approval, ApprovalState, Decision, Lease, LeaseState, Millis, OnTimeout, Quarantine,
-    Queue, Run, RunState, Step, StepKindSpec, StepState, Worker, WorkerState, validate_queue_name,
+    Actor, Approval, ApprovalState, Decision, Grants, Lease, LeaseState, Millis, OnTimeout,
+    Quarantine, Queue, Run, RunState, Step, StepKindSpec, StepState, Worker, WorkerState,
+    validate_queue_name,
 };
 use crate::error::{EngineError, EngineResult};
+use crate::secrets::Secrets;
 
 /// Timings and limits of the core.
 #[derive(Clone, Debug)]
@@ -41,6 +43,8 @@ pub struct CoreConfig {
     /// `quarantine_window` is quarantined; 0 never quarantines.
     pub quarantine_after: u32,
     pub quarantine_window: Duration,
+    /// The config's `[secrets]`, named by specs' secret env entries.
+    pub secrets: Secrets,
 }
 
 impl Default for CoreConfig {
@@ -55,6 +59,7 @@ impl Default for CoreConfig {
             subscriber_buffer: 4096,
             quarantine_after: 5,
             quarantine_window: Duration::from_secs(60 * 60),
+            secrets: Secrets::default(),
         }
     }
 }
@@ -400,6 +405,7 @@ impl State {
             at_ms: tx.now,
             kind: ev.kind.to_owned(),
             actor: actor.name.clone(),
+            transport: actor.transport.to_string(),
             reason: reason.to_owned(),
             run_id: ev.run.clone().unwrap_or_default(),
             step_index: ev.step.unwrap_or(0),
@@ -419,7 +425,15 @@ impl State {
             queue_state: ev.queue.as_deref().and_then(|q| self.queue_pb(q, tx.now)),
             quarantine: ev.quarantine,
         };
-        tracing::debug!(seq = event.seq, kind = %event.kind, run_id = %event.run_id, "event");
+        tracing::debug!(
+            seq = event.seq,
+            kind = %event.kind,
+            run_id = %event.run_id,
+            step_index = event.step_index,
+            worker_id = %event.worker_id,
+            lease_id = %event.lease_id,
+            "event"
+        );
         tx.events.push(event);
     }
 
@@ -649,6 +663,7 @@ impl State {
                 q.name
             )));
         }
+        self.check_secrets(&spec)?;
         let id = ulid::Ulid::new().to_string();
         let run = Run {
             id: id.clone(),
@@ -681,6 +696,30 @@ impl State {
             self.runs.get(&id).map(convert::run).unwrap_or_default(),
             true,
         ))
+    }
+
+    /// Refuses a spec whose env names a secret this engine does not have.
+    fn check_secrets(&self, spec: &RunSpec) -> EngineResult<()> {
+        for (i, step) in spec.steps.iter().enumerate() {
+            let crate::domain::StepKindSpec::Exec(exec) = &step.kind else {
+                continue;
+            };
+            for entry in &exec.env {
+                if let Some(name) = &entry.secret
+                    && !self.cfg.secrets.contains(name)
+                {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "step {} ({:?}): env {} names the secret {name:?}, which this engine does not have; \
+                         define it in the engine config under [secrets] as {name} = {{ file = \"PATH\" }} \
+                         or {name} = {{ env = \"VARIABLE\" }} and restart the engine, or fix the name",
+                        i + 1,
+                        step.name,
+                        entry.name
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn cancel_run(
@@ -774,6 +813,7 @@ impl State {
         id: &str,
         approve: bool,
         actor: &Actor,
+        grants: &Grants,
         comment: &str,
     ) -> EngineResult<pb::Approval> {
         let a = self
@@ -789,6 +829,25 @@ impl State {
             return Err(EngineError::FailedPrecondition(format!(
                 "approval {id} is already {}{by}; a decided approval cannot be decided again",
                 approval_word(a.state)
+            )));
+        }
+        if let Some(role) = a.spec.role
+            && !grants.has(role)
+        {
+            return Err(EngineError::PermissionDenied(format!(
+                "approval {id} may be decided only by the {role} role (the step's approval.role); \
+                 {} has {}",
+                actor.name,
+                grants.describe_roles()
+            )));
+        }
+        if let Some(group) = &a.spec.group
+            && !grants.in_group(group)
+        {
+            return Err(EngineError::PermissionDenied(format!(
+                "approval {id} may be decided only by members of group {group:?} (the step's approval.group); \
+                 {} is not one: add the user to the Unix group, or the group to the token's `groups` in the engine's config",
+                actor.name
             )));
         }
         if actor.name == a.submitted_by && !a.spec.allow_self_approval {
@@ -1777,7 +1836,13 @@ impl State {
                 attempt: lease.attempt,
                 shell,
                 argv,
-                env: exec.env.into_iter().map(|e| (e.name, e.value)).collect(),
+                secret_env: exec
+                    .env
+                    .iter()
+                    .filter(|e| e.secret.is_some())
+                    .map(|e| e.name.clone())
+                    .collect(),
+                env: self.step_env(exec.env),
                 workdir: exec.workdir.unwrap_or_default(),
                 timeout_ms: exec.timeout_ms.unwrap_or(0),
                 expires_at_ms: lease.expires_at,
@@ -1786,6 +1851,30 @@ impl State {
     }
 
     // ------------------------------------------------------------- helpers
+
+    /// A step's env as its worker gets it: secret entries get their values
+    /// from the engine's secrets. One the engine no longer has (its config
+    /// changed since the submit) is left out, and said by name.
+    fn step_env(&self, env: Vec<crate::domain::EnvEntry>) -> HashMap<String, String> {
+        env.into_iter()
+            .filter_map(|e| match &e.secret {
+                None => Some((e.name, e.value)),
+                // A run stored before secrets were named kept its value.
+                Some(name) if name.is_empty() => Some((e.name, e.value)),
+                Some(name) => match self.cfg.secrets.get(name) {
+                    Some(value) => Some((e.name, value.to_owned())),
+                    None => {
+                        tracing::warn!(
+                            env = %e.name,
+                            secret = %name,
+                            "the step's env names a secret that is no longer in the engine config's [secrets]; left out"
+                        );
+                        None
+                    }
+                },
+            })
+            .collect()
+    }
 
     fn queue_live(&mut self, name: &str) -> &mut QueueLive {
         self.queues
@@ -2499,14 +2588,19 @@ mod tests {
         submit(&mut s, "name = \"a\"\n[[step]]\napproval = {}\n");
         let id = s.list_approvals(false)[0].id.clone();
         let mut tx = Tx::new(T0);
-        let err = s.decide(&mut tx, &id, true, &alice(), "mine").unwrap_err();
+        let approver = Grants::new([crate::domain::Role::Approver], []);
+        let err = s
+            .decide(&mut tx, &id, true, &alice(), &approver, "mine")
+            .unwrap_err();
         assert!(matches!(err, EngineError::PermissionDenied(m) if m.contains("four eyes")));
         let bob = Actor {
             name: "bob".into(),
             transport: "tcp",
         };
-        s.decide(&mut tx, &id, true, &bob, "ok").unwrap();
-        let again = s.decide(&mut tx, &id, true, &bob, "ok").unwrap_err();
+        s.decide(&mut tx, &id, true, &bob, &approver, "ok").unwrap();
+        let again = s
+            .decide(&mut tx, &id, true, &bob, &approver, "ok")
+            .unwrap_err();
         assert!(matches!(again, EngineError::FailedPrecondition(_)));
     }
 

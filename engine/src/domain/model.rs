@@ -79,10 +79,34 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvEntry {
     pub name: String,
+    /// The value; empty for a secret entry.
     pub value: String,
-    /// Never shown: not in events, logs or answers; only sent to the worker
-    /// that runs the step.
-    pub secret: bool,
+    /// A secret entry: the name of a secret in the engine config's
+    /// `[secrets]`. Only the name is stored and shown; the engine puts the
+    /// value in the step's assignment, for the worker that runs it alone.
+    /// Runs stored before secrets were named have `"secret": true|false`:
+    /// `false` reads as none, `true` as an empty name whose value is the
+    /// entry's own `value` (as it was then).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret_ref"
+    )]
+    pub secret: Option<String>,
+}
+
+fn secret_ref<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Name(String),
+        Flag(bool),
+    }
+    Ok(match Option::<Stored>::deserialize(d)? {
+        Some(Stored::Name(name)) => Some(name),
+        Some(Stored::Flag(true)) => Some(String::new()),
+        Some(Stored::Flag(false)) | None => None,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +162,14 @@ pub struct ApprovalSpec {
     pub allow_self_approval: bool,
     /// Distinct approvers needed.
     pub required: u32,
+    /// Only callers holding this role may decide (admin holds every role
+    /// but agent).
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Only callers in this group may decide: a Unix group of a socket
+    /// caller, or one of a token's `groups`.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +413,113 @@ pub struct Queue {
     pub paused: bool,
 }
 
+/// What a caller may do. Roles are fixed; each includes those below it:
+/// admin includes operator, approver and viewer; operator and approver
+/// include viewer. Agent (the worker protocol) is included by none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Submits, cancels and retries runs; drains workers; pauses queues.
+    Operator,
+    /// Decides approvals.
+    Approver,
+    /// Everything a person may do: force-release, recycle, quarantines.
+    Admin,
+    /// Speaks the worker protocol, and nothing else.
+    Agent,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Operator,
+        Role::Approver,
+        Role::Admin,
+        Role::Agent,
+    ];
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Approver => "approver",
+            Self::Admin => "admin",
+            Self::Agent => "agent",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Role> {
+        Self::ALL.into_iter().find(|r| r.word() == word)
+    }
+
+    /// The roles this one includes, itself first.
+    pub fn includes(self) -> &'static [Role] {
+        match self {
+            Self::Viewer => &[Role::Viewer],
+            Self::Operator => &[Role::Operator, Role::Viewer],
+            Self::Approver => &[Role::Approver, Role::Viewer],
+            Self::Admin => &[Role::Admin, Role::Operator, Role::Approver, Role::Viewer],
+            Self::Agent => &[Role::Agent],
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// What a caller holds: its roles (with the ones they include) and its
+/// groups (Unix groups of a socket caller, a token's `groups`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    roles: std::collections::BTreeSet<Role>,
+    groups: std::collections::BTreeSet<String>,
+}
+
+impl Grants {
+    pub fn new(
+        roles: impl IntoIterator<Item = Role>,
+        groups: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            roles: roles
+                .into_iter()
+                .flat_map(|r| r.includes().iter().copied())
+                .collect(),
+            groups: groups.into_iter().collect(),
+        }
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.contains(group)
+    }
+
+    /// Every role held, included ones too, in the order of [`Role::ALL`].
+    pub fn roles(&self) -> impl Iterator<Item = Role> + '_ {
+        self.roles.iter().copied()
+    }
+
+    /// "admin, approver, operator, viewer", or "no role".
+    pub fn describe_roles(&self) -> String {
+        if self.roles.is_empty() {
+            return "no role".into();
+        }
+        self.roles
+            .iter()
+            .map(|r| r.word())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Who did something, and how they reached the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
@@ -409,6 +548,30 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_entries_read_secret_names_and_the_flags_stored_before_them() {
+        let read = |json: &str| serde_json::from_str::<EnvEntry>(json).unwrap().secret;
+        assert_eq!(
+            read(r#"{"name":"A","value":"","secret":"db"}"#),
+            Some("db".into())
+        );
+        assert_eq!(read(r#"{"name":"A","value":"x"}"#), None);
+        assert_eq!(read(r#"{"name":"A","value":"x","secret":false}"#), None);
+        assert_eq!(
+            read(r#"{"name":"A","value":"x","secret":true}"#),
+            Some(String::new())
+        );
+        let plain = EnvEntry {
+            name: "A".into(),
+            value: "x".into(),
+            secret: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"name":"A","value":"x"}"#
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

@@ -11,11 +11,11 @@
 //! timeout = "10m"
 //! max_attempts = 3
 //! backoff = "5s"
-//! env = { RUST_LOG = "info", API_TOKEN = { value = "s3cr3t", secret = true } }
+//! env = { RUST_LOG = "info", API_TOKEN = { secret = "api_token" } }   # from the engine's [secrets]
 //!
 //! [[step]]
 //! name = "approve"
-//! approval = { timeout = "1h", on_timeout = "reject" }
+//! approval = { timeout = "1h", on_timeout = "reject", approvals = 2, role = "approver", group = "dba" }
 //! ```
 
 use std::collections::BTreeMap;
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::model::{ApprovalSpec, Command, EnvEntry, ExecSpec, OnTimeout, StepSpec};
+use super::model::{ApprovalSpec, Command, EnvEntry, ExecSpec, OnTimeout, Role, StepSpec};
 
 /// Limits on what a spec may ask for, and on what the API takes. Each is in
 /// the engine's config under `[limits]`, named as the field here.
@@ -106,11 +106,24 @@ struct RawStep {
 #[serde(untagged)]
 enum RawEnv {
     Plain(String),
-    Detailed {
-        value: String,
-        #[serde(default)]
-        secret: bool,
-    },
+    Detailed(RawEnvDetailed),
+}
+
+/// `{ value = "..." }`, or `{ secret = "NAME" }` naming a secret of the
+/// engine's config.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvDetailed {
+    value: Option<String>,
+    secret: Option<RawSecret>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSecret {
+    Name(String),
+    /// The old `{ value = "...", secret = true }`: refused, naming the way.
+    Flag(bool),
 }
 
 #[derive(Deserialize)]
@@ -121,6 +134,8 @@ struct RawApproval {
     #[serde(default)]
     allow_self_approval: bool,
     approvals: Option<u32>,
+    role: Option<String>,
+    group: Option<String>,
 }
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 1;
@@ -209,6 +224,40 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
         if required == 0 || required > 10 {
             return Err(invalid("approval.approvals must be 1 to 10".into()));
         }
+        let role = match approval.role.as_deref().map(str::trim) {
+            None => None,
+            Some(word) => match Role::parse(word) {
+                Some(Role::Agent) => {
+                    return Err(invalid(
+                        "approval.role cannot be \"agent\": workers do not decide approvals; \
+                         use \"approver\" or \"admin\""
+                            .into(),
+                    ));
+                }
+                Some(role) => Some(role),
+                None => {
+                    return Err(invalid(format!(
+                        "approval.role is {word:?}; use one of \"viewer\", \"operator\", \"approver\", \"admin\" \
+                         (to name a team, use approval.group)"
+                    )));
+                }
+            },
+        };
+        let group = match approval.group.as_deref().map(str::trim) {
+            None => None,
+            Some("") => {
+                return Err(invalid(
+                    "approval.group is empty; name a group, or leave it out".into(),
+                ));
+            }
+            Some(g) if g.len() > 256 => {
+                return Err(invalid(format!(
+                    "approval.group is {} characters long; the limit is 256",
+                    g.len()
+                )));
+            }
+            Some(g) => Some(g.to_owned()),
+        };
         return Ok(StepSpec::approval(
             name,
             ApprovalSpec {
@@ -220,6 +269,8 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
                 on_timeout,
                 allow_self_approval: approval.allow_self_approval,
                 required,
+                role,
+                group,
             },
         ));
     }
@@ -268,10 +319,7 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
                 "env name {key:?} is not a valid variable name"
             )));
         }
-        let (value, secret) = match value {
-            RawEnv::Plain(v) => (v, false),
-            RawEnv::Detailed { value, secret } => (value, secret),
-        };
+        let (value, secret) = env_value(&key, value).map_err(invalid)?;
         env.push(EnvEntry {
             name: key,
             value,
@@ -307,6 +355,56 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
             priority: raw.priority.unwrap_or(0),
         },
     ))
+}
+
+/// A secret's name, as `[secrets]` in the engine config keys it.
+pub fn validate_secret_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the secret name {name:?} is not valid; use 1 to 64 of a-z, A-Z, 0-9, '_', '-' and '.'"
+        ))
+    }
+}
+
+/// An env entry's value and, for a secret entry, the secret it names.
+fn env_value(key: &str, raw: RawEnv) -> Result<(String, Option<String>), String> {
+    let define = "define it in the engine config as [secrets] NAME = { file = \"PATH\" } \
+                  (or { env = \"VARIABLE\" }) and write";
+    match raw {
+        RawEnv::Plain(value) => Ok((value, None)),
+        RawEnv::Detailed(RawEnvDetailed {
+            value: Some(value),
+            secret: None | Some(RawSecret::Flag(false)),
+        }) => Ok((value, None)),
+        RawEnv::Detailed(RawEnvDetailed {
+            value: None,
+            secret: Some(RawSecret::Name(name)),
+        }) => {
+            validate_secret_name(&name).map_err(|e| format!("env {key}: {e}"))?;
+            Ok((String::new(), Some(name)))
+        }
+        RawEnv::Detailed(RawEnvDetailed {
+            value: Some(_),
+            secret: Some(_),
+        }) => Err(format!(
+            "env {key}: a secret's value may not be written in the spec, which is stored and shown; \
+             {define} {key} = {{ secret = \"NAME\" }}"
+        )),
+        RawEnv::Detailed(RawEnvDetailed {
+            value: None,
+            secret: None | Some(RawSecret::Flag(_)),
+        }) => Err(format!(
+            "env {key}: give a string, {{ value = \"...\" }}, or for a secret {{ secret = \"NAME\" }} \
+             ({define} {key} = {{ secret = \"NAME\" }})"
+        )),
+    }
 }
 
 fn duration_ms(text: &str, field: &str) -> Result<u64, String> {
@@ -347,7 +445,7 @@ mod tests {
             timeout = "10m"
             max_attempts = 3
             backoff = "2s"
-            env = { A = "1", TOKEN = { value = "x", secret = true } }
+            env = { A = "1", TOKEN = { secret = "api_token" }, B = { value = "2" } }
             [[step]]
             name = "ok"
             approval = { timeout = "1h", on_timeout = "fail", allow_self_approval = true }
@@ -362,13 +460,56 @@ mod tests {
         };
         assert_eq!(exec.timeout_ms, Some(600_000));
         assert_eq!(exec.backoff_ms, 2000);
-        assert!(exec.env.iter().any(|e| e.name == "TOKEN" && e.secret));
+        let token = exec.env.iter().find(|e| e.name == "TOKEN").unwrap();
+        assert_eq!(token.secret.as_deref(), Some("api_token"));
+        assert!(token.value.is_empty());
+        let plain = exec.env.iter().find(|e| e.name == "B").unwrap();
+        assert_eq!((plain.value.as_str(), &plain.secret), ("2", &None));
         let StepKindSpec::Approval(a) = &spec.steps[1].kind else {
             panic!("approval")
         };
         assert_eq!(a.on_timeout, OnTimeout::Fail);
         assert!(a.allow_self_approval);
         assert_eq!(spec.steps[2].name, "step-3");
+    }
+
+    #[test]
+    fn approval_steps_may_name_a_role_and_a_group() {
+        let spec = parse_ok(
+            "name = \"x\"\n[[step]]\napproval = { approvals = 2, role = \"admin\", group = \"dba\" }\n",
+        );
+        let StepKindSpec::Approval(a) = &spec.steps[0].kind else {
+            panic!("approval")
+        };
+        assert_eq!(
+            (a.required, a.role, a.group.as_deref()),
+            (2, Some(Role::Admin), Some("dba"))
+        );
+        let unknown = parse_err("name = \"x\"\n[[step]]\napproval = { role = \"dba\" }\n");
+        assert!(
+            unknown.contains("approval.role") && unknown.contains("approval.group"),
+            "{unknown}"
+        );
+        let agent = parse_err("name = \"x\"\n[[step]]\napproval = { role = \"agent\" }\n");
+        assert!(agent.contains("cannot be \"agent\""), "{agent}");
+        assert!(
+            parse_err("name = \"x\"\n[[step]]\napproval = { group = \" \" }\n")
+                .contains("approval.group is empty")
+        );
+    }
+
+    #[test]
+    fn a_secret_value_in_the_spec_is_refused_pointing_at_the_engines_secrets() {
+        let step = |env: &str| {
+            format!("name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\nenv = {env}")
+        };
+        let err = parse_err(&step("{ T = { value = \"s3cr3t\", secret = true } }"));
+        assert!(err.contains("env T") && err.contains("[secrets]"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let err = parse_err(&step("{ T = { secret = \"no good\" } }"));
+        assert!(err.contains("secret name"), "{err}");
+        let err = parse_err(&step("{ T = { secret = true } }"));
+        assert!(err.contains("{ secret = \"NAME\" }"), "{err}");
     }
 
     #[test]

@@ -63,6 +63,7 @@ fn value() -> impl Strategy<Value = String> {
         Just("[\"\"]".to_owned()),
         Just("{}".to_owned()),
         Just("{ A = \"1\", B = { value = \"s\", secret = true } }".to_owned()),
+        Just("{ A = \"1\", B = { secret = \"db_pass\" } }".to_owned()),
         Just("{ timeout = \"1h\", on_timeout = \"fail\", approvals = 2 }".to_owned()),
         Just("{ on_timeout = \"shrug\" }".to_owned()),
         Just("{ approvals = 0 }".to_owned()),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use opsdeck_proto::v1 as pb;
 
-use super::{Batch, Store, open};
+use super::{Batch, Leadership, Store, open};
 use crate::domain::spec::{Limits, parse};
 use crate::domain::{
     Approval, ApprovalSpec, ApprovalState, Lease, LeaseState, OnTimeout, Quarantine, Queue, Run,
@@ -137,6 +137,8 @@ fn sample() -> Batch {
                 on_timeout: OnTimeout::Fail,
                 allow_self_approval: false,
                 required: 2,
+                role: Some(crate::domain::Role::Approver),
+                group: Some("dba".into()),
             },
             decisions: vec![],
             requested_at: 1,
@@ -323,4 +325,84 @@ async fn a_failed_commit_writes_nothing_of_its_batch() {
         assert_eq!(loaded.runs.len(), 1, "{}", b.name);
         assert_eq!(loaded.seq, 3, "{}", b.name);
     }
+}
+
+#[tokio::test]
+async fn a_single_engine_store_always_leads() {
+    for b in backends().await.into_iter().filter(|b| b.name == "sqlite") {
+        let ttl = std::time::Duration::from_secs(1);
+        let lead = b.store.lead("a", "http://a", ttl, None).await.unwrap();
+        assert_eq!(lead, Leadership::Leader { epoch: 1 });
+        b.store.commit(&sample()).await.unwrap();
+    }
+}
+
+/// Two engines on one PostgreSQL database: one leads at a time, a lapsed
+/// lead is taken over with a higher epoch, and the deposed leader's next
+/// commit is refused whole.
+#[tokio::test]
+async fn a_deposed_leader_cannot_commit() {
+    let Ok(server) = std::env::var("OPSDECK_TEST_POSTGRES") else {
+        eprintln!("OPSDECK_TEST_POSTGRES is not set: no PostgreSQL to elect a leader on");
+        return;
+    };
+    let url = fresh_pg_database(&server).await;
+    let (a, b) = (open(&url).await.unwrap(), open(&url).await.unwrap());
+    let ttl = std::time::Duration::from_millis(300);
+    assert_eq!(
+        a.lead("a", "http://a", ttl, None).await.unwrap(),
+        Leadership::Leader { epoch: 1 }
+    );
+    assert_eq!(
+        b.lead("b", "http://b", ttl, None).await.unwrap(),
+        Leadership::Follower {
+            epoch: 1,
+            address: Some("http://a".into())
+        }
+    );
+    assert_eq!(
+        a.lead("a", "http://a", ttl, Some(1)).await.unwrap(),
+        Leadership::Leader { epoch: 1 }
+    );
+    a.commit(&sample()).await.unwrap();
+
+    // a stops renewing; once its lead lapses b takes over.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match b.lead("b", "http://b", ttl, None).await.unwrap() {
+            Leadership::Leader { epoch } => {
+                assert_eq!(epoch, 2);
+                break;
+            }
+            Leadership::Follower { .. } => {
+                assert!(std::time::Instant::now() < deadline, "b never took over");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let late = Batch {
+        runs: vec![run("r2", RunState::Queued)],
+        events: vec![event(4, "r2")],
+        ..Default::default()
+    };
+    match a.commit(&late).await {
+        Err(super::StoreError::Fenced { mine: 1, now: 2 }) => {}
+        other => panic!("a deposed leader's commit must be fenced, got {other:?}"),
+    }
+    assert_eq!(b.load().await.unwrap().runs.len(), 1);
+    assert_eq!(
+        a.lead("a", "http://a", ttl, Some(1)).await.unwrap(),
+        Leadership::Follower {
+            epoch: 2,
+            address: Some("http://b".into())
+        }
+    );
+    b.commit(&late).await.unwrap();
+
+    // Resigning hands the lead over at once.
+    b.resign(2).await.unwrap();
+    assert_eq!(
+        a.lead("a", "http://a", ttl, None).await.unwrap(),
+        Leadership::Leader { epoch: 3 }
+    );
 }

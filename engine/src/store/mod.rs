@@ -42,6 +42,20 @@ pub enum StoreError {
     Corrupt { what: String, why: String },
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
+    #[error(
+        "this engine no longer leads: it led with epoch {mine}, and another engine now leads with epoch {now}; nothing was written"
+    )]
+    Fenced { mine: u64, now: u64 },
+}
+
+/// Who leads the engines that share a database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Leadership {
+    /// This engine leads; its commits are fenced by `epoch`.
+    Leader { epoch: u64 },
+    /// Another engine leads with `epoch`; `address` is where its clients
+    /// reach it, `None` when its lead has lapsed and nobody took it yet.
+    Follower { epoch: u64, address: Option<String> },
 }
 
 #[async_trait::async_trait]
@@ -65,6 +79,32 @@ pub trait Store: Send + Sync + 'static {
         run_id: &str,
         step: Option<u32>,
     ) -> Result<Vec<pb::OutputChunk>, StoreError>;
+
+    /// Takes the lead (`held: None`) if it is free, lapsed or already
+    /// `holder`'s, or renews the lead held with epoch `held`, for `ttl` on
+    /// the database's clock. Once this answers `Leader`, every commit
+    /// checks that epoch first and fails [`StoreError::Fenced`] when
+    /// another engine has taken the lead since.
+    ///
+    /// A store only one engine can use (SQLite) always answers `Leader`
+    /// with epoch 1.
+    async fn lead(
+        &self,
+        holder: &str,
+        address: &str,
+        ttl: std::time::Duration,
+        held: Option<u64>,
+    ) -> Result<Leadership, StoreError> {
+        let _ = (holder, address, ttl, held);
+        Ok(Leadership::Leader { epoch: 1 })
+    }
+
+    /// Gives up the lead held with `epoch`, so that a standby takes over
+    /// at once rather than when the lead lapses.
+    async fn resign(&self, epoch: u64) -> Result<(), StoreError> {
+        let _ = epoch;
+        Ok(())
+    }
 }
 
 /// Opens the store a database URL names, applying migrations.

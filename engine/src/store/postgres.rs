@@ -1,5 +1,6 @@
 //! PostgreSQL: for teams that run several engines against one database.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opsdeck_proto::v1 as pb;
@@ -9,12 +10,20 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::codec::{decode_event, json, parse, state_word};
-use super::{Batch, Store, StoreError};
+use super::{Batch, Leadership, Store, StoreError};
 use crate::core::Loaded;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// The epoch this engine leads with; 0 until it leads. Every commit
+    /// checks it against the `leader` row.
+    fence: AtomicU64,
 }
+
+/// How long a leader's commit transaction may sit idle before the server
+/// ends it: a leader paused mid-commit (SIGSTOP, a VM freeze) holds a share
+/// lock on the `leader` row, which would keep a standby from taking over.
+const COMMIT_IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = '5s'";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -26,7 +35,10 @@ impl PostgresStore {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            fence: AtomicU64::new(0),
+        })
     }
 }
 
@@ -118,6 +130,21 @@ impl Store for PostgresStore {
 
     async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
         let mut t = self.pool.begin().await?;
+        let mine = self.fence.load(Ordering::SeqCst);
+        if mine != 0 {
+            // The share lock makes a takeover wait for this commit, so the
+            // new leader loads everything a deposed one committed.
+            sqlx::query(COMMIT_IDLE_LIMIT).execute(&mut *t).await?;
+            let now: i64 = sqlx::query_scalar("SELECT epoch FROM leader WHERE id = 1 FOR SHARE")
+                .fetch_one(&mut *t)
+                .await?;
+            if now as u64 != mine {
+                return Err(StoreError::Fenced {
+                    mine,
+                    now: now as u64,
+                });
+            }
+        }
         for r in &b.runs {
             sqlx::query(
                 "INSERT INTO runs (id, name, state, created_at, idempotency_key, body) VALUES ($1, $2, $3, $4, $5, $6)
@@ -222,6 +249,65 @@ impl Store for PostgresStore {
             }
         }
         t.commit().await?;
+        Ok(())
+    }
+
+    async fn lead(
+        &self,
+        holder: &str,
+        address: &str,
+        ttl: Duration,
+        held: Option<u64>,
+    ) -> Result<Leadership, StoreError> {
+        let ttl = ttl.as_secs_f64();
+        let won: Option<i64> = match held {
+            None => {
+                sqlx::query_scalar(
+                    "UPDATE leader SET epoch = epoch + 1, holder = $1, address = $2,
+                         expires_at = now() + make_interval(secs => $3)
+                     WHERE id = 1 AND (expires_at < now() OR holder = $1)
+                     RETURNING epoch",
+                )
+                .bind(holder)
+                .bind(address)
+                .bind(ttl)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            Some(epoch) => {
+                sqlx::query_scalar(
+                    "UPDATE leader SET expires_at = now() + make_interval(secs => $1)
+                     WHERE id = 1 AND epoch = $2 RETURNING epoch",
+                )
+                .bind(ttl)
+                .bind(epoch as i64)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        if let Some(epoch) = won {
+            self.fence.store(epoch as u64, Ordering::SeqCst);
+            return Ok(Leadership::Leader {
+                epoch: epoch as u64,
+            });
+        }
+        let row = sqlx::query(
+            "SELECT epoch, address, expires_at > now() AS live FROM leader WHERE id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let live: bool = row.try_get("live")?;
+        Ok(Leadership::Follower {
+            epoch: row.try_get::<i64, _>("epoch")? as u64,
+            address: live.then(|| row.try_get("address")).transpose()?,
+        })
+    }
+
+    async fn resign(&self, epoch: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE leader SET expires_at = '-infinity' WHERE id = 1 AND epoch = $1")
+            .bind(epoch as i64)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! The event log: `events`, `events --follow`.
+//! The event log: `events`, `events --follow`, filtered by run, kind and
+//! actor on the engine's side.
 
 use clap::Args;
 use opsdeck_proto::v1::{Event, ListEventsRequest};
@@ -22,10 +23,21 @@ pub struct EventsArgs {
     /// Only this run's events
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
+    /// Only events of this kind: exact (`run.submitted`) or a family (`run`,
+    /// `run.` or `run.*` for every run.* kind); repeat for several
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kinds: Vec<String>,
+    /// Only events by this actor, as events name it (`alice`, `worker:w1`,
+    /// `opsdeckd` for the engine itself)
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
     /// At most this many events [default: the engine's, 1000]
     #[arg(long, value_name = "N", conflicts_with = "follow")]
     pub limit: Option<u32>,
 }
+
+/// The engine's default `limit`, asked for explicitly when filtering.
+const DEFAULT_LIMIT: u32 = 1000;
 
 const COLUMNS: [&str; 6] = ["SEQ", "AGE", "KIND", "ACTOR", "SUBJECT", "MESSAGE"];
 
@@ -38,16 +50,35 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
     // `--from` names the first event to show; the API takes the one before.
     let after_seq = args.from.map_or(0, |seq| seq.saturating_sub(1));
     let run_id = args.run.unwrap_or_default();
+    let actor = args.actor.unwrap_or_default();
     if args.follow {
-        return follow(ctx, run_id, after_seq).await;
+        return follow(ctx, run_id, args.kinds, actor, after_seq).await;
     }
     let mut client = ctx.engine().await?.events();
-    let request = ListEventsRequest {
+    let mut request = ListEventsRequest {
         after_seq,
         limit: args.limit.unwrap_or(0),
         run_id,
+        kinds: args.kinds,
+        actor,
     };
-    let events = ctx.call(client.list_events(request)).await?.events;
+    let filtered = !request.kinds.is_empty() || !request.actor.is_empty();
+    if filtered && request.limit == 0 {
+        request.limit = DEFAULT_LIMIT;
+    }
+    let limit = request.limit as usize;
+    let mut events = Vec::new();
+    loop {
+        let answer = ctx.call(client.list_events(request.clone())).await?;
+        events.extend(answer.events);
+        // A filtered answer may stop short after a bounded scan: go on from
+        // where it got to until the limit is met or the log ends.
+        if !filtered || events.len() >= limit || answer.scanned_seq <= request.after_seq {
+            break;
+        }
+        request.after_seq = answer.scanned_seq;
+        request.limit = u32::try_from(limit - events.len()).unwrap_or(u32::MAX);
+    }
     ctx.printer.list(&events, "no events", |events| {
         let now = now_ms();
         let mut table = Table::new(&COLUMNS);
@@ -60,9 +91,15 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
 
 /// Prints events until interrupted. Only errors that waiting cannot fix end
 /// it: a restarting engine is waited for, with a note on stderr.
-async fn follow(ctx: &mut Ctx, run_id: String, after_seq: u64) -> Result<(), CliError> {
+async fn follow(
+    ctx: &mut Ctx,
+    run_id: String,
+    kinds: Vec<String>,
+    actor: String,
+    after_seq: u64,
+) -> Result<(), CliError> {
     let engine = ctx.engine().await?.clone();
-    let mut follower = EventFollower::new(&engine, run_id, after_seq);
+    let mut follower = EventFollower::new(&engine, run_id, after_seq).with_filter(kinds, actor);
     let columns: Vec<(&str, usize)> = COLUMNS.into_iter().zip(STREAM_WIDTHS).collect();
     let (mut table, header) = StreamTable::new(&columns, ctx.printer.color());
     if !ctx.printer.json() {

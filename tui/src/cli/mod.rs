@@ -22,12 +22,14 @@ pub mod time;
 pub mod workers;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use opsdeck_proto::endpoint::EngineAddr;
+use opsdeck_proto::failover::EngineList;
 use opsdeck_proto::names::Word;
+use opsdeck_proto::tls::ClientTls;
 
 use crate::client::{Auth, Engine, Target, Token};
 use error::{CliError, status_hint};
@@ -60,8 +62,16 @@ pub struct GlobalArgs {
     /// $XDG_STATE_HOME/opsdeck/engine.sock (XDG_STATE_HOME defaulting to
     /// ~/.local/state), /var/lib/opsdeck/engine.sock and
     /// /run/opsdeck/engine.sock, in that order.
-    #[arg(long, env = "OPSDECK_ENGINE", value_name = "ADDR", global = true)]
-    pub engine: Option<EngineAddr>,
+    ///
+    /// Several addresses, comma-separated, name engines sharing a database:
+    /// commands go to the one that leads.
+    #[arg(
+        long,
+        env = "OPSDECK_ENGINE",
+        value_name = "ADDR[,ADDR...]",
+        global = true
+    )]
+    pub engine: Option<EngineList>,
 
     /// Bearer token sent with every call
     #[arg(
@@ -72,6 +82,20 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub token: Option<Token>,
+
+    /// For an https:// engine: PEM file of the CA that signed its
+    /// certificate [default: the system's trusted roots]
+    #[arg(long, env = "OPSDECK_CA", value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
+
+    /// For an engine that requires client certificates (mutual TLS): your
+    /// PEM certificate; needs --key
+    #[arg(long, env = "OPSDECK_CERT", value_name = "FILE", global = true)]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert
+    #[arg(long, env = "OPSDECK_KEY", value_name = "FILE", global = true)]
+    pub key: Option<PathBuf>,
 
     /// Output format: aligned tables, or one JSON document
     #[arg(long, short, value_enum, default_value_t, global = true)]
@@ -137,6 +161,17 @@ impl Reason {
     }
 }
 
+impl GlobalArgs {
+    /// The TLS files given, for `https://` engines.
+    pub fn tls(&self) -> ClientTls {
+        ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
 /// The longest a single call may take. A script must not hang on an engine
 /// that accepted the connection but stopped answering.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -153,10 +188,11 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(global: GlobalArgs) -> Self {
+        let tls = global.tls();
         Self {
             printer: Printer::new(global.output),
             target: Target::resolve(global.engine),
-            auth: Auth::new(global.token),
+            auth: Auth::new(global.token).with_tls(tls),
             engine: None,
         }
     }
@@ -256,6 +292,7 @@ pub fn step_number(index: u32) -> u64 {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use opsdeck_proto::endpoint::EngineAddr;
     use opsdeck_proto::v1::RunState;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -279,12 +316,12 @@ mod tests {
         assert_eq!(cli.global.output, Format::Json);
         assert_eq!(
             cli.global.engine,
-            Some(EngineAddr::Unix("/tmp/e.sock".into()))
+            Some(EngineAddr::Unix("/tmp/e.sock".into()).into())
         );
         let cli = parse(&["-o", "json", "--engine", "10.0.0.1:7465", "queues"]).unwrap();
         assert_eq!(
             cli.global.engine,
-            Some(EngineAddr::Tcp("http://10.0.0.1:7465".into()))
+            Some(EngineAddr::Tcp("http://10.0.0.1:7465".into()).into())
         );
         assert!(matches!(cli.command, Some(Command::Queues)));
     }

@@ -23,15 +23,13 @@ pub fn message(e: &opsdeck_proto::v1::Event) -> String {
 pub fn kind_style(ctx: &Ctx, kind: &str) -> ratatui::style::Style {
     let last = kind.rsplit('.').next().unwrap_or(kind);
     match last {
-        "failed" | "dead" | "rejected" | "expired" | "offline" | "force_released" | "cancelled" => {
-            ctx.theme.bad()
-        }
+        "failed" | "dead" | "rejected" | "expired" | "offline" | "force_released" | "cancelled"
+        | "stuck" | "quarantined" => ctx.theme.bad(),
         "requested" | "draining" | "recycle_requested" | "paused" | "retry_scheduled" => {
             ctx.theme.warn()
         }
-        "succeeded" | "approved" | "registered" | "recycled" | "resumed" | "undrained" => {
-            ctx.theme.good()
-        }
+        "succeeded" | "approved" | "registered" | "recycled" | "resumed" | "undrained"
+        | "quarantine_cleared" => ctx.theme.good(),
         _ => ratatui::style::Style::new(),
     }
 }

@@ -1,5 +1,9 @@
-//! Live leases, stale ones first (their holder is gone, so they only wait
-//! to expire), then the soonest to expire.
+//! Live leases: stuck ones first (the engine gave up waiting for their
+//! worker to stop the step: someone has to deal with the process, then
+//! force-release), then stale ones (their holder is gone, so they only
+//! wait to expire), then the soonest to expire. A lease the console sees
+//! past its step's timeout, before the engine calls it stuck, is marked
+//! overdue.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
@@ -10,7 +14,7 @@ use super::Ctx;
 use crate::app::Screen;
 use crate::cli::step_number;
 use crate::cli::time::relative;
-use crate::model::{Holder, holder, lease_stuck};
+use crate::model::{Holder, holder, lease_overdue, lease_stuck};
 use crate::widgets::short_id;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
@@ -27,14 +31,18 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         Constraint::Length(14),
     ];
     let header = ["ID", "RUN", "STEP", "WORKER", "HOLDER", "ATT", "EXPIRES"];
-    ctx.list(
+    let stuck = ctx.data.leases.values().filter(|l| lease_stuck(l)).count();
+    let mut list = ctx.list(
         Screen::Leases,
         "Leases",
         &header,
         &widths,
         "no live leases: no step is being run",
-    )
-    .render(area, buf, |range| {
+    );
+    if stuck > 0 {
+        list.alert = Some(format!("({stuck} STUCK)"));
+    }
+    list.render(area, buf, |range| {
         app.rows[range]
             .iter()
             .filter_map(|id| ctx.data.leases.get(id))
@@ -66,11 +74,11 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
                     }
                     Holder::Unknown => Span::styled("unknown", t.warn()),
                 };
-                let expires = if lease_stuck(ctx.data, l, ctx.now) {
-                    Span::styled(
-                        format!("STUCK {}", relative(l.expires_at_ms, ctx.now)),
-                        t.alert(),
-                    )
+                // A stuck lease's expiry says nothing: its worker renews it.
+                let expires = if lease_stuck(l) {
+                    Span::styled("STUCK", t.alert())
+                } else if lease_overdue(ctx.data, l, ctx.now) {
+                    Span::styled("overdue", t.warn())
                 } else {
                     Span::raw(relative(l.expires_at_ms, ctx.now))
                 };

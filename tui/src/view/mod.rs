@@ -9,6 +9,7 @@ pub mod approvals;
 pub mod events;
 pub mod leases;
 pub mod overview;
+pub mod quarantines;
 pub mod queues;
 pub mod run;
 pub mod runs;
@@ -88,6 +89,7 @@ impl<'a> Ctx<'a> {
             filter: &list.filter,
             empty,
             stale: self.stale(),
+            alert: None,
             theme: &self.theme,
         }
     }
@@ -120,30 +122,70 @@ impl Widget for Console<'_> {
             Screen::Approvals => approvals::render(&ctx, body, buf),
             Screen::Leases => leases::render(&ctx, body, buf),
             Screen::Events => events::render(&ctx, body, buf),
+            Screen::Quarantines => quarantines::render(&ctx, body, buf),
         }
         match &app.modal {
             Some(Modal::Confirm(c)) => confirm::render(c, &theme, area, buf),
-            Some(Modal::Help { scroll }) => help::render(&theme, *scroll, area, buf),
+            Some(Modal::Help { scroll }) => help::render(app, &theme, *scroll, area, buf),
             None => {}
         }
     }
 }
 
-/// `1 Overview 2 Runs …`, the current one highlighted; only the numbers
-/// and the current name when that does not fit.
+/// The order in which tabs give up their names when the line is too
+/// narrow for all of them: the run detail first (it needs a run opened
+/// from a list anyway), the overview last.
+const TITLES_DROPPED: [Screen; 9] = [
+    Screen::Run,
+    Screen::Quarantines,
+    Screen::Events,
+    Screen::Leases,
+    Screen::Queues,
+    Screen::Workers,
+    Screen::Approvals,
+    Screen::Runs,
+    Screen::Overview,
+];
+
+/// Which tabs show their name at `width`: as many as fit, the current
+/// one always.
+pub fn tab_titles(current: Screen, width: usize) -> [bool; 9] {
+    let mut titled = [true; 9];
+    let index = |s: Screen| Screen::ALL.iter().position(|a| *a == s).unwrap_or(0);
+    // " 1 Overview" per tab, one space between tabs.
+    let mut used: usize = Screen::ALL
+        .iter()
+        .map(|s| s.title().len() + 3)
+        .sum::<usize>()
+        + Screen::ALL.len()
+        - 1;
+    for s in TITLES_DROPPED {
+        if used <= width {
+            break;
+        }
+        if s != current {
+            titled[index(s)] = false;
+            used -= s.title().len() + 1;
+        }
+    }
+    titled
+}
+
+/// `1 Overview 2 Runs …`, the current one highlighted; tabs give up their
+/// names (but keep their numbers) in [`TITLES_DROPPED`] order when that
+/// does not fit.
 fn render_tabs(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     if area.height == 0 {
         return;
     }
-    let full: usize = Screen::ALL.iter().map(|s| s.title().len() + 3).sum();
-    let compact = full > usize::from(area.width);
+    let titled = tab_titles(app.screen, usize::from(area.width));
     let mut spans = Vec::new();
-    for s in Screen::ALL {
+    for (s, titled) in Screen::ALL.into_iter().zip(titled) {
         let current = s == app.screen;
-        let text = if compact && !current {
-            format!(" {}", s.number())
-        } else {
+        let text = if titled {
             format!(" {} {}", s.number(), s.title())
+        } else {
+            format!(" {}", s.number())
         };
         let style = if current {
             theme.selected()

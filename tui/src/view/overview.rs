@@ -1,6 +1,7 @@
 //! Overview: queue depth over the last minutes, workers by state, pending
-//! approvals, live leases, throughput and failure rate, and the latest
-//! events — what an on-call engineer glances at.
+//! approvals, live and stuck leases, throughput and failure rate,
+//! quarantined run names, and the latest events — what an on-call
+//! engineer glances at.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -12,7 +13,9 @@ use super::Ctx;
 use super::events::{kind_style, message};
 use crate::app::age;
 use crate::cli::step_number;
+use crate::keys::Action;
 use crate::model::{Figures, RATE_WINDOW_MS, figures, overdue};
+use crate::roles;
 use crate::widgets::sparkline::spark;
 use crate::widgets::{Rows, fit};
 
@@ -23,7 +26,9 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let f = figures(ctx.data, ctx.now);
     let queues = ctx.data.queues.len();
     let mut rows = Rows::new(area);
-    let top_height = u16::try_from(queues.max(8) + 2)
+    // The Now box grows by its quarantine line when there is one.
+    let now_lines = 8 + usize::from(f.quarantines > 0);
+    let top_height = u16::try_from(queues.max(now_lines) + 2)
         .unwrap_or(u16::MAX)
         .min(area.height / 2 + 1);
     let top = rows.take(top_height);
@@ -91,7 +96,7 @@ fn depth(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
 }
 
 fn figure<'a>(ctx: &Ctx, label: &'a str, parts: Vec<Span<'a>>) -> Line<'a> {
-    let mut spans = vec![Span::styled(format!("{label:<10}"), ctx.theme.dim())];
+    let mut spans = vec![Span::styled(format!("{label:<11}"), ctx.theme.dim())];
     spans.extend(parts);
     Line::from(spans)
 }
@@ -146,6 +151,10 @@ fn now(ctx: &Ctx, f: &Figures, area: Rect, buf: &mut Buffer) {
         leases.push(Span::raw(", "));
         leases.push(Span::styled(format!("{} stale", f.stale_leases), t.alert()));
     }
+    if f.stuck_leases > 0 {
+        leases.push(Span::raw(", "));
+        leases.push(Span::styled(format!("{} STUCK", f.stuck_leases), t.alert()));
+    }
     let failure = match f.failure_rate() {
         Some(rate) => Span::styled(
             format!("{} of {} ({rate}%)", f.failed_recently, f.finished_recently),
@@ -160,6 +169,10 @@ fn now(ctx: &Ctx, f: &Figures, area: Rect, buf: &mut Buffer) {
     lines.extend([
         figure(ctx, "approvals", approvals),
         figure(ctx, "leases", leases),
+    ]);
+    // Next to the stuck leases that caused it.
+    lines.extend(quarantined(ctx));
+    lines.extend([
         figure(
             ctx,
             "steps",
@@ -191,12 +204,38 @@ fn now(ctx: &Ctx, f: &Figures, area: Rect, buf: &mut Buffer) {
     Paragraph::new(lines).render(inner, buf);
 }
 
+/// "quarantine  nightly-report (3 stuck, 4m ago) +1 more", the latest
+/// first; `None` when no run name is quarantined.
+fn quarantined<'a>(ctx: &Ctx) -> Option<Line<'a>> {
+    let t = &ctx.theme;
+    let mut list: Vec<_> = ctx.data.quarantines.values().collect();
+    list.sort_by_key(|q| (std::cmp::Reverse(q.since_ms), q.name.clone()));
+    let latest = list.first()?;
+    let mut parts = vec![
+        Span::styled(latest.name.clone(), t.alert()),
+        Span::raw(format!(
+            " ({} stuck, {} ago)",
+            latest.stuck_count,
+            age(latest.since_ms, ctx.now)
+        )),
+    ];
+    if list.len() > 1 {
+        parts.push(Span::raw(format!(" +{} more", list.len() - 1)));
+    }
+    Some(figure(ctx, "quarantine", parts))
+}
+
 fn approvals(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     if area.height == 0 {
         return;
     }
     let t = &ctx.theme;
-    let block = block(ctx, "Pending approvals (6 lists them, a approves there)");
+    let title = if roles::allows(&ctx.app.conn.roles, Action::Approve) {
+        "Pending approvals (6 lists them, a approves there)"
+    } else {
+        "Pending approvals (6 lists them)"
+    };
+    let block = block(ctx, title);
     let inner = block.inner(area);
     block.render(area, buf);
     let mut pending: Vec<_> = ctx

@@ -129,6 +129,12 @@ impl Theme {
         }
     }
 
+    /// A header badge for what needs someone now (quarantined run
+    /// names): the colours of a broken link.
+    pub fn alarm(&self) -> Style {
+        self.link(false)
+    }
+
     /// The connection state on the header.
     pub fn link(&self, live: bool) -> Style {
         match (self.palette, live) {
@@ -172,6 +178,7 @@ mod tests {
             t.bar(),
             t.key(),
             t.badge(),
+            t.alarm(),
             t.link(true),
             t.link(false),
             t.tone(Tone::Busy),

@@ -1,5 +1,5 @@
 //! The two bottom lines: the keys that work on this screen (from the
-//! keymap), and the status line — the last action's outcome in words, or
+//! keymap, less what the caller's roles do not allow), and the status line — the last action's outcome in words, or
 //! the filter / `:` being typed.
 
 use ratatui::buffer::Buffer;
@@ -7,7 +7,7 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Widget};
 
-use crate::app::{App, Input, StatusKind};
+use crate::app::{App, Input, Screen, StatusKind};
 use crate::keys;
 use crate::view::theme::Theme;
 
@@ -17,7 +17,7 @@ pub fn keys_line(app: &App, theme: &Theme, width: u16) -> Line<'static> {
     let width = usize::from(width);
     let mut spans = Vec::new();
     let mut used = 0;
-    let all: Vec<(&str, &str)> = keys::footer(app.screen).collect();
+    let all: Vec<(&str, &str)> = keys::footer(app.screen, &app.conn.roles).collect();
     let help = all.iter().find(|(_, w)| *w == "help").copied();
     let help_width = help.map_or(0, |(k, w)| k.len() + w.len() + 2);
     for (key, word) in all.iter().filter(|(_, w)| *w != "help") {
@@ -51,14 +51,12 @@ pub fn status_line(app: &App, theme: &Theme) -> Line<'static> {
             ]);
         }
         Input::Command(text) => {
+            let names: Vec<&str> = Screen::ALL.iter().map(|s| s.name()).collect();
             return Line::from(vec![
                 Span::styled(":", theme.key()),
                 Span::raw(text.clone()),
                 Span::styled("█", theme.dim()),
-                Span::styled(
-                    "  a screen: overview runs run workers queues approvals leases events",
-                    theme.dim(),
-                ),
+                Span::styled(format!("  a screen: {}", names.join(" ")), theme.dim()),
             ]);
         }
         Input::Normal => {}

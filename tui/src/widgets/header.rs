@@ -1,6 +1,6 @@
-//! The top bar: the engine, who we are, the connection state and the
-//! badges that must not be missed (pending approvals, leader changed,
-//! frozen, read-only). The right side keeps what matters most when the
+//! The top bar: the engine, who we are (and our roles), the connection
+//! state and the badges that must not be missed (pending approvals,
+//! quarantined run names, frozen, leader changed, read-only). The right side keeps what matters most when the
 //! terminal is narrow; the engine's address gives way first.
 
 use ratatui::buffer::Buffer;
@@ -9,7 +9,8 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Widget};
 
-use crate::app::{App, LEADER_CHANGED_SHOWN_MS, Link, link_words};
+use crate::app::{App, Link, link_words};
+use crate::roles;
 use crate::view::theme::Theme;
 
 use super::fit;
@@ -58,14 +59,17 @@ fn badges(app: &App, theme: &Theme) -> Vec<Span<'static>> {
             theme.badge(),
         ));
     }
+    let quarantined = data.quarantines.len();
+    if quarantined > 0 {
+        out.push(Span::styled(
+            format!(" {quarantined} quarantined "),
+            theme.alarm(),
+        ));
+    }
     if app.frozen.is_some() {
         out.push(Span::styled(" FROZEN ", theme.focus()));
     }
-    if app
-        .conn
-        .leader_changed_at_ms
-        .is_some_and(|at| app.now_ms - at < LEADER_CHANGED_SHOWN_MS)
-    {
+    if app.conn.leader_changed_at_ms.is_some() {
         out.push(Span::styled(" leader changed ", theme.badge()));
     }
     if app.readonly {
@@ -89,14 +93,21 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let right_width: usize = right.iter().map(Span::width).sum::<usize>().min(width);
     let mut left = vec![Span::styled(" opsdeck ", theme.heading())];
     let mut room = width.saturating_sub(right_width + 9);
-    let who = if app.conn.identity.is_empty() {
-        String::new()
-    } else {
-        format!("as {} ", app.conn.identity)
+    let who = match (app.conn.identity.is_empty(), app.conn.roles.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => format!("as {} ", app.conn.identity),
+        (false, false) => format!(
+            "as {} ({}) ",
+            app.conn.identity,
+            roles::shown(&app.conn.roles).join(",")
+        ),
     };
     if room > who.chars().count() + 4 {
         room -= who.chars().count();
-        left.push(Span::raw(fit(&format!("{} ", app.conn.engine), room)));
+        left.push(Span::raw(format!(
+            "{} ",
+            fit(&app.conn.engine, room.saturating_sub(1))
+        )));
         left.push(Span::raw(who));
     } else if room > 4 {
         left.push(Span::raw(fit(&who, room)));

@@ -35,6 +35,8 @@ pub struct ListTable<'a> {
     pub empty: &'a str,
     /// Mark the data as possibly out of date (disconnected, frozen).
     pub stale: Option<&'a str>,
+    /// What needs someone, after the count: "(1 STUCK)".
+    pub alert: Option<String>,
     pub theme: &'a Theme,
 }
 
@@ -49,6 +51,10 @@ impl ListTable<'_> {
         let t = self.theme;
         let mut title = vec![Span::styled(format!(" {} ", self.title), t.heading())];
         title.push(Span::raw(format!("{} ", self.total)));
+        if let Some(alert) = &self.alert {
+            title.push(Span::styled(alert.clone(), t.alert()));
+            title.push(Span::raw(" "));
+        }
         if !self.filter.is_empty() {
             title.push(Span::styled(format!("/{} ", self.filter), t.key()));
         }

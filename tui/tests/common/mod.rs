@@ -1,6 +1,8 @@
 //! A console with a fixed clock and hand-made engine state: a run waiting
 //! for an approval (one more is overdue), a failed run with a dead step,
-//! workers in every state (one stuck), a paused queue, a stale lease.
+//! workers in every state (one with a lease the engine marked stuck), a
+//! paused queue, a stale lease, and the stuck lease's run name
+//! quarantined.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -252,15 +254,19 @@ pub fn leases() -> Vec<Lease> {
             "ops-1",
             NOW - 10 * S,
         ),
-        // Held by a connected worker, long past its expiry: stuck.
-        l(
-            3,
-            "01HRUN0000000000000000REPORT",
-            "nightly-report",
-            "report",
-            "ops-2",
-            NOW - M,
-        ),
+        // Held by a connected worker that cannot stop its step: the
+        // engine marked it stuck.
+        Lease {
+            stuck: true,
+            ..l(
+                3,
+                "01HRUN0000000000000000REPORT",
+                "nightly-report",
+                "report",
+                "ops-2",
+                NOW - M,
+            )
+        },
     ]
 }
 
@@ -376,6 +382,17 @@ pub fn events() -> Vec<Event> {
     ]
 }
 
+pub fn quarantines() -> Vec<Quarantine> {
+    vec![Quarantine {
+        name: "nightly-report".into(),
+        since_ms: NOW - 4 * M,
+        stuck_count: 3,
+        message: "3 leases of nightly-report got stuck within 1h (quarantine_after = 3): \
+                  clear it with `opsdeck unquarantine nightly-report` once fixed"
+            .into(),
+    }]
+}
+
 pub fn snapshot() -> Snapshot {
     Snapshot {
         seq: 45,
@@ -384,7 +401,35 @@ pub fn snapshot() -> Snapshot {
         queues: queues(),
         leases: leases(),
         approvals: approvals(),
+        quarantines: quarantines(),
     }
+}
+
+/// Who `Whoami` says we are.
+pub fn whoami(roles: &[&str], leader_epoch: u64) -> WhoamiResponse {
+    WhoamiResponse {
+        identity: "ann".into(),
+        transport: "unix".into(),
+        engine_version: "0.1.0".into(),
+        engine_id: "host:1".into(),
+        head_seq: 45,
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        leader_epoch,
+    }
+}
+
+/// The fixture console as someone with these roles.
+pub fn app_as(roles: &[&str]) -> App {
+    let mut app = app();
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Connected {
+            whoami: whoami(roles, 0),
+            resumed_after: 45,
+        }),
+    );
+    app.status = None;
+    app
 }
 
 /// A live console as `ann` with the fixture loaded, at `NOW`.
@@ -400,14 +445,7 @@ pub fn app_with(palette: Palette, readonly: bool) -> App {
     app::update(
         &mut app,
         Msg::Conn(Update::Connected {
-            whoami: WhoamiResponse {
-                identity: "ann".into(),
-                transport: "unix".into(),
-                engine_version: "0.1.0".into(),
-                engine_id: "host:1".into(),
-                head_seq: 45,
-            },
-            leader_changed: false,
+            whoami: whoami(&[], 0),
             resumed_after: 0,
         }),
     );

@@ -322,7 +322,14 @@ impl Harness {
                     return;
                 };
                 self.batch(|s, tx| {
-                    let _ = s.decide(tx, &id, approve, &bob(), "model");
+                    let _ = s.decide(
+                        tx,
+                        &id,
+                        approve,
+                        &bob(),
+                        &crate::domain::Grants::default(),
+                        "model",
+                    );
                 });
             }
             Op::ForceRelease { pick, fail } => {

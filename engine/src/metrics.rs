@@ -1,0 +1,479 @@
+//! Prometheus metrics, `/healthz` and `/readyz` on their own HTTP listener
+//! (`[metrics] listen`, default 127.0.0.1:9465).
+//!
+//! Counters and the step-duration histogram are bumped by the core once a
+//! batch is committed ([`observe_committed`]); gauges are read from the
+//! core's state when `/metrics` is scraped, through one
+//! [`CoreHandle::call`], so the hot path takes no lock and keeps no copy.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `opsdeck_queue_steps` | gauge | `queue`, `state` (ready, delayed, running) |
+//! | `opsdeck_queue_oldest_ready_age_seconds` | gauge | `queue` |
+//! | `opsdeck_workers` | gauge | `state` (online, draining, recycling, offline, stopped) |
+//! | `opsdeck_leases_live` | gauge | |
+//! | `opsdeck_approvals_pending` | gauge | |
+//! | `opsdeck_stream_subscribers` | gauge | |
+//! | `opsdeck_step_duration_seconds` | histogram | `outcome` (succeeded, failed, dead) |
+//! | `opsdeck_steps_total` | counter | `outcome` (succeeded, failed, dead, retry_scheduled) |
+//! | `opsdeck_assignments_total` | counter | `outcome` (granted, released, expired, force_released, stuck) |
+//! | `opsdeck_run_transitions_total` | counter | `to` (submitted, succeeded, failed, cancelled, retried) |
+//! | `opsdeck_events_total` | counter | (events per second: `rate(opsdeck_events_total[1m])`) |
+//! | `opsdeck_ready` | gauge | 1 when `/readyz` would answer 200 |
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State as AxumState;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use opsdeck_proto::v1 as pb;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::CoreHandle;
+use crate::domain::now_ms;
+use crate::store::Store;
+
+/// The longest a scrape or a readiness probe waits for the core or the store.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The file in the data dir that names the bound metrics address, for
+/// scripts and tests that listen on port 0.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueState {
+    queue: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct To {
+    to: String,
+}
+
+/// Every metric the engine exports. One per process: counters count what
+/// this process committed since it started, as Prometheus expects.
+struct Metrics {
+    queue_steps: Family<QueueState, Gauge>,
+    oldest_ready: Family<QueueLabel, Gauge<f64, AtomicU64>>,
+    workers: Family<StateLabel, Gauge>,
+    leases: Gauge,
+    approvals: Gauge,
+    subscribers: Gauge,
+    ready: Gauge,
+    step_duration: Family<Outcome, Histogram>,
+    steps: Family<Outcome, Counter>,
+    assignments: Family<Outcome, Counter>,
+    run_transitions: Family<To, Counter>,
+    events: Counter,
+}
+
+fn step_histogram() -> Histogram {
+    // 10ms to about 3 hours.
+    Histogram::new(exponential_buckets(0.01, 4.0, 10))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    queue_steps: Family::default(),
+    oldest_ready: Family::default(),
+    workers: Family::default(),
+    leases: Gauge::default(),
+    approvals: Gauge::default(),
+    subscribers: Gauge::default(),
+    ready: Gauge::default(),
+    step_duration: Family::new_with_constructor(step_histogram),
+    steps: Family::default(),
+    assignments: Family::default(),
+    run_transitions: Family::default(),
+    events: Counter::default(),
+});
+
+fn registry() -> Registry {
+    let m = &*METRICS;
+    let mut r = Registry::with_prefix("opsdeck");
+    r.register(
+        "queue_steps",
+        "Steps in each queue by state",
+        m.queue_steps.clone(),
+    );
+    r.register(
+        "queue_oldest_ready_age_seconds",
+        "How long the oldest ready step of each queue has waited",
+        m.oldest_ready.clone(),
+    );
+    r.register("workers", "Known workers by state", m.workers.clone());
+    r.register("leases_live", "Leases held now", m.leases.clone());
+    r.register(
+        "approvals_pending",
+        "Approvals waiting for a decision",
+        m.approvals.clone(),
+    );
+    r.register(
+        "stream_subscribers",
+        "Event streams open now",
+        m.subscribers.clone(),
+    );
+    r.register(
+        "ready",
+        "1 when the engine serves requests (what /readyz says)",
+        m.ready.clone(),
+    );
+    r.register(
+        "step_duration_seconds",
+        "How long step attempts ran, by outcome",
+        m.step_duration.clone(),
+    );
+    r.register(
+        "steps",
+        "Step attempts finished, by outcome",
+        m.steps.clone(),
+    );
+    r.register(
+        "assignments",
+        "Step assignments (leases) by outcome",
+        m.assignments.clone(),
+    );
+    r.register(
+        "run_transitions",
+        "Run state changes, by the state reached",
+        m.run_transitions.clone(),
+    );
+    r.register("events", "Events committed", m.events.clone());
+    r
+}
+
+/// Counts the events of a committed batch. Called by the core only after
+/// the commit, so nothing is counted that the database refused.
+pub fn observe_committed(events: &[Arc<pb::Event>]) {
+    let m = &*METRICS;
+    m.events.inc_by(events.len() as u64);
+    for e in events {
+        let Some((subject, what)) = e.kind.split_once('.') else {
+            continue;
+        };
+        match subject {
+            "run" => {
+                m.run_transitions
+                    .get_or_create(&To {
+                        to: what.to_owned(),
+                    })
+                    .inc();
+            }
+            "lease" => {
+                m.assignments
+                    .get_or_create(&Outcome {
+                        outcome: what.to_owned(),
+                    })
+                    .inc();
+            }
+            "step" if matches!(what, "succeeded" | "failed" | "dead" | "retry_scheduled") => {
+                let outcome = Outcome {
+                    outcome: what.to_owned(),
+                };
+                m.steps.get_or_create(&outcome).inc();
+                if let Some(seconds) = step_seconds(e) {
+                    m.step_duration.get_or_create(&outcome).observe(seconds);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How long the event's step attempt ran, when it has run.
+fn step_seconds(e: &pb::Event) -> Option<f64> {
+    let step = e.run.as_ref()?.steps.get(e.step_index as usize)?;
+    let end = if step.finished_at_ms > 0 {
+        step.finished_at_ms
+    } else {
+        e.at_ms
+    };
+    (step.started_at_ms > 0 && end >= step.started_at_ms)
+        .then(|| (end - step.started_at_ms) as f64 / 1000.0)
+}
+
+/// What `/readyz` says. The serve code sets it; a standby (leader
+/// election) sets [`ReadyState::Standby`].
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicU8>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReadyState {
+    Starting = 0,
+    Serving = 1,
+    Standby = 2,
+    Stopping = 3,
+}
+
+impl Readiness {
+    pub fn set(&self, state: ReadyState) {
+        self.0.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> ReadyState {
+        match self.0.load(Ordering::Relaxed) {
+            1 => ReadyState::Serving,
+            2 => ReadyState::Standby,
+            3 => ReadyState::Stopping,
+            _ => ReadyState::Starting,
+        }
+    }
+}
+
+/// What the metrics endpoint reads from.
+#[derive(Clone)]
+pub struct Sources {
+    pub core: CoreHandle,
+    pub store: Arc<dyn Store>,
+    pub readiness: Readiness,
+}
+
+struct Shared {
+    sources: Sources,
+    registry: Registry,
+    /// One scrape at a time: gauges are set, then encoded.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+/// Binds the metrics listener (failing the start if it cannot) and names
+/// the bound address in `data_dir`/[`METRICS_ADDR_FILE`].
+pub async fn bind(addr: &str, data_dir: &Path) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for metrics on {addr}; set [metrics] listen (or --metrics-listen), or \"\" for none")
+    })?;
+    let bound = listener.local_addr()?;
+    let file = data_dir.join(METRICS_ADDR_FILE);
+    std::fs::write(&file, format!("{bound}\n"))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
+    Ok(listener)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `stop`.
+pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationToken) {
+    let shared = Arc::new(Shared {
+        sources,
+        registry: registry(),
+        scrape: tokio::sync::Mutex::new(()),
+    });
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
+}
+
+async fn metrics(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
+    let _one = shared.scrape.lock().await;
+    sample(&shared.sources).await;
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &shared.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Sets the gauges from the live state.
+async fn sample(sources: &Sources) {
+    let m = &*METRICS;
+    let read = sources.core.call(|state, _| {
+        let now = now_ms();
+        Ok((
+            state.list_queues(now),
+            state.list_workers(),
+            state.list_leases(false).len(),
+            state.list_approvals(false).len(),
+            state.subscriber_count(),
+        ))
+    });
+    let ready = is_ready(sources).await.is_ok();
+    m.ready.set(i64::from(ready));
+    let Ok(Ok((queues, workers, leases, approvals, subscribers))) =
+        tokio::time::timeout(PROBE_TIMEOUT, read).await
+    else {
+        return;
+    };
+    m.queue_steps.clear();
+    m.oldest_ready.clear();
+    for q in &queues {
+        for (state, n) in [
+            ("ready", q.ready),
+            ("delayed", q.delayed),
+            ("running", q.running),
+        ] {
+            m.queue_steps
+                .get_or_create(&QueueState {
+                    queue: q.name.clone(),
+                    state,
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        m.oldest_ready
+            .get_or_create(&QueueLabel {
+                queue: q.name.clone(),
+            })
+            .set(q.oldest_ready_age_ms as f64 / 1000.0);
+    }
+    m.workers.clear();
+    for state in [
+        pb::WorkerState::Online,
+        pb::WorkerState::Draining,
+        pb::WorkerState::Recycling,
+        pb::WorkerState::Offline,
+        pb::WorkerState::Stopped,
+    ] {
+        m.workers
+            .get_or_create(&StateLabel {
+                state: worker_state(state),
+            })
+            .set(0);
+    }
+    for w in &workers {
+        m.workers
+            .get_or_create(&StateLabel {
+                state: worker_state(w.state()),
+            })
+            .inc();
+    }
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    m.leases.set(count(leases));
+    m.approvals.set(count(approvals));
+    m.subscribers.set(count(subscribers));
+}
+
+fn worker_state(state: pb::WorkerState) -> String {
+    state
+        .as_str_name()
+        .trim_start_matches("WORKER_STATE_")
+        .to_ascii_lowercase()
+}
+
+/// Ready: serving (not starting, standby or stopping), the core answers
+/// and the store answers.
+async fn is_ready(sources: &Sources) -> Result<(), String> {
+    match sources.readiness.get() {
+        ReadyState::Serving => {}
+        ReadyState::Starting => return Err("starting".into()),
+        ReadyState::Standby => return Err("standby: another engine leads".into()),
+        ReadyState::Stopping => return Err("stopping".into()),
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, sources.core.call(|_, _| Ok(()))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("the core does not answer: {e}")),
+        Err(_) => return Err(format!("the core did not answer within {PROBE_TIMEOUT:?}")),
+    }
+    let store = sources.store.events_after(i64::MAX as u64, 1, None);
+    match tokio::time::timeout(PROBE_TIMEOUT, store).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("the database does not answer: {e}")),
+        Err(_) => Err(format!(
+            "the database did not answer within {PROBE_TIMEOUT:?}"
+        )),
+    }
+}
+
+async fn readyz(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
+    match is_ready(&shared.sources).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, started: i64, finished: i64) -> Arc<pb::Event> {
+        Arc::new(pb::Event {
+            kind: kind.into(),
+            at_ms: finished,
+            run: Some(pb::Run {
+                steps: vec![pb::Step {
+                    started_at_ms: started,
+                    finished_at_ms: finished,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn step_durations_come_from_the_step_s_start_and_finish() {
+        assert_eq!(
+            step_seconds(&event("step.succeeded", 1_000, 3_500)),
+            Some(2.5)
+        );
+        // Never started (e.g. dead before a worker took it): no duration.
+        assert_eq!(step_seconds(&event("step.dead", 0, 3_500)), None);
+    }
+
+    #[test]
+    fn committed_events_are_counted_by_subject_and_outcome() {
+        let outcome = |o: &str| Outcome {
+            outcome: o.to_owned(),
+        };
+        let m = &*METRICS;
+        let before = m.steps.get_or_create(&outcome("succeeded")).get();
+        let granted = m.assignments.get_or_create(&outcome("granted")).get();
+        observe_committed(&[
+            event("step.succeeded", 1_000, 2_000),
+            event("lease.granted", 0, 0),
+            event("worker.registered", 0, 0),
+        ]);
+        assert_eq!(
+            m.steps.get_or_create(&outcome("succeeded")).get(),
+            before + 1
+        );
+        assert_eq!(
+            m.assignments.get_or_create(&outcome("granted")).get(),
+            granted + 1
+        );
+    }
+}
