@@ -87,7 +87,8 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9465";
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsSection {
-    /// host:port for `/metrics`, `/healthz` and `/readyz`; "" turns them off.
+    /// host:port for `/metrics`, `/healthz` and `/readyz`; "" or "none"
+    /// turns them off.
     pub listen: Option<String>,
 }
 
@@ -386,12 +387,16 @@ impl ConfigFile {
                 ),
             );
         }
-        if let Some(listen) = self.metrics.listen.as_deref().filter(|l| !l.is_empty())
+        if let Some(listen) = self
+            .metrics
+            .listen
+            .as_deref()
+            .filter(|l| !l.is_empty() && *l != "none")
             && let Err(why) = check_listen(listen)
         {
             p.add(
                 &[Key("metrics"), Key("listen")],
-                format!("{why}, or \"\" for no metrics"),
+                format!("{why}, or \"none\" for no metrics"),
             );
         }
         if let Some(format) = &self.log.format

@@ -223,5 +223,7 @@ pub fn approval(a: &Approval, run: Option<&Run>) -> pb::Approval {
         deadline_at_ms: a.deadline_at.unwrap_or(0),
         decided_at_ms: a.decided_at.unwrap_or(0),
         on_timeout: a.spec.on_timeout.word().to_owned(),
+        role: a.spec.role.map(|r| r.word().to_owned()).unwrap_or_default(),
+        group: a.spec.group.clone().unwrap_or_default(),
     }
 }

@@ -63,6 +63,23 @@ pub struct HaSettings {
     pub leader_ttl: Duration,
 }
 
+impl HaSettings {
+    /// Says what is wrong, if anything, in words a person can act on.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.leader_ttl >= MIN_LEADER_TTL,
+            "leader_ttl ({}) must be at least {}: the lead is renewed every third of it",
+            humantime::format_duration(self.leader_ttl),
+            humantime::format_duration(MIN_LEADER_TTL)
+        );
+        Ok(())
+    }
+}
+
+/// The shortest lead TTL taken: renewals a third of it apart must fit a
+/// database round trip with room to spare.
+pub const MIN_LEADER_TTL: Duration = Duration::from_millis(300);
+
 impl Default for HaSettings {
     fn default() -> Self {
         Self {
@@ -306,6 +323,17 @@ mod tests {
             epoch: 0,
         });
         assert!(none.metadata().get(LEADER_METADATA).is_none());
+    }
+
+    #[test]
+    fn a_lead_too_short_to_renew_is_refused_naming_the_setting() {
+        let short = HaSettings {
+            advertise: None,
+            leader_ttl: Duration::from_millis(100),
+        };
+        let err = short.check().unwrap_err().to_string();
+        assert!(err.contains("leader_ttl (100ms)"), "{err}");
+        assert!(HaSettings::default().check().is_ok());
     }
 
     #[test]

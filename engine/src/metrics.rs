@@ -267,7 +267,7 @@ struct Shared {
 /// the bound address in `data_dir`/[`METRICS_ADDR_FILE`].
 pub async fn bind(addr: &str, data_dir: &Path) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen for metrics on {addr}; set [metrics] listen (or --metrics-listen), or \"\" for none")
+        format!("cannot listen for metrics on {addr}; set [metrics] listen (or --metrics-listen), or \"none\" for none")
     })?;
     let bound = listener.local_addr()?;
     let file = data_dir.join(METRICS_ADDR_FILE);

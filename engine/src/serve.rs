@@ -66,6 +66,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create the data dir {}", opts.data_dir.display()))?;
+    opts.ha.check()?;
     let store = store::open(&opts.database)
         .await
         .with_context(|| format!("cannot open the database {}", opts.database))?;

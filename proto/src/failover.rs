@@ -194,7 +194,7 @@ impl FromStr for EngineList {
             .collect::<Result<Vec<_>, _>>()?;
         if addrs.is_empty() {
             // Nothing but commas and spaces: refused as a single address is.
-            return EngineAddr::from_str(s).map(|a| Self(vec![a]));
+            return EngineAddr::from_str(&s.replace(',', "")).map(|a| Self(vec![a]));
         }
         Ok(Self(addrs))
     }

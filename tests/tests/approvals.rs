@@ -538,6 +538,7 @@ async fn a_step_that_names_a_role_is_decided_only_by_callers_holding_it() {
         .submit_as_sam(&gate_only("timeout = \"5m\", role = \"admin\""))
         .await;
     let approval = t.engine.pending_approval(&run.id).await;
+    assert_eq!(approval.role, "admin", "the console is told who may decide");
     assert_status(
         t.decide(&t.ann, &approval.id, true).await,
         Code::PermissionDenied,
@@ -561,6 +562,7 @@ async fn a_step_that_names_a_group_is_decided_only_by_its_members_by_token_or_un
         .submit_as_sam(&gate_only("timeout = \"5m\", group = \"dba\""))
         .await;
     let approval = t.engine.pending_approval(&run.id).await;
+    assert_eq!(approval.group, "dba");
     // Not in it: an approver in another group, and an admin in none.
     for token in [t.ben.as_str(), t.engine.token()] {
         assert_status(

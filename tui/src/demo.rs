@@ -140,6 +140,8 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
         .arg("--data-dir")
         .arg(&data)
         .args(["--listen", "127.0.0.1:0"])
+        // A demo must not collide with a real engine's metrics port.
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--heartbeat-interval", "1s", "--lease-ttl", "5s"])
         .args(["--worker-timeout", "4s", "--cancel-grace", "2s"]);
     let child = serve.spawn().map_err(|error| DemoError::Spawn {

@@ -39,7 +39,18 @@ const OUTPUT_LINGER: Duration = Duration::from_secs(2);
 
 /// Variables of the worker's own environment that steps do not inherit: the
 /// token would let any step speak to the engine as this worker.
-const PRIVATE_ENV: &[&str] = &["OPSDECK_TOKEN", "OPSDECK_WORKER_GENERATION"];
+const PRIVATE_ENV: &[&str] = &[
+    "OPSDECK_TOKEN",
+    "OPSDECK_WORKER_GENERATION",
+    // systemd's, meant for the worker (or the engine) itself: a step must
+    // not be able to report readiness or ping the watchdog in its name.
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
 
 /// Runs steps as processes: `sh -c <shell>`, or `argv` without a shell.
 #[derive(Clone, Copy, Debug, Default)]

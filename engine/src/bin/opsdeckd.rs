@@ -118,8 +118,8 @@ struct ServeArgs {
     /// Worker slots to run in this process (serving every queue).
     #[arg(long, env = "OPSDECK_LOCAL_WORKERS")]
     local_workers: Option<u32>,
-    /// Where /metrics, /healthz and /readyz listen (port 0 picks one); ""
-    /// for none. Default: [metrics] listen, or 127.0.0.1:9465.
+    /// Where /metrics, /healthz and /readyz listen (port 0 picks one);
+    /// "none" for none. Default: [metrics] listen, or 127.0.0.1:9465.
     #[arg(long, env = "OPSDECK_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
     #[arg(long, env = "OPSDECK_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
@@ -336,7 +336,7 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 .or(file.metrics.listen.clone())
                 .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_owned()),
         )
-        .filter(|l| !l.is_empty()),
+        .filter(|l| !l.is_empty() && l != "none"),
         tokens: file.token.clone(),
         unix: file.unix.clone(),
         ha: opsdeck_engine::ha::HaSettings {
