@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, AgentExit, AgentOptions};
 use crate::api::{self, Api, Auth, Listeners};
 use crate::core::{self, CoreConfig};
-use crate::metrics::{self, ReadyState, Readiness};
-use crate::notify;
 use crate::ha::{self, HaOptions, HaSettings, Role};
+use crate::metrics::{self, Readiness, ReadyState};
+use crate::notify;
 use crate::store::{self, Leadership};
 
 /// Everything `serve` needs, already merged from flags, environment and file.
@@ -56,6 +56,10 @@ pub const ADDR_FILE: &str = "engine.addr";
 /// How long shutdown waits, in all, for the commit in flight, the streams
 /// and the local workers.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
+/// How long a deposed leader waits for its calls in flight to be answered
+/// before it exits.
+const STEP_DOWN_BOUND: Duration = Duration::from_secs(3);
 
 /// Runs an engine until `shutdown` is cancelled. `on_bound` hears where it
 /// listens as soon as the listeners are open.
@@ -242,6 +246,13 @@ pub async fn run(
         readiness.set(ReadyState::Standby);
         notify::stopping(&format!("stepping down: {why}"));
         ops_stop.cancel();
+        // Calls already in flight are answered UNAVAILABLE (the core is
+        // stopped, nothing more is written) rather than cut off by the exit.
+        if tokio::time::timeout(STEP_DOWN_BOUND, server).await.is_err() {
+            tracing::warn!(
+                "calls still open {STEP_DOWN_BOUND:?} after stepping down; leaving them"
+            );
+        }
         anyhow::bail!(
             "this engine stepped down as leader (epoch {epoch}): {why}; it exits so that its supervisor starts it again as a standby"
         );

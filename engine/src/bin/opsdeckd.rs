@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use opsdeck_engine::config::{ConfigFile, DEFAULT_CONFIG, DEFAULT_METRICS_LISTEN, default_data_dir};
+use opsdeck_engine::config::{
+    ConfigFile, DEFAULT_CONFIG, DEFAULT_METRICS_LISTEN, default_data_dir,
+};
 use opsdeck_engine::serve::{self, ServeOptions};
 use opsdeck_engine::{agent, bench, logging};
 use tokio_util::sync::CancellationToken;
