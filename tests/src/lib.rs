@@ -17,6 +17,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod tmux;
+pub use tmux::Tmux;
+
 use std::fs::File;
 use std::future::Future;
 use std::io::Read;
@@ -1173,6 +1176,26 @@ pub async fn wait_for_file(path: &Path, timeout: Duration) -> String {
         },
     )
     .await
+}
+
+/// A database of its own on the PostgreSQL server that
+/// `OPSDECK_TEST_POSTGRES` names (CI sets it), named `PREFIX_<ulid>`; `None`
+/// when no server is set.
+pub async fn fresh_postgres_database(prefix: &str) -> Option<String> {
+    use sqlx::Connection;
+    let server = std::env::var("OPSDECK_TEST_POSTGRES").ok()?;
+    let name = format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to OPSDECK_TEST_POSTGRES");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create a database");
+    let (base, _) = server
+        .rsplit_once('/')
+        .expect("a database URL ending in /DBNAME");
+    Some(format!("{base}/{name}"))
 }
 
 /// A TOML basic string holding `s` (for `run = …` in a spec).

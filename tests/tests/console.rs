@@ -14,162 +14,16 @@
 //! four-eyes rule lets it approve. Every wait polls the screen or the API
 //! with a deadline; nothing sleeps to assert.
 
-use std::path::Path;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opsdeck_tests::pb::{
     ApprovalState, ListApprovalsRequest, ListQuarantinesRequest, RunState, StepState,
     SubmitRunRequest, WhoamiRequest,
 };
 use opsdeck_tests::{
-    DEADLINE, Engine, EngineOpts, FakeAgent, TOKEN_IDENTITY, Worker, describe_events, opsdeck, sh,
+    DEADLINE, Engine, EngineOpts, FakeAgent, TOKEN_IDENTITY, Tmux, Worker, describe_events,
+    opsdeck, sh,
 };
-
-/// A tmux server of its own (`-L`), so that the test neither sees nor
-/// disturbs anyone else's sessions; killed on drop.
-struct Tmux {
-    server: String,
-}
-
-const SESSION: &str = "console";
-
-impl Tmux {
-    /// Starts `program args` in a detached `width`×`height` session. The
-    /// pane stays after the program ends, with its exit status, so that a
-    /// crash shows on the screen instead of the pane vanishing.
-    fn start(program: &Path, args: &[&str], width: u16, height: u16) -> Self {
-        static SERVERS: AtomicU32 = AtomicU32::new(0);
-        let server = format!(
-            "opsdeck-e2e-{}-{}",
-            std::process::id(),
-            SERVERS.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmux = Self { server };
-        let mut line = vec![shell_quote(&program.display().to_string())];
-        line.extend(args.iter().map(|a| shell_quote(a)));
-        let script = format!(
-            "{}; echo \"[console exited: $?]\"; sleep 600",
-            line.join(" ")
-        );
-        let out = tmux.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            SESSION,
-            "-x",
-            &width.to_string(),
-            "-y",
-            &height.to_string(),
-            "sh",
-            "-c",
-            &script,
-        ]);
-        assert!(
-            out.status.success(),
-            "tmux new-session failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tmux
-    }
-
-    /// The server starts with the first command, in this environment: no
-    /// `OPSDECK_*` from the caller's (a token would go to the engine).
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &self.server, "-f", "/dev/null"])
-            .args(args)
-            .env_remove("TMUX");
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("OPSDECK_") {
-                cmd.env_remove(&name);
-            }
-        }
-        cmd.output()
-            .expect("run tmux (is it installed? apt-get install tmux)")
-    }
-
-    fn screen(&self) -> String {
-        let out = self.run(&["capture-pane", "-p", "-t", SESSION]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Keys as tmux names them (`Tab`, `Enter`, `Escape`, or a character).
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", SESSION];
-        args.extend(keys);
-        assert!(self.run(&args).status.success(), "send-keys {keys:?}");
-    }
-
-    /// Text typed literally.
-    fn text(&self, text: &str) {
-        assert!(
-            self.run(&["send-keys", "-t", SESSION, "-l", text])
-                .status
-                .success()
-        );
-    }
-
-    fn resize(&self, width: u16, height: u16) {
-        let out = self.run(&[
-            "resize-window",
-            "-t",
-            SESSION,
-            "-x",
-            &width.to_string(),
-            "-y",
-            &height.to_string(),
-        ]);
-        assert!(
-            out.status.success(),
-            "resize-window: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Polls the screen until `pred` holds; fails with the last screen (and
-    /// the engine's logs) when `timeout` passes first.
-    async fn wait(
-        &self,
-        what: &str,
-        engine: &Engine,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let screen = self.screen();
-            if pred(&screen) {
-                return screen;
-            }
-            assert!(
-                !screen.contains("[console exited"),
-                "the console exited while waiting for {what}:\n{screen}"
-            );
-            if Instant::now() > deadline {
-                panic!(
-                    "the console did not show {what} within {timeout:?}; the screen:\n{screen}\n{}",
-                    engine.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("----- the console's last screen -----\n{}", self.screen());
-        }
-        let _ = self.run(&["kill-server"]);
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
 
 /// A run that builds, waits for an approval (four eyes), then ships.
 fn gated(name: &str, engine: &Engine) -> String {
@@ -212,18 +66,15 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     let tmux = Tmux::start(&opsdeck(), &["--engine", &engine_addr], 80, 24);
 
     // It shows the pending approval: the header badge, then the list.
-    tmux.wait("the pending-approval badge", &engine, DEADLINE, |s| {
+    tmux.wait("the pending-approval badge", DEADLINE, |s| {
         s.contains("1 approval pending")
     })
     .await;
     tmux.keys(&["6"]);
     let screen = tmux
-        .wait(
-            "the approval on the Approvals screen",
-            &engine,
-            DEADLINE,
-            |s| s.contains("ship-it") && s.contains("pending"),
-        )
+        .wait("the approval on the Approvals screen", DEADLINE, |s| {
+            s.contains("ship-it") && s.contains("pending")
+        })
         .await;
     assert!(
         screen.contains(&format!("as {me}")),
@@ -232,19 +83,17 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
 
     // a, Tab to the reason, type it, Tab to OK, Enter.
     tmux.keys(&["a"]);
-    tmux.wait("the confirmation", &engine, DEADLINE, |s| {
+    tmux.wait("the confirmation", DEADLINE, |s| {
         s.contains("Approve") && s.contains("OK: approve")
     })
     .await;
     tmux.keys(&["Tab"]);
     let reason = "e2e: change 42 looks good";
     tmux.text(reason);
-    tmux.wait("the typed reason", &engine, DEADLINE, |s| {
-        s.contains(reason)
-    })
-    .await;
+    tmux.wait("the typed reason", DEADLINE, |s| s.contains(reason))
+        .await;
     tmux.keys(&["Tab", "Enter"]);
-    tmux.wait("the outcome in the status line", &engine, DEADLINE, |s| {
+    tmux.wait("the outcome in the status line", DEADLINE, |s| {
         s.contains(&format!("approved {}", approval.id)) && s.contains("continues")
     })
     .await;
@@ -262,12 +111,9 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     assert_eq!(approved.reason, reason);
     assert_eq!(approved.actor, me);
     tmux.keys(&["8"]);
-    tmux.wait(
-        "the run's end on the Events screen",
-        &engine,
-        DEADLINE,
-        |s| s.contains("run.succeeded"),
-    )
+    tmux.wait("the run's end on the Events screen", DEADLINE, |s| {
+        s.contains("run.succeeded")
+    })
     .await;
 
     // The engine restarts; the console is not restarted and shows what
@@ -287,7 +133,6 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     let screen = tmux
         .wait(
             "the events after the restart, live",
-            &engine,
             Duration::from_secs(30),
             |s| {
                 s.contains("after-restart")
@@ -306,20 +151,20 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
     // Squeezed to 20×5 it still draws (and does not crash); back to 80×24
     // everything is there again.
     tmux.resize(20, 5);
-    tmux.wait("something at 20×5", &engine, DEADLINE, |s| {
+    tmux.wait("something at 20×5", DEADLINE, |s| {
         let lines: Vec<&str> = s.lines().collect();
         lines.iter().any(|l| l.contains("opsdeck")) && lines.iter().all(|l| l.chars().count() <= 20)
     })
     .await;
     tmux.resize(80, 24);
-    tmux.wait("the full screen again at 80×24", &engine, DEADLINE, |s| {
+    tmux.wait("the full screen again at 80×24", DEADLINE, |s| {
         s.contains("after-restart") && s.contains("8 Events") && s.contains("1 approval pending")
     })
     .await;
 
     // q quits from the top, and the terminal is left as it was found.
     tmux.keys(&["q"]);
-    tmux.wait("the console's exit", &engine, DEADLINE, |s| {
+    tmux.wait("the console's exit", DEADLINE, |s| {
         s.contains("[console exited: 0]")
     })
     .await;
@@ -356,7 +201,6 @@ async fn console_shows_a_stuck_lease_and_its_quarantined_name_and_clears_the_qua
     // The Overview: a header badge, the stuck lease counted, the name.
     tmux.wait(
         "the quarantine and the stuck lease on the Overview",
-        &engine,
         DEADLINE,
         |s| {
             s.contains("1 quarantined")
@@ -368,34 +212,29 @@ async fn console_shows_a_stuck_lease_and_its_quarantined_name_and_clears_the_qua
 
     // The Leases screen marks the lease.
     tmux.keys(&["7"]);
-    tmux.wait(
-        "the stuck lease on the Leases screen",
-        &engine,
-        DEADLINE,
-        |s| s.contains("Leases 1 (1 STUCK)") && s.contains("wedged") && s.contains("STUCK"),
-    )
+    tmux.wait("the stuck lease on the Leases screen", DEADLINE, |s| {
+        s.contains("Leases 1 (1 STUCK)") && s.contains("wedged") && s.contains("STUCK")
+    })
     .await;
 
     // The Quarantines screen lists it; U, a reason, OK clears it.
     tmux.keys(&["9"]);
-    tmux.wait("the Quarantines screen", &engine, DEADLINE, |s| {
+    tmux.wait("the Quarantines screen", DEADLINE, |s| {
         s.contains("Quarantines 1") && s.contains("wedged") && s.contains("U clear")
     })
     .await;
     tmux.keys(&["U"]);
-    tmux.wait("the confirmation", &engine, DEADLINE, |s| {
+    tmux.wait("the confirmation", DEADLINE, |s| {
         s.contains("Clear quarantine") && s.contains("OK: clear quarantine")
     })
     .await;
     tmux.keys(&["Tab"]);
     let reason = "e2e: the NFS mount is back";
     tmux.text(reason);
-    tmux.wait("the typed reason", &engine, DEADLINE, |s| {
-        s.contains(reason)
-    })
-    .await;
+    tmux.wait("the typed reason", DEADLINE, |s| s.contains(reason))
+        .await;
     tmux.keys(&["Tab", "Enter"]);
-    tmux.wait("the outcome, and the list empty", &engine, DEADLINE, |s| {
+    tmux.wait("the outcome, and the list empty", DEADLINE, |s| {
         s.contains("cleared the quarantine of wedged")
             && s.contains("no quarantined run names")
             && !s.contains("1 quarantined")
@@ -423,7 +262,7 @@ async fn console_shows_a_stuck_lease_and_its_quarantined_name_and_clears_the_qua
     beating.abort();
 
     tmux.keys(&["q"]);
-    tmux.wait("the console's exit", &engine, DEADLINE, |s| {
+    tmux.wait("the console's exit", DEADLINE, |s| {
         s.contains("[console exited: 0]")
     })
     .await;
@@ -464,13 +303,13 @@ async fn a_viewer_is_offered_no_changes_and_is_told_the_role_a_key_needs() {
         80,
         24,
     );
-    tmux.wait("who we are and our role", &engine, DEADLINE, |s| {
+    tmux.wait("who we are and our role", DEADLINE, |s| {
         s.contains("as watcher (viewer)") && s.contains("1 approval pending")
     })
     .await;
     tmux.keys(&["6"]);
     let screen = tmux
-        .wait("the approval, without its keys", &engine, DEADLINE, |s| {
+        .wait("the approval, without its keys", DEADLINE, |s| {
             s.contains("gated") && s.contains("pending")
         })
         .await;
@@ -479,12 +318,9 @@ async fn a_viewer_is_offered_no_changes_and_is_told_the_role_a_key_needs() {
         "a viewer is offered approve:\n{screen}"
     );
     tmux.keys(&["a"]);
-    tmux.wait(
-        "the role needed, in the status line",
-        &engine,
-        DEADLINE,
-        |s| s.contains("approving needs the approver role"),
-    )
+    tmux.wait("the role needed, in the status line", DEADLINE, |s| {
+        s.contains("approving needs the approver role")
+    })
     .await;
     assert!(
         !tmux.screen().contains("OK: approve"),
@@ -506,7 +342,7 @@ async fn a_viewer_is_offered_no_changes_and_is_told_the_role_a_key_needs() {
     assert_eq!(still.state, ApprovalState::Pending as i32);
 
     tmux.keys(&["q"]);
-    tmux.wait("the console's exit", &engine, DEADLINE, |s| {
+    tmux.wait("the console's exit", DEADLINE, |s| {
         s.contains("[console exited: 0]")
     })
     .await;

@@ -12,7 +12,8 @@ use nix::unistd::Pid;
 use opsdeck_proto::endpoint::EngineAddr;
 use opsdeck_tests::pb::RunState;
 use opsdeck_tests::{
-    Clients, Engine, EngineOpts, Worker, opsdeck, pb, process_alive, sh, wait_for,
+    Clients, Engine, EngineOpts, Tmux, Worker, fresh_postgres_database, opsdeck, pb, process_alive,
+    sh, wait_for,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -22,27 +23,6 @@ const SHARED_TOKEN: &str = "odk_ha_shared_token_for_every_replica";
 
 /// Long enough for every failover here and the workers' reconnect backoff.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(60);
-
-/// A fresh database on the test server, or None when no server is set.
-async fn fresh_database() -> Option<String> {
-    use sqlx::Connection;
-    let server = std::env::var("OPSDECK_TEST_POSTGRES").ok()?;
-    let name = format!(
-        "opsdeck_ha_{}",
-        ulid::Ulid::new().to_string().to_lowercase()
-    );
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .expect("connect to OPSDECK_TEST_POSTGRES");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create a database");
-    let (base, _) = server
-        .rsplit_once('/')
-        .expect("a database URL ending in /DBNAME");
-    Some(format!("{base}/{name}"))
-}
 
 /// One replica on `url`, leading or standing by.
 async fn replica(url: &str, leader_ttl: &str) -> Engine {
@@ -127,7 +107,7 @@ fn signal(engine: &Engine, sig: Signal) {
 
 macro_rules! postgres_or_skip {
     () => {
-        match fresh_database().await {
+        match fresh_postgres_database("opsdeck_ha").await {
             Some(url) => url,
             None => {
                 eprintln!("OPSDECK_TEST_POSTGRES is not set: no PostgreSQL to elect a leader on");
@@ -441,8 +421,13 @@ async fn a_console_given_every_address_follows_the_new_leader_and_says_so() {
     let gated =
         |name: &str| format!("name = \"{name}\"\n[[step]]\napproval = {{ timeout = \"10m\" }}\n");
     a.submit(&gated("before-failover")).await;
-    let tmux = Tmux::start(&["--engine", &engine_list(&[&b, &a]), "--token", SHARED_TOKEN]);
-    tmux.wait("the first pending approval", |s| {
+    let tmux = Tmux::start(
+        &opsdeck(),
+        &["--engine", &engine_list(&[&b, &a]), "--token", SHARED_TOKEN],
+        100,
+        30,
+    );
+    tmux.wait("the first pending approval", FAILOVER_DEADLINE, |s| {
         s.contains("1 approval pending")
     })
     .await;
@@ -450,87 +435,12 @@ async fn a_console_given_every_address_follows_the_new_leader_and_says_so() {
     a.kill9();
     assert_eq!(the_leader(&[&a, &b], &[0]).await, 1);
     b.submit(&gated("after-failover")).await;
-    tmux.wait("the new leader's approval and the leader change", |s| {
-        s.contains("2 approvals pending") && s.contains("leader changed")
-    })
+    tmux.wait(
+        "the new leader's approval and the leader change",
+        FAILOVER_DEADLINE,
+        |s| s.contains("2 approvals pending") && s.contains("leader changed"),
+    )
     .await;
-}
-
-/// A tmux server of its own running the console, killed on drop.
-struct Tmux {
-    server: String,
-}
-
-impl Tmux {
-    fn start(args: &[&str]) -> Self {
-        let tmux = Self {
-            server: format!(
-                "opsdeck-ha-{}-{}",
-                std::process::id(),
-                rand::random::<u32>()
-            ),
-        };
-        let mut line = vec![opsdeck().display().to_string()];
-        line.extend(args.iter().map(|a| (*a).to_owned()));
-        let script = format!(
-            "{}; echo \"[console exited: $?]\"; sleep 600",
-            line.join(" ")
-        );
-        let out = tmux.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            "console",
-            "-x",
-            "100",
-            "-y",
-            "30",
-            "sh",
-            "-c",
-            &script,
-        ]);
-        assert!(
-            out.status.success(),
-            "tmux: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tmux
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = std::process::Command::new("tmux");
-        cmd.args(["-L", &self.server, "-f", "/dev/null"])
-            .args(args)
-            .env_remove("TMUX");
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("OPSDECK_") {
-                cmd.env_remove(&name);
-            }
-        }
-        cmd.output().expect("run tmux")
-    }
-
-    async fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + FAILOVER_DEADLINE;
-        loop {
-            let out = self.run(&["capture-pane", "-p", "-t", "console"]);
-            let screen = String::from_utf8_lossy(&out.stdout).into_owned();
-            if pred(&screen) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline && !screen.contains("[console exited"),
-                "the console never showed {what}:\n{screen}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
 }
 
 /// Failover time: leader killed (kill -9) → a standby serving as leader,

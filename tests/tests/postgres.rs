@@ -3,32 +3,11 @@
 //! server (CI sets it); each test gets a database of its own.
 
 use opsdeck_tests::pb::RunState;
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, sh};
-
-/// A fresh database on the test server, or None when no server is set.
-async fn fresh_database() -> Option<String> {
-    use sqlx::Connection;
-    let server = std::env::var("OPSDECK_TEST_POSTGRES").ok()?;
-    let name = format!(
-        "opsdeck_e2e_{}",
-        ulid::Ulid::new().to_string().to_lowercase()
-    );
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .expect("connect to OPSDECK_TEST_POSTGRES");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create a database");
-    let (base, _) = server
-        .rsplit_once('/')
-        .expect("a database URL ending in /DBNAME");
-    Some(format!("{base}/{name}"))
-}
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, fresh_postgres_database, sh};
 
 #[tokio::test]
 async fn on_postgres_runs_finish_and_survive_an_engine_kill() {
-    let Some(url) = fresh_database().await else {
+    let Some(url) = fresh_postgres_database("opsdeck_e2e").await else {
         eprintln!("OPSDECK_TEST_POSTGRES is not set: nothing to test against");
         return;
     };
