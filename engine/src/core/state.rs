@@ -687,7 +687,12 @@ impl State {
         if let Some(k) = idempotency_key {
             self.idempotency.insert(k, id.clone());
         }
-        let msg = format!("run {} submitted with {} steps", run.name, run.steps.len());
+        let steps = run.steps.len();
+        let msg = format!(
+            "run {} submitted with {steps} step{}",
+            run.name,
+            if steps == 1 { "" } else { "s" }
+        );
         self.runs.insert(id.clone(), run);
         tx.runs.insert(id.clone());
         self.emit(tx, actor, reason, Ev::new("run.submitted", msg).run(&id));
