@@ -64,6 +64,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         unix: Default::default(),
         ha: Default::default(),
         tls: None,
+        tls_clients: Vec::new(),
     };
     let stop = CancellationToken::new();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();

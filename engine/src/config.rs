@@ -65,6 +65,26 @@ pub struct TlsSection {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// `[[tls.client]]`: client certificates that are identities of their
+    /// own, by the subject Common Name.
+    #[serde(default)]
+    pub client: Vec<TlsClient>,
+}
+
+/// `[[tls.client]]`: a client certificate's Common Name and what its
+/// holder may do, like a `[[token]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClient {
+    /// The subject Common Name (CN) of the certificate; also the identity.
+    pub name: String,
+    /// What the certificate's holder may do; viewer when left out.
+    #[serde(default = "viewer_only")]
+    pub roles: Vec<Role>,
+    /// Groups the identity belongs to, for approval steps that name a
+    /// `group`.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl TlsSection {
@@ -439,6 +459,9 @@ impl ConfigFile {
                 );
             }
         }
+        if let Some(tls) = &self.tls {
+            check_tls_clients(tls, &mut p);
+        }
         for (kind, entries) in [("user", &self.unix.user), ("group", &self.unix.group)] {
             for (i, entry) in entries.iter().enumerate() {
                 if entry.name.trim().is_empty() {
@@ -469,6 +492,35 @@ impl ConfigFile {
             // Read by the caller with `Secrets::load(&self.secrets)`: it can fail.
             secrets: d.secrets,
         }
+    }
+}
+
+/// `[[tls.client]]` entries: named, each once, and only where client
+/// certificates are verified (`client_ca`).
+fn check_tls_clients(tls: &TlsSection, p: &mut Problems<'_>) {
+    use Seg::{Index, Key};
+    for (i, c) in tls.client.iter().enumerate() {
+        let at = [Key("tls"), Key("client"), Index(i), Key("name")];
+        if c.name.trim().is_empty() {
+            p.add(
+                &at,
+                "name is empty; write the Common Name (CN) of the client's certificate",
+            );
+        } else if tls.client[..i].iter().any(|o| o.name == c.name) {
+            p.add(
+                &at,
+                format!(
+                    "{:?} is named by an earlier [[tls.client]] entry; give each certificate name one entry",
+                    c.name
+                ),
+            );
+        }
+    }
+    if tls.client_ca.is_none() && !tls.client.is_empty() {
+        p.add(
+            &[Key("tls"), Key("client"), Index(0)],
+            "[[tls.client]] entries need [tls] client_ca: without it the engine asks no client for a certificate",
+        );
     }
 }
 
@@ -563,6 +615,55 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 3: engine.lease_ttl"), "{err}");
+    }
+
+    #[test]
+    fn tls_client_mistakes_are_named_with_their_line() {
+        let tls = "[tls]\ncert = \"e.pem\"\nkey = \"e.key\"\n";
+        let ok = ConfigFile::parse(
+            &format!(
+                "{tls}client_ca = \"ca.pem\"\n\n[[tls.client]]\nname = \"worker-7\"\nroles = [\"agent\"]\n"
+            ),
+            Path::new("e.toml"),
+        )
+        .unwrap();
+        let clients = ok.tls.unwrap().client;
+        assert_eq!(clients[0].name, "worker-7");
+        assert_eq!(clients[0].roles, [Role::Agent]);
+        let err = ConfigFile::parse(
+            &format!(
+                "{tls}client_ca = \"ca.pem\"\n\n[[tls.client]]\nname = \"a\"\n\n\
+                 [[tls.client]]\nname = \" \"\n\n[[tls.client]]\nname = \"a\"\n"
+            ),
+            Path::new("e.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "line 10: tls.client[1].name: name is empty",
+            "line 13: tls.client[2].name: \"a\" is named by an earlier",
+        ] {
+            assert!(err.contains(want), "{want} not in {err}");
+        }
+        let err = ConfigFile::parse(
+            &format!("{tls}\n[[tls.client]]\nname = \"a\"\n"),
+            Path::new("e.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 5") && err.contains("need [tls] client_ca"),
+            "{err}"
+        );
+        let err = ConfigFile::parse(
+            &format!(
+                "{tls}client_ca = \"ca.pem\"\n[[tls.client]]\nname = \"a\"\nroles = [\"root\"]\n"
+            ),
+            Path::new("e.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 7") && err.contains("root"), "{err}");
     }
 
     #[test]

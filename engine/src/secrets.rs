@@ -18,6 +18,11 @@ use serde::Deserialize;
 
 use crate::domain::spec::validate_secret_name;
 
+/// What an environment variable holding a secret must be named like: steps
+/// never inherit `OPSDECK_SECRET_*` variables of their worker's (or, for
+/// local workers, the engine's) environment.
+pub const SECRET_VAR_PREFIX: &str = "OPSDECK_SECRET_";
+
 /// Where a secret's value is read from: a file or an environment variable
 /// of the engine's process.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -60,6 +65,13 @@ impl Secrets {
                         }
                     }
                     text
+                }
+                (None, Some(var)) if !var.starts_with(SECRET_VAR_PREFIX) => {
+                    return Err(format!(
+                        "[secrets] {name}: env = \"{var}\": name the variable {SECRET_VAR_PREFIX}*; \
+                         steps never inherit those, while any other variable of the \
+                         engine's environment reaches the steps its --local-workers run"
+                    ));
                 }
                 (None, Some(var)) => std::env::var(var).map_err(|_| {
                     format!(
@@ -110,18 +122,32 @@ mod tests {
         let file = dir.path().join("db_pass");
         std::fs::write(&file, "hunter2-file\n").unwrap();
         let sources: BTreeMap<String, SecretSource> = toml::from_str(&format!(
-            "db_pass = {{ file = {:?} }}\npath = {{ env = \"PATH\" }}\n",
+            "db_pass = {{ file = {:?} }}\n",
             file.display().to_string()
         ))
         .unwrap();
         let secrets = Secrets::load(&sources).unwrap();
         assert_eq!(secrets.get("db_pass"), Some("hunter2-file"));
-        assert!(secrets.contains("path"));
         let debug = format!("{secrets:?}");
         assert!(
             debug.contains("db_pass") && !debug.contains("hunter2"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn a_variable_steps_would_inherit_cannot_hold_a_secret() {
+        let sources: BTreeMap<String, SecretSource> =
+            toml::from_str("path = { env = \"PATH\" }").unwrap();
+        let err = Secrets::load(&sources).unwrap_err();
+        assert!(
+            err.contains("[secrets] path") && err.contains("OPSDECK_SECRET_*"),
+            "{err}"
+        );
+        let unset: BTreeMap<String, SecretSource> =
+            toml::from_str("gone = { env = \"OPSDECK_SECRET_NOT_SET_ANYWHERE\" }").unwrap();
+        let err = Secrets::load(&unset).unwrap_err();
+        assert!(err.contains("is not set"), "{err}");
     }
 
     #[test]

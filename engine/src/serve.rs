@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub ha: HaSettings,
     /// `[tls]`: TLS (and, with a client CA, mutual TLS) on the TCP listener.
     pub tls: Option<opsdeck_proto::tls::ServerTls>,
+    /// `[[tls.client]]`: client certificates that identify their callers.
+    pub tls_clients: Vec<crate::config::TlsClient>,
 }
 
 /// Where a started engine listens.
@@ -105,7 +107,7 @@ pub async fn run(
             .ha
             .advertise
             .clone()
-            .unwrap_or_else(|| default_advertise(&bound)),
+            .unwrap_or_else(|| default_advertise(&bound, tls.is_some())),
         leader_ttl: opts.ha.leader_ttl,
     };
 
@@ -159,7 +161,7 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(
         api,
-        Auth::new(&opts.tokens, opts.unix.clone()),
+        Auth::new(&opts.tokens, &opts.tls_clients, opts.unix.clone()),
         Listeners { tcp, unix, tls },
         server_stop.clone(),
     ));
@@ -370,13 +372,15 @@ fn local_workers(
 }
 
 /// Where clients reach this engine when `--advertise` is not given: its
-/// TCP address (with the host name for a wildcard address), else its socket.
-fn default_advertise(bound: &Bound) -> String {
+/// TCP address (with the host name for a wildcard address; `https://` when
+/// it speaks TLS), else its socket.
+fn default_advertise(bound: &Bound, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     match (bound.tcp, &bound.socket) {
         (Some(addr), _) if addr.ip().is_unspecified() => {
-            format!("http://{}:{}", hostname(), addr.port())
+            format!("{scheme}://{}:{}", hostname(), addr.port())
         }
-        (Some(addr), _) => format!("http://{addr}"),
+        (Some(addr), _) => format!("{scheme}://{addr}"),
         (None, Some(path)) => format!("unix://{}", path.display()),
         (None, None) => hostname(),
     }

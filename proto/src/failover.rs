@@ -134,11 +134,7 @@ async fn probe(addr: &EngineAddr, tls: Option<&ClientTlsConfig>) -> Probe {
         .await
     {
         Ok(answer) => {
-            let leader = answer
-                .metadata()
-                .get(LEADER_METADATA)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
+            let leader = hint(answer.metadata(), addr);
             if answer.get_ref().status == ServingStatus::Serving as i32 {
                 Probe::Leader(channel)
             } else {
@@ -153,13 +149,28 @@ async fn probe(addr: &EngineAddr, tls: Option<&ClientTlsConfig>) -> Probe {
     }
 }
 
-/// The leader a standby named in its answer, if it did.
-pub fn leader_hint(status: &tonic::Status) -> Option<EngineAddr> {
-    status
-        .metadata()
-        .get(LEADER_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+/// The leader a standby at `asked` named in its answer, if it did and the
+/// address is one to follow from there.
+pub fn leader_hint(status: &tonic::Status, asked: &EngineAddr) -> Option<EngineAddr> {
+    hint(status.metadata(), asked)
+}
+
+/// A leader address from a standby's metadata, kept only when it speaks as
+/// securely as the address asked: never from `https://` down to `http://`
+/// (the next call would carry the bearer token in clear), and never to a
+/// Unix socket, which names a path on the standby's host, not ours.
+fn hint(metadata: &tonic::metadata::MetadataMap, asked: &EngineAddr) -> Option<EngineAddr> {
+    let named: EngineAddr = metadata.get(LEADER_METADATA)?.to_str().ok()?.parse().ok()?;
+    match (&named, asked) {
+        (EngineAddr::Tcp(to), EngineAddr::Tcp(from)) if is_tls(to) == is_tls(from) => Some(named),
+        // A local socket asked: a TCP leader is as good as the scheme says.
+        (EngineAddr::Tcp(_), EngineAddr::Unix(_)) => Some(named),
+        _ => None,
+    }
+}
+
+fn is_tls(addr: &str) -> bool {
+    addr.starts_with("https://")
 }
 
 /// A transport error with its causes, which tonic keeps apart.
@@ -228,6 +239,48 @@ impl PartialEq<EngineAddr> for EngineList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_hint_is_followed_only_as_securely_as_the_address_asked() {
+        let said = |leader: &str| {
+            let mut status = tonic::Status::unavailable("a standby");
+            status
+                .metadata_mut()
+                .insert(LEADER_METADATA, leader.parse().unwrap());
+            status
+        };
+        let plain: EngineAddr = "http://b:7465".parse().unwrap();
+        let tls: EngineAddr = "https://b:7465".parse().unwrap();
+        let local: EngineAddr = "unix:///run/opsdeck/engine.sock".parse().unwrap();
+        let to = |s: &str| Some(s.parse::<EngineAddr>().unwrap());
+        assert_eq!(
+            leader_hint(&said("http://a:7465"), &plain),
+            to("http://a:7465")
+        );
+        assert_eq!(
+            leader_hint(&said("https://a:7465"), &tls),
+            to("https://a:7465")
+        );
+        assert_eq!(
+            leader_hint(&said("http://a:7465"), &tls),
+            None,
+            "never down to clear text"
+        );
+        assert_eq!(leader_hint(&said("https://a:7465"), &plain), None);
+        assert_eq!(
+            leader_hint(&said("unix:///x.sock"), &plain),
+            None,
+            "a path on their host"
+        );
+        assert_eq!(
+            leader_hint(&said("http://a:7465"), &local),
+            to("http://a:7465")
+        );
+        assert_eq!(
+            leader_hint(&tonic::Status::unavailable("no hint"), &plain),
+            None
+        );
+    }
 
     #[test]
     fn a_list_is_comma_separated_addresses_in_order() {

@@ -12,6 +12,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// A TLS file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error(
+        "[tls] cert and key do not make a server identity ({0}): check that the key belongs to the certificate"
+    )]
+    Rejected(String),
     #[error("cannot read {what} {}: {source}", path.display())]
     Read {
         what: &'static str,
@@ -90,6 +94,12 @@ impl ServerTls {
                 .client_ca_root(Certificate::from_pem(certificates(ca, "[tls] client_ca")?))
                 .client_auth_optional(false);
         }
+        // rustls checks the pair only when a server is set up with it: do it
+        // now, so that a key that is not the certificate's stops the start
+        // (and `check-config`) instead of leaving the engine without an API.
+        tonic::transport::Server::builder()
+            .tls_config(config.clone())
+            .map_err(|e| TlsError::Rejected(format!("{e}")))?;
         Ok(config)
     }
 }
@@ -137,6 +147,25 @@ fn private_key(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["engine".into()]).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, other.serialize_pem()).unwrap();
+        let tls = ServerTls {
+            cert: cert_path,
+            key: key_path.clone(),
+            client_ca: None,
+        };
+        let err = tls.load().unwrap_err().to_string();
+        assert!(err.contains("belongs to the certificate"), "{err}");
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        tls.load().expect("the certificate's own key");
+    }
 
     #[test]
     fn a_missing_or_wrong_file_is_named_with_its_flag() {

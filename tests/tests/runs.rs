@@ -111,8 +111,8 @@ async fn a_step_over_its_timeout_is_killed_and_fails() {
 async fn a_secret_env_value_reaches_the_step_but_never_an_answer_an_event_the_output_or_a_log() {
     let secret = "s3cr3t-e2e-value-7f1c";
     let engine = Engine::start(opsdeck_tests::EngineOpts {
-        config: "[secrets]\napi_token = { env = \"TEST_API_TOKEN\" }\n".into(),
-        env: vec![("TEST_API_TOKEN".into(), secret.into())],
+        config: "[secrets]\napi_token = { env = \"OPSDECK_SECRET_API_TOKEN\" }\n".into(),
+        env: vec![("OPSDECK_SECRET_API_TOKEN".into(), secret.into())],
         ..Default::default()
     })
     .await;

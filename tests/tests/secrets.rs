@@ -70,10 +70,10 @@ async fn a_secret_reaches_its_step_and_nothing_else_not_even_the_database_file()
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
     let engine = Engine::start(EngineOpts {
         config: format!(
-            "[secrets]\ndb_pass = {{ file = {} }}\napi_key = {{ env = \"TEST_SECRET_API_KEY\" }}\n",
+            "[secrets]\ndb_pass = {{ file = {} }}\napi_key = {{ env = \"OPSDECK_SECRET_API_KEY\" }}\n",
             sh(&secret_file.display().to_string())
         ),
-        env: vec![("TEST_SECRET_API_KEY".into(), from_env.clone())],
+        env: vec![("OPSDECK_SECRET_API_KEY".into(), from_env.clone())],
         ..EngineOpts::default()
     })
     .await;
@@ -243,4 +243,51 @@ async fn a_spec_naming_an_unknown_secret_or_holding_a_secret_value_is_refused() 
         .unwrap_err();
     assert!(!message.contains("inline-s3cr3t-value"), "{message}");
     assert_status(refused, Code::InvalidArgument, &["env TOKEN", "[secrets]"]);
+}
+
+#[tokio::test]
+async fn a_step_of_the_engines_own_workers_does_not_inherit_its_secret_variables() {
+    let value = format!(
+        "inherited-s3cr3t-{}",
+        hex::encode(rand::random::<[u8; 12]>())
+    );
+    let engine = Engine::start(EngineOpts {
+        config: "[secrets]\napi_key = { env = \"OPSDECK_SECRET_API_KEY\" }\n".into(),
+        env: vec![("OPSDECK_SECRET_API_KEY".into(), value.clone())],
+        args: vec!["--local-workers".into(), "1".into()],
+        ..EngineOpts::default()
+    })
+    .await;
+    // The local worker runs steps in the engine's own environment; a step
+    // that prints all of it must find no secret there, named or not.
+    let run = engine
+        .submit("name = \"nosy\"\n[[step]]\nname = \"env\"\nqueue = \"any\"\nrun = \"env\"\n")
+        .await;
+    engine
+        .wait_run_state(&run.id, pb::RunState::Succeeded, DEADLINE)
+        .await;
+    let output = engine
+        .api()
+        .await
+        .runs
+        .get_output(pb::GetOutputRequest {
+            run_id: run.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chunks;
+    let text: String = output
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect();
+    assert!(
+        text.contains("OPSDECK_RUN_ID="),
+        "the step printed its environment: {text}"
+    );
+    assert!(
+        !text.contains(&value) && !text.contains("OPSDECK_SECRET_"),
+        "a secret variable of the engine reached the step: {text}"
+    );
 }

@@ -2,7 +2,10 @@
 //! (mutual TLS), against a real engine, the real CLI and a real worker:
 //! a client with a certificate of the configured CA gets in; one without a
 //! certificate, with one of another CA, without the engine's CA, or
-//! speaking plain HTTP/2 does not. The Unix socket stays plain.
+//! speaking plain HTTP/2 does not. The Unix socket stays plain. A
+//! certificate whose Common Name a `[[tls.client]]` entry names is an
+//! identity of its own, with that entry's roles, for the CLI and a worker
+//! alike; one no entry names gets none.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -10,7 +13,10 @@ use std::process::{Command, Output, Stdio};
 use opsdeck_proto::endpoint::EngineAddr;
 use opsdeck_proto::tls::ClientTls;
 use opsdeck_tests::pb::{self, console_client::ConsoleClient};
-use opsdeck_tests::{Bearer, DEADLINE, Engine, EngineOpts, TOKEN_IDENTITY, Worker, opsdeck, sh};
+use opsdeck_tests::{
+    Bearer, Clients, DEADLINE, Engine, EngineOpts, TOKEN_IDENTITY, TcpService, Worker,
+    assert_status, opsdeck, sh,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
@@ -18,7 +24,9 @@ use rcgen::{
 use tonic::service::interceptor::InterceptedService;
 
 /// The files of a test PKI: a CA, the engine's certificate (for 127.0.0.1
-/// and localhost), a client of that CA, and a client of another CA.
+/// and localhost), a client of that CA no `[[tls.client]]` entry names, a
+/// client of another CA, and two clients the config names: an operator
+/// and a worker.
 struct Pki {
     ca: PathBuf,
     server_cert: PathBuf,
@@ -27,7 +35,13 @@ struct Pki {
     client_key: PathBuf,
     stranger_cert: PathBuf,
     stranger_key: PathBuf,
+    operator: (PathBuf, PathBuf),
+    agent: (PathBuf, PathBuf),
 }
+
+/// The Common Names of the certificates `[[tls.client]]` names.
+const OPERATOR_CN: &str = "deploy-bot";
+const AGENT_CN: &str = "worker-7";
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -86,8 +100,24 @@ fn pki(dir: &Path) -> Pki {
         ExtendedKeyUsagePurpose::ClientAuth,
         &theirs,
     );
+    let operator = leaf(
+        dir,
+        OPERATOR_CN,
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &ours,
+    );
+    let agent = leaf(
+        dir,
+        AGENT_CN,
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &ours,
+    );
     Pki {
         ca: ca_path,
+        operator,
+        agent,
         server_cert,
         server_key,
         client_cert,
@@ -108,7 +138,9 @@ async fn mtls_engine(dir: &Path) -> (Engine, Pki) {
     ));
     let config = format!(
         "[[token]]\nidentity = \"tls-worker\"\nsha256 = \"{agent_hash}\"\nroles = [\"agent\"]\n\n\
-         [tls]\ncert = {}\nkey = {}\nclient_ca = {}\n",
+         [tls]\ncert = {}\nkey = {}\nclient_ca = {}\n\n\
+         [[tls.client]]\nname = \"{OPERATOR_CN}\"\nroles = [\"operator\"]\ngroups = [\"deployers\"]\n\n\
+         [[tls.client]]\nname = \"{AGENT_CN}\"\nroles = [\"agent\"]\n",
         sh(&pki.server_cert.display().to_string()),
         sh(&pki.server_key.display().to_string()),
         sh(&pki.ca.display().to_string()),
@@ -347,5 +379,193 @@ async fn the_cli_and_a_worker_run_a_step_over_mutual_tls() {
         String::from_utf8_lossy(&half.stderr).contains("--key"),
         "{}",
         String::from_utf8_lossy(&half.stderr)
+    );
+}
+
+/// Every client over TLS with these files, sending `token` or none.
+async fn tls_api(url: &str, tls: ClientTls, token: Option<&str>) -> Clients<TcpService> {
+    let config = tls.load().unwrap();
+    let addr: EngineAddr = url.parse().unwrap();
+    let channel = addr.connect_with(Some(&config)).await.unwrap();
+    Clients::with_token(channel, token)
+}
+
+#[tokio::test]
+async fn a_certificate_named_in_tls_client_is_an_identity_with_its_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, pki) = mtls_engine(dir.path()).await;
+    let url = https(&engine);
+    let (cert, key) = pki.operator.clone();
+    let operator = ClientTls {
+        ca: Some(pki.ca.clone()),
+        cert: Some(cert),
+        key: Some(key),
+    };
+    let mut api = tls_api(&url, operator.clone(), None).await;
+
+    let who = api
+        .console
+        .whoami(pb::WhoamiRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (who.identity.as_str(), who.transport.as_str()),
+        (OPERATOR_CN, "tls")
+    );
+
+    let run = api
+        .runs
+        .submit_run(pb::SubmitRunRequest {
+            spec: "name = \"by-certificate\"\n[[step]]\nqueue = \"nowhere\"\nrun = \"true\"\n"
+                .into(),
+            reason: "submitted with a client certificate".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let events = engine.events(&run.id).await;
+    let submitted = events.iter().find(|e| e.kind == "run.submitted").unwrap();
+    assert_eq!(
+        (submitted.actor.as_str(), submitted.transport.as_str()),
+        (OPERATOR_CN, "tls")
+    );
+
+    // Its roles are the entry's: operator, not admin.
+    let refused = api
+        .leases
+        .force_release(pb::ForceReleaseRequest {
+            id: "no-such-lease".into(),
+            reason: "not mine to release".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(
+        refused,
+        tonic::Code::PermissionDenied,
+        &["admin role", "deploy-bot (tls)", "[[tls.client]]"],
+    );
+
+    // A bearer token sent as well wins; an unknown one is refused, not
+    // passed over for the certificate.
+    let mut with_token = tls_api(&url, operator.clone(), Some(engine.token())).await;
+    let who = with_token
+        .console
+        .whoami(pb::WhoamiRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (who.identity.as_str(), who.transport.as_str()),
+        (TOKEN_IDENTITY, "tls")
+    );
+    let mut wrong_token = tls_api(&url, operator, Some("tok_nobody_knows")).await;
+    assert_status(
+        wrong_token.console.whoami(pb::WhoamiRequest {}).await,
+        tonic::Code::Unauthenticated,
+        &["bearer token is not known"],
+    );
+
+    // A certificate of the CA that no entry names, and no token: no
+    // identity, and the message names the certificate.
+    let unlisted = ClientTls {
+        ca: Some(pki.ca.clone()),
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+    };
+    let mut api = tls_api(&url, unlisted, None).await;
+    assert_status(
+        api.runs.list_runs(pb::ListRunsRequest::default()).await,
+        tonic::Code::Unauthenticated,
+        &["\"ops-client\"", "[[tls.client]]", "bearer"],
+    );
+}
+
+#[tokio::test]
+async fn a_worker_and_the_cli_with_only_certificates_run_a_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, pki) = mtls_engine(dir.path()).await;
+    let url = https(&engine);
+    let ca = pki.ca.display().to_string();
+    let (agent_cert, agent_key) = (
+        pki.agent.0.display().to_string(),
+        pki.agent.1.display().to_string(),
+    );
+    let _worker = Worker::spawn(
+        &engine,
+        "tls-w7",
+        &["build"],
+        1,
+        &[
+            "--engine",
+            &url,
+            "--ca",
+            &ca,
+            "--cert",
+            &agent_cert,
+            "--key",
+            &agent_key,
+        ],
+    );
+    engine
+        .wait_worker(
+            "tls-w7",
+            |w| w.state == pb::WorkerState::Online as i32 && w.connected,
+            DEADLINE,
+        )
+        .await;
+
+    let marker = engine.path("ran-with-certificates");
+    let spec = engine.work_dir().join("certs.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"with-certificates\"\n[[step]]\nqueue = \"build\"\nrun = {}\n",
+            sh(&format!("echo done > {}", marker.display()))
+        ),
+    )
+    .unwrap();
+    let (cert, key) = (
+        pki.operator.0.display().to_string(),
+        pki.operator.1.display().to_string(),
+    );
+    let out = cli(&[
+        "--engine",
+        &url,
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "submit",
+        &spec.display().to_string(),
+        "--wait",
+        "--output",
+        "json",
+        "--reason",
+        "certificates only",
+    ]);
+    assert!(
+        out.status.success(),
+        "opsdeck submit with a client certificate and no token failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        engine.logs()
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["run"]["state"], "succeeded", "{doc}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "done",
+        "the worker ran the step"
+    );
+    let events = engine.events(doc["run"]["id"].as_str().unwrap()).await;
+    let submitted = events.iter().find(|e| e.kind == "run.submitted").unwrap();
+    assert_eq!(
+        (submitted.actor.as_str(), submitted.transport.as_str()),
+        (OPERATOR_CN, "tls")
     );
 }

@@ -231,7 +231,7 @@ impl Conn {
     /// A standby answered, naming the leader: the next attempt goes there,
     /// keeping the addresses given to fall back on.
     fn follow_leader(&mut self, status: &tonic::Status) {
-        let Some(leader) = opsdeck_proto::failover::leader_hint(status) else {
+        let Some(leader) = opsdeck_proto::failover::leader_hint(status, &self.target.addr) else {
             return;
         };
         let given = match &self.target.origin {

@@ -42,6 +42,8 @@ const OUTPUT_LINGER: Duration = Duration::from_secs(2);
 const PRIVATE_ENV: &[&str] = &[
     "OPSDECK_TOKEN",
     "OPSDECK_WORKER_GENERATION",
+    // The engine's database URL (it may hold a password), for local workers.
+    "OPSDECK_DATABASE",
     // systemd's, meant for the worker (or the engine) itself: a step must
     // not be able to report readiness or ping the watchdog in its name.
     "NOTIFY_SOCKET",
@@ -150,6 +152,13 @@ fn command(step: &Assignment) -> Result<Command, &'static str> {
     };
     for name in PRIVATE_ENV {
         command.env_remove(name);
+    }
+    // The engine's secret variables, when the worker runs inside the engine:
+    // a step gets only the secrets its spec names, through its own env.
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"OPSDECK_SECRET_") {
+            command.env_remove(&name);
+        }
     }
     command
         .env("OPSDECK_RUN_ID", &step.run_id)

@@ -2,8 +2,10 @@
 //!
 //! Identity: on the Unix socket the kernel says (the peer's uid and gid,
 //! `SO_PEERCRED`), and the user database gives its name and groups; on TCP
-//! a bearer token listed in the config by its SHA-256 does. Roles: a
-//! token's `roles`; for socket callers, the `[unix]` section of the config.
+//! a bearer token listed in the config by its SHA-256 does, or, with mutual
+//! TLS and no token, the verified client certificate whose subject Common
+//! Name a `[[tls.client]]` entry names. Roles: the token's or the entry's
+//! `roles`; for socket callers, the `[unix]` section of the config.
 //!
 //! [`Guard`] is a layer over the whole router: every request is identified
 //! and checked against the table in [`super::roles`] before any service
@@ -23,7 +25,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
 use super::roles::{self, Need};
-use crate::config::{TokenEntry, UnixSection};
+use crate::config::{TlsClient, TokenEntry, UnixSection};
 use crate::domain::{Actor, Grants, Role};
 
 /// How long what the user database said about a socket user is kept:
@@ -46,6 +48,8 @@ pub struct Auth {
 struct Inner {
     /// By the lowercase hex SHA-256 of the token.
     tokens: HashMap<String, Caller>,
+    /// Client certificates by their subject Common Name.
+    certificates: HashMap<String, Caller>,
     unix: UnixSection,
     /// The engine's own uid: it and root are admin (and agent, for the
     /// local workers) unless the config names them.
@@ -55,7 +59,7 @@ struct Inner {
 }
 
 impl Auth {
-    pub fn new(tokens: &[TokenEntry], unix: UnixSection) -> Self {
+    pub fn new(tokens: &[TokenEntry], certificates: &[TlsClient], unix: UnixSection) -> Self {
         let tokens = tokens
             .iter()
             .map(|t| {
@@ -69,9 +73,23 @@ impl Auth {
                 (t.sha256.to_ascii_lowercase(), caller)
             })
             .collect();
+        let certificates = certificates
+            .iter()
+            .map(|c| {
+                let caller = Caller {
+                    actor: Actor {
+                        name: c.name.clone(),
+                        transport: "tls",
+                    },
+                    grants: Grants::new(c.roles.iter().copied(), c.groups.iter().cloned()),
+                };
+                (c.name.clone(), caller)
+            })
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 tokens,
+                certificates,
                 unix,
                 own_uid: nix::unistd::geteuid().as_raw(),
                 unix_cache: Mutex::new(HashMap::new()),
@@ -137,9 +155,18 @@ impl Auth {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim);
+        let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
         let Some(token) = bearer else {
+            // rustls hands over client certificates only once they chained
+            // to `[tls] client_ca`, and tonic passes on only those.
+            if let Some(certs) = tls.and_then(|i| i.peer_certs())
+                && let Some(leaf) = certs.first()
+            {
+                return self.certificate_caller(leaf.as_ref());
+            }
             let via = extensions
                 .get::<TcpConnectInfo>()
+                .or(tls.map(|i| i.get_ref()))
                 .and_then(|i| i.remote_addr())
                 .map(|a| format!(" from {a}"))
                 .unwrap_or_default();
@@ -150,7 +177,7 @@ impl Auth {
         };
         match self.inner.tokens.get(&token_hash(token)) {
             // Over TLS the event log says so.
-            Some(caller) if extensions.get::<TlsConnectInfo<TcpConnectInfo>>().is_some() => {
+            Some(caller) if tls.is_some() => {
                 let mut caller = caller.clone();
                 caller.actor.transport = "tls";
                 Ok(caller)
@@ -159,6 +186,26 @@ impl Auth {
             None => Err(Status::unauthenticated(
                 "the bearer token is not known to this engine; check the token, or the [[token]] entries of the engine's config",
             )),
+        }
+    }
+
+    /// The caller a verified client certificate names: the
+    /// `[[tls.client]]` entry of its subject Common Name.
+    fn certificate_caller(&self, leaf: &[u8]) -> Result<Caller, Status> {
+        let name = certificate_name(leaf).map_err(Status::unauthenticated)?;
+        match self.inner.certificates.get(&name) {
+            Some(caller) => Ok(caller.clone()),
+            None => {
+                tracing::info!(
+                    certificate = %name,
+                    "call refused: no [[tls.client]] entry names the client certificate"
+                );
+                Err(Status::unauthenticated(format!(
+                    "the client certificate {name:?} (its subject Common Name) is not named by any \
+                     [[tls.client]] entry of the engine's config; add one with its roles, or send \
+                     `authorization: Bearer <token>`"
+                )))
+            }
         }
     }
 
@@ -231,6 +278,29 @@ fn unix_roles(unix: &UnixSection, name: &str, groups: &[String], privileged: boo
     roles
 }
 
+/// The subject Common Name of a DER certificate, or why it has none to go
+/// by.
+fn certificate_name(der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("the client certificate cannot be read: {e}"))?;
+    let mut names = cert.subject().iter_common_name();
+    let (Some(first), None) = (names.next(), names.next()) else {
+        return Err(format!(
+            "the client certificate ({}) must have exactly one subject Common Name (CN) to be \
+             named by a [[tls.client]] entry; issue it with one CN, or send \
+             `authorization: Bearer <token>`",
+            cert.subject()
+        ));
+    };
+    first.as_str().map(str::to_owned).map_err(|e| {
+        format!(
+            "the Common Name of the client certificate ({}) is not text ({e}); issue it with a \
+             UTF-8 CN, or send `authorization: Bearer <token>`",
+            cert.subject()
+        )
+    })
+}
+
 /// The names of the peer's gid and of every group the user database puts
 /// the user in.
 fn unix_groups(user: Option<&nix::unistd::User>, gid: u32) -> Vec<String> {
@@ -257,9 +327,14 @@ fn refusal(method: &str, role: Role, caller: &Caller) -> String {
     };
     let how = match (role, caller.actor.transport) {
         (Role::Agent, _) => {
-            "; workers connect with a token holding the agent role (`opsdeckd token new --role agent`)"
+            "; workers connect with a token holding the agent role (`opsdeckd token new --role agent`), \
+             or a client certificate whose [[tls.client]] entry holds it"
         }
         (_, "unix") => "; socket users get roles from the [unix] section of the engine's config",
+        (_, "tls") => {
+            "; a token gets roles from the `roles` of its [[token]] entry, a client certificate \
+             from those of its [[tls.client]] entry, in the engine's config"
+        }
         _ => "; a token gets roles from the `roles` of its [[token]] entry in the engine's config",
     };
     format!(
@@ -366,6 +441,7 @@ mod tests {
                 token("ci", "t-op", &[Role::Operator]),
                 token("w1", "t-agent", &[Role::Agent]),
             ],
+            &[],
             UnixSection::default(),
         )
     }
@@ -420,6 +496,55 @@ mod tests {
         );
         let unlisted = call(&a, "/opsdeck.v1.Runs/Nuke", Some("t-op")).unwrap_err();
         assert_eq!(unlisted.code(), tonic::Code::PermissionDenied);
+    }
+
+    /// A DER certificate with this subject Common Name, or none,
+    /// self-signed: `certificate_caller` is given only certificates rustls
+    /// verified.
+    fn cert(common_name: &[&str]) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for cn in common_name {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *cn);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_client_certificate_is_the_identity_its_tls_client_entry_names() {
+        let entry = TlsClient {
+            name: "worker-7".into(),
+            roles: vec![Role::Agent],
+            groups: vec!["build".into()],
+        };
+        let a = Auth::new(&[], &[entry], UnixSection::default());
+        let caller = a.certificate_caller(&cert(&["worker-7"])).unwrap();
+        assert_eq!(
+            (caller.actor.name.as_str(), caller.actor.transport),
+            ("worker-7", "tls")
+        );
+        assert!(caller.grants.has(Role::Agent) && !caller.grants.has(Role::Viewer));
+        assert!(caller.grants.in_group("build"));
+
+        let unknown = a.certificate_caller(&cert(&["worker-8"])).unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::Unauthenticated);
+        assert!(
+            unknown.message().contains("\"worker-8\"")
+                && unknown.message().contains("[[tls.client]]"),
+            "{}",
+            unknown.message()
+        );
+        let none = a.certificate_caller(&cert(&[])).unwrap_err();
+        assert!(
+            none.message().contains("exactly one subject Common Name"),
+            "{}",
+            none.message()
+        );
+        let garbage = a.certificate_caller(b"not a certificate").unwrap_err();
+        assert_eq!(garbage.code(), tonic::Code::Unauthenticated);
     }
 
     #[test]

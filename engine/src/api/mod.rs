@@ -173,9 +173,9 @@ fn server(tls: Option<tonic::transport::ServerTlsConfig>) -> anyhow::Result<Serv
 }
 
 type Explained = tower::layer::util::Stack<
-    auth::Guard,
+    crate::ha::StandbyGate,
     tower::layer::util::Stack<
-        crate::ha::StandbyGate,
+        auth::Guard,
         tower::layer::util::Stack<
             tower::util::MapResponseLayer<
                 fn(Response<tonic::body::Body>) -> Response<tonic::body::Body>,
@@ -208,11 +208,13 @@ fn router(
     let explain: fn(Response<tonic::body::Body>) -> Response<tonic::body::Body> =
         limit::explain_message_limit;
     Ok(server(tls)?
+        // Layers run in the order added, the first outermost.
         .layer(tower::util::MapResponseLayer::new(explain))
+        // Every request, to every service: identity and role first (so a
+        // standby names its leader only to callers it knows).
+        .layer(auth.guard())
         // A standby answers only health and reflection, naming the leader.
         .layer(crate::ha::StandbyGate::new(api.role.clone()))
-        // Every request, to every service: identity and role first.
-        .layer(auth.guard())
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(health)

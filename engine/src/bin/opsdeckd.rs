@@ -349,6 +349,11 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or(opsdeck_engine::ha::DEFAULT_LEADER_TTL),
         },
         tls: file.tls.as_ref().map(|t| t.server_tls()),
+        tls_clients: file
+            .tls
+            .as_ref()
+            .map(|t| t.client.clone())
+            .unwrap_or_default(),
         data_dir,
     };
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
