@@ -549,3 +549,60 @@ async fn token_new_prints_a_token_once_and_the_config_lines_that_give_it_its_rol
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("\"boss\" is not a role"), "{err}");
 }
+
+#[tokio::test]
+async fn a_demoted_engine_user_keeps_its_local_workers_but_their_steps_cannot_act_as_it() {
+    // Who the tests run as: the engine's own user, admin by default.
+    let me = Engine::start_default().await.os_identity().await;
+    let engine = Engine::start(EngineOpts {
+        config: format!("[[unix.user]]\nname = \"{me}\"\nroles = [\"viewer\"]\n"),
+        args: vec!["--local-workers".into(), "1".into()],
+        ..EngineOpts::default()
+    })
+    .await;
+    // The engine's in-process worker still runs steps; the step, running as
+    // the engine's user, tries to act on the engine through its socket.
+    let script = format!(
+        "{} --engine {} drain no-such-worker --reason escalate; echo \"exit=$?\"",
+        opsdeck_tests::opsdeck().display(),
+        engine.unix_addr()
+    );
+    let spec = format!(
+        "name = \"escalate\"\n[[step]]\nname = \"try\"\nqueue = \"any\"\nrun = {}\n",
+        sh(&script)
+    );
+    // Submitted (and read back) over TCP with the tests' admin token: the
+    // socket's user is only a viewer now.
+    let mut runs = engine.ci_api().await.runs;
+    let run = runs
+        .submit_run(pb::SubmitRunRequest {
+            spec,
+            reason: "escalation attempt".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    engine
+        .wait_run_state(&run.id, pb::RunState::Succeeded, DEADLINE)
+        .await;
+    let chunks = runs
+        .get_output(pb::GetOutputRequest {
+            run_id: run.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chunks;
+    let text: String = chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect();
+    assert!(
+        text.contains("PERMISSION_DENIED") && text.contains("exit=1"),
+        "the step was refused as a viewer: {text}"
+    );
+}

@@ -145,6 +145,18 @@ impl Auth {
                     "the kernel gave no peer credentials for this socket connection",
                 ));
             };
+            // The engine's own local workers, in this very process: the
+            // worker protocol, whatever the config says of the engine's user
+            // (which an admin may demote, so that the steps those workers
+            // run as that user cannot act as it).
+            if cred
+                .pid()
+                .is_some_and(|pid| u32::try_from(pid) == Ok(std::process::id()))
+            {
+                let mut caller = self.unix_caller(cred.uid(), cred.gid());
+                caller.grants = Grants::new(vec![Role::Agent], Vec::new());
+                return Ok(caller);
+            }
             return Ok(self.unix_caller(cred.uid(), cred.gid()));
         }
         let bearer = headers
