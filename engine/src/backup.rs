@@ -20,11 +20,15 @@ pub async fn backup(url: &str, dest: &Path) -> anyhow::Result<()> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         bail!(
             "opsdeckd backup copies SQLite databases; back up PostgreSQL with its own tools, \
-             e.g. `pg_dump --format=custom --file=opsdeck.dump '{url}'`"
+             e.g. `pg_dump --format=custom --file=opsdeck.dump '{}'`",
+            crate::store::redacted(url)
         );
     }
     if !url.starts_with("sqlite:") {
-        bail!("{url:?} is not a database URL opsdeckd can back up; give a sqlite:// URL");
+        bail!(
+            "{:?} is not a database URL opsdeckd can back up; give a sqlite:// URL",
+            crate::store::redacted(url)
+        );
     }
     if dest.exists() {
         bail!(

@@ -73,9 +73,12 @@ pub async fn run(
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create the data dir {}", opts.data_dir.display()))?;
     opts.ha.check()?;
-    let store = store::open(&opts.database)
-        .await
-        .with_context(|| format!("cannot open the database {}", opts.database))?;
+    let store = store::open(&opts.database).await.with_context(|| {
+        format!(
+            "cannot open the database {}",
+            store::redacted(&opts.database)
+        )
+    })?;
     let core_stop = CancellationToken::new();
     let core = core::CoreHandle::unstarted();
     let tls = match &opts.tls {
@@ -148,7 +151,7 @@ pub async fn run(
         Some(addr) => Some(metrics::bind(addr, &opts.data_dir).await?),
         None => None,
     };
-    tracing::info!(tcp = ?bound.tcp, socket = ?bound.socket, database = %opts.database, "opsdeckd serving");
+    tracing::info!(tcp = ?bound.tcp, socket = ?bound.socket, database = %store::redacted(&opts.database), "opsdeckd serving");
     on_bound(&bound);
 
     let api = Api {

@@ -10,6 +10,7 @@ use opsdeck_engine::config::{
     ConfigFile, DEFAULT_CONFIG, DEFAULT_METRICS_LISTEN, default_data_dir,
 };
 use opsdeck_engine::serve::{self, ServeOptions};
+use opsdeck_engine::store::redacted;
 use opsdeck_engine::{agent, bench, logging};
 use tokio_util::sync::CancellationToken;
 
@@ -212,8 +213,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let url = args.database.unwrap_or_else(|| sqlite_url(&data_dir));
             opsdeck_engine::store::open(&url)
                 .await
-                .with_context(|| format!("cannot migrate {url}"))?;
-            println!("migrations applied to {url}");
+                .with_context(|| format!("cannot migrate {}", redacted(&url)))?;
+            println!("migrations applied to {}", redacted(&url));
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
@@ -228,7 +229,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .or(file.engine.database)
                 .unwrap_or_else(|| sqlite_url(&data_dir));
             opsdeck_engine::backup::backup(&url, &path).await?;
-            println!("backed up {url} to {}", path.display());
+            println!("backed up {} to {}", redacted(&url), path.display());
             Ok(())
         }
         Command::CheckConfig { config } => {

@@ -107,6 +107,18 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// A database URL fit to print: its password, if it has one, as `***`.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only a URL that cannot have a password refuses one.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Opens the store a database URL names, applying migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
@@ -114,6 +126,27 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Ok(std::sync::Arc::new(PostgresStore::open(url).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
+        Err(StoreError::UnsupportedUrl(redacted(url)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn a_printed_database_url_shows_no_password() {
+        assert_eq!(
+            redacted("postgres://opsdeck:hunter2@db.internal:5432/opsdeck"),
+            "postgres://opsdeck:***@db.internal:5432/opsdeck"
+        );
+        assert_eq!(
+            redacted("postgres://opsdeck@db/opsdeck"),
+            "postgres://opsdeck@db/opsdeck"
+        );
+        assert_eq!(
+            redacted("sqlite:///var/lib/opsdeck/opsdeck.db"),
+            "sqlite:///var/lib/opsdeck/opsdeck.db"
+        );
     }
 }
