@@ -1145,6 +1145,22 @@ impl State {
                 "worker {id} has 0 slots; give it --slots 1 or more"
             )));
         }
+        // A connected worker's session (and the assignments, secrets
+        // included, that go down it) is not for another identity to take.
+        if let Some(live) = self.workers.get(&id).filter(|w| {
+            matches!(
+                w.state,
+                WorkerState::Online | WorkerState::Draining | WorkerState::Recycling
+            ) && !w.identity.is_empty()
+                && w.identity != identity
+                && self.sessions.contains_key(&id)
+        }) {
+            return Err(EngineError::PermissionDenied(format!(
+                "worker {id} is connected as {}, and {identity} may not take over its session; \
+                 give this worker another --id, or stop the other process first",
+                live.identity
+            )));
+        }
         let actor = Actor::worker(&id);
         // A second process with the same id replaces the first: the newest
         // hello is the one that can still do work.
@@ -2656,5 +2672,29 @@ mod tests {
                 .iter()
                 .any(|e| e.kind == "lease.expired" && e.lease_id == leased[1].lease_id)
         );
+    }
+
+    #[test]
+    fn another_identity_cannot_take_over_a_connected_workers_session() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let (out, _rx) = mpsc::unbounded_channel();
+        let hello = pb::Hello {
+            worker_id: "w".into(),
+            queues: vec!["*".into()],
+            slots: 8,
+            generation: 1,
+            ..Default::default()
+        };
+        let mut tx = Tx::new(T0 + 5);
+        let refused = s.hello(&mut tx, 2, "mallory", hello, out);
+        assert!(
+            matches!(&refused, Err(EngineError::PermissionDenied(m)) if m.contains("connected as w")),
+            "{refused:?}"
+        );
+        // The worker keeps its session and its work.
+        submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0 + 10);
+        assert_eq!(assignments(&mut w).len(), 1);
     }
 }
