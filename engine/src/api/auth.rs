@@ -110,19 +110,22 @@ impl Auth {
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
     ) -> Result<Option<Caller>, Status> {
-        let need = roles::need(path);
-        if need == Some(Need::Open) {
+        let method = path.trim_start_matches('/');
+        let Some(need) = roles::need(path) else {
+            // Not in the table: nothing here serves it (a newer client, a
+            // typo), which is what UNIMPLEMENTED says, whoever asks.
+            return Err(Status::unimplemented(format!(
+                "{method} is not a method this engine serves; is the client newer than the engine?"
+            )));
+        };
+        if need == Need::Open {
             return Ok(None);
         }
         let caller = self.identify(headers, extensions)?;
-        let method = path.trim_start_matches('/');
         match need {
-            None => Err(Status::permission_denied(format!(
-                "{method} is not a method this engine serves to anyone"
-            ))),
-            Some(Need::Open | Need::Identity) => Ok(Some(caller)),
-            Some(Need::Role(role)) if caller.grants.has(role) => Ok(Some(caller)),
-            Some(Need::Role(role)) => {
+            Need::Open | Need::Identity => Ok(Some(caller)),
+            Need::Role(role) if caller.grants.has(role) => Ok(Some(caller)),
+            Need::Role(role) => {
                 tracing::info!(
                     identity = %caller.actor.name,
                     transport = caller.actor.transport,
@@ -506,8 +509,10 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let unlisted = call(&a, "/opsdeck.v1.Runs/Nuke", Some("t-op")).unwrap_err();
-        assert_eq!(unlisted.code(), tonic::Code::PermissionDenied);
+        for who in [Some("t-op"), None] {
+            let unlisted = call(&a, "/opsdeck.v1.Runs/Nuke", who).unwrap_err();
+            assert_eq!(unlisted.code(), tonic::Code::Unimplemented, "{unlisted:?}");
+        }
     }
 
     /// A DER certificate with this subject Common Name, or none,

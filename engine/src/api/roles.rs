@@ -1,7 +1,8 @@
 //! What each gRPC method needs: one table for the whole API, applied by
 //! [`super::auth::Guard`] before any service sees a request.
 //!
-//! A method missing from the table is refused to everyone, so a new RPC
+//! A method missing from the table is refused to everyone (UNIMPLEMENTED),
+//! so a new RPC
 //! cannot be served before someone decides who may call it (a unit test
 //! checks the table against the proto descriptors).
 
