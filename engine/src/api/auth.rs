@@ -228,17 +228,22 @@ impl Auth {
     /// [`UNIX_CACHE_TTL`].
     fn unix_caller(&self, uid: u32, gid: u32) -> Caller {
         let now = Instant::now();
-        let mut cache = self
-            .inner
-            .unix_cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((at, caller)) = cache.get(&(uid, gid))
+        let cache = || {
+            self.inner
+                .unix_cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some((at, caller)) = cache().get(&(uid, gid))
             && now.duration_since(*at) < UNIX_CACHE_TTL
         {
             return caller.clone();
         }
+        // Looked up without the lock held: the user database may be a
+        // directory service, and one slow answer must not hold up every
+        // other socket caller.
         let caller = self.look_up_unix(uid, gid);
+        let mut cache = cache();
         cache.retain(|_, (at, _)| now.duration_since(*at) < UNIX_CACHE_TTL);
         cache.insert((uid, gid), (now, caller.clone()));
         caller
