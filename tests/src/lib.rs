@@ -565,6 +565,24 @@ impl Engine {
         }
     }
 
+    /// A run's output as text, every step and stream in the order kept.
+    pub async fn output_text(&self, run_id: &str) -> String {
+        self.api()
+            .await
+            .runs
+            .get_output(pb::GetOutputRequest {
+                run_id: run_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetOutput")
+            .into_inner()
+            .chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+            .collect()
+    }
+
     pub async fn get_run(&self, id: &str) -> pb::Run {
         self.api()
             .await

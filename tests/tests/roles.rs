@@ -571,8 +571,8 @@ async fn a_demoted_engine_user_keeps_its_local_workers_but_their_steps_cannot_ac
         "name = \"escalate\"\n[[step]]\nname = \"try\"\nqueue = \"any\"\nrun = {}\n",
         sh(&script)
     );
-    // Submitted (and read back) over TCP with the tests' admin token: the
-    // socket's user is only a viewer now.
+    // Submitted over TCP with the tests' admin token: the socket's user is
+    // only a viewer now (which may still read).
     let mut runs = engine.ci_api().await.runs;
     let run = runs
         .submit_run(pb::SubmitRunRequest {
@@ -588,19 +588,7 @@ async fn a_demoted_engine_user_keeps_its_local_workers_but_their_steps_cannot_ac
     engine
         .wait_run_state(&run.id, pb::RunState::Succeeded, DEADLINE)
         .await;
-    let chunks = runs
-        .get_output(pb::GetOutputRequest {
-            run_id: run.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .chunks;
-    let text: String = chunks
-        .iter()
-        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
-        .collect();
+    let text = engine.output_text(&run.id).await;
     assert!(
         text.contains("PERMISSION_DENIED") && text.contains("exit=1"),
         "the step was refused as a viewer: {text}"

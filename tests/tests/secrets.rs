@@ -266,22 +266,7 @@ async fn a_step_of_the_engines_own_workers_does_not_inherit_its_secret_variables
     engine
         .wait_run_state(&run.id, pb::RunState::Succeeded, DEADLINE)
         .await;
-    let output = engine
-        .api()
-        .await
-        .runs
-        .get_output(pb::GetOutputRequest {
-            run_id: run.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .chunks;
-    let text: String = output
-        .iter()
-        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
-        .collect();
+    let text = engine.output_text(&run.id).await;
     assert!(
         text.contains("OPSDECK_RUN_ID="),
         "the step printed its environment: {text}"
