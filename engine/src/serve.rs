@@ -120,6 +120,14 @@ pub async fn run(
         leader: None,
         epoch: 0,
     });
+    // Renewing a lead starts the moment it is won, and goes on while the
+    // state loads: a load longer than the TTL must not let another engine
+    // take the lead meanwhile.
+    let lead_stop = CancellationToken::new();
+    let keep_lead = |epoch: u64| {
+        let (store, ha, stop) = (store.clone(), ha.clone(), lead_stop.clone());
+        tokio::spawn(async move { ha::hold(&store, &ha, epoch, &stop).await })
+    };
     let mut core_task = None;
     match store
         .lead(&ha.advertise, &ha.advertise, ha.leader_ttl, None)
@@ -127,11 +135,9 @@ pub async fn run(
         .context("cannot take part in the leader election on the database")?
     {
         Leadership::Leader { epoch } => {
-            core_task = Some(
-                core::start(&core, opts.core.clone(), store.clone(), core_stop.clone())
-                    .await
-                    .context("cannot load the engine's state from its database")?,
-            );
+            let mut renewing = keep_lead(epoch);
+            let task = load_while_leading(&core, &opts, &store, &core_stop, &mut renewing).await?;
+            core_task = Some((task, renewing));
             role_tx.send_replace(Role::Leader { epoch });
         }
         Leadership::Follower { epoch, address } => {
@@ -191,8 +197,8 @@ pub async fn run(
         describe(&bound)
     ));
 
-    let (epoch, mut core_task) = match core_task {
-        Some(task) => (role.borrow().epoch(), task),
+    let (epoch, mut core_task, mut renewing) = match core_task {
+        Some((task, renewing)) => (role.borrow().epoch(), task, renewing),
         None => match ha::campaign(&store, &ha, &role_tx, &shutdown).await {
             None => {
                 // Shut down while standing by: nothing to commit or hand over.
@@ -209,11 +215,11 @@ pub async fn run(
             }
             Some(epoch) => {
                 tracing::info!(epoch, "this engine now leads; loading the state");
-                let task = core::start(&core, opts.core.clone(), store.clone(), core_stop.clone())
-                    .await
-                    .context("took the lead but cannot load the state from the database")?;
+                let mut renewing = keep_lead(epoch);
+                let task =
+                    load_while_leading(&core, &opts, &store, &core_stop, &mut renewing).await?;
                 role_tx.send_replace(Role::Leader { epoch });
-                (epoch, task)
+                (epoch, task, renewing)
             }
         },
     };
@@ -223,10 +229,12 @@ pub async fn run(
     let workers_stop = CancellationToken::new();
     let local = local_workers(&opts, &bound, workers_stop.clone());
 
-    let lead_stop = CancellationToken::new();
     let lost = tokio::select! {
         _ = shutdown.cancelled() => None,
-        held = ha::hold(&store, &ha, epoch, &lead_stop) => held.err(),
+        held = &mut renewing => match held {
+            Ok(held) => held.err(),
+            Err(e) => Some(format!("renewing the lead failed: {e}")),
+        },
         ended = &mut core_task => Some(match ended {
             Ok(Err(e)) => e.to_string(),
             Ok(Ok(())) => "the engine core stopped".to_owned(),
@@ -298,6 +306,31 @@ pub async fn run(
     }
     tracing::info!("opsdeckd stopped");
     Ok(())
+}
+
+/// Loads the state for a lead just won while `renewing` keeps the lead;
+/// losing it meanwhile ends the start (the supervisor starts the engine
+/// again, as a standby).
+async fn load_while_leading(
+    core: &core::CoreHandle,
+    opts: &ServeOptions,
+    store: &Arc<dyn store::Store>,
+    stop: &CancellationToken,
+    renewing: &mut tokio::task::JoinHandle<Result<(), String>>,
+) -> anyhow::Result<core::CoreTask> {
+    tokio::select! {
+        started = core::start(core, opts.core.clone(), store.clone(), stop.clone()) => {
+            started.context("took the lead but cannot load the state from the database")
+        }
+        lost = renewing => Err(anyhow::anyhow!(
+            "lost the lead while loading the state: {}",
+            match lost {
+                Ok(Err(why)) => why,
+                Ok(Ok(())) => "its renewal stopped".to_owned(),
+                Err(e) => e.to_string(),
+            }
+        )),
+    }
 }
 
 /// Where the engine listens, for status lines.
