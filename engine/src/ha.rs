@@ -92,9 +92,13 @@ impl Default for HaSettings {
 /// How this engine takes part in the election.
 #[derive(Clone, Debug)]
 pub struct HaOptions {
-    /// Where clients reach this engine (`--advertise`); also its name in
-    /// the `leader` row, so it must differ between engines.
+    /// Where clients reach this engine (`--advertise`).
     pub advertise: String,
+    /// Its name in the `leader` row: the advertised address and the host,
+    /// so that engines on two hosts that advertise the same address (two
+    /// Unix sockets at one path, say) cannot renew each other's lead, while
+    /// an engine restarted in place takes its own back at once.
+    pub holder: String,
     pub leader_ttl: Duration,
 }
 
@@ -115,7 +119,7 @@ pub async fn campaign(
     let mut last_seen = None;
     loop {
         match store
-            .lead(&ha.advertise, &ha.advertise, ha.leader_ttl, None)
+            .lead(&ha.holder, &ha.advertise, ha.leader_ttl, None)
             .await
         {
             Ok(Leadership::Leader { epoch }) => return Some(epoch),
@@ -166,7 +170,7 @@ pub async fn hold(
         let left = ttl - sent.duration_since(renewed);
         match tokio::time::timeout(
             left,
-            store.lead(&ha.advertise, &ha.advertise, ttl, Some(epoch)),
+            store.lead(&ha.holder, &ha.advertise, ttl, Some(epoch)),
         )
         .await
         {

@@ -105,12 +105,14 @@ pub async fn run(
         tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
         socket: opts.socket.clone(),
     };
+    let advertise = opts
+        .ha
+        .advertise
+        .clone()
+        .unwrap_or_else(|| default_advertise(&bound, tls.is_some()));
     let ha = HaOptions {
-        advertise: opts
-            .ha
-            .advertise
-            .clone()
-            .unwrap_or_else(|| default_advertise(&bound, tls.is_some())),
+        holder: format!("{advertise} on {}", hostname()),
+        advertise,
         leader_ttl: opts.ha.leader_ttl,
     };
 
@@ -130,7 +132,7 @@ pub async fn run(
     };
     let mut core_task = None;
     match store
-        .lead(&ha.advertise, &ha.advertise, ha.leader_ttl, None)
+        .lead(&ha.holder, &ha.advertise, ha.leader_ttl, None)
         .await
         .context("cannot take part in the leader election on the database")?
     {
