@@ -318,12 +318,7 @@ impl Engine {
     fn write_config(&self) {
         let mut text = String::new();
         if self.opts.token {
-            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-                self.token.as_bytes(),
-            ));
-            text.push_str(&format!(
-                "[[token]]\nidentity = \"{TOKEN_IDENTITY}\"\nsha256 = \"{hash}\"\nroles = [\"admin\"]\n\n"
-            ));
+            text.push_str(&token_entry(&self.token, TOKEN_IDENTITY, &["admin"], &[]));
         }
         text.push_str(&self.opts.config);
         std::fs::write(self.config_path(), text).expect("write the engine config");
@@ -1194,6 +1189,31 @@ pub async fn wait_for_file(path: &Path, timeout: Duration) -> String {
         },
     )
     .await
+}
+
+/// The engine config's `[[token]]` entry for `token`: its SHA-256 only,
+/// with `identity`, `roles` and `groups`.
+pub fn token_entry(token: &str, identity: &str, roles: &[&str], groups: &[&str]) -> String {
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[[token]]\nidentity = {identity:?}\nsha256 = \"{hash}\"\nroles = [{}]\ngroups = [{}]\n\n",
+        list(roles),
+        list(groups)
+    )
+}
+
+/// A fresh random token for `identity`, and its `[[token]]` entry.
+pub fn new_token(identity: &str, roles: &[&str], groups: &[&str]) -> (String, String) {
+    let token = format!("tok_{}", hex::encode(rand::random::<[u8; 16]>()));
+    let entry = token_entry(&token, identity, roles, groups);
+    (token, entry)
 }
 
 /// A database of its own on the PostgreSQL server that

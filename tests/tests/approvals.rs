@@ -5,7 +5,7 @@
 use opsdeck_tests::pb::{ApprovalState, DecideRequest, ListApprovalsRequest, RunState, StepState};
 use opsdeck_tests::{
     DEADLINE, Engine, EngineOpts, TOKEN_IDENTITY, Worker, assert_status, describe_events, kinds,
-    pb, sh,
+    new_token, pb, sh,
 };
 use tonic::Code;
 
@@ -363,25 +363,6 @@ async fn the_submitter_may_approve_their_own_run_when_the_step_allows_self_appro
         .await;
 }
 
-/// A token for `identity` and its `[[token]]` entry.
-fn token(identity: &str, roles: &[&str], groups: &[&str]) -> (String, String) {
-    let token = format!("tok_{}", hex::encode(rand::random::<[u8; 16]>()));
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-    let list = |items: &[&str]| {
-        items
-            .iter()
-            .map(|i| format!("{i:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let entry = format!(
-        "[[token]]\nidentity = {identity:?}\nsha256 = \"{hash}\"\nroles = [{}]\ngroups = [{}]\n\n",
-        list(roles),
-        list(groups)
-    );
-    (token, entry)
-}
-
 /// An engine with a submitter `sam` (operator and approver), approvers
 /// `ann` and `ben`, and `dora`, an approver in group `dba`.
 struct Team {
@@ -393,10 +374,10 @@ struct Team {
 }
 
 async fn team() -> Team {
-    let (sam, s) = token("sam", &["operator", "approver"], &[]);
-    let (ann, a) = token("ann", &["approver"], &[]);
-    let (ben, b) = token("ben", &["approver"], &["web"]);
-    let (dora, d) = token("dora", &["approver"], &["dba"]);
+    let (sam, s) = new_token("sam", &["operator", "approver"], &[]);
+    let (ann, a) = new_token("ann", &["approver"], &[]);
+    let (ben, b) = new_token("ben", &["approver"], &["web"]);
+    let (dora, d) = new_token("dora", &["approver"], &["dba"]);
     let engine = Engine::start(EngineOpts {
         config: [s, a, b, d].concat(),
         ..EngineOpts::default()

@@ -272,13 +272,8 @@ const VIEWER_TOKEN: &str = "tok_e2e_viewer_only";
 
 #[tokio::test]
 async fn a_viewer_is_offered_no_changes_and_is_told_the_role_a_key_needs() {
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        VIEWER_TOKEN.as_bytes(),
-    ));
     let opts = EngineOpts {
-        config: format!(
-            "[[token]]\nidentity = \"watcher\"\nsha256 = \"{hash}\"\nroles = [\"viewer\"]\n"
-        ),
+        config: opsdeck_tests::token_entry(VIEWER_TOKEN, "watcher", &["viewer"], &[]),
         ..EngineOpts::default()
     };
     let engine = Engine::start(opts).await;

@@ -26,9 +26,6 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One replica on `url`, leading or standing by.
 async fn replica(url: &str, leader_ttl: &str) -> Engine {
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        SHARED_TOKEN.as_bytes(),
-    ));
     Engine::start(EngineOpts {
         args: vec![
             "--database".into(),
@@ -36,9 +33,7 @@ async fn replica(url: &str, leader_ttl: &str) -> Engine {
             "--leader-ttl".into(),
             leader_ttl.into(),
         ],
-        config: format!(
-            "[[token]]\nidentity = \"ha\"\nsha256 = \"{hash}\"\nroles = [\"admin\", \"agent\"]\n"
-        ),
+        config: opsdeck_tests::token_entry(SHARED_TOKEN, "ha", &["admin", "agent"], &[]),
         standby_ok: true,
         // Leases and workers outlast a failover and the reconnect backoff.
         lease_ttl: "20s".into(),

@@ -5,28 +5,9 @@
 use std::process::{Child, Command, Stdio};
 
 use opsdeck_tests::{
-    DEADLINE, Engine, EngineOpts, TcpService, assert_status, opsdeckd, pb, sh, wait_for,
+    DEADLINE, Engine, EngineOpts, TcpService, assert_status, new_token, opsdeckd, pb, sh, wait_for,
 };
 use tonic::{Code, Status};
-
-/// A token for `identity` and its `[[token]]` entry.
-fn token(identity: &str, roles: &[&str], groups: &[&str]) -> (String, String) {
-    let token = format!("tok_{}", hex::encode(rand::random::<[u8; 16]>()));
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-    let list = |items: &[&str]| {
-        items
-            .iter()
-            .map(|i| format!("{i:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let entry = format!(
-        "[[token]]\nidentity = {identity:?}\nsha256 = \"{hash}\"\nroles = [{}]\ngroups = [{}]\n\n",
-        list(roles),
-        list(groups)
-    );
-    (token, entry)
-}
 
 /// An engine whose config has a token per role (and one with no roles
 /// listed), by identity.
@@ -40,13 +21,13 @@ struct Tokens {
 }
 
 async fn engine_with_tokens() -> (Engine, Tokens) {
-    let (viewer, v) = token("vera", &["viewer"], &[]);
-    let (operator, o) = token("otto", &["operator"], &[]);
-    let (approver, a) = token("ada", &["approver"], &[]);
-    let (admin, ad) = token("adm", &["admin"], &[]);
-    let (agent, ag) = token("worker-1", &["agent"], &[]);
+    let (viewer, v) = new_token("vera", &["viewer"], &[]);
+    let (operator, o) = new_token("otto", &["operator"], &[]);
+    let (approver, a) = new_token("ada", &["approver"], &[]);
+    let (admin, ad) = new_token("adm", &["admin"], &[]);
+    let (agent, ag) = new_token("worker-1", &["agent"], &[]);
     let (unlisted, u) = {
-        let (t, entry) = token("nobody-says", &[], &[]);
+        let (t, entry) = new_token("nobody-says", &[], &[]);
         // No `roles` key at all: a token without roles is a viewer.
         let entry = entry.replace("roles = []\n", "");
         (t, entry)

@@ -133,14 +133,11 @@ const AGENT_TOKEN: &str = "tok_tls_worker_agent_0123456789";
 /// An engine whose TCP listener requires client certificates of `pki`'s CA.
 async fn mtls_engine(dir: &Path) -> (Engine, Pki) {
     let pki = pki(dir);
-    let agent_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        AGENT_TOKEN.as_bytes(),
-    ));
     let config = format!(
-        "[[token]]\nidentity = \"tls-worker\"\nsha256 = \"{agent_hash}\"\nroles = [\"agent\"]\n\n\
-         [tls]\ncert = {}\nkey = {}\nclient_ca = {}\n\n\
+        "{}[tls]\ncert = {}\nkey = {}\nclient_ca = {}\n\n\
          [[tls.client]]\nname = \"{OPERATOR_CN}\"\nroles = [\"operator\"]\ngroups = [\"deployers\"]\n\n\
          [[tls.client]]\nname = \"{AGENT_CN}\"\nroles = [\"agent\"]\n",
+        opsdeck_tests::token_entry(AGENT_TOKEN, "tls-worker", &["agent"], &[]),
         sh(&pki.server_cert.display().to_string()),
         sh(&pki.server_key.display().to_string()),
         sh(&pki.ca.display().to_string()),
