@@ -17,12 +17,15 @@ use opsdeck_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use state::{CoreConfig, Lagged, Loaded, Snapshot, State, Subscription};
+pub use state::{CoreConfig, Lagged, Snapshot, State, Subscription};
 pub use tx::{Effect, Tx};
 
 use crate::domain::now_ms;
 use crate::error::{EngineError, EngineResult};
 use crate::store::{Store, StoreError};
+
+/// Finished runs loaded at start for the console's cache.
+const RECENT_FINISHED: u32 = 1000;
 
 /// The most commands applied in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -101,7 +104,7 @@ pub async fn start(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<CoreTask, StoreError> {
-    let loaded = store.load().await?;
+    let loaded = store.load(RECENT_FINISHED).await?;
     let state = State::load(cfg.clone(), loaded, now_ms());
     tracing::info!(seq = state.seq(), "state loaded");
     let (tx, rx) = mpsc::channel(8192);
@@ -195,7 +198,7 @@ fn finish(tx: Tx, failed: Option<&EngineError>) {
 async fn reload(cfg: &CoreConfig, store: &Arc<dyn Store>, old: State) -> State {
     let mut delay = Duration::from_millis(200);
     loop {
-        match store.load().await {
+        match store.load(RECENT_FINISHED).await {
             Ok(loaded) => {
                 let mut state = State::load(cfg.clone(), loaded, now_ms());
                 state.adopt_connections(old);

@@ -24,6 +24,7 @@ use crate::domain::{
 };
 use crate::error::{EngineError, EngineResult};
 use crate::secrets::Secrets;
+use crate::store::Loaded;
 
 /// Timings and limits of the core.
 #[derive(Clone, Debug)]
@@ -66,18 +67,6 @@ impl Default for CoreConfig {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// What the engine loaded from its store at start.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub runs: Vec<Run>,
-    pub workers: Vec<Worker>,
-    pub leases: Vec<Lease>,
-    pub approvals: Vec<Approval>,
-    pub queues: Vec<Queue>,
-    pub quarantines: Vec<Quarantine>,
-    pub seq: u64,
 }
 
 /// Ready steps sort by priority (highest first), then by readiness (oldest first).
@@ -2333,7 +2322,13 @@ impl State {
             runs: tx
                 .runs
                 .iter()
-                .filter_map(|id| self.runs.get(id).cloned())
+                .filter_map(|id| self.runs.get(id).map(Run::header))
+                .collect(),
+            steps: tx
+                .runs
+                .iter()
+                .filter_map(|id| self.runs.get(id))
+                .flat_map(|r| r.steps.iter().map(|s| (r.id.clone(), s.clone())))
                 .collect(),
             workers: tx
                 .workers

@@ -289,6 +289,24 @@ impl Run {
     pub fn step_mut(&mut self, index: u32) -> Option<&mut Step> {
         self.steps.get_mut(index as usize)
     }
+
+    /// A copy of everything but the steps: what a run's own row holds.
+    pub fn header(&self) -> Run {
+        Run {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            submitted_by: self.submitted_by.clone(),
+            state: self.state,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+            current_step: self.current_step,
+            steps: Vec::new(),
+            message: self.message.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
 }
 
 /// A worker's life: `online → draining → recycling → online`, `→ offline`

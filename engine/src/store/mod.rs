@@ -1,8 +1,12 @@
 //! Persistence behind one trait. The core writes a [`Batch`] per group
-//! commit and reads everything back with [`Store::load`] at start.
+//! commit and reads its live set back with [`Store::load`] at start;
+//! history (finished runs, old events, output) stays here and is read a
+//! page at a time when asked, and pruned by [`Store::prune`].
 //!
-//! Objects are stored whole (JSON) beside the columns queries need, so a
-//! new field needs no migration and both dialects stay simple.
+//! Objects are stored as JSON beside the columns queries need, so a new
+//! field needs no migration and both dialects stay simple. A run's header
+//! and each of its steps are rows of their own: a step's change rewrites
+//! that step, not the run.
 
 mod codec;
 #[cfg(test)]
@@ -15,13 +19,99 @@ pub use sqlite::SqliteStore;
 
 use opsdeck_proto::v1 as pb;
 
-use crate::core::Loaded;
-use crate::domain::{Approval, Lease, Quarantine, Queue, Run, Worker};
+use crate::domain::{
+    Approval, Lease, Millis, Quarantine, Queue, Run, RunState, Step, Worker,
+};
 
-/// Everything one group commit writes, in one transaction.
+/// What the engine loads from its store at start: the live set, never the
+/// whole history, so that a start costs the same after a year as on the
+/// first day.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Runs not final yet, with their steps; then the most recently
+    /// finished ones (newest first, at most the `recent` asked for) for the
+    /// console's cache.
+    pub runs: Vec<Run>,
+    /// Every stored worker (retention prunes long-gone ones).
+    pub workers: Vec<Worker>,
+    /// Active leases.
+    pub leases: Vec<Lease>,
+    /// Pending approvals.
+    pub approvals: Vec<Approval>,
+    pub queues: Vec<Queue>,
+    pub quarantines: Vec<Quarantine>,
+    /// The last event's seq (0 for none).
+    pub seq: u64,
+}
+
+/// Which runs [`Store::list_runs`] returns; every field narrows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Any of these states; empty: every state.
+    pub states: Vec<RunState>,
+    /// The name, exactly, or a prefix when it ends in `*` (`deploy-*`).
+    pub name: Option<String>,
+    /// Runs carrying every one of these labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub submitted_by: Option<String>,
+    /// Created at or after this time.
+    pub since: Option<Millis>,
+    /// Created before this time.
+    pub until: Option<Millis>,
+    /// The paging cursor: only runs whose id sorts before this one (ids are
+    /// ULIDs, so older runs).
+    pub before_id: Option<String>,
+}
+
+/// What one call of [`Store::prune`] may delete: rows older than each
+/// cutoff, at most `batch` rows of each table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prune {
+    /// Final runs finished before this, with their steps, approvals, leases
+    /// and output. Runs not final are never pruned, however old.
+    pub runs_before: Millis,
+    /// Events recorded before this.
+    pub events_before: Millis,
+    /// Output chunks written before this.
+    pub output_before: Millis,
+    /// Workers offline or stopped whose last heartbeat is before this.
+    pub workers_before: Millis,
+    pub batch: u32,
+}
+
+/// Rows one [`Store::prune`] call deleted, per table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub runs: u64,
+    pub steps: u64,
+    pub approvals: u64,
+    pub leases: u64,
+    pub events: u64,
+    pub output: u64,
+    pub workers: u64,
+}
+
+impl Pruned {
+    pub fn total(&self) -> u64 {
+        self.runs
+            + self.steps
+            + self.approvals
+            + self.leases
+            + self.events
+            + self.output
+            + self.workers
+    }
+}
+
+/// Everything one group commit writes, in one transaction, each table in a
+/// few multi-row statements.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// Runs made or whose header changed. Their `steps` are empty: the
+    /// steps that changed (all of a new run's) are in `steps`.
     pub runs: Vec<Run>,
+    /// Steps made or changed, with their run's id.
+    pub steps: Vec<(String, Step)>,
     pub workers: Vec<Worker>,
     pub leases: Vec<Lease>,
     pub approvals: Vec<Approval>,
@@ -60,10 +150,25 @@ pub enum Leadership {
 
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Everything the core needs to rebuild its live state.
-    async fn load(&self) -> Result<Loaded, StoreError>;
+    /// The live set the core rebuilds its state from, plus up to `recent`
+    /// of the most recently finished runs.
+    async fn load(&self, recent: u32) -> Result<Loaded, StoreError>;
     /// Writes a batch atomically.
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// One run with its steps, final or not.
+    async fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError>;
+    /// The run an idempotency key made, if any.
+    async fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>, StoreError>;
+    /// Runs matching `filter`, newest (greatest id) first, at most `limit`,
+    /// with their steps.
+    async fn list_runs(&self, filter: &RunFilter, limit: u32) -> Result<Vec<Run>, StoreError>;
+    /// The oldest event seq still stored; 0 when there is none.
+    async fn first_kept_seq(&self) -> Result<u64, StoreError>;
+    /// Deletes one small batch of what retention lets go (see [`Prune`]),
+    /// in short transactions that never hold the database for long.
+    async fn prune(&self, what: &Prune) -> Result<Pruned, StoreError>;
+    /// The database's size on disk, in bytes (pages in use and free).
+    async fn size_bytes(&self) -> Result<u64, StoreError>;
     /// Events after `after`, oldest first, at most `limit`.
     async fn events_after(
         &self,
