@@ -479,6 +479,14 @@ pub struct RunView {
     pub follow: bool,
     /// The first line shown when not following.
     pub scroll: usize,
+    /// The run itself is being read from the engine (the model does not
+    /// hold it: evicted, or older than what the engine keeps in memory).
+    pub run_fetching: bool,
+    /// Another read is wanted once the one out is back: a change to the
+    /// run arrived meanwhile, which the answer may predate.
+    pub run_wanted: bool,
+    /// Why the run could not be read.
+    pub run_error: Option<String>,
 }
 
 /// A list this long is listed again at most every [`BIG_LIST_MS`] when
@@ -564,6 +572,11 @@ pub enum Msg {
         run_id: String,
         result: Result<Vec<Event>, String>,
     },
+    /// The run read whole (`GetRun`), for the Run screen.
+    Run {
+        run_id: String,
+        result: Result<Run, String>,
+    },
     Backfill(Result<Vec<Event>, String>),
     Refreshed(Result<(Vec<Worker>, Vec<Lease>), String>),
     /// A second passed (the clock is `App::now_ms`, set by the caller).
@@ -585,6 +598,10 @@ pub enum Cmd {
         run_id: String,
     },
     FetchTimeline {
+        run_id: String,
+    },
+    /// The run, whole: the model does not hold it.
+    FetchRun {
         run_id: String,
     },
     /// Events after this seq, to fill the tail.
@@ -760,6 +777,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
             }
             Vec::new()
         }
+        Msg::Run { run_id, result } => on_run(app, &run_id, result),
         Msg::Backfill(result) => {
             match result {
                 Ok(events) => app.data.backfill(events),
@@ -896,6 +914,7 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                     run_id: app.run.run_id.clone(),
                 });
                 cmds.extend(want_output(app));
+                cmds.extend(want_run(app));
             }
             cmds
         }
@@ -904,7 +923,11 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
             let applied = app.data.apply_event(*event, now).clone();
             if ours {
                 merge_timeline(&mut app.run.timeline, vec![applied]);
-                return want_output(app);
+                let mut cmds = want_output(app);
+                // A change to a run we do not hold was not applied: read
+                // it whole instead.
+                cmds.extend(want_run(app));
+                return cmds;
             }
             Vec::new()
         }
@@ -945,6 +968,56 @@ fn want_output(app: &mut App) -> Vec<Cmd> {
     vec![Cmd::FetchOutput {
         run_id: app.run.run_id.clone(),
     }]
+}
+
+/// A read of the open run, when the model does not hold it, unless one is
+/// out (then one more is made when it is back).
+fn want_run(app: &mut App) -> Vec<Cmd> {
+    if app.run.run_id.is_empty() || app.data.runs.contains_key(&app.run.run_id) {
+        return Vec::new();
+    }
+    if app.run.run_fetching {
+        app.run.run_wanted = true;
+        return Vec::new();
+    }
+    app.run.run_fetching = true;
+    app.run.run_wanted = false;
+    vec![Cmd::FetchRun {
+        run_id: app.run.run_id.clone(),
+    }]
+}
+
+fn on_run(app: &mut App, run_id: &str, result: Result<Run, String>) -> Vec<Cmd> {
+    if app.run.run_id != run_id {
+        return Vec::new();
+    }
+    app.run.run_fetching = false;
+    match result {
+        Ok(run) => {
+            app.run.run_error = None;
+            // What the stream applied meanwhile may be newer than the
+            // answer; the newer of the two stays.
+            let newer = app
+                .data
+                .runs
+                .get(&run.id)
+                .is_none_or(|ours| run.updated_at_ms >= ours.updated_at_ms);
+            if newer {
+                app.data.runs.insert(run);
+                app.data.version += 1;
+            }
+        }
+        Err(why) => app.run.run_error = Some(why),
+    }
+    if std::mem::take(&mut app.run.run_wanted) {
+        // A change arrived while the answer was out: read it again, now
+        // that it is held or not.
+        app.run.run_fetching = true;
+        return vec![Cmd::FetchRun {
+            run_id: run_id.to_owned(),
+        }];
+    }
+    Vec::new()
 }
 
 fn on_output(app: &mut App, run_id: &str, result: Result<Vec<OutputChunk>, String>) -> Vec<Cmd> {
@@ -1004,12 +1077,7 @@ pub fn log_lines(chunks: &[OutputChunk]) -> Vec<LogLine> {
 
 fn merge_timeline(timeline: &mut Vec<Event>, events: Vec<Event>) {
     for mut e in events {
-        e.run = None;
-        e.worker = None;
-        e.lease = None;
-        e.approval = None;
-        e.queue_state = None;
-        e.quarantine = None;
+        model::strip(&mut e);
         match timeline.binary_search_by_key(&e.seq, |t| t.seq) {
             Ok(_) => {}
             Err(at) => timeline.insert(at, e),
@@ -1289,8 +1357,12 @@ fn open_run(app: &mut App, run_id: String) -> Vec<Cmd> {
         follow: true,
         ..RunView::default()
     };
+    // The run looked at stays in the model however old it is; the one
+    // looked at before goes the way of the others.
+    app.data.runs.pin(Some(run_id.clone()));
     let mut cmds = vec![Cmd::FetchTimeline { run_id }];
     cmds.extend(want_output(app));
+    cmds.extend(want_run(app));
     cmds
 }
 

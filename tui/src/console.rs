@@ -18,7 +18,7 @@ use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{cursor, execute};
 use futures::{FutureExt, StreamExt};
 use opsdeck_proto::v1::{
-    GetOutputRequest, ListEventsRequest, ListLeasesRequest, ListWorkersRequest,
+    GetOutputRequest, GetRunRequest, ListEventsRequest, ListLeasesRequest, ListWorkersRequest,
 };
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -246,6 +246,14 @@ async fn carry_out(engine: Option<Engine>, cmd: Cmd) -> Option<Msg> {
                 result: result.map_err(words),
             }
         }
+        Cmd::FetchRun { run_id } => {
+            let request = GetRunRequest { id: run_id.clone() };
+            let result = call(engine.runs().get_run(request)).await;
+            Msg::Run {
+                result: result.map_err(|e| run_words(&run_id, &e)),
+                run_id,
+            }
+        }
         Cmd::FetchEvents { after_seq } => Msg::Backfill(
             list_events(&engine, after_seq, 500, String::new())
                 .await
@@ -284,10 +292,24 @@ fn failed(cmd: Cmd, status: tonic::Status) -> Option<Msg> {
             run_id,
             result: Err(why),
         },
+        Cmd::FetchRun { run_id } => Msg::Run {
+            run_id,
+            result: Err(why),
+        },
         Cmd::FetchEvents { .. } => Msg::Backfill(Err(why)),
         Cmd::Refresh => Msg::Refreshed(Err(why)),
         Cmd::Quit | Cmd::Resync => return None,
     })
+}
+
+/// Why a run could not be read, in words: a run the engine does not know
+/// is most likely one its retention pruned.
+fn run_words(id: &str, status: &tonic::Status) -> String {
+    if status.code() == tonic::Code::NotFound {
+        format!("the engine has no run {id} (runs past the engine's [retention] are pruned)")
+    } else {
+        status_words(status)
+    }
 }
 
 async fn list_events(

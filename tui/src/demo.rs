@@ -439,6 +439,7 @@ async fn workload(engine: Engine, rate: f64) {
             .list_runs(opsdeck_proto::v1::ListRunsRequest {
                 states: vec![1, 2, 3],
                 limit: 1000,
+                ..opsdeck_proto::v1::ListRunsRequest::default()
             })
             .await
             .map(|r| r.into_inner().runs.len())

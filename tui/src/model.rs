@@ -1,25 +1,35 @@
-//! The console's mirror of the engine: every run, worker, queue, live
-//! lease, approval and quarantined run name it has heard of, kept current from the snapshot and
+//! The console's mirror of the engine: every live run and the most
+//! recently finished ones, every worker, queue, live lease, approval and
+//! quarantined run name it has heard of, kept current from the snapshot and
 //! the events of `Console.Watch`, plus what only a client can keep (queue
 //! depth samples for the sparklines, the recent event tail).
+//!
+//! Events are small deltas: the whole run only on `run.submitted`, then
+//! the changed fields of the run (`run_update`) and of its steps
+//! (`step_updates`), and the queues whose figures changed. Memory stays
+//! bounded however long the console runs: finished runs beyond
+//! [`FINISHED_KEPT`] are dropped, the oldest first ([`Runs`]); the Run
+//! screen reads one it no longer holds from the engine.
 //!
 //! No I/O and no view types: [`Data`] is applied to by the app and read by
 //! the views. Derived figures (stale and overdue leases, stuck workers,
 //! overdue approvals) are pure functions of it and a clock, so that they test
 //! without one.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{
-    Approval, ApprovalState, Event, Lease, LeaseState, Quarantine, Queue, Run, RunState, StepState,
-    Worker, WorkerState,
+    Approval, ApprovalState, Event, Lease, LeaseState, Quarantine, Queue, Run, RunState, RunUpdate,
+    StepState, StepUpdate, Worker, WorkerState,
 };
 
 /// Events kept for the Events screen and the Overview tail.
 pub const EVENT_TAIL: usize = 2_000;
 /// Queue depth samples kept per queue: one a tick, so ten minutes.
 pub const DEPTH_SAMPLES: usize = 600;
+/// Finished runs kept beside the live ones (see [`Runs`]).
+pub const FINISHED_KEPT: usize = 1_000;
 /// Decided approvals kept beside the pending ones.
 const DECIDED_KEPT: usize = 500;
 /// How long a worker that came back from a recycle is marked "recycled".
@@ -63,6 +73,212 @@ impl QueueSeen {
     }
 }
 
+/// The runs the console holds: every run that is not final, and at most
+/// a bound of finished ones. Past the bound the one that finished first
+/// goes, except the pinned one (the run open on the Run screen), so that
+/// the console's memory does not grow with the engine's history.
+///
+/// Reads look like a map's; every change goes through a method, which
+/// keeps the index of finished runs right.
+#[derive(Clone, Debug)]
+pub struct Runs {
+    /// By id: ULIDs sort by creation time, so iteration is oldest first.
+    by_id: BTreeMap<String, Run>,
+    /// The finished ones, by [`finished_key`]: the first goes first.
+    finished: BTreeSet<(i64, String)>,
+    /// Kept whatever its age.
+    pinned: Option<String>,
+    limit: usize,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Self::with_limit(FINISHED_KEPT)
+    }
+}
+
+/// When a run finished, for the eviction order: its finish time, else
+/// its last change (a run that ended without saying when).
+fn finished_key(run: &Run) -> (i64, String) {
+    let at = if run.finished_at_ms > 0 {
+        run.finished_at_ms
+    } else {
+        run.updated_at_ms.max(run.created_at_ms)
+    };
+    (at, run.id.clone())
+}
+
+impl Runs {
+    /// Keeping at most `limit` finished runs.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            by_id: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            pinned: None,
+            limit,
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Run> {
+        self.by_id.get(id)
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Oldest first (by id, which is by creation).
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Run> {
+        self.by_id.values()
+    }
+
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> {
+        self.by_id.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// How many of them are finished.
+    pub fn finished(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// Adds or replaces a run, then drops finished ones past the bound.
+    pub fn insert(&mut self, run: Run) {
+        self.put(run);
+        self.trim();
+    }
+
+    /// Replaces them all (a snapshot); the pin stays.
+    pub fn replace(&mut self, runs: impl IntoIterator<Item = Run>) {
+        self.by_id.clear();
+        self.finished.clear();
+        for run in runs {
+            self.put(run);
+        }
+        self.trim();
+    }
+
+    /// Changes a run we hold; false when we hold none of that id.
+    pub fn update(&mut self, id: &str, change: impl FnOnce(&mut Run)) -> bool {
+        let Some(run) = self.by_id.get_mut(id) else {
+            return false;
+        };
+        if run_is_final(run) {
+            self.finished.remove(&finished_key(run));
+        }
+        change(run);
+        if run_is_final(run) {
+            self.finished.insert(finished_key(run));
+        }
+        self.trim();
+        true
+    }
+
+    /// Keeps this run (the one being looked at) whatever its age; `None`
+    /// lets the last one pinned go the way of the others.
+    pub fn pin(&mut self, id: Option<String>) {
+        self.pinned = id;
+        self.trim();
+    }
+
+    pub fn pinned(&self) -> Option<&str> {
+        self.pinned.as_deref()
+    }
+
+    fn put(&mut self, run: Run) {
+        if let Some(old) = self.by_id.get(&run.id)
+            && run_is_final(old)
+        {
+            self.finished.remove(&finished_key(old));
+        }
+        if run_is_final(&run) {
+            self.finished.insert(finished_key(&run));
+        }
+        self.by_id.insert(run.id.clone(), run);
+    }
+
+    fn trim(&mut self) {
+        while self.finished.len() > self.limit {
+            let pinned = self.pinned.as_deref();
+            let Some(victim) = self
+                .finished
+                .iter()
+                .find(|(_, id)| Some(id.as_str()) != pinned)
+                .cloned()
+            else {
+                return;
+            };
+            self.finished.remove(&victim);
+            self.by_id.remove(&victim.1);
+        }
+    }
+}
+
+/// A run's header fields as an event's `run_update` has them.
+pub fn apply_run_update(run: &mut Run, update: &RunUpdate) {
+    run.state = update.state;
+    run.current_step = update.current_step;
+    run.message.clone_from(&update.message);
+    run.updated_at_ms = update.updated_at_ms;
+    run.finished_at_ms = update.finished_at_ms;
+}
+
+/// A step's changing fields as an event's `step_updates` have them. A
+/// step the run does not have (a newer spec than ours) is left alone.
+pub fn apply_step_update(run: &mut Run, update: &StepUpdate) {
+    // Steps are in index order, so the index is the position; a search
+    // covers a run that says otherwise.
+    let at = usize::try_from(update.index).ok().and_then(|i| {
+        if run.steps.get(i).is_some_and(|s| s.index == update.index) {
+            Some(i)
+        } else {
+            run.steps.iter().position(|s| s.index == update.index)
+        }
+    });
+    let Some(step) = at.and_then(|i| run.steps.get_mut(i)) else {
+        return;
+    };
+    step.state = update.state;
+    step.attempt = update.attempt;
+    step.lease_id.clone_from(&update.lease_id);
+    step.worker_id.clone_from(&update.worker_id);
+    step.exit_code = update.exit_code;
+    step.has_exit_code = update.has_exit_code;
+    step.message.clone_from(&update.message);
+    step.started_at_ms = update.started_at_ms;
+    step.finished_at_ms = update.finished_at_ms;
+    step.next_attempt_at_ms = update.next_attempt_at_ms;
+    step.approval_id.clone_from(&update.approval_id);
+}
+
+/// Applies what an event says changed in its run (`run_update`,
+/// `step_updates`). False when the event carries such a change for a run
+/// this copy is not of.
+pub fn apply_run_delta(run: &mut Run, event: &Event) -> bool {
+    if run.id != event.run_id {
+        return false;
+    }
+    if let Some(update) = &event.run_update {
+        apply_run_update(run, update);
+    }
+    for update in &event.step_updates {
+        apply_step_update(run, update);
+    }
+    true
+}
+
+/// Whether an event carries changes to its run's fields or steps.
+pub fn has_run_delta(event: &Event) -> bool {
+    event.run_update.is_some() || !event.step_updates.is_empty()
+}
+
 /// Everything the console knows. `version` changes with every change, so
 /// that derived row lists are recomputed only when needed.
 #[derive(Clone, Debug, Default)]
@@ -72,8 +288,8 @@ pub struct Data {
     pub version: u64,
     /// Whether a snapshot has been applied since start (or a resync).
     pub loaded: bool,
-    /// By id: ULIDs sort by creation time, so iteration is oldest first.
-    pub runs: BTreeMap<String, Run>,
+    /// Live runs and the most recently finished ones.
+    pub runs: Runs,
     pub workers: BTreeMap<String, Worker>,
     pub queues: BTreeMap<String, QueueSeen>,
     /// Live leases only.
@@ -95,11 +311,7 @@ impl Data {
     /// the depth samples are history and stay.
     pub fn apply_snapshot(&mut self, snapshot: Snapshot, now_ms: i64) {
         self.seq = snapshot.seq;
-        self.runs = snapshot
-            .runs
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
+        self.runs.replace(snapshot.runs);
         self.workers = snapshot
             .workers
             .into_iter()
@@ -138,11 +350,19 @@ impl Data {
         self.version += 1;
     }
 
-    /// Applies one event: the objects it carries replace ours, and the
-    /// event (without them) joins the tail. Returns the stripped event.
+    /// Applies one event: a submitted run is added whole, the changes to
+    /// a run and its steps are applied to the run we hold (a run we do not
+    /// hold is not made up from them: the Run screen reads it whole), the
+    /// objects it carries replace ours, and the event (without them) joins
+    /// the tail. Returns the stripped event.
     pub fn apply_event(&mut self, mut event: Event, now_ms: i64) -> &Event {
         if let Some(run) = event.run.take() {
-            self.runs.insert(run.id.clone(), run);
+            self.runs.insert(run);
+        }
+        if has_run_delta(&event) {
+            self.runs.update(&event.run_id, |run| {
+                apply_run_delta(run, &event);
+            });
         }
         if let Some(worker) = event.worker.take() {
             if event.kind == "worker.recycled" {
@@ -168,7 +388,7 @@ impl Data {
                 self.quarantines.insert(quarantine.name.clone(), quarantine);
             }
         }
-        if let Some(queue) = event.queue_state.take() {
+        for queue in std::mem::take(&mut event.queues) {
             self.queues.insert(
                 queue.name.clone(),
                 QueueSeen {
@@ -293,15 +513,17 @@ impl Data {
     }
 }
 
-/// Drops the objects an event carried: they were applied, and keeping a
-/// copy of a run with its steps per event would multiply memory.
-fn strip(event: &mut Event) {
+/// Drops the objects and changes an event carried: they were applied,
+/// and keeping them per event in the tail would multiply memory.
+pub fn strip(event: &mut Event) {
     event.run = None;
     event.worker = None;
     event.lease = None;
     event.approval = None;
-    event.queue_state = None;
     event.quarantine = None;
+    event.run_update = None;
+    event.step_updates = Vec::new();
+    event.queues = Vec::new();
 }
 
 // ------------------------------------------------------------- derived
@@ -542,6 +764,305 @@ mod tests {
         }
     }
 
+    fn step(index: u32, state: StepState) -> Step {
+        Step {
+            index,
+            name: format!("step-{index}"),
+            state: state as i32,
+            queue: "build".into(),
+            max_attempts: 3,
+            timeout_ms: 60_000,
+            ..Step::default()
+        }
+    }
+
+    fn submitted(id: &str, seq: u64) -> Event {
+        Event {
+            seq,
+            kind: "run.submitted".into(),
+            run_id: id.into(),
+            run: Some(Run {
+                id: id.into(),
+                name: "deploy".into(),
+                state: RunState::Queued as i32,
+                created_at_ms: NOW,
+                steps: vec![step(0, StepState::Queued), step(1, StepState::Blocked)],
+                ..Run::default()
+            }),
+            ..Event::default()
+        }
+    }
+
+    fn finished_run(id: &str, finished_at_ms: i64) -> Run {
+        Run {
+            id: id.into(),
+            state: RunState::Succeeded as i32,
+            finished_at_ms,
+            ..Run::default()
+        }
+    }
+
+    #[test]
+    fn run_submitted_inserts_the_whole_run_and_the_tail_keeps_none_of_it() {
+        let mut data = Data::default();
+        data.apply_event(submitted("r1", 7), NOW);
+        let run = data.runs.get("r1").unwrap();
+        assert_eq!(run.name, "deploy");
+        assert_eq!(run.steps.len(), 2);
+        assert!(data.events[0].run.is_none());
+        assert_eq!(data.seq, 7);
+    }
+
+    #[test]
+    fn a_run_update_changes_the_runs_header_and_nothing_else() {
+        let mut data = Data::default();
+        data.apply_event(submitted("r1", 1), NOW);
+        let version = data.version;
+        data.apply_event(
+            Event {
+                seq: 2,
+                kind: "run.finished".into(),
+                run_id: "r1".into(),
+                run_update: Some(RunUpdate {
+                    state: RunState::Failed as i32,
+                    current_step: 1,
+                    message: "step 2 failed: exit 3".into(),
+                    updated_at_ms: NOW + 5,
+                    finished_at_ms: NOW + 5,
+                }),
+                ..Event::default()
+            },
+            NOW,
+        );
+        let run = data.runs.get("r1").unwrap();
+        assert_eq!(run.state(), RunState::Failed);
+        assert_eq!(run.current_step, 1);
+        assert_eq!(run.message, "step 2 failed: exit 3");
+        assert_eq!((run.updated_at_ms, run.finished_at_ms), (NOW + 5, NOW + 5));
+        assert_eq!(run.name, "deploy", "what a delta does not carry stays");
+        assert_eq!(run.steps.len(), 2);
+        assert!(data.version > version);
+        assert_eq!(data.runs.finished(), 1, "it counts as finished now");
+        assert!(
+            data.events[1].run_update.is_none(),
+            "the tail keeps no deltas"
+        );
+    }
+
+    #[test]
+    fn step_updates_change_the_steps_they_name() {
+        let mut data = Data::default();
+        data.apply_event(submitted("r1", 1), NOW);
+        data.apply_event(
+            Event {
+                seq: 2,
+                kind: "step.failed".into(),
+                run_id: "r1".into(),
+                step_updates: vec![
+                    StepUpdate {
+                        index: 0,
+                        state: StepState::RetryWait as i32,
+                        attempt: 1,
+                        lease_id: "l1".into(),
+                        worker_id: "w1".into(),
+                        exit_code: 3,
+                        has_exit_code: true,
+                        message: "exit 3".into(),
+                        started_at_ms: NOW - 10,
+                        finished_at_ms: NOW - 1,
+                        next_attempt_at_ms: NOW + 1_000,
+                        approval_id: String::new(),
+                    },
+                    StepUpdate {
+                        index: 1,
+                        state: StepState::Waiting as i32,
+                        approval_id: "a1".into(),
+                        ..StepUpdate::default()
+                    },
+                    // A step the run does not have is left alone.
+                    StepUpdate {
+                        index: 9,
+                        ..StepUpdate::default()
+                    },
+                ],
+                ..Event::default()
+            },
+            NOW,
+        );
+        let steps = &data.runs.get("r1").unwrap().steps;
+        assert_eq!(steps.len(), 2);
+        let s = &steps[0];
+        assert_eq!(s.state(), StepState::RetryWait);
+        assert_eq!((s.attempt, s.exit_code, s.has_exit_code), (1, 3, true));
+        assert_eq!((s.lease_id.as_str(), s.worker_id.as_str()), ("l1", "w1"));
+        assert_eq!(s.message, "exit 3");
+        assert_eq!(
+            (s.started_at_ms, s.finished_at_ms, s.next_attempt_at_ms),
+            (NOW - 10, NOW - 1, NOW + 1_000)
+        );
+        assert_eq!(
+            (s.name.as_str(), s.timeout_ms),
+            ("step-0", 60_000),
+            "the spec stays"
+        );
+        assert_eq!(steps[1].state(), StepState::Waiting);
+        assert_eq!(steps[1].approval_id, "a1");
+        assert!(
+            data.events[1].step_updates.is_empty(),
+            "the tail keeps no deltas"
+        );
+    }
+
+    #[test]
+    fn a_delta_for_a_run_not_held_is_ignored_and_makes_no_run() {
+        let mut data = Data::default();
+        data.apply_event(
+            Event {
+                seq: 3,
+                kind: "step.running".into(),
+                run_id: "gone".into(),
+                run_update: Some(RunUpdate {
+                    state: RunState::Running as i32,
+                    ..RunUpdate::default()
+                }),
+                step_updates: vec![StepUpdate::default()],
+                ..Event::default()
+            },
+            NOW,
+        );
+        assert!(data.runs.is_empty());
+        assert_eq!(data.events.len(), 1, "the event still joins the tail");
+        assert_eq!(data.seq, 3);
+    }
+
+    #[test]
+    fn queues_carried_by_an_event_replace_ours_and_are_seen_now() {
+        let mut data = Data::default();
+        let q = |name: &str, ready| Queue {
+            name: name.into(),
+            ready,
+            ..Queue::default()
+        };
+        data.apply_snapshot(
+            Snapshot {
+                queues: vec![q("build", 4), q("ops", 1)],
+                ..Snapshot::default()
+            },
+            NOW - 10_000,
+        );
+        data.apply_event(
+            Event {
+                seq: 1,
+                kind: "step.leased".into(),
+                queues: vec![q("build", 3), q("deploy", 2)],
+                ..Event::default()
+            },
+            NOW,
+        );
+        assert_eq!(data.queues["build"].queue.ready, 3);
+        assert_eq!(data.queues["build"].seen_at_ms, NOW);
+        assert_eq!(data.queues["deploy"].queue.ready, 2);
+        assert_eq!(
+            data.queues["ops"].queue.ready, 1,
+            "a queue not carried stays"
+        );
+        assert!(data.events[0].queues.is_empty(), "the tail keeps no queues");
+    }
+
+    #[test]
+    fn finished_runs_past_the_bound_go_the_first_finished_first_and_live_ones_all_stay() {
+        let mut runs = Runs::with_limit(3);
+        for i in 0..10 {
+            runs.insert(Run {
+                id: format!("live{i}"),
+                state: RunState::Running as i32,
+                ..Run::default()
+            });
+        }
+        // Finished in an order other than their ids'.
+        for (id, at) in [("f1", 50), ("f2", 10), ("f3", 40), ("f4", 30), ("f5", 20)] {
+            runs.insert(finished_run(id, NOW + at));
+        }
+        assert_eq!(runs.finished(), 3);
+        assert_eq!(runs.len(), 13);
+        let kept: Vec<&String> = runs.keys().filter(|k| k.starts_with('f')).collect();
+        assert_eq!(kept, ["f1", "f3", "f4"], "f2 and f5 finished first");
+
+        // A live run finishing counts against the bound too.
+        runs.update("live0", |r| {
+            r.state = RunState::Failed as i32;
+            r.finished_at_ms = NOW + 60;
+        });
+        assert_eq!(runs.finished(), 3);
+        assert!(runs.contains_key("live0"));
+        assert!(!runs.contains_key("f4"));
+        assert_eq!(runs.len(), 12);
+        // A finished run retried is live again, and kept whatever happens.
+        runs.update("f3", |r| r.state = RunState::Running as i32);
+        assert_eq!(runs.finished(), 2);
+        for i in 0..5 {
+            runs.insert(finished_run(&format!("g{i}"), NOW + 100 + i));
+        }
+        assert!(runs.contains_key("f3"));
+        assert_eq!(runs.finished(), 3);
+        assert_eq!(runs.len(), 9 + 1 + 3, "nine live, f3, three finished");
+    }
+
+    #[test]
+    fn the_default_bound_holds_through_a_snapshot_and_a_stream_of_runs() {
+        let mut data = Data::default();
+        data.apply_snapshot(
+            Snapshot {
+                runs: (0..FINISHED_KEPT + 500)
+                    .map(|i| finished_run(&format!("s{i:05}"), NOW + i as i64))
+                    .collect(),
+                ..Snapshot::default()
+            },
+            NOW,
+        );
+        assert_eq!(data.runs.len(), FINISHED_KEPT);
+        assert!(!data.runs.contains_key("s00499"));
+        assert!(data.runs.contains_key("s00500"));
+        for i in 0..3 * FINISHED_KEPT as u64 {
+            let id = format!("e{i:05}");
+            data.apply_event(submitted(&id, i + 1), NOW);
+            data.apply_event(
+                Event {
+                    seq: i + 1,
+                    run_id: id,
+                    run_update: Some(RunUpdate {
+                        state: RunState::Succeeded as i32,
+                        finished_at_ms: NOW + 10_000 + i as i64,
+                        ..RunUpdate::default()
+                    }),
+                    ..Event::default()
+                },
+                NOW,
+            );
+        }
+        assert_eq!(data.runs.len(), FINISHED_KEPT);
+        assert_eq!(data.runs.finished(), FINISHED_KEPT);
+        assert!(data.runs.keys().all(|k| k.starts_with('e')));
+    }
+
+    #[test]
+    fn a_pinned_run_is_kept_whatever_its_age_and_goes_first_once_unpinned() {
+        let mut runs = Runs::with_limit(2);
+        runs.insert(finished_run("old", NOW - 1_000));
+        runs.pin(Some("old".into()));
+        for i in 0..5 {
+            runs.insert(finished_run(&format!("new{i}"), NOW + i));
+        }
+        assert!(runs.contains_key("old"));
+        assert_eq!(runs.finished(), 2, "the pinned one counts");
+        assert_eq!(runs.pinned(), Some("old"));
+        // Unpinned, it is the first to go when the next one finishes.
+        runs.pin(None);
+        runs.insert(finished_run("newer", NOW + 10));
+        assert!(!runs.contains_key("old"));
+        assert_eq!(runs.keys().collect::<Vec<_>>(), ["new4", "newer"]);
+    }
+
     #[test]
     fn events_replace_objects_and_drop_ended_leases() {
         let mut data = Data::default();
@@ -717,19 +1238,16 @@ mod tests {
         let mut data = Data::default();
         data.workers
             .insert("up".into(), worker("up", true, &["l1"]));
-        data.runs.insert(
-            "r1".into(),
-            Run {
-                id: "r1".into(),
-                steps: vec![Step {
-                    state: StepState::Running as i32,
-                    timeout_ms: 1_000,
-                    started_at_ms: NOW - 5_000,
-                    ..Step::default()
-                }],
-                ..Run::default()
-            },
-        );
+        data.runs.insert(Run {
+            id: "r1".into(),
+            steps: vec![Step {
+                state: StepState::Running as i32,
+                timeout_ms: 1_000,
+                started_at_ms: NOW - 5_000,
+                ..Step::default()
+            }],
+            ..Run::default()
+        });
         data.leases
             .insert("l1".into(), lease("l1", "up", NOW + 10_000));
         assert!(lease_overdue(&data, &data.leases["l1"], NOW));
@@ -760,15 +1278,12 @@ mod tests {
             ("c", RunState::Failed, NOW - RATE_WINDOW_MS - 1),
             ("d", RunState::Running, 0),
         ] {
-            data.runs.insert(
-                id.into(),
-                Run {
-                    id: id.into(),
-                    state: state as i32,
-                    finished_at_ms: at,
-                    ..Run::default()
-                },
-            );
+            data.runs.insert(Run {
+                id: id.into(),
+                state: state as i32,
+                finished_at_ms: at,
+                ..Run::default()
+            });
         }
         let f = figures(&data, NOW);
         assert_eq!((f.finished_recently, f.failed_recently), (2, 1));

@@ -336,3 +336,35 @@ fn the_palette_follows_no_color_colorterm_and_term() {
     );
     assert_eq!(detect(None, None, Some("24bit")), Palette::Ansi256);
 }
+
+#[test]
+fn the_run_screen_says_it_is_reading_a_run_it_does_not_hold_and_why_it_cannot() {
+    use opsdeck_proto::v1::Event;
+    let mut app = app();
+    let event = Event {
+        seq: 46,
+        kind: "run.note".into(),
+        run_id: "01HRUN00000000000000000GONE".into(),
+        ..Event::default()
+    };
+    app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
+    app::update(&mut app, key('8'));
+    app::update(&mut app, code(KeyCode::Enter));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(
+        frame.contains("reading run 01HRUN00000000000000000GONE from the engine"),
+        "{frame}"
+    );
+    app::update(
+        &mut app,
+        Msg::Run {
+            run_id: "01HRUN00000000000000000GONE".into(),
+            result: Err("the engine has no run".into()),
+        },
+    );
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(
+        frame.contains("cannot be read: the engine has no run"),
+        "{frame}"
+    );
+}

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use common::*;
 use crossterm::event::KeyCode;
-use opsdeck_proto::v1::{Approval, ApprovalState, Event, Quarantine, Worker, WorkerState};
+use opsdeck_proto::v1::{
+    Approval, ApprovalState, Event, Quarantine, Run, RunState, RunUpdate, StepState, StepUpdate,
+    Worker, WorkerState,
+};
 use opsdeck_tui::app::{
     self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Screen, StatusKind,
 };
@@ -616,11 +619,12 @@ fn the_events_screen_follows_the_newest_until_moved() {
 fn a_long_list_is_listed_again_a_few_times_a_second_but_at_once_on_a_new_filter() {
     let mut app = app();
     app::update(&mut app, key('2'));
-    let template = runs()[3].clone();
+    // Live runs: the model keeps every one of them.
+    let template = runs()[2].clone();
     for i in 0..6_000 {
         let mut run = template.clone();
         run.id = format!("01HBULK{i:019}");
-        app.data.runs.insert(run.id.clone(), run);
+        app.data.runs.insert(run);
     }
     app.data.version += 1;
     app.now_ms += 1_000;
@@ -631,6 +635,8 @@ fn a_long_list_is_listed_again_a_few_times_a_second_but_at_once_on_a_new_filter(
     run.id = "01HZZZNEWEST".into();
     let event = Event {
         seq: 46,
+        kind: "run.submitted".into(),
+        run_id: run.id.clone(),
         run: Some(run),
         ..Event::default()
     };
@@ -882,4 +888,256 @@ fn stuck_leases_come_first_and_filter_by_the_word() {
     app::update(&mut app, key('/'));
     type_text(&mut app, "stuck");
     assert_eq!(app.rows, ["01HLEASE0000000000000000003"]);
+}
+
+/// A run the model does not hold: finished long ago, evicted.
+const GONE: &str = "01HRUN00000000000000000GONE";
+
+fn gone_run(updated_at_ms: i64) -> Run {
+    Run {
+        id: GONE.into(),
+        name: "nightly-backup".into(),
+        state: RunState::Failed as i32,
+        created_at_ms: NOW - 86_400_000,
+        updated_at_ms,
+        finished_at_ms: NOW - 86_000_000,
+        steps: runs()[1].steps.clone(),
+        ..Run::default()
+    }
+}
+
+/// Opens GONE from the Events screen, as an event naming it is entered.
+fn open_gone(app: &mut opsdeck_tui::app::App) -> Vec<Cmd> {
+    let event = Event {
+        seq: 46,
+        kind: "run.note".into(),
+        run_id: GONE.into(),
+        ..Event::default()
+    };
+    app::update(app, Msg::Conn(Update::Event(Box::new(event))));
+    app::update(app, key('8'));
+    assert_eq!(app.selected_key(), Some("46"));
+    app::update(app, code(KeyCode::Enter))
+}
+
+#[test]
+fn opening_a_run_the_console_does_not_hold_reads_it_from_the_engine() {
+    let mut app = app();
+    let cmds = open_gone(&mut app);
+    assert_eq!(app.screen, Screen::Run);
+    assert!(
+        cmds.contains(&Cmd::FetchRun {
+            run_id: GONE.into()
+        }),
+        "{cmds:?}"
+    );
+    assert!(app.run.run_fetching);
+    // A run the model holds is not read again.
+    let mut other = common::app();
+    app::update(&mut other, key('2'));
+    let cmds = app::update(&mut other, code(KeyCode::Enter));
+    assert!(!cmds.iter().any(|c| matches!(c, Cmd::FetchRun { .. })));
+
+    app::update(
+        &mut app,
+        Msg::Run {
+            run_id: GONE.into(),
+            result: Ok(gone_run(NOW - 86_000_000)),
+        },
+    );
+    assert!(!app.run.run_fetching);
+    assert_eq!(app.data.runs.get(GONE).unwrap().name, "nightly-backup");
+    assert_eq!(app.data.runs.pinned(), Some(GONE));
+    // What is open can be acted on: a failed run is retried from here.
+    app::update(&mut app, key('r'));
+    assert!(
+        matches!(app.modal, Some(Modal::Confirm(_))),
+        "{:?}",
+        app.status
+    );
+}
+
+#[test]
+fn the_open_run_stays_however_many_runs_finish_after_it() {
+    let mut app = app();
+    open_gone(&mut app);
+    app::update(
+        &mut app,
+        Msg::Run {
+            run_id: GONE.into(),
+            result: Ok(gone_run(NOW - 86_000_000)),
+        },
+    );
+    let template = runs()[3].clone();
+    for i in 0..1_500u64 {
+        let mut run = template.clone();
+        run.id = format!("01HZDONE{i:018}");
+        run.finished_at_ms = NOW + i64::try_from(i).unwrap();
+        let event = Event {
+            seq: 100 + i,
+            kind: "run.submitted".into(),
+            run_id: run.id.clone(),
+            run: Some(run),
+            ..Event::default()
+        };
+        app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
+    }
+    assert!(app.data.runs.contains_key(GONE));
+    assert_eq!(app.data.runs.finished(), opsdeck_tui::model::FINISHED_KEPT);
+    // The Runs screen lists what is held, newest first.
+    app::update(&mut app, key('2'));
+    assert_eq!(app.rows.len(), app.data.runs.len());
+    assert_eq!(app.rows[0], "01HZDONE000000000000001499");
+}
+
+#[test]
+fn a_change_to_the_open_run_while_it_is_read_reads_it_again() {
+    let mut app = app();
+    open_gone(&mut app);
+    // The engine retries it meanwhile: a delta for a run not held yet.
+    let retried = Event {
+        seq: 47,
+        kind: "run.retried".into(),
+        run_id: GONE.into(),
+        run_update: Some(RunUpdate {
+            state: RunState::Running as i32,
+            updated_at_ms: NOW,
+            ..RunUpdate::default()
+        }),
+        step_updates: vec![StepUpdate {
+            index: 0,
+            state: StepState::Queued as i32,
+            attempt: 2,
+            ..StepUpdate::default()
+        }],
+        ..Event::default()
+    };
+    let cmds = app::update(&mut app, Msg::Conn(Update::Event(Box::new(retried))));
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Cmd::FetchRun { .. })),
+        "one read at a time"
+    );
+    assert!(!app.data.runs.contains_key(GONE), "a delta makes no run");
+    assert_eq!(app.run.timeline.len(), 1, "it joins the timeline");
+    // The answer predates the retry: shown, and read again.
+    let cmds = app::update(
+        &mut app,
+        Msg::Run {
+            run_id: GONE.into(),
+            result: Ok(gone_run(NOW - 86_000_000)),
+        },
+    );
+    assert_eq!(
+        cmds,
+        [Cmd::FetchRun {
+            run_id: GONE.into()
+        }]
+    );
+    let mut now = gone_run(NOW);
+    now.state = RunState::Running as i32;
+    app::update(
+        &mut app,
+        Msg::Run {
+            run_id: GONE.into(),
+            result: Ok(now),
+        },
+    );
+    assert_eq!(app.data.runs.get(GONE).unwrap().state(), RunState::Running);
+    // From here on its deltas apply.
+    let finished = Event {
+        seq: 48,
+        kind: "run.finished".into(),
+        run_id: GONE.into(),
+        run_update: Some(RunUpdate {
+            state: RunState::Succeeded as i32,
+            updated_at_ms: NOW + 1,
+            finished_at_ms: NOW + 1,
+            ..RunUpdate::default()
+        }),
+        ..Event::default()
+    };
+    let cmds = app::update(&mut app, Msg::Conn(Update::Event(Box::new(finished))));
+    assert!(!cmds.iter().any(|c| matches!(c, Cmd::FetchRun { .. })));
+    assert_eq!(
+        app.data.runs.get(GONE).unwrap().state(),
+        RunState::Succeeded
+    );
+}
+
+#[test]
+fn an_answer_older_than_what_the_stream_applied_does_not_undo_it() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    app::update(&mut app, code(KeyCode::Enter));
+    let id = app.run.run_id.clone();
+    let mut stale = app.data.runs.get(&id).unwrap().clone();
+    stale.updated_at_ms -= 1;
+    stale.state = RunState::Queued as i32;
+    app::update(
+        &mut app,
+        Msg::Run {
+            run_id: id.clone(),
+            result: Ok(stale),
+        },
+    );
+    assert_eq!(
+        app.data.runs.get(&id).unwrap().state(),
+        RunState::WaitingApproval
+    );
+}
+
+#[test]
+fn a_run_the_engine_no_longer_has_is_said_so_on_the_run_screen() {
+    let mut app = app();
+    open_gone(&mut app);
+    let words = "the engine has no run 01HRUN00000000000000000GONE (pruned)";
+    app::update(
+        &mut app,
+        Msg::Run {
+            run_id: GONE.into(),
+            result: Err(words.into()),
+        },
+    );
+    assert_eq!(app.run.run_error.as_deref(), Some(words));
+    assert!(!app.run.run_fetching);
+    // A snapshot (a reconnect) tries again.
+    let cmds = app::update(&mut app, Msg::Conn(Update::Snapshot(Box::new(snapshot()))));
+    assert!(cmds.contains(&Cmd::FetchRun {
+        run_id: GONE.into()
+    }));
+}
+
+#[test]
+fn queue_figures_and_step_changes_arrive_as_deltas() {
+    let mut app = app();
+    let build = app
+        .data
+        .runs
+        .get("01HRUN00000000000000000BUILD")
+        .unwrap()
+        .clone();
+    let mut queue = queues()[0].clone();
+    queue.ready = 9;
+    let event = Event {
+        seq: 46,
+        kind: "step.succeeded".into(),
+        run_id: build.id.clone(),
+        step_updates: vec![StepUpdate {
+            index: 0,
+            state: StepState::Succeeded as i32,
+            attempt: 1,
+            worker_id: "build-1".into(),
+            has_exit_code: true,
+            started_at_ms: NOW - 30_000,
+            finished_at_ms: NOW,
+            ..StepUpdate::default()
+        }],
+        queues: vec![queue],
+        ..Event::default()
+    };
+    app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
+    let step = &app.data.runs.get(&build.id).unwrap().steps[0];
+    assert_eq!(step.state(), StepState::Succeeded);
+    assert_eq!(step.name, "compile");
+    assert_eq!(app.data.queues["build"].queue.ready, 9);
 }

@@ -24,6 +24,10 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let Some(run) = ctx.data.runs.get(id) else {
         let text = if id.is_empty() {
             "no run is open: pick one on the Runs screen (2) and press enter".to_owned()
+        } else if let Some(why) = &ctx.run.run_error {
+            format!("run {id} cannot be read: {why}")
+        } else if ctx.run.run_fetching {
+            format!("reading run {id} from the engine...")
         } else {
             format!("run {id} is not known here (yet)")
         };
