@@ -17,7 +17,8 @@ pub struct EventsArgs {
     /// Lines with --output json)
     #[arg(long, short)]
     pub follow: bool,
-    /// Start at this sequence number [default: the first event kept]
+    /// Start at this sequence number [default: the first event kept]; if
+    /// retention pruned it, say so and start at the first kept
     #[arg(long, value_name = "SEQ")]
     pub from: Option<u64>,
     /// Only this run's events
@@ -52,6 +53,21 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
     let run_id = args.run.unwrap_or_default();
     let actor = args.actor.unwrap_or_default();
     if args.follow {
+        if args.from.is_some() {
+            // The stream does not say where the kept history starts; one
+            // event read from the log does.
+            let probe = ListEventsRequest {
+                after_seq,
+                limit: 1,
+                ..ListEventsRequest::default()
+            };
+            let mut client = ctx.engine().await?.events();
+            if let Ok(answer) = ctx.call(client.list_events(probe)).await
+                && let Some(words) = pruned(after_seq, answer.first_kept_seq)
+            {
+                note(&words);
+            }
+        }
         return follow(ctx, run_id, args.kinds, actor, after_seq).await;
     }
     let mut client = ctx.engine().await?.events();
@@ -68,8 +84,15 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
     }
     let limit = request.limit as usize;
     let mut events = Vec::new();
+    let mut first = true;
     loop {
         let answer = ctx.call(client.list_events(request.clone())).await?;
+        if std::mem::take(&mut first)
+            && args.from.is_some()
+            && let Some(words) = pruned(after_seq, answer.first_kept_seq)
+        {
+            note(&words);
+        }
         events.extend(answer.events);
         // A filtered answer may stop short after a bounded scan: go on from
         // where it got to until the limit is met or the log ends.
@@ -86,6 +109,18 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
             table.row(event_row(event, now));
         }
         table
+    })
+}
+
+/// What to say when events from `after_seq + 1` were asked for and
+/// retention has pruned some of them: the answer starts later than asked,
+/// which must not pass for "nothing happened".
+pub fn pruned(after_seq: u64, first_kept_seq: u64) -> Option<String> {
+    (first_kept_seq > after_seq.saturating_add(1)).then(|| {
+        format!(
+            "events before seq {first_kept_seq} were pruned by retention ([retention] in the \
+             engine config); showing from {first_kept_seq}"
+        )
     })
 }
 
@@ -185,6 +220,20 @@ mod tests {
             reason: "flaky".into(),
             ..Event::default()
         }
+    }
+
+    #[test]
+    fn a_start_before_the_first_kept_event_is_said_to_be_pruned() {
+        let words = pruned(9, 120).unwrap();
+        assert!(
+            words.starts_with("events before seq 120 were pruned by retention"),
+            "{words}"
+        );
+        assert!(words.contains("[retention]"), "{words}");
+        assert!(words.ends_with("showing from 120"), "{words}");
+        assert_eq!(pruned(119, 120), None, "from 120 is where the log starts");
+        assert_eq!(pruned(500, 120), None);
+        assert_eq!(pruned(9, 0), None, "an engine that keeps no events");
     }
 
     #[test]

@@ -104,9 +104,9 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Submit a run from a TOML spec file (`-` reads stdin)
+    /// Submit runs from TOML spec files (`-` reads stdin), each --count times
     Submit(runs::SubmitArgs),
-    /// List runs, newest first
+    /// List runs, newest first, from the whole history, a page at a time
     Runs(runs::ListArgs),
     /// Show a run, its steps and the tail of each step's output
     Run(runs::ShowArgs),
@@ -378,10 +378,64 @@ mod tests {
         let Some(Command::Submit(args)) = cli.unwrap().command else {
             panic!("not submit")
         };
-        assert_eq!(args.file.to_str(), Some("-"));
+        assert_eq!(args.files, [std::path::PathBuf::from("-")]);
+        assert_eq!(args.count, None);
         assert!(args.wait);
         assert_eq!(args.idempotency_key.as_deref(), Some("k1"));
         assert_eq!(args.reason.text(), "r");
+    }
+
+    #[test]
+    fn submit_takes_several_files_and_a_count() {
+        let cli = parse(&["submit", "a.toml", "b.toml", "--count", "500"]);
+        let Some(Command::Submit(args)) = cli.unwrap().command else {
+            panic!("not submit")
+        };
+        assert_eq!(args.files.len(), 2);
+        assert_eq!(args.count, Some(500));
+        assert_eq!(parse(&["submit"]).unwrap_err().exit_code(), 2);
+        assert_eq!(
+            parse(&["submit", "a.toml", "--count", "0"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn runs_takes_filters_and_paging_and_refuses_bad_values_as_usage_errors() {
+        let cli = parse(&[
+            "runs",
+            "--name",
+            "nightly-*",
+            "--label",
+            "a=1",
+            "--label",
+            "b=2",
+            "--by",
+            "cron",
+            "--since",
+            "1d",
+            "--until",
+            "2026-03-01T00:00:00Z",
+            "--limit",
+            "20",
+            "--all",
+        ]);
+        let Some(Command::Runs(args)) = cli.unwrap().command else {
+            panic!("not runs")
+        };
+        assert_eq!(args.labels.len(), 2);
+        assert!(args.all);
+        for bad in [
+            &["runs", "--label", "nokey"][..],
+            &["runs", "--since", "yesterday"],
+            &["runs", "--until", "2026-13-01T00:00:00Z"],
+            &["runs", "--limit", "many"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

@@ -24,19 +24,34 @@ pub enum Format {
 pub struct Printer {
     format: Format,
     color: bool,
+    /// Whether stdout is a terminal (a person reads it).
+    tty: bool,
 }
 
 impl Printer {
     /// A printer for this process's stdout, coloured only when a person is
     /// looking at it.
     pub fn new(format: Format) -> Self {
+        let tty = io::stdout().is_terminal();
         let color = format == Format::Text
             && use_color(
                 std::env::var_os("NO_COLOR").as_deref(),
                 std::env::var_os("TERM").as_deref(),
-                io::stdout().is_terminal(),
+                tty,
             );
-        Self { format, color }
+        Self { format, color, tty }
+    }
+
+    /// A line that helps a person go on (the next page, say): on stdout
+    /// under the answer when a person reads it there, else on stderr, so
+    /// that a script's stdout holds only the answer.
+    pub fn hint(&self, text: &str) -> Result<(), CliError> {
+        if self.tty && !self.json() {
+            self.text(&format!("{text}\n"))
+        } else {
+            note(text);
+            Ok(())
+        }
     }
 
     pub fn json(&self) -> bool {

@@ -10,8 +10,9 @@ use clap::Args;
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::runs_client::RunsClient;
 use opsdeck_proto::v1::{
-    CancelRunRequest, GetOutputRequest, GetRunRequest, ListRunsRequest, OutputChunk,
-    RetryRunRequest, Run, RunState, Step, StepKind, StepState, SubmitRunRequest,
+    CancelRunRequest, GetOutputRequest, GetRunRequest, ListRunsRequest, ListRunsResponse,
+    OutputChunk, RetryRunRequest, Run, RunState, Step, StepKind, StepState, SubmitRunRequest,
+    SubmitRunsRequest, SubmitRunsResponse,
 };
 use serde::Serialize;
 use tokio::time::MissedTickBehavior;
@@ -20,19 +21,25 @@ use tonic::Code;
 use super::error::CliError;
 use super::output::note;
 use super::table::{Cell, Fields, Table, Tone, clean};
-use super::time::{now_ms, relative, span};
+use super::time::{When, now_ms, relative, span};
 use super::{Ctx, Reason, step_number, word};
 use crate::client::{Authed, EventFollower, Followed, is_transient};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The run spec, TOML; `-` reads it from stdin
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// Wait until the run is over, then show it; exit 0 only if it succeeded
+    /// Run specs, TOML; `-` reads one from stdin. Several files (or
+    /// --count) are submitted together, checked all before any is made
+    #[arg(value_name = "FILE", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Submit each file this many times
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: Option<u32>,
+    /// Wait until the run is over, then show it; exit 0 only if it
+    /// succeeded (one file, without --count)
     #[arg(long)]
     pub wait: bool,
-    /// Submitting again with the same key returns the first run instead of a new one
+    /// Submitting again with the same key returns the first run instead
+    /// of a new one (one file, without --count)
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
     #[command(flatten)]
@@ -45,9 +52,41 @@ pub struct ListArgs {
     /// running, waiting_approval, succeeded, failed, cancelled)
     #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = word::<RunState>)]
     pub state: Vec<RunState>,
-    /// At most this many runs [default: the engine's, 100]
+    /// Only runs of this name: exact, or a prefix ending in `*` (`deploy-*`)
+    #[arg(long, value_name = "PATTERN")]
+    pub name: Option<String>,
+    /// Only runs carrying this label; repeat for several (all must match)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+    /// Only runs submitted by this identity
+    #[arg(long, value_name = "IDENTITY")]
+    pub by: Option<String>,
+    /// Only runs created since then: a span ago (30m, 2h, 1d12h) or an RFC
+    /// 3339 time (2026-03-01T12:00:00Z)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<When>,
+    /// Only runs created before then, as --since takes it
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<When>,
+    /// Runs per page [default: the engine's, 100; at most 1000]
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+    /// Start at this page: the token the previous page ended with
+    #[arg(long, value_name = "TOKEN")]
+    pub page: Option<String>,
+    /// Every page, following each page's token to the end of the history
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `--label KEY=VALUE`.
+pub fn label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, not {text:?}")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -82,10 +121,22 @@ const DEFAULT_TAIL_LINES: usize = 20;
 /// a safety net should an event that ends the run not carry it.
 const WAIT_POLL: Duration = Duration::from_secs(5);
 
+/// Runs a `SubmitRuns` call takes at most.
+pub const SUBMIT_MAX_RUNS: usize = 10_000;
+/// Spec bytes sent in one `SubmitRuns` call at most: well under the
+/// engine's default limit on a request (16 MiB), whatever the specs' size.
+const SUBMIT_MAX_BYTES: usize = 8 * 1024 * 1024;
+
 pub async fn submit(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliError> {
     // Before connecting: a usage error is reported as one (exit 2) even
     // when the engine is down.
-    let spec = read_spec(&args.file)?;
+    let [file] = args.files.as_slice() else {
+        return submit_many(ctx, args).await;
+    };
+    if args.count.is_some() {
+        return submit_many(ctx, args).await;
+    }
+    let spec = read_spec(file)?;
     let request = SubmitRunRequest {
         spec,
         idempotency_key: args.idempotency_key.unwrap_or_default(),
@@ -133,6 +184,118 @@ pub async fn submit(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliErro
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// What `submit` of several runs cannot do, said before anything is read
+/// or sent.
+fn check_many(args: &SubmitArgs) -> Result<(), CliError> {
+    if args.wait {
+        return Err(CliError::Usage(
+            "--wait follows one run: submit one file without --count to wait for it, or \
+             watch several with `opsdeck events --follow`"
+                .to_owned(),
+        ));
+    }
+    if args.idempotency_key.is_some() {
+        return Err(CliError::Usage(
+            "an idempotency key names one run: give it with one file and without --count"
+                .to_owned(),
+        ));
+    }
+    if args.files.iter().filter(|f| *f == Path::new("-")).count() > 1 {
+        return Err(CliError::Usage(
+            "stdin (`-`) can be read only once".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// `submit` of several files, or of one `--count` times: `SubmitRuns`, in
+/// calls of at most [`SUBMIT_MAX_RUNS`] runs. Each call is all or nothing;
+/// should one be refused, the runs of the calls before it stay submitted,
+/// and are shown before the error.
+async fn submit_many(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliError> {
+    check_many(&args)?;
+    let specs = args
+        .files
+        .iter()
+        .map(|f| read_spec(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = usize::try_from(args.count.unwrap_or(1)).unwrap_or(usize::MAX);
+    let total = specs.len().saturating_mul(count);
+    let reason = args.reason.text();
+    let requests = specs.iter().flat_map(|spec| {
+        std::iter::repeat_n(spec, count).map(|spec| SubmitRunRequest {
+            spec: spec.clone(),
+            idempotency_key: String::new(),
+            reason: reason.clone(),
+        })
+    });
+    let mut client = ctx.engine().await?.runs();
+    let mut done = SubmitRunsResponse::default();
+    let mut calls = 0usize;
+    for batch in batches(requests, SUBMIT_MAX_RUNS, SUBMIT_MAX_BYTES) {
+        let size = batch.len();
+        let request = SubmitRunsRequest { runs: batch };
+        match ctx.call(client.submit_runs(request)).await {
+            Ok(answer) => done.runs.extend(answer.runs),
+            Err(e) => {
+                if !done.runs.is_empty() {
+                    print_submitted(ctx, &done)?;
+                    note(&format!(
+                        "{} of {total} runs were submitted (shown above) before the engine \
+                         refused the next {size}",
+                        done.runs.len()
+                    ));
+                }
+                return Err(e);
+            }
+        }
+        calls += 1;
+    }
+    print_submitted(ctx, &done)?;
+    if !ctx.printer.json() {
+        let calls = if calls == 1 {
+            "one call".to_owned()
+        } else {
+            format!("{calls} calls")
+        };
+        note(&format!("submitted {} runs in {calls}", done.runs.len()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_submitted(ctx: &Ctx, done: &SubmitRunsResponse) -> Result<(), CliError> {
+    if ctx.printer.json() {
+        return ctx.printer.document(done);
+    }
+    let runs: Vec<Run> = done.runs.iter().filter_map(|r| r.run.clone()).collect();
+    ctx.printer
+        .list(&runs, "no runs submitted", |runs| run_table(runs, now_ms()))
+}
+
+/// Requests in calls of at most `max_runs` runs and (unless one spec is
+/// bigger) `max_bytes` of spec text.
+pub fn batches(
+    requests: impl Iterator<Item = SubmitRunRequest>,
+    max_runs: usize,
+    max_bytes: usize,
+) -> impl Iterator<Item = Vec<SubmitRunRequest>> {
+    let mut requests = requests.peekable();
+    std::iter::from_fn(move || {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while batch.len() < max_runs {
+            let Some(next) = requests.peek() else { break };
+            let size = next.spec.len() + next.reason.len();
+            if !batch.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            batch.extend(requests.next());
+        }
+        (!batch.is_empty()).then_some(batch)
     })
 }
 
@@ -187,8 +350,7 @@ async fn wait_until_final(ctx: &mut Ctx, run: Run, progress: bool) -> Result<Run
                     if progress {
                         note(&format!("  {:<20} {}", event.kind, clean(&event.message, ' ')));
                     }
-                    let ended = event.run.as_ref().is_some_and(|r| r.id == run.id && is_final(r.state()));
-                    if ended {
+                    if ends(&event, &run.id) {
                         break;
                     }
                 }
@@ -213,20 +375,87 @@ async fn wait_until_final(ctx: &mut Ctx, run: Run, progress: bool) -> Result<Run
     get_run(ctx, &mut client, &run.id).await
 }
 
+/// Whether an event says the run is over: its `run_update` (or the whole
+/// run, on the event that made it) shows it final.
+fn ends(event: &opsdeck_proto::v1::Event, run_id: &str) -> bool {
+    if event.run_id != run_id {
+        return false;
+    }
+    let update = event.run_update.as_ref().map(|u| u.state());
+    let whole = event.run.as_ref().map(Run::state);
+    update.or(whole).is_some_and(is_final)
+}
+
 async fn get_run(ctx: &Ctx, client: &mut RunsClient<Authed>, id: &str) -> Result<Run, CliError> {
     ctx.call(client.get_run(GetRunRequest { id: id.to_owned() }))
         .await
 }
 
-pub async fn list(ctx: &mut Ctx, args: ListArgs) -> Result<(), CliError> {
-    let request = ListRunsRequest {
+/// The request `runs` makes of its flags, times counted back from `now_ms`.
+pub fn list_request(args: &ListArgs, now_ms: i64) -> Result<ListRunsRequest, CliError> {
+    let since_ms = args.since.map_or(0, |w| w.ms(now_ms));
+    let until_ms = args.until.map_or(0, |w| w.ms(now_ms));
+    if since_ms > 0 && until_ms > 0 && since_ms >= until_ms {
+        return Err(CliError::Usage(
+            "--since must be before --until: no run could be in between".to_owned(),
+        ));
+    }
+    Ok(ListRunsRequest {
         states: args.state.iter().map(|s| *s as i32).collect(),
         limit: args.limit.unwrap_or(0),
-    };
+        name: args.name.clone().unwrap_or_default(),
+        labels: args.labels.iter().cloned().collect(),
+        submitted_by: args.by.clone().unwrap_or_default(),
+        since_ms,
+        until_ms,
+        page_token: args.page.clone().unwrap_or_default(),
+    })
+}
+
+/// How to get the page after this one, in words.
+pub fn next_page_hint(token: &str) -> String {
+    format!("more runs: add --page {token} for the next page, or --all for every page")
+}
+
+/// `runs`: one page (the first, or --page's), or with --all every page.
+/// As JSON the answer is the engine's: `{"runs": [...],
+/// "next_page_token": "..."}`, the token empty on the last page.
+pub async fn list(ctx: &mut Ctx, args: ListArgs) -> Result<(), CliError> {
+    let mut request = list_request(&args, now_ms())?;
     let mut client = ctx.engine().await?.runs();
-    let runs = ctx.call(client.list_runs(request)).await?.runs;
+    let mut answer = ctx.call(client.list_runs(request.clone())).await?;
+    if args.all {
+        let mut seen = std::collections::HashSet::new();
+        while !answer.next_page_token.is_empty() {
+            if !seen.insert(answer.next_page_token.clone()) {
+                return Err(ctx.refused(tonic::Status::internal(
+                    "the engine gave a page token twice; stopped following the pages",
+                )));
+            }
+            request.page_token = std::mem::take(&mut answer.next_page_token);
+            let page = ctx.call(client.list_runs(request.clone())).await?;
+            answer.runs.extend(page.runs);
+            answer.next_page_token = page.next_page_token;
+        }
+    }
+    print_page(ctx, &answer)
+}
+
+fn print_page(ctx: &Ctx, page: &ListRunsResponse) -> Result<(), CliError> {
+    if ctx.printer.json() {
+        return ctx.printer.document(page);
+    }
+    let none = if page.next_page_token.is_empty() {
+        "no runs"
+    } else {
+        "no runs on this page"
+    };
     ctx.printer
-        .list(&runs, "no runs", |runs| run_table(runs, now_ms()))
+        .list(&page.runs, none, |runs| run_table(runs, now_ms()))?;
+    if !page.next_page_token.is_empty() {
+        ctx.printer.hint(&next_page_hint(&page.next_page_token))?;
+    }
+    Ok(())
 }
 
 pub async fn show(ctx: &mut Ctx, args: ShowArgs) -> Result<(), CliError> {
@@ -562,6 +791,187 @@ mod tests {
             data: data.into(),
             ..OutputChunk::default()
         }
+    }
+
+    fn list_args(args: &[&str]) -> ListArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ListArgs,
+        }
+        Cli::try_parse_from(std::iter::once("runs").chain(args.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn runs_flags_become_the_engines_filters() {
+        let args = list_args(&[
+            "--name",
+            "deploy-*",
+            "--label",
+            "team=web",
+            "--label",
+            "env=prod=eu",
+            "--by",
+            "ann",
+            "--since",
+            "2h",
+            "--until",
+            "2023-11-14T22:13:20Z",
+            "--state",
+            "failed",
+            "--limit",
+            "50",
+            "--page",
+            "tok1",
+        ]);
+        let request = list_request(&args, NOW + 3_600_000).unwrap();
+        assert_eq!(request.name, "deploy-*");
+        assert_eq!(
+            request.labels,
+            [
+                ("team".to_owned(), "web".to_owned()),
+                ("env".to_owned(), "prod=eu".to_owned())
+            ]
+            .into()
+        );
+        assert_eq!(request.submitted_by, "ann");
+        assert_eq!(request.since_ms, NOW - 3_600_000);
+        assert_eq!(request.until_ms, NOW);
+        assert_eq!(request.states, [RunState::Failed as i32]);
+        assert_eq!(request.limit, 50);
+        assert_eq!(request.page_token, "tok1");
+        assert!(!args.all);
+
+        let none = list_request(&list_args(&[]), NOW).unwrap();
+        assert_eq!(none, ListRunsRequest::default(), "no flags, no filters");
+    }
+
+    #[test]
+    fn since_after_until_is_a_usage_error() {
+        let args = list_args(&["--since", "1h", "--until", "2h"]);
+        let e = list_request(&args, NOW).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string().contains("--since must be before --until"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_label_needs_a_key_and_an_equals_sign() {
+        assert_eq!(label("a=b"), Ok(("a".into(), "b".into())));
+        assert_eq!(label("a="), Ok(("a".into(), String::new())));
+        assert!(label("ab").unwrap_err().contains("KEY=VALUE"));
+        assert!(label("=b").is_err());
+    }
+
+    #[test]
+    fn a_page_as_json_carries_the_next_token_and_as_text_a_hint() {
+        let page = ListRunsResponse {
+            runs: vec![run()],
+            next_page_token: "tok2".into(),
+        };
+        let json = serde_json::to_value(&page).unwrap();
+        assert_eq!(json["next_page_token"], "tok2");
+        assert_eq!(json["runs"][0]["id"], "01HRUN");
+        assert_eq!(json["runs"][0]["state"], "running");
+        let hint = next_page_hint("tok2");
+        assert!(hint.contains("--page tok2"), "{hint}");
+        assert!(hint.contains("--all"), "{hint}");
+    }
+
+    fn request(spec: &str) -> SubmitRunRequest {
+        SubmitRunRequest {
+            spec: spec.into(),
+            ..SubmitRunRequest::default()
+        }
+    }
+
+    #[test]
+    fn submissions_go_in_calls_of_at_most_ten_thousand_runs() {
+        let sizes: Vec<usize> = batches(
+            std::iter::repeat_n(request("x"), 25_001),
+            SUBMIT_MAX_RUNS,
+            SUBMIT_MAX_BYTES,
+        )
+        .map(|b| b.len())
+        .collect();
+        assert_eq!(sizes, [10_000, 10_000, 5_001]);
+        assert_eq!(batches(std::iter::empty(), 10, 10).count(), 0);
+    }
+
+    #[test]
+    fn big_specs_go_in_smaller_calls_and_one_too_big_goes_alone() {
+        let spec = "x".repeat(400);
+        let sizes: Vec<usize> = batches(std::iter::repeat_n(request(&spec), 10), 100, 1_000)
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(sizes, [2, 2, 2, 2, 2]);
+        let huge = "y".repeat(5_000);
+        let sizes: Vec<usize> = batches(
+            [request("a"), request(&huge), request("b")].into_iter(),
+            100,
+            1_000,
+        )
+        .map(|b| b.len())
+        .collect();
+        assert_eq!(sizes, [1, 1, 1]);
+    }
+
+    fn submit_args(args: &[&str]) -> SubmitArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: SubmitArgs,
+        }
+        Cli::try_parse_from(std::iter::once("submit").chain(args.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn several_runs_cannot_be_waited_for_nor_share_a_key_nor_read_stdin_twice() {
+        assert!(check_many(&submit_args(&["a.toml", "b.toml"])).is_ok());
+        for (args, words) in [
+            (
+                &["a.toml", "b.toml", "--wait"][..],
+                "--wait follows one run",
+            ),
+            (
+                &["a.toml", "--count", "3", "--idempotency-key", "k"],
+                "names one run",
+            ),
+            (&["-", "-"], "only once"),
+        ] {
+            let e = check_many(&submit_args(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains(words), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn submit_wait_ends_on_the_update_that_makes_the_run_final() {
+        use opsdeck_proto::v1::{Event, RunUpdate};
+        let update = |state: RunState| Event {
+            run_id: "01HRUN".into(),
+            run_update: Some(RunUpdate {
+                state: state as i32,
+                ..RunUpdate::default()
+            }),
+            ..Event::default()
+        };
+        assert!(ends(&update(RunState::Failed), "01HRUN"));
+        assert!(!ends(&update(RunState::Running), "01HRUN"));
+        assert!(!ends(&update(RunState::Failed), "01HOTHER"));
+        let plain = Event {
+            run_id: "01HRUN".into(),
+            ..Event::default()
+        };
+        assert!(!ends(&plain, "01HRUN"));
     }
 
     #[test]
