@@ -368,3 +368,16 @@ fn the_run_screen_says_it_is_reading_a_run_it_does_not_hold_and_why_it_cannot() 
         "{frame}"
     );
 }
+
+#[test]
+fn a_runs_filter_that_matches_nothing_points_to_the_engines_history() {
+    let mut app = screen('2');
+    app::update(&mut app, key('/'));
+    type_text(&mut app, "last-year");
+    let frame = render(&mut app, 120, 24).backend().to_string();
+    assert!(frame.contains("nothing matches /last-year"), "{frame}");
+    assert!(
+        frame.contains("older finished runs: `opsdeck runs"),
+        "{frame}"
+    );
+}

@@ -88,6 +88,7 @@ impl<'a> Ctx<'a> {
             selected: list.selected,
             filter: &list.filter,
             empty,
+            elsewhere: None,
             stale: self.stale(),
             alert: None,
             theme: &self.theme,

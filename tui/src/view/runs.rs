@@ -13,6 +13,9 @@ use crate::cli::step_number;
 use crate::cli::time::relative;
 use crate::widgets::short_id;
 
+/// Where a filter that matches nothing here may still find runs.
+pub const OLDER_RUNS: &str = "older finished runs: `opsdeck runs --name PATTERN --since 7d`";
+
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let app = ctx.app;
     let t = &ctx.theme;
@@ -36,14 +39,17 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         "CREATED",
         if wide { "MESSAGE" } else { "" },
     ];
-    ctx.list(
+    let mut list = ctx.list(
         Screen::Runs,
         "Runs",
         &header,
         &widths,
         "no runs yet: submit one with `opsdeck submit SPEC`",
-    )
-    .render(area, buf, |range| {
+    );
+    // The console holds the live runs and the most recently finished
+    // ones; the rest of the history is the engine's to search.
+    list.elsewhere = Some(OLDER_RUNS);
+    list.render(area, buf, |range| {
         app.rows[range]
             .iter()
             .filter_map(|id| ctx.data.runs.get(id))

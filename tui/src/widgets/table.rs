@@ -33,6 +33,9 @@ pub struct ListTable<'a> {
     pub filter: &'a str,
     /// What an empty list says.
     pub empty: &'a str,
+    /// Where else to look when the filter matches nothing here (the Runs
+    /// screen holds only the most recently finished runs).
+    pub elsewhere: Option<&'a str>,
     /// Mark the data as possibly out of date (disconnected, frozen).
     pub stale: Option<&'a str>,
     /// What needs someone, after the count: "(1 STUCK)".
@@ -74,10 +77,15 @@ impl ListTable<'_> {
             let text = if self.filter.is_empty() {
                 self.empty.to_owned()
             } else {
-                format!(
+                let mut text = format!(
                     "nothing matches /{} (esc on the filter clears it)",
                     self.filter
-                )
+                );
+                if let Some(elsewhere) = self.elsewhere {
+                    text.push_str("; ");
+                    text.push_str(elsewhere);
+                }
+                text
             };
             Paragraph::new(text).style(t.dim()).render(inner, buf);
             return;
