@@ -41,4 +41,7 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
     (".opsdeck.v1.Approval.state", "approval_state"),
     (".opsdeck.v1.ListRunsRequest.states", "run_states"),
     (".opsdeck.v1.StepResult.outcome", "outcome"),
+    (".opsdeck.v1.RunUpdate.state", "run_state"),
+    (".opsdeck.v1.StepUpdate.state", "step_state"),
+    (".opsdeck.v1.SubmittedRun.state", "run_state"),
 ];

@@ -51,6 +51,7 @@ pub struct ConfigFile {
     pub ha: HaSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
+    pub retention: RetentionSection,
     /// TLS on the TCP listener (the Unix socket stays plain).
     pub tls: Option<TlsSection>,
     /// Secrets that run specs name (`env = { X = { secret = "NAME" } }`).
@@ -145,6 +146,49 @@ pub struct EngineSection {
     pub quarantine_after: Option<u32>,
     #[serde(with = "humantime_serde_opt")]
     pub quarantine_window: Option<Duration>,
+    /// Finished runs kept in memory for the console: at most this many,
+    /// for at most `finished_runs_kept_for`.
+    pub finished_runs_kept: Option<usize>,
+    #[serde(with = "humantime_serde_opt")]
+    pub finished_runs_kept_for: Option<Duration>,
+}
+
+/// `[retention]`: how long history stays in the database.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Finished runs, with their steps, approvals, leases and output.
+    #[serde(with = "humantime_serde")]
+    pub runs: Duration,
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
+    #[serde(with = "humantime_serde")]
+    pub output: Duration,
+    /// Workers offline or stopped this long.
+    #[serde(with = "humantime_serde")]
+    pub workers: Duration,
+    /// How often pruning runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// The most rows of one table a prune statement deletes.
+    pub batch: u32,
+}
+
+const DAY: u64 = 24 * 60 * 60;
+
+impl Default for RetentionSection {
+    /// A month of history to look back on after an incident; a week of
+    /// output, which is most of the bytes.
+    fn default() -> Self {
+        Self {
+            runs: Duration::from_secs(30 * DAY),
+            events: Duration::from_secs(30 * DAY),
+            output: Duration::from_secs(7 * DAY),
+            workers: Duration::from_secs(7 * DAY),
+            interval: Duration::from_secs(60),
+            batch: 1000,
+        }
+    }
 }
 
 /// A bearer token, stored only as its hash.
@@ -228,6 +272,22 @@ mod humantime_serde_opt {
             })
         })
         .transpose()
+    }
+}
+
+/// A duration written as "30d", "1m".
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. \"30d\""
+            ))
+        })
     }
 }
 
@@ -384,6 +444,7 @@ impl ConfigFile {
         use Seg::{Index, Key};
         let mut p = Problems::new(text);
         let e = &self.engine;
+        check_retention(&self.retention, &mut p);
         if let Some(listen) = e.listen.as_deref().filter(|l| *l != "none")
             && let Err(why) = check_listen(listen)
         {
@@ -489,9 +550,52 @@ impl ConfigFile {
             subscriber_buffer: e.subscriber_buffer.unwrap_or(d.subscriber_buffer),
             quarantine_after: e.quarantine_after.unwrap_or(d.quarantine_after),
             quarantine_window: e.quarantine_window.unwrap_or(d.quarantine_window),
+            finished_runs_kept: e.finished_runs_kept.unwrap_or(d.finished_runs_kept),
+            finished_runs_kept_for: e.finished_runs_kept_for.unwrap_or(d.finished_runs_kept_for),
             // Read by the caller with `Secrets::load(&self.secrets)`: it can fail.
             secrets: d.secrets,
         }
+    }
+}
+
+/// `[retention]`: every period long enough to look back on, pruning often
+/// enough to keep up, in batches small enough not to hold the database.
+fn check_retention(r: &RetentionSection, p: &mut Problems<'_>) {
+    use Seg::Key;
+    for (key, d) in [
+        ("runs", r.runs),
+        ("events", r.events),
+        ("output", r.output),
+        ("workers", r.workers),
+    ] {
+        if d < Duration::from_secs(1) {
+            p.add(
+                &[Key("retention"), Key(key)],
+                format!(
+                    "{} is too short to look back on; keep history at least \"1s\" (the default is {})",
+                    humantime::format_duration(d),
+                    humantime::format_duration(match key {
+                        "output" | "workers" => Duration::from_secs(7 * DAY),
+                        _ => Duration::from_secs(30 * DAY),
+                    })
+                ),
+            );
+        }
+    }
+    if r.interval < Duration::from_secs(1) || r.interval > Duration::from_secs(DAY) {
+        p.add(
+            &[Key("retention"), Key("interval")],
+            "interval must be between \"1s\" and \"1d\" (the default is \"1m\")",
+        );
+    }
+    if !(1..=100_000).contains(&r.batch) {
+        p.add(
+            &[Key("retention"), Key("batch")],
+            format!(
+                "batch is {}; give 1 to 100000 rows (the default is 1000)",
+                r.batch
+            ),
+        );
     }
 }
 
@@ -698,6 +802,14 @@ mod tests {
             "subscriber_buffer",
             "quarantine_after",
             "quarantine_window",
+            "finished_runs_kept",
+            "finished_runs_kept_for",
+            "runs",
+            "events",
+            "output",
+            "workers",
+            "interval",
+            "batch",
             "max_spec_bytes",
             "max_steps",
             "max_command_bytes",

@@ -65,7 +65,7 @@ fn lease_state(s: LeaseState) -> pb::LeaseState {
     }
 }
 
-fn approval_state(s: ApprovalState) -> pb::ApprovalState {
+pub fn approval_state(s: ApprovalState) -> pb::ApprovalState {
     match s {
         ApprovalState::Pending => pb::ApprovalState::Pending,
         ApprovalState::Approved => pb::ApprovalState::Approved,
@@ -89,6 +89,35 @@ pub fn run(r: &Run) -> pb::Run {
         steps: r.steps.iter().map(|s| step(&r.id, s)).collect(),
         message: r.message.clone(),
         idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
+    }
+}
+
+/// What an event says of a run whose header changed.
+pub fn run_update(r: &Run) -> pb::RunUpdate {
+    pb::RunUpdate {
+        state: run_state(r.state) as i32,
+        current_step: r.current_step,
+        message: r.message.clone(),
+        updated_at_ms: r.updated_at,
+        finished_at_ms: r.finished_at.unwrap_or(0),
+    }
+}
+
+/// What an event says of a step that changed: its spec never does.
+pub fn step_update(s: &Step) -> pb::StepUpdate {
+    pb::StepUpdate {
+        index: s.index,
+        state: step_state(s.state) as i32,
+        attempt: s.attempt,
+        lease_id: s.lease_id.clone().unwrap_or_default(),
+        worker_id: s.worker_id.clone().unwrap_or_default(),
+        exit_code: s.exit_code.unwrap_or(0),
+        has_exit_code: s.exit_code.is_some(),
+        message: s.message.clone(),
+        started_at_ms: s.started_at.unwrap_or(0),
+        finished_at_ms: s.finished_at.unwrap_or(0),
+        next_attempt_at_ms: s.next_attempt_at.unwrap_or(0),
+        approval_id: s.approval_id.clone().unwrap_or_default(),
     }
 }
 

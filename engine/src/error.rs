@@ -20,6 +20,19 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The same error with its sentence rewritten (e.g. to say which item
+    /// of a call it is about).
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Self::InvalidArgument(m) => Self::InvalidArgument(f(m)),
+            Self::NotFound(m) => Self::NotFound(f(m)),
+            Self::FailedPrecondition(m) => Self::FailedPrecondition(f(m)),
+            Self::PermissionDenied(m) => Self::PermissionDenied(f(m)),
+            Self::ResourceExhausted(m) => Self::ResourceExhausted(f(m)),
+            Self::Unavailable(m) => Self::Unavailable(f(m)),
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,

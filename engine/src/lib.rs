@@ -4,7 +4,9 @@
 //!   spec — plain data and rules, no I/O.
 //! - [`core`]: the single task that owns the live state, applies every
 //!   change in order, group-commits it and then answers and publishes.
-//! - [`store`]: persistence behind one trait (SQLite).
+//! - [`store`]: persistence behind one trait (SQLite and PostgreSQL): the
+//!   live set loaded at start, history read a page at a time.
+//! - [`retention`]: prunes history older than `[retention]` in the background.
 //! - [`api`]: the gRPC services, the auth interceptor and the listeners.
 //! - [`agent`]: the worker process (`opsdeckd worker`): runs exec steps as
 //!   real processes, heartbeats, drains and recycles.
@@ -33,6 +35,7 @@ pub mod ha;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod retention;
 pub mod secrets;
 pub mod serve;
 pub mod store;

@@ -20,6 +20,8 @@
 //! | `opsdeck_run_transitions_total` | counter | `to` (submitted, succeeded, failed, cancelled, retried) |
 //! | `opsdeck_events_total` | counter | (events per second: `rate(opsdeck_events_total[1m])`) |
 //! | `opsdeck_ready` | gauge | 1 when `/readyz` would answer 200 |
+//! | `opsdeck_pruned_rows_total` | counter | `table` (runs, steps, approvals, leases, events, output, workers) |
+//! | `opsdeck_database_bytes` | gauge | the database's size on disk, as of the last pruning pass |
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -93,6 +95,13 @@ struct Metrics {
     assignments: Family<Outcome, Counter>,
     run_transitions: Family<To, Counter>,
     events: Counter,
+    pruned: Family<TableLabel, Counter>,
+    database_bytes: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: &'static str,
 }
 
 fn step_histogram() -> Histogram {
@@ -113,6 +122,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     assignments: Family::default(),
     run_transitions: Family::default(),
     events: Counter::default(),
+    pruned: Family::default(),
+    database_bytes: Gauge::default(),
 });
 
 fn registry() -> Registry {
@@ -166,7 +177,40 @@ fn registry() -> Registry {
         m.run_transitions.clone(),
     );
     r.register("events", "Events committed", m.events.clone());
+    r.register(
+        "pruned_rows",
+        "Rows retention deleted, by table",
+        m.pruned.clone(),
+    );
+    r.register(
+        "database_bytes",
+        "The database's size on disk, as of the last pruning pass",
+        m.database_bytes.clone(),
+    );
     r
+}
+
+/// Counts what a pruning pass deleted.
+pub fn observe_pruned(p: &crate::store::Pruned) {
+    let m = &*METRICS;
+    for (table, n) in [
+        ("runs", p.runs),
+        ("steps", p.steps),
+        ("approvals", p.approvals),
+        ("leases", p.leases),
+        ("events", p.events),
+        ("output", p.output),
+        ("workers", p.workers),
+    ] {
+        m.pruned.get_or_create(&TableLabel { table }).inc_by(n);
+    }
+}
+
+/// The database's size, as the store measured it.
+pub fn observe_database_bytes(bytes: u64) {
+    METRICS
+        .database_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
 }
 
 /// Counts the events of a committed batch. Called by the core only after
@@ -174,6 +218,15 @@ fn registry() -> Registry {
 pub fn observe_committed(events: &[Arc<pb::Event>]) {
     let m = &*METRICS;
     m.events.inc_by(events.len() as u64);
+    // Steps as they stand after the batch: its events carry the deltas.
+    let steps: std::collections::HashMap<(&str, u32), &pb::StepUpdate> = events
+        .iter()
+        .flat_map(|e| {
+            e.step_updates
+                .iter()
+                .map(|s| ((e.run_id.as_str(), s.index), s))
+        })
+        .collect();
     for e in events {
         let Some((subject, what)) = e.kind.split_once('.') else {
             continue;
@@ -198,7 +251,8 @@ pub fn observe_committed(events: &[Arc<pb::Event>]) {
                     outcome: what.to_owned(),
                 };
                 m.steps.get_or_create(&outcome).inc();
-                if let Some(seconds) = step_seconds(e) {
+                let step = steps.get(&(e.run_id.as_str(), e.step_index)).copied();
+                if let Some(seconds) = step.and_then(|s| step_seconds(e, s)) {
                     m.step_duration.get_or_create(&outcome).observe(seconds);
                 }
             }
@@ -208,8 +262,7 @@ pub fn observe_committed(events: &[Arc<pb::Event>]) {
 }
 
 /// How long the event's step attempt ran, when it has run.
-fn step_seconds(e: &pb::Event) -> Option<f64> {
-    let step = e.run.as_ref()?.steps.get(e.step_index as usize)?;
+fn step_seconds(e: &pb::Event, step: &pb::StepUpdate) -> Option<f64> {
     let end = if step.finished_at_ms > 0 {
         step.finished_at_ms
     } else {
@@ -432,26 +485,23 @@ mod tests {
         Arc::new(pb::Event {
             kind: kind.into(),
             at_ms: finished,
-            run: Some(pb::Run {
-                steps: vec![pb::Step {
-                    started_at_ms: started,
-                    finished_at_ms: finished,
-                    ..Default::default()
-                }],
+            run_id: "r1".into(),
+            step_updates: vec![pb::StepUpdate {
+                started_at_ms: started,
+                finished_at_ms: finished,
                 ..Default::default()
-            }),
+            }],
             ..Default::default()
         })
     }
 
     #[test]
     fn step_durations_come_from_the_step_s_start_and_finish() {
-        assert_eq!(
-            step_seconds(&event("step.succeeded", 1_000, 3_500)),
-            Some(2.5)
-        );
+        let e = event("step.succeeded", 1_000, 3_500);
+        assert_eq!(step_seconds(&e, &e.step_updates[0]), Some(2.5));
         // Never started (e.g. dead before a worker took it): no duration.
-        assert_eq!(step_seconds(&event("step.dead", 0, 3_500)), None);
+        let e = event("step.dead", 0, 3_500);
+        assert_eq!(step_seconds(&e, &e.step_updates[0]), None);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub tls: Option<opsdeck_proto::tls::ServerTls>,
     /// `[[tls.client]]`: client certificates that identify their callers.
     pub tls_clients: Vec<crate::config::TlsClient>,
+    /// `[retention]`: how long history stays in the database.
+    pub retention: crate::config::RetentionSection,
 }
 
 /// Where a started engine listens.
@@ -230,6 +232,9 @@ pub async fn run(
     notify::status(&format!("leading (epoch {epoch}) on {}", describe(&bound)));
     let workers_stop = CancellationToken::new();
     let local = local_workers(&opts, &bound, workers_stop.clone());
+    // Only the leader prunes; it stops with the lead.
+    let _retention =
+        crate::retention::spawn(store.clone(), opts.retention.clone(), lead_stop.clone());
 
     let lost = tokio::select! {
         _ = shutdown.cancelled() => None,

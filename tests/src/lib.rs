@@ -967,6 +967,8 @@ pub struct FakeAgent {
     pub id: String,
     up: tokio::sync::mpsc::Sender<pb::AgentMessage>,
     down: tonic::Streaming<pb::EngineMessage>,
+    /// The rest of an Assignments message, one Assign each.
+    unread: std::collections::VecDeque<pb::EngineMessage>,
 }
 
 impl FakeAgent {
@@ -1003,6 +1005,7 @@ impl FakeAgent {
             id: id.to_owned(),
             up,
             down,
+            unread: Default::default(),
         };
         let welcome = match agent.next().await.kind {
             Some(pb::engine_message::Kind::Welcome(w)) => w,
@@ -1011,13 +1014,29 @@ impl FakeAgent {
         (agent, welcome)
     }
 
-    /// The next message from the engine (within [`DEADLINE`]).
+    /// The next message from the engine (within [`DEADLINE`]). Several
+    /// steps sent in one Assignments message come as one Assign each.
     pub async fn next(&mut self) -> pb::EngineMessage {
-        tokio::time::timeout(DEADLINE, self.down.message())
+        if let Some(m) = self.unread.pop_front() {
+            return m;
+        }
+        let m = tokio::time::timeout(DEADLINE, self.down.message())
             .await
             .expect("a message from the engine in time")
             .expect("the session stays open")
-            .expect("a message, not the end of the session")
+            .expect("a message, not the end of the session");
+        match m.kind {
+            Some(pb::engine_message::Kind::Assignments(batch)) => {
+                self.unread
+                    .extend(batch.assignments.into_iter().map(|a| pb::EngineMessage {
+                        kind: Some(pb::engine_message::Kind::Assign(a)),
+                    }));
+                self.unread
+                    .pop_front()
+                    .expect("an Assignments message holds at least one step")
+            }
+            kind => pb::EngineMessage { kind },
+        }
     }
 
     /// The next assignment, skipping other messages.

@@ -85,7 +85,8 @@ async fn submit_wait_exits_zero_and_prints_the_finished_run_as_json_with_lowerca
         &["runs", "--output", "json"],
     ));
     assert!(
-        runs.as_array()
+        runs["runs"]
+            .as_array()
             .is_some_and(|r| r.iter().any(|r| r["id"] == id)),
         "{runs}"
     );

@@ -129,8 +129,8 @@ async fn after_a_kill_9_with_200_runs_in_flight_everything_acknowledged_is_kept_
     let live_before = api
         .runs
         .list_runs(ListRunsRequest {
-            states: vec![],
             limit: 1000,
+            ..Default::default()
         })
         .await
         .expect("ListRuns")
@@ -217,8 +217,8 @@ async fn after_a_kill_9_with_200_runs_in_flight_everything_acknowledged_is_kept_
         let runs = api
             .runs
             .list_runs(ListRunsRequest {
-                states: vec![],
                 limit: 1000,
+                ..Default::default()
             })
             .await
             .expect("ListRuns")

@@ -87,7 +87,7 @@ async fn a_client_that_stops_reading_is_cut_off_with_a_resync_and_the_engine_doe
         .expect("FollowEvents")
         .into_inner();
 
-    // Nobody reads while 300 runs (600 events) are submitted: far more than
+    // Nobody reads while 300 runs (600 events) are submitted, then 2,000 more: far more than
     // the buffer, the stream's queue and the HTTP/2 windows hold. The
     // engine answers as fast as ever.
     let mut runs = engine.api().await.runs;
@@ -98,9 +98,18 @@ async fn a_client_that_stops_reading_is_cut_off_with_a_resync_and_the_engine_doe
         runs.submit_run(submit_request()).await.expect("submit");
         slowest = slowest.max(t.elapsed());
     }
+    // Events are small deltas, so a few hundred fit in the transport's
+    // buffers: a burst of a few thousand more overflows them for sure.
+    for _ in 0..2 {
+        runs.submit_runs(pb::SubmitRunsRequest {
+            runs: vec![submit_request(); 1000],
+        })
+        .await
+        .expect("a burst of submits");
+    }
     let produced = head(&engine).await - after;
     eprintln!(
-        "300 submits ({produced} events) with two stalled streams in {:?}; slowest {slowest:?}",
+        "300 submits and 2,000 in bursts ({produced} events) with two stalled streams in {:?}; slowest single submit {slowest:?}",
         started.elapsed()
     );
     assert!(
@@ -182,7 +191,7 @@ async fn a_client_that_stops_reading_is_cut_off_with_a_resync_and_the_engine_doe
             _ => {}
         }
     }
-    assert_eq!(runs_seen, 300);
+    assert_eq!(runs_seen, 2_300);
 }
 
 /// A gated run without padding: the load of the measurement.

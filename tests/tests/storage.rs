@@ -51,8 +51,8 @@ async fn run_count(engine: &Engine) -> usize {
         .await
         .runs
         .list_runs(ListRunsRequest {
-            states: vec![],
-            limit: 10_000,
+            limit: 1_000,
+            ..Default::default()
         })
         .await
         .expect("ListRuns")

@@ -371,6 +371,14 @@ impl Data {
             self.workers.insert(worker.id.clone(), worker);
         }
         if let Some(lease) = event.lease.take() {
+            // Lease events name their worker without carrying it: its list
+            // of leases follows from them.
+            if let Some(w) = self.workers.get_mut(&lease.worker_id) {
+                w.lease_ids.retain(|id| *id != lease.id);
+                if lease.state() == LeaseState::Active {
+                    w.lease_ids.push(lease.id.clone());
+                }
+            }
             if lease.state() == LeaseState::Active {
                 self.leases.insert(lease.id.clone(), lease);
             } else {
@@ -762,6 +770,31 @@ mod tests {
             expires_at_ms,
             ..Lease::default()
         }
+    }
+
+    #[test]
+    fn lease_events_keep_their_worker_s_list_of_leases() {
+        let mut data = Data::default();
+        data.workers.insert("w1".into(), worker("w1", true, &[]));
+        let granted = Event {
+            seq: 1,
+            kind: "lease.granted".into(),
+            lease: Some(lease("l1", "w1", NOW)),
+            ..Event::default()
+        };
+        data.apply_event(granted, NOW);
+        assert_eq!(data.workers["w1"].lease_ids, vec!["l1".to_owned()]);
+        let mut ended = lease("l1", "w1", NOW);
+        ended.state = LeaseState::Released as i32;
+        let released = Event {
+            seq: 2,
+            kind: "lease.released".into(),
+            lease: Some(ended),
+            ..Event::default()
+        };
+        data.apply_event(released, NOW);
+        assert!(data.workers["w1"].lease_ids.is_empty());
+        assert!(data.leases.is_empty());
     }
 
     fn step(index: u32, state: StepState) -> Step {

@@ -308,6 +308,11 @@ impl Worker {
         use engine_message::Kind;
         match msg.kind {
             Some(Kind::Assign(assignment)) => self.start_step(assignment),
+            Some(Kind::Assignments(batch)) => {
+                for assignment in batch.assignments {
+                    self.start_step(assignment);
+                }
+            }
             Some(Kind::Cancel(cancel)) => {
                 let grace = match cancel.grace_ms {
                     0 => self.opts.cancel_grace,

@@ -6,6 +6,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::FutureExt;
 use opsdeck_proto::v1 as pb;
 use opsdeck_proto::v1::agent_server::Agent;
 use tokio::sync::mpsc;
@@ -50,47 +51,93 @@ impl Agent for Api {
     }
 }
 
-/// Forwards a session's messages to the core until the stream ends.
+/// The most messages of a session applied as one job of the core.
+const MAX_BURST: usize = 512;
+
+/// Forwards a session's messages to the core until the stream ends: every
+/// message already received goes in one job (in order), so that a worker
+/// reporting many results at once costs the core one hand-off, not one each.
 async fn pump(
     core: CoreHandle,
     worker: String,
     session: u64,
     mut inbound: Streaming<pb::AgentMessage>,
 ) {
-    use pb::agent_message::Kind;
     loop {
-        let next = inbound.next().await;
-        let kind = match next {
-            Some(Ok(pb::AgentMessage { kind: Some(kind) })) => kind,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                tracing::info!(worker_id = %worker, error = %e, "worker stream broke");
-                break;
-            }
-            None => break,
+        let mut burst = Vec::new();
+        let Ok(first) = next_kind(&worker, inbound.next().await) else {
+            break;
         };
-        let w = worker.clone();
-        let sent = core
-            .cast(move |s, tx| {
-                // Messages of a session the worker has since replaced are stale.
-                if s.session_of(&w) != Some(session) {
-                    return;
+        burst.extend(first);
+        while burst.len() < MAX_BURST {
+            let Some(next) = inbound.next().now_or_never() else {
+                break;
+            };
+            match next_kind(&worker, next) {
+                Ok(kind) => burst.extend(kind),
+                Err(Ended) => {
+                    apply(&core, &worker, session, burst).await;
+                    return closed(&core, worker, session).await;
                 }
-                match kind {
-                    Kind::Heartbeat(h) => s.heartbeat(&w, &h.held, tx.now),
-                    Kind::Started(st) => s.step_started(tx, &w, st),
-                    Kind::Output(o) => s.step_output(tx, &w, o),
-                    Kind::Result(r) => s.step_result(tx, &w, r),
-                    Kind::Hello(_) => {
-                        tracing::warn!(worker_id = %w, "ignoring a second hello on one session")
-                    }
-                }
-            })
-            .await;
-        if sent.is_err() {
+            }
+        }
+        if !apply(&core, &worker, session, burst).await {
             return;
         }
     }
+    closed(&core, worker, session).await;
+}
+
+/// The session's stream ended or broke.
+struct Ended;
+
+/// A message's kind (`None` for a message without one, which is skipped).
+fn next_kind(
+    worker: &str,
+    next: Option<Result<pb::AgentMessage, Status>>,
+) -> Result<Option<pb::agent_message::Kind>, Ended> {
+    match next {
+        Some(Ok(m)) => Ok(m.kind),
+        Some(Err(e)) => {
+            tracing::info!(worker_id = %worker, error = %e, "worker stream broke");
+            Err(Ended)
+        }
+        None => Err(Ended),
+    }
+}
+
+/// Hands a burst of a session's messages to the core; false once the core
+/// is gone.
+async fn apply(
+    core: &CoreHandle,
+    worker: &str,
+    session: u64,
+    burst: Vec<pb::agent_message::Kind>,
+) -> bool {
+    use pb::agent_message::Kind;
+    let w = worker.to_owned();
+    core.cast(move |s, tx| {
+        // Messages of a session the worker has since replaced are stale.
+        if s.session_of(&w) != Some(session) {
+            return;
+        }
+        for kind in burst {
+            match kind {
+                Kind::Heartbeat(h) => s.heartbeat(&w, &h.held, tx.now),
+                Kind::Started(st) => s.step_started(tx, &w, st),
+                Kind::Output(o) => s.step_output(tx, &w, o),
+                Kind::Result(r) => s.step_result(tx, &w, r),
+                Kind::Hello(_) => {
+                    tracing::warn!(worker_id = %w, "ignoring a second hello on one session")
+                }
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+async fn closed(core: &CoreHandle, worker: String, session: u64) {
     let _ = core
         .cast(move |s, tx| s.session_closed(tx, &worker, session))
         .await;

@@ -91,6 +91,13 @@ impl Events for Api {
         };
         let filter = Filter::new(req.kinds, req.actor)?;
         let run = (!req.run_id.is_empty()).then_some(req.run_id.as_str());
+        // Read first: events pruned after it are reported as kept, which
+        // errs on the side of saying nothing is missing only for that instant.
+        let first_kept_seq = self
+            .store
+            .first_kept_seq()
+            .await
+            .map_err(super::store_error)?;
         if filter.is_empty() {
             let events = self
                 .store
@@ -101,6 +108,7 @@ impl Events for Api {
             return Ok(Response::new(pb::ListEventsResponse {
                 events,
                 scanned_seq,
+                first_kept_seq,
             }));
         }
         let (mut events, mut scanned, mut cursor) = (Vec::new(), 0, req.after_seq);
@@ -130,6 +138,7 @@ impl Events for Api {
         Ok(Response::new(pb::ListEventsResponse {
             events,
             scanned_seq: cursor,
+            first_kept_seq,
         }))
     }
 

@@ -8,11 +8,16 @@ use opsdeck_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::convert;
+
 use super::{
     Api,
     auth::{caller, grants},
     id_arg,
 };
+
+/// Decided approvals `ListApprovals` with `all` reads from history.
+const DECIDED_LISTED: u32 = 500;
 
 #[tonic::async_trait]
 impl Workers for Api {
@@ -136,10 +141,34 @@ impl Approvals for Api {
         req: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
         let all = req.into_inner().all;
-        let approvals = self
+        let mut approvals = self
             .core
             .call(move |s, _| Ok(s.list_approvals(all)))
             .await?;
+        if all {
+            // Decided approvals of runs that left memory are history.
+            let known: std::collections::HashSet<String> =
+                approvals.iter().map(|a| a.id.clone()).collect();
+            let stored = self
+                .store
+                .decided_approvals(DECIDED_LISTED)
+                .await
+                .map_err(super::store_error)?;
+            let mut runs: std::collections::HashMap<String, Option<crate::domain::Run>> =
+                std::collections::HashMap::new();
+            for a in stored.into_iter().filter(|a| !known.contains(&a.id)) {
+                if !runs.contains_key(&a.run_id) {
+                    let run = self
+                        .store
+                        .get_run(&a.run_id)
+                        .await
+                        .map_err(super::store_error)?;
+                    runs.insert(a.run_id.clone(), run);
+                }
+                let run = runs.get(&a.run_id).and_then(Option::as_ref);
+                approvals.push(convert::approval(&a, run));
+            }
+        }
         Ok(Response::new(pb::ListApprovalsResponse { approvals }))
     }
 
@@ -151,11 +180,31 @@ impl Approvals for Api {
         let grants = grants(&req)?;
         let req = req.into_inner();
         let id = id_arg("approval", req.id)?;
-        Ok(Response::new(
-            self.core
-                .call(move |s, tx| s.decide(tx, &id, req.approve, &actor, &grants, &req.reason))
-                .await?,
-        ))
+        let known = id.clone();
+        match self
+            .core
+            .call(move |s, tx| s.decide(tx, &id, req.approve, &actor, &grants, &req.reason))
+            .await
+        {
+            Ok(a) => Ok(Response::new(a)),
+            // Pending approvals are always in memory: one found only in the
+            // store was decided long ago.
+            Err(crate::error::EngineError::NotFound(why)) => {
+                match self
+                    .store
+                    .get_approval(&known)
+                    .await
+                    .map_err(super::store_error)?
+                {
+                    Some(a) => Err(Status::failed_precondition(format!(
+                        "approval {known} was already decided ({}); only a pending approval can be decided",
+                        opsdeck_proto::names::Word::word(convert::approval_state(a.state))
+                    ))),
+                    None => Err(Status::not_found(why)),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

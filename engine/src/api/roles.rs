@@ -33,6 +33,7 @@ const OPEN: &[&str] = &[
 /// Every opsdeck method, by its gRPC path.
 pub const METHODS: &[(&str, Need)] = &[
     ("/opsdeck.v1.Runs/SubmitRun", R(Operator)),
+    ("/opsdeck.v1.Runs/SubmitRuns", R(Operator)),
     ("/opsdeck.v1.Runs/GetRun", R(Viewer)),
     ("/opsdeck.v1.Runs/ListRuns", R(Viewer)),
     ("/opsdeck.v1.Runs/CancelRun", R(Operator)),

@@ -11,6 +11,77 @@ use crate::domain::spec;
 const DEFAULT_LIST: u32 = 100;
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
+/// Runs one SubmitRuns call may make.
+const MAX_SUBMIT_RUNS: usize = 10_000;
+const MAX_LIST: u32 = 1_000;
+
+impl Api {
+    /// A submit's spec and idempotency key, checked.
+    fn submit_args(
+        &self,
+        req: &pb::SubmitRunRequest,
+    ) -> Result<(spec::RunSpec, Option<String>), Status> {
+        let spec = spec::parse(&req.spec, &self.limits).map_err(crate::error::EngineError::from)?;
+        if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(Status::invalid_argument(format!(
+                "idempotency_key is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY}",
+                req.idempotency_key.len()
+            )));
+        }
+        let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
+        Ok((spec, key))
+    }
+
+    /// The run an idempotency key made, if it has left the engine's memory:
+    /// the store remembers every key for as long as it keeps the run.
+    async fn stored_by_key(&self, key: Option<&str>) -> Result<Option<pb::Run>, Status> {
+        let Some(key) = key else { return Ok(None) };
+        Ok(self
+            .store
+            .run_by_idempotency_key(key)
+            .await
+            .map_err(super::store_error)?
+            .map(|r| convert::run(&r)))
+    }
+
+    /// A run by id, live or from history.
+    async fn find_run(&self, id: &str) -> Result<Option<crate::domain::Run>, Status> {
+        self.store.get_run(id).await.map_err(super::store_error)
+    }
+
+    /// Calls `f` on the core with the run in memory: a run that has left
+    /// the cache is read from the store and put back first, so that acting
+    /// on an old run works the same as on a recent one.
+    async fn with_run<T, F>(&self, id: String, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(
+                &mut crate::core::State,
+                &mut crate::core::Tx,
+                &str,
+            ) -> crate::error::EngineResult<T>
+            + Send
+            + 'static,
+    {
+        let known = id.clone();
+        let here = self.core.call(move |s, _| Ok(s.has_run(&known))).await?;
+        let stored = if here {
+            None
+        } else {
+            self.find_run(&id).await?
+        };
+        Ok(self
+            .core
+            .call(move |s, tx| {
+                if let Some(run) = stored {
+                    s.adopt_run(run);
+                }
+                f(s, tx, &id)
+            })
+            .await?)
+    }
+}
+
 #[tonic::async_trait]
 impl Runs for Api {
     async fn submit_run(
@@ -19,14 +90,13 @@ impl Runs for Api {
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let actor = caller(&req)?;
         let req = req.into_inner();
-        let spec = spec::parse(&req.spec, &self.limits).map_err(crate::error::EngineError::from)?;
-        if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
-            return Err(Status::invalid_argument(format!(
-                "idempotency_key is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY}",
-                req.idempotency_key.len()
-            )));
+        let (spec, key) = self.submit_args(&req)?;
+        if let Some(run) = self.stored_by_key(key.as_deref()).await? {
+            return Ok(Response::new(pb::SubmitRunResponse {
+                run: Some(run),
+                created: false,
+            }));
         }
-        let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
         let (run, created) = self
             .core
             .call(move |s, tx| s.submit(tx, spec, key, &actor, &req.reason))
@@ -37,11 +107,78 @@ impl Runs for Api {
         }))
     }
 
+    async fn submit_runs(
+        &self,
+        req: Request<pb::SubmitRunsRequest>,
+    ) -> Result<Response<pb::SubmitRunsResponse>, Status> {
+        let actor = caller(&req)?;
+        let reqs = req.into_inner().runs;
+        if reqs.is_empty() {
+            return Err(Status::invalid_argument(
+                "runs is empty; give at least one run to submit",
+            ));
+        }
+        if reqs.len() > MAX_SUBMIT_RUNS {
+            return Err(Status::resource_exhausted(format!(
+                "{} runs in one call; submit at most {MAX_SUBMIT_RUNS} a call",
+                reqs.len()
+            )));
+        }
+        // Every spec is checked before any is submitted: one bad spec
+        // refuses the call, and nothing of it is kept.
+        let mut submits = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            let (spec, key) = self.submit_args(r).map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!("run {} of {}: {}", i + 1, reqs.len(), s.message()),
+                )
+            })?;
+            let earlier = self.stored_by_key(key.as_deref()).await?;
+            submits.push((spec, key, r.reason.clone(), earlier));
+        }
+        let runs = self
+            .core
+            .call(move |s, tx| {
+                let n = submits.len();
+                // Refusals first, so that a refused call changes nothing.
+                for (i, (spec, ..)) in submits.iter().enumerate() {
+                    s.check_submit(spec)
+                        .map_err(|e| e.map_message(|m| format!("run {} of {n}: {m}", i + 1)))?;
+                }
+                let mut out = Vec::with_capacity(n);
+                for (i, (spec, key, reason, earlier)) in submits.into_iter().enumerate() {
+                    let (run, created) = match earlier {
+                        Some(run) => (run, false),
+                        None => s
+                            .submit(tx, spec, key, &actor, &reason)
+                            .map_err(|e| e.map_message(|m| format!("run {} of {n}: {m}", i + 1)))?,
+                    };
+                    out.push(pb::SubmittedRun {
+                        id: run.id,
+                        name: run.name,
+                        state: run.state,
+                        created_at_ms: run.created_at_ms,
+                        created,
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(Response::new(pb::SubmitRunsResponse { runs }))
+    }
+
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
         let id = id_arg("run", req.into_inner().id)?;
-        Ok(Response::new(
-            self.core.call(move |s, _| s.get_run(&id)).await?,
-        ))
+        let known = id.clone();
+        match self.core.call(move |s, _| s.get_run(&known)).await {
+            Ok(run) => Ok(Response::new(run)),
+            Err(crate::error::EngineError::NotFound(why)) => match self.find_run(&id).await? {
+                Some(run) => Ok(Response::new(convert::run(&run))),
+                None => Err(Status::not_found(why)),
+            },
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn list_runs(
@@ -62,13 +199,41 @@ impl Runs for Api {
         let limit = if req.limit == 0 {
             DEFAULT_LIST
         } else {
-            req.limit.min(10_000)
-        } as usize;
-        let runs = self
-            .core
-            .call(move |s, _| Ok(s.list_runs(&states, limit)))
-            .await?;
-        Ok(Response::new(pb::ListRunsResponse { runs }))
+            req.limit.min(MAX_LIST)
+        };
+        let page_token = req.page_token.trim();
+        if page_token.len() > 64 || page_token.contains(|c: char| !c.is_ascii_alphanumeric()) {
+            return Err(Status::invalid_argument(
+                "page_token is not one this engine gave; pass the next_page_token of the previous page, or none",
+            ));
+        }
+        let nonempty = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        let filter = crate::store::RunFilter {
+            states,
+            name: nonempty(req.name),
+            labels: req.labels.into_iter().collect(),
+            submitted_by: nonempty(req.submitted_by),
+            since: (req.since_ms > 0).then_some(req.since_ms),
+            until: (req.until_ms > 0).then_some(req.until_ms),
+            before_id: (!page_token.is_empty()).then(|| page_token.to_owned()),
+        };
+        // One more than a page says whether another page follows.
+        let mut runs = self
+            .store
+            .list_runs(&filter, limit + 1)
+            .await
+            .map_err(super::store_error)?;
+        let more = runs.len() > limit as usize;
+        runs.truncate(limit as usize);
+        let next_page_token = if more {
+            runs.last().map(|r| r.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.iter().map(convert::run).collect(),
+            next_page_token,
+        }))
     }
 
     async fn cancel_run(
@@ -79,9 +244,10 @@ impl Runs for Api {
         let req = req.into_inner();
         let id = id_arg("run", req.id)?;
         Ok(Response::new(
-            self.core
-                .call(move |s, tx| s.cancel_run(tx, &id, &actor, &req.reason))
-                .await?,
+            self.with_run(id, move |s, tx, id| {
+                s.cancel_run(tx, id, &actor, &req.reason)
+            })
+            .await?,
         ))
     }
 
@@ -93,9 +259,10 @@ impl Runs for Api {
         let req = req.into_inner();
         let id = id_arg("run", req.id)?;
         Ok(Response::new(
-            self.core
-                .call(move |s, tx| s.retry_run(tx, &id, &actor, &req.reason))
-                .await?,
+            self.with_run(id, move |s, tx, id| {
+                s.retry_run(tx, id, &actor, &req.reason)
+            })
+            .await?,
         ))
     }
 
@@ -106,9 +273,12 @@ impl Runs for Api {
         let req = req.into_inner();
         let id = id_arg("run", req.run_id)?;
         let known = id.clone();
-        self.core
-            .call(move |s, _| s.get_run(&known).map(|_| ()))
-            .await?;
+        let here = self.core.call(move |s, _| Ok(s.has_run(&known))).await?;
+        if !here && self.find_run(&id).await?.is_none() {
+            return Err(Status::not_found(format!(
+                "no run with id {id:?}; `opsdeck runs` lists them"
+            )));
+        }
         let mut chunks = self
             .store
             .output(&id, req.step_index)

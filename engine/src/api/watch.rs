@@ -43,6 +43,22 @@ pub async fn feed(
     run: Option<String>,
     snapshot: bool,
 ) -> Result<Feed, Status> {
+    // History pruned since the client's seq cannot be replayed: it gets a
+    // fresh snapshot instead, as when its seq is from another database.
+    let resume_after = if snapshot && resume_after > 0 {
+        let first_kept = api
+            .store
+            .first_kept_seq()
+            .await
+            .map_err(super::store_error)?;
+        if first_kept == 0 || first_kept > resume_after + 1 {
+            0
+        } else {
+            resume_after
+        }
+    } else {
+        resume_after
+    };
     let filter = run.clone();
     let sub = api
         .core

@@ -306,6 +306,8 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     core.quarantine_window = args.quarantine_window.unwrap_or(core.quarantine_window);
     core.secrets =
         opsdeck_engine::secrets::Secrets::load(&file.secrets).map_err(anyhow::Error::msg)?;
+    // A finished run is not kept in memory past the time its history is kept.
+    core.finished_runs_kept_for = core.finished_runs_kept_for.min(file.retention.runs);
     anyhow::ensure!(
         core.heartbeat_interval < core.lease_ttl,
         "heartbeat_interval ({:?}) must be shorter than lease_ttl ({:?}), or leases expire between heartbeats",
@@ -350,6 +352,7 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or(opsdeck_engine::ha::DEFAULT_LEADER_TTL),
         },
         tls: file.tls.as_ref().map(|t| t.server_tls()),
+        retention: file.retention.clone(),
         tls_clients: file
             .tls
             .as_ref()

@@ -24,9 +24,6 @@ use crate::domain::now_ms;
 use crate::error::{EngineError, EngineResult};
 use crate::store::{Store, StoreError};
 
-/// Finished runs loaded at start for the console's cache.
-const RECENT_FINISHED: u32 = 1000;
-
 /// The most commands applied in one transaction.
 const MAX_BATCH: usize = 2048;
 
@@ -104,7 +101,7 @@ pub async fn start(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<CoreTask, StoreError> {
-    let loaded = store.load(RECENT_FINISHED).await?;
+    let loaded = store.load(recent(&cfg)).await?;
     let state = State::load(cfg.clone(), loaded, now_ms());
     tracing::info!(seq = state.seq(), "state loaded");
     let (tx, rx) = mpsc::channel(8192);
@@ -117,6 +114,20 @@ pub async fn start(
     Ok(tokio::spawn(run(state, cfg, store, rx, shutdown)))
 }
 
+/// A transaction whose batch is being written: what to do once it is.
+struct InFlight {
+    /// What the core had applied when the batch was built.
+    sealed: u64,
+    commit: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<pb::Event>, StoreError>> + Send>,
+    >,
+    effects: Tx,
+}
+
+/// The loop: apply what arrives to the state at once, and write it while
+/// the next arrivals are applied. One batch is written at a time; its
+/// callers are answered, its workers told and its events published only
+/// once it is committed, and in order.
 async fn run(
     mut state: State,
     cfg: CoreConfig,
@@ -124,59 +135,118 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    // Applied to the state, waiting for the commit in flight to end.
+    let mut pending: Option<(Tx, usize)> = None;
+    let mut in_flight: Option<InFlight> = None;
+    let mut stopping = false;
     loop {
         let wake = state
             .next_timer()
             .map(|at| Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)))
             .unwrap_or(Duration::from_secs(3600));
+        // A pending batch that is full waits for the commit in flight.
+        let room = MAX_BATCH - pending.as_ref().map_or(0, |(_, n)| *n);
+        let mut committed = None;
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
-            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
-            _ = tokio::time::sleep(wake) => {}
+            _ = shutdown.cancelled(), if !stopping => stopping = true,
+            result = async {
+                match in_flight.as_mut() {
+                    Some(f) => (&mut f.commit).await,
+                    None => std::future::pending().await,
+                }
+            }, if in_flight.is_some() => committed = Some(result),
+            n = rx.recv_many(&mut jobs, room), if room > 0 && !stopping => if n == 0 { stopping = true },
+            _ = tokio::time::sleep(wake), if !stopping => {}
+            else => {}
         }
-        let mut tx = Tx::new(now_ms());
-        for job in batch.drain(..) {
-            job(&mut state, &mut tx);
+        if let Some(result) = committed {
+            let Some(done) = in_flight.take() else {
+                continue;
+            };
+            match result {
+                Ok(events) => {
+                    finish(done.effects, None);
+                    let events: Vec<Arc<pb::Event>> = events.into_iter().map(Arc::new).collect();
+                    crate::metrics::observe_committed(&events);
+                    state.publish(&events);
+                    state.committed(done.sealed);
+                    state.evict(now_ms());
+                }
+                Err(e @ StoreError::Fenced { .. }) => {
+                    // Another engine leads now: whatever this one holds is
+                    // stale, and it must neither write nor answer from it.
+                    tracing::error!(error = %e, "fenced: another engine took the lead; stopping the core");
+                    let err = EngineError::Unavailable(format!("{e}; retry against the leader"));
+                    finish(done.effects, Some(&err));
+                    if let Some((tx, _)) = pending.take() {
+                        finish(tx, Some(&err));
+                    }
+                    return Err(e);
+                }
+                Err(e) => {
+                    // The live state holds changes the database refused (and
+                    // the pending ones built on them): answer every caller
+                    // UNAVAILABLE and rebuild from what was committed.
+                    tracing::error!(error = %e, "commit failed; reloading state from the database");
+                    let err = EngineError::Unavailable(format!(
+                        "the engine could not write to its database ({e}); nothing of this request was kept, retry it"
+                    ));
+                    finish(done.effects, Some(&err));
+                    if let Some((tx, _)) = pending.take() {
+                        finish(tx, Some(&err));
+                    }
+                    state = reload(&cfg, &store, state).await;
+                    continue;
+                }
+            }
         }
-        state.fire_timers(&mut tx);
-        state.dispatch(&mut tx);
-        let committed = if tx.has_writes() {
-            let b = state.batch(&mut tx);
-            store.commit(&b).await.map(|()| b.events)
-        } else {
-            Ok(Vec::new())
-        };
-        match committed {
-            Ok(events) => {
+        if !stopping || !jobs.is_empty() {
+            let (tx, applied) = pending.get_or_insert_with(|| (Tx::new(now_ms()), 0));
+            tx.now = now_ms();
+            *applied += jobs.len();
+            for job in jobs.drain(..) {
+                job(&mut state, tx);
+            }
+            if !stopping {
+                state.fire_timers(tx);
+                state.dispatch(tx);
+            }
+        }
+        if in_flight.is_none()
+            && let Some((mut tx, _)) = pending.take()
+        {
+            if tx.has_writes() {
+                let batch = state.batch(&mut tx);
+                let store = store.clone();
+                in_flight = Some(InFlight {
+                    sealed: state.sealed(),
+                    commit: Box::pin(
+                        async move { store.commit(&batch).await.map(|()| batch.events) },
+                    ),
+                    effects: tx,
+                });
+            } else {
+                // Reads only: nothing to wait for.
                 finish(tx, None);
-                let events: Vec<Arc<pb::Event>> = events.into_iter().map(Arc::new).collect();
-                crate::metrics::observe_committed(&events);
-                state.publish(&events);
             }
-            Err(e @ StoreError::Fenced { .. }) => {
-                // Another engine leads now: whatever this one holds is
-                // stale, and it must neither write nor answer from it.
-                tracing::error!(error = %e, "fenced: another engine took the lead; stopping the core");
-                let err = EngineError::Unavailable(format!("{e}; retry against the leader"));
-                finish(tx, Some(&err));
-                return Err(e);
-            }
-            Err(e) => {
-                // The live state holds changes the database refused: answer
-                // every caller UNAVAILABLE and rebuild from what was committed.
-                tracing::error!(error = %e, "commit failed; reloading state from the database");
-                let err = EngineError::Unavailable(format!(
-                    "the engine could not write to its database ({e}); nothing of this request was kept, retry it"
-                ));
-                finish(tx, Some(&err));
-                state = reload(&cfg, &store, state).await;
-            }
+        }
+        if stopping && in_flight.is_none() && pending.is_none() {
+            break;
+        }
+        if in_flight.is_none() {
+            // Idle: finished runs past the cache's age can go.
+            state.evict(now_ms());
         }
     }
     tracing::info!("engine core stopped");
     Ok(())
+}
+
+/// Finished runs loaded at start for the console's cache.
+fn recent(cfg: &CoreConfig) -> u32 {
+    u32::try_from(cfg.finished_runs_kept).unwrap_or(u32::MAX)
 }
 
 fn finish(tx: Tx, failed: Option<&EngineError>) {
@@ -198,7 +268,7 @@ fn finish(tx: Tx, failed: Option<&EngineError>) {
 async fn reload(cfg: &CoreConfig, store: &Arc<dyn Store>, old: State) -> State {
     let mut delay = Duration::from_millis(200);
     loop {
-        match store.load(RECENT_FINISHED).await {
+        match store.load(recent(cfg)).await {
             Ok(loaded) => {
                 let mut state = State::load(cfg.clone(), loaded, now_ms());
                 state.adopt_connections(old);

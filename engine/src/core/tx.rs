@@ -27,7 +27,10 @@ pub enum Effect {
 pub struct Tx {
     /// The batch's clock: every change in it happens at this instant.
     pub now: Millis,
+    /// Runs made or whose header changed.
     pub runs: BTreeSet<String>,
+    /// Steps made or changed: (run id, step index).
+    pub steps: BTreeSet<(String, u32)>,
     pub workers: BTreeSet<String>,
     /// Leases leave the live set when they end, so their last state is kept here.
     pub leases: BTreeMap<String, Lease>,
@@ -45,6 +48,7 @@ impl Tx {
         Self {
             now,
             runs: BTreeSet::new(),
+            steps: BTreeSet::new(),
             workers: BTreeSet::new(),
             leases: BTreeMap::new(),
             approvals: BTreeSet::new(),
@@ -56,6 +60,18 @@ impl Tx {
         }
     }
 
+    /// A run's header (state, current step, message, times) changed.
+    pub fn run_changed(&mut self, run_id: &str) {
+        if !self.runs.contains(run_id) {
+            self.runs.insert(run_id.to_owned());
+        }
+    }
+
+    /// A step changed.
+    pub fn step_changed(&mut self, run_id: &str, index: u32) {
+        self.steps.insert((run_id.to_owned(), index));
+    }
+
     pub fn lease(&self, id: &str) -> Option<&Lease> {
         self.leases.get(id)
     }
@@ -63,6 +79,7 @@ impl Tx {
     /// Whether anything needs writing.
     pub fn has_writes(&self) -> bool {
         !(self.runs.is_empty()
+            && self.steps.is_empty()
             && self.workers.is_empty()
             && self.leases.is_empty()
             && self.approvals.is_empty()

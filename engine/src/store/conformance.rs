@@ -105,6 +105,7 @@ fn event(seq: u64, run_id: &str) -> pb::Event {
 fn sample() -> Batch {
     Batch {
         runs: vec![run("r1", RunState::Running)],
+        steps: Vec::new(),
         workers: vec![Worker {
             id: "w".into(),
             state: WorkerState::Online,
@@ -191,7 +192,7 @@ async fn a_quarantine_loads_back_until_it_is_cleared() {
     for b in backends().await {
         b.store.commit(&sample()).await.unwrap();
         assert_eq!(
-            b.store.load().await.unwrap().quarantines,
+            b.store.load(100).await.unwrap().quarantines,
             vec![quarantine("r"), quarantine("s")],
             "{}",
             b.name
@@ -202,7 +203,7 @@ async fn a_quarantine_loads_back_until_it_is_cleared() {
         };
         b.store.commit(&clear).await.unwrap();
         assert_eq!(
-            b.store.load().await.unwrap().quarantines,
+            b.store.load(100).await.unwrap().quarantines,
             vec![quarantine("s")],
             "{}",
             b.name
@@ -215,7 +216,7 @@ async fn a_committed_batch_loads_back_whole_with_only_live_leases() {
     for b in backends().await {
         let batch = sample();
         b.store.commit(&batch).await.unwrap();
-        let loaded = b.store.load().await.unwrap();
+        let loaded = b.store.load(100).await.unwrap();
         assert_eq!(loaded.runs, batch.runs, "{}", b.name);
         assert_eq!(loaded.workers, batch.workers, "{}", b.name);
         assert_eq!(loaded.approvals, batch.approvals, "{}", b.name);
@@ -244,7 +245,7 @@ async fn a_later_commit_replaces_an_object() {
             ..Default::default()
         };
         b.store.commit(&later).await.unwrap();
-        let loaded = b.store.load().await.unwrap();
+        let loaded = b.store.load(100).await.unwrap();
         assert_eq!(loaded.runs[0].state, RunState::Succeeded, "{}", b.name);
         assert!(loaded.leases.is_empty(), "{}", b.name);
         assert!(!loaded.queues[0].paused, "{}", b.name);
@@ -321,7 +322,7 @@ async fn a_failed_commit_writes_nothing_of_its_batch() {
             ..Default::default()
         };
         assert!(b.store.commit(&clash).await.is_err(), "{}", b.name);
-        let loaded = b.store.load().await.unwrap();
+        let loaded = b.store.load(100).await.unwrap();
         assert_eq!(loaded.runs.len(), 1, "{}", b.name);
         assert_eq!(loaded.seq, 3, "{}", b.name);
     }
@@ -389,7 +390,7 @@ async fn a_deposed_leader_cannot_commit() {
         Err(super::StoreError::Fenced { mine: 1, now: 2 }) => {}
         other => panic!("a deposed leader's commit must be fenced, got {other:?}"),
     }
-    assert_eq!(b.load().await.unwrap().runs.len(), 1);
+    assert_eq!(b.load(100).await.unwrap().runs.len(), 1);
     assert_eq!(
         a.lead("a", "http://a", ttl, Some(1)).await.unwrap(),
         Leadership::Follower {
@@ -405,4 +406,1112 @@ async fn a_deposed_leader_cannot_commit() {
         a.lead("a", "http://a", ttl, None).await.unwrap(),
         Leadership::Leader { epoch: 3 }
     );
+}
+
+// ---- History on disk: runs and steps as rows, reads, pruning ----
+
+use super::{Prune, RunFilter};
+use crate::domain::StepState;
+
+/// A run in the form the core commits it: the header in `runs`, every
+/// step in `steps`.
+fn split(r: &Run) -> Batch {
+    Batch {
+        runs: vec![r.header()],
+        steps: r.steps.iter().map(|s| (r.id.clone(), s.clone())).collect(),
+        ..Default::default()
+    }
+}
+
+fn two_step_run(id: &str) -> Run {
+    let spec = parse(
+        "name = \"deploy\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n[[step]]\nqueue = \"q\"\nrun = \"false\"\n",
+        &Limits::default(),
+    )
+    .unwrap();
+    Run {
+        name: "deploy".into(),
+        steps: spec
+            .steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| Step::new(i as u32, s))
+            .collect(),
+        ..run(id, RunState::Queued)
+    }
+}
+
+fn finished(id: &str, state: RunState, at: i64) -> Run {
+    Run {
+        finished_at: Some(at),
+        ..run(id, state)
+    }
+}
+
+fn ids(runs: &[Run]) -> Vec<&str> {
+    runs.iter().map(|r| r.id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_new_run_committed_as_header_and_steps_reads_back_whole() {
+    for b in backends().await {
+        let r = two_step_run("r1");
+        b.store.commit(&split(&r)).await.unwrap();
+        assert_eq!(
+            b.store.get_run("r1").await.unwrap(),
+            Some(r.clone()),
+            "{}",
+            b.name
+        );
+        assert_eq!(b.store.get_run("nope").await.unwrap(), None, "{}", b.name);
+        assert_eq!(
+            b.store.load(10).await.unwrap().runs,
+            vec![r.clone()],
+            "{}",
+            b.name
+        );
+        let listed = b.store.list_runs(&RunFilter::default(), 10).await.unwrap();
+        assert_eq!(listed, vec![r], "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn a_step_change_rewrites_only_that_step() {
+    for b in backends().await {
+        let mut r = two_step_run("r1");
+        b.store.commit(&split(&r)).await.unwrap();
+        let mut second = r.steps[1].clone();
+        second.state = StepState::Running;
+        second.attempt = 1;
+        second.worker_id = Some("w".into());
+        r.steps[1] = second.clone();
+        let change = Batch {
+            steps: vec![("r1".into(), second)],
+            ..Default::default()
+        };
+        b.store.commit(&change).await.unwrap();
+        assert_eq!(
+            b.store.get_run("r1").await.unwrap(),
+            Some(r.clone()),
+            "{}",
+            b.name
+        );
+
+        // A header change leaves the steps as they are.
+        r.state = RunState::Running;
+        r.message = "going".into();
+        let header = Batch {
+            runs: vec![r.header()],
+            ..Default::default()
+        };
+        b.store.commit(&header).await.unwrap();
+        assert_eq!(b.store.get_run("r1").await.unwrap(), Some(r), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn load_returns_the_live_runs_and_at_most_recent_finished_ones_newest_first() {
+    for b in backends().await {
+        let mut batch = Batch::default();
+        for r in [
+            run("a-live", RunState::Queued),
+            run("b-live", RunState::WaitingApproval),
+            finished("c-old", RunState::Succeeded, 100),
+            finished("d-newest", RunState::Failed, 300),
+            finished("e-mid", RunState::Cancelled, 200),
+        ] {
+            let one = split(&r);
+            batch.runs.extend(one.runs);
+            batch.steps.extend(one.steps);
+        }
+        b.store.commit(&batch).await.unwrap();
+        let loaded = b.store.load(2).await.unwrap();
+        assert_eq!(
+            ids(&loaded.runs),
+            ["a-live", "b-live", "d-newest", "e-mid"],
+            "{}",
+            b.name
+        );
+        assert!(loaded.runs.iter().all(|r| r.steps.len() == 1), "{}", b.name);
+        assert_eq!(
+            ids(&b.store.load(0).await.unwrap().runs),
+            ["a-live", "b-live"],
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_run_is_found_by_its_idempotency_key() {
+    for b in backends().await {
+        let r = two_step_run("r1");
+        b.store.commit(&split(&r)).await.unwrap();
+        assert_eq!(
+            b.store.run_by_idempotency_key("key-r1").await.unwrap(),
+            Some(r),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            b.store.run_by_idempotency_key("key-r2").await.unwrap(),
+            None,
+            "{}",
+            b.name
+        );
+    }
+}
+
+/// Runs with every filtered field varied: (id, name, state, labels,
+/// submitted_by, created_at).
+fn catalogue() -> Vec<Run> {
+    type Row = (
+        &'static str,
+        &'static str,
+        RunState,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        i64,
+    );
+    let rows: [Row; 8] = [
+        (
+            "r01",
+            "deploy-web",
+            RunState::Succeeded,
+            &[("team", "sre"), ("env", "prod")],
+            "alice",
+            10,
+        ),
+        (
+            "r02",
+            "deploy-db",
+            RunState::Failed,
+            &[("team", "dba")],
+            "bob",
+            20,
+        ),
+        (
+            "r03",
+            "deploy_x",
+            RunState::Running,
+            &[("team", "sre")],
+            "alice",
+            30,
+        ),
+        ("r04", "deployXx", RunState::Queued, &[], "carol", 40),
+        (
+            "r05",
+            "Deploy-web",
+            RunState::Succeeded,
+            &[("we\"ird", "v'al")],
+            "alice",
+            50,
+        ),
+        (
+            "r06",
+            "backup",
+            RunState::Cancelled,
+            &[("team", "sre"), ("env", "dev")],
+            "bob",
+            60,
+        ),
+        (
+            "r07",
+            "deploy-web",
+            RunState::Running,
+            &[("env", "prod")],
+            "alice",
+            70,
+        ),
+        (
+            "r08",
+            "deploy%",
+            RunState::Succeeded,
+            &[("team", "sre"), ("env", "prod")],
+            "dave",
+            80,
+        ),
+    ];
+    rows.into_iter()
+        .map(|(id, name, state, labels, who, at)| Run {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            submitted_by: who.into(),
+            created_at: at,
+            finished_at: state.is_final().then_some(at + 1),
+            idempotency_key: None,
+            ..run(id, state)
+        })
+        .collect()
+}
+
+async fn commit_all(store: &Arc<dyn Store>, runs: &[Run]) {
+    let mut batch = Batch::default();
+    for r in runs {
+        let one = split(r);
+        batch.runs.extend(one.runs);
+        batch.steps.extend(one.steps);
+    }
+    store.commit(&batch).await.unwrap();
+}
+
+#[tokio::test]
+async fn list_runs_applies_every_filter_newest_first() {
+    for b in backends().await {
+        commit_all(&b.store, &catalogue()).await;
+        let list = |f: RunFilter| {
+            let store = b.store.clone();
+            async move {
+                let runs = store.list_runs(&f, 100).await.unwrap();
+                runs.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+            }
+        };
+        let all = list(RunFilter::default()).await;
+        assert_eq!(
+            all,
+            ["r08", "r07", "r06", "r05", "r04", "r03", "r02", "r01"],
+            "{}",
+            b.name
+        );
+        let f = RunFilter {
+            states: vec![RunState::Running, RunState::Failed],
+            ..Default::default()
+        };
+        assert_eq!(list(f).await, ["r07", "r03", "r02"], "{}", b.name);
+        let name = |n: &str| RunFilter {
+            name: Some(n.into()),
+            ..Default::default()
+        };
+        assert_eq!(list(name("deploy-web")).await, ["r07", "r01"], "{}", b.name);
+        assert_eq!(
+            list(name("deploy-*")).await,
+            ["r07", "r02", "r01"],
+            "{}",
+            b.name
+        );
+        // Wildcards of LIKE are plain characters, and case counts.
+        assert_eq!(list(name("deploy_*")).await, ["r03"], "{}", b.name);
+        assert_eq!(list(name("deploy%*")).await, ["r08"], "{}", b.name);
+        assert_eq!(list(name("deploy%")).await, ["r08"], "{}", b.name);
+        assert_eq!(list(name("Deploy*")).await, ["r05"], "{}", b.name);
+        assert_eq!(list(name("*")).await.len(), 8, "{}", b.name);
+        let labels = |l: &[(&str, &str)]| RunFilter {
+            labels: l
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            list(labels(&[("team", "sre")])).await,
+            ["r08", "r06", "r03", "r01"],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            list(labels(&[("team", "sre"), ("env", "prod")])).await,
+            ["r08", "r01"],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            list(labels(&[("we\"ird", "v'al")])).await,
+            ["r05"],
+            "{}",
+            b.name
+        );
+        assert!(
+            list(labels(&[("team", "nobody")])).await.is_empty(),
+            "{}",
+            b.name
+        );
+        let f = RunFilter {
+            submitted_by: Some("bob".into()),
+            ..Default::default()
+        };
+        assert_eq!(list(f).await, ["r06", "r02"], "{}", b.name);
+        let f = RunFilter {
+            since: Some(30),
+            until: Some(60),
+            ..Default::default()
+        };
+        assert_eq!(list(f).await, ["r05", "r04", "r03"], "{}", b.name);
+        let f = RunFilter {
+            before_id: Some("r03".into()),
+            ..Default::default()
+        };
+        assert_eq!(list(f).await, ["r02", "r01"], "{}", b.name);
+        let f = RunFilter {
+            states: vec![RunState::Succeeded],
+            name: Some("deploy*".into()),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            submitted_by: Some("alice".into()),
+            since: Some(1),
+            until: Some(100),
+            before_id: Some("r09".into()),
+        };
+        assert_eq!(list(f).await, ["r01"], "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn paging_with_before_id_returns_every_matching_run_exactly_once() {
+    for b in backends().await {
+        let runs: Vec<Run> = (0..23)
+            .map(|i| Run {
+                labels: [(
+                    "team".to_string(),
+                    if i % 3 == 0 { "dba" } else { "sre" }.to_string(),
+                )]
+                .into(),
+                ..two_step_run(&format!("r{i:02}"))
+            })
+            .collect();
+        commit_all(&b.store, &runs).await;
+        let mut filter = RunFilter {
+            labels: [("team".to_string(), "sre".to_string())].into(),
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = b.store.list_runs(&filter, 4).await.unwrap();
+            assert!(page.len() <= 4, "{}", b.name);
+            assert!(page.iter().all(|r| r.steps.len() == 2), "{}", b.name);
+            let Some(last) = page.last() else { break };
+            filter.before_id = Some(last.id.clone());
+            seen.extend(page.into_iter().map(|r| r.id));
+        }
+        let want: Vec<String> = runs
+            .iter()
+            .rev()
+            .filter(|r| r.labels["team"] == "sre")
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(seen, want, "{}", b.name);
+    }
+}
+
+fn prune_all(before: i64, batch: u32) -> Prune {
+    Prune {
+        runs_before: before,
+        events_before: before,
+        output_before: before,
+        workers_before: before,
+        batch,
+    }
+}
+
+#[tokio::test]
+async fn prune_deletes_only_what_retention_lets_go_a_batch_at_a_time() {
+    for b in backends().await {
+        let mut batch = Batch::default();
+        // Three old final runs, each with a step, a lease, an approval and
+        // output: prunable. A final run holding an active lease, an old
+        // live run with a pending approval, a new final run: kept.
+        let old: Vec<Run> = (0..3)
+            .map(|i| finished(&format!("old{i}"), RunState::Succeeded, 10 + i))
+            .collect();
+        let kept = [
+            finished("held", RunState::Failed, 10),
+            run("live", RunState::WaitingApproval),
+            finished("new", RunState::Succeeded, 5_000),
+        ];
+        for r in old.iter().chain(&kept) {
+            let one = split(r);
+            batch.runs.extend(one.runs);
+            batch.steps.extend(one.steps);
+            let state = if r.id == "held" {
+                LeaseState::Active
+            } else {
+                LeaseState::Released
+            };
+            batch.leases.push(Lease {
+                id: format!("l-{}", r.id),
+                run_id: r.id.clone(),
+                ..lease("x", state)
+            });
+            let mut approval = sample().approvals.remove(0);
+            approval.id = format!("a-{}", r.id);
+            approval.run_id = r.id.clone();
+            if r.id != "live" {
+                approval.state = ApprovalState::Approved;
+            }
+            batch.approvals.push(approval);
+            for at in [1, 2] {
+                batch.outputs.push(pb::OutputChunk {
+                    run_id: r.id.clone(),
+                    step_index: 0,
+                    attempt: 1,
+                    stream: "stdout".into(),
+                    data: b"x".to_vec(),
+                    at_ms: if r.id == "new" { 5_000 } else { at },
+                    truncated: false,
+                });
+            }
+        }
+        for seq in 1..=5 {
+            let mut e = event(seq, "old0");
+            e.at_ms = if seq <= 4 { 1 } else { 5_000 };
+            batch.events.push(e);
+        }
+        let worker = sample().workers.remove(0);
+        for (id, state, beat) in [
+            ("w-gone", WorkerState::Offline, 1),
+            ("w-stopped", WorkerState::Stopped, 2),
+            ("w-online", WorkerState::Online, 1),
+            ("w-recent", WorkerState::Offline, 5_000),
+        ] {
+            batch.workers.push(Worker {
+                id: id.into(),
+                state,
+                last_heartbeat_at: beat,
+                ..worker.clone()
+            });
+        }
+        b.store.commit(&batch).await.unwrap();
+        assert!(b.store.size_bytes().await.unwrap() > 0, "{}", b.name);
+        assert_eq!(b.store.first_kept_seq().await.unwrap(), 1, "{}", b.name);
+
+        let p = prune_all(1_000, 2);
+        let first = b.store.prune(&p).await.unwrap();
+        // The two oldest runs' steps, leases and approvals go, and two of
+        // their four output chunks: a run goes once nothing of it is left.
+        assert!((1..=2).contains(&first.runs), "{}", b.name);
+        assert_eq!(first.steps, 2, "{}", b.name);
+        assert_eq!(first.leases, 2, "{}", b.name);
+        assert_eq!(first.approvals, 2, "{}", b.name);
+        assert_eq!(first.events, 2, "{}", b.name);
+        assert_eq!(first.workers, 2, "{}", b.name);
+        // Output: two with the runs, then two by age.
+        assert_eq!(first.output, 4, "{}", b.name);
+        let mut total = first;
+        loop {
+            let more = b.store.prune(&p).await.unwrap();
+            for n in [
+                more.runs,
+                more.steps,
+                more.leases,
+                more.approvals,
+                more.events,
+                more.workers,
+            ] {
+                assert!(n <= 2, "{}", b.name);
+            }
+            assert!(more.output <= 4, "{}", b.name);
+            if more.total() == 0 {
+                break;
+            }
+            total.runs += more.runs;
+            total.steps += more.steps;
+            total.leases += more.leases;
+            total.approvals += more.approvals;
+            total.events += more.events;
+            total.output += more.output;
+            total.workers += more.workers;
+        }
+        assert_eq!(total.runs, 3, "{}", b.name);
+        assert_eq!(total.steps, 3, "{}", b.name);
+        // Only the pruned runs' leases and approvals go: the held run, with
+        // its active lease, stays whole.
+        assert_eq!(total.leases, 3, "{}", b.name);
+        assert_eq!(total.approvals, 3, "{}", b.name);
+        assert_eq!(total.events, 4, "{}", b.name);
+        // Old runs' (6) and the kept runs' old chunks by age (4).
+        assert_eq!(total.output, 10, "{}", b.name);
+        assert_eq!(total.workers, 2, "{}", b.name);
+
+        for id in ["old0", "old1", "old2"] {
+            assert_eq!(b.store.get_run(id).await.unwrap(), None, "{}", b.name);
+        }
+        for r in &kept {
+            assert_eq!(
+                b.store.get_run(&r.id).await.unwrap().as_ref(),
+                Some(r),
+                "{}",
+                b.name
+            );
+        }
+        let loaded = b.store.load(10).await.unwrap();
+        assert_eq!(ids(&loaded.runs), ["live", "new", "held"], "{}", b.name);
+        assert_eq!(
+            ids_of(loaded.leases.iter().map(|l| &l.id)),
+            ["l-held"],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            ids_of(loaded.approvals.iter().map(|a| &a.id)),
+            ["a-live"],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            ids_of(loaded.workers.iter().map(|w| &w.id)),
+            ["w-online", "w-recent"],
+            "{}",
+            b.name
+        );
+        assert_eq!(loaded.seq, 5, "{}", b.name);
+        assert_eq!(b.store.first_kept_seq().await.unwrap(), 5, "{}", b.name);
+        assert_eq!(
+            b.store.output("new", None).await.unwrap().len(),
+            2,
+            "{}",
+            b.name
+        );
+
+        // Even the last event, once old, stays: it carries the seq.
+        assert_eq!(
+            b.store
+                .prune(&prune_all(i64::MAX, 100))
+                .await
+                .unwrap()
+                .events,
+            0
+        );
+        assert_eq!(b.store.first_kept_seq().await.unwrap(), 5, "{}", b.name);
+    }
+}
+
+fn ids_of<'a>(ids: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
+    ids.map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn first_kept_seq_is_zero_without_events() {
+    for b in backends().await {
+        assert_eq!(b.store.first_kept_seq().await.unwrap(), 0, "{}", b.name);
+        assert!(b.store.size_bytes().await.unwrap() > 0, "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn a_large_batch_commits_in_few_statements_and_reads_back() {
+    for b in backends().await {
+        // 20,000 one-step runs: more rows than one statement may bind.
+        let runs: Vec<Run> = (0..20_000)
+            .map(|i| run(&format!("r{i:05}"), RunState::Queued))
+            .collect();
+        commit_all(&b.store, &runs).await;
+        let loaded = b.store.load(0).await.unwrap();
+        assert_eq!(loaded.runs.len(), 20_000, "{}", b.name);
+        assert_eq!(loaded.runs[19_999], runs[19_999], "{}", b.name);
+    }
+}
+
+// ---- Upgrade: data written by the schema before history on disk ----
+
+/// Rows exactly as the store wrote them before runs and steps were split:
+/// a run's body is the whole run, steps and all; events are whole.
+struct OldRows {
+    runs: Vec<Run>,
+    leases: Vec<Lease>,
+    approvals: Vec<Approval>,
+    workers: Vec<Worker>,
+    queues: Vec<Queue>,
+    events: Vec<pb::Event>,
+    outputs: Vec<pb::OutputChunk>,
+}
+
+fn old_rows() -> OldRows {
+    let mut live = two_step_run("u1");
+    live.state = RunState::Running;
+    live.steps[0].state = StepState::Running;
+    live.steps[0].attempt = 1;
+    live.steps[0].lease_id = Some("l-u1".into());
+    let done = Run {
+        labels: [("team".to_string(), "dba".to_string())].into(),
+        submitted_by: "bob".into(),
+        ..finished("u2", RunState::Succeeded, 50)
+    };
+    let mut approval = sample().approvals.remove(0);
+    approval.run_id = "u1".into();
+    let mut decided = approval.clone();
+    decided.id = "a-done".into();
+    decided.state = ApprovalState::Approved;
+    let events = (1..=3)
+        .map(|seq| pb::Event {
+            message: format!("event {seq}"),
+            step_index: 1,
+            lease: Some(pb::Lease {
+                id: "l-u1".into(),
+                run_id: "u1".into(),
+                ..Default::default()
+            }),
+            ..event(seq, if seq == 2 { "u2" } else { "u1" })
+        })
+        .collect();
+    OldRows {
+        runs: vec![live, done],
+        leases: vec![
+            Lease {
+                id: "l-u1".into(),
+                run_id: "u1".into(),
+                ..lease("x", LeaseState::Active)
+            },
+            Lease {
+                id: "l-u2".into(),
+                run_id: "u2".into(),
+                ..lease("x", LeaseState::Released)
+            },
+        ],
+        approvals: vec![approval, decided],
+        workers: sample().workers,
+        queues: sample().queues,
+        events,
+        outputs: sample().outputs,
+    }
+}
+
+/// Writes [`old_rows`] with the statements of the previous store; `fix`
+/// turns `$n` placeholders into the dialect's.
+macro_rules! write_old_rows {
+    ($pool:expr, $fix:expr) => {{
+        use super::codec::{json, state_word};
+        use prost::Message;
+        let pool = $pool;
+        let fix = $fix;
+        let old = old_rows();
+        for r in &old.runs {
+            sqlx::query(sqlx::AssertSqlSafe(fix(
+                "INSERT INTO runs (id, name, state, created_at, idempotency_key, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )))
+            .bind(&r.id)
+            .bind(&r.name)
+            .bind(state_word(&r.state).unwrap())
+            .bind(r.created_at)
+            .bind(&r.idempotency_key)
+            .bind(json(r).unwrap())
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        for w in &old.workers {
+            sqlx::query(sqlx::AssertSqlSafe(fix(
+                "INSERT INTO workers (id, state, body) VALUES ($1, $2, $3)",
+            )))
+            .bind(&w.id)
+            .bind(state_word(&w.state).unwrap())
+            .bind(json(w).unwrap())
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        for l in &old.leases {
+            sqlx::query(sqlx::AssertSqlSafe(fix(
+                "INSERT INTO leases (id, run_id, state, body) VALUES ($1, $2, $3, $4)",
+            )))
+            .bind(&l.id)
+            .bind(&l.run_id)
+            .bind(state_word(&l.state).unwrap())
+            .bind(json(l).unwrap())
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        for a in &old.approvals {
+            sqlx::query(sqlx::AssertSqlSafe(fix(
+                "INSERT INTO approvals (id, run_id, state, body) VALUES ($1, $2, $3, $4)",
+            )))
+            .bind(&a.id)
+            .bind(&a.run_id)
+            .bind(state_word(&a.state).unwrap())
+            .bind(json(a).unwrap())
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        for q in &old.queues {
+            sqlx::query(sqlx::AssertSqlSafe(fix(
+                "INSERT INTO queues (name, paused) VALUES ($1, $2)",
+            )))
+            .bind(&q.name)
+            .bind(q.paused)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        for e in &old.events {
+            sqlx::query(sqlx::AssertSqlSafe(fix(
+                "INSERT INTO events (seq, at, kind, run_id, actor, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )))
+            .bind(e.seq as i64)
+            .bind(e.at_ms)
+            .bind(&e.kind)
+            .bind((!e.run_id.is_empty()).then_some(&e.run_id))
+            .bind(&e.actor)
+            .bind(e.encode_to_vec())
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        for o in &old.outputs {
+            sqlx::query(sqlx::AssertSqlSafe(fix(
+                "INSERT INTO output (run_id, step_index, attempt, stream, at, truncated, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )))
+            .bind(&o.run_id)
+            .bind(i64::from(o.step_index))
+            .bind(i64::from(o.attempt))
+            .bind(&o.stream)
+            .bind(o.at_ms)
+            .bind(o.truncated)
+            .bind(&o.data)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }};
+}
+
+/// Everything [`old_rows`] wrote reads back through the trait.
+async fn assert_old_rows_read_back(name: &str, store: Arc<dyn Store>) {
+    let old = old_rows();
+    let (live, done) = (&old.runs[0], &old.runs[1]);
+    assert_eq!(
+        store.get_run("u1").await.unwrap().as_ref(),
+        Some(live),
+        "{name}"
+    );
+    assert_eq!(
+        store.get_run("u2").await.unwrap().as_ref(),
+        Some(done),
+        "{name}"
+    );
+    assert_eq!(
+        store.list_runs(&RunFilter::default(), 10).await.unwrap(),
+        vec![done.clone(), live.clone()],
+        "{name}"
+    );
+    // The new columns were filled from the old bodies.
+    let f = RunFilter {
+        labels: [("team".to_string(), "dba".to_string())].into(),
+        submitted_by: Some("bob".into()),
+        states: vec![RunState::Succeeded],
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&store.list_runs(&f, 10).await.unwrap()),
+        ["u2"],
+        "{name}"
+    );
+    assert_eq!(
+        store
+            .run_by_idempotency_key("key-u1")
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(live),
+        "{name}"
+    );
+    let loaded = store.load(10).await.unwrap();
+    assert_eq!(loaded.runs, vec![live.clone(), done.clone()], "{name}");
+    assert_eq!(loaded.leases, old.leases[..1], "{name}");
+    assert_eq!(loaded.approvals, old.approvals[..1], "{name}");
+    assert_eq!(loaded.workers, old.workers, "{name}");
+    assert_eq!(loaded.queues, old.queues, "{name}");
+    assert_eq!(loaded.seq, 3, "{name}");
+    assert_eq!(
+        store.events_after(0, 10, None).await.unwrap(),
+        old.events,
+        "{name}"
+    );
+    assert_eq!(
+        store.events_after(0, 10, Some("u2")).await.unwrap(),
+        old.events[1..2],
+        "{name}"
+    );
+    assert_eq!(
+        store.output("r1", None).await.unwrap(),
+        old.outputs,
+        "{name}"
+    );
+
+    // Old rows take new writes: a step change, and a prune.
+    let mut step = live.steps[0].clone();
+    step.state = StepState::Succeeded;
+    let change = Batch {
+        steps: vec![("u1".into(), step.clone())],
+        ..Default::default()
+    };
+    store.commit(&change).await.unwrap();
+    assert_eq!(
+        store.get_run("u1").await.unwrap().unwrap().steps[0],
+        step,
+        "{name}"
+    );
+    let pruned = store.prune(&prune_all(1_000, 100)).await.unwrap();
+    assert_eq!((pruned.runs, pruned.steps), (1, 1), "{name}");
+    assert_eq!(store.get_run("u2").await.unwrap(), None, "{name}");
+}
+
+#[tokio::test]
+async fn data_written_by_the_previous_schema_reads_back_after_the_upgrade() {
+    use std::str::FromStr;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+        .unwrap()
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    super::sqlite::MIGRATOR.run_to(2, &pool).await.unwrap();
+    write_old_rows!(&pool, |sql: &str| sql.replace('$', "?"));
+    pool.close().await;
+    assert_old_rows_read_back("sqlite", open(&url).await.unwrap()).await;
+
+    let Ok(server) = std::env::var("OPSDECK_TEST_POSTGRES") else {
+        return;
+    };
+    let url = fresh_pg_database(&server).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    super::postgres::MIGRATOR.run_to(3, &pool).await.unwrap();
+    write_old_rows!(&pool, |sql: &str| sql.to_owned());
+    pool.close().await;
+    assert_old_rows_read_back("postgres", open(&url).await.unwrap()).await;
+}
+
+// ---- Bytes on disk ----
+
+/// Commits `n` one-step runs the way the engine does (submit, lease
+/// granted, running, released, succeeded: four commits, seven small events
+/// a run) and prints the SQLite file's bytes per run after a checkpoint.
+/// `cargo test -p opsdeck-engine --lib store::conformance::bytes -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn bytes_per_finished_one_step_run() {
+    const N: usize = 5_000;
+    const GROUP: usize = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bytes.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = open(&url).await.unwrap();
+    fn url_of(p: &std::path::Path) -> String {
+        format!("sqlite://{}", p.display())
+    }
+    async fn size(store: &Arc<dyn Store>, path: &std::path::Path) -> u64 {
+        let c = sqlx::SqlitePool::connect(&url_of(path)).await.unwrap();
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&c)
+            .await
+            .unwrap();
+        c.close().await;
+        store.size_bytes().await.unwrap()
+    }
+    let empty = size(&store, &path).await;
+    let base = 1_750_000_000_000i64;
+    let mut seq = 0u64;
+    let ev = |seq: &mut u64, at: i64, kind: &str, run: &str, extra: pb::Event| {
+        *seq += 1;
+        pb::Event {
+            seq: *seq,
+            at_ms: at,
+            kind: kind.into(),
+            actor: "opsdeckd".into(),
+            run_id: run.into(),
+            transport: "engine".into(),
+            ..extra
+        }
+    };
+    for g in 0..N / GROUP {
+        let at = base + (g as i64) * 1_000;
+        let mut runs: Vec<Run> = (0..GROUP)
+            .map(|i| {
+                let id = ulid::Ulid::from_parts(at as u64, (g * GROUP + i) as u128).to_string();
+                let mut r = run(&id, RunState::Queued);
+                r.name = "nightly-report".into();
+                r.idempotency_key = None;
+                r.created_at = at;
+                r.updated_at = at;
+                r.steps[0].state = StepState::Queued;
+                r.steps[0].ready_since = Some(at);
+                r
+            })
+            .collect();
+        let lease_of = |r: &Run, state: LeaseState| Lease {
+            id: format!("L{}", &r.id[1..]),
+            run_id: r.id.clone(),
+            step_index: 0,
+            worker_id: "worker-01".into(),
+            attempt: 1,
+            fencing_token: 1,
+            state,
+            granted_at: at + 1,
+            expires_at: at + 30_001,
+            ended_at: (state != LeaseState::Active).then_some(at + 3),
+            queue: "q".into(),
+            stuck: false,
+        };
+        let lease_pb = |l: &Lease| pb::Lease {
+            id: l.id.clone(),
+            run_id: l.run_id.clone(),
+            step_index: 0,
+            worker_id: l.worker_id.clone(),
+            attempt: 1,
+            fencing_token: 1,
+            ..Default::default()
+        };
+        let step_pb = |s: &Step| pb::StepUpdate {
+            index: s.index,
+            attempt: s.attempt,
+            lease_id: s.lease_id.clone().unwrap_or_default(),
+            worker_id: s.worker_id.clone().unwrap_or_default(),
+            started_at_ms: s.started_at.unwrap_or(0),
+            finished_at_ms: s.finished_at.unwrap_or(0),
+            ..Default::default()
+        };
+        // Submit.
+        let mut b = Batch::default();
+        for r in &runs {
+            b.runs.push(r.header());
+            b.steps.push((r.id.clone(), r.steps[0].clone()));
+            b.events.push(ev(
+                &mut seq,
+                at,
+                "run.submitted",
+                &r.id,
+                pb::Event {
+                    message: "run nightly-report submitted (1 step)".into(),
+                    ..Default::default()
+                },
+            ));
+        }
+        store.commit(&b).await.unwrap();
+        // Lease granted.
+        let mut b = Batch::default();
+        for r in &mut runs {
+            let l = lease_of(r, LeaseState::Active);
+            let id = r.id.clone();
+            let s = &mut r.steps[0];
+            s.state = StepState::Leased;
+            s.attempt = 1;
+            s.fence = 1;
+            s.lease_id = Some(l.id.clone());
+            s.worker_id = Some(l.worker_id.clone());
+            b.steps.push((id.clone(), s.clone()));
+            b.events.push(ev(
+                &mut seq,
+                at + 1,
+                "lease.granted",
+                &id,
+                pb::Event {
+                    lease_id: l.id.clone(),
+                    worker_id: l.worker_id.clone(),
+                    message: "lease granted to worker-01".into(),
+                    lease: Some(lease_pb(&l)),
+                    ..Default::default()
+                },
+            ));
+            b.events.push(ev(
+                &mut seq,
+                at + 1,
+                "step.leased",
+                &id,
+                pb::Event {
+                    step_updates: vec![step_pb(s)],
+                    ..Default::default()
+                },
+            ));
+            b.leases.push(l);
+        }
+        store.commit(&b).await.unwrap();
+        // Running.
+        let mut b = Batch::default();
+        for r in &mut runs {
+            r.state = RunState::Running;
+            r.updated_at = at + 2;
+            b.runs.push(r.header());
+            let id = r.id.clone();
+            let s = &mut r.steps[0];
+            s.state = StepState::Running;
+            s.started_at = Some(at + 2);
+            b.steps.push((id.clone(), s.clone()));
+            b.events.push(ev(
+                &mut seq,
+                at + 2,
+                "step.running",
+                &id,
+                pb::Event {
+                    message: "step 0 running".into(),
+                    step_updates: vec![step_pb(s)],
+                    ..Default::default()
+                },
+            ));
+        }
+        store.commit(&b).await.unwrap();
+        // Released, succeeded.
+        let mut b = Batch::default();
+        for r in &mut runs {
+            let l = lease_of(r, LeaseState::Released);
+            r.state = RunState::Succeeded;
+            r.updated_at = at + 3;
+            r.finished_at = Some(at + 3);
+            b.runs.push(r.header());
+            let id = r.id.clone();
+            let s = &mut r.steps[0];
+            s.state = StepState::Succeeded;
+            s.exit_code = Some(0);
+            s.finished_at = Some(at + 3);
+            b.steps.push((id.clone(), s.clone()));
+            b.events.push(ev(
+                &mut seq,
+                at + 3,
+                "lease.released",
+                &id,
+                pb::Event {
+                    lease_id: l.id.clone(),
+                    message: "lease released".into(),
+                    lease: Some(lease_pb(&l)),
+                    ..Default::default()
+                },
+            ));
+            b.events.push(ev(
+                &mut seq,
+                at + 3,
+                "step.succeeded",
+                &id,
+                pb::Event {
+                    message: "step 0 succeeded (exit 0)".into(),
+                    step_updates: vec![step_pb(s)],
+                    ..Default::default()
+                },
+            ));
+            b.events.push(ev(
+                &mut seq,
+                at + 3,
+                "run.succeeded",
+                &id,
+                pb::Event {
+                    message: "run succeeded".into(),
+                    ..Default::default()
+                },
+            ));
+            b.leases.push(l);
+        }
+        store.commit(&b).await.unwrap();
+    }
+    let full = size(&store, &path).await;
+    let events = store.events_after(0, 7, None).await.unwrap();
+    let event_bytes: usize = events.iter().map(prost::Message::encoded_len).sum();
+    println!(
+        "{N} runs: {} bytes ({} empty): {} bytes per run; its 7 events encode to {event_bytes} bytes whole",
+        full,
+        empty,
+        (full - empty) / N as u64,
+    );
+    let c = sqlx::SqlitePool::connect(&url_of(&path)).await.unwrap();
+    if let Ok(rows) = sqlx::query_as::<_, (String, i64)>(
+        "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC",
+    )
+    .fetch_all(&c)
+    .await
+    {
+        for (name, bytes) in rows {
+            println!("  {name:24} {:>6} bytes per run", bytes / N as i64);
+        }
+    }
 }

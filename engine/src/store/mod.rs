@@ -12,6 +12,7 @@ mod codec;
 #[cfg(test)]
 mod conformance;
 mod postgres;
+mod sql;
 mod sqlite;
 
 pub use postgres::PostgresStore;
@@ -19,9 +20,7 @@ pub use sqlite::SqliteStore;
 
 use opsdeck_proto::v1 as pb;
 
-use crate::domain::{
-    Approval, Lease, Millis, Quarantine, Queue, Run, RunState, Step, Worker,
-};
+use crate::domain::{Approval, Lease, Millis, Quarantine, Queue, Run, RunState, Step, Worker};
 
 /// What the engine loads from its store at start: the live set, never the
 /// whole history, so that a start costs the same after a year as on the
@@ -40,7 +39,8 @@ pub struct Loaded {
     pub approvals: Vec<Approval>,
     pub queues: Vec<Queue>,
     pub quarantines: Vec<Quarantine>,
-    /// The last event's seq (0 for none).
+    /// The last event's seq (0 for none). Pruning never deletes the last
+    /// event, so this never goes back.
     pub seq: u64,
 }
 
@@ -108,7 +108,8 @@ impl Pruned {
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Runs made or whose header changed. Their `steps` are empty: the
-    /// steps that changed (all of a new run's) are in `steps`.
+    /// steps that changed (all of a new run's) are in `steps`. (A run
+    /// given with its steps has them written too, before `steps`.)
     pub runs: Vec<Run>,
     /// Steps made or changed, with their run's id.
     pub steps: Vec<(String, Step)>,
@@ -162,6 +163,11 @@ pub trait Store: Send + Sync + 'static {
     /// Runs matching `filter`, newest (greatest id) first, at most `limit`,
     /// with their steps.
     async fn list_runs(&self, filter: &RunFilter, limit: u32) -> Result<Vec<Run>, StoreError>;
+    /// One approval, pending or decided.
+    async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+    /// Decided approvals (approved, rejected, expired, cancelled), newest
+    /// first, at most `limit`.
+    async fn decided_approvals(&self, limit: u32) -> Result<Vec<Approval>, StoreError>;
     /// The oldest event seq still stored; 0 when there is none.
     async fn first_kept_seq(&self) -> Result<u64, StoreError>;
     /// Deletes one small batch of what retention lets go (see [`Prune`]),

@@ -4,14 +4,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opsdeck_proto::v1 as pb;
-use prost::Message;
-use serde::de::DeserializeOwned;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 
-use super::codec::{decode_event, json, parse, state_word};
-use super::{Batch, Leadership, Store, StoreError};
-use crate::core::Loaded;
+use super::sql::{Dialect, LabelMatch, Sql, events_from_rows};
+use super::{
+    Approval, Batch, Leadership, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError,
+};
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -25,7 +24,17 @@ pub struct PostgresStore {
 /// lock on the `leader` row, which would keep a standby from taking over.
 const COMMIT_IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = '5s'";
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+const DIALECT: Dialect = Dialect {
+    // The wire protocol counts parameters in 16 bits.
+    max_binds: 65_535,
+    json_cast: "::jsonb",
+    labels_text: "labels::text",
+    labels: LabelMatch::Contains,
+};
+
+type Body = Sql<Postgres>;
 
 impl PostgresStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -42,90 +51,17 @@ impl PostgresStore {
     }
 }
 
-/// Inserts or replaces one object stored whole: (id, [run_id,] state, body).
-async fn upsert_body(
-    t: &mut sqlx::PgConnection,
-    table: &'static str,
-    id: &str,
-    run_id: Option<&str>,
-    state: &str,
-    body: &str,
-) -> Result<(), sqlx::Error> {
-    let (cols, vals) = if run_id.is_some() {
-        ("id, run_id, state, body", "$1, $2, $3, $4")
-    } else {
-        ("id, state, body", "$1, $2, $3")
-    };
-    let sql = format!(
-        "INSERT INTO {table} ({cols}) VALUES ({vals}) \
-         ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body"
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id);
-    if let Some(run) = run_id {
-        q = q.bind(run);
-    }
-    q.bind(state).bind(body).execute(t).await?;
-    Ok(())
-}
-
-async fn bodies<T: DeserializeOwned>(
-    pool: &PgPool,
-    what: &str,
-    sql: &'static str,
-) -> Result<Vec<T>, StoreError> {
-    let rows = sqlx::query(sql).fetch_all(pool).await?;
-    rows.iter()
-        .map(|r| parse(what, r.try_get::<&str, _>("body")?))
-        .collect()
-}
-
-fn events(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<pb::Event>, StoreError> {
-    rows.iter()
-        .map(|r| decode_event(r.try_get::<&[u8], _>("body")?))
-        .collect()
-}
-
 #[async_trait::async_trait]
 impl Store for PostgresStore {
-    async fn load(&self) -> Result<Loaded, StoreError> {
-        let queues = sqlx::query("SELECT name, paused FROM queues ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(crate::domain::Queue {
-                    name: r.try_get("name")?,
-                    paused: r.try_get("paused")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
-            .fetch_one(&self.pool)
+    async fn load(&self, recent: u32) -> Result<Loaded, StoreError> {
+        // One snapshot: the live set and the seq agree.
+        let mut t = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *t)
             .await?;
-        Ok(Loaded {
-            runs: bodies(&self.pool, "run", "SELECT body FROM runs ORDER BY id").await?,
-            workers: bodies(&self.pool, "worker", "SELECT body FROM workers ORDER BY id").await?,
-            leases: bodies(
-                &self.pool,
-                "lease",
-                "SELECT body FROM leases WHERE state = 'active'",
-            )
-            .await?,
-            approvals: bodies(
-                &self.pool,
-                "approval",
-                "SELECT body FROM approvals ORDER BY id",
-            )
-            .await?,
-            quarantines: bodies(
-                &self.pool,
-                "quarantine",
-                "SELECT body FROM quarantines ORDER BY name",
-            )
-            .await?,
-            queues,
-            seq: seq.unwrap_or(0) as u64,
-        })
+        let loaded = Body::load(&mut t, &DIALECT, recent).await?;
+        t.commit().await?;
+        Ok(loaded)
     }
 
     async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
@@ -145,109 +81,7 @@ impl Store for PostgresStore {
                 });
             }
         }
-        for r in &b.runs {
-            sqlx::query(
-                "INSERT INTO runs (id, name, state, created_at, idempotency_key, body) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
-            )
-            .bind(&r.id)
-            .bind(&r.name)
-            .bind(state_word(&r.state)?)
-            .bind(r.created_at)
-            .bind(&r.idempotency_key)
-            .bind(json(r)?)
-            .execute(&mut *t)
-            .await?;
-        }
-        for w in &b.workers {
-            upsert_body(
-                &mut t,
-                "workers",
-                &w.id,
-                None,
-                &state_word(&w.state)?,
-                &json(w)?,
-            )
-            .await?;
-        }
-        for l in &b.leases {
-            upsert_body(
-                &mut t,
-                "leases",
-                &l.id,
-                Some(&l.run_id),
-                &state_word(&l.state)?,
-                &json(l)?,
-            )
-            .await?;
-        }
-        for a in &b.approvals {
-            upsert_body(
-                &mut t,
-                "approvals",
-                &a.id,
-                Some(&a.run_id),
-                &state_word(&a.state)?,
-                &json(a)?,
-            )
-            .await?;
-        }
-        for q in &b.queues {
-            sqlx::query(
-                "INSERT INTO queues (name, paused) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
-            )
-            .bind(&q.name)
-            .bind(q.paused)
-            .execute(&mut *t)
-            .await?;
-        }
-        for e in &b.events {
-            sqlx::query("INSERT INTO events (seq, at, kind, run_id, actor, body) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(e.seq as i64)
-                .bind(e.at_ms)
-                .bind(&e.kind)
-                .bind((!e.run_id.is_empty()).then_some(&e.run_id))
-                .bind(&e.actor)
-                .bind(e.encode_to_vec())
-                .execute(&mut *t)
-                .await?;
-        }
-        for o in &b.outputs {
-            sqlx::query(
-                "INSERT INTO output (run_id, step_index, attempt, stream, at, truncated, data)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&o.run_id)
-            .bind(i64::from(o.step_index))
-            .bind(i64::from(o.attempt))
-            .bind(&o.stream)
-            .bind(o.at_ms)
-            .bind(o.truncated)
-            .bind(&o.data)
-            .execute(&mut *t)
-            .await?;
-        }
-        for (name, q) in &b.quarantines {
-            match q {
-                Some(q) => {
-                    sqlx::query(
-                        "INSERT INTO quarantines (name, body) VALUES ($1, $2)
-                         ON CONFLICT (name) DO UPDATE SET body = excluded.body",
-                    )
-                    .bind(name)
-                    .bind(json(q)?)
-                    .execute(&mut *t)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM quarantines WHERE name = $1")
-                        .bind(name)
-                        .execute(&mut *t)
-                        .await?;
-                }
-            }
-        }
+        Body::commit(&mut t, &DIALECT, b).await?;
         t.commit().await?;
         Ok(())
     }
@@ -311,6 +145,52 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::run_where(&mut c, &DIALECT, "id", id).await
+    }
+
+    async fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::run_where(&mut c, &DIALECT, "idempotency_key", key).await
+    }
+
+    async fn list_runs(&self, filter: &RunFilter, limit: u32) -> Result<Vec<Run>, StoreError> {
+        let mut t = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *t)
+            .await?;
+        let runs = Body::list_runs(&mut t, &DIALECT, filter, limit).await?;
+        t.commit().await?;
+        Ok(runs)
+    }
+
+    async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::get_approval(&mut c, id).await
+    }
+
+    async fn decided_approvals(&self, limit: u32) -> Result<Vec<Approval>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::decided_approvals(&mut c, limit).await
+    }
+
+    async fn first_kept_seq(&self) -> Result<u64, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::first_kept_seq(&mut c).await
+    }
+
+    async fn prune(&self, what: &Prune) -> Result<Pruned, StoreError> {
+        Body::prune(&self.pool, what).await
+    }
+
+    async fn size_bytes(&self) -> Result<u64, StoreError> {
+        let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(size as u64)
+    }
+
     async fn events_after(
         &self,
         after: u64,
@@ -318,23 +198,26 @@ impl Store for PostgresStore {
         run_id: Option<&str>,
     ) -> Result<Vec<pb::Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT body FROM events WHERE seq > $1 AND ($2::TEXT IS NULL OR run_id = $2) ORDER BY seq LIMIT $3",
+            "SELECT seq, at, kind, run_id, actor, body FROM events
+             WHERE seq > $1 AND ($2::TEXT IS NULL OR run_id = $2) ORDER BY seq LIMIT $3",
         )
         .bind(after as i64)
         .bind(run_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        events(&rows)
+        events_from_rows::<Postgres>(&rows)
     }
 
     async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
-        let rows = sqlx::query("SELECT body FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq")
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, run_id, actor, body FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )
             .bind(after as i64)
             .bind(until as i64)
             .fetch_all(&self.pool)
             .await?;
-        events(&rows)
+        events_from_rows::<Postgres>(&rows)
     }
 
     async fn output(

@@ -1,25 +1,44 @@
 //! The embedded default: one SQLite file in WAL mode.
+//!
+//! Space: pruning frees pages onto the file's freelist and later inserts
+//! reuse them, so the file stays at its high-water mark and never needs a
+//! VACUUM. `auto_vacuum = INCREMENTAL` would hand freed pages back to the
+//! file system, but only a VACUUM switches an existing file to it (and a
+//! VACUUM rewrites the whole file, cannot run inside the migrations'
+//! transaction, and needs as much free disk again as the file); it also
+//! costs every commit pointer-map pages. With retention steady, what one
+//! prune frees the next hours' writes fill again, so there is little to
+//! hand back; an operator who shrinks retention for good can VACUUM once
+//! (the backup command's copy is compact anyway).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use opsdeck_proto::v1 as pb;
-use prost::Message;
-use serde::de::DeserializeOwned;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
-use super::codec::{decode_event, json, parse, state_word};
-use super::{Batch, Store, StoreError};
-use crate::core::Loaded;
+use super::sql::{Dialect, LabelMatch, Sql, events_from_rows};
+use super::{Approval, Batch, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError};
 
 pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+const DIALECT: Dialect = Dialect {
+    // SQLITE_MAX_VARIABLE_NUMBER is 32,766 since SQLite 3.32.
+    max_binds: 32_766,
+    json_cast: "",
+    labels_text: "labels",
+    labels: LabelMatch::JsonEach,
+};
+
+type Body = Sql<Sqlite>;
 
 impl SqliteStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -40,195 +59,67 @@ impl SqliteStore {
     }
 }
 
-/// Inserts or replaces one object stored whole: (id, [run_id,] state, body).
-async fn upsert_body(
-    t: &mut sqlx::SqliteConnection,
-    table: &'static str,
-    id: &str,
-    run_id: Option<&str>,
-    state: &str,
-    body: &str,
-) -> Result<(), sqlx::Error> {
-    let (cols, vals) = if run_id.is_some() {
-        ("id, run_id, state, body", "?, ?, ?, ?")
-    } else {
-        ("id, state, body", "?, ?, ?")
-    };
-    let sql = format!(
-        "INSERT INTO {table} ({cols}) VALUES ({vals}) \
-         ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body"
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id);
-    if let Some(run) = run_id {
-        q = q.bind(run);
-    }
-    q.bind(state).bind(body).execute(t).await?;
-    Ok(())
-}
-
-async fn bodies<T: DeserializeOwned>(
-    pool: &SqlitePool,
-    what: &str,
-    sql: &'static str,
-) -> Result<Vec<T>, StoreError> {
-    let rows = sqlx::query(sql).fetch_all(pool).await?;
-    rows.iter()
-        .map(|r| parse(what, r.try_get::<&str, _>("body")?))
-        .collect()
-}
-
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn load(&self) -> Result<Loaded, StoreError> {
-        let queues = sqlx::query("SELECT name, paused FROM queues ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(crate::domain::Queue {
-                    name: r.try_get("name")?,
-                    paused: r.try_get::<i64, _>("paused")? != 0,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Loaded {
-            runs: bodies(&self.pool, "run", "SELECT body FROM runs ORDER BY id").await?,
-            workers: bodies(&self.pool, "worker", "SELECT body FROM workers ORDER BY id").await?,
-            leases: bodies(
-                &self.pool,
-                "lease",
-                "SELECT body FROM leases WHERE state = 'active'",
-            )
-            .await?,
-            approvals: bodies(
-                &self.pool,
-                "approval",
-                "SELECT body FROM approvals ORDER BY id",
-            )
-            .await?,
-            quarantines: bodies(
-                &self.pool,
-                "quarantine",
-                "SELECT body FROM quarantines ORDER BY name",
-            )
-            .await?,
-            queues,
-            seq: seq.unwrap_or(0) as u64,
-        })
+    async fn load(&self, recent: u32) -> Result<Loaded, StoreError> {
+        // One read transaction: the live set and the seq agree.
+        let mut t = self.pool.begin().await?;
+        let loaded = Body::load(&mut t, &DIALECT, recent).await?;
+        t.commit().await?;
+        Ok(loaded)
     }
 
     async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
         let mut t = self.pool.begin().await?;
-        for r in &b.runs {
-            sqlx::query(
-                "INSERT INTO runs (id, name, state, created_at, idempotency_key, body) VALUES (?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
-            )
-            .bind(&r.id)
-            .bind(&r.name)
-            .bind(state_word(&r.state)?)
-            .bind(r.created_at)
-            .bind(&r.idempotency_key)
-            .bind(json(r)?)
-            .execute(&mut *t)
-            .await?;
-        }
-        for w in &b.workers {
-            upsert_body(
-                &mut t,
-                "workers",
-                &w.id,
-                None,
-                &state_word(&w.state)?,
-                &json(w)?,
-            )
-            .await?;
-        }
-        for l in &b.leases {
-            upsert_body(
-                &mut t,
-                "leases",
-                &l.id,
-                Some(&l.run_id),
-                &state_word(&l.state)?,
-                &json(l)?,
-            )
-            .await?;
-        }
-        for a in &b.approvals {
-            upsert_body(
-                &mut t,
-                "approvals",
-                &a.id,
-                Some(&a.run_id),
-                &state_word(&a.state)?,
-                &json(a)?,
-            )
-            .await?;
-        }
-        for q in &b.queues {
-            sqlx::query(
-                "INSERT INTO queues (name, paused) VALUES (?, ?)
-                 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
-            )
-            .bind(&q.name)
-            .bind(q.paused as i64)
-            .execute(&mut *t)
-            .await?;
-        }
-        for e in &b.events {
-            sqlx::query(
-                "INSERT INTO events (seq, at, kind, run_id, actor, body) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.seq as i64)
-            .bind(e.at_ms)
-            .bind(&e.kind)
-            .bind((!e.run_id.is_empty()).then_some(&e.run_id))
-            .bind(&e.actor)
-            .bind(e.encode_to_vec())
-            .execute(&mut *t)
-            .await?;
-        }
-        for o in &b.outputs {
-            sqlx::query(
-                "INSERT INTO output (run_id, step_index, attempt, stream, at, truncated, data)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&o.run_id)
-            .bind(o.step_index as i64)
-            .bind(o.attempt as i64)
-            .bind(&o.stream)
-            .bind(o.at_ms)
-            .bind(o.truncated as i64)
-            .bind(&o.data)
-            .execute(&mut *t)
-            .await?;
-        }
-        for (name, q) in &b.quarantines {
-            match q {
-                Some(q) => {
-                    sqlx::query(
-                        "INSERT INTO quarantines (name, body) VALUES (?, ?)
-                         ON CONFLICT (name) DO UPDATE SET body = excluded.body",
-                    )
-                    .bind(name)
-                    .bind(json(q)?)
-                    .execute(&mut *t)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM quarantines WHERE name = ?")
-                        .bind(name)
-                        .execute(&mut *t)
-                        .await?;
-                }
-            }
-        }
+        Body::commit(&mut t, &DIALECT, b).await?;
         t.commit().await?;
         Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::run_where(&mut c, &DIALECT, "id", id).await
+    }
+
+    async fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::run_where(&mut c, &DIALECT, "idempotency_key", key).await
+    }
+
+    async fn list_runs(&self, filter: &RunFilter, limit: u32) -> Result<Vec<Run>, StoreError> {
+        let mut t = self.pool.begin().await?;
+        let runs = Body::list_runs(&mut t, &DIALECT, filter, limit).await?;
+        t.commit().await?;
+        Ok(runs)
+    }
+
+    async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::get_approval(&mut c, id).await
+    }
+
+    async fn decided_approvals(&self, limit: u32) -> Result<Vec<Approval>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::decided_approvals(&mut c, limit).await
+    }
+
+    async fn first_kept_seq(&self) -> Result<u64, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::first_kept_seq(&mut c).await
+    }
+
+    async fn prune(&self, what: &Prune) -> Result<Pruned, StoreError> {
+        Body::prune(&self.pool, what).await
+    }
+
+    async fn size_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = sqlx::query_scalar("SELECT * FROM pragma_page_count()")
+            .fetch_one(&self.pool)
+            .await?;
+        let size: i64 = sqlx::query_scalar("SELECT * FROM pragma_page_size()")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((pages * size) as u64)
     }
 
     async fn events_after(
@@ -240,36 +131,39 @@ impl Store for SqliteStore {
         let rows = match run_id {
             Some(run) => {
                 sqlx::query(
-                    "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    "SELECT seq, at, kind, run_id, actor, body FROM events
+                     WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 )
                 .bind(run)
                 .bind(after as i64)
-                .bind(limit as i64)
+                .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?
             }
             None => {
-                sqlx::query("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
-                    .bind(after as i64)
-                    .bind(limit as i64)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(
+                    "SELECT seq, at, kind, run_id, actor, body FROM events
+                     WHERE seq > ? ORDER BY seq LIMIT ?",
+                )
+                .bind(after as i64)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
             }
         };
-        rows.iter()
-            .map(|r| decode_event(r.try_get::<&[u8], _>("body")?))
-            .collect()
+        events_from_rows::<Sqlite>(&rows)
     }
 
     async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
-        let rows = sqlx::query("SELECT body FROM events WHERE seq > ? AND seq <= ? ORDER BY seq")
-            .bind(after as i64)
-            .bind(until as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| decode_event(r.try_get::<&[u8], _>("body")?))
-            .collect()
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, run_id, actor, body FROM events
+             WHERE seq > ? AND seq <= ? ORDER BY seq",
+        )
+        .bind(after as i64)
+        .bind(until as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        events_from_rows::<Sqlite>(&rows)
     }
 
     async fn output(

@@ -270,9 +270,28 @@ fn print_submitted(ctx: &Ctx, done: &SubmitRunsResponse) -> Result<(), CliError>
     if ctx.printer.json() {
         return ctx.printer.document(done);
     }
-    let runs: Vec<Run> = done.runs.iter().filter_map(|r| r.run.clone()).collect();
-    ctx.printer
-        .list(&runs, "no runs submitted", |runs| run_table(runs, now_ms()))
+    ctx.printer.list(&done.runs, "no runs submitted", |runs| {
+        submitted_table(runs, now_ms())
+    })
+}
+
+/// Runs a bulk submit made: id, name, state and age.
+fn submitted_table(runs: &[opsdeck_proto::v1::SubmittedRun], now: i64) -> Table {
+    let mut table = Table::new(&["ID", "NAME", "STATE", "CREATED"]);
+    for run in runs {
+        let created = if run.created {
+            crate::cli::time::relative(run.created_at_ms, now)
+        } else {
+            "earlier (same idempotency key)".to_owned()
+        };
+        table.row(vec![
+            Cell::new(&run.id),
+            Cell::new(&run.name),
+            Cell::state(word_of::<RunState>(run.state)),
+            Cell::new(created),
+        ]);
+    }
+    table
 }
 
 /// Requests in calls of at most `max_runs` runs and (unless one spec is

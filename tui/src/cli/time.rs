@@ -75,9 +75,8 @@ pub fn duration_or_dash(ms: u64) -> String {
 }
 
 /// A point in time given on the command line: a span ago (`2h`, `1d12h`,
-/// `90m`, as humantime writes them) or an RFC 3339 time
-/// (`2026-03-01T12:00:00Z`, `2026-03-01T12:00:00+01:00`, or a bare date,
-/// taken as midnight UTC).
+/// `90min`, as humantime reads them) or an RFC 3339 time in UTC
+/// (`2026-03-01T12:00:00Z`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum When {
     Ago(u64),
@@ -99,154 +98,21 @@ impl std::str::FromStr for When {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
-        let first_digits = text.bytes().take_while(u8::is_ascii_digit).count();
-        // A date starts with four digits and a dash; a span never has one.
-        if first_digits == 4 && text.as_bytes().get(4) == Some(&b'-') {
-            return rfc3339_ms(text).map(Self::At);
+        let hint = "give a span ago such as 30m, 2h or 1d12h, \
+                    or an RFC 3339 time in UTC such as 2026-03-01T12:00:00Z";
+        if let Ok(span) = humantime::parse_duration(text) {
+            return Ok(Self::Ago(
+                u64::try_from(span.as_millis()).unwrap_or(u64::MAX),
+            ));
         }
-        parse_span(text).map(Self::Ago).map_err(|why| {
-            format!(
-                "{why}: give a span ago such as 30m, 2h or 1d12h, \
-                 or an RFC 3339 time such as 2026-03-01T12:00:00Z"
-            )
-        })
+        let at =
+            humantime::parse_rfc3339_weak(text).map_err(|e| format!("{text:?}: {e}; {hint}"))?;
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| format!("{text:?} is before 1970; {hint}"))?
+            .as_millis();
+        Ok(Self::At(i64::try_from(ms).unwrap_or(i64::MAX)))
     }
-}
-
-/// A span as humantime writes it: numbers with units, optionally
-/// separated by spaces (`1h 30m`, `1h30m`, `90min`, `2days`).
-pub fn parse_span(text: &str) -> Result<u64, String> {
-    const UNITS: &[(&[&str], u64)] = &[
-        (&["ms", "msec", "msecs", "millis"], 1),
-        (&["s", "sec", "secs", "second", "seconds"], 1_000),
-        (&["m", "min", "mins", "minute", "minutes"], 60_000),
-        (&["h", "hr", "hrs", "hour", "hours"], 3_600_000),
-        (&["d", "day", "days"], 86_400_000),
-        (&["w", "week", "weeks"], 7 * 86_400_000),
-    ];
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err("no time given".to_owned());
-    }
-    let mut total: u64 = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!("{text:?} is not a span"));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?} is too long a span"))?;
-        rest = rest[digits..].trim_start();
-        let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..letters];
-        let Some((_, ms)) = UNITS.iter().find(|(names, _)| names.contains(&unit)) else {
-            return Err(if unit.is_empty() {
-                format!("{text:?} has a number without a unit (s, m, h, d, w)")
-            } else {
-                format!("{text:?} has an unknown unit {unit:?}")
-            });
-        };
-        total = number
-            .checked_mul(*ms)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{text:?} is too long a span"))?;
-        rest = rest[letters..].trim_start();
-    }
-    Ok(total)
-}
-
-/// An RFC 3339 time (or a bare date, at midnight UTC) as Unix
-/// milliseconds.
-pub fn rfc3339_ms(text: &str) -> Result<i64, String> {
-    let bad = || {
-        format!(
-            "{text:?} is not an RFC 3339 time (such as 2026-03-01T12:00:00Z or \
-             2026-03-01T12:00:00+01:00)"
-        )
-    };
-    let num = |s: &str| -> Result<i64, String> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        s.parse().map_err(|_| bad())
-    };
-    let b = text.as_bytes();
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return Err(bad());
-    }
-    let (year, month, day) = (num(&text[0..4])?, num(&text[5..7])?, num(&text[8..10])?);
-    if !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
-        return Err(bad());
-    }
-    let days = days_from_civil(year, month, day);
-    let mut ms = days * 86_400_000;
-    if b.len() == 10 {
-        return Ok(ms);
-    }
-    if !matches!(b[10], b'T' | b't' | b' ') || b.len() < 19 || b[13] != b':' || b[16] != b':' {
-        return Err(bad());
-    }
-    let (hour, minute, second) = (
-        num(&text[11..13])?,
-        num(&text[14..16])?,
-        num(&text[17..19])?,
-    );
-    if hour > 23 || minute > 59 || second > 60 {
-        return Err(bad());
-    }
-    ms += (hour * 3600 + minute * 60 + second) * 1000;
-    let mut rest = &text[19..];
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let millis: String = fraction[..digits]
-            .chars()
-            .chain("000".chars())
-            .take(3)
-            .collect();
-        ms += num(&millis)?;
-        rest = &fraction[digits..];
-    }
-    let offset_ms = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let rb = rest.as_bytes();
-            if rb.len() != 6 || !matches!(rb[0], b'+' | b'-') || rb[3] != b':' {
-                return Err(bad());
-            }
-            let (h, m) = (num(&rest[1..3])?, num(&rest[4..6])?);
-            if h > 23 || m > 59 {
-                return Err(bad());
-            }
-            let offset = (h * 60 + m) * 60_000;
-            if rb[0] == b'-' { -offset } else { offset }
-        }
-    };
-    Ok(ms - offset_ms)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -285,39 +151,14 @@ mod tests {
     }
 
     #[test]
-    fn spans_read_as_humantime_writes_them() {
-        assert_eq!(parse_span("2h"), Ok(7_200_000));
-        assert_eq!(parse_span("1h 30m"), Ok(5_400_000));
-        assert_eq!(parse_span("1d12h"), Ok(129_600_000));
-        assert_eq!(parse_span("90min"), Ok(5_400_000));
-        assert_eq!(parse_span("2 days"), Ok(172_800_000));
-        assert_eq!(parse_span("250ms"), Ok(250));
-        assert!(parse_span("2").unwrap_err().contains("without a unit"));
-        assert!(
-            parse_span("2 fortnights")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
-        assert!(parse_span("").is_err());
-        assert!(parse_span("h").is_err());
-    }
-
-    #[test]
-    fn rfc3339_times_read_in_utc_whatever_their_offset() {
-        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Ok(0));
-        assert_eq!(rfc3339_ms("2023-11-14T22:13:20Z"), Ok(NOW));
-        assert_eq!(rfc3339_ms("2023-11-14T23:13:20+01:00"), Ok(NOW));
-        assert_eq!(rfc3339_ms("2023-11-14T22:13:20.5Z"), Ok(NOW + 500));
-        assert_eq!(rfc3339_ms("2023-11-14"), Ok(NOW - 80_000_000));
-        assert_eq!(rfc3339_ms("2024-02-29T00:00:00Z"), Ok(1_709_164_800_000));
-        for bad in [
-            "2023-02-29T00:00:00Z",
-            "2023-11-14T25:00:00Z",
-            "2023-11-14T22:13:20",
-            "2023-11-14T22:13Z",
-            "2023-1-14",
-        ] {
-            assert!(rfc3339_ms(bad).is_err(), "{bad}");
+    fn spans_and_times_read_as_humantime_writes_them() {
+        assert_eq!("2h".parse(), Ok(When::Ago(7_200_000)));
+        assert_eq!("1h 30m".parse(), Ok(When::Ago(5_400_000)));
+        assert_eq!("1d12h".parse(), Ok(When::Ago(129_600_000)));
+        assert_eq!("1970-01-01T00:00:00Z".parse(), Ok(When::At(0)));
+        assert_eq!("2023-11-14T22:13:20.5Z".parse(), Ok(When::At(NOW + 500)));
+        for bad in ["2", "2 fortnights", "", "2023-02-29T00:00:00Z", "2023-1-14"] {
+            assert!(bad.parse::<When>().is_err(), "{bad}");
         }
     }
 

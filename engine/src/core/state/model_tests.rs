@@ -13,7 +13,14 @@
 //! - final runs and final steps stay as they are;
 //! - each queue's ready depth equals its steps in state `queued`, its
 //!   delayed count its steps in `retry_wait`, its running count its live
-//!   leases.
+//!   leases;
+//! - what the commits wrote (applied to a stored model the way a store
+//!   applies a batch: run headers, step rows, leases, approvals) equals
+//!   every run in memory, step by step: no change goes unwritten;
+//! - finished runs leave memory beyond the cache's bounds (set small here),
+//!   runs not final never do;
+//! - a restart (`State::load` from what was written, as the engine loads
+//!   its live set) gets back every run that was not final, as it was.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -56,6 +63,9 @@ enum Op {
     Recycle(u8),
     Disconnect(u8),
     ClearQuarantine(u8),
+    /// The engine restarts: state loaded from what was committed, every
+    /// worker's session gone.
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -73,6 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(Op::Recycle),
         1 => (0u8..3).prop_map(Op::Disconnect),
         1 => any::<u8>().prop_map(Op::ClearQuarantine),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -85,8 +96,97 @@ const SPECS: &[&str] = &[
     "name = \"hangs\"\n[[step]]\nqueue = \"q2\"\nrun = \"e\"\ntimeout = \"1s\"\n",
 ];
 
+/// What the commits wrote, kept as a store keeps it.
+#[derive(Default)]
+struct Stored {
+    runs: BTreeMap<String, Run>,
+    steps: BTreeMap<(String, u32), Step>,
+    workers: BTreeMap<String, Worker>,
+    leases: BTreeMap<String, Lease>,
+    approvals: BTreeMap<String, Approval>,
+    queues: BTreeMap<String, Queue>,
+    quarantines: BTreeMap<String, Quarantine>,
+    seq: u64,
+}
+
+impl Stored {
+    fn apply(&mut self, b: crate::store::Batch) {
+        for r in b.runs {
+            assert!(r.steps.is_empty(), "a run header carries steps");
+            self.runs.insert(r.id.clone(), r);
+        }
+        for (run, step) in b.steps {
+            self.steps.insert((run, step.index), step);
+        }
+        for w in b.workers {
+            self.workers.insert(w.id.clone(), w);
+        }
+        for l in b.leases {
+            self.leases.insert(l.id.clone(), l);
+        }
+        for a in b.approvals {
+            self.approvals.insert(a.id.clone(), a);
+        }
+        for q in b.queues {
+            self.queues.insert(q.name.clone(), q);
+        }
+        for (name, q) in b.quarantines {
+            match q {
+                Some(q) => self.quarantines.insert(name, q),
+                None => self.quarantines.remove(&name),
+            };
+        }
+        if let Some(e) = b.events.last() {
+            self.seq = e.seq;
+        }
+    }
+
+    /// A run as a store reads it back: its header and its step rows.
+    fn run(&self, id: &str) -> Option<Run> {
+        let mut run = self.runs.get(id)?.clone();
+        run.steps = self
+            .steps
+            .range((id.to_owned(), 0)..=(id.to_owned(), u32::MAX))
+            .map(|(_, s)| s.clone())
+            .collect();
+        Some(run)
+    }
+
+    /// The live set, as `Store::load` returns it.
+    fn load(&self) -> Loaded {
+        Loaded {
+            runs: self
+                .runs
+                .values()
+                .filter(|r| !r.state.is_final())
+                .filter_map(|r| self.run(&r.id))
+                .collect(),
+            workers: self.workers.values().cloned().collect(),
+            leases: self
+                .leases
+                .values()
+                .filter(|l| l.state == LeaseState::Active)
+                .cloned()
+                .collect(),
+            approvals: self
+                .approvals
+                .values()
+                .filter(|a| a.state == ApprovalState::Pending)
+                .cloned()
+                .collect(),
+            queues: self.queues.values().cloned().collect(),
+            quarantines: self.quarantines.values().cloned().collect(),
+            seq: self.seq,
+        }
+    }
+}
+
 struct Harness {
     s: State,
+    cfg: CoreConfig,
+    stored: Stored,
+    /// What a restart found wrong, reported by the next check.
+    broken: Option<String>,
     now: Millis,
     session: u64,
     /// What each connected worker's session received.
@@ -129,10 +229,15 @@ impl Harness {
             cancel_grace: Duration::from_secs(1),
             quarantine_after: 2,
             quarantine_window: Duration::from_secs(3600),
+            finished_runs_kept: 3,
+            finished_runs_kept_for: Duration::from_secs(8),
             ..CoreConfig::default()
         };
         Self {
-            s: State::load(cfg, Loaded::default(), T0),
+            s: State::load(cfg.clone(), Loaded::default(), T0),
+            cfg,
+            stored: Stored::default(),
+            broken: None,
             now: T0,
             session: 0,
             inbox: HashMap::new(),
@@ -150,9 +255,12 @@ impl Harness {
         command(&mut self.s, &mut tx);
         self.s.fire_timers(&mut tx);
         self.s.dispatch(&mut tx);
-        for e in self.s.batch(&mut tx).events {
-            *self.kinds.entry(e.kind).or_default() += 1;
+        let batch = self.s.batch(&mut tx);
+        let sealed = self.s.sealed();
+        for e in &batch.events {
+            *self.kinds.entry(e.kind.clone()).or_default() += 1;
         }
+        self.stored.apply(batch);
         for effect in tx.effects {
             match effect {
                 Effect::Reply(f) => f(None),
@@ -163,11 +271,46 @@ impl Harness {
         }
         for (worker, rx) in &mut self.inbox {
             while let Ok(m) = rx.try_recv() {
-                if let Some(pb::engine_message::Kind::Assign(a)) = m.kind {
-                    self.sent.push((worker.clone(), a));
+                match m.kind {
+                    Some(pb::engine_message::Kind::Assign(a)) => {
+                        self.sent.push((worker.clone(), a))
+                    }
+                    Some(pb::engine_message::Kind::Assignments(b)) => self
+                        .sent
+                        .extend(b.assignments.into_iter().map(|a| (worker.clone(), a))),
+                    _ => {}
                 }
             }
         }
+        // As the core does once the batch is committed.
+        self.s.committed(sealed);
+        self.s.evict(self.now);
+    }
+
+    /// The engine restarts on what was committed.
+    fn restart(&mut self) -> Result<(), String> {
+        let live: Vec<Run> = self
+            .s
+            .runs
+            .values()
+            .filter(|r| !r.state.is_final())
+            .cloned()
+            .collect();
+        self.s = State::load(self.cfg.clone(), self.stored.load(), self.now);
+        self.inbox.clear();
+        for run in live {
+            match self.s.runs.get(&run.id) {
+                Some(loaded) if *loaded == run => {}
+                Some(loaded) => {
+                    return Err(format!(
+                        "run {} came back as {loaded:?}, was {run:?}",
+                        run.id
+                    ));
+                }
+                None => return Err(format!("live run {} was not loaded", run.id)),
+            }
+        }
+        Ok(())
     }
 
     fn connected(&self, worker: &str) -> bool {
@@ -370,12 +513,54 @@ impl Harness {
                     let _ = s.clear_quarantine(tx, &name, &alice(), "model");
                 });
             }
+            Op::Restart => {
+                if let Err(e) = self.restart() {
+                    self.broken.get_or_insert(e);
+                }
+            }
         }
     }
 
     /// Every invariant, or what broke.
     fn check(&mut self) -> Result<(), String> {
+        if let Some(broken) = self.broken.take() {
+            return Err(broken);
+        }
         let s = &self.s;
+        // Everything in memory was written as it is.
+        for run in s.runs.values() {
+            match self.stored.run(&run.id) {
+                Some(stored) if stored == *run => {}
+                Some(stored) => {
+                    return Err(format!(
+                        "run {} in memory differs from what was written:\n  memory {run:?}\n  stored {stored:?}",
+                        run.id
+                    ));
+                }
+                None => return Err(format!("run {} was never written", run.id)),
+            }
+        }
+        for a in s.approvals.values() {
+            if self.stored.approvals.get(&a.id) != Some(a) {
+                return Err(format!(
+                    "approval {} in memory differs from what was written",
+                    a.id
+                ));
+            }
+        }
+        // The cache of finished runs keeps to its bounds; live runs stay.
+        let finished = s.runs.values().filter(|r| r.state.is_final()).count();
+        if finished > self.cfg.finished_runs_kept {
+            return Err(format!(
+                "{finished} finished runs in memory, more than the {} kept",
+                self.cfg.finished_runs_kept
+            ));
+        }
+        for stored in self.stored.runs.values() {
+            if !stored.state.is_final() && !s.runs.contains_key(&stored.id) {
+                return Err(format!("live run {} left memory", stored.id));
+            }
+        }
         // At most one live lease per step; leased/running exactly when held.
         let mut per_step: BTreeMap<(String, u32), &Lease> = BTreeMap::new();
         for l in s.leases.values() {

@@ -1,0 +1,770 @@
+//! The live state and every transition of it.
+//!
+//! Only the core task touches a [`State`]. Each transition records what it
+//! changed in a [`Tx`]: the objects to persist, the events to publish and
+//! the effects (answers, messages to workers) to carry out once the
+//! transaction is committed. Nothing here does I/O, so every rule can be
+//! tested with a plain clock.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opsdeck_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+mod approvals;
+mod dispatch;
+mod feed;
+mod leases;
+mod quarantine;
+mod reads;
+mod runs;
+mod timers;
+mod workers;
+
+use super::tx::{Effect, Tx};
+use crate::convert;
+use crate::domain::spec::{Limits, RunSpec};
+use crate::domain::{
+    Actor, Approval, ApprovalState, Decision, Grants, Lease, LeaseState, Millis, OnTimeout,
+    Quarantine, Queue, Run, RunState, Step, StepKindSpec, StepState, Worker, WorkerState,
+    validate_queue_name,
+};
+use crate::error::{EngineError, EngineResult};
+use crate::secrets::Secrets;
+use crate::store::Loaded;
+
+/// Timings and limits of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub heartbeat_interval: Duration,
+    pub lease_ttl: Duration,
+    /// A worker without a heartbeat for this long is offline.
+    pub worker_timeout: Duration,
+    /// Sent with cancels: SIGTERM, then SIGKILL after this long.
+    pub cancel_grace: Duration,
+    pub limits: Limits,
+    /// Output kept per attempt; the rest is dropped and marked truncated.
+    pub output_cap_bytes: usize,
+    /// Events a stream subscriber may have unread before it is cut off.
+    pub subscriber_buffer: usize,
+    /// A run name whose leases get stuck this many times within
+    /// `quarantine_window` is quarantined; 0 never quarantines.
+    pub quarantine_after: u32,
+    pub quarantine_window: Duration,
+    /// The config's `[secrets]`, named by specs' secret env entries.
+    pub secrets: Secrets,
+    /// Finished runs kept in memory for the console, at most this many and
+    /// for at most `finished_runs_kept_for`; older ones are read from the
+    /// store when asked.
+    pub finished_runs_kept: usize,
+    pub finished_runs_kept_for: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
+            worker_timeout: Duration::from_secs(15),
+            cancel_grace: Duration::from_secs(10),
+            limits: Limits::default(),
+            output_cap_bytes: 1024 * 1024,
+            subscriber_buffer: 4096,
+            quarantine_after: 5,
+            quarantine_window: Duration::from_secs(60 * 60),
+            secrets: Secrets::default(),
+            finished_runs_kept: 10_000,
+            finished_runs_kept_for: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Ready steps sort by priority (highest first), then by readiness (oldest first).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ReadyKey {
+    priority: Reverse<i32>,
+    order: u64,
+    run_id: String,
+    step: u32,
+}
+
+#[derive(Debug, Default)]
+struct QueueLive {
+    queue: Queue,
+    ready: BTreeSet<ReadyKey>,
+    /// When each ready step became ready, by its readiness order.
+    ages: BTreeMap<u64, Millis>,
+    delayed: u64,
+    running: u64,
+    enqueued: VecDeque<Millis>,
+    completed: VecDeque<Millis>,
+}
+
+const RATE_WINDOW_MS: Millis = 60_000;
+
+fn trim_window(q: &mut VecDeque<Millis>, now: Millis) {
+    while q.front().is_some_and(|t| *t <= now - RATE_WINDOW_MS) {
+        q.pop_front();
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    LeaseExpiry(String),
+    Heartbeat(String),
+    ApprovalDeadline(String),
+    RetryDue(String, u32),
+    /// Whether a lease outlived its step's timeout, the cancel grace and two
+    /// heartbeats: its worker could not stop the step.
+    StuckCheck(String),
+}
+
+/// A connected worker process.
+struct Session {
+    id: u64,
+    tx: mpsc::UnboundedSender<pb::EngineMessage>,
+}
+
+/// A stream subscriber (console Watch, event follow).
+struct Subscriber {
+    tx: mpsc::Sender<Arc<pb::Event>>,
+    /// Events up to here were in its snapshot or replay.
+    after: u64,
+    run_id: Option<String>,
+    lagged: Arc<Lagged>,
+}
+
+/// Set by the core when it cuts a subscriber off for falling behind; the
+/// stream's task stops at once (dropping what it had buffered) and sends
+/// the client a resync.
+#[derive(Default)]
+pub struct Lagged {
+    flag: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Lagged {
+    fn set(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Stores a permit when nobody waits yet, so it is never missed.
+        self.notify.notify_one();
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once the subscriber has been cut off.
+    pub async fn wait(&self) {
+        if !self.is_set() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What a new subscriber gets: the seq it starts after, a snapshot when it
+/// needs one, and the live feed.
+pub struct Subscription {
+    pub head: u64,
+    pub snapshot: Option<Snapshot>,
+    pub rx: mpsc::Receiver<Arc<pb::Event>>,
+    /// Set when the feed was cut off because the subscriber fell behind.
+    pub lagged: Arc<Lagged>,
+}
+
+#[derive(Default)]
+pub struct Snapshot {
+    pub runs: Vec<pb::Run>,
+    pub workers: Vec<pb::Worker>,
+    pub queues: Vec<pb::Queue>,
+    pub leases: Vec<pb::Lease>,
+    pub approvals: Vec<pb::Approval>,
+    pub quarantines: Vec<pb::Quarantine>,
+}
+
+/// An event being put together: its kind, its subjects and a sentence.
+#[derive(Default)]
+pub struct Ev {
+    kind: &'static str,
+    run: Option<String>,
+    step: Option<u32>,
+    worker: Option<String>,
+    /// Carry the worker's new state (worker events); a lease event names
+    /// its worker without it.
+    worker_changed: bool,
+    lease: Option<String>,
+    approval: Option<String>,
+    queue: Option<String>,
+    quarantine: Option<pb::Quarantine>,
+    message: String,
+}
+
+impl Ev {
+    fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+    fn run(mut self, id: &str) -> Self {
+        self.run = Some(id.to_owned());
+        self
+    }
+    fn step(mut self, run: &str, index: u32) -> Self {
+        self.run = Some(run.to_owned());
+        self.step = Some(index);
+        self
+    }
+    fn worker(mut self, id: &str) -> Self {
+        self.worker = Some(id.to_owned());
+        self.worker_changed = true;
+        self
+    }
+    /// Names the worker the event is about without a change to it.
+    fn on_worker(mut self, id: &str) -> Self {
+        self.worker = Some(id.to_owned());
+        self
+    }
+    fn lease(mut self, l: &Lease) -> Self {
+        self.lease = Some(l.id.clone());
+        self.worker = Some(l.worker_id.clone());
+        self.queue = Some(l.queue.clone());
+        self.step(&l.run_id, l.step_index)
+    }
+    fn approval(mut self, a: &Approval) -> Self {
+        self.approval = Some(a.id.clone());
+        self.step(&a.run_id, a.step_index)
+    }
+    fn queue(mut self, q: &str) -> Self {
+        self.queue = Some(q.to_owned());
+        self
+    }
+    fn quarantine(mut self, q: &Quarantine) -> Self {
+        self.quarantine = Some(convert::quarantine(q));
+        self
+    }
+}
+
+pub struct State {
+    cfg: CoreConfig,
+    /// Runs not final, and the cache of recently finished ones.
+    runs: BTreeMap<String, Run>,
+    /// Finished runs in the cache, in the order they finished: (when, id).
+    finished: VecDeque<(Millis, String)>,
+    /// Runs ever put in `finished`, and how many of those had their final
+    /// state committed: only those may leave memory.
+    finished_pushed: u64,
+    finished_committed: u64,
+    run_ids: ulid::Generator,
+    idempotency: HashMap<String, String>,
+    queues: BTreeMap<String, QueueLive>,
+    workers: BTreeMap<String, Worker>,
+    sessions: HashMap<String, Session>,
+    /// Live leases only; ended ones are kept in `recent_leases` for listing.
+    leases: HashMap<String, Lease>,
+    worker_leases: HashMap<String, BTreeSet<String>>,
+    recent_leases: VecDeque<Lease>,
+    approvals: BTreeMap<String, Approval>,
+    /// Run names refused (and not dispatched) until an operator clears them.
+    quarantines: BTreeMap<String, Quarantine>,
+    /// When leases of runs of each name got stuck, within the window.
+    stuck_at: HashMap<String, VecDeque<Millis>>,
+    timers: BinaryHeap<Reverse<(Millis, Timer)>>,
+    subscribers: Vec<Subscriber>,
+    output_bytes: HashMap<String, usize>,
+    /// Queues whose figures changed since the last commit's events.
+    changed_queues: BTreeSet<String>,
+    seq: u64,
+    ready_order: u64,
+    /// Round-robin position among workers of equal standing.
+    rr: usize,
+}
+
+const RECENT_LEASES: usize = 500;
+
+impl State {
+    /// Rebuilds the live state from what the store holds. Live leases get a
+    /// fresh TTL from `now`, so their workers have time to reconnect.
+    pub fn load(cfg: CoreConfig, loaded: Loaded, now: Millis) -> Self {
+        let mut s = Self {
+            cfg,
+            runs: BTreeMap::new(),
+            finished: VecDeque::new(),
+            finished_pushed: 0,
+            finished_committed: 0,
+            run_ids: ulid::Generator::new(),
+            idempotency: HashMap::new(),
+            queues: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            sessions: HashMap::new(),
+            leases: HashMap::new(),
+            worker_leases: HashMap::new(),
+            recent_leases: VecDeque::new(),
+            approvals: BTreeMap::new(),
+            quarantines: loaded
+                .quarantines
+                .into_iter()
+                .map(|q| (q.name.clone(), q))
+                .collect(),
+            stuck_at: HashMap::new(),
+            timers: BinaryHeap::new(),
+            subscribers: Vec::new(),
+            output_bytes: HashMap::new(),
+            changed_queues: BTreeSet::new(),
+            seq: loaded.seq,
+            ready_order: 0,
+            rr: 0,
+        };
+        for q in loaded.queues {
+            s.queues.insert(
+                q.name.clone(),
+                QueueLive {
+                    queue: q,
+                    ..Default::default()
+                },
+            );
+        }
+        let ttl = ms(s.cfg.lease_ttl);
+        for mut l in loaded.leases {
+            if l.state != LeaseState::Active {
+                continue;
+            }
+            l.expires_at = l.expires_at.max(now + ttl);
+            s.queue_live(&l.queue).running += 1;
+            s.worker_leases
+                .entry(l.worker_id.clone())
+                .or_default()
+                .insert(l.id.clone());
+            s.timers
+                .push(Reverse((l.expires_at, Timer::LeaseExpiry(l.id.clone()))));
+            s.leases.insert(l.id.clone(), l);
+        }
+        let timeout = ms(s.cfg.worker_timeout);
+        for mut w in loaded.workers {
+            if matches!(
+                w.state,
+                WorkerState::Online | WorkerState::Draining | WorkerState::Recycling
+            ) {
+                // Not connected yet: give it a heartbeat timeout to come back.
+                w.last_heartbeat_at = now;
+                s.timers
+                    .push(Reverse((now + timeout, Timer::Heartbeat(w.id.clone()))));
+            }
+            s.workers.insert(w.id.clone(), w);
+        }
+        let mut ready = Vec::new();
+        for run in loaded.runs {
+            if let Some(k) = &run.idempotency_key {
+                s.idempotency.insert(k.clone(), run.id.clone());
+            }
+            if !run.state.is_final() {
+                for step in &run.steps {
+                    let Some(queue) = step.queue() else { continue };
+                    match step.state {
+                        StepState::Queued => {
+                            ready.push((step.ready_since.unwrap_or(0), run.id.clone(), step.index))
+                        }
+                        StepState::RetryWait => {
+                            s.queue_live(queue).delayed += 1;
+                            let due = step.next_attempt_at.unwrap_or(now);
+                            s.timers
+                                .push(Reverse((due, Timer::RetryDue(run.id.clone(), step.index))));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if run.state.is_final() {
+                s.finished
+                    .push_back((run.finished_at.unwrap_or(run.updated_at), run.id.clone()));
+            }
+            s.runs.insert(run.id.clone(), run);
+        }
+        s.finished.make_contiguous().sort();
+        // Loaded from the store: committed.
+        s.finished_pushed = s.finished.len() as u64;
+        s.finished_committed = s.finished_pushed;
+        ready.sort();
+        for (_, run_id, index) in ready {
+            s.enqueue_ready(&run_id, index);
+        }
+        let live: Vec<(String, Millis)> = s
+            .leases
+            .values()
+            .filter(|l| !l.stuck)
+            .filter_map(|l| Some((l.id.clone(), s.stuck_check_at(l)?)))
+            .collect();
+        for (id, at) in live {
+            s.timers.push(Reverse((at, Timer::StuckCheck(id))));
+        }
+        for a in loaded.approvals {
+            if a.state == ApprovalState::Pending
+                && let Some(deadline) = a.deadline_at
+            {
+                s.timers
+                    .push(Reverse((deadline, Timer::ApprovalDeadline(a.id.clone()))));
+            }
+            s.approvals.insert(a.id.clone(), a);
+        }
+        s
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// When the next timer is due, or the oldest finished run leaves the cache.
+    pub fn next_timer(&self) -> Option<Millis> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let evict = self
+            .finished
+            .front()
+            .map(|(at, _)| at + ms(self.cfg.finished_runs_kept_for));
+        match (timer, evict) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl State {
+    /// A step's name, for sentences.
+    fn step_name(&self, run_id: &str, index: u32) -> String {
+        self.runs
+            .get(run_id)
+            .and_then(|r| r.step(index))
+            .map_or_else(|| format!("#{}", index + 1), |s| s.spec.name.clone())
+    }
+}
+
+/// A Unix-milliseconds time as people read it (UTC).
+fn time_word(at: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn not_found(what: &str, id: &str, list: &str) -> EngineError {
+    EngineError::NotFound(format!("no {what} with id {id:?}; `{list}` lists them"))
+}
+
+fn word(s: RunState) -> String {
+    use opsdeck_proto::names::Word;
+    convert::run_state(s).word()
+}
+
+fn approval_word(s: ApprovalState) -> &'static str {
+    match s {
+        ApprovalState::Pending => "pending",
+        ApprovalState::Approved => "approved",
+        ApprovalState::Rejected => "rejected",
+        ApprovalState::Expired => "expired",
+        ApprovalState::Cancelled => "cancelled",
+    }
+}
+
+fn lease_word(s: LeaseState) -> &'static str {
+    match s {
+        LeaseState::Active => "active",
+        LeaseState::Released => "released",
+        LeaseState::Expired => "expired",
+        LeaseState::ForceReleased => "force_released",
+    }
+}
+
+impl State {
+    /// Takes over the worker sessions and stream subscribers of a state
+    /// being replaced by a reload.
+    pub fn adopt_connections(&mut self, old: State) {
+        self.sessions = old.sessions;
+        self.subscribers = old.subscribers;
+    }
+}
+
+#[cfg(test)]
+mod model_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::spec::parse;
+
+    const T0: Millis = 1_000_000;
+
+    fn state() -> State {
+        State::load(CoreConfig::default(), Loaded::default(), T0)
+    }
+
+    fn alice() -> Actor {
+        Actor {
+            name: "alice".into(),
+            transport: "unix",
+        }
+    }
+
+    fn submit(s: &mut State, spec: &str) -> String {
+        let mut tx = Tx::new(T0);
+        let spec = parse(spec, &Limits::default()).unwrap();
+        s.submit(&mut tx, spec, None, &alice(), "test")
+            .unwrap()
+            .0
+            .id
+    }
+
+    /// Connects a worker and returns what the engine sends it.
+    fn worker(
+        s: &mut State,
+        id: &str,
+        queues: &[&str],
+        slots: u32,
+    ) -> mpsc::UnboundedReceiver<pb::EngineMessage> {
+        worker_at(s, id, queues, slots, T0)
+    }
+
+    fn worker_at(
+        s: &mut State,
+        id: &str,
+        queues: &[&str],
+        slots: u32,
+        now: Millis,
+    ) -> mpsc::UnboundedReceiver<pb::EngineMessage> {
+        let (out, rx) = mpsc::unbounded_channel();
+        let hello = pb::Hello {
+            worker_id: id.into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            slots,
+            generation: 1,
+            ..Default::default()
+        };
+        let mut tx = Tx::new(now);
+        s.hello(&mut tx, 1, id, hello, out).unwrap();
+        run_effects(tx);
+        rx
+    }
+
+    fn run_effects(tx: Tx) {
+        for e in tx.effects {
+            match e {
+                Effect::Reply(f) => f(None),
+                Effect::Send(to, m) => {
+                    let _ = to.send(*m);
+                }
+            }
+        }
+    }
+
+    fn assignments(rx: &mut mpsc::UnboundedReceiver<pb::EngineMessage>) -> Vec<pb::Assignment> {
+        let mut out = vec![];
+        while let Ok(m) = rx.try_recv() {
+            match m.kind {
+                Some(pb::engine_message::Kind::Assign(a)) => out.push(a),
+                Some(pb::engine_message::Kind::Assignments(b)) => out.extend(b.assignments),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn dispatch(s: &mut State, now: Millis) {
+        let mut tx = Tx::new(now);
+        s.fire_timers(&mut tx);
+        s.dispatch(&mut tx);
+        run_effects(tx);
+    }
+
+    fn result(
+        s: &mut State,
+        worker: &str,
+        a: &pb::Assignment,
+        outcome: pb::Outcome,
+        now: Millis,
+    ) -> Vec<pb::Event> {
+        let mut tx = Tx::new(now);
+        let r = pb::StepResult {
+            lease_id: a.lease_id.clone(),
+            fencing_token: a.fencing_token,
+            outcome: outcome as i32,
+            ..Default::default()
+        };
+        s.step_result(&mut tx, worker, r);
+        let events = std::mem::take(&mut tx.events);
+        run_effects(tx);
+        events
+    }
+
+    const ONE_STEP: &str = "name = \"x\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\nmax_attempts = 2\nbackoff = \"1s\"\n";
+
+    #[test]
+    fn a_result_with_a_stale_fencing_token_is_refused() {
+        let mut s = state();
+        let mut w1 = worker(&mut s, "w1", &["q"], 1);
+        let run = submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0);
+        let first = assignments(&mut w1).pop().unwrap();
+        // The lease expires; the step is leased again with a higher token.
+        dispatch(&mut s, T0 + 31_000);
+        let mut w2 = worker_at(&mut s, "w2", &["q"], 1, T0 + 31_000);
+        dispatch(&mut s, T0 + 31_001);
+        let second = assignments(&mut w2).pop().unwrap();
+        assert!(second.fencing_token > first.fencing_token);
+        let events = result(&mut s, "w1", &first, pb::Outcome::Succeeded, T0 + 31_002);
+        assert_eq!(
+            events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["result.refused"]
+        );
+        let events = result(&mut s, "w2", &second, pb::Outcome::Succeeded, T0 + 31_003);
+        assert!(events.iter().any(|e| e.kind == "run.succeeded"));
+        assert_eq!(
+            s.get_run(&run).unwrap().state,
+            pb::RunState::Succeeded as i32
+        );
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_after_its_backoff_then_dead() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let run = submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0);
+        let a = assignments(&mut w).pop().unwrap();
+        let events = result(&mut s, "w", &a, pb::Outcome::Failed, T0 + 10);
+        assert!(events.iter().any(|e| e.kind == "step.retry_scheduled"));
+        dispatch(&mut s, T0 + 500);
+        assert!(
+            assignments(&mut w).is_empty(),
+            "no retry before the backoff"
+        );
+        dispatch(&mut s, T0 + 1_010);
+        let b = assignments(&mut w).pop().unwrap();
+        assert_eq!(b.attempt, 2);
+        let events = result(&mut s, "w", &b, pb::Outcome::Failed, T0 + 1_020);
+        assert!(events.iter().any(|e| e.kind == "step.dead"));
+        assert_eq!(s.get_run(&run).unwrap().state, pb::RunState::Failed as i32);
+    }
+
+    #[test]
+    fn steps_are_leased_by_priority_then_in_order() {
+        let mut s = state();
+        let low = submit(&mut s, ONE_STEP);
+        let high = submit(
+            &mut s,
+            "name = \"h\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\npriority = 5\n",
+        );
+        let later = submit(&mut s, ONE_STEP);
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let mut order = vec![];
+        for i in 0..3 {
+            dispatch(&mut s, T0 + i);
+            let a = assignments(&mut w).pop().unwrap();
+            order.push(a.run_id.clone());
+            result(&mut s, "w", &a, pb::Outcome::Succeeded, T0 + i);
+        }
+        assert_eq!(order, [high, low, later]);
+    }
+
+    #[test]
+    fn the_submitter_cannot_approve_unless_the_step_allows_it() {
+        let mut s = state();
+        submit(&mut s, "name = \"a\"\n[[step]]\napproval = {}\n");
+        let id = s.list_approvals(false)[0].id.clone();
+        let mut tx = Tx::new(T0);
+        let approver = Grants::new([crate::domain::Role::Approver], []);
+        let err = s
+            .decide(&mut tx, &id, true, &alice(), &approver, "mine")
+            .unwrap_err();
+        assert!(matches!(err, EngineError::PermissionDenied(m) if m.contains("four eyes")));
+        let bob = Actor {
+            name: "bob".into(),
+            transport: "tcp",
+        };
+        s.decide(&mut tx, &id, true, &bob, &approver, "ok").unwrap();
+        let again = s
+            .decide(&mut tx, &id, true, &bob, &approver, "ok")
+            .unwrap_err();
+        assert!(matches!(again, EngineError::FailedPrecondition(_)));
+    }
+
+    #[test]
+    fn a_paused_queue_hands_out_nothing_until_resumed() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let mut tx = Tx::new(T0);
+        s.set_queue_paused(&mut tx, "q", true, &alice(), "incident")
+            .unwrap();
+        submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0);
+        assert!(assignments(&mut w).is_empty());
+        let mut tx = Tx::new(T0);
+        s.set_queue_paused(&mut tx, "q", false, &alice(), "over")
+            .unwrap();
+        dispatch(&mut s, T0);
+        assert_eq!(assignments(&mut w).len(), 1);
+    }
+
+    #[test]
+    fn a_reregistering_worker_keeps_held_leases_and_returns_the_others() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 2);
+        submit(&mut s, ONE_STEP);
+        submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0);
+        let leased = assignments(&mut w);
+        assert_eq!(leased.len(), 2);
+        let (out, _rx) = mpsc::unbounded_channel();
+        let hello = pb::Hello {
+            worker_id: "w".into(),
+            queues: vec!["q".into()],
+            slots: 2,
+            generation: 1,
+            held: vec![pb::HeldLease {
+                lease_id: leased[0].lease_id.clone(),
+                fencing_token: leased[0].fencing_token,
+            }],
+            ..Default::default()
+        };
+        let mut tx = Tx::new(T0 + 5);
+        s.hello(&mut tx, 2, "w", hello, out).unwrap();
+        let live: Vec<String> = s.list_leases(false).into_iter().map(|l| l.id).collect();
+        assert_eq!(live, [leased[0].lease_id.clone()]);
+        assert!(
+            tx.events
+                .iter()
+                .any(|e| e.kind == "lease.expired" && e.lease_id == leased[1].lease_id)
+        );
+    }
+
+    #[test]
+    fn another_identity_cannot_take_over_a_connected_workers_session() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let (out, _rx) = mpsc::unbounded_channel();
+        let hello = pb::Hello {
+            worker_id: "w".into(),
+            queues: vec!["*".into()],
+            slots: 8,
+            generation: 1,
+            ..Default::default()
+        };
+        let mut tx = Tx::new(T0 + 5);
+        let refused = s.hello(&mut tx, 2, "mallory", hello, out);
+        assert!(
+            matches!(&refused, Err(EngineError::PermissionDenied(m)) if m.contains("connected as w")),
+            "{refused:?}"
+        );
+        // The worker keeps its session and its work.
+        submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0 + 10);
+        assert_eq!(assignments(&mut w).len(), 1);
+    }
+}

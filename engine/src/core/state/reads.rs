@@ -1,0 +1,121 @@
+//! Answers to reads of the live state, as the API shapes them.
+
+use super::*;
+
+impl State {
+    /// Quarantined run names, by name.
+    pub fn list_quarantines(&self) -> Vec<pb::Quarantine> {
+        self.quarantines.values().map(convert::quarantine).collect()
+    }
+
+    pub fn get_run(&self, id: &str) -> EngineResult<pb::Run> {
+        self.runs
+            .get(id)
+            .map(convert::run)
+            .ok_or_else(|| not_found("run", id, "opsdeck runs"))
+    }
+
+    pub fn list_runs(&self, states: &[RunState], limit: usize) -> Vec<pb::Run> {
+        self.runs
+            .values()
+            .rev()
+            .filter(|r| states.is_empty() || states.contains(&r.state))
+            .take(limit)
+            .map(convert::run)
+            .collect()
+    }
+
+    pub fn worker_pb(&self, id: &str) -> Option<pb::Worker> {
+        let w = self.workers.get(id)?;
+        let leases = self
+            .worker_leases
+            .get(id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        Some(convert::worker(w, self.sessions.contains_key(id), leases))
+    }
+
+    pub fn get_worker(&self, id: &str) -> EngineResult<pb::Worker> {
+        self.worker_pb(id)
+            .ok_or_else(|| not_found("worker", id, "opsdeck workers"))
+    }
+
+    pub fn list_workers(&self) -> Vec<pb::Worker> {
+        self.workers
+            .keys()
+            .filter_map(|id| self.worker_pb(id))
+            .collect()
+    }
+
+    pub fn queue_pb(&self, name: &str, now: Millis) -> Option<pb::Queue> {
+        let q = self.queues.get(name)?;
+        // Readiness order follows time, so the first in order is the oldest.
+        let oldest = q.ages.first_key_value().map(|(_, since)| *since);
+        let in_window =
+            |v: &VecDeque<Millis>| v.iter().filter(|t| **t > now - RATE_WINDOW_MS).count() as u64;
+        Some(pb::Queue {
+            name: name.to_owned(),
+            paused: q.queue.paused,
+            ready: q.ready.len() as u64,
+            delayed: q.delayed,
+            running: q.running,
+            oldest_ready_age_ms: oldest.map_or(0, |t| u64::try_from(now - t).unwrap_or(0)),
+            enqueued_last_minute: in_window(&q.enqueued),
+            completed_last_minute: in_window(&q.completed),
+            workers: self
+                .workers
+                .values()
+                .filter(|w| self.sessions.contains_key(&w.id) && w.serves(name))
+                .count() as u32,
+        })
+    }
+
+    pub fn list_queues(&self, now: Millis) -> Vec<pb::Queue> {
+        self.queues
+            .keys()
+            .filter_map(|q| self.queue_pb(q, now))
+            .collect()
+    }
+
+    /// Live leases, those whose holder is gone first, then by expiry.
+    pub fn list_leases(&self, all: bool) -> Vec<pb::Lease> {
+        let mut live: Vec<&Lease> = self.leases.values().collect();
+        live.sort_by_key(|l| {
+            (
+                self.sessions.contains_key(&l.worker_id),
+                l.expires_at,
+                l.id.clone(),
+            )
+        });
+        let mut out: Vec<pb::Lease> = live
+            .into_iter()
+            .map(|l| convert::lease(l, self.runs.get(&l.run_id)))
+            .collect();
+        if all {
+            out.extend(
+                self.recent_leases
+                    .iter()
+                    .rev()
+                    .map(|l| convert::lease(l, self.runs.get(&l.run_id))),
+            );
+        }
+        out
+    }
+
+    /// Pending approvals (oldest first), then decided ones if asked.
+    pub fn list_approvals(&self, all: bool) -> Vec<pb::Approval> {
+        let pending = self
+            .approvals
+            .values()
+            .filter(|a| a.state == ApprovalState::Pending);
+        let decided = self
+            .approvals
+            .values()
+            .rev()
+            .filter(|a| a.state != ApprovalState::Pending);
+        pending
+            .chain(decided.take(if all { usize::MAX } else { 0 }))
+            .map(|a| convert::approval(a, self.runs.get(&a.run_id)))
+            .collect()
+    }
+}

@@ -1,0 +1,808 @@
+//! The body both dialects share: every statement of `commit`, `load`, the
+//! run reads and `prune`, written once over [`sqlx::Database`] with
+//! [`QueryBuilder`] writing the placeholders (`?` or `$n`). What differs
+//! between SQLite and PostgreSQL is in a [`Dialect`].
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use opsdeck_proto::v1 as pb;
+use serde_json::Value;
+use sqlx::query_builder::Separated;
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, QueryBuilder, Row, Type,
+};
+
+use super::codec::{body, event_body, event_with_columns, json, parse, state_word, with_columns};
+use super::{Batch, Loaded, Prune, Pruned, RunFilter, StoreError};
+use crate::domain::{Approval, Lease, Quarantine, Queue, Run, Step, Worker};
+
+/// What SQLite and PostgreSQL spell differently.
+pub(super) struct Dialect {
+    /// The most bind parameters one statement may carry.
+    pub max_binds: usize,
+    /// Appended to a bound labels value: PostgreSQL's column is `jsonb`.
+    pub json_cast: &'static str,
+    /// The labels column read back as JSON text.
+    pub labels_text: &'static str,
+    pub labels: LabelMatch,
+}
+
+/// How a run's labels are matched against a filter's.
+pub(super) enum LabelMatch {
+    /// One `EXISTS (… json_each(labels) …)` per label (SQLite): keys are
+    /// bound, never spliced into a JSON path, so no key needs quoting.
+    JsonEach,
+    /// `labels @> filter` (PostgreSQL, served by a GIN index).
+    Contains,
+}
+
+/// The query result's count of rows a statement changed.
+pub(super) trait Affected {
+    fn rows(&self) -> u64;
+}
+
+impl Affected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Affected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+const FINAL: &str = "('succeeded', 'failed', 'cancelled')";
+const RUN_COLUMNS: &str = "id, name, state, created_at, idempotency_key, submitted_by, finished_at";
+/// The fields of a run's JSON that are columns of its row (and `steps`,
+/// which are rows of their own).
+const RUN_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "state",
+    "created_at",
+    "idempotency_key",
+    "submitted_by",
+    "finished_at",
+    "labels",
+    "steps",
+];
+const STEP_FIELDS: &[&str] = &["index", "state"];
+const LEASE_FIELDS: &[&str] = &["id", "run_id", "state"];
+
+pub(super) struct Sql<DB>(PhantomData<DB>);
+
+impl<DB> Sql<DB>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    DB::QueryResult: Affected,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// Inserts `rows` with as few statements as the bind limit allows:
+    /// `head VALUES (…), (…) tail`, `cols` binds a row.
+    async fn insert<R: Send>(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        head: &str,
+        cols: usize,
+        tail: &str,
+        rows: Vec<R>,
+        mut bind: impl FnMut(Separated<'_, DB, &'static str>, R) + Send,
+    ) -> Result<(), sqlx::Error> {
+        let per = (d.max_binds / cols).max(1);
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let mut q = QueryBuilder::<DB>::new(head);
+            q.push_values(rows.by_ref().take(per), &mut bind);
+            q.push(tail);
+            q.build().execute(&mut *c).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch on `c`, inside the caller's transaction.
+    pub async fn commit(c: &mut DB::Connection, d: &Dialect, b: &Batch) -> Result<(), StoreError> {
+        let runs = last_per_key(&b.runs, |r| r.id.clone())
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    r.id.clone(),
+                    r.name.clone(),
+                    state_word(&r.state)?,
+                    r.created_at,
+                    r.idempotency_key.clone(),
+                    r.submitted_by.clone(),
+                    r.finished_at,
+                    json(&r.labels)?,
+                    body(r, RUN_FIELDS)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO runs (id, name, state, created_at, idempotency_key, submitted_by, \
+             finished_at, labels, body) ",
+            9,
+            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = excluded.state, \
+             created_at = excluded.created_at, idempotency_key = excluded.idempotency_key, \
+             submitted_by = excluded.submitted_by, finished_at = excluded.finished_at, \
+             labels = excluded.labels, body = excluded.body",
+            runs,
+            |mut s, r| {
+                s.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2)
+                    .push_bind(r.3)
+                    .push_bind(r.4)
+                    .push_bind(r.5)
+                    .push_bind(r.6)
+                    .push_bind(r.7)
+                    .push_unseparated(d.json_cast)
+                    .push_bind(r.8);
+            },
+        )
+        .await?;
+
+        // A run handed over whole (its steps in it) writes its steps too;
+        // `steps` comes after, so it wins.
+        let embedded = b
+            .runs
+            .iter()
+            .flat_map(|r| r.steps.iter().map(move |s| (&r.id, s)));
+        let all: Vec<(&String, &Step)> = embedded
+            .chain(b.steps.iter().map(|(run, s)| (run, s)))
+            .collect();
+        let steps = last_per_key(&all, |(run, s)| ((*run).clone(), s.index))
+            .into_iter()
+            .map(|(run, s)| {
+                Ok((
+                    (*run).clone(),
+                    i64::from(s.index),
+                    state_word(&s.state)?,
+                    body(*s, STEP_FIELDS)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO steps (run_id, idx, state, body) ",
+            4,
+            " ON CONFLICT (run_id, idx) DO UPDATE SET state = excluded.state, body = excluded.body",
+            steps,
+            |mut s, r| {
+                s.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2)
+                    .push_bind(r.3);
+            },
+        )
+        .await?;
+
+        let workers = last_per_key(&b.workers, |w| w.id.clone())
+            .into_iter()
+            .map(|w| {
+                Ok((
+                    w.id.clone(),
+                    state_word(&w.state)?,
+                    w.last_heartbeat_at,
+                    json(w)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO workers (id, state, last_heartbeat_at, body) ",
+            4,
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
+             last_heartbeat_at = excluded.last_heartbeat_at, body = excluded.body",
+            workers,
+            |mut s, r| {
+                s.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2)
+                    .push_bind(r.3);
+            },
+        )
+        .await?;
+
+        let leases = last_per_key(&b.leases, |l| l.id.clone())
+            .into_iter()
+            .map(|l| {
+                Ok((
+                    l.id.clone(),
+                    l.run_id.clone(),
+                    state_word(&l.state)?,
+                    body(l, LEASE_FIELDS)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO leases (id, run_id, state, body) ",
+            4,
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            leases,
+            |mut s, r| {
+                s.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2)
+                    .push_bind(r.3);
+            },
+        )
+        .await?;
+
+        let approvals = last_per_key(&b.approvals, |a| a.id.clone())
+            .into_iter()
+            .map(|a| {
+                Ok((
+                    a.id.clone(),
+                    a.run_id.clone(),
+                    state_word(&a.state)?,
+                    json(a)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO approvals (id, run_id, state, body) ",
+            4,
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            approvals,
+            |mut s, r| {
+                s.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2)
+                    .push_bind(r.3);
+            },
+        )
+        .await?;
+
+        let queues = last_per_key(&b.queues, |q| q.name.clone());
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO queues (name, paused) ",
+            2,
+            " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
+            queues,
+            |mut s, q| {
+                s.push_bind(q.name.clone()).push_bind(q.paused);
+            },
+        )
+        .await?;
+
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO events (seq, at, kind, run_id, actor, body) ",
+            6,
+            "",
+            b.events.iter().collect(),
+            |mut s, e| {
+                s.push_bind(e.seq as i64)
+                    .push_bind(e.at_ms)
+                    .push_bind(e.kind.clone())
+                    .push_bind((!e.run_id.is_empty()).then(|| e.run_id.clone()))
+                    .push_bind(e.actor.clone())
+                    .push_bind(event_body(e));
+            },
+        )
+        .await?;
+
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO output (run_id, step_index, attempt, stream, at, truncated, data) ",
+            7,
+            "",
+            b.outputs.iter().collect(),
+            |mut s, o| {
+                s.push_bind(o.run_id.clone())
+                    .push_bind(i64::from(o.step_index))
+                    .push_bind(i64::from(o.attempt))
+                    .push_bind(o.stream.clone())
+                    .push_bind(o.at_ms)
+                    .push_bind(o.truncated)
+                    .push_bind(o.data.clone());
+            },
+        )
+        .await?;
+
+        let quarantines = last_per_key(&b.quarantines, |(name, _)| name.clone());
+        let (set, cleared): (Vec<_>, Vec<_>) =
+            quarantines.into_iter().partition(|(_, q)| q.is_some());
+        let set = set
+            .into_iter()
+            .filter_map(|(name, q)| q.as_ref().map(|q| Ok((name.clone(), json(q)?))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO quarantines (name, body) ",
+            2,
+            " ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            set,
+            |mut s, r| {
+                s.push_bind(r.0).push_bind(r.1);
+            },
+        )
+        .await?;
+        for names in cleared.chunks(d.max_binds) {
+            let mut q = QueryBuilder::<DB>::new("DELETE FROM quarantines WHERE name IN (");
+            let mut list = q.separated(", ");
+            for (name, _) in names {
+                list.push_bind(name.clone());
+            }
+            q.push(")");
+            q.build().execute(&mut *c).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs (headers) a query selecting [`Self::run_select`] returns.
+    async fn headers(
+        c: &mut DB::Connection,
+        mut q: QueryBuilder<DB>,
+    ) -> Result<Vec<Run>, StoreError> {
+        let rows = q.build().fetch_all(&mut *c).await?;
+        rows.iter().map(run_from_row::<DB>).collect()
+    }
+
+    fn run_select(d: &Dialect) -> QueryBuilder<DB> {
+        QueryBuilder::new(format!(
+            "SELECT {RUN_COLUMNS}, {}, body FROM runs ",
+            d.labels_text
+        ))
+    }
+
+    /// Fills in the steps of `runs`, in one query per bind limit's worth.
+    async fn with_steps(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        mut runs: Vec<Run>,
+    ) -> Result<Vec<Run>, StoreError> {
+        let mut steps: HashMap<String, Vec<Step>> = HashMap::new();
+        let ids: Vec<&String> = runs.iter().map(|r| &r.id).collect();
+        for chunk in ids.chunks(d.max_binds) {
+            let mut q = QueryBuilder::<DB>::new(
+                "SELECT run_id, idx, state, body FROM steps WHERE run_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind((*id).clone());
+            }
+            q.push(") ORDER BY run_id, idx");
+            for row in q.build().fetch_all(&mut *c).await? {
+                let run: String = row.try_get(0)?;
+                let step = with_columns(
+                    "step",
+                    &row.try_get::<String, _>(3)?,
+                    [
+                        ("index", Value::from(row.try_get::<i64, _>(1)?)),
+                        ("state", Value::from(row.try_get::<String, _>(2)?)),
+                    ],
+                )?;
+                steps.entry(run).or_default().push(step);
+            }
+        }
+        for r in &mut runs {
+            r.steps = steps.remove(&r.id).unwrap_or_default();
+        }
+        Ok(runs)
+    }
+
+    pub async fn load(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        recent: u32,
+    ) -> Result<Loaded, StoreError> {
+        let mut q = Self::run_select(d);
+        q.push(format!("WHERE state NOT IN {FINAL} ORDER BY id"));
+        let mut runs = Self::headers(c, q).await?;
+        let mut q = Self::run_select(d);
+        q.push(format!(
+            "WHERE state IN {FINAL} ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT "
+        ));
+        q.push_bind(i64::from(recent));
+        runs.extend(Self::headers(c, q).await?);
+        let runs = Self::with_steps(c, d, runs).await?;
+
+        let leases = sqlx::query::<DB>(
+            "SELECT id, run_id, state, body FROM leases WHERE state = 'active' ORDER BY id",
+        )
+        .fetch_all(&mut *c)
+        .await?
+        .iter()
+        .map(lease_from_row::<DB>)
+        .collect::<Result<_, _>>()?;
+        let queues = sqlx::query::<DB>("SELECT name, paused FROM queues ORDER BY name")
+            .fetch_all(&mut *c)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Queue {
+                    name: r.try_get(0)?,
+                    paused: r.try_get(1)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let seq: Option<i64> = sqlx::query_scalar::<DB, Option<i64>>("SELECT MAX(seq) FROM events")
+            .fetch_one(&mut *c)
+            .await?;
+        Ok(Loaded {
+            runs,
+            workers: Self::bodies::<Worker>(c, "worker", "SELECT body FROM workers ORDER BY id")
+                .await?,
+            leases,
+            approvals: Self::bodies::<Approval>(
+                c,
+                "approval",
+                "SELECT body FROM approvals WHERE state = 'pending' ORDER BY id",
+            )
+            .await?,
+            queues,
+            quarantines: Self::bodies::<Quarantine>(
+                c,
+                "quarantine",
+                "SELECT body FROM quarantines ORDER BY name",
+            )
+            .await?,
+            seq: seq.unwrap_or(0) as u64,
+        })
+    }
+
+    async fn bodies<T: serde::de::DeserializeOwned>(
+        c: &mut DB::Connection,
+        what: &str,
+        sql: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = sqlx::query::<DB>(sql).fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| parse(what, &r.try_get::<String, _>(0)?))
+            .collect()
+    }
+
+    /// The one run `column` = `value` names, with its steps.
+    pub async fn run_where(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<Run>, StoreError> {
+        let mut q = Self::run_select(d);
+        q.push(format!("WHERE {column} = "));
+        q.push_bind(value.to_owned());
+        let runs = Self::headers(c, q).await?;
+        Ok(Self::with_steps(c, d, runs).await?.pop())
+    }
+
+    pub async fn list_runs(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        f: &RunFilter,
+        limit: u32,
+    ) -> Result<Vec<Run>, StoreError> {
+        let mut q = Self::run_select(d);
+        q.push("WHERE 1 = 1");
+        if !f.states.is_empty() {
+            q.push(" AND state IN (");
+            let mut list = q.separated(", ");
+            for s in &f.states {
+                list.push_bind(state_word(s)?);
+            }
+            q.push(")");
+        }
+        match f.name.as_deref().map(|n| (n, n.strip_suffix('*'))) {
+            None => {}
+            // The prefix is compared, not matched as a LIKE pattern: no
+            // character of it is a wildcard, and the comparison is
+            // case-sensitive in both dialects (SQLite's LIKE is not).
+            Some((_, Some(prefix))) => {
+                q.push(" AND substr(name, 1, length(");
+                q.push_bind(prefix.to_owned());
+                q.push(")) = ");
+                q.push_bind(prefix.to_owned());
+            }
+            Some((name, None)) => {
+                q.push(" AND name = ");
+                q.push_bind(name.to_owned());
+            }
+        }
+        if !f.labels.is_empty() {
+            match d.labels {
+                LabelMatch::JsonEach => {
+                    for (k, v) in &f.labels {
+                        q.push(" AND EXISTS (SELECT 1 FROM json_each(runs.labels) WHERE key = ");
+                        q.push_bind(k.clone());
+                        q.push(" AND value = ");
+                        q.push_bind(v.clone());
+                        q.push(")");
+                    }
+                }
+                LabelMatch::Contains => {
+                    q.push(" AND labels @> ");
+                    q.push_bind(json(&f.labels)?);
+                    q.push(d.json_cast);
+                }
+            }
+        }
+        if let Some(who) = &f.submitted_by {
+            q.push(" AND submitted_by = ");
+            q.push_bind(who.clone());
+        }
+        if let Some(since) = f.since {
+            q.push(" AND created_at >= ");
+            q.push_bind(since);
+        }
+        if let Some(until) = f.until {
+            q.push(" AND created_at < ");
+            q.push_bind(until);
+        }
+        if let Some(before) = &f.before_id {
+            q.push(" AND id < ");
+            q.push_bind(before.clone());
+        }
+        q.push(" ORDER BY id DESC LIMIT ");
+        q.push_bind(i64::from(limit));
+        let runs = Self::headers(c, q).await?;
+        Self::with_steps(c, d, runs).await
+    }
+
+    pub async fn get_approval(
+        c: &mut DB::Connection,
+        id: &str,
+    ) -> Result<Option<Approval>, StoreError> {
+        let mut q = QueryBuilder::<DB>::new("SELECT body FROM approvals WHERE id = ");
+        q.push_bind(id.to_owned());
+        let row = q.build().fetch_optional(&mut *c).await?;
+        row.map(|r| parse("approval", &r.try_get::<String, _>(0)?))
+            .transpose()
+    }
+
+    /// Decided approvals, newest first.
+    pub async fn decided_approvals(
+        c: &mut DB::Connection,
+        limit: u32,
+    ) -> Result<Vec<Approval>, StoreError> {
+        let mut q = QueryBuilder::<DB>::new(
+            "SELECT body FROM approvals WHERE state <> 'pending' ORDER BY id DESC LIMIT ",
+        );
+        q.push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| parse("approval", &r.try_get::<String, _>(0)?))
+            .collect()
+    }
+
+    pub async fn first_kept_seq(c: &mut DB::Connection) -> Result<u64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar::<DB, Option<i64>>("SELECT MIN(seq) FROM events")
+            .fetch_one(&mut *c)
+            .await?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
+    /// Final runs first, each table's share in a statement of its own, so
+    /// no transaction holds the database for long.
+    pub async fn prune(pool: &sqlx::Pool<DB>, p: &Prune) -> Result<Pruned, StoreError> {
+        let batch = i64::from(p.batch);
+        let mut out = Pruned::default();
+        let mut t = pool.begin().await?;
+        Self::prune_runs(&mut *t, p.runs_before, batch, &mut out).await?;
+        t.commit().await?;
+
+        let mut c = pool.acquire().await?;
+        // The last event stays, whatever its age: it carries the seq the
+        // next event follows.
+        let mut q = QueryBuilder::<DB>::new(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE at < ",
+        );
+        q.push_bind(p.events_before);
+        q.push(" AND seq < (SELECT MAX(seq) FROM events) ORDER BY at LIMIT ");
+        q.push_bind(batch);
+        q.push(")");
+        out.events = q.build().execute(&mut *c).await?.rows();
+
+        let mut q = QueryBuilder::<DB>::new(
+            "DELETE FROM output WHERE id IN (SELECT id FROM output WHERE at < ",
+        );
+        q.push_bind(p.output_before);
+        q.push(" ORDER BY at LIMIT ");
+        q.push_bind(batch);
+        q.push(")");
+        out.output += q.build().execute(&mut *c).await?.rows();
+
+        let mut q = QueryBuilder::<DB>::new(
+            "DELETE FROM workers WHERE id IN (SELECT id FROM workers \
+             WHERE state IN ('offline', 'stopped') AND last_heartbeat_at < ",
+        );
+        q.push_bind(p.workers_before);
+        q.push(" ORDER BY last_heartbeat_at LIMIT ");
+        q.push_bind(batch);
+        q.push(")");
+        out.workers = q.build().execute(&mut *c).await?.rows();
+        Ok(out)
+    }
+
+    /// Deletes up to `batch` rows of each table belonging to final runs
+    /// finished before `before`, then those runs nothing belongs to any
+    /// more: a run with more steps or output than one batch goes over
+    /// several calls, and never leaves rows behind without their run.
+    async fn prune_runs(
+        c: &mut DB::Connection,
+        before: i64,
+        batch: i64,
+        out: &mut Pruned,
+    ) -> Result<(), StoreError> {
+        // The oldest prunable runs: final, finished before the cutoff,
+        // holding neither an active lease nor a pending approval (which a
+        // final run should never hold, but if one does it stays).
+        let mut q = QueryBuilder::<DB>::new(format!(
+            "SELECT id FROM runs WHERE state IN {FINAL} \
+             AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.run_id = runs.id AND l.state = 'active') \
+             AND NOT EXISTS (SELECT 1 FROM approvals a WHERE a.run_id = runs.id AND a.state = 'pending') \
+             AND finished_at < "
+        ));
+        q.push_bind(before);
+        q.push(" ORDER BY finished_at LIMIT ");
+        q.push_bind(batch);
+        let ids = q
+            .build()
+            .fetch_all(&mut *c)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let children: [(&str, &str, &str, &mut u64); 4] = [
+            ("steps", "run_id, idx", "", &mut out.steps),
+            (
+                "approvals",
+                "id",
+                " AND state <> 'pending'",
+                &mut out.approvals,
+            ),
+            ("leases", "id", " AND state <> 'active'", &mut out.leases),
+            ("output", "id", "", &mut out.output),
+        ];
+        for (table, key, guard, count) in children {
+            let mut q = QueryBuilder::<DB>::new(format!(
+                "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE run_id IN ("
+            ));
+            push_list(&mut q, &ids);
+            q.push(format!("){guard} LIMIT "));
+            q.push_bind(batch);
+            q.push(")");
+            *count += q.build().execute(&mut *c).await?.rows();
+        }
+        let mut q = QueryBuilder::<DB>::new("DELETE FROM runs WHERE id IN (");
+        push_list(&mut q, &ids);
+        q.push(
+            ") AND NOT EXISTS (SELECT 1 FROM steps WHERE steps.run_id = runs.id) \
+             AND NOT EXISTS (SELECT 1 FROM approvals WHERE approvals.run_id = runs.id) \
+             AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.run_id = runs.id) \
+             AND NOT EXISTS (SELECT 1 FROM output WHERE output.run_id = runs.id)",
+        );
+        out.runs = q.build().execute(&mut *c).await?.rows();
+        Ok(())
+    }
+}
+
+fn push_list<DB>(q: &mut QueryBuilder<DB>, values: &[String])
+where
+    DB: Database,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v.clone());
+    }
+}
+
+/// The last of each key, in the order of their first appearance: one
+/// multi-row upsert may not touch a row twice (PostgreSQL refuses it), and
+/// the last write is the one that counts.
+fn last_per_key<T, K: std::hash::Hash + Eq>(items: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
+    let mut at: HashMap<K, usize> = HashMap::new();
+    let mut out: Vec<&T> = Vec::with_capacity(items.len());
+    for item in items {
+        match at.entry(key(item)) {
+            std::collections::hash_map::Entry::Occupied(e) => out[*e.get()] = item,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
+}
+
+/// A run's header from a row of [`Sql::run_select`]: its body with the
+/// columns laid over it.
+fn run_from_row<DB>(r: &DB::Row) -> Result<Run, StoreError>
+where
+    DB: Database,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let labels: Value = parse("run labels", &r.try_get::<String, _>(7)?)?;
+    with_columns(
+        "run",
+        &r.try_get::<String, _>(8)?,
+        [
+            ("id", Value::from(r.try_get::<String, _>(0)?)),
+            ("name", Value::from(r.try_get::<String, _>(1)?)),
+            ("state", Value::from(r.try_get::<String, _>(2)?)),
+            ("created_at", Value::from(r.try_get::<i64, _>(3)?)),
+            (
+                "idempotency_key",
+                Value::from(r.try_get::<Option<String>, _>(4)?),
+            ),
+            ("submitted_by", Value::from(r.try_get::<String, _>(5)?)),
+            ("finished_at", Value::from(r.try_get::<Option<i64>, _>(6)?)),
+            ("labels", labels),
+            ("steps", Value::Array(Vec::new())),
+        ],
+    )
+}
+
+fn lease_from_row<DB>(r: &DB::Row) -> Result<Lease, StoreError>
+where
+    DB: Database,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    with_columns(
+        "lease",
+        &r.try_get::<String, _>(3)?,
+        [
+            ("id", Value::from(r.try_get::<String, _>(0)?)),
+            ("run_id", Value::from(r.try_get::<String, _>(1)?)),
+            ("state", Value::from(r.try_get::<String, _>(2)?)),
+        ],
+    )
+}
+
+/// Events from rows of `seq, at, kind, run_id, actor, body`.
+pub(super) fn events_from_rows<DB>(rows: &[DB::Row]) -> Result<Vec<pb::Event>, StoreError>
+where
+    DB: Database,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    rows.iter()
+        .map(|r| {
+            event_with_columns(
+                &r.try_get::<Vec<u8>, _>(5)?,
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            )
+        })
+        .collect()
+}
