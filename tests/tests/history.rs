@@ -1,6 +1,10 @@
 //! History on disk: finished runs leave the engine's memory and are read
 //! from its database (by id and in pages, with filters); retention prunes
 //! what is old and never what is live.
+//!
+//! The memory measurement (200,000 runs through real workers, the engine's
+//! RSS sampled as they finish) is ignored by default; run it on purpose:
+//! `cargo nextest run --release -p opsdeck-tests -E 'binary(history)' --run-ignored only --no-capture`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -339,4 +343,78 @@ async fn retention_prunes_old_history_and_never_what_is_live() {
     let (_, runs) = snapshot_runs(&mut stream).await;
     assert!(runs.iter().any(|r| r.id == gated.id));
     assert!(runs.iter().any(|r| r.id == held.id));
+}
+
+#[tokio::test]
+#[ignore = "a measurement: run it on purpose (see the module docs)"]
+async fn memory_stays_flat_while_200_000_runs_go_through() {
+    const RUNS: usize = 200_000;
+    const CHUNK: usize = 5_000;
+    let engine = Engine::start(EngineOpts {
+        // The default cache: 10,000 finished runs or 10 minutes.
+        ..Default::default()
+    })
+    .await;
+    let _workers: Vec<Worker> = (0..4)
+        .map(|i| Worker::spawn(&engine, &format!("w{i}"), &["q"], 16, &[]))
+        .collect();
+    let spec = one_step("flat", "", "true");
+    let mut api = engine.api().await;
+    let mut samples: Vec<(usize, u64)> = Vec::new();
+    let started = std::time::Instant::now();
+    for chunk in 0..RUNS / CHUNK {
+        api.runs
+            .submit_runs(pb::SubmitRunsRequest {
+                runs: vec![
+                    pb::SubmitRunRequest {
+                        spec: spec.clone(),
+                        ..Default::default()
+                    };
+                    CHUNK
+                ],
+            })
+            .await
+            .expect("SubmitRuns");
+        // Keep the backlog short: wait until fewer than a page (1,000) of
+        // runs are left to finish.
+        let done_before = (chunk + 1) * CHUNK - 1_000;
+        wait_for("the runs to finish", Duration::from_secs(600), || {
+            let mut api = api.clone();
+            async move {
+                let running = api
+                    .runs
+                    .list_runs(pb::ListRunsRequest {
+                        states: vec![pb::RunState::Queued as i32, pb::RunState::Running as i32],
+                        limit: 1_000,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .runs
+                    .len();
+                (running < 1_000).then_some(())
+            }
+        })
+        .await;
+        let rss = engine.rss_kib();
+        samples.push((done_before, rss));
+        eprintln!(
+            "{done_before:>7} runs done: engine RSS {:.1} MB ({:.0?})",
+            rss as f64 / 1024.0,
+            started.elapsed()
+        );
+    }
+    // Once the cache is full (10,000 finished runs), memory no longer
+    // grows with the runs that went through.
+    let at_20k = samples
+        .iter()
+        .find(|(n, _)| *n >= 20_000)
+        .map(|(_, rss)| *rss)
+        .expect("a sample past 20,000 runs");
+    let last = samples.last().map(|(_, rss)| *rss).unwrap_or(0);
+    assert!(
+        (last as f64) <= at_20k as f64 * 1.2,
+        "RSS grew from {at_20k} KiB at 20,000 runs to {last} KiB at {RUNS}: {samples:?}"
+    );
 }

@@ -85,7 +85,7 @@ pub fn with_columns<T: DeserializeOwned>(
 
 /// An event as stored: without what the events table's columns hold, nor
 /// the ids its objects repeat from the event (a lease event's lease names
-/// the event's lease, run, step, worker and queue again).
+/// the event's lease, run, worker and queue again).
 pub fn event_body(e: &pb::Event) -> Vec<u8> {
     let mut stored = pb::Event {
         seq: 0,
@@ -100,9 +100,6 @@ pub fn event_body(e: &pb::Event) -> Vec<u8> {
         clear_if(&mut l.run_id, &e.run_id);
         clear_if(&mut l.worker_id, &e.worker_id);
         clear_if(&mut l.queue, &e.queue);
-        if l.step_index == e.step_index {
-            l.step_index = 0;
-        }
     }
     if let Some(a) = &mut stored.approval {
         clear_if(&mut a.id, &e.approval_id);
@@ -139,9 +136,6 @@ fn restore_ids(e: &mut pb::Event) {
         fill(&mut l.run_id, &e.run_id);
         fill(&mut l.worker_id, &e.worker_id);
         fill(&mut l.queue, &e.queue);
-        if l.step_index == 0 {
-            l.step_index = e.step_index;
-        }
     }
     if let Some(a) = &mut e.approval {
         fill(&mut a.id, &e.approval_id);
