@@ -118,6 +118,8 @@ pub async fn start(
 struct InFlight {
     /// What the core had applied when the batch was built.
     sealed: u64,
+    /// When the commit started, for the log.
+    started: std::time::Instant,
     commit: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Vec<pb::Event>, StoreError>> + Send>,
     >,
@@ -167,6 +169,11 @@ async fn run(
             };
             match result {
                 Ok(events) => {
+                    tracing::debug!(
+                        events = events.len(),
+                        ms = done.started.elapsed().as_secs_f64() * 1000.0,
+                        "committed"
+                    );
                     finish(done.effects, None);
                     let events: Vec<Arc<pb::Event>> = events.into_iter().map(Arc::new).collect();
                     crate::metrics::observe_committed(&events);
@@ -222,6 +229,7 @@ async fn run(
                 let store = store.clone();
                 in_flight = Some(InFlight {
                     sealed: state.sealed(),
+                    started: std::time::Instant::now(),
                     commit: Box::pin(
                         async move { store.commit(&batch).await.map(|()| batch.events) },
                     ),
