@@ -36,10 +36,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::agent::{self, AgentOptions};
-use crate::domain::spec::{Limits, RunSpec};
-use crate::domain::{
-    Lease, LeaseState, Millis, Queue, Run, RunState, Step, StepState, Worker, WorkerState,
-};
+use crate::domain::Millis;
+use crate::domain::spec::Limits;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
@@ -407,14 +405,12 @@ async fn restart(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         })?;
         write_history(store.as_ref(), n).await?;
         let fill = fill.elapsed();
-        let bytes = match &db.sqlite {
-            // The file and its write-ahead log, as they are on disk.
-            Some(path) => file_size(path) + file_size(&wal_path(path)),
-            None => store
-                .size_bytes()
-                .await
-                .context("cannot read the database's size")?,
-        };
+        // The database's size as the store counts it: on SQLite, pages in
+        // use and free, the write-ahead log's included.
+        let bytes = store
+            .size_bytes()
+            .await
+            .context("cannot read the database's size")?;
         drop(store);
         // Let the pool's connections close before the engine opens the file.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -448,293 +444,110 @@ async fn restart(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     Ok(line)
 }
 
-/// Writes `n` finished one-step runs as the engine writes them: the run's
-/// header and step, its released lease and the seven events of its life,
-/// `HISTORY_CHUNK` runs a commit. The runs end just before now, a
-/// millisecond apart.
+/// Writes `n` finished one-step runs exactly as the engine writes them:
+/// the engine's own core (`State`) submits them, leases them to a worker,
+/// hears each start and result, and every transaction's batch goes to the
+/// store, `HISTORY_CHUNK` runs at a time.
 async fn write_history(store: &dyn crate::store::Store, n: usize) -> anyhow::Result<()> {
+    use crate::core::{Effect, State, Tx};
     let spec = crate::domain::spec::parse(SPEC, &Limits::default())
         .map_err(|e| anyhow::anyhow!("the bench's own spec is refused: {e}"))?;
-    let now = crate::domain::now_ms();
-    let span = Millis::try_from(n).unwrap_or(Millis::MAX / 4);
-    let base = now - span - 10;
-    let mut worker = Worker {
-        id: "bench-history".into(),
-        state: WorkerState::Online,
+    let cfg = crate::core::CoreConfig {
+        // Finished runs leave memory at once: the history is the store's.
+        finished_runs_kept: 0,
+        ..Default::default()
+    };
+    let mut state = State::load(
+        cfg,
+        crate::store::Loaded::default(),
+        crate::domain::now_ms(),
+    );
+    let (to_worker, mut worker_inbox) = tokio::sync::mpsc::unbounded_channel();
+    let actor = crate::domain::Actor {
+        name: "bench".into(),
+        transport: "tcp",
+    };
+    let worker = "bench-history";
+    let hello = pb::Hello {
+        worker_id: worker.into(),
         queues: vec![QUEUE.into()],
-        slots: 8,
-        labels: Default::default(),
+        slots: u32::try_from(HISTORY_CHUNK).unwrap_or(u32::MAX),
         version: env!("CARGO_PKG_VERSION").into(),
-        host: crate::serve::hostname(),
-        pid: std::process::id(),
         generation: 1,
-        identity: "bench".into(),
-        registered_at: base,
-        last_heartbeat_at: now,
-        drain_requested: false,
-        self_draining: false,
-        recycle_requested: false,
+        ..Default::default()
     };
-    let mut history = History {
-        spec,
-        worker: worker.clone(),
-        seq: 0,
-    };
-    worker.state = WorkerState::Stopped;
+    // One transaction of the core, written as the core writes it.
+    async fn commit(
+        state: &mut State,
+        store: &dyn crate::store::Store,
+        mut tx: Tx,
+        to_worker: &mut Vec<pb::EngineMessage>,
+    ) -> anyhow::Result<()> {
+        state.dispatch(&mut tx);
+        let batch = state.batch(&mut tx);
+        let sealed = state.sealed();
+        store.commit(&batch).await.context("cannot write history")?;
+        state.committed(sealed);
+        state.evict(tx.now);
+        for effect in tx.effects {
+            if let Effect::Send(_, msg) = effect {
+                to_worker.push(*msg);
+            }
+        }
+        Ok(())
+    }
+    let mut sent = Vec::new();
+    let mut tx = Tx::new(crate::domain::now_ms());
+    state
+        .hello(&mut tx, 1, "bench", hello, to_worker)
+        .map_err(|e| anyhow::anyhow!("the history worker was refused: {e}"))?;
+    commit(&mut state, store, tx, &mut sent).await?;
     let mut start = 0;
     while start < n {
         let end = (start + HISTORY_CHUNK).min(n);
-        let mut batch = crate::store::Batch::default();
-        if start == 0 {
-            batch.workers.push(worker.clone());
-            batch.queues.push(Queue {
-                name: QUEUE.into(),
-                paused: false,
-            });
+        let mut tx = Tx::new(crate::domain::now_ms());
+        for _ in start..end {
+            state
+                .submit(&mut tx, spec.clone(), None, &actor, "")
+                .map_err(|e| anyhow::anyhow!("a history run was refused: {e}"))?;
         }
-        for i in start..end {
-            history.run(&mut batch, base + Millis::try_from(i).unwrap_or(0));
+        // Submitted and leased in one transaction.
+        commit(&mut state, store, tx, &mut sent).await?;
+        let mut assignments = Vec::new();
+        for msg in sent.drain(..) {
+            match msg.kind {
+                Some(pb::engine_message::Kind::Assign(a)) => assignments.push(a),
+                Some(pb::engine_message::Kind::Assignments(b)) => assignments.extend(b.assignments),
+                _ => {}
+            }
         }
-        store
-            .commit(&batch)
-            .await
-            .with_context(|| format!("cannot write history runs {start}..{end}"))?;
+        while worker_inbox.try_recv().is_ok() {}
+        let mut tx = Tx::new(crate::domain::now_ms());
+        for a in &assignments {
+            let started = pb::StepStarted {
+                lease_id: a.lease_id.clone(),
+                fencing_token: a.fencing_token,
+                pid: 0,
+            };
+            state.step_started(&mut tx, worker, started);
+        }
+        commit(&mut state, store, tx, &mut sent).await?;
+        let mut tx = Tx::new(crate::domain::now_ms());
+        for a in assignments {
+            let result = pb::StepResult {
+                lease_id: a.lease_id,
+                fencing_token: a.fencing_token,
+                outcome: pb::Outcome::Succeeded as i32,
+                has_exit_code: true,
+                ..Default::default()
+            };
+            state.step_result(&mut tx, worker, result);
+        }
+        commit(&mut state, store, tx, &mut sent).await?;
+        sent.clear();
         start = end;
     }
     Ok(())
-}
-
-struct History {
-    spec: RunSpec,
-    /// The worker as the events of its leases show it (online).
-    worker: Worker,
-    seq: u64,
-}
-
-impl History {
-    /// One run submitted at `at`, leased at +1 ms, running at +2 ms and
-    /// done at +3 ms, as `core::state` records it: the events of each of
-    /// the engine's commits (submit; grant; start; result) carry the run's
-    /// delta on their last event, and the queue's figures.
-    fn run(&mut self, batch: &mut crate::store::Batch, at: Millis) {
-        let id = ulid::Ulid::from_parts(u64::try_from(at).unwrap_or(0), rand::random::<u128>())
-            .to_string();
-        let step_name = self
-            .spec
-            .steps
-            .first()
-            .map_or_else(|| "step-1".to_owned(), |s| s.name.clone());
-        let mut run = Run {
-            id: id.clone(),
-            name: self.spec.name.clone(),
-            labels: self.spec.labels.clone(),
-            submitted_by: "bench".into(),
-            state: RunState::Queued,
-            created_at: at,
-            updated_at: at,
-            finished_at: None,
-            current_step: 0,
-            steps: self
-                .spec
-                .steps
-                .iter()
-                .take(1)
-                .cloned()
-                .map(|s| Step::new(0, s))
-                .collect(),
-            message: String::new(),
-            idempotency_key: None,
-        };
-        let worker_id = self.worker.id.clone();
-        let worker_actor = format!("worker:{worker_id}");
-        let queue = |ready: u64, running: u64| pb::Queue {
-            name: QUEUE.into(),
-            ready,
-            running,
-            enqueued_last_minute: 1,
-            completed_last_minute: 1,
-            workers: 1,
-            ..Default::default()
-        };
-        let event =
-            |seq: u64, at: Millis, kind: &str, actor: &str, transport: &str, msg: String| {
-                pb::Event {
-                    seq,
-                    at_ms: at,
-                    kind: kind.into(),
-                    actor: actor.into(),
-                    transport: transport.into(),
-                    run_id: id.clone(),
-                    message: msg,
-                    ..Default::default()
-                }
-            };
-        let delta = |e: &mut pb::Event, run: &Run| {
-            e.run_update = Some(crate::convert::run_update(run));
-            e.step_updates = run.steps.iter().map(crate::convert::step_update).collect();
-        };
-        let mut events = Vec::with_capacity(7);
-
-        // Submit: run.submitted with the whole run, then step.queued.
-        let mut e = event(
-            self.next_seq(),
-            at,
-            "run.submitted",
-            "bench",
-            "tcp",
-            format!("run {} submitted with 1 step", run.name),
-        );
-        e.run = Some(crate::convert::run(&run));
-        events.push(e);
-        run.state = RunState::Running;
-        if let Some(step) = run.steps.first_mut() {
-            step.state = StepState::Queued;
-            step.ready_since = Some(at);
-        }
-        let mut e = event(
-            self.next_seq(),
-            at,
-            "step.queued",
-            "bench",
-            "tcp",
-            format!("step {step_name} ready on queue {QUEUE}"),
-        );
-        e.queue = QUEUE.into();
-        delta(&mut e, &run);
-        e.queues = vec![queue(1, 0)];
-        events.push(e);
-
-        // Grant.
-        let granted = at + 1;
-        let mut lease = Lease {
-            id: ulid::Ulid::from_parts(u64::try_from(granted).unwrap_or(0), rand::random())
-                .to_string(),
-            run_id: id.clone(),
-            step_index: 0,
-            worker_id: worker_id.clone(),
-            attempt: 1,
-            fencing_token: 1,
-            state: LeaseState::Active,
-            granted_at: granted,
-            expires_at: granted + 30_000,
-            ended_at: None,
-            queue: QUEUE.into(),
-            stuck: false,
-        };
-        if let Some(step) = run.steps.first_mut() {
-            step.attempt = 1;
-            step.fence = 1;
-            step.state = StepState::Leased;
-            step.lease_id = Some(lease.id.clone());
-            step.worker_id = Some(worker_id.clone());
-        }
-        let holding = crate::convert::worker(&self.worker, true, vec![lease.id.clone()]);
-        let mut e = event(
-            self.next_seq(),
-            granted,
-            "lease.granted",
-            "opsdeckd",
-            "engine",
-            format!("{}/{step_name} attempt 1 leased to {worker_id}", run.name),
-        );
-        e.worker_id = worker_id.clone();
-        e.lease_id = lease.id.clone();
-        e.queue = QUEUE.into();
-        e.worker = Some(holding.clone());
-        e.lease = Some(crate::convert::lease(&lease, Some(&run)));
-        delta(&mut e, &run);
-        e.queues = vec![queue(0, 1)];
-        events.push(e);
-
-        // The worker says the step started.
-        let started = at + 2;
-        if let Some(step) = run.steps.first_mut() {
-            step.state = StepState::Running;
-            step.started_at = Some(started);
-        }
-        let mut e = event(
-            self.next_seq(),
-            started,
-            "step.running",
-            &worker_actor,
-            "agent",
-            format!("step {step_name} running on {worker_id} (pid 0)"),
-        );
-        e.worker_id = worker_id.clone();
-        e.worker = Some(holding);
-        delta(&mut e, &run);
-        events.push(e);
-
-        // The result: the lease ends, the step and the run succeed.
-        let done = at + 3;
-        lease.state = LeaseState::Released;
-        lease.ended_at = Some(done);
-        if let Some(step) = run.steps.first_mut() {
-            step.lease_id = None;
-            step.state = StepState::Succeeded;
-            step.exit_code = Some(0);
-            step.finished_at = Some(done);
-        }
-        let mut e = event(
-            self.next_seq(),
-            done,
-            "lease.released",
-            &worker_actor,
-            "agent",
-            "lease released: result succeeded accepted".into(),
-        );
-        e.worker_id = worker_id.clone();
-        e.lease_id = lease.id.clone();
-        e.queue = QUEUE.into();
-        e.worker = Some(crate::convert::worker(&self.worker, true, Vec::new()));
-        e.lease = Some(crate::convert::lease(&lease, Some(&run)));
-        events.push(e);
-        events.push(event(
-            self.next_seq(),
-            done,
-            "step.succeeded",
-            &worker_actor,
-            "agent",
-            format!("step {step_name} succeeded"),
-        ));
-        run.state = RunState::Succeeded;
-        run.finished_at = Some(done);
-        run.updated_at = done;
-        run.message = "every step succeeded".into();
-        let mut e = event(
-            self.next_seq(),
-            done,
-            "run.succeeded",
-            &worker_actor,
-            "agent",
-            run.message.clone(),
-        );
-        delta(&mut e, &run);
-        e.queues = vec![queue(0, 0)];
-        events.push(e);
-
-        batch.runs.push(run.header());
-        batch
-            .steps
-            .extend(run.steps.iter().map(|s| (id.clone(), s.clone())));
-        batch.leases.push(lease);
-        batch.events.extend(events);
-    }
-
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-}
-
-fn file_size(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
 }
 
 /// A scenario's database: a SQLite file in a temporary directory, or a
@@ -743,8 +556,6 @@ fn wal_path(db: &Path) -> PathBuf {
 struct Database {
     dir: tempfile::TempDir,
     url: String,
-    /// The SQLite file, when it is one.
-    sqlite: Option<PathBuf>,
     /// (server URL, database name) to drop afterwards, on PostgreSQL.
     postgres: Option<(String, String)>,
 }
@@ -761,7 +572,6 @@ impl Database {
                 Self {
                     dir,
                     url,
-                    sqlite: None,
                     postgres: Some((server.clone(), name)),
                 }
             }
@@ -769,7 +579,6 @@ impl Database {
                 let path = dir.path().join("bench.db");
                 Self {
                     url: format!("sqlite://{}", path.display()),
-                    sqlite: Some(path),
                     dir,
                     postgres: None,
                 }
@@ -1294,69 +1103,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--postgres"), "{e}");
-    }
-
-    #[test]
-    fn a_history_run_is_written_as_the_engine_writes_one() {
-        let spec = crate::domain::spec::parse(SPEC, &Limits::default()).unwrap();
-        let worker = Worker {
-            id: "w".into(),
-            state: WorkerState::Online,
-            queues: vec![QUEUE.into()],
-            slots: 1,
-            labels: Default::default(),
-            version: String::new(),
-            host: String::new(),
-            pid: 0,
-            generation: 1,
-            identity: "bench".into(),
-            registered_at: 0,
-            last_heartbeat_at: 0,
-            drain_requested: false,
-            self_draining: false,
-            recycle_requested: false,
-        };
-        let mut h = History {
-            spec,
-            worker,
-            seq: 0,
-        };
-        let mut batch = crate::store::Batch::default();
-        h.run(&mut batch, 1_000);
-        h.run(&mut batch, 1_001);
-        let kinds: Vec<&str> = batch.events[..7].iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(
-            kinds,
-            [
-                "run.submitted",
-                "step.queued",
-                "lease.granted",
-                "step.running",
-                "lease.released",
-                "step.succeeded",
-                "run.succeeded"
-            ]
-        );
-        let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (1..=14).collect::<Vec<_>>());
-        assert!(
-            batch
-                .events
-                .iter()
-                .all(|e| e.run.is_some() == (e.kind == "run.submitted"))
-        );
-        assert!(batch.events[6].run_update.is_some());
-        assert_eq!(batch.runs.len(), 2);
-        assert!(
-            batch
-                .runs
-                .iter()
-                .all(|r| r.steps.is_empty() && r.state == RunState::Succeeded)
-        );
-        assert_eq!(batch.steps.len(), 2);
-        assert!(batch.leases.iter().all(|l| l.state == LeaseState::Released));
-        let id = &batch.runs[0].id;
-        assert_eq!(ulid::Ulid::from_string(id).unwrap().timestamp_ms(), 1_000);
-        assert!(batch.runs[0].id < batch.runs[1].id);
     }
 }
