@@ -4,7 +4,7 @@
 //!
 //! The memory measurement (200,000 runs through real workers, the engine's
 //! RSS sampled as they finish) is ignored by default; run it on purpose:
-//! `cargo nextest run --release -p opsdeck-tests -E 'binary(history)' --run-ignored only --no-capture`.
+//! `cargo nextest run -p opsdeck-tests -E 'binary(history)' --run-ignored only --no-capture`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

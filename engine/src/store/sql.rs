@@ -76,7 +76,7 @@ pub(super) struct Sql<DB>(PhantomData<DB>);
 
 impl<DB> Sql<DB>
 where
-    DB: Database,
+    DB: Database + sqlx::database::HasStatementCache,
     DB::Arguments: IntoArguments<DB>,
     DB::QueryResult: Affected,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -88,8 +88,11 @@ where
     for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    /// Inserts `rows` with as few statements as the bind limit allows:
-    /// `head VALUES (…), (…) tail`, `cols` binds a row.
+    /// Inserts `rows` in few statements: `head VALUES (…), (…) tail`,
+    /// `cols` binds a row. Each statement holds a power of two of rows, at
+    /// most [`MAX_ROWS`] (and the bind limit): the driver keeps prepared
+    /// statements per connection, and this bounds how many shapes (and how
+    /// much memory) there are to keep — at most eight a table.
     async fn insert<R: Send>(
         c: &mut DB::Connection,
         d: &Dialect,
@@ -99,11 +102,12 @@ where
         rows: Vec<R>,
         mut bind: impl FnMut(Separated<'_, DB, &'static str>, R) + Send,
     ) -> Result<(), sqlx::Error> {
-        let per = (d.max_binds / cols).max(1);
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
+        let most = prev_power_of_two((d.max_binds / cols).clamp(1, MAX_ROWS));
+        let mut rows = rows.into_iter();
+        while rows.len() > 0 {
+            let n = prev_power_of_two(rows.len()).min(most);
             let mut q = QueryBuilder::<DB>::new(head);
-            q.push_values(rows.by_ref().take(per), &mut bind);
+            q.push_values(rows.by_ref().take(n), &mut bind);
             q.push(tail);
             q.build().execute(&mut *c).await?;
         }
@@ -349,7 +353,7 @@ where
                 list.push_bind(name.clone());
             }
             q.push(")");
-            q.build().execute(&mut *c).await?;
+            q.build().persistent(false).execute(&mut *c).await?;
         }
         Ok(())
     }
@@ -359,7 +363,8 @@ where
         c: &mut DB::Connection,
         mut q: QueryBuilder<DB>,
     ) -> Result<Vec<Run>, StoreError> {
-        let rows = q.build().fetch_all(&mut *c).await?;
+        // Filters make many shapes of this query: none is kept prepared.
+        let rows = q.build().persistent(false).fetch_all(&mut *c).await?;
         rows.iter().map(run_from_row::<DB>).collect()
     }
 
@@ -387,7 +392,7 @@ where
                 list.push_bind((*id).clone());
             }
             q.push(") ORDER BY run_id, idx");
-            for row in q.build().fetch_all(&mut *c).await? {
+            for row in q.build().persistent(false).fetch_all(&mut *c).await? {
                 let run: String = row.try_get(0)?;
                 let step = with_columns(
                     "step",
@@ -689,7 +694,7 @@ where
             q.push(format!("){guard} LIMIT "));
             q.push_bind(batch);
             q.push(")");
-            *count += q.build().execute(&mut *c).await?.rows();
+            *count += q.build().persistent(false).execute(&mut *c).await?.rows();
         }
         let mut q = QueryBuilder::<DB>::new("DELETE FROM runs WHERE id IN (");
         push_list(&mut q, &ids);
@@ -699,9 +704,17 @@ where
              AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.run_id = runs.id) \
              AND NOT EXISTS (SELECT 1 FROM output WHERE output.run_id = runs.id)",
         );
-        out.runs = q.build().execute(&mut *c).await?.rows();
+        out.runs = q.build().persistent(false).execute(&mut *c).await?.rows();
         Ok(())
     }
+}
+
+/// The most rows one insert statement holds.
+const MAX_ROWS: usize = 128;
+
+/// The largest power of two not above `n` (`n` ≥ 1).
+fn prev_power_of_two(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.max(1).leading_zeros())
 }
 
 fn push_list<DB>(q: &mut QueryBuilder<DB>, values: &[String])
