@@ -428,9 +428,13 @@ impl State {
     /// When the next timer is due, or the oldest finished run leaves the cache.
     pub fn next_timer(&self) -> Option<Millis> {
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        // Only a run whose end is committed can leave; the commit's end
+        // wakes the loop anyway.
+        let front = self.finished_pushed - self.finished.len() as u64;
         let evict = self
             .finished
             .front()
+            .filter(|_| front < self.finished_committed)
             .map(|(at, _)| at + ms(self.cfg.finished_runs_kept_for));
         match (timer, evict) {
             (Some(a), Some(b)) => Some(a.min(b)),
