@@ -249,3 +249,116 @@ async fn approve_records_the_identity_and_the_typed_reason_in_the_event() {
     assert_eq!(approved["actor"], me.as_str());
     assert_eq!(approved["reason"], "change ticket 42");
 }
+
+#[tokio::test]
+async fn submit_takes_several_files_and_a_count_and_runs_pages_through_them_with_filters() {
+    let engine = Engine::start_default().await;
+    let dir = engine.work_dir();
+    let deploy = write_spec(
+        &dir,
+        "deploy.toml",
+        "name = \"deploy-api\"\nlabels = { team = \"web\" }\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n",
+    );
+    let backup = write_spec(
+        &dir,
+        "backup.toml",
+        "name = \"backup\"\nlabels = { team = \"db\" }\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n",
+    );
+    let addr = engine.unix_addr();
+    let made = json(&cli(
+        &addr,
+        None,
+        &[
+            "submit", &deploy, &backup, "--count", "3", "--output", "json",
+        ],
+    ));
+    let made = made["runs"].as_array().expect("the runs made");
+    assert_eq!(made.len(), 6, "{made:?}");
+    assert_eq!(made[0]["name"], "deploy-api");
+    assert_eq!(made[5]["name"], "backup");
+
+    // One page of 4, then the rest with the token it gave.
+    let first = json(&cli(
+        &addr,
+        None,
+        &["runs", "--limit", "4", "--output", "json"],
+    ));
+    assert_eq!(first["runs"].as_array().map(Vec::len), Some(4));
+    let token = first["next_page_token"].as_str().expect("a page token");
+    assert!(!token.is_empty(), "{first}");
+    let second = json(&cli(
+        &addr,
+        None,
+        &["runs", "--limit", "4", "--page", token, "--output", "json"],
+    ));
+    assert_eq!(second["runs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(second["next_page_token"], "");
+    let all = json(&cli(
+        &addr,
+        None,
+        &["runs", "--all", "--limit", "4", "--output", "json"],
+    ));
+    assert_eq!(all["runs"].as_array().map(Vec::len), Some(6));
+
+    // Filters: a name prefix and a label.
+    let deploys = json(&cli(
+        &addr,
+        None,
+        &[
+            "runs", "--name", "deploy-*", "--label", "team=web", "--output", "json",
+        ],
+    ));
+    let deploys = deploys["runs"].as_array().expect("runs");
+    assert_eq!(deploys.len(), 3);
+    assert!(deploys.iter().all(|r| r["name"] == "deploy-api"));
+
+    // Without --all on a pipe, the hint to the next page goes to stderr.
+    let out = cli(&addr, None, &["runs", "--limit", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--page"), "{}", stderr(&out));
+
+    // One bad spec refuses the whole call: nothing of it is made.
+    let bad = write_spec(
+        &dir,
+        "bad.toml",
+        "name = \"bad\"\n[[step]]\nrun = \"true\"\n",
+    );
+    let out = cli(&addr, None, &["submit", &deploy, &bad]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("INVALID_ARGUMENT"),
+        "{}",
+        stderr(&out)
+    );
+    let after = json(&cli(&addr, None, &["runs", "--all", "--output", "json"]));
+    assert_eq!(after["runs"].as_array().map(Vec::len), Some(6));
+}
+
+#[tokio::test]
+async fn events_from_a_pruned_seq_say_where_history_starts() {
+    let engine = opsdeck_tests::Engine::start(opsdeck_tests::EngineOpts {
+        config: "[retention]\nevents = \"1s\"\ninterval = \"1s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let _worker = Worker::start(&engine, "w1", &["q"], 1).await;
+    let spec = write_spec(
+        &engine.work_dir(),
+        "one.toml",
+        "name = \"one\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n",
+    );
+    let addr = engine.unix_addr();
+    let out = cli(&addr, None, &["submit", &spec, "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Something newer than the retention, so that the old events can go.
+    opsdeck_tests::wait_for("old events to be pruned", DEADLINE, || {
+        let addr = addr.clone();
+        let spec = spec.clone();
+        async move {
+            let _ = cli(&addr, None, &["submit", &spec]);
+            let out = cli(&addr, None, &["events", "--from", "1", "--output", "json"]);
+            stderr(&out).contains("pruned by retention").then_some(())
+        }
+    })
+    .await;
+}
