@@ -193,15 +193,7 @@ fn registry() -> Registry {
 /// Counts what a pruning pass deleted.
 pub fn observe_pruned(p: &crate::store::Pruned) {
     let m = &*METRICS;
-    for (table, n) in [
-        ("runs", p.runs),
-        ("steps", p.steps),
-        ("approvals", p.approvals),
-        ("leases", p.leases),
-        ("events", p.events),
-        ("output", p.output),
-        ("workers", p.workers),
-    ] {
+    for (table, n) in p.tables() {
         m.pruned.get_or_create(&TableLabel { table }).inc_by(n);
     }
 }

@@ -44,13 +44,7 @@ pub async fn pass(
     loop {
         let p = store.prune(&what).await?;
         crate::metrics::observe_pruned(&p);
-        total.runs += p.runs;
-        total.steps += p.steps;
-        total.approvals += p.approvals;
-        total.leases += p.leases;
-        total.events += p.events;
-        total.output += p.output;
-        total.workers += p.workers;
+        total += p;
         let full = [p.runs, p.events, p.output, p.workers]
             .iter()
             .any(|n| *n >= u64::from(what.batch));

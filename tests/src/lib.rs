@@ -667,6 +667,18 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Opens `Console.Watch` over the Unix socket, resuming after
+    /// `resume_after_seq` (0: from a snapshot).
+    pub async fn watch(&self, resume_after_seq: u64) -> tonic::Streaming<pb::WatchMessage> {
+        self.api()
+            .await
+            .console
+            .watch(pb::WatchRequest { resume_after_seq })
+            .await
+            .expect("Watch")
+            .into_inner()
+    }
+
     /// Every event of a run, in the order the engine lists them.
     pub async fn events(&self, run_id: &str) -> Vec<pb::Event> {
         let req = pb::ListEventsRequest {
@@ -1193,6 +1205,23 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The next Watch message that is not a heartbeat (within [`DEADLINE`]).
+pub async fn next_watch(
+    stream: &mut tonic::Streaming<pb::WatchMessage>,
+) -> pb::watch_message::Kind {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("a Watch message within the deadline")
+            .expect("the Watch stream stays open")
+            .expect("the Watch stream does not end");
+        match msg.kind.expect("a message kind") {
+            pb::watch_message::Kind::Heartbeat(_) => continue,
+            kind => return kind,
+        }
     }
 }
 

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use opsdeck_tests::pb::{WatchMessage, WatchRequest, watch_message::Kind};
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, pb, wait_for};
+use opsdeck_tests::pb::{WatchMessage, watch_message::Kind};
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, next_watch, pb, wait_for};
 use tonic::Streaming;
 
 fn one_step(name: &str, labels: &str, run: &str) -> String {
@@ -19,40 +19,14 @@ fn one_step(name: &str, labels: &str, run: &str) -> String {
     )
 }
 
-async fn watch(engine: &Engine, resume_after_seq: u64) -> Streaming<WatchMessage> {
-    engine
-        .api()
-        .await
-        .console
-        .watch(WatchRequest { resume_after_seq })
-        .await
-        .expect("Watch")
-        .into_inner()
-}
-
-/// The next message that is not a heartbeat.
-async fn next(stream: &mut Streaming<WatchMessage>) -> Kind {
-    loop {
-        let msg = tokio::time::timeout(DEADLINE, stream.message())
-            .await
-            .expect("a Watch message within the deadline")
-            .expect("the Watch stream stays open")
-            .expect("the Watch stream does not end");
-        match msg.kind.expect("a message kind") {
-            Kind::Heartbeat(_) => continue,
-            kind => return kind,
-        }
-    }
-}
-
 /// The runs of a snapshot the stream starts with, and its seq.
 async fn snapshot_runs(stream: &mut Streaming<WatchMessage>) -> (u64, Vec<pb::Run>) {
-    let Kind::SnapshotBegin(begin) = next(stream).await else {
+    let Kind::SnapshotBegin(begin) = next_watch(stream).await else {
         panic!("the Watch starts with a snapshot")
     };
     let mut runs = Vec::new();
     loop {
-        match next(stream).await {
+        match next_watch(stream).await {
             Kind::SnapshotChunk(c) => runs.extend(c.runs),
             Kind::SnapshotEnd(_) => return (begin.seq, runs),
             other => panic!("unexpected message inside a snapshot: {other:?}"),
@@ -110,7 +84,7 @@ async fn finished_runs_leave_memory_and_are_still_read_by_id_and_in_pages() {
 
     // The console's snapshot holds the live runs and the cache: at most 3
     // finished ones.
-    let (_, runs) = snapshot_runs(&mut watch(&engine, 0).await).await;
+    let (_, runs) = snapshot_runs(&mut engine.watch(0).await).await;
     assert!(
         runs.len() <= 3,
         "the snapshot holds {} finished runs, more than the 3 kept",
@@ -159,7 +133,7 @@ async fn finished_runs_leave_memory_and_are_still_read_by_id_and_in_pages() {
     engine.restart().await;
     let again = engine.get_run(&ids[0]).await;
     assert_eq!(again, first);
-    let (_, runs) = snapshot_runs(&mut watch(&engine, 0).await).await;
+    let (_, runs) = snapshot_runs(&mut engine.watch(0).await).await;
     assert!(runs.len() <= 3, "{} runs loaded into memory", runs.len());
 }
 
@@ -339,7 +313,7 @@ async fn retention_prunes_old_history_and_never_what_is_live() {
     );
 
     // A console resuming from a pruned seq gets a fresh snapshot.
-    let mut stream = watch(&engine, 1).await;
+    let mut stream = engine.watch(1).await;
     let (_, runs) = snapshot_runs(&mut stream).await;
     assert!(runs.iter().any(|r| r.id == gated.id));
     assert!(runs.iter().any(|r| r.id == held.id));

@@ -1,42 +1,16 @@
 //! Console.Watch: a snapshot consistent with a seq, then live events; a
 //! client that reconnects with its last seq gets exactly what it missed.
 
-use opsdeck_tests::pb::{DecideRequest, WatchMessage, WatchRequest, watch_message::Kind};
-use opsdeck_tests::{DEADLINE, Engine, describe_events, pb};
+use opsdeck_tests::pb::{DecideRequest, WatchMessage, watch_message::Kind};
+use opsdeck_tests::{DEADLINE, Engine, describe_events, next_watch, pb};
 use tonic::Streaming;
 
 fn gate(name: &str) -> String {
     format!("name = \"{name}\"\n[[step]]\nname = \"gate\"\napproval = {{ timeout = \"5m\" }}\n")
 }
 
-async fn open(engine: &Engine, resume_after_seq: u64) -> Streaming<WatchMessage> {
-    engine
-        .api()
-        .await
-        .console
-        .watch(WatchRequest { resume_after_seq })
-        .await
-        .expect("Watch")
-        .into_inner()
-}
-
-/// The next message that is not a heartbeat.
-async fn next(stream: &mut Streaming<WatchMessage>) -> Kind {
-    loop {
-        let msg = tokio::time::timeout(DEADLINE, stream.message())
-            .await
-            .expect("a Watch message within the deadline")
-            .expect("the Watch stream stays open")
-            .expect("the Watch stream does not end");
-        match msg.kind.expect("a message kind") {
-            Kind::Heartbeat(_) => continue,
-            kind => return kind,
-        }
-    }
-}
-
 async fn next_event(stream: &mut Streaming<WatchMessage>) -> pb::Event {
-    match next(stream).await {
+    match next_watch(stream).await {
         Kind::Event(e) => e,
         other => panic!("expected an event, got {other:?}"),
     }
@@ -44,12 +18,12 @@ async fn next_event(stream: &mut Streaming<WatchMessage>) -> pb::Event {
 
 /// Reads a whole snapshot; returns its seq and its chunks merged.
 async fn snapshot(stream: &mut Streaming<WatchMessage>) -> (u64, pb::SnapshotChunk) {
-    let Kind::SnapshotBegin(begin) = next(stream).await else {
+    let Kind::SnapshotBegin(begin) = next_watch(stream).await else {
         panic!("a Watch from 0 starts with a snapshot")
     };
     let mut all = pb::SnapshotChunk::default();
     loop {
-        match next(stream).await {
+        match next_watch(stream).await {
             Kind::SnapshotChunk(c) => {
                 all.runs.extend(c.runs);
                 all.workers.extend(c.workers);
@@ -77,7 +51,7 @@ async fn watch_sends_a_snapshot_then_live_events_and_a_resume_from_seq_s_replays
     let first_approval = engine.pending_approval(&first.id).await;
 
     // Snapshot, consistent with the engine's seq.
-    let mut stream = open(&engine, 0).await;
+    let mut stream = engine.watch(0).await;
     let (snap_seq, snap) = snapshot(&mut stream).await;
     let head = engine
         .all_events(0)
@@ -139,7 +113,7 @@ async fn watch_sends_a_snapshot_then_live_events_and_a_resume_from_seq_s_replays
     let missed_head = missed.last().unwrap().seq;
 
     // Resume: exactly the missed events, in order, no snapshot.
-    let mut stream = open(&engine, s).await;
+    let mut stream = engine.watch(s).await;
     let mut replayed = Vec::new();
     while replayed
         .last()
@@ -174,7 +148,7 @@ async fn watch_resuming_from_a_seq_the_engine_never_reached_gets_a_fresh_snapsho
     engine.pending_approval(&run.id).await;
     let head = engine.all_events(0).await.last().unwrap().seq;
 
-    let mut stream = open(&engine, head + 1000).await;
+    let mut stream = engine.watch(head + 1000).await;
     let (seq, snap) = snapshot(&mut stream).await;
     assert_eq!(seq, head);
     assert!(snap.runs.iter().any(|r| r.id == run.id));
@@ -185,7 +159,7 @@ async fn a_watch_resumed_after_an_engine_restart_gets_exactly_the_events_it_miss
     let mut engine = Engine::start_default().await;
     let first = engine.submit(&gate("before")).await;
     let first_approval = engine.pending_approval(&first.id).await;
-    let mut stream = open(&engine, 0).await;
+    let mut stream = engine.watch(0).await;
     let (s, _) = snapshot(&mut stream).await;
 
     let status = engine.sigterm().await;
@@ -231,7 +205,7 @@ async fn a_watch_resumed_after_an_engine_restart_gets_exactly_the_events_it_miss
     );
     let missed_head = missed.last().unwrap().seq;
 
-    let mut stream = open(&engine, s).await;
+    let mut stream = engine.watch(s).await;
     let mut replayed = Vec::new();
     while replayed
         .last()

@@ -904,13 +904,7 @@ async fn prune_deletes_only_what_retention_lets_go_a_batch_at_a_time() {
             if more.total() == 0 {
                 break;
             }
-            total.runs += more.runs;
-            total.steps += more.steps;
-            total.leases += more.leases;
-            total.approvals += more.approvals;
-            total.events += more.events;
-            total.output += more.output;
-            total.workers += more.workers;
+            total += more;
         }
         assert_eq!(total.runs, 3, "{}", b.name);
         assert_eq!(total.steps, 3, "{}", b.name);

@@ -92,14 +92,33 @@ pub struct Pruned {
 }
 
 impl Pruned {
+    /// Each table's count, by the table's name.
+    pub fn tables(&self) -> [(&'static str, u64); 7] {
+        [
+            ("runs", self.runs),
+            ("steps", self.steps),
+            ("approvals", self.approvals),
+            ("leases", self.leases),
+            ("events", self.events),
+            ("output", self.output),
+            ("workers", self.workers),
+        ]
+    }
+
     pub fn total(&self) -> u64 {
-        self.runs
-            + self.steps
-            + self.approvals
-            + self.leases
-            + self.events
-            + self.output
-            + self.workers
+        self.tables().iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl std::ops::AddAssign for Pruned {
+    fn add_assign(&mut self, other: Self) {
+        self.runs += other.runs;
+        self.steps += other.steps;
+        self.approvals += other.approvals;
+        self.leases += other.leases;
+        self.events += other.events;
+        self.output += other.output;
+        self.workers += other.workers;
     }
 }
 
