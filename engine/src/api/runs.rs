@@ -99,7 +99,10 @@ impl Runs for Api {
         }
         let (run, created) = self
             .core
-            .call(move |s, tx| s.submit(tx, spec, key, &actor, &req.reason))
+            .call(move |s, tx| {
+                let (id, created) = s.submit(tx, spec, key, &actor, &req.reason)?;
+                Ok((s.get_run(&id)?, created))
+            })
             .await?;
         Ok(Response::new(pb::SubmitRunResponse {
             run: Some(run),
@@ -148,18 +151,21 @@ impl Runs for Api {
                 }
                 let mut out = Vec::with_capacity(n);
                 for (i, (spec, key, reason, earlier)) in submits.into_iter().enumerate() {
-                    let (run, created) = match earlier {
-                        Some(run) => (run, false),
-                        None => s
-                            .submit(tx, spec, key, &actor, &reason)
-                            .map_err(|e| e.map_message(|m| format!("run {} of {n}: {m}", i + 1)))?,
-                    };
-                    out.push(pb::SubmittedRun {
-                        id: run.id,
-                        name: run.name,
-                        state: run.state,
-                        created_at_ms: run.created_at_ms,
-                        created,
+                    out.push(match earlier {
+                        Some(run) => pb::SubmittedRun {
+                            id: run.id,
+                            name: run.name,
+                            state: run.state,
+                            created_at_ms: run.created_at_ms,
+                            created: false,
+                        },
+                        None => {
+                            let (id, created) =
+                                s.submit(tx, spec, key, &actor, &reason).map_err(|e| {
+                                    e.map_message(|m| format!("run {} of {n}: {m}", i + 1))
+                                })?;
+                            s.submitted_run(&id, created)?
+                        }
                     });
                 }
                 Ok(out)

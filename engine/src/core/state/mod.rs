@@ -520,10 +520,7 @@ mod tests {
     fn submit(s: &mut State, spec: &str) -> String {
         let mut tx = Tx::new(T0);
         let spec = parse(spec, &Limits::default()).unwrap();
-        s.submit(&mut tx, spec, None, &alice(), "test")
-            .unwrap()
-            .0
-            .id
+        s.submit(&mut tx, spec, None, &alice(), "test").unwrap().0
     }
 
     /// Connects a worker and returns what the engine sends it.

@@ -15,14 +15,19 @@ impl State {
             .ok_or_else(|| not_found("run", id, "opsdeck runs"))
     }
 
-    pub fn list_runs(&self, states: &[RunState], limit: usize) -> Vec<pb::Run> {
-        self.runs
-            .values()
-            .rev()
-            .filter(|r| states.is_empty() || states.contains(&r.state))
-            .take(limit)
-            .map(convert::run)
-            .collect()
+    /// A run as a bulk submit answers it: without its steps.
+    pub fn submitted_run(&self, id: &str, created: bool) -> EngineResult<pb::SubmittedRun> {
+        let run = self
+            .runs
+            .get(id)
+            .ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
+        Ok(pb::SubmittedRun {
+            id: run.id.clone(),
+            name: run.name.clone(),
+            state: convert::run_state(run.state) as i32,
+            created_at_ms: run.created_at,
+            created,
+        })
     }
 
     pub fn worker_pb(&self, id: &str) -> Option<pb::Worker> {

@@ -4,6 +4,8 @@
 use super::*;
 
 impl State {
+    /// Makes a run of `spec` (or finds the one its idempotency key made):
+    /// its id, and whether it is new.
     pub fn submit(
         &mut self,
         tx: &mut Tx,
@@ -11,13 +13,13 @@ impl State {
         idempotency_key: Option<String>,
         actor: &Actor,
         reason: &str,
-    ) -> EngineResult<(pb::Run, bool)> {
+    ) -> EngineResult<(String, bool)> {
         if let Some(existing) = idempotency_key
             .as_ref()
             .and_then(|k| self.idempotency.get(k))
-            && let Some(run) = self.runs.get(existing)
+            .filter(|id| self.runs.contains_key(*id))
         {
-            return Ok((convert::run(run), false));
+            return Ok((existing.clone(), false));
         }
         self.check_submit(&spec)?;
         // Monotonic, so that runs sort in the order they were submitted even
@@ -62,10 +64,7 @@ impl State {
         }
         self.emit(tx, actor, reason, Ev::new("run.submitted", msg).run(&id));
         self.start_step(tx, &id, 0, actor, reason);
-        Ok((
-            self.runs.get(&id).map(convert::run).unwrap_or_default(),
-            true,
-        ))
+        Ok((id, true))
     }
 
     /// Whether a spec may be submitted now: its name is not quarantined and
