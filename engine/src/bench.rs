@@ -499,7 +499,14 @@ async fn write_history(store: &dyn crate::store::Store, n: usize) -> anyhow::Res
     let mut sent = Vec::new();
     let mut tx = Tx::new(crate::domain::now_ms());
     state
-        .hello(&mut tx, 1, "bench", hello, to_worker)
+        .hello(
+            &mut tx,
+            1,
+            "bench",
+            &crate::domain::scope::AgentScope::unbounded(),
+            hello,
+            to_worker,
+        )
         .map_err(|e| anyhow::anyhow!("the history worker was refused: {e}"))?;
     commit(&mut state, store, tx, &mut sent).await?;
     let mut start = 0;

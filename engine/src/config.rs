@@ -86,6 +86,15 @@ pub struct TlsClient {
     /// `group`.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// For the agent role: the worker ids this credential may register
+    /// (glob patterns, e.g. `["build-*"]`); any id when left out.
+    #[serde(default)]
+    pub workers: Option<crate::domain::scope::Patterns>,
+    /// For the agent role: the queues its workers may serve (glob
+    /// patterns); any named queue when left out, and the wildcard queue
+    /// `*` only when this says `"*"`.
+    #[serde(default)]
+    pub queues: Option<crate::domain::scope::Patterns>,
 }
 
 impl TlsSection {
@@ -205,6 +214,15 @@ pub struct TokenEntry {
     /// a `group`.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// For the agent role: the worker ids this credential may register
+    /// (glob patterns, e.g. `["build-*"]`); any id when left out.
+    #[serde(default)]
+    pub workers: Option<crate::domain::scope::Patterns>,
+    /// For the agent role: the queues its workers may serve (glob
+    /// patterns); any named queue when left out, and the wildcard queue
+    /// `*` only when this says `"*"`.
+    #[serde(default)]
+    pub queues: Option<crate::domain::scope::Patterns>,
 }
 
 fn viewer_only() -> Vec<Role> {
@@ -254,6 +272,15 @@ impl Default for UnixSection {
 pub struct UnixRoles {
     pub name: String,
     pub roles: Vec<Role>,
+    /// For the agent role: the worker ids this credential may register
+    /// (glob patterns, e.g. `["build-*"]`); any id when left out.
+    #[serde(default)]
+    pub workers: Option<crate::domain::scope::Patterns>,
+    /// For the agent role: the queues its workers may serve (glob
+    /// patterns); any named queue when left out, and the wildcard queue
+    /// `*` only when this says `"*"`.
+    #[serde(default)]
+    pub queues: Option<crate::domain::scope::Patterns>,
 }
 
 /// Durations written as "30s", "5m".
@@ -445,6 +472,7 @@ impl ConfigFile {
         let mut p = Problems::new(text);
         let e = &self.engine;
         check_retention(&self.retention, &mut p);
+        check_limits(&self.limits, &mut p);
         if let Some(listen) = e.listen.as_deref().filter(|l| *l != "none")
             && let Err(why) = check_listen(listen)
         {
@@ -555,6 +583,41 @@ impl ConfigFile {
             // Read by the caller with `Secrets::load(&self.secrets)`: it can fail.
             secrets: d.secrets,
         }
+    }
+}
+
+/// `[limits]` on connections and streams: each lets at least one through,
+/// and a new connection has time to authenticate.
+fn check_limits(l: &crate::domain::spec::Limits, p: &mut Problems<'_>) {
+    use Seg::Key;
+    for (key, n) in [
+        ("max_connections", l.max_connections),
+        ("max_pending_per_peer", l.max_pending_per_peer),
+        (
+            "max_streams_per_connection",
+            l.max_streams_per_connection as usize,
+        ),
+        ("max_subscribers", l.max_subscribers),
+        (
+            "max_subscribers_per_identity",
+            l.max_subscribers_per_identity,
+        ),
+    ] {
+        if n == 0 {
+            p.add(
+                &[Key("limits"), Key(key)],
+                format!("{key} is 0, which refuses everyone; give 1 or more"),
+            );
+        }
+    }
+    if l.handshake_timeout < Duration::from_secs(1) {
+        p.add(
+            &[Key("limits"), Key("handshake_timeout")],
+            format!(
+                "handshake_timeout is {}; give a new connection at least 1s to authenticate",
+                humantime::format_duration(l.handshake_timeout)
+            ),
+        );
     }
 }
 
@@ -817,6 +880,11 @@ mod tests {
             "max_attempts",
             "max_message_bytes",
             "max_connections",
+            "max_pending_per_peer",
+            "handshake_timeout",
+            "max_streams_per_connection",
+            "max_subscribers",
+            "max_subscribers_per_identity",
             "format",
             "dir",
             "identity",

@@ -14,6 +14,8 @@ pub enum EngineError {
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
@@ -28,6 +30,7 @@ impl EngineError {
             Self::NotFound(m) => Self::NotFound(f(m)),
             Self::FailedPrecondition(m) => Self::FailedPrecondition(f(m)),
             Self::PermissionDenied(m) => Self::PermissionDenied(f(m)),
+            Self::AlreadyExists(m) => Self::AlreadyExists(f(m)),
             Self::ResourceExhausted(m) => Self::ResourceExhausted(f(m)),
             Self::Unavailable(m) => Self::Unavailable(f(m)),
         }
@@ -39,6 +42,7 @@ impl EngineError {
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
         }

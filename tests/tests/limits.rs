@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use opsdeck_tests::pb::{GetOutputRequest, RunState, SubmitRunRequest, WhoamiRequest};
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, assert_status, pb, sh, wait_for};
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, assert_status, sh, wait_for};
 use tonic::Code;
 
 fn request(spec: String) -> SubmitRunRequest {
@@ -129,14 +129,13 @@ async fn a_connection_over_the_limit_is_answered_resource_exhausted_naming_the_s
     // The harness's own readiness probe may still be closing: let it go.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Fill the engine's connections, then one more.
+    // Fill the engine's TCP connections, then one more.
     let mut held = Vec::new();
     let refused = loop {
         assert!(held.len() <= 3, "more than max_connections were served");
-        let channel = engine.channel().await;
-        let mut console = pb::console_client::ConsoleClient::new(channel);
-        match console.whoami(WhoamiRequest {}).await {
-            Ok(_) => held.push(console),
+        let mut api = engine.tcp_api(Some(engine.token())).await;
+        match api.console.whoami(WhoamiRequest {}).await {
+            Ok(_) => held.push(api),
             Err(status) => break status,
         }
     };
@@ -151,16 +150,26 @@ async fn a_connection_over_the_limit_is_answered_resource_exhausted_naming_the_s
     );
     // The ones within the limit still work.
     for c in &mut held {
-        c.whoami(WhoamiRequest {})
+        c.console
+            .whoami(WhoamiRequest {})
             .await
             .expect("a served connection keeps working");
+    }
+    // The socket has a budget of its own, and the engine's own user on it
+    // is never refused.
+    for _ in 0..5 {
+        let mut api = engine.api().await;
+        api.console
+            .whoami(WhoamiRequest {})
+            .await
+            .expect("the engine's user gets in on the socket whatever TCP holds");
     }
 
     // Closing connections frees room for new ones.
     drop(held);
     wait_for("a new connection to be served", DEADLINE, || async {
-        let mut console = pb::console_client::ConsoleClient::new(engine.channel().await);
-        console.whoami(WhoamiRequest {}).await.ok()
+        let mut api = engine.tcp_api(Some(engine.token())).await;
+        api.console.whoami(WhoamiRequest {}).await.ok()
     })
     .await;
 }

@@ -364,6 +364,9 @@ impl Data {
                 apply_run_delta(run, &event);
             });
         }
+        if event.kind == "worker.forgotten" {
+            self.workers.remove(&event.worker_id);
+        }
         if let Some(worker) = event.worker.take() {
             if event.kind == "worker.recycled" {
                 self.recycled.insert(worker.id.clone(), event.at_ms);

@@ -40,7 +40,7 @@ mod worker;
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use opsdeck_proto::failover::EngineList;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -215,10 +215,7 @@ pub(crate) fn check_queue_name(name: &str) -> anyhow::Result<()> {
 }
 
 fn check_worker_id(id: &str) -> anyhow::Result<()> {
-    if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("invalid worker id {id:?}: use 1 to 128 characters without spaces");
-    }
-    Ok(())
+    crate::domain::validate_worker_id(id).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

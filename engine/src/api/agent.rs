@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Api, auth::caller};
+use super::Api;
+use super::auth::{agent_scope, caller};
 use crate::core::CoreHandle;
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
@@ -27,6 +28,7 @@ impl Agent for Api {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let actor = caller(&req)?;
+        let scope = agent_scope(&req)?;
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the worker closed its stream before saying hello")
@@ -41,9 +43,9 @@ impl Agent for Api {
         let (out, rx) = mpsc::unbounded_channel();
         let identity = actor.name.clone();
         self.core
-            .call(move |s, tx| s.hello(tx, session, &identity, hello, out))
+            .call(move |s, tx| s.hello(tx, session, &identity, &scope, hello, out))
             .await?;
-        tracing::info!(worker_id = %worker_id, session, identity = %actor.name, "worker connected");
+        tracing::info!(worker_id = ?worker_id, session, identity = ?actor.name, "worker connected");
         tokio::spawn(pump(self.core.clone(), worker_id, session, inbound));
         Ok(Response::new(Box::pin(
             UnboundedReceiverStream::new(rx).map(Ok),

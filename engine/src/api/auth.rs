@@ -24,8 +24,10 @@ use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
+use super::limit::{ConnInfo, Subscribers, conn_state};
 use super::roles::{self, Need};
 use crate::config::{TlsClient, TokenEntry, UnixSection};
+use crate::domain::scope::AgentScope;
 use crate::domain::{Actor, Grants, Role};
 
 /// How long what the user database said about a socket user is kept:
@@ -37,6 +39,8 @@ const UNIX_CACHE_TTL: Duration = Duration::from_secs(30);
 pub struct Caller {
     pub actor: Actor,
     pub grants: Grants,
+    /// For the agent role: the worker ids and queues it may serve.
+    pub agent: AgentScope,
 }
 
 /// Known tokens and the roles of socket users.
@@ -69,6 +73,11 @@ impl Auth {
                         transport: "tcp",
                     },
                     grants: Grants::new(t.roles.iter().copied(), t.groups.iter().cloned()),
+                    agent: AgentScope {
+                        workers: t.workers.clone(),
+                        queues: t.queues.clone(),
+                        unbounded: false,
+                    },
                 };
                 (t.sha256.to_ascii_lowercase(), caller)
             })
@@ -82,6 +91,11 @@ impl Auth {
                         transport: "tls",
                     },
                     grants: Grants::new(c.roles.iter().copied(), c.groups.iter().cloned()),
+                    agent: AgentScope {
+                        workers: c.workers.clone(),
+                        queues: c.queues.clone(),
+                        unbounded: false,
+                    },
                 };
                 (c.name.clone(), caller)
             })
@@ -97,9 +111,13 @@ impl Auth {
         }
     }
 
-    /// The layer that guards every request with this.
-    pub fn guard(&self) -> Guard {
-        Guard { auth: self.clone() }
+    /// The layer that guards every request with this, and holds streaming
+    /// subscriptions to `subscribers`.
+    pub fn guard(&self, subscribers: Subscribers) -> Guard {
+        Guard {
+            auth: self.clone(),
+            subscribers,
+        }
     }
 
     /// The caller of a request, if it may call `path`; `Ok(None)` for an
@@ -142,7 +160,10 @@ impl Auth {
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
     ) -> Result<Caller, Status> {
-        if let Some(info) = extensions.get::<UdsConnectInfo>() {
+        if let Some(info) = extensions
+            .get::<ConnInfo<UdsConnectInfo>>()
+            .map(|i| &i.inner)
+        {
             let Some(cred) = info.peer_cred else {
                 return Err(Status::unauthenticated(
                     "the kernel gave no peer credentials for this socket connection",
@@ -158,6 +179,7 @@ impl Auth {
             {
                 let mut caller = self.unix_caller(cred.uid(), cred.gid());
                 caller.grants = Grants::new(vec![Role::Agent], Vec::new());
+                caller.agent = AgentScope::unbounded();
                 return Ok(caller);
             }
             return Ok(self.unix_caller(cred.uid(), cred.gid()));
@@ -170,7 +192,7 @@ impl Auth {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim);
-        let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
+        let tls = extensions.get::<TlsConnectInfo<ConnInfo<TcpConnectInfo>>>();
         let Some(token) = bearer else {
             // rustls hands over client certificates only once they chained
             // to `[tls] client_ca`, and tonic passes on only those.
@@ -180,8 +202,9 @@ impl Auth {
                 return self.certificate_caller(leaf.as_ref());
             }
             let via = extensions
-                .get::<TcpConnectInfo>()
+                .get::<ConnInfo<TcpConnectInfo>>()
                 .or(tls.map(|i| i.get_ref()))
+                .map(|i| &i.inner)
                 .and_then(|i| i.remote_addr())
                 .map(|a| format!(" from {a}"))
                 .unwrap_or_default();
@@ -257,18 +280,16 @@ impl Auth {
             .as_ref()
             .map_or_else(|| format!("uid:{uid}"), |u| u.name.clone());
         let groups = unix_groups(user.as_ref(), gid);
-        let roles = unix_roles(
-            &self.inner.unix,
-            &name,
-            &groups,
-            uid == self.inner.own_uid || uid == 0,
-        );
+        let privileged = uid == self.inner.own_uid || uid == 0;
+        let roles = unix_roles(&self.inner.unix, &name, &groups, privileged);
+        let agent = unix_agent_scope(&self.inner.unix, &name, &groups, privileged);
         Caller {
             actor: Actor {
                 name,
                 transport: "unix",
             },
             grants: Grants::new(roles, groups),
+            agent,
         }
     }
 }
@@ -296,6 +317,51 @@ fn unix_roles(unix: &UnixSection, name: &str, groups: &[String], privileged: boo
         roles.extend(unix.others.iter().copied());
     }
     roles
+}
+
+/// What a socket user holding the agent role may serve: the union of the
+/// scopes of the entries that give it the role (one that bounds nothing
+/// leaves that bound off); the engine's own user and root, unnamed, are
+/// unbounded.
+fn unix_agent_scope(
+    unix: &UnixSection,
+    name: &str,
+    groups: &[String],
+    privileged: bool,
+) -> AgentScope {
+    let users: Vec<&crate::config::UnixRoles> =
+        unix.user.iter().filter(|e| e.name == name).collect();
+    if users.is_empty() && privileged {
+        return AgentScope::unbounded();
+    }
+    let granting = users
+        .into_iter()
+        .chain(unix.group.iter().filter(|e| groups.contains(&e.name)))
+        .filter(|e| e.roles.contains(&Role::Agent));
+    let mut scope: Option<AgentScope> = None;
+    for entry in granting {
+        scope = Some(match scope {
+            None => AgentScope {
+                workers: entry.workers.clone(),
+                queues: entry.queues.clone(),
+                unbounded: false,
+            },
+            Some(s) => AgentScope {
+                workers: union(s.workers, entry.workers.as_ref()),
+                queues: union(s.queues, entry.queues.as_ref()),
+                unbounded: false,
+            },
+        });
+    }
+    scope.unwrap_or_default()
+}
+
+/// Either list's names; no bound if either has none.
+fn union(
+    a: Option<crate::domain::scope::Patterns>,
+    b: Option<&crate::domain::scope::Patterns>,
+) -> Option<crate::domain::scope::Patterns> {
+    a.zip(b).map(|(a, b)| a.union(b))
 }
 
 /// The subject Common Name of a DER certificate, or why it has none to go
@@ -381,15 +447,26 @@ pub fn grants<T>(req: &Request<T>) -> Result<Grants, Status> {
         .ok_or_else(|| Status::unauthenticated("no identity on this request"))
 }
 
+/// What the caller of a request that went through [`Guard`] may serve as
+/// an agent.
+pub fn agent_scope<T>(req: &Request<T>) -> Result<AgentScope, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .map(|c| c.agent.clone())
+        .ok_or_else(|| Status::unauthenticated("no identity on this request"))
+}
+
 /// The hex SHA-256 of a token, as the config stores it.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Identifies and authorizes every request before the router sees it.
+/// Identifies and authorizes every request before the router sees it;
+/// bounds streaming subscriptions.
 #[derive(Clone)]
 pub struct Guard {
     auth: Auth,
+    subscribers: Subscribers,
 }
 
 impl<S> tower::Layer<S> for Guard {
@@ -399,6 +476,7 @@ impl<S> tower::Layer<S> for Guard {
         Guarded {
             inner,
             auth: self.auth.clone(),
+            subscribers: self.subscribers.clone(),
         }
     }
 }
@@ -408,6 +486,7 @@ impl<S> tower::Layer<S> for Guard {
 pub struct Guarded<S> {
     inner: S,
     auth: Auth,
+    subscribers: Subscribers,
 }
 
 type GuardedFuture<E> =
@@ -428,17 +507,39 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match self
-            .auth
-            .admit(req.uri().path(), req.headers(), req.extensions())
-        {
-            Ok(caller) => {
-                if let Some(caller) = caller {
-                    req.extensions_mut().insert(caller);
+        let path = req.uri().path();
+        let caller = match self.auth.admit(path, req.headers(), req.extensions()) {
+            Ok(caller) => caller,
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+        };
+        // A subscription holds its place until its stream ends.
+        let place = if Subscribers::bounds(path) {
+            let who = caller
+                .as_ref()
+                .map_or("anyone without an identity", |c| c.actor.name.as_str());
+            match self.subscribers.take(who) {
+                Ok(place) => Some(place),
+                Err(why) => {
+                    let status = Status::resource_exhausted(why);
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
                 }
-                Box::pin(self.inner.call(req))
             }
-            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        } else {
+            None
+        };
+        if let Some(caller) = caller {
+            if let Some(conn) = conn_state(req.extensions()) {
+                conn.authenticated();
+            }
+            req.extensions_mut().insert(caller);
+        }
+        let answer = self.inner.call(req);
+        match place {
+            None => Box::pin(answer),
+            Some(place) => Box::pin(async move {
+                let response = answer.await?;
+                Ok(response.map(|body| place.hold(body)))
+            }),
         }
     }
 }
@@ -455,6 +556,8 @@ mod tests {
             sha256: token_hash(token).to_ascii_uppercase(),
             roles: roles.to_vec(),
             groups: vec!["dba".into()],
+            workers: None,
+            queues: None,
         };
         Auth::new(
             &[
@@ -541,6 +644,8 @@ mod tests {
             name: "worker-7".into(),
             roles: vec![Role::Agent],
             groups: vec!["build".into()],
+            workers: None,
+            queues: None,
         };
         let a = Auth::new(&[], &[entry], UnixSection::default());
         let caller = a.certificate_caller(&cert(&["worker-7"])).unwrap();
@@ -574,6 +679,8 @@ mod tests {
         let entry = |name: &str, roles: &[Role]| UnixRoles {
             name: name.into(),
             roles: roles.to_vec(),
+            workers: None,
+            queues: None,
         };
         let unix = UnixSection {
             others: vec![Role::Viewer],

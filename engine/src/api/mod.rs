@@ -102,12 +102,19 @@ pub async fn serve(
     tokio::spawn(crate::ha::report_health(health, api.role.clone()));
 
     let mut tasks = tokio::task::JoinSet::new();
-    // One count of connections for every listener.
-    let max_connections = api.limits.max_connections;
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    // Each listener has its own budget of connections; subscriptions are
+    // counted over all of them.
+    let subscribers = limit::Subscribers::new(&api.limits);
     if let Some(l) = listeners.tcp {
-        let (ok, refused) = limit::split(TcpListenerStream::new(l), slots.clone());
-        let router = router(&api, &auth, health_service.clone(), listeners.tls.clone())?;
+        let budget = limit::Budget::new(&api.limits);
+        let (ok, refused) = limit::split(TcpListenerStream::new(l), budget);
+        let router = router(
+            &api,
+            &auth,
+            subscribers.clone(),
+            health_service.clone(),
+            listeners.tls.clone(),
+        )?;
         let stop = shutdown.clone();
         tasks.spawn(async move {
             router
@@ -115,7 +122,7 @@ pub async fn serve(
                 .await
         });
         let stop = shutdown.clone();
-        let refuser = refuser(server(listeners.tls.clone())?, max_connections);
+        let refuser = refuser(server(listeners.tls.clone(), &api.limits)?);
         tasks.spawn(async move {
             refuser
                 .serve_with_incoming_shutdown(refused, stop.cancelled())
@@ -123,8 +130,9 @@ pub async fn serve(
         });
     }
     if let Some(l) = listeners.unix {
-        let (ok, refused) = limit::split(UnixListenerStream::new(l), slots.clone());
-        let router = router(&api, &auth, health_service.clone(), None)?;
+        let budget = limit::Budget::new(&api.limits);
+        let (ok, refused) = limit::split(UnixListenerStream::new(l), budget);
+        let router = router(&api, &auth, subscribers, health_service.clone(), None)?;
         let stop = shutdown.clone();
         tasks.spawn(async move {
             router
@@ -132,7 +140,7 @@ pub async fn serve(
                 .await
         });
         let stop = shutdown.clone();
-        let refuser = refuser(server(None)?, max_connections);
+        let refuser = refuser(server(None, &api.limits)?);
         tasks.spawn(async move {
             refuser
                 .serve_with_incoming_shutdown(refused, stop.cancelled())
@@ -145,27 +153,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves connections over `limits.max_connections`: every call is answered
-/// RESOURCE_EXHAUSTED, and the connection closes soon after.
+/// Serves connections over a limit: every call is answered
+/// RESOURCE_EXHAUSTED naming the limit, and the connection closes soon
+/// after.
 fn refuser(
     server: Server,
-    max_connections: usize,
 ) -> tonic::transport::server::Router<
     tower::layer::util::Stack<
         tower::layer::LayerFn<impl Fn(tonic::service::Routes) -> limit::Refuse + Clone>,
         tower::layer::util::Identity,
     >,
 > {
-    let refuse = limit::Refuse::new(max_connections);
     let (_, health) = tonic_health::server::health_reporter();
     server
-        .layer(tower::layer::layer_fn(move |_| refuse.clone()))
+        .layer(tower::layer::layer_fn(move |_| limit::Refuse))
         .add_service(health)
 }
 
-/// A server builder, speaking TLS when `tls` is set.
-fn server(tls: Option<tonic::transport::ServerTlsConfig>) -> anyhow::Result<Server> {
-    let server = Server::builder();
+/// A server builder, speaking TLS when `tls` is set, with at most
+/// `limits.max_streams_per_connection` calls in flight on a connection.
+fn server(
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    limits: &Limits,
+) -> anyhow::Result<Server> {
+    // A TLS handshake reads through the connection's handshake deadline
+    // (`limit::Limited`) too, so a client stalling it is closed in time.
+    let server = Server::builder().max_concurrent_streams(Some(limits.max_streams_per_connection));
     Ok(match tls {
         Some(tls) => server.tls_config(tls)?,
         None => server,
@@ -188,6 +201,7 @@ type Explained = tower::layer::util::Stack<
 fn router(
     api: &Api,
     auth: &Auth,
+    subscribers: limit::Subscribers,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -207,12 +221,12 @@ fn router(
     let max = api.limits.max_message_bytes;
     let explain: fn(Response<tonic::body::Body>) -> Response<tonic::body::Body> =
         limit::explain_message_limit;
-    Ok(server(tls)?
+    Ok(server(tls, &api.limits)?
         // Layers run in the order added, the first outermost.
         .layer(tower::util::MapResponseLayer::new(explain))
         // Every request, to every service: identity and role first (so a
         // standby names its leader only to callers it knows).
-        .layer(auth.guard())
+        .layer(auth.guard(subscribers))
         // A standby answers only health and reflection, naming the leader.
         .layer(crate::ha::StandbyGate::new(api.role.clone()))
         .tcp_nodelay(true)

@@ -68,6 +68,16 @@ impl Workers for Api {
         })
         .await
     }
+
+    async fn forget_worker(
+        &self,
+        req: Request<pb::WorkerActionRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        self.worker_action(req, |s, tx, id, actor, reason| {
+            s.forget_worker(tx, id, actor, reason)
+        })
+        .await
+    }
 }
 
 type WorkerAction = fn(

@@ -32,16 +32,28 @@ impl Api {
         Ok((spec, key))
     }
 
-    /// The run an idempotency key made, if it has left the engine's memory:
-    /// the store remembers every key for as long as it keeps the run.
-    async fn stored_by_key(&self, key: Option<&str>) -> Result<Option<pb::Run>, Status> {
+    /// The run `actor`'s idempotency key made, if it has left the engine's
+    /// memory (the store remembers every key for as long as it keeps the
+    /// run); ALREADY_EXISTS if that run was made from another spec.
+    async fn stored_by_key(
+        &self,
+        actor: &crate::domain::Actor,
+        key: Option<&str>,
+        spec: &spec::RunSpec,
+    ) -> Result<Option<pb::Run>, Status> {
         let Some(key) = key else { return Ok(None) };
-        Ok(self
+        let Some(run) = self
             .store
-            .run_by_idempotency_key(key)
+            .run_by_idempotency_key(&actor.name, key)
             .await
             .map_err(super::store_error)?
-            .map(|r| convert::run(&r)))
+        else {
+            return Ok(None);
+        };
+        if !run.made_from(spec) {
+            return Err(Status::already_exists(run.key_reused(key)));
+        }
+        Ok(Some(convert::run(&run)))
     }
 
     /// A run by id, live or from history.
@@ -91,7 +103,7 @@ impl Runs for Api {
         let actor = caller(&req)?;
         let req = req.into_inner();
         let (spec, key) = self.submit_args(&req)?;
-        if let Some(run) = self.stored_by_key(key.as_deref()).await? {
+        if let Some(run) = self.stored_by_key(&actor, key.as_deref(), &spec).await? {
             return Ok(Response::new(pb::SubmitRunResponse {
                 run: Some(run),
                 created: false,
@@ -137,7 +149,15 @@ impl Runs for Api {
                     format!("run {} of {}: {}", i + 1, reqs.len(), s.message()),
                 )
             })?;
-            let earlier = self.stored_by_key(key.as_deref()).await?;
+            let earlier = self
+                .stored_by_key(&actor, key.as_deref(), &spec)
+                .await
+                .map_err(|s| {
+                    Status::new(
+                        s.code(),
+                        format!("run {} of {}: {}", i + 1, reqs.len(), s.message()),
+                    )
+                })?;
             submits.push((spec, key, r.reason.clone(), earlier));
         }
         let runs = self

@@ -32,6 +32,8 @@ pub struct Tx {
     /// Steps made or changed: (run id, step index).
     pub steps: BTreeSet<(String, u32)>,
     pub workers: BTreeSet<String>,
+    /// Workers an admin forgot: deleted from the store.
+    pub forgotten_workers: BTreeSet<String>,
     /// Leases leave the live set when they end, so their last state is kept here.
     pub leases: BTreeMap<String, Lease>,
     pub approvals: BTreeSet<String>,
@@ -50,6 +52,7 @@ impl Tx {
             runs: BTreeSet::new(),
             steps: BTreeSet::new(),
             workers: BTreeSet::new(),
+            forgotten_workers: BTreeSet::new(),
             leases: BTreeMap::new(),
             approvals: BTreeSet::new(),
             queues: BTreeSet::new(),
@@ -81,6 +84,7 @@ impl Tx {
         !(self.runs.is_empty()
             && self.steps.is_empty()
             && self.workers.is_empty()
+            && self.forgotten_workers.is_empty()
             && self.leases.is_empty()
             && self.approvals.is_empty()
             && self.queues.is_empty()

@@ -3,6 +3,7 @@
 //! core owns the live values and the store persists them.
 
 pub mod model;
+pub mod scope;
 pub mod spec;
 #[cfg(test)]
 mod spec_props;
@@ -22,6 +23,17 @@ pub fn now_ms() -> Millis {
 
 /// A worker serving this serves every queue (the engine's local workers do).
 pub const ANY_QUEUE: &str = "*";
+
+/// A worker id: 1 to 128 characters, none of them white space or a control
+/// character (ids go into logs, tables and file names).
+pub fn validate_worker_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "invalid worker id {id:?}: use 1 to 128 characters without spaces or control characters"
+        ));
+    }
+    Ok(())
+}
 
 /// A queue name: `[a-z0-9._-]{1,64}`.
 pub fn validate_queue_name(name: &str) -> Result<(), String> {

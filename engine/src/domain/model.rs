@@ -282,6 +282,30 @@ pub struct Run {
 }
 
 impl Run {
+    /// Whether the run was made from `spec`: the same name, labels and
+    /// steps (what an idempotent resubmit must repeat).
+    pub fn made_from(&self, spec: &super::spec::RunSpec) -> bool {
+        self.name == spec.name
+            && self.labels == spec.labels
+            && self.steps.len() == spec.steps.len()
+            && self
+                .steps
+                .iter()
+                .zip(&spec.steps)
+                .all(|(a, b)| a.spec == *b)
+    }
+
+    /// The refusal of an idempotency key reused with another spec.
+    pub fn key_reused(&self, key: &str) -> String {
+        format!(
+            "idempotency key {key:?} already made run {} ({}) from a different spec; \
+             resubmit the same spec to get that run, or use a new key for this one",
+            self.id, self.name
+        )
+    }
+}
+
+impl Run {
     pub fn step(&self, index: u32) -> Option<&Step> {
         self.steps.get(index as usize)
     }

@@ -37,9 +37,43 @@ pub struct Limits {
     pub max_attempts: u32,
     /// The largest gRPC message the engine decodes.
     pub max_message_bytes: usize,
-    /// Connections served at once, over every listener; more are answered
-    /// RESOURCE_EXHAUSTED and closed.
+    /// Connections served at once on each listener; more are answered
+    /// RESOURCE_EXHAUSTED and closed. The engine's own user and root on
+    /// the Unix socket are never refused.
     pub max_connections: usize,
+    /// Connections one peer (an IP address on TCP, a user on the socket)
+    /// may hold before they authenticate; more are refused.
+    pub max_pending_per_peer: usize,
+    /// How long a new connection has to make its first authenticated call
+    /// before it is closed.
+    #[serde(with = "duration_words")]
+    pub handshake_timeout: std::time::Duration,
+    /// Streams (calls in flight) on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
+    /// Streaming subscriptions (Watch, FollowEvents, health Watch) open at
+    /// once, in all and per identity.
+    pub max_subscribers: usize,
+    pub max_subscribers_per_identity: usize,
+}
+
+/// A duration written as "10s", "2m".
+mod duration_words {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. \"10s\""
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 }
 
 impl Default for Limits {
@@ -52,6 +86,11 @@ impl Default for Limits {
             max_attempts: 100,
             max_message_bytes: 16 * 1024 * 1024,
             max_connections: 1024,
+            max_pending_per_peer: 64,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            max_streams_per_connection: 128,
+            max_subscribers: 1024,
+            max_subscribers_per_identity: 64,
         }
     }
 }

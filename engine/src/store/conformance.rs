@@ -104,6 +104,7 @@ fn event(seq: u64, run_id: &str) -> pb::Event {
 
 fn sample() -> Batch {
     Batch {
+        forgotten_workers: Vec::new(),
         runs: vec![run("r1", RunState::Running)],
         steps: Vec::new(),
         workers: vec![Worker {
@@ -205,6 +206,29 @@ async fn a_quarantine_loads_back_until_it_is_cleared() {
         assert_eq!(
             b.store.load(100).await.unwrap().quarantines,
             vec![quarantine("s")],
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_forgotten_worker_is_gone_from_the_store() {
+    for b in backends().await {
+        b.store.commit(&sample()).await.unwrap();
+        assert_eq!(
+            b.store.load(100).await.unwrap().workers.len(),
+            1,
+            "{}",
+            b.name
+        );
+        let forget = Batch {
+            forgotten_workers: vec!["w".into()],
+            ..Default::default()
+        };
+        b.store.commit(&forget).await.unwrap();
+        assert!(
+            b.store.load(100).await.unwrap().workers.is_empty(),
             "{}",
             b.name
         );
@@ -548,14 +572,44 @@ async fn a_run_is_found_by_its_idempotency_key() {
         let r = two_step_run("r1");
         b.store.commit(&split(&r)).await.unwrap();
         assert_eq!(
-            b.store.run_by_idempotency_key("key-r1").await.unwrap(),
-            Some(r),
+            b.store
+                .run_by_idempotency_key("alice", "key-r1")
+                .await
+                .unwrap(),
+            Some(r.clone()),
             "{}",
             b.name
         );
         assert_eq!(
-            b.store.run_by_idempotency_key("key-r2").await.unwrap(),
+            b.store
+                .run_by_idempotency_key("alice", "key-r2")
+                .await
+                .unwrap(),
             None,
+            "{}",
+            b.name
+        );
+        // Keys are each submitter's own: bob's key-r1 is another run.
+        assert_eq!(
+            b.store
+                .run_by_idempotency_key("bob", "key-r1")
+                .await
+                .unwrap(),
+            None,
+            "{}",
+            b.name
+        );
+        let mut bobs = two_step_run("r9");
+        bobs.submitted_by = "bob".into();
+        bobs.idempotency_key = Some("key-r1".into());
+        b.store.commit(&split(&bobs)).await.unwrap();
+        assert_eq!(
+            b.store
+                .run_by_idempotency_key("bob", "key-r1")
+                .await
+                .unwrap()
+                .map(|r| r.id),
+            Some("r9".to_owned()),
             "{}",
             b.name
         );
@@ -1196,7 +1250,7 @@ async fn assert_old_rows_read_back(name: &str, store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .run_by_idempotency_key("key-u1")
+            .run_by_idempotency_key("alice", "key-u1")
             .await
             .unwrap()
             .as_ref(),

@@ -133,6 +133,8 @@ pub struct Batch {
     /// Steps made or changed, with their run's id.
     pub steps: Vec<(String, Step)>,
     pub workers: Vec<Worker>,
+    /// Workers an admin forgot (`opsdeck workers forget`), deleted.
+    pub forgotten_workers: Vec<String>,
     pub leases: Vec<Lease>,
     pub approvals: Vec<Approval>,
     pub queues: Vec<Queue>,
@@ -177,8 +179,13 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
     /// One run with its steps, final or not.
     async fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError>;
-    /// The run an idempotency key made, if any.
-    async fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>, StoreError>;
+    /// The run `submitted_by`'s idempotency key made, if any (keys are
+    /// each submitter's own).
+    async fn run_by_idempotency_key(
+        &self,
+        submitted_by: &str,
+        key: &str,
+    ) -> Result<Option<Run>, StoreError>;
     /// Runs matching `filter`, newest (greatest id) first, at most `limit`,
     /// with their steps.
     async fn list_runs(&self, filter: &RunFilter, limit: u32) -> Result<Vec<Run>, StoreError>;

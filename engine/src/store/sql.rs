@@ -222,6 +222,16 @@ where
         )
         .await?;
 
+        if !b.forgotten_workers.is_empty() {
+            let mut q = QueryBuilder::<DB>::new("DELETE FROM workers WHERE id IN (");
+            let mut ids = q.separated(", ");
+            for id in &b.forgotten_workers {
+                ids.push_bind(id.clone());
+            }
+            q.push(")");
+            q.build().persistent(false).execute(&mut *c).await?;
+        }
+
         let leases = last_per_key(&b.leases, |l| l.id.clone())
             .into_iter()
             .map(|l| {
@@ -492,6 +502,21 @@ where
         let mut q = Self::run_select(d);
         q.push(format!("WHERE {column} = "));
         q.push_bind(value.to_owned());
+        let runs = Self::headers(c, q).await?;
+        Ok(Self::with_steps(c, d, runs).await?.pop())
+    }
+
+    pub async fn run_by_key(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        submitted_by: &str,
+        key: &str,
+    ) -> Result<Option<Run>, StoreError> {
+        let mut q = Self::run_select(d);
+        q.push("WHERE submitted_by = ");
+        q.push_bind(submitted_by.to_owned());
+        q.push(" AND idempotency_key = ");
+        q.push_bind(key.to_owned());
         let runs = Self::headers(c, q).await?;
         Ok(Self::with_steps(c, d, runs).await?.pop())
     }

@@ -81,9 +81,13 @@ impl Store for SqliteStore {
         Body::run_where(&mut c, &DIALECT, "id", id).await
     }
 
-    async fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>, StoreError> {
+    async fn run_by_idempotency_key(
+        &self,
+        submitted_by: &str,
+        key: &str,
+    ) -> Result<Option<Run>, StoreError> {
         let mut c = self.pool.acquire().await?;
-        Body::run_where(&mut c, &DIALECT, "idempotency_key", key).await
+        Body::run_by_key(&mut c, &DIALECT, submitted_by, key).await
     }
 
     async fn list_runs(&self, filter: &RunFilter, limit: u32) -> Result<Vec<Run>, StoreError> {

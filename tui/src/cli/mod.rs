@@ -120,8 +120,8 @@ pub enum Command {
     Approve(approvals::DecideArgs),
     /// Reject an approval gate
     Reject(approvals::DecideArgs),
-    /// List workers
-    Workers,
+    /// List workers; `workers forget ID` forgets a stopped one
+    Workers(workers::WorkersArgs),
     /// Stop a worker taking new work; it finishes what it holds
     Drain(workers::WorkerChange),
     /// Let a drained worker take work again
@@ -260,7 +260,12 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Approvals(args) => approvals::list(ctx, args).await?,
         Command::Approve(args) => approvals::decide(ctx, Verdict::Approve, args).await?,
         Command::Reject(args) => approvals::decide(ctx, Verdict::Reject, args).await?,
-        Command::Workers => workers::list(ctx).await?,
+        Command::Workers(args) => match args.action {
+            None => workers::list(ctx).await?,
+            Some(workers::WorkersAction::Forget(change)) => {
+                workers::change(ctx, WorkerAction::Forget, change).await?
+            }
+        },
         Command::Drain(args) => workers::change(ctx, WorkerAction::Drain, args).await?,
         Command::Undrain(args) => workers::change(ctx, WorkerAction::Undrain, args).await?,
         Command::Recycle(args) => workers::change(ctx, WorkerAction::Recycle, args).await?,

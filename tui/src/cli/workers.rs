@@ -1,6 +1,6 @@
-//! Workers: `workers`, `drain`, `undrain`, `recycle`.
+//! Workers: `workers`, `workers forget`, `drain`, `undrain`, `recycle`.
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{ListWorkersRequest, Worker, WorkerActionRequest, WorkerState};
 
@@ -19,11 +19,26 @@ pub struct WorkerChange {
     pub reason: Reason,
 }
 
+/// `workers [forget WORKER]`.
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    #[command(subcommand)]
+    pub action: Option<WorkersAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkersAction {
+    /// Forget a stopped worker: its record, and the binding of its id to
+    /// the identity that first registered it (admin)
+    Forget(WorkerChange),
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum WorkerAction {
     Drain,
     Undrain,
     Recycle,
+    Forget,
 }
 
 pub async fn list(ctx: &mut Ctx) -> Result<(), CliError> {
@@ -50,6 +65,7 @@ pub async fn change(
         WorkerAction::Drain => ctx.call(client.drain_worker(request)).await?,
         WorkerAction::Undrain => ctx.call(client.undrain_worker(request)).await?,
         WorkerAction::Recycle => ctx.call(client.recycle_worker(request)).await?,
+        WorkerAction::Forget => ctx.call(client.forget_worker(request)).await?,
     };
     ctx.printer.one(&worker, |w| worker_table(w, now_ms()))
 }

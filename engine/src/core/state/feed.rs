@@ -4,6 +4,18 @@
 use super::*;
 
 impl State {
+    /// The identity behind a worker's actor: the credential its session
+    /// authenticated as.
+    fn identity_behind(&self, actor: &Actor) -> String {
+        actor
+            .name
+            .strip_prefix("worker:")
+            .filter(|_| actor.transport == "agent")
+            .and_then(|id| self.workers.get(id))
+            .map(|w| w.identity.clone())
+            .unwrap_or_default()
+    }
+
     pub(super) fn emit(&mut self, tx: &mut Tx, actor: &Actor, reason: &str, ev: Ev) {
         self.seq += 1;
         let run = ev.run.as_deref().and_then(|id| self.runs.get(id));
@@ -19,6 +31,7 @@ impl State {
             kind: ev.kind.to_owned(),
             actor: actor.name.clone(),
             transport: actor.transport.to_string(),
+            identity: self.identity_behind(actor),
             reason: reason.to_owned(),
             run_id: ev.run.clone().unwrap_or_default(),
             step_index: ev.step.unwrap_or(0),
@@ -206,6 +219,7 @@ impl State {
                 .iter()
                 .filter_map(|id| self.workers.get(id).cloned())
                 .collect(),
+            forgotten_workers: tx.forgotten_workers.iter().cloned().collect(),
             leases: tx
                 .leases
                 .keys()

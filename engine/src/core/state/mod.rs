@@ -26,6 +26,7 @@ mod workers;
 
 use super::tx::{Effect, Tx};
 use crate::convert;
+use crate::domain::scope::AgentScope;
 use crate::domain::spec::{Limits, RunSpec};
 use crate::domain::{
     Actor, Approval, ApprovalState, Decision, Grants, Lease, LeaseState, Millis, OnTimeout,
@@ -264,7 +265,8 @@ pub struct State {
     finished_pushed: u64,
     finished_committed: u64,
     run_ids: ulid::Generator,
-    idempotency: HashMap<String, String>,
+    /// Run ids by (submitter, idempotency key).
+    idempotency: HashMap<(String, String), String>,
     queues: BTreeMap<String, QueueLive>,
     workers: BTreeMap<String, Worker>,
     sessions: HashMap<String, Session>,
@@ -363,7 +365,8 @@ impl State {
         let mut ready = Vec::new();
         for run in loaded.runs {
             if let Some(k) = &run.idempotency_key {
-                s.idempotency.insert(k.clone(), run.id.clone());
+                s.idempotency
+                    .insert((run.submitted_by.clone(), k.clone()), run.id.clone());
             }
             if !run.state.is_final() {
                 for step in &run.steps {
@@ -549,7 +552,8 @@ mod tests {
             ..Default::default()
         };
         let mut tx = Tx::new(now);
-        s.hello(&mut tx, 1, id, hello, out).unwrap();
+        s.hello(&mut tx, 1, id, &AgentScope::unbounded(), hello, out)
+            .unwrap();
         run_effects(tx);
         rx
     }
@@ -735,7 +739,8 @@ mod tests {
             ..Default::default()
         };
         let mut tx = Tx::new(T0 + 5);
-        s.hello(&mut tx, 2, "w", hello, out).unwrap();
+        s.hello(&mut tx, 2, "w", &AgentScope::unbounded(), hello, out)
+            .unwrap();
         let live: Vec<String> = s.list_leases(false).into_iter().map(|l| l.id).collect();
         assert_eq!(live, [leased[0].lease_id.clone()]);
         assert!(
@@ -746,26 +751,95 @@ mod tests {
     }
 
     #[test]
-    fn another_identity_cannot_take_over_a_connected_workers_session() {
+    fn another_identity_cannot_take_over_a_workers_id_connected_or_not() {
         let mut s = state();
         let mut w = worker(&mut s, "w", &["q"], 1);
-        let (out, _rx) = mpsc::unbounded_channel();
-        let hello = pb::Hello {
+        let hello = || pb::Hello {
             worker_id: "w".into(),
-            queues: vec!["*".into()],
+            queues: vec!["q".into()],
             slots: 8,
             generation: 1,
             ..Default::default()
         };
+        let (out, _rx) = mpsc::unbounded_channel();
         let mut tx = Tx::new(T0 + 5);
-        let refused = s.hello(&mut tx, 2, "mallory", hello, out);
+        let refused = s.hello(
+            &mut tx,
+            2,
+            "mallory",
+            &AgentScope::unbounded(),
+            hello(),
+            out,
+        );
         assert!(
-            matches!(&refused, Err(EngineError::PermissionDenied(m)) if m.contains("connected as w")),
+            matches!(&refused, Err(EngineError::PermissionDenied(m)) if m.contains("belongs to w")),
             "{refused:?}"
         );
         // The worker keeps its session and its work.
         submit(&mut s, ONE_STEP);
         dispatch(&mut s, T0 + 10);
         assert_eq!(assignments(&mut w).len(), 1);
+
+        // Gone, its id is still not another's to take.
+        let mut tx = Tx::new(T0 + 20);
+        s.session_closed(&mut tx, "w", 1);
+        let (out, _rx) = mpsc::unbounded_channel();
+        let refused = s.hello(
+            &mut tx,
+            3,
+            "mallory",
+            &AgentScope::unbounded(),
+            hello(),
+            out,
+        );
+        assert!(
+            matches!(&refused, Err(EngineError::PermissionDenied(m)) if m.contains("workers forget w")),
+            "{refused:?}"
+        );
+        // Its own identity comes back.
+        let (out, _rx) = mpsc::unbounded_channel();
+        s.hello(&mut tx, 4, "w", &AgentScope::unbounded(), hello(), out)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_credential_serves_only_its_ids_and_queues() {
+        let mut s = state();
+        let patterns = |p: &[&str]| {
+            Some(
+                crate::domain::scope::Patterns::new(p.iter().map(|s| (*s).to_owned()).collect())
+                    .unwrap(),
+            )
+        };
+        let scope = AgentScope {
+            workers: patterns(&["build-*"]),
+            queues: patterns(&["build"]),
+            unbounded: false,
+        };
+        let mut try_hello = |id: &str, queue: &str| {
+            let (out, _rx) = mpsc::unbounded_channel();
+            let hello = pb::Hello {
+                worker_id: id.into(),
+                queues: vec![queue.into()],
+                slots: 1,
+                generation: 1,
+                ..Default::default()
+            };
+            let mut tx = Tx::new(T0);
+            s.hello(&mut tx, 1, "ci", &scope, hello, out)
+        };
+        assert!(matches!(
+            try_hello("build-1", "*"),
+            Err(EngineError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            try_hello("build-1", "deploy"),
+            Err(EngineError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            try_hello("deploy-1", "build"),
+            Err(EngineError::PermissionDenied(_))
+        ));
+        try_hello("build-1", "build").unwrap();
     }
 }

@@ -369,7 +369,8 @@ impl Harness {
                 let (out, rx) = mpsc::unbounded_channel();
                 self.inbox.insert(id.clone(), rx);
                 self.batch(|s, tx| {
-                    if let Err(e) = s.hello(tx, session, &id, hello, out) {
+                    if let Err(e) = s.hello(tx, session, &id, &AgentScope::unbounded(), hello, out)
+                    {
                         panic!("a valid hello was refused: {e}");
                     }
                 });
@@ -826,7 +827,7 @@ proptest! {
         let hello = pb::Hello { worker_id: worker_id.clone(), queues, slots, ..Default::default() };
         let (out, _rx) = mpsc::unbounded_channel();
         let mut tx = Tx::new(h.now);
-        match h.s.hello(&mut tx, 1, "someone", hello, out) {
+        match h.s.hello(&mut tx, 1, "someone", &AgentScope::unbounded(), hello, out) {
             Ok(()) => prop_assert!(h.s.session_of(worker_id.trim()).is_some()),
             Err(e) => {
                 prop_assert!(matches!(e, EngineError::InvalidArgument(_)), "{e:?}");

@@ -52,8 +52,21 @@ impl State {
             .collect()
     }
 
+    /// A queue's figures: one that steps have used, or one a connected
+    /// worker serves (shown, but not kept once its workers are gone).
     pub fn queue_pb(&self, name: &str, now: Millis) -> Option<pb::Queue> {
-        let q = self.queues.get(name)?;
+        let workers = self
+            .workers
+            .values()
+            .filter(|w| self.sessions.contains_key(&w.id) && w.serves(name))
+            .count() as u32;
+        let Some(q) = self.queues.get(name) else {
+            return (workers > 0 && name != crate::domain::ANY_QUEUE).then(|| pb::Queue {
+                name: name.to_owned(),
+                workers,
+                ..Default::default()
+            });
+        };
         // Readiness order follows time, so the first in order is the oldest.
         let oldest = q.ages.first_key_value().map(|(_, since)| *since);
         let in_window =
@@ -67,17 +80,25 @@ impl State {
             oldest_ready_age_ms: oldest.map_or(0, |t| u64::try_from(now - t).unwrap_or(0)),
             enqueued_last_minute: in_window(&q.enqueued),
             completed_last_minute: in_window(&q.completed),
-            workers: self
-                .workers
-                .values()
-                .filter(|w| self.sessions.contains_key(&w.id) && w.serves(name))
-                .count() as u32,
+            workers,
         })
     }
 
+    /// Every queue steps have used or a connected worker serves, by name.
     pub fn list_queues(&self, now: Millis) -> Vec<pb::Queue> {
-        self.queues
+        let served = self
+            .workers
+            .values()
+            .filter(|w| self.sessions.contains_key(&w.id))
+            .flat_map(|w| w.queues.iter().map(String::as_str));
+        let names: BTreeSet<&str> = self
+            .queues
             .keys()
+            .map(String::as_str)
+            .chain(served)
+            .collect();
+        names
+            .into_iter()
             .filter_map(|q| self.queue_pb(q, now))
             .collect()
     }

@@ -14,12 +14,18 @@ impl State {
         actor: &Actor,
         reason: &str,
     ) -> EngineResult<(String, bool)> {
-        if let Some(existing) = idempotency_key
-            .as_ref()
-            .and_then(|k| self.idempotency.get(k))
-            .filter(|id| self.runs.contains_key(*id))
+        // Keys are each submitter's own: another identity's key names
+        // another run.
+        if let Some(key) = &idempotency_key
+            && let Some(existing) = self
+                .idempotency
+                .get(&(actor.name.clone(), key.clone()))
+                .and_then(|id| self.runs.get(id))
         {
-            return Ok((existing.clone(), false));
+            if !existing.made_from(&spec) {
+                return Err(EngineError::AlreadyExists(existing.key_reused(key)));
+            }
+            return Ok((existing.id.clone(), false));
         }
         self.check_submit(&spec)?;
         // Monotonic, so that runs sort in the order they were submitted even
@@ -49,7 +55,7 @@ impl State {
             idempotency_key: idempotency_key.clone(),
         };
         if let Some(k) = idempotency_key {
-            self.idempotency.insert(k, id.clone());
+            self.idempotency.insert((actor.name.clone(), k), id.clone());
         }
         let steps = run.steps.len();
         let msg = format!(
@@ -564,8 +570,8 @@ impl State {
                     self.approvals.remove(approval);
                 }
             }
-            if let Some(key) = &run.idempotency_key {
-                self.idempotency.remove(key);
+            if let Some(key) = run.idempotency_key.clone() {
+                self.idempotency.remove(&(run.submitted_by.clone(), key));
             }
             self.runs.remove(&id);
         }
@@ -596,7 +602,8 @@ impl State {
             self.finished_pushed += 1;
         }
         if let Some(key) = &run.idempotency_key {
-            self.idempotency.insert(key.clone(), run.id.clone());
+            self.idempotency
+                .insert((run.submitted_by.clone(), key.clone()), run.id.clone());
         }
         self.runs.insert(run.id.clone(), run);
     }

@@ -84,53 +84,75 @@ impl State {
         self.get_worker(id)
     }
 
-    /// A worker said hello on a new session.
+    /// Forgets a stopped worker: its record, and with it the binding of its
+    /// id to the identity that first registered it.
+    pub fn forget_worker(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<pb::Worker> {
+        let worker = self.get_worker(id)?;
+        if self.sessions.contains_key(id) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "worker {id} is connected; stop its process (or drain it and let it exit) before forgetting it"
+            )));
+        }
+        if self.worker_leases.get(id).is_some_and(|l| !l.is_empty()) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "worker {id} still holds leases; wait for them to expire or force-release them \
+                 (`opsdeck leases`) before forgetting it"
+            )));
+        }
+        self.workers.remove(id);
+        self.worker_leases.remove(id);
+        tx.workers.remove(id);
+        tx.forgotten_workers.insert(id.to_owned());
+        let msg = format!(
+            "worker {id} forgotten; its id is free for any identity allowed to register it"
+        );
+        self.emit(
+            tx,
+            actor,
+            reason,
+            Ev::new("worker.forgotten", msg).worker(id),
+        );
+        Ok(worker)
+    }
+
+    /// A worker said hello on a new session, as `identity`, whose
+    /// credential may serve `scope`.
     pub fn hello(
         &mut self,
         tx: &mut Tx,
         session: u64,
         identity: &str,
+        scope: &AgentScope,
         hello: pb::Hello,
         out: mpsc::UnboundedSender<pb::EngineMessage>,
     ) -> EngineResult<()> {
         let id = hello.worker_id.trim().to_owned();
-        if id.is_empty() || id.len() > 128 {
-            return Err(EngineError::InvalidArgument(
-                "worker id must be 1 to 128 characters".into(),
-            ));
+        crate::domain::validate_worker_id(&id).map_err(EngineError::InvalidArgument)?;
+        check_hello(&id, &hello).map_err(EngineError::InvalidArgument)?;
+        if let Some(why) = scope.refuse(identity, &id, &hello.queues) {
+            tracing::warn!(worker_id = ?id, identity = ?identity, "worker refused: {why}");
+            return Err(EngineError::PermissionDenied(why));
         }
-        if hello.queues.is_empty() {
-            return Err(EngineError::InvalidArgument(format!(
-                "worker {id} serves no queue; give it at least one --queue"
-            )));
-        }
-        for q in hello
-            .queues
-            .iter()
-            .filter(|q| *q != crate::domain::ANY_QUEUE)
+        // A worker id belongs to the identity that first registered it, so
+        // that no other credential can report for its leases or take the
+        // assignments (secrets included) meant for it, connected or not.
+        if let Some(owner) = self
+            .workers
+            .get(&id)
+            .map(|w| w.identity.as_str())
+            .filter(|owner| !owner.is_empty() && *owner != identity)
         {
-            validate_queue_name(q)
-                .map_err(|e| EngineError::InvalidArgument(format!("worker {id}: {e}")))?;
-        }
-        if hello.slots == 0 {
-            return Err(EngineError::InvalidArgument(format!(
-                "worker {id} has 0 slots; give it --slots 1 or more"
-            )));
-        }
-        // A connected worker's session (and the assignments, secrets
-        // included, that go down it) is not for another identity to take.
-        if let Some(live) = self.workers.get(&id).filter(|w| {
-            matches!(
-                w.state,
-                WorkerState::Online | WorkerState::Draining | WorkerState::Recycling
-            ) && !w.identity.is_empty()
-                && w.identity != identity
-                && self.sessions.contains_key(&id)
-        }) {
+            tracing::warn!(worker_id = ?id, identity = ?identity, owner = ?owner, "worker refused: the id belongs to another identity");
             return Err(EngineError::PermissionDenied(format!(
-                "worker {id} is connected as {}, and {identity} may not take over its session; \
-                 give this worker another --id, or stop the other process first",
-                live.identity
+                "worker id {id} belongs to {owner}, which first registered it; give this worker \
+                 another --id, or have an admin release the id with `opsdeck workers forget {id}` \
+                 once its process is stopped"
             )));
         }
         let actor = Actor::worker(&id);
@@ -187,9 +209,6 @@ impl State {
         } else {
             WorkerState::Online
         };
-        for q in w.queues.iter().filter(|q| *q != crate::domain::ANY_QUEUE) {
-            self.queue_live(q);
-        }
         let draining = w.drain_requested;
         let generation = w.generation;
         self.workers.insert(id.clone(), w);
@@ -361,4 +380,79 @@ impl State {
             pb::engine_message::Kind::Recycle(pb::Recycle {}),
         );
     }
+}
+
+/// The most queues one worker may serve.
+pub const MAX_WORKER_QUEUES: usize = 64;
+/// The most labels one worker may carry, and their sizes.
+pub const MAX_WORKER_LABELS: usize = 64;
+const MAX_LABEL_KEY: usize = 128;
+const MAX_LABEL_VALUE: usize = 1024;
+/// Host names and versions a worker reports.
+const MAX_HOST: usize = 255;
+const MAX_VERSION: usize = 64;
+/// Slots one worker may offer, and leases it may say it holds.
+const MAX_SLOTS: u32 = 10_000;
+
+/// Bounds on what a hello carries: every field of it is stored and shown.
+fn check_hello(id: &str, hello: &pb::Hello) -> Result<(), String> {
+    if hello.queues.is_empty() {
+        return Err(format!(
+            "worker {id} serves no queue; give it at least one --queue"
+        ));
+    }
+    if hello.queues.len() > MAX_WORKER_QUEUES {
+        return Err(format!(
+            "worker {id} names {} queues; a worker serves at most {MAX_WORKER_QUEUES}",
+            hello.queues.len()
+        ));
+    }
+    for q in hello
+        .queues
+        .iter()
+        .filter(|q| *q != crate::domain::ANY_QUEUE)
+    {
+        validate_queue_name(q).map_err(|e| format!("worker {id}: {e}"))?;
+    }
+    if hello.slots == 0 || hello.slots > MAX_SLOTS {
+        return Err(format!(
+            "worker {id} has {} slots; give it --slots 1 to {MAX_SLOTS}",
+            hello.slots
+        ));
+    }
+    if hello.labels.len() > MAX_WORKER_LABELS {
+        return Err(format!(
+            "worker {id} has {} labels; a worker carries at most {MAX_WORKER_LABELS}",
+            hello.labels.len()
+        ));
+    }
+    for (k, v) in &hello.labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY || k.chars().any(char::is_control) {
+            return Err(format!(
+                "worker {id}: label name {k:?} must be 1 to {MAX_LABEL_KEY} characters without control characters"
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+            return Err(format!(
+                "worker {id}: the value of label {k} must be at most {MAX_LABEL_VALUE} characters without control characters"
+            ));
+        }
+    }
+    if hello.host.len() > MAX_HOST || hello.host.chars().any(char::is_control) {
+        return Err(format!(
+            "worker {id}: its host name must be at most {MAX_HOST} characters without control characters"
+        ));
+    }
+    if hello.version.len() > MAX_VERSION || hello.version.chars().any(char::is_control) {
+        return Err(format!(
+            "worker {id}: its version must be at most {MAX_VERSION} characters without control characters"
+        ));
+    }
+    if hello.held.len() > MAX_SLOTS as usize {
+        return Err(format!(
+            "worker {id} says it holds {} leases; no worker holds more than {MAX_SLOTS}",
+            hello.held.len()
+        ));
+    }
+    Ok(())
 }

@@ -1,0 +1,5 @@
+-- Idempotency keys are each submitter's own: the same key from two
+-- identities names two runs.
+DROP INDEX runs_idempotency_key;
+CREATE UNIQUE INDEX runs_idempotency_key ON runs (submitted_by, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;

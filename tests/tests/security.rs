@@ -1,0 +1,490 @@
+//! What an adversary with some access cannot do, end to end with a real
+//! engine and real worker processes: an agent credential serves only the
+//! worker ids and queues its config entry names; a worker id stays with
+//! the identity that registered it; every field of a hello is bounded;
+//! idempotency keys are each submitter's own; idle connections and floods
+//! of streams do not lock anyone out.
+
+use std::time::{Duration, Instant};
+
+use opsdeck_tests::pb::{self, WhoamiRequest};
+use opsdeck_tests::{
+    DEADLINE, Engine, EngineOpts, Worker, assert_status, new_token, opsdeck, wait_for,
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+
+const BUILD_RUN: &str =
+    "name = \"compile\"\n[[step]]\nname = \"make\"\nqueue = \"build\"\nrun = \"echo built\"\n";
+const DEPLOY_RUN: &str =
+    "name = \"ship\"\n[[step]]\nname = \"push\"\nqueue = \"deploy\"\nrun = \"echo shipped\"\n";
+
+/// The agent tokens of [`engine_with_agents`].
+struct Agents {
+    /// Worker ids `build-*`, queue `build`.
+    builder: String,
+    /// Bounds nothing.
+    helper: String,
+    /// Bounds nothing either: another identity.
+    intruder: String,
+}
+
+async fn engine_with_agents(more_config: &str) -> (Engine, Agents) {
+    let (builder, builder_entry) = new_token("builder", &["agent"], &[]);
+    let (helper, helper_entry) = new_token("helper", &["agent"], &[]);
+    let (intruder, intruder_entry) = new_token("intruder", &["agent"], &[]);
+    let scoped = builder_entry.replacen(
+        "roles = [",
+        "workers = [\"build-*\"]\nqueues = [\"build\"]\nroles = [",
+        1,
+    );
+    let engine = Engine::start(EngineOpts {
+        config: format!("{scoped}{helper_entry}{intruder_entry}{more_config}"),
+        ..EngineOpts::default()
+    })
+    .await;
+    (
+        engine,
+        Agents {
+            builder,
+            helper,
+            intruder,
+        },
+    )
+}
+
+fn hello(id: &str, queues: &[&str]) -> pb::Hello {
+    pb::Hello {
+        worker_id: id.into(),
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        slots: 1,
+        generation: 1,
+        version: "e2e".into(),
+        ..Default::default()
+    }
+}
+
+/// An open agent session: the engine's messages, and the sender that
+/// keeps the session open.
+type Session = (
+    tonic::Streaming<pb::EngineMessage>,
+    tokio::sync::mpsc::Sender<pb::AgentMessage>,
+);
+
+/// Opens an agent session over TCP with `token`, saying `hello`.
+async fn session(engine: &Engine, token: &str, hello: pb::Hello) -> Result<Session, Status> {
+    let (up, rx) = tokio::sync::mpsc::channel(8);
+    up.send(pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut api = engine.tcp_api(Some(token)).await;
+    let down = api
+        .agent
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((down, up))
+}
+
+fn tcp_worker(engine: &Engine, id: &str, queue: &str, token: &str) -> Worker {
+    let engine_addr = format!("http://{}", engine.tcp_addr());
+    Worker::spawn(
+        engine,
+        id,
+        &[queue],
+        1,
+        &["--engine", &engine_addr, "--token", token],
+    )
+}
+
+/// `opsdeck ARGS` on the engine's socket (as the engine's user: admin).
+fn cli(engine: &Engine, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(opsdeck());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OPSDECK_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env("NO_COLOR", "1")
+        .args(["--engine", &engine.unix_addr()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run opsdeck")
+}
+
+#[tokio::test]
+async fn an_agent_credential_serves_only_the_ids_and_queues_its_entry_names() {
+    let (engine, agents) = engine_with_agents("").await;
+
+    // Every queue, a queue outside its list, an id outside its list: refused,
+    // naming what the credential may do.
+    assert_status(
+        session(&engine, &agents.builder, hello("build-1", &["*"])).await,
+        Code::PermissionDenied,
+        &["builder", "every queue", "build"],
+    );
+    assert_status(
+        session(
+            &engine,
+            &agents.builder,
+            hello("build-1", &["build", "deploy"]),
+        )
+        .await,
+        Code::PermissionDenied,
+        &["\"deploy\"", "`queues`"],
+    );
+    assert_status(
+        session(&engine, &agents.builder, hello("deploy-1", &["build"])).await,
+        Code::PermissionDenied,
+        &["build-*", "deploy-1"],
+    );
+    // A credential that bounds nothing still cannot ask for every queue.
+    assert_status(
+        session(&engine, &agents.helper, hello("h-1", &["*"])).await,
+        Code::PermissionDenied,
+        &["helper", "every queue"],
+    );
+
+    // A real worker process with the scoped token, asking for the deploy
+    // queue, gets nothing: the deploy run waits.
+    let _rogue = tcp_worker(&engine, "build-9", "deploy", &agents.builder);
+    let ship = engine.submit(DEPLOY_RUN).await;
+    wait_for(
+        "the engine to refuse the rogue worker",
+        DEADLINE,
+        || async { engine.logs().contains("worker refused").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = engine.get_run(&ship.id).await;
+    assert_eq!(
+        waiting.steps[0].state(),
+        pb::StepState::Queued,
+        "{waiting:?}"
+    );
+    assert!(engine.leases().await.is_empty(), "no lease was granted");
+    assert!(
+        engine.worker("build-9").await.is_none(),
+        "the rogue worker was never registered"
+    );
+
+    // Within its scope, it works, and the events name the identity.
+    let _builder = tcp_worker(&engine, "build-1", "build", &agents.builder);
+    let run = engine.submit(BUILD_RUN).await;
+    engine
+        .wait_run_state(&run.id, pb::RunState::Succeeded, DEADLINE)
+        .await;
+    let events = engine.all_events(0).await;
+    let registered = events
+        .iter()
+        .find(|e| e.kind == "worker.registered" && e.worker_id == "build-1")
+        .expect("a registration event");
+    assert_eq!(registered.identity, "builder", "{registered:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.run_id == run.id && e.kind == "step.succeeded" && e.identity == "builder"),
+        "the result's event names the identity behind the worker"
+    );
+}
+
+#[tokio::test]
+async fn an_offline_workers_id_stays_with_its_identity_until_an_admin_forgets_it() {
+    let (engine, agents) = engine_with_agents("").await;
+    let first = session(&engine, &agents.helper, hello("shared-1", &["build"]))
+        .await
+        .expect("helper registers shared-1");
+    engine
+        .wait_worker("shared-1", |w| w.connected, DEADLINE)
+        .await;
+    drop(first);
+    engine
+        .wait_worker("shared-1", |w| !w.connected, DEADLINE)
+        .await;
+
+    // Offline, the id is still helper's.
+    assert_status(
+        session(&engine, &agents.intruder, hello("shared-1", &["build"])).await,
+        Code::PermissionDenied,
+        &["belongs to helper", "workers forget shared-1"],
+    );
+    // Connected or not, a live worker cannot be forgotten.
+    let back = session(&engine, &agents.helper, hello("shared-1", &["build"]))
+        .await
+        .expect("helper comes back as shared-1");
+    engine
+        .wait_worker("shared-1", |w| w.connected, DEADLINE)
+        .await;
+    let busy = cli(&engine, &["workers", "forget", "shared-1"]);
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("is connected"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    drop(back);
+    engine
+        .wait_worker("shared-1", |w| !w.connected, DEADLINE)
+        .await;
+
+    // An admin forgets it; then the id is free.
+    let forgot = cli(
+        &engine,
+        &["workers", "forget", "shared-1", "--reason", "host retired"],
+    );
+    assert!(
+        forgot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    assert!(engine.worker("shared-1").await.is_none());
+    let listed = cli(&engine, &["workers"]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("shared-1"));
+    let _taken = session(&engine, &agents.intruder, hello("shared-1", &["build"]))
+        .await
+        .expect("a forgotten id is free");
+    let worker = engine
+        .wait_worker("shared-1", |w| w.connected, DEADLINE)
+        .await;
+    assert_eq!(worker.identity, "intruder");
+    let events = engine.all_events(0).await;
+    assert!(events.iter().any(|e| e.kind == "worker.forgotten"
+        && e.worker_id == "shared-1"
+        && e.reason == "host retired"));
+}
+
+#[tokio::test]
+async fn every_field_of_a_hello_is_bounded_and_ids_are_checked() {
+    let (engine, agents) = engine_with_agents("").await;
+    let mut labels = hello("big-1", &["build"]);
+    labels.labels = (0..200)
+        .map(|i| (format!("k{i}"), "v".repeat(10)))
+        .collect();
+    assert_status(
+        session(&engine, &agents.helper, labels).await,
+        Code::InvalidArgument,
+        &["200 labels", "at most 64"],
+    );
+    let mut value = hello("big-1", &["build"]);
+    value.labels = [("rack".to_owned(), "x".repeat(100_000))].into();
+    assert_status(
+        session(&engine, &agents.helper, value).await,
+        Code::InvalidArgument,
+        &["label rack"],
+    );
+    let mut host = hello("big-1", &["build"]);
+    host.host = "h".repeat(10_000);
+    assert_status(
+        session(&engine, &agents.helper, host).await,
+        Code::InvalidArgument,
+        &["host name"],
+    );
+    let queues: Vec<String> = (0..65).map(|i| format!("q{i}")).collect();
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    assert_status(
+        session(&engine, &agents.helper, hello("big-1", &queues)).await,
+        Code::InvalidArgument,
+        &["65 queues", "at most 64"],
+    );
+    // A control character in an id would forge a log line.
+    assert_status(
+        session(
+            &engine,
+            &agents.helper,
+            hello("evil\nINFO forged", &["build"]),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["invalid worker id", "control characters"],
+    );
+    assert!(!engine.logs().contains("\nINFO forged"));
+
+    // A worker's unused queues are shown while it is connected, and not
+    // kept once it is gone.
+    let many: Vec<String> = (0..64).map(|i| format!("phantom-{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let wide = session(&engine, &agents.helper, hello("wide-1", &many))
+        .await
+        .expect("64 queues are within bounds");
+    let shown = list_queues(&engine).await;
+    assert!(
+        shown
+            .iter()
+            .any(|q| q.name == "phantom-63" && q.workers == 1)
+    );
+    drop(wide);
+    engine
+        .wait_worker("wide-1", |w| !w.connected, DEADLINE)
+        .await;
+    let after = list_queues(&engine).await;
+    assert!(
+        !after.iter().any(|q| q.name.starts_with("phantom-")),
+        "{after:?}"
+    );
+    let listed = cli(&engine, &["workers"]);
+    assert!(listed.status.success());
+}
+
+async fn list_queues(engine: &Engine) -> Vec<pb::Queue> {
+    engine
+        .api()
+        .await
+        .queues
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .queues
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_each_submitters_own_and_refuse_another_spec() {
+    let (alice, alice_entry) = new_token("alice", &["operator"], &[]);
+    let (bob, bob_entry) = new_token("bob", &["operator"], &[]);
+    let engine = Engine::start(EngineOpts {
+        config: format!("{alice_entry}{bob_entry}"),
+        ..EngineOpts::default()
+    })
+    .await;
+    let submit = |token: String, spec: &'static str| {
+        let engine = &engine;
+        async move {
+            engine
+                .tcp_api(Some(&token))
+                .await
+                .runs
+                .submit_run(pb::SubmitRunRequest {
+                    spec: spec.into(),
+                    idempotency_key: "deploy-42".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let first = submit(alice.clone(), BUILD_RUN).await.unwrap();
+    assert!(first.created);
+    let again = submit(alice.clone(), BUILD_RUN).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.run.unwrap().id, first.run.as_ref().unwrap().id);
+    // Another identity's same key is another run.
+    let bobs = submit(bob.clone(), DEPLOY_RUN).await.unwrap();
+    assert!(bobs.created);
+    assert_ne!(bobs.run.unwrap().id, first.run.as_ref().unwrap().id);
+    // The same key with another spec is refused, naming the run.
+    let status = assert_status(
+        submit(alice.clone(), DEPLOY_RUN).await,
+        Code::AlreadyExists,
+        &["deploy-42", "different spec"],
+    );
+    assert!(status.message().contains(&first.run.unwrap().id));
+}
+
+#[tokio::test]
+async fn idle_tcp_sockets_lock_out_neither_the_admin_on_the_socket_nor_a_worker() {
+    let (engine, agents) =
+        engine_with_agents("[limits]\nhandshake_timeout = \"2s\"\nmax_pending_per_peer = 32\n")
+            .await;
+    let mut worker = tcp_worker(&engine, "steady-1", "build", &agents.helper);
+    engine
+        .wait_worker("steady-1", |w| w.connected, DEADLINE)
+        .await;
+
+    // A thousand sockets that never send a byte.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(s) = tokio::net::TcpStream::connect(engine.tcp_addr()).await {
+            idle.push(s);
+        }
+    }
+    assert!(idle.len() >= 900, "only {} sockets opened", idle.len());
+
+    // The admin on the socket gets in at once.
+    let started = Instant::now();
+    engine
+        .api()
+        .await
+        .console
+        .whoami(WhoamiRequest {})
+        .await
+        .expect("the admin on the socket is served during the flood");
+    assert!(started.elapsed() < DEADLINE);
+
+    // A worker that restarts now reconnects: the idle sockets are closed
+    // once their handshake time is up.
+    worker.kill9();
+    let _again = tcp_worker(&engine, "steady-1", "build", &agents.helper);
+    let run = engine.submit(BUILD_RUN).await;
+    engine
+        .wait_run_state(&run.id, pb::RunState::Succeeded, DEADLINE)
+        .await;
+    // The sockets were closed by the engine, not by this test.
+    let mut closed = 0;
+    for s in &idle {
+        if closed_by_peer(s).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 900, "only {closed} idle sockets were closed");
+}
+
+/// Whether the other end closed `s` (what it sent before is read and
+/// dropped).
+async fn closed_by_peer(s: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), s.readable()).await {
+            Ok(Ok(())) => match s.try_read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return true,
+            },
+            _ => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_streams_on_one_connection_is_refused_past_the_limit() {
+    let engine = Engine::start_default().await;
+    let channel = engine.tcp_channel().await;
+    let rss_before = engine.rss_kib();
+    let mut calls = Vec::new();
+    for _ in 0..10_000 {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        calls.push(tokio::spawn(async move {
+            health
+                .watch(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        }));
+    }
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(stream) => open.push(stream),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().contains("max_subscribers"), "{s:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(open.len() <= 64, "{} watches were served", open.len());
+    assert_eq!(open.len() + refused, 10_000);
+    let rss_after = engine.rss_kib();
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the engine grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // The open ones still stream.
+    let first = open[0].next().await;
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+}
