@@ -56,6 +56,8 @@ pub struct ConfigFile {
     pub tls: Option<TlsSection>,
     /// Secrets that run specs name (`env = { X = { secret = "NAME" } }`).
     pub secrets: std::collections::BTreeMap<String, crate::secrets::SecretSource>,
+    /// `[[policy]]`: queues whose steps need another person's approval.
+    pub policy: Vec<crate::domain::policy::Policy>,
 }
 
 /// `[tls]`: the TCP listener's certificate and key (PEM files); with
@@ -140,6 +142,9 @@ pub struct EngineSection {
     pub socket: Option<PathBuf>,
     pub database: Option<String>,
     pub local_workers: Option<u32>,
+    /// Lets `local_workers` run alongside `[secrets]`: their steps run as
+    /// the engine's user, which can read the secret files and the database.
+    pub trust_local_steps: Option<bool>,
     #[serde(with = "humantime_serde_opt")]
     pub heartbeat_interval: Option<Duration>,
     #[serde(with = "humantime_serde_opt")]
@@ -473,6 +478,17 @@ impl ConfigFile {
         let e = &self.engine;
         check_retention(&self.retention, &mut p);
         check_limits(&self.limits, &mut p);
+        for (i, policy) in self.policy.iter().enumerate() {
+            if !(1..=10).contains(&policy.approvals) {
+                p.add(
+                    &[Key("policy"), Index(i), Key("approvals")],
+                    format!(
+                        "approvals is {}; give 1 to 10 distinct approvers",
+                        policy.approvals
+                    ),
+                );
+            }
+        }
         if let Some(listen) = e.listen.as_deref().filter(|l| *l != "none")
             && let Err(why) = check_listen(listen)
         {
@@ -857,6 +873,7 @@ mod tests {
             "socket",
             "database",
             "local_workers",
+            "trust_local_steps",
             "heartbeat_interval",
             "lease_ttl",
             "worker_timeout",
@@ -891,6 +908,9 @@ mod tests {
             "sha256",
             "roles",
             "groups",
+            "workers",
+            "queues",
+            "approvals",
             "others",
         ] {
             assert!(

@@ -30,12 +30,29 @@ pub const SECRET_VAR_PREFIX: &str = "OPSDECK_SECRET_";
 pub struct SecretSource {
     pub file: Option<PathBuf>,
     pub env: Option<String>,
+    /// The queues whose steps may use it (glob patterns); any queue when
+    /// left out.
+    #[serde(default)]
+    pub queues: Option<crate::domain::scope::Patterns>,
+    /// The identities whose runs may use it (glob patterns); anyone's when
+    /// left out.
+    #[serde(default)]
+    pub submitters: Option<crate::domain::scope::Patterns>,
+}
+
+/// Where a secret may be used: steps on these queues, of runs these
+/// identities submit.
+#[derive(Clone, Debug, Default)]
+struct Scope {
+    queues: Option<crate::domain::scope::Patterns>,
+    submitters: Option<crate::domain::scope::Patterns>,
 }
 
 /// Secret values by name. Its `Debug` shows the names only.
 #[derive(Clone, Default)]
 pub struct Secrets {
     values: Arc<BTreeMap<String, String>>,
+    scopes: Arc<BTreeMap<String, Scope>>,
 }
 
 impl fmt::Debug for Secrets {
@@ -48,7 +65,15 @@ impl Secrets {
     /// Reads every secret, or says which one could not be read and why.
     pub fn load(sources: &BTreeMap<String, SecretSource>) -> Result<Self, String> {
         let mut values = BTreeMap::new();
+        let mut scopes = BTreeMap::new();
         for (name, source) in sources {
+            scopes.insert(
+                name.clone(),
+                Scope {
+                    queues: source.queues.clone(),
+                    submitters: source.submitters.clone(),
+                },
+            );
             validate_secret_name(name).map_err(|e| format!("[secrets] {e}"))?;
             let value = match (&source.file, &source.env) {
                 (Some(path), None) => {
@@ -93,13 +118,40 @@ impl Secrets {
         }
         Ok(Self {
             values: Arc::new(values),
+            scopes: Arc::new(scopes),
         })
+    }
+
+    /// Why a step on `queue` of a run `submitter` submits may not use
+    /// secret `name`, if it may not.
+    pub fn refuse(&self, name: &str, queue: &str, submitter: &str) -> Option<String> {
+        let scope = self.scopes.get(name)?;
+        if let Some(queues) = &scope.queues
+            && !queues.matches(queue)
+        {
+            return Some(format!(
+                "the secret {name:?} is for steps on the queues {} only ([secrets.{name}] queues in \
+                 the engine config), not queue {queue:?}",
+                queues.written()
+            ));
+        }
+        if let Some(who) = &scope.submitters
+            && !who.matches(submitter)
+        {
+            return Some(format!(
+                "the secret {name:?} is for runs of {} only ([secrets.{name}] submitters in the \
+                 engine config), not of {submitter}",
+                who.written()
+            ));
+        }
+        None
     }
 
     /// Secrets given directly, for tests and embedding.
     pub fn from_values(values: impl IntoIterator<Item = (String, String)>) -> Self {
         Self {
             values: Arc::new(values.into_iter().collect()),
+            scopes: Arc::default(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub tls_clients: Vec<crate::config::TlsClient>,
     /// `[retention]`: how long history stays in the database.
     pub retention: crate::config::RetentionSection,
+    /// `[[policy]]`: queues whose steps need another person's approval.
+    pub policies: Vec<crate::domain::policy::Policy>,
 }
 
 /// Where a started engine listens.
@@ -170,6 +172,7 @@ pub async fn run(
         limits: opts.core.limits.clone(),
         engine_id: format!("{}:{}", hostname(), std::process::id()),
         role: role.clone(),
+        policies: opts.policies.clone().into(),
     };
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(

@@ -254,7 +254,11 @@ async fn a_step_of_the_engines_own_workers_does_not_inherit_its_secret_variables
     let engine = Engine::start(EngineOpts {
         config: "[secrets]\napi_key = { env = \"OPSDECK_SECRET_API_KEY\" }\n".into(),
         env: vec![("OPSDECK_SECRET_API_KEY".into(), value.clone())],
-        args: vec!["--local-workers".into(), "1".into()],
+        args: vec![
+            "--local-workers".into(),
+            "1".into(),
+            "--trust-local-steps".into(),
+        ],
         ..EngineOpts::default()
     })
     .await;

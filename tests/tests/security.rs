@@ -488,3 +488,300 @@ async fn a_flood_of_streams_on_one_connection_is_refused_past_the_limit() {
     let first = open[0].next().await;
     assert!(matches!(first, Some(Ok(_))), "{first:?}");
 }
+
+/// A run that must pass an approval gate before its deploy step.
+const GATED_DEPLOY: &str = "name = \"ship\"\n[[step]]\nname = \"go\"\napproval = { allow_self_approval = true, timeout = \"1h\" }\n\
+    [[step]]\nname = \"push\"\nqueue = \"deploy\"\nrun = \"echo shipped\"\n";
+
+/// The same, whose gate expires at once.
+const HASTY_DEPLOY: &str = "name = \"ship\"\n[[step]]\nname = \"go\"\napproval = { timeout = \"1s\", on_timeout = \"fail\" }\n\
+    [[step]]\nname = \"push\"\nqueue = \"deploy\"\nrun = \"echo shipped\"\n";
+
+struct People {
+    alice: String,
+    bob: String,
+    carol: String,
+}
+
+async fn engine_with_policy() -> (Engine, People) {
+    let (alice, a) = new_token("alice", &["operator", "approver"], &[]);
+    let (bob, b) = new_token("bob", &["operator", "approver"], &[]);
+    let (carol, c) = new_token("carol", &["approver"], &[]);
+    let engine = Engine::start(EngineOpts {
+        config: format!("{a}{b}{c}[[policy]]\nqueues = [\"deploy\"]\n"),
+        ..EngineOpts::default()
+    })
+    .await;
+    (engine, People { alice, bob, carol })
+}
+
+async fn submit_as(engine: &Engine, token: &str, spec: &str) -> Result<pb::Run, Status> {
+    engine
+        .tcp_api(Some(token))
+        .await
+        .runs
+        .submit_run(pb::SubmitRunRequest {
+            spec: spec.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().run.unwrap())
+}
+
+async fn decide_as(
+    engine: &Engine,
+    token: &str,
+    approval: &str,
+    approve: bool,
+) -> Result<pb::Approval, Status> {
+    engine
+        .tcp_api(Some(token))
+        .await
+        .approvals
+        .decide(pb::DecideRequest {
+            id: approval.into(),
+            approve,
+            reason: "looked at it".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn retry_as(engine: &Engine, token: &str, run: &str) -> Result<pb::Run, Status> {
+    engine
+        .tcp_api(Some(token))
+        .await
+        .runs
+        .retry_run(pb::RetryRunRequest {
+            id: run.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn a_policy_gated_queue_needs_another_persons_approval_that_no_spec_turns_off() {
+    let (engine, people) = engine_with_policy().await;
+    let _worker = Worker::start(&engine, "deployer-1", &["deploy"], 1).await;
+
+    // No gate before the deploy step: refused at submit, naming the policy.
+    assert_status(
+        submit_as(&engine, &people.alice, DEPLOY_RUN).await,
+        Code::PermissionDenied,
+        &["queue \"deploy\"", "policy 1", "approval step before it"],
+    );
+
+    // A gate that allows self-approval does not, on a gated queue.
+    let run = submit_as(&engine, &people.alice, GATED_DEPLOY)
+        .await
+        .unwrap();
+    let approval = engine.pending_approval(&run.id).await;
+    assert!(!approval.allow_self_approval, "{approval:?}");
+    assert_status(
+        decide_as(&engine, &people.alice, &approval.id, true).await,
+        Code::PermissionDenied,
+        &["four eyes", "alice submitted"],
+    );
+    decide_as(&engine, &people.bob, &approval.id, true)
+        .await
+        .expect("another person approves");
+    engine
+        .wait_run_state(&run.id, pb::RunState::Succeeded, DEADLINE)
+        .await;
+}
+
+#[tokio::test]
+async fn a_rejection_is_final_and_a_retrier_counts_as_a_submitter() {
+    let (engine, people) = engine_with_policy().await;
+
+    // Rejected: nobody retries it into a fresh approval.
+    let run = submit_as(&engine, &people.alice, GATED_DEPLOY)
+        .await
+        .unwrap();
+    let approval = engine.pending_approval(&run.id).await;
+    decide_as(&engine, &people.bob, &approval.id, false)
+        .await
+        .expect("bob rejects");
+    engine
+        .wait_run_state(&run.id, pb::RunState::Failed, DEADLINE)
+        .await;
+    for who in [&people.alice, &people.bob] {
+        assert_status(
+            retry_as(&engine, who, &run.id).await,
+            Code::FailedPrecondition,
+            &["rejected by bob", "rejection is final"],
+        );
+    }
+
+    // Expired, then retried by bob: bob counts as a submitter, as does
+    // alice; a third person approves.
+    let run = submit_as(&engine, &people.alice, HASTY_DEPLOY)
+        .await
+        .unwrap();
+    engine
+        .wait_run_state(&run.id, pb::RunState::Failed, DEADLINE)
+        .await;
+    retry_as(&engine, &people.bob, &run.id)
+        .await
+        .expect("an expired gate may be retried");
+    let fresh = engine.pending_approval(&run.id).await;
+    assert_status(
+        decide_as(&engine, &people.bob, &fresh.id, true).await,
+        Code::PermissionDenied,
+        &["bob retried"],
+    );
+    assert_status(
+        decide_as(&engine, &people.alice, &fresh.id, true).await,
+        Code::PermissionDenied,
+        &["alice submitted"],
+    );
+    decide_as(&engine, &people.carol, &fresh.id, true)
+        .await
+        .expect("a third person approves");
+}
+
+#[tokio::test]
+async fn a_secret_outside_its_scope_is_refused_at_submit_naming_the_secret_and_scope() {
+    let keep = tempfile::tempdir().unwrap();
+    let file = keep.path().join("deploy_token");
+    std::fs::write(&file, "tok-value-123\n").unwrap();
+    let (alice, a) = new_token("alice", &["operator"], &[]);
+    let (mallory, m) = new_token("mallory", &["operator"], &[]);
+    let engine = Engine::start(EngineOpts {
+        config: format!(
+            "{a}{m}[secrets]\ndeploy_token = {{ file = {:?}, queues = [\"deploy\"], submitters = [\"alice\"] }}\n",
+            file.display().to_string()
+        ),
+        ..EngineOpts::default()
+    })
+    .await;
+    let on = |queue: &str| {
+        format!(
+            "name = \"s\"\n[[step]]\nqueue = \"{queue}\"\nrun = \"echo $T | base64\"\nenv = {{ T = {{ secret = \"deploy_token\" }} }}\n"
+        )
+    };
+    assert_status(
+        submit_as(&engine, &alice, &on("build")).await,
+        Code::PermissionDenied,
+        &["deploy_token", "queues deploy", "not queue \"build\""],
+    );
+    assert_status(
+        submit_as(&engine, &mallory, &on("deploy")).await,
+        Code::PermissionDenied,
+        &["deploy_token", "runs of alice", "not of mallory"],
+    );
+    submit_as(&engine, &alice, &on("deploy"))
+        .await
+        .expect("within its scope");
+}
+
+#[tokio::test]
+async fn a_local_workers_step_gets_no_role_on_the_engines_socket() {
+    // The engine's own user is admin on the socket; a step of its local
+    // workers runs as that user, and tries to approve its own gated run.
+    let engine = Engine::start(EngineOpts {
+        args: vec!["--local-workers".into(), "1".into()],
+        ..EngineOpts::default()
+    })
+    .await;
+    // Submitted by another identity, so four eyes would let the engine's
+    // user approve it.
+    let gate = engine
+        .ci_api()
+        .await
+        .runs
+        .submit_run(pb::SubmitRunRequest {
+            spec: "name = \"gated\"\n[[step]]\nname = \"ok\"\napproval = { timeout = \"1h\" }\n"
+                .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let approval = engine.pending_approval(&gate.id).await;
+    let script = format!(
+        "{cli} --engine {addr} approve {id} --reason mine; echo \"approve=$?\"; \
+         sh -c '{cli} --engine {addr} workers; echo \"grandchild=$?\"'",
+        cli = opsdeck().display(),
+        addr = engine.unix_addr(),
+        id = approval.id
+    );
+    let spec = format!(
+        "name = \"escalate\"\n[[step]]\nname = \"try\"\nqueue = \"any\"\nrun = {}\n",
+        opsdeck_tests::sh(&script)
+    );
+    let run = engine
+        .ci_api()
+        .await
+        .runs
+        .submit_run(pb::SubmitRunRequest {
+            spec,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    engine
+        .wait_run_state(&run.id, pb::RunState::Succeeded, DEADLINE)
+        .await;
+    let text = engine.output_text(&run.id).await;
+    assert!(
+        text.contains("approve=1") && text.contains("grandchild=1"),
+        "the step and what it started were refused: {text}"
+    );
+    assert!(text.contains("local workers"), "{text}");
+    let still = engine.pending_approval(&gate.id).await;
+    assert_eq!(still.id, approval.id);
+    assert!(still.decisions.is_empty(), "{still:?}");
+    // The engine's user itself, outside the engine, is still admin.
+    engine
+        .api()
+        .await
+        .approvals
+        .decide(pb::DecideRequest {
+            id: approval.id.clone(),
+            approve: true,
+            reason: "the admin, not a step".into(),
+        })
+        .await
+        .expect("the engine's user approves from outside");
+}
+
+#[tokio::test]
+async fn local_workers_with_secrets_are_refused_unless_trusted() {
+    let engine = Engine::start_default().await;
+    let config = engine.path("secrets.toml");
+    std::fs::write(
+        &config,
+        "[secrets]\napi = { env = \"OPSDECK_SECRET_API\" }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(opsdeck_tests::opsdeckd())
+        .args([
+            "serve",
+            "--local-workers",
+            "1",
+            "--listen",
+            "none",
+            "--metrics-listen",
+            "none",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(engine.path("other"))
+        .env("OPSDECK_SECRET_API", "value-1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--trust-local-steps") && err.contains("[secrets]"),
+        "{err}"
+    );
+}

@@ -182,6 +182,15 @@ impl Auth {
                 caller.agent = AgentScope::unbounded();
                 return Ok(caller);
             }
+            // A step of those workers (or what it started) runs as the
+            // engine's user but must not act as it.
+            if conn_state(extensions).is_some_and(|c| c.local_step) {
+                return Err(Status::permission_denied(
+                    "this connection comes from a step of the engine's own local workers, which gets no \
+                     role on the engine's socket whatever its user; give the step a token of its own \
+                     (as a secret) and connect over TCP",
+                ));
+            }
             return Ok(self.unix_caller(cred.uid(), cred.gid()));
         }
         let bearer = headers

@@ -48,6 +48,11 @@ pub enum Peer {
 /// A connection that can name its peer.
 pub trait PeerOf {
     fn peer(&self) -> Peer;
+
+    /// The peer's process, where the kernel says.
+    fn pid(&self) -> Option<i32> {
+        None
+    }
 }
 
 impl PeerOf for TcpStream {
@@ -62,6 +67,39 @@ impl PeerOf for UnixStream {
         self.peer_cred()
             .map_or(Peer::Unknown, |c| Peer::User(c.uid()))
     }
+
+    fn pid(&self) -> Option<i32> {
+        self.peer_cred().ok().and_then(|c| c.pid())
+    }
+}
+
+/// Whether process `pid` descends from this one (and is not this one): a
+/// step the engine's own local workers started, or something it started.
+/// Read from `/proc/PID/status` up the chain of parents.
+fn descends_from_engine(pid: i32) -> bool {
+    let me = i32::try_from(std::process::id()).unwrap_or(-1);
+    let mut at = pid;
+    // Parent chains are short; a bound keeps a strange /proc from looping.
+    for _ in 0..256 {
+        if at <= 1 || at == me {
+            return false;
+        }
+        match parent_of(at) {
+            Some(parent) if parent == me => return true,
+            Some(parent) => at = parent,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// The `PPid:` of `/proc/PID/status`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A listener's connection budget.
@@ -93,8 +131,10 @@ impl Budget {
     }
 
     /// A place for a new connection from `peer`, or why there is none.
-    fn admit(&self, peer: &Peer) -> Result<Place, String> {
-        if self.trusted(peer) {
+    /// `local_step`: the peer is a step of the engine's own workers, which
+    /// gets nothing of the engine's user.
+    fn admit(&self, peer: &Peer, local_step: bool) -> Result<Place, String> {
+        if self.trusted(peer) && !local_step {
             return Ok(Place {
                 permit: None,
                 pending: None,
@@ -180,6 +220,8 @@ pub struct ConnState {
     pending: Mutex<Option<PendingSlot>>,
     /// Why the connection was refused, if it was.
     refusal: Option<String>,
+    /// The peer is a process the engine's own local workers started.
+    pub local_step: bool,
 }
 
 impl ConnState {
@@ -324,12 +366,14 @@ where
                 }
                 None => return,
             };
-            match budget.admit(&io.peer()) {
+            let local_step = io.pid().is_some_and(descends_from_engine);
+            match budget.admit(&io.peer(), local_step) {
                 Ok(place) => {
                     let state = ConnState {
                         authenticated: AtomicBool::new(place.deadline.is_none()),
                         pending: Mutex::new(place.pending),
                         refusal: None,
+                        local_step,
                     };
                     let conn = Limited {
                         io,

@@ -55,6 +55,8 @@ pub struct Api {
     pub engine_id: String,
     /// Leader or standby, and the lead's epoch (Whoami's `leader_epoch`).
     pub role: tokio::sync::watch::Receiver<crate::ha::Role>,
+    /// `[[policy]]`, applied to every spec submitted.
+    pub policies: Arc<[crate::domain::policy::Policy]>,
 }
 
 /// An id argument: present and of sane length.

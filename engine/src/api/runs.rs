@@ -21,7 +21,10 @@ impl Api {
         &self,
         req: &pb::SubmitRunRequest,
     ) -> Result<(spec::RunSpec, Option<String>), Status> {
-        let spec = spec::parse(&req.spec, &self.limits).map_err(crate::error::EngineError::from)?;
+        let mut spec =
+            spec::parse(&req.spec, &self.limits).map_err(crate::error::EngineError::from)?;
+        crate::domain::policy::apply(&self.policies, &mut spec)
+            .map_err(Status::permission_denied)?;
         if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
             return Err(Status::invalid_argument(format!(
                 "idempotency_key is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY}",
@@ -166,7 +169,7 @@ impl Runs for Api {
                 let n = submits.len();
                 // Refusals first, so that a refused call changes nothing.
                 for (i, (spec, ..)) in submits.iter().enumerate() {
-                    s.check_submit(spec)
+                    s.check_submit(spec, &actor)
                         .map_err(|e| e.map_message(|m| format!("run {} of {n}: {m}", i + 1)))?;
                 }
                 let mut out = Vec::with_capacity(n);

@@ -121,6 +121,10 @@ struct ServeArgs {
     /// Worker slots to run in this process (serving every queue).
     #[arg(long, env = "OPSDECK_LOCAL_WORKERS")]
     local_workers: Option<u32>,
+    /// Run local workers although [secrets] are configured: their steps run
+    /// as the engine's user, which can read the secret files and database.
+    #[arg(long)]
+    trust_local_steps: bool,
     /// Where /metrics, /healthz and /readyz listen (port 0 picks one);
     /// "none" for none. Default: [metrics] listen, or 127.0.0.1:9465.
     #[arg(long, env = "OPSDECK_METRICS_LISTEN", value_name = "ADDR")]
@@ -327,6 +331,22 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .socket
         .or(e.socket.clone())
         .unwrap_or_else(|| data_dir.join("engine.sock"));
+    let local_workers = args.local_workers.or(e.local_workers).unwrap_or(0);
+    anyhow::ensure!(
+        local_workers == 0
+            || file.secrets.is_empty()
+            || args.trust_local_steps
+            || e.trust_local_steps == Some(true),
+        "--local-workers {local_workers} with [secrets] in the config: the steps of the engine's own \
+         workers run as the engine's user, which can read the secret files and the database; run \
+         `opsdeckd worker` processes as another user instead, or accept this with \
+         --trust-local-steps ([engine] trust_local_steps = true)"
+    );
+    // Another process of the engine's user (a step, say) may not read this
+    // one's memory or environment (/proc/PID/environ, /proc/PID/mem).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the engine process non-dumpable");
+    }
     let opts = ServeOptions {
         database: args
             .database
@@ -334,7 +354,7 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| sqlite_url(&data_dir)),
         listen: (listen != "none").then_some(listen),
         socket: (socket.as_os_str() != "none").then_some(socket),
-        local_workers: args.local_workers.or(e.local_workers).unwrap_or(0),
+        local_workers,
         core,
         metrics_listen: Some(
             args.metrics_listen
@@ -353,6 +373,7 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         },
         tls: file.tls.as_ref().map(|t| t.server_tls()),
         retention: file.retention.clone(),
+        policies: file.policy.clone(),
         tls_clients: file
             .tls
             .as_ref()

@@ -279,6 +279,13 @@ pub struct Run {
     pub steps: Vec<Step>,
     pub message: String,
     pub idempotency_key: Option<String>,
+    /// Whoever retried the run: like its submitter, none of them may
+    /// approve its gates (four eyes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried_by: Vec<String>,
+    /// Who rejected one of its approvals: a rejection is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_by: Option<String>,
 }
 
 impl Run {
@@ -329,6 +336,8 @@ impl Run {
             steps: Vec::new(),
             message: self.message.clone(),
             idempotency_key: self.idempotency_key.clone(),
+            retried_by: self.retried_by.clone(),
+            rejected_by: self.rejected_by.clone(),
         }
     }
 }
@@ -447,6 +456,10 @@ pub struct Approval {
     pub requested_at: Millis,
     pub deadline_at: Option<Millis>,
     pub decided_at: Option<Millis>,
+    /// Those who retried the run before this approval was asked: they count
+    /// as its submitters for four eyes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried_by: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,6 +54,14 @@ impl Patterns {
     }
 }
 
+impl PartialEq for Patterns {
+    fn eq(&self, other: &Self) -> bool {
+        self.written == other.written
+    }
+}
+
+impl Eq for Patterns {}
+
 impl<'de> Deserialize<'de> for Patterns {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let written = Vec::<String>::deserialize(d)?;

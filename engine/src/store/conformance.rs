@@ -71,6 +71,8 @@ fn run(id: &str, state: RunState) -> Run {
         steps: spec.steps.into_iter().map(|s| Step::new(0, s)).collect(),
         message: String::new(),
         idempotency_key: Some(format!("key-{id}")),
+        retried_by: vec!["bob".into()],
+        rejected_by: None,
     }
 }
 
@@ -142,6 +144,7 @@ fn sample() -> Batch {
                 role: Some(crate::domain::Role::Approver),
                 group: Some("dba".into()),
             },
+            retried_by: vec!["bob".into()],
             decisions: vec![],
             requested_at: 1,
             deadline_at: Some(6),

@@ -49,7 +49,15 @@ impl State {
         if actor.name == a.submitted_by && !a.spec.allow_self_approval {
             return Err(EngineError::PermissionDenied(format!(
                 "four eyes: {} submitted run {}, so another approver must decide approval {id} \
-                 (a step may allow it with approval.allow_self_approval = true)",
+                 (a step may allow it with approval.allow_self_approval = true, unless the engine's \
+                 [[policy]] gates its queue)",
+                actor.name, a.run_id
+            )));
+        }
+        if a.retried_by.contains(&actor.name) && !a.spec.allow_self_approval {
+            return Err(EngineError::PermissionDenied(format!(
+                "four eyes: {} retried run {}, which counts as submitting it, so another approver \
+                 must decide approval {id}",
                 actor.name, a.run_id
             )));
         }
@@ -69,6 +77,13 @@ impl State {
         let (run_id, index, required) = (a.run_id.clone(), a.step_index, a.spec.required);
         tx.approvals.insert(id.to_owned());
         if !approve {
+            if let Some(run) = self.runs.get_mut(&run_id) {
+                run.rejected_by = Some(actor.name.clone());
+                tx.run_changed(&run_id);
+            }
+            let Some(a) = self.approvals.get_mut(id) else {
+                return Err(not_found("approval", id, "opsdeck approvals"));
+            };
             a.state = ApprovalState::Rejected;
             a.decided_at = Some(tx.now);
             let ev =

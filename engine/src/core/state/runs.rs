@@ -27,7 +27,7 @@ impl State {
             }
             return Ok((existing.id.clone(), false));
         }
-        self.check_submit(&spec)?;
+        self.check_submit(&spec, actor)?;
         // Monotonic, so that runs sort in the order they were submitted even
         // within a millisecond, and pages of them never skip one.
         let id = self
@@ -53,6 +53,8 @@ impl State {
                 .collect(),
             message: String::new(),
             idempotency_key: idempotency_key.clone(),
+            retried_by: Vec::new(),
+            rejected_by: None,
         };
         if let Some(k) = idempotency_key {
             self.idempotency.insert((actor.name.clone(), k), id.clone());
@@ -75,7 +77,7 @@ impl State {
 
     /// Whether a spec may be submitted now: its name is not quarantined and
     /// every secret it names is one this engine has.
-    pub fn check_submit(&self, spec: &RunSpec) -> EngineResult<()> {
+    pub fn check_submit(&self, spec: &RunSpec, actor: &Actor) -> EngineResult<()> {
         if let Some(q) = self.quarantines.get(&spec.name) {
             return Err(EngineError::FailedPrecondition(format!(
                 "run name {:?} is quarantined since {}: {} of its leases got stuck within {} \
@@ -88,11 +90,12 @@ impl State {
                 q.name
             )));
         }
-        self.check_secrets(spec)
+        self.check_secrets(spec, &actor.name)
     }
 
-    /// Refuses a spec whose env names a secret this engine does not have.
-    pub(super) fn check_secrets(&self, spec: &RunSpec) -> EngineResult<()> {
+    /// Refuses a spec whose env names a secret this engine does not have,
+    /// or one outside the secret's scope for this step and `submitter`.
+    pub(super) fn check_secrets(&self, spec: &RunSpec, submitter: &str) -> EngineResult<()> {
         for (i, step) in spec.steps.iter().enumerate() {
             let crate::domain::StepKindSpec::Exec(exec) = &step.kind else {
                 continue;
@@ -105,6 +108,16 @@ impl State {
                         "step {} ({:?}): env {} names the secret {name:?}, which this engine does not have; \
                          define it in the engine config under [secrets] as {name} = {{ file = \"PATH\" }} \
                          or {name} = {{ env = \"VARIABLE\" }} and restart the engine, or fix the name",
+                        i + 1,
+                        step.name,
+                        entry.name
+                    )));
+                }
+                if let Some(name) = &entry.secret
+                    && let Some(why) = self.cfg.secrets.refuse(name, &exec.queue, submitter)
+                {
+                    return Err(EngineError::PermissionDenied(format!(
+                        "step {} ({:?}): env {}: {why}",
                         i + 1,
                         step.name,
                         entry.name
@@ -175,6 +188,15 @@ impl State {
                 word(run.state)
             )));
         }
+        if let Some(by) = &run.rejected_by {
+            return Err(EngineError::FailedPrecondition(format!(
+                "run {id} was rejected by {by}, and a rejection is final; submit the run again \
+                 if it should still happen: the new run asks for a new approval"
+            )));
+        }
+        if !run.retried_by.contains(&actor.name) {
+            run.retried_by.push(actor.name.clone());
+        }
         run.state = RunState::Running;
         run.finished_at = None;
         run.message.clear();
@@ -218,6 +240,7 @@ impl State {
         run.updated_at = tx.now;
         tx.run_changed(run_id);
         let submitted_by = run.submitted_by.clone();
+        let retried_by = run.retried_by.clone();
         let Some(step) = run.step_mut(index) else {
             return;
         };
@@ -246,6 +269,7 @@ impl State {
                     requested_at: tx.now,
                     deadline_at,
                     decided_at: None,
+                    retried_by,
                 };
                 if let Some(d) = deadline_at {
                     self.timers
