@@ -74,7 +74,7 @@ where
 
 /// The rolling file appender for `dir`.
 pub fn appender(dir: &Path) -> anyhow::Result<RollingFileAppender> {
-    std::fs::create_dir_all(dir)
+    crate::private::create_dir_all(dir)
         .with_context(|| format!("cannot create the log dir {}", dir.display()))?;
     RollingFileAppender::builder()
         .rotation(Rotation::DAILY)

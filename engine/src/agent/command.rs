@@ -236,11 +236,18 @@ fn reexec(next_generation: u64) -> anyhow::Error {
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
     info!(next_generation, exe = %exe.display(), "recycling: starting a fresh worker process");
+    // exec keeps the umask: hand the fresh process the one this process was
+    // started with, for it to restrict again and give its steps. Files made
+    // meanwhile by other threads are the spool's, whose modes are explicit.
+    let restricted = crate::private::inherited_umask().map(nix::sys::stat::umask);
     let err = std::process::Command::new(&exe)
         .arg0(arg0)
         .args(args)
         .env(GENERATION_ENV, next_generation.to_string())
         .exec();
+    if let Some(restricted) = restricted {
+        nix::sys::stat::umask(restricted);
+    }
     tracing::error!(exe = %exe.display(), "could not re-exec to recycle the worker: {err}");
     anyhow!(
         "could not re-exec {} to recycle the worker: {err}",

@@ -176,6 +176,20 @@ fn command(step: &Assignment) -> Result<Command, &'static str> {
         .process_group(0)
         // The group guard kills the whole group, not only the leader.
         .kill_on_drop(false);
+    // `opsdeckd` runs under umask 077 to keep its own files private; the
+    // step gets the umask the worker was started with, as its files are
+    // the job's business.
+    if let Some(inherited) = crate::private::inherited_umask() {
+        // SAFETY: runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: umask(2) is one, and the
+        // closure allocates nothing and touches no shared state.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::stat::umask(inherited);
+                Ok(())
+            });
+        }
+    }
     Ok(command)
 }
 

@@ -11,7 +11,7 @@ use opsdeck_engine::config::{
 };
 use opsdeck_engine::serve::{self, ServeOptions};
 use opsdeck_engine::store::redacted;
-use opsdeck_engine::{agent, bench, logging};
+use opsdeck_engine::{agent, bench, logging, private};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -152,6 +152,10 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread starts (the umask is process-wide): whatever
+    // opsdeckd creates — data dir, database, spool, logs, backups — is the
+    // owner's alone. See `opsdeck_engine::private`.
+    private::restrict_umask();
     let cli = Cli::parse();
     let _log = match init_logging(&cli) {
         Ok(guard) => guard,
@@ -209,7 +213,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => agent::worker_command(args).await,
         Command::Migrate(args) => {
             let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-            std::fs::create_dir_all(&data_dir)?;
+            private::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
             let url = args.database.unwrap_or_else(|| sqlite_url(&data_dir));
             opsdeck_engine::store::open(&url)
                 .await
@@ -237,6 +242,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             opsdeck_engine::secrets::Secrets::load(&file.secrets).map_err(anyhow::Error::msg)?;
             if let Some(tls) = &file.tls {
                 tls.server_tls().load()?;
+            }
+            // The data dir the engine would use: a warning, not a refusal,
+            // as a running engine's files are at stake and only a person
+            // should change who may read them.
+            let data_dir = file
+                .engine
+                .data_dir
+                .clone()
+                .unwrap_or_else(default_data_dir);
+            if let Some(warning) = private::data_dir_warning(&data_dir) {
+                eprintln!("warning: {warning}");
             }
             println!("{}: ok", config.display());
             Ok(())
