@@ -21,7 +21,8 @@
 //! - [`metrics`], [`notify`], [`logging`], [`backup`]: operating it —
 //!   Prometheus and health endpoints, systemd's notify protocol, the log,
 //!   and consistent copies of a live SQLite database.
-//! - [`private`]: files for the owner only (0700/0600 whatever the umask).
+//! - [`private`]: files for the owner only (0700/0600 whatever the umask)
+//!   and processes whose memory their steps cannot read.
 
 pub mod agent;
 pub mod api;

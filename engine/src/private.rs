@@ -1,4 +1,5 @@
-//! What the engine and the worker keep on disk is theirs alone.
+//! What the engine and the worker keep on disk is theirs alone, and their
+//! memory is out of their steps' reach.
 //!
 //! Files: the data dir holds the database (every run's spec, output and
 //! event), the spools hold results with the tail of the steps' output, the
@@ -19,6 +20,13 @@
 //! steps get it back (their files are the job's business, not ours), and the
 //! Unix socket's mode follows it, so that `UMask=0007` in the unit still
 //! lets the `opsdeck` group connect.
+//!
+//! Memory: [`make_non_dumpable`] stops a process of the same user (such as
+//! a step) from reading `/proc/PID/environ`, `/proc/PID/mem` or attaching a
+//! debugger. Removing a variable from the environment would not do: the
+//! kernel shows the block the process started with, whatever it changes
+//! later. (`/proc/PID/cmdline` stays readable by every local user: secrets
+//! do not belong on a command line.)
 
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
 use std::io::{self, Write as _};
@@ -50,6 +58,15 @@ pub fn restrict_umask() {
 /// The umask the process was started with, once [`restrict_umask`] ran.
 pub fn inherited_umask() -> Option<Mode> {
     INHERITED_UMASK.get().copied()
+}
+
+/// Makes this process non-dumpable: a process of the same user without
+/// `CAP_SYS_PTRACE` can then no longer read its `/proc/PID/environ`,
+/// `/proc/PID/mem` or `/proc/PID/fd`, nor trace it; no core file is written
+/// either. Its children are not affected: `execve` makes the step dumpable
+/// again, so steps can still be debugged.
+pub fn make_non_dumpable() -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(false)
 }
 
 /// `mkdir -p` with [`DIR_MODE`] for every directory it creates (existing

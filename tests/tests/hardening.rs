@@ -3,16 +3,24 @@
 //!
 //! - under umask 022, everything the engine and the worker create (data
 //!   dir, database and WAL, spool, logs, backups) is 0700/0600, and
-//!   `check-config` warns about a data dir others can read.
+//!   `check-config` warns about a data dir others can read;
+//! - a step cannot read its worker's token from `/proc` (the worker's
+//!   command line or environment), whether the token came from
+//!   `OPSDECK_TOKEN` or `--token-file`; `--token` on the command line is
+//!   warned about, and a token file others can read is refused.
 
+use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, killpg};
 use nix::sys::stat::{Mode, umask};
+use nix::unistd::Pid;
 use opsdeck_tests::pb::{self, RunState, WorkerState};
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, opsdeckd, sh};
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, new_token, opsdeckd, sh};
 
 // ------------------------------------------------------------------ helpers
 
@@ -233,4 +241,213 @@ async fn check_config_warns_about_a_data_dir_others_can_read() {
     chmod(&data, 0o700);
     let quiet = check();
     assert!(!quiet.contains("warning"), "a private data dir: {quiet}");
+}
+
+// -------------------------------------------------------------- the token
+
+/// The user a step runs as must be an ordinary one: root can read any
+/// process's `/proc/PID/environ`, dumpable or not (with or without
+/// `CAP_SYS_PTRACE`). Run as root (a CI container), the test starts its
+/// workers as `nobody` (65534), as `opsdeck-worker@.service` starts them as
+/// a user of their own, and `dir` — where they keep their token file and
+/// spool — becomes that user's. As another user, nothing changes.
+fn as_ordinary_user(cmd: &mut Command, dir: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    for entry in walk(dir) {
+        std::os::unix::fs::lchown(&entry, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+    }
+    cmd.uid(NOBODY).gid(NOBODY);
+}
+
+/// `dir` and everything under it.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).expect("read a dir") {
+            out.extend(walk(&entry.expect("a dir entry").path()));
+        }
+    }
+    out
+}
+
+/// `opsdeckd worker` over TCP, set up by `configure`; killed (with its
+/// process group) on drop.
+struct TcpWorker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl TcpWorker {
+    fn spawn(
+        engine: &Engine,
+        id: &str,
+        queue: &str,
+        spool: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let log = engine.data_dir().join(format!("worker-{id}.log"));
+        let out = File::create(&log).expect("create the worker's log");
+        let mut cmd = engine.tagged_command(&opsdeckd());
+        cmd.arg("worker")
+            .args(["--engine", &format!("http://{}", engine.tcp_addr())])
+            .args(["--id", id, "--queue", queue, "--cancel-grace", "1s"])
+            .arg("--spool-dir")
+            .arg(spool)
+            .stdout(out.try_clone().expect("clone the log"))
+            .stderr(out);
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("spawn opsdeckd worker");
+        TcpWorker { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TcpWorker {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A step that prints what `/proc` shows of process `pid` (the worker, which
+/// is also its `$PPID`): command line and environment.
+fn peek_spec(queue: &str, pid: u32) -> String {
+    let script = format!(
+        "for p in {pid} $PPID; do \
+           echo \"== $p cmdline\"; tr '\\0' ' ' < /proc/$p/cmdline; echo; \
+           echo \"== $p environ\"; tr '\\0' '\\n' < /proc/$p/environ; echo; \
+         done; true"
+    );
+    format!(
+        "name = \"peek\"\n[[step]]\nqueue = \"{queue}\"\nrun = {}\n",
+        sh(&script)
+    )
+}
+
+/// Starts an engine and a worker over TCP whose token `give` hands it
+/// (through its environment or a file in the directory given), runs
+/// [`peek_spec`] on it, and checks that the step found its worker but not
+/// the token.
+async fn assert_step_cannot_read_the_token(give: impl FnOnce(&mut Command, &str, &Path)) {
+    let (token, entry) = new_token("worker-1", &["agent"], &[]);
+    let engine = Engine::start(EngineOpts {
+        config: entry,
+        ..EngineOpts::default()
+    })
+    .await;
+    // Outside the engine's data dir: the worker's token file and spool.
+    let keep = tempfile::tempdir().unwrap();
+    let worker = TcpWorker::spawn(&engine, "w1", "peek", &keep.path().join("spool"), |cmd| {
+        give(cmd, &token, keep.path());
+        as_ordinary_user(cmd, keep.path());
+    });
+    let pid = worker.pid();
+    engine
+        .wait_worker(
+            "w1",
+            |w| w.state == WorkerState::Online as i32 && w.connected && w.pid == pid,
+            DEADLINE,
+        )
+        .await;
+
+    let run = engine.submit(&peek_spec("peek", pid)).await;
+    engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+    let output = engine.output_text(&run.id).await;
+    // The step did find its worker: the command line is public.
+    assert!(
+        output.contains(&format!("== {pid} cmdline")) && output.contains("worker --engine"),
+        "the step did not read its worker's command line:\n{output}"
+    );
+    assert!(
+        !output.contains(&token),
+        "the step read its worker's token from /proc:\n{output}"
+    );
+    assert!(
+        !worker.log().contains("visible to every local user in ps"),
+        "no warning without --token on the command line:\n{}",
+        worker.log()
+    );
+}
+
+#[tokio::test]
+async fn a_step_cannot_read_its_workers_token_from_proc_when_it_came_in_the_environment() {
+    assert_step_cannot_read_the_token(|cmd, token, _| {
+        cmd.env("OPSDECK_TOKEN", token);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_step_cannot_read_its_workers_token_from_proc_when_it_came_in_a_file() {
+    assert_step_cannot_read_the_token(|cmd, token, dir| {
+        let file = dir.join("worker.token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        chmod(&file, 0o600);
+        cmd.arg("--token-file").arg(&file);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_on_the_command_line_is_warned_about_and_an_open_token_file_is_refused() {
+    let (token, entry) = new_token("worker-1", &["agent"], &[]);
+    let engine = Engine::start(EngineOpts {
+        config: entry,
+        ..EngineOpts::default()
+    })
+    .await;
+    let spool = Worker::spool_dir_of(&engine, "w-line");
+    let on_line = TcpWorker::spawn(&engine, "w-line", "line", &spool, |cmd| {
+        cmd.args(["--token", token.as_str()]);
+    });
+    let pid = on_line.pid();
+    engine
+        .wait_worker(
+            "w-line",
+            |w| w.state == WorkerState::Online as i32 && w.connected && w.pid == pid,
+            DEADLINE,
+        )
+        .await;
+    let log = on_line.log();
+    assert!(
+        log.contains(
+            "--token on the command line is visible to every local user in ps; use --token-file"
+        ),
+        "no warning about --token:\n{log}"
+    );
+
+    let keep = tempfile::tempdir().unwrap();
+    let open = keep.path().join("open.token");
+    std::fs::write(&open, &token).unwrap();
+    chmod(&open, 0o644);
+    let mut cmd = engine.tagged_command(&opsdeckd());
+    cmd.arg("worker")
+        .args(["--engine", &format!("http://{}", engine.tcp_addr())])
+        .args(["--id", "w-open", "--queue", "open", "--token-file"])
+        .arg(&open)
+        .arg("--spool-dir")
+        .arg(Worker::spool_dir_of(&engine, "w-open"));
+    let out = finish(cmd);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a worker started with {err}");
+    assert!(
+        err.contains(&format!(
+            "the token file {} is open to other users (mode 0644)",
+            open.display()
+        )) && err.contains(&format!("chmod 600 {}", open.display())),
+        "the refusal does not name the file and the fix: {err}"
+    );
+    assert!(!err.contains(&token), "the refusal shows the token: {err}");
 }

@@ -41,6 +41,9 @@ const OUTPUT_LINGER: Duration = Duration::from_secs(2);
 /// token would let any step speak to the engine as this worker.
 const PRIVATE_ENV: &[&str] = &[
     "OPSDECK_TOKEN",
+    // Where the token is: a step runs as the worker's user and could read
+    // it; it need not be shown the way.
+    "OPSDECK_TOKEN_FILE",
     "OPSDECK_WORKER_GENERATION",
     // The engine's database URL (it may hold a password), for local workers.
     "OPSDECK_DATABASE",
@@ -541,7 +544,9 @@ mod tests {
             .filter(|(_, value)| value.is_none())
             .map(|(name, _)| name.to_string_lossy().into_owned())
             .collect();
-        assert!(removed.contains(&"OPSDECK_TOKEN".to_owned()), "{removed:?}");
+        for private in ["OPSDECK_TOKEN", "OPSDECK_TOKEN_FILE"] {
+            assert!(removed.contains(&private.to_owned()), "{removed:?}");
+        }
     }
 
     #[tokio::test]

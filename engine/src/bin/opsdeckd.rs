@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use opsdeck_engine::config::{
     ConfigFile, DEFAULT_CONFIG, DEFAULT_METRICS_LISTEN, default_data_dir,
 };
@@ -156,7 +157,11 @@ fn main() -> ExitCode {
     // opsdeckd creates — data dir, database, spool, logs, backups — is the
     // owner's alone. See `opsdeck_engine::private`.
     private::restrict_umask();
-    let cli = Cli::parse();
+    let cli = parse_cli();
+    // The engine and the worker hold tokens, the database URL and secrets
+    // in their memory and environment; their steps run as the same user.
+    let hardened = matches!(cli.command, Command::Serve(_) | Command::Worker(_))
+        .then(private::make_non_dumpable);
     let _log = match init_logging(&cli) {
         Ok(guard) => guard,
         Err(e) => {
@@ -164,6 +169,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Err(e)) = hardened {
+        tracing::warn!(
+            "cannot make this process non-dumpable (prctl PR_SET_DUMPABLE: {e}); \
+             its steps may be able to read its environment and memory"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -178,6 +189,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line; for `worker`, also whether `--token` was typed on it
+/// (rather than read from `OPSDECK_TOKEN`), which deserves a warning.
+fn parse_cli() -> Cli {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Worker(args) = &mut cli.command {
+        args.token_on_command_line = matches
+            .subcommand_matches("worker")
+            .and_then(|m| m.value_source("token"))
+            == Some(ValueSource::CommandLine);
+    }
+    cli
 }
 
 /// Flags, then `OPSDECK_LOG_*`, then the engine's config file ([log]).
