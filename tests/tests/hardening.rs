@@ -7,7 +7,8 @@
 //! - a step cannot read its worker's token from `/proc` (the worker's
 //!   command line or environment), whether the token came from
 //!   `OPSDECK_TOKEN` or `--token-file`; `--token` on the command line is
-//!   warned about, and a token file others can read is refused.
+//!   warned about, and a token file others can read is refused;
+//! - `opsdeck --output json` escapes C1 controls from a step's output.
 
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -20,7 +21,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::Pid;
 use opsdeck_tests::pb::{self, RunState, WorkerState};
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, new_token, opsdeckd, sh};
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, new_token, opsdeck, opsdeckd, sh};
 
 // ------------------------------------------------------------------ helpers
 
@@ -450,4 +451,67 @@ async fn a_token_on_the_command_line_is_warned_about_and_an_open_token_file_is_r
         "the refusal does not name the file and the fix: {err}"
     );
     assert!(!err.contains(&token), "the refusal shows the token: {err}");
+}
+
+// ------------------------------------------------------------- CLI JSON
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn cli_json_escapes_c1_controls_from_a_steps_output() {
+    let engine = Engine::start_default().await;
+    let _worker = Worker::start(&engine, "w1", &["work"], 1).await;
+    // U+009B (CSI, a terminal's escape in one character) is C2 9B in UTF-8.
+    let run = engine
+        .submit(&format!(
+            "name = \"c1\"\n[[step]]\nqueue = \"work\"\nrun = {}\n",
+            sh("printf 'before\\302\\233after\\n'")
+        ))
+        .await;
+    engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+    assert!(
+        engine
+            .output_text(&run.id)
+            .await
+            .contains("before\u{9b}after"),
+        "the step printed U+009B"
+    );
+
+    let mut cmd = Command::new(opsdeck());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OPSDECK_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env("NO_COLOR", "1")
+        .args(["--engine", &engine.unix_addr(), "--output", "json", "run"])
+        .arg(&run.id);
+    let out = finish(cmd);
+    assert!(out.status.success(), "opsdeck run: {}", text(&out.stderr));
+    let stdout = out.stdout;
+    assert!(
+        !contains(&stdout, "\u{9b}".as_bytes()),
+        "a raw C1 control in the JSON: {}",
+        text(&stdout)
+    );
+    assert!(
+        contains(&stdout, br"before\u009bafter"),
+        "the C1 control is not escaped: {}",
+        text(&stdout)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&stdout).expect("one JSON document");
+    let texts: Vec<&str> = value["output"]
+        .as_array()
+        .expect("the output")
+        .iter()
+        .filter_map(|o| o["text"].as_str())
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("before\u{9b}after")),
+        "a JSON reader gets the character back: {texts:?}"
+    );
 }
