@@ -55,6 +55,13 @@ pub async fn backup(url: &str, dest: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot copy {url} to {}", partial.display()));
     let _ = conn.close().await;
+    // SQLite creates the copy under the umask (077 in `opsdeckd`); the copy
+    // holds everything the database does, so it is the owner's alone even
+    // when the engine runs as a library.
+    let copied = copied.and_then(|_| {
+        crate::private::restrict_file(&partial)
+            .with_context(|| format!("cannot make {} private", partial.display()))
+    });
     if let Err(e) = copied.and(check(&partial).await) {
         let _ = std::fs::remove_file(&partial);
         return Err(e);

@@ -21,6 +21,8 @@
 //! - [`metrics`], [`notify`], [`logging`], [`backup`]: operating it —
 //!   Prometheus and health endpoints, systemd's notify protocol, the log,
 //!   and consistent copies of a live SQLite database.
+//! - [`private`]: files for the owner only (0700/0600 whatever the umask)
+//!   and processes whose memory their steps cannot read.
 
 pub mod agent;
 pub mod api;
@@ -35,6 +37,7 @@ pub mod ha;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod private;
 pub mod retention;
 pub mod secrets;
 pub mod serve;

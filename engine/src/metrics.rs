@@ -316,7 +316,7 @@ pub async fn bind(addr: &str, data_dir: &Path) -> anyhow::Result<TcpListener> {
     })?;
     let bound = listener.local_addr()?;
     let file = data_dir.join(METRICS_ADDR_FILE);
-    std::fs::write(&file, format!("{bound}\n"))
+    crate::private::write(&file, format!("{bound}\n"))
         .with_context(|| format!("cannot write {}", file.display()))?;
     tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
     Ok(listener)

@@ -3,6 +3,7 @@
 //! the same engine the binary does.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::core::{self, CoreConfig};
 use crate::ha::{self, HaOptions, HaSettings, Role};
 use crate::metrics::{self, Readiness, ReadyState};
 use crate::notify;
+use crate::private;
 use crate::store::{self, Leadership};
 
 /// Everything `serve` needs, already merged from flags, environment and file.
@@ -74,7 +76,10 @@ pub async fn run(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(&Bound),
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir)
+    if let Some(warning) = private::data_dir_warning(&opts.data_dir) {
+        tracing::warn!("{warning}");
+    }
+    private::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create the data dir {}", opts.data_dir.display()))?;
     opts.ha.check()?;
     let store = store::open(&opts.database).await.with_context(|| {
@@ -156,7 +161,7 @@ pub async fn run(
     }
 
     if let Some(addr) = bound.tcp {
-        std::fs::write(opts.data_dir.join(ADDR_FILE), format!("{addr}\n"))
+        private::write(&opts.data_dir.join(ADDR_FILE), format!("{addr}\n"))
             .with_context(|| format!("cannot write {}", opts.data_dir.join(ADDR_FILE).display()))?;
     }
     let metrics_listener = match &opts.metrics_listen {
@@ -369,9 +374,19 @@ fn bind_socket(path: &PathBuf) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        private::create_socket_dirs(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Made under the restricted umask: open it as far as the umask the
+    // engine was started with allows (`UMask=0007`: the group may connect).
+    if let Some(inherited) = private::inherited_umask() {
+        let mode = std::fs::Permissions::from_mode(private::socket_mode(inherited));
+        std::fs::set_permissions(path, mode)
+            .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+    }
+    Ok(listener)
 }
 
 /// `--local-workers N`: one in-process worker with N slots serving every

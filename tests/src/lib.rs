@@ -391,6 +391,13 @@ impl Engine {
         }
     }
 
+    /// A command for `program` (e.g. [`opsdeckd`]) as the harness starts its
+    /// own: a clean `OPSDECK_*` environment, its own process group, and this
+    /// engine's tag, so that dropping the engine kills it and its steps.
+    pub fn tagged_command(&self, program: &Path) -> Command {
+        command(program, self.root.path())
+    }
+
     /// The engine's data dir (also where its logs go).
     pub fn data_dir(&self) -> PathBuf {
         self.root.path().to_path_buf()

@@ -6,8 +6,13 @@
 //! exits; a third exits at once, killing their process groups.
 
 use std::{
-    collections::BTreeMap, ffi::OsString, fmt, os::unix::process::CommandExt, path::PathBuf,
-    sync::Arc, time::Duration,
+    collections::BTreeMap,
+    ffi::OsString,
+    fmt,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -59,7 +64,8 @@ pub struct WorkerArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
 
-    /// The bearer token to present to the engine.
+    /// The bearer token to present to the engine. On the command line it is
+    /// visible to every local user in `ps`: prefer --token-file.
     #[arg(
         long,
         value_name = "TOKEN",
@@ -67,6 +73,17 @@ pub struct WorkerArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+
+    /// A file holding the bearer token (surrounding whitespace is ignored;
+    /// an empty file gives none). It must be private to its owner
+    /// (chmod 600); under systemd, a credential (LoadCredential=).
+    #[arg(long, value_name = "FILE", env = "OPSDECK_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Whether --token was typed on the command line (not read from
+    /// OPSDECK_TOKEN); set by the caller from clap's matches.
+    #[arg(skip)]
+    pub token_on_command_line: bool,
 
     /// For an https:// engine: PEM file of the CA that signed its
     /// certificate [default: the system's trusted roots].
@@ -102,6 +119,7 @@ impl fmt::Debug for WorkerArgs {
             .field("slots", &self.slots)
             .field("labels", &self.labels)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .field("ca", &self.ca)
             .field("cert", &self.cert)
             .field("key", &self.key)
@@ -123,6 +141,23 @@ impl WorkerArgs {
             return Ok(None);
         }
         Ok(Some(tls.load()?))
+    }
+
+    /// The token: the content of --token-file, or --token (OPSDECK_TOKEN).
+    /// An empty file gives way to --token, so that a unit can always name a
+    /// token file while an older setup still sets OPSDECK_TOKEN.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        let from_file = match &self.token_file {
+            Some(path) => read_token_file(path)?,
+            None => None,
+        };
+        match (from_file, &self.token) {
+            (Some(_), Some(_)) => bail!(
+                "both --token-file and --token (or OPSDECK_TOKEN) give a token; keep the file only"
+            ),
+            (Some(token), None) => Ok(Some(token)),
+            (None, token) => Ok(token.clone()),
+        }
     }
 
     /// The agent's options, for this process's `generation`.
@@ -157,7 +192,7 @@ impl WorkerArgs {
             queues,
             slots: self.slots,
             labels,
-            token: self.token.clone(),
+            token: self.token()?,
             tls: self.tls()?,
             generation,
             cancel_grace: self.cancel_grace,
@@ -167,10 +202,54 @@ impl WorkerArgs {
     }
 }
 
+/// Reads a token file, refusing one that other users could read too (the
+/// token would be theirs as well). Read at every start, recycles included,
+/// so a token replaced in the file is used from the next recycle on.
+fn read_token_file(path: &Path) -> anyhow::Result<Option<String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let shown = path.display();
+    let cannot_read = || format!("cannot read the token file {shown}");
+    // The mode of the file opened, not of whatever the path names later.
+    let mut file = std::fs::File::open(path).with_context(cannot_read)?;
+    let mode = file
+        .metadata()
+        .with_context(cannot_read)?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "the token file {shown} is open to other users (mode {mode:04o}); \
+             make it private to the worker's user: chmod 600 {shown}"
+        );
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).with_context(cannot_read)?;
+    let token = text.trim();
+    if token.is_empty() {
+        // So that a unit can always name a token file (a credential with an
+        // empty default), whether or not this worker needs a token.
+        info!(file = %shown, "the token file is empty");
+        return Ok(None);
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("the token file {shown} must hold the token alone: printable ASCII without spaces");
+    }
+    Ok(Some(token.to_owned()))
+}
+
 /// Runs `opsdeckd worker`: serves the engine until a signal stops it, and
 /// replaces itself with a fresh process when the engine asks for a recycle.
 pub async fn worker_command(args: WorkerArgs) -> anyhow::Result<()> {
     let generation = generation_from_env(std::env::var_os(GENERATION_ENV))?;
+    if args.token_on_command_line {
+        warn!(
+            "--token on the command line is visible to every local user in ps; \
+             use --token-file (or OPSDECK_TOKEN_FILE)"
+        );
+    }
     let opts = args.options(generation)?;
     let grace = opts.cancel_grace;
     info!(
@@ -236,11 +315,18 @@ fn reexec(next_generation: u64) -> anyhow::Error {
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
     info!(next_generation, exe = %exe.display(), "recycling: starting a fresh worker process");
+    // exec keeps the umask: hand the fresh process the one this process was
+    // started with, for it to restrict again and give its steps. Files made
+    // meanwhile by other threads are the spool's, whose modes are explicit.
+    let restricted = crate::private::inherited_umask().map(nix::sys::stat::umask);
     let err = std::process::Command::new(&exe)
         .arg0(arg0)
         .args(args)
         .env(GENERATION_ENV, next_generation.to_string())
         .exec();
+    if let Some(restricted) = restricted {
+        nix::sys::stat::umask(restricted);
+    }
     tracing::error!(exe = %exe.display(), "could not re-exec to recycle the worker: {err}");
     anyhow!(
         "could not re-exec {} to recycle the worker: {err}",
@@ -408,6 +494,56 @@ mod tests {
     fn a_comma_list_gives_several_queues() {
         let opts = parse(&["--queue", "a, b"]).unwrap().options(1).unwrap();
         assert_eq!(opts.queues, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_token_file_is_read_trimmed_and_must_be_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.token");
+        let path = file.to_str().unwrap();
+        let chmod =
+            |mode| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let token = |args: &[&str]| parse(args).unwrap().options(1).map(|o| o.token);
+
+        std::fs::write(&file, "  tok_abc123\n").unwrap();
+        chmod(0o600);
+        let read = token(&["--queue", "q", "--token-file", path]).unwrap();
+        assert_eq!(read.as_deref(), Some("tok_abc123"));
+
+        for open in [0o640, 0o604, 0o620] {
+            chmod(open);
+            let refused = token(&["--queue", "q", "--token-file", path]).unwrap_err();
+            let message = format!("{refused:#}");
+            assert!(message.contains(path), "{message}");
+            assert!(message.contains(&format!("chmod 600 {path}")), "{message}");
+            assert!(message.contains(&format!("{open:04o}")), "{message}");
+        }
+
+        chmod(0o400);
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let none = token(&["--queue", "q", "--token-file", empty.to_str().unwrap()]).unwrap();
+        assert_eq!(none, None, "an empty token file: no token");
+
+        let missing = dir.path().join("missing");
+        let refused =
+            token(&["--queue", "q", "--token-file", missing.to_str().unwrap()]).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains(&missing.display().to_string()),
+            "{refused:#}"
+        );
+
+        let both = token(&["--queue", "q", "--token", "t", "--token-file", path]).unwrap_err();
+        assert!(format!("{both}").contains("keep the file only"), "{both}");
+        let empty = empty.to_str().unwrap();
+        let older = token(&["--queue", "q", "--token", "t", "--token-file", empty]).unwrap();
+        assert_eq!(
+            older.as_deref(),
+            Some("t"),
+            "an empty file gives way to --token"
+        );
     }
 
     #[test]

@@ -41,6 +41,9 @@ const OUTPUT_LINGER: Duration = Duration::from_secs(2);
 /// token would let any step speak to the engine as this worker.
 const PRIVATE_ENV: &[&str] = &[
     "OPSDECK_TOKEN",
+    // Where the token is: a step runs as the worker's user and could read
+    // it; it need not be shown the way.
+    "OPSDECK_TOKEN_FILE",
     "OPSDECK_WORKER_GENERATION",
     // The engine's database URL (it may hold a password), for local workers.
     "OPSDECK_DATABASE",
@@ -176,6 +179,20 @@ fn command(step: &Assignment) -> Result<Command, &'static str> {
         .process_group(0)
         // The group guard kills the whole group, not only the leader.
         .kill_on_drop(false);
+    // `opsdeckd` runs under umask 077 to keep its own files private; the
+    // step gets the umask the worker was started with, as its files are
+    // the job's business.
+    if let Some(inherited) = crate::private::inherited_umask() {
+        // SAFETY: runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: umask(2) is one, and the
+        // closure allocates nothing and touches no shared state.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::stat::umask(inherited);
+                Ok(())
+            });
+        }
+    }
     Ok(command)
 }
 
@@ -527,7 +544,9 @@ mod tests {
             .filter(|(_, value)| value.is_none())
             .map(|(name, _)| name.to_string_lossy().into_owned())
             .collect();
-        assert!(removed.contains(&"OPSDECK_TOKEN".to_owned()), "{removed:?}");
+        for private in ["OPSDECK_TOKEN", "OPSDECK_TOKEN_FILE"] {
+            assert!(removed.contains(&private.to_owned()), "{removed:?}");
+        }
     }
 
     #[tokio::test]

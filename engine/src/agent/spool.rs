@@ -94,10 +94,10 @@ impl Spool {
     /// Opens (creating it if need be) and locks `dir`, and returns the
     /// results left in it by an earlier process of this worker, oldest first.
     pub fn open(dir: &Path, worker_id: &str) -> anyhow::Result<(Self, Vec<StepResult>)> {
-        fs::create_dir_all(dir)
+        crate::private::create_dir_all(dir)
             .with_context(|| format!("cannot create the spool dir {}", dir.display()))?;
         let lock_path = dir.join(".lock");
-        let file = File::options()
+        let file = crate::private::file_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -217,7 +217,11 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<Path
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
     let written = (|| -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
+        let mut file = crate::private::file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, &path)?;

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use opsdeck_engine::config::{
     ConfigFile, DEFAULT_CONFIG, DEFAULT_METRICS_LISTEN, default_data_dir,
 };
 use opsdeck_engine::serve::{self, ServeOptions};
 use opsdeck_engine::store::redacted;
-use opsdeck_engine::{agent, bench, logging};
+use opsdeck_engine::{agent, bench, logging, private};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -156,7 +157,15 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // First, before any thread starts (the umask is process-wide): whatever
+    // opsdeckd creates — data dir, database, spool, logs, backups — is the
+    // owner's alone. See `opsdeck_engine::private`.
+    private::restrict_umask();
+    let cli = parse_cli();
+    // The engine and the worker hold tokens, the database URL and secrets
+    // in their memory and environment; their steps run as the same user.
+    let hardened = matches!(cli.command, Command::Serve(_) | Command::Worker(_))
+        .then(private::make_non_dumpable);
     let _log = match init_logging(&cli) {
         Ok(guard) => guard,
         Err(e) => {
@@ -164,6 +173,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Err(e)) = hardened {
+        tracing::warn!(
+            "cannot make this process non-dumpable (prctl PR_SET_DUMPABLE: {e}); \
+             its steps may be able to read its environment and memory"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -178,6 +193,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line; for `worker`, also whether `--token` was typed on it
+/// (rather than read from `OPSDECK_TOKEN`), which deserves a warning.
+fn parse_cli() -> Cli {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Worker(args) = &mut cli.command {
+        args.token_on_command_line = matches
+            .subcommand_matches("worker")
+            .and_then(|m| m.value_source("token"))
+            == Some(ValueSource::CommandLine);
+    }
+    cli
 }
 
 /// Flags, then `OPSDECK_LOG_*`, then the engine's config file ([log]).
@@ -213,7 +242,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => agent::worker_command(args).await,
         Command::Migrate(args) => {
             let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-            std::fs::create_dir_all(&data_dir)?;
+            private::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
             let url = args.database.unwrap_or_else(|| sqlite_url(&data_dir));
             opsdeck_engine::store::open(&url)
                 .await
@@ -241,6 +271,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             opsdeck_engine::secrets::Secrets::load(&file.secrets).map_err(anyhow::Error::msg)?;
             if let Some(tls) = &file.tls {
                 tls.server_tls().load()?;
+            }
+            // The data dir the engine would use: a warning, not a refusal,
+            // as a running engine's files are at stake and only a person
+            // should change who may read them.
+            let data_dir = file
+                .engine
+                .data_dir
+                .clone()
+                .unwrap_or_else(default_data_dir);
+            if let Some(warning) = private::data_dir_warning(&data_dir) {
+                eprintln!("warning: {warning}");
             }
             println!("{}: ok", config.display());
             Ok(())

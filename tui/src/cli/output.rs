@@ -74,14 +74,16 @@ impl Printer {
 
     /// One pretty JSON document.
     pub fn document<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), CliError> {
-        let mut text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+        let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+        let mut text = escape_c1(text);
         text.push('\n');
         self.text(&text)
     }
 
     /// One JSON Lines record.
     pub fn record<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), CliError> {
-        let mut text = serde_json::to_string(value).map_err(io::Error::other)?;
+        let text = serde_json::to_string(value).map_err(io::Error::other)?;
+        let mut text = escape_c1(text);
         text.push('\n');
         self.text(&text)
     }
@@ -119,6 +121,32 @@ impl Printer {
     }
 }
 
+/// JSON from serde_json with the C1 controls (U+0080–U+009F) and the line
+/// and paragraph separators (U+2028, U+2029) written as `\u009b` escapes.
+/// serde_json escapes only C0; a C1 control is as live as ESC in many
+/// terminals (U+009B is CSI), and steps' output and clients' strings reach
+/// this JSON, which people do look at with `cat` or `less -R`.
+///
+/// Done on the finished text, safely: outside strings serde_json writes
+/// ASCII only, so every such character is inside a string, where its
+/// `\uXXXX` escape means the same character to every JSON reader; an
+/// escape serde wrote (`\\`, `\u001b`) is ASCII and left alone.
+pub fn escape_c1(json: String) -> String {
+    let escape = |c: char| matches!(c, '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}');
+    if !json.contains(escape) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if escape(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A line on stderr: progress and warnings, never part of the answer.
 pub fn note(text: &str) {
     // Nothing useful can be done when stderr itself is gone.
@@ -134,6 +162,35 @@ pub fn use_color(no_color: Option<&OsStr>, term: Option<&OsStr>, is_tty: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_escapes_c1_controls_and_line_separators() {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            text: &'a str,
+        }
+        let value = Out {
+            text: "csi \u{9b}31m nel \u{85} esc \u{1b} back\\slash \u{2028}\u{2029} é ✓",
+        };
+        for json in [
+            escape_c1(serde_json::to_string(&value).unwrap()),
+            escape_c1(serde_json::to_string_pretty(&value).unwrap()),
+        ] {
+            assert!(
+                !json.contains(['\u{9b}', '\u{85}', '\u{1b}', '\u{2028}']),
+                "{json:?}"
+            );
+            assert!(
+                json.contains(r"csi \u009b31m nel \u0085 esc \u001b"),
+                "{json}"
+            );
+            assert!(json.contains(r"back\\slash \u2028\u2029 é ✓"), "{json}");
+            let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(back["text"], value.text, "the same text to a JSON reader");
+        }
+        let plain = r#"{"text":"ok"}"#.to_owned();
+        assert_eq!(escape_c1(plain.clone()), plain);
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {
