@@ -383,11 +383,6 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
          `opsdeckd worker` processes as another user instead, or accept this with \
          --trust-local-steps ([engine] trust_local_steps = true)"
     );
-    // Another process of the engine's user (a step, say) may not read this
-    // one's memory or environment (/proc/PID/environ, /proc/PID/mem).
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        tracing::warn!(error = %e, "cannot make the engine process non-dumpable");
-    }
     let opts = ServeOptions {
         database: args
             .database
