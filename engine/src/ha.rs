@@ -161,13 +161,33 @@ pub async fn hold(
             _ = tokio::time::sleep(ttl / 3) => {}
         }
         let sent = Instant::now();
-        if sent.duration_since(renewed) >= ttl {
+        let since = sent.duration_since(renewed);
+        if since >= ttl {
+            // No renewal within the TTL: this process stalled (a paused VM,
+            // SIGSTOP, a swap storm) or the database did not answer. The
+            // lead is still this engine's if no other took it meanwhile —
+            // always so on a store only one engine can use — so ask once
+            // before giving it up.
+            let asked = tokio::time::timeout(
+                (ttl / 3).max(Duration::from_secs(1)),
+                store.lead(&ha.holder, &ha.advertise, ttl, Some(epoch)),
+            )
+            .await;
+            if let Ok(Ok(Leadership::Leader { .. })) = asked {
+                tracing::warn!(
+                    epoch,
+                    unrenewed_for = %humantime::format_duration(since),
+                    "the lead went unrenewed past its TTL, but no other engine took it: still leading"
+                );
+                renewed = sent;
+                continue;
+            }
             return Err(format!(
                 "the lead (epoch {epoch}) was not renewed within its TTL of {}",
                 humantime::format_duration(ttl)
             ));
         }
-        let left = ttl - sent.duration_since(renewed);
+        let left = ttl - since;
         match tokio::time::timeout(
             left,
             store.lead(&ha.holder, &ha.advertise, ttl, Some(epoch)),

@@ -143,8 +143,8 @@ async fn run(
     let mut in_flight: Option<InFlight> = None;
     let mut stopping = false;
     loop {
-        let wake = state
-            .next_timer()
+        let due = state.next_timer();
+        let wake = due
             .map(|at| Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)))
             .unwrap_or(Duration::from_secs(3600));
         // A pending batch that is full waits for the commit in flight.
@@ -217,6 +217,7 @@ async fn run(
                 job(&mut state, tx);
             }
             if !stopping {
+                state.notice_stall(tx, due);
                 state.fire_timers(tx);
                 state.dispatch(tx);
             }

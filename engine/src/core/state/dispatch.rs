@@ -47,8 +47,10 @@ impl State {
             .values()
             .filter(|w| w.state == WorkerState::Online && self.sessions.contains_key(&w.id))
             .map(|w| {
-                let used = self.worker_leases.get(&w.id).map_or(0, |s| s.len() as u32);
-                (w.id.clone(), w.slots.saturating_sub(used))
+                (
+                    w.id.clone(),
+                    w.slots.saturating_sub(self.slots_taken(&w.id)),
+                )
             })
             .filter(|(_, f)| *f > 0)
             .collect();

@@ -148,6 +148,10 @@ impl State {
     /// lease with its fencing token; anything else is refused and recorded.
     pub fn step_result(&mut self, tx: &mut Tx, worker_id: &str, result: pb::StepResult) {
         let actor = Actor::worker(worker_id);
+        // The step's process is gone, whatever becomes of its result.
+        if let Some(set) = self.stopping.get_mut(worker_id) {
+            set.remove(&result.lease_id);
+        }
         let ack = |accepted: bool, message: String| {
             pb::engine_message::Kind::Ack(pb::ResultAck {
                 lease_id: result.lease_id.clone(),
@@ -243,7 +247,13 @@ impl State {
             .filter(|l| l.worker_id == worker_id && l.fencing_token == token)
     }
 
-    pub(super) fn cancel_on_worker(&self, tx: &mut Tx, lease: &Lease, reason: &str) {
+    pub(super) fn cancel_on_worker(&mut self, tx: &mut Tx, lease: &Lease, reason: &str) {
+        if self.sessions.contains_key(&lease.worker_id) {
+            self.stopping
+                .entry(lease.worker_id.clone())
+                .or_default()
+                .insert(lease.id.clone());
+        }
         self.send(
             tx,
             &lease.worker_id,
@@ -253,6 +263,25 @@ impl State {
                 grace_ms: self.cfg.cancel_grace.as_millis() as u64,
             }),
         );
+    }
+
+    /// Slots of `worker_id` taken: its live leases, and steps it is still
+    /// stopping.
+    pub(super) fn slots_taken(&self, worker_id: &str) -> u32 {
+        let live = self.worker_leases.get(worker_id).map_or(0, BTreeSet::len);
+        let stopping = self.stopping.get(worker_id).map_or(0, BTreeSet::len);
+        (live + stopping) as u32
+    }
+
+    /// Forgets the steps `worker_id` is stopping that `held` no longer
+    /// lists: their processes are gone.
+    pub(super) fn stopped_unless_held(&mut self, worker_id: &str, held: &[pb::HeldLease]) {
+        if let Some(set) = self.stopping.get_mut(worker_id) {
+            set.retain(|id| held.iter().any(|h| h.lease_id == *id));
+            if set.is_empty() {
+                self.stopping.remove(worker_id);
+            }
+        }
     }
 
     pub(super) fn end_lease(&mut self, tx: &mut Tx, id: &str, state: LeaseState) {

@@ -273,6 +273,11 @@ pub struct State {
     /// Live leases only; ended ones are kept in `recent_leases` for listing.
     leases: HashMap<String, Lease>,
     worker_leases: HashMap<String, BTreeSet<String>>,
+    /// Leases the engine ended while their worker may still be stopping
+    /// the step (a cancel's grace period): each keeps its slot taken until
+    /// the worker says the step is gone (its result, or a heartbeat or
+    /// hello that no longer holds it).
+    stopping: HashMap<String, BTreeSet<String>>,
     recent_leases: VecDeque<Lease>,
     approvals: BTreeMap<String, Approval>,
     /// Run names refused (and not dispatched) until an operator clears them.
@@ -280,6 +285,9 @@ pub struct State {
     /// When leases of runs of each name got stuck, within the window.
     stuck_at: HashMap<String, VecDeque<Millis>>,
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
+    /// After a stall of the engine's own, no worker goes offline for want
+    /// of heartbeats before this.
+    heartbeat_grace_until: Millis,
     subscribers: Vec<Subscriber>,
     output_bytes: HashMap<String, usize>,
     /// Queues whose figures changed since the last commit's events.
@@ -309,6 +317,7 @@ impl State {
             sessions: HashMap::new(),
             leases: HashMap::new(),
             worker_leases: HashMap::new(),
+            stopping: HashMap::new(),
             recent_leases: VecDeque::new(),
             approvals: BTreeMap::new(),
             quarantines: loaded
@@ -318,6 +327,7 @@ impl State {
                 .collect(),
             stuck_at: HashMap::new(),
             timers: BinaryHeap::new(),
+            heartbeat_grace_until: 0,
             subscribers: Vec::new(),
             output_bytes: HashMap::new(),
             changed_queues: BTreeSet::new(),
@@ -841,5 +851,64 @@ mod tests {
             Err(EngineError::PermissionDenied(_))
         ));
         try_hello("build-1", "build").unwrap();
+    }
+
+    #[test]
+    fn a_cancelled_steps_slot_stays_taken_until_its_worker_says_it_is_gone() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let first = submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0 + 1);
+        let held = assignments(&mut w);
+        assert_eq!(held.len(), 1);
+        let mut tx = Tx::new(T0 + 2);
+        s.cancel_run(&mut tx, &first, &alice(), "stop").unwrap();
+        run_effects(tx);
+
+        // The process may still be in its cancel grace: no new step yet.
+        submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0 + 3);
+        assert!(
+            assignments(&mut w).is_empty(),
+            "a stopping step's slot was given away"
+        );
+        let still = [pb::HeldLease {
+            lease_id: held[0].lease_id.clone(),
+            fencing_token: held[0].fencing_token,
+        }];
+        s.heartbeat("w", &still, T0 + 4);
+        dispatch(&mut s, T0 + 5);
+        assert!(assignments(&mut w).is_empty());
+
+        // Its result says the process is gone: the slot is free.
+        let mut tx = Tx::new(T0 + 6);
+        s.step_result(
+            &mut tx,
+            "w",
+            pb::StepResult {
+                lease_id: held[0].lease_id.clone(),
+                fencing_token: held[0].fencing_token,
+                ..Default::default()
+            },
+        );
+        run_effects(tx);
+        dispatch(&mut s, T0 + 7);
+        assert_eq!(assignments(&mut w).len(), 1);
+    }
+
+    #[test]
+    fn a_heartbeat_without_the_stopping_step_frees_its_slot() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let first = submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0 + 1);
+        assert_eq!(assignments(&mut w).len(), 1);
+        let mut tx = Tx::new(T0 + 2);
+        s.cancel_run(&mut tx, &first, &alice(), "stop").unwrap();
+        run_effects(tx);
+        submit(&mut s, ONE_STEP);
+        s.heartbeat("w", &[], T0 + 3);
+        dispatch(&mut s, T0 + 4);
+        assert_eq!(assignments(&mut w).len(), 1);
     }
 }

@@ -3,7 +3,40 @@
 
 use super::*;
 
+/// A timer this late means the engine itself did not run (a paused VM,
+/// SIGSTOP, a swap storm): what was due meanwhile is not the workers' fault.
+pub const STALL_MS: Millis = 2_000;
+
 impl State {
+    /// Notices that the engine stalled: the earliest timer, due at `due`,
+    /// is more than [`STALL_MS`] late at `tx.now`. Workers could not be
+    /// heard meanwhile, so every live lease and every worker gets a fresh
+    /// window (a lease TTL, a worker timeout) before it expires or goes
+    /// offline.
+    pub fn notice_stall(&mut self, tx: &mut Tx, due: Option<Millis>) {
+        let Some(late) = due.map(|d| tx.now - d).filter(|late| *late > STALL_MS) else {
+            return;
+        };
+        let lease_until = tx.now + ms(self.cfg.lease_ttl);
+        for lease in self.leases.values_mut() {
+            lease.expires_at = lease.expires_at.max(lease_until);
+        }
+        self.heartbeat_grace_until = tx.now + ms(self.cfg.worker_timeout);
+        let stalled = humantime::format_duration(std::time::Duration::from_millis(
+            u64::try_from(late).unwrap_or(0),
+        ));
+        tracing::warn!(
+            %stalled,
+            "the engine stalled (its process did not run); leases and workers get a fresh heartbeat window"
+        );
+        let msg = format!(
+            "the engine stalled for {stalled}; its {} live leases and connected workers get a fresh \
+             heartbeat window before anything expires",
+            self.leases.len()
+        );
+        self.emit(tx, &Actor::engine(), "", Ev::new("engine.stalled", msg));
+    }
+
     /// Fires every timer due at `tx.now`.
     pub fn fire_timers(&mut self, tx: &mut Tx) {
         let engine = Actor::engine();
@@ -38,7 +71,8 @@ impl State {
                     let Some(w) = self.workers.get_mut(&id) else {
                         continue;
                     };
-                    let due = w.last_heartbeat_at + ms(self.cfg.worker_timeout);
+                    let due = (w.last_heartbeat_at + ms(self.cfg.worker_timeout))
+                        .max(self.heartbeat_grace_until);
                     if !matches!(
                         w.state,
                         WorkerState::Online | WorkerState::Draining | WorkerState::Recycling

@@ -107,6 +107,7 @@ impl State {
         }
         self.workers.remove(id);
         self.worker_leases.remove(id);
+        self.stopping.remove(id);
         tx.workers.remove(id);
         tx.forgotten_workers.insert(id.to_owned());
         let msg = format!(
@@ -230,6 +231,7 @@ impl State {
         };
         self.emit(tx, &actor, "", Ev::new(kind, msg).worker(&id));
 
+        self.stopped_unless_held(&id, &hello.held);
         // Keep the leases it still holds; return its others to their queues
         // now rather than after their TTL.
         let held: HashMap<&str, u64> = hello
@@ -318,6 +320,7 @@ impl State {
 
     pub fn heartbeat(&mut self, worker_id: &str, held: &[pb::HeldLease], now: Millis) {
         let ttl = ms(self.cfg.lease_ttl);
+        self.stopped_unless_held(worker_id, held);
         if let Some(w) = self.workers.get_mut(worker_id) {
             w.last_heartbeat_at = now;
         }
