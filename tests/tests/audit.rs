@@ -59,7 +59,7 @@ async fn history(engine: &Engine) -> String {
     run_ok(
         &engine.unix_addr(),
         None,
-        &["pause", "q1", "--reason", "socket pause"],
+        &["pause", "q1", "--create", "--reason", "socket pause"],
     );
     run_ok(&tcp, token, &["resume", "q1", "--reason", "tcp resume"]);
     let spec = engine.work_dir().join("audit.toml");
@@ -86,7 +86,11 @@ async fn history(engine: &Engine) -> String {
     );
     let doc: Value = serde_json::from_slice(&out.stdout).expect("the run as JSON");
     assert_eq!(doc["run"]["state"], "succeeded", "{doc}");
-    run_ok(&tcp, token, &["pause", "q2", "--reason", "tcp pause"]);
+    run_ok(
+        &tcp,
+        token,
+        &["pause", "q2", "--create", "--reason", "tcp pause"],
+    );
     engine.os_identity().await
 }
 
@@ -224,13 +228,17 @@ async fn events_follow_filters_live_events_on_the_engine() {
     run_ok(
         &engine.unix_addr(),
         None,
-        &["pause", "q1", "--reason", "not mine"],
+        &["pause", "q1", "--create", "--reason", "not mine"],
     );
     engine
         .submit("name = \"noise\"\n[[step]]\nqueue = \"nobody-serves\"\nrun = \"true\"\n")
         .await;
     // For it, last.
-    run_ok(&tcp, token, &["pause", "q2", "--reason", "mine"]);
+    run_ok(
+        &tcp,
+        token,
+        &["pause", "q2", "--create", "--reason", "mine"],
+    );
 
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + DEADLINE;

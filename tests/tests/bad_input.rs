@@ -190,6 +190,7 @@ async fn an_empty_or_invalid_queue_name_is_invalid_argument_saying_what_a_queue_
             .pause_queue(QueueActionRequest {
                 name: name.into(),
                 reason: "x".into(),
+                ..Default::default()
             })
             .await;
         assert_status(r, Code::InvalidArgument, &["queue name", "a-z"]);
@@ -206,6 +207,7 @@ async fn an_empty_or_invalid_queue_name_is_invalid_argument_saying_what_a_queue_
         .pause_queue(QueueActionRequest {
             name: "q".repeat(65),
             reason: "x".into(),
+            ..Default::default()
         })
         .await;
     assert_status(r, Code::InvalidArgument, &["64"]);

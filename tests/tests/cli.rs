@@ -150,6 +150,33 @@ async fn refusals_exit_one_with_the_grpc_code_and_usage_errors_exit_two() {
         "{}",
         stderr(&pause)
     );
+    // A typo of a queue is not a new queue: NOT_FOUND listing the known
+    // ones; pausing one ahead of its first use takes --create.
+    let typo = cli(&addr, None, &["pause", "opps", "--reason", "x"]);
+    assert_eq!(typo.status.code(), Some(1));
+    assert!(
+        stderr(&typo).contains("NOT_FOUND")
+            && stderr(&typo).contains("no queue named \"opps\"")
+            && stderr(&typo).contains("--create"),
+        "{}",
+        stderr(&typo)
+    );
+    let unknown_resume = cli(&addr, None, &["resume", "opps", "--reason", "x"]);
+    assert!(stderr(&unknown_resume).contains("NOT_FOUND"));
+    let ahead = cli(
+        &addr,
+        None,
+        &[
+            "pause",
+            "opps",
+            "--create",
+            "--reason",
+            "before the rollout",
+        ],
+    );
+    assert!(ahead.status.success(), "{}", stderr(&ahead));
+    let listed = cli(&addr, None, &["queues"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("opps"));
 
     // The engine still serves after all of that.
     assert!(cli(&addr, None, &["queues"]).status.success());
@@ -361,4 +388,38 @@ async fn events_from_a_pruned_seq_say_where_history_starts() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_run_waiting_on_its_queue_is_queued_and_says_why() {
+    let engine = Engine::start_default().await;
+    let addr = engine.unix_addr();
+    let _worker = Worker::start(&engine, "w1", &["work"], 1).await;
+    let paused = cli(&addr, None, &["pause", "work", "--reason", "incident 7"]);
+    assert!(paused.status.success(), "{}", stderr(&paused));
+
+    let held = engine
+        .submit("name = \"held\"\n[[step]]\nname = \"s\"\nqueue = \"work\"\nrun = \"true\"\n")
+        .await;
+    let orphan = engine
+        .submit("name = \"orphan\"\n[[step]]\nname = \"s\"\nqueue = \"nowhere\"\nrun = \"true\"\n")
+        .await;
+    for (run, why) in [
+        (&held, "waits: queue work paused by"),
+        (&orphan, "waits: no connected worker serves queue nowhere"),
+    ] {
+        let shown = cli(&addr, None, &["run", &run.id]);
+        let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+        assert!(text.contains(why), "{text}");
+        let doc = json(&cli(&addr, None, &["-o", "json", "run", &run.id]));
+        assert_eq!(doc["run"]["state"], "queued", "{doc}");
+    }
+    let text = String::from_utf8_lossy(&cli(&addr, None, &["run", &held.id]).stdout).into_owned();
+    assert!(text.contains("incident 7"), "{text}");
+
+    let resumed = cli(&addr, None, &["resume", "work", "--reason", "over"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    engine
+        .wait_run_state(&held.id, RunState::Succeeded, DEADLINE)
+        .await;
 }

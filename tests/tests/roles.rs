@@ -95,6 +95,7 @@ async fn call(api: &mut opsdeck_tests::Clients<TcpService>, method: &str) -> Res
             .pause_queue(pb::QueueActionRequest {
                 name: "Not A Queue!".into(),
                 reason,
+                ..Default::default()
             })
             .await
             .map(drop),

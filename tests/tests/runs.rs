@@ -240,6 +240,7 @@ async fn a_paused_queue_hands_out_nothing_until_resumed_and_then_the_highest_pri
         .pause_queue(QueueActionRequest {
             name: "work".into(),
             reason: "incident 7".into(),
+            ..Default::default()
         })
         .await
         .expect("pause")
@@ -282,6 +283,7 @@ async fn a_paused_queue_hands_out_nothing_until_resumed_and_then_the_highest_pri
         .resume_queue(QueueActionRequest {
             name: "work".into(),
             reason: "over".into(),
+            ..Default::default()
         })
         .await
         .expect("resume");

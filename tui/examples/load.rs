@@ -44,6 +44,7 @@ async fn main() {
         .pause_queue(QueueActionRequest {
             name: "load".into(),
             reason: "load test".into(),
+            create: true,
         })
         .await
         .expect("pause");

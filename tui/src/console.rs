@@ -345,6 +345,7 @@ async fn change_call(
     let queue = |name: &String| QueueActionRequest {
         name: name.clone(),
         reason: reason.clone(),
+        create: false,
     };
     Ok(match change {
         Change::Approve { approval } | Change::Reject { approval } => {

@@ -113,7 +113,9 @@ impl Api {
         let req = req.into_inner();
         Ok(Response::new(
             self.core
-                .call(move |s, tx| s.set_queue_paused(tx, &req.name, paused, &actor, &req.reason))
+                .call(move |s, tx| {
+                    s.set_queue_paused(tx, &req.name, paused, req.create, &actor, &req.reason)
+                })
                 .await?,
         ))
     }

@@ -116,7 +116,7 @@ impl Runs for Api {
             .core
             .call(move |s, tx| {
                 let (id, created) = s.submit(tx, spec, key, &actor, &req.reason)?;
-                Ok((s.get_run(&id)?, created))
+                Ok((s.get_run(&id, tx.now)?, created))
             })
             .await?;
         Ok(Response::new(pb::SubmitRunResponse {
@@ -200,7 +200,7 @@ impl Runs for Api {
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
         let id = id_arg("run", req.into_inner().id)?;
         let known = id.clone();
-        match self.core.call(move |s, _| s.get_run(&known)).await {
+        match self.core.call(move |s, tx| s.get_run(&known, tx.now)).await {
             Ok(run) => Ok(Response::new(run)),
             Err(crate::error::EngineError::NotFound(why)) => match self.find_run(&id).await? {
                 Some(run) => Ok(Response::new(convert::run(&run))),

@@ -14,6 +14,9 @@ pub struct QueueChange {
     /// The queue's name
     #[arg(value_name = "QUEUE")]
     pub name: String,
+    /// Pause a queue no step has used and no worker serves yet
+    #[arg(long)]
+    pub create: bool,
     #[command(flatten)]
     pub reason: Reason,
 }
@@ -38,6 +41,7 @@ pub async fn change(ctx: &mut Ctx, action: QueueAction, args: QueueChange) -> Re
     let request = QueueActionRequest {
         name: args.name,
         reason: args.reason.text(),
+        create: args.create,
     };
     let queue = match action {
         QueueAction::Pause => ctx.call(client.pause_queue(request)).await?,

@@ -639,6 +639,9 @@ fn step_table(steps: &[Step], now: i64) -> Table {
         if !step.message.is_empty() {
             note.push(step.message.clone());
         }
+        if !step.waiting_for.is_empty() {
+            note.push(format!("waits: {}", step.waiting_for));
+        }
         table.row(vec![
             Cell::new(step_number(step.index).to_string()),
             Cell::new(&step.name),

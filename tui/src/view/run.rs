@@ -103,6 +103,15 @@ fn head_lines<'a>(ctx: &Ctx, run: &'a Run) -> Vec<Line<'a>> {
             Span::styled("x", t.key()),
             Span::raw(" rejects"),
         ]));
+    } else if let Some(step) = run
+        .steps
+        .get(run.current_step as usize)
+        .filter(|s| s.state() == StepState::Queued && !s.waiting_for.is_empty())
+    {
+        lines.push(Line::styled(
+            format!("step {} waits: {}", step.index + 1, step.waiting_for),
+            t.warn(),
+        ));
     } else if !run.message.is_empty() {
         lines.push(Line::styled(run.message.clone(), t.state(&state)));
     }

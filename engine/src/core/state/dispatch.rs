@@ -3,18 +3,50 @@
 use super::*;
 
 impl State {
+    /// Pauses or resumes a queue. A name no step has used and no worker
+    /// serves is most likely a typo: NOT_FOUND listing the known queues,
+    /// unless `create` asks to pause it ahead of its first use.
     pub fn set_queue_paused(
         &mut self,
         tx: &mut Tx,
         name: &str,
         paused: bool,
+        create: bool,
         actor: &Actor,
         reason: &str,
     ) -> EngineResult<pb::Queue> {
         validate_queue_name(name).map_err(EngineError::InvalidArgument)?;
+        let known = self.queues.contains_key(name)
+            || self
+                .workers
+                .values()
+                .any(|w| w.queues.iter().any(|q| q == name));
+        if !known && !(create && paused) {
+            let mut names: BTreeSet<&str> = self.queues.keys().map(String::as_str).collect();
+            names.extend(
+                self.workers
+                    .values()
+                    .flat_map(|w| w.queues.iter().map(String::as_str))
+                    .filter(|q| *q != crate::domain::ANY_QUEUE),
+            );
+            let known = if names.is_empty() {
+                "none yet".to_owned()
+            } else {
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            };
+            let hint = if paused {
+                " (to pause it before its first use, pass --create)"
+            } else {
+                ""
+            };
+            return Err(EngineError::NotFound(format!(
+                "no queue named {name:?}; known queues: {known}{hint}"
+            )));
+        }
         let q = self.queue_live(name);
         if q.queue.paused != paused {
             q.queue.paused = paused;
+            q.paused_by = paused.then(|| (actor.name.clone(), tx.now, reason.to_owned()));
             tx.queues.insert(name.to_owned());
             let (kind, msg) = if paused {
                 (
@@ -128,6 +160,11 @@ impl State {
         let now = tx.now;
         let run = self.runs.get_mut(run_id)?;
         let run_name = run.name.clone();
+        if run.state == RunState::Queued {
+            run.state = RunState::Running;
+            run.updated_at = now;
+            tx.run_changed(run_id);
+        }
         let step = run.step_mut(index)?;
         let exec = step.exec().cloned()?;
         step.attempt += 1;

@@ -106,6 +106,8 @@ struct QueueLive {
     running: u64,
     enqueued: VecDeque<Millis>,
     completed: VecDeque<Millis>,
+    /// Who paused the queue, when and why (this engine's memory only).
+    paused_by: Option<(String, Millis, String)>,
 }
 
 const RATE_WINDOW_MS: Millis = 60_000;
@@ -641,7 +643,7 @@ mod tests {
         let events = result(&mut s, "w2", &second, pb::Outcome::Succeeded, T0 + 31_003);
         assert!(events.iter().any(|e| e.kind == "run.succeeded"));
         assert_eq!(
-            s.get_run(&run).unwrap().state,
+            s.get_run(&run, T0).unwrap().state,
             pb::RunState::Succeeded as i32
         );
     }
@@ -665,7 +667,10 @@ mod tests {
         assert_eq!(b.attempt, 2);
         let events = result(&mut s, "w", &b, pb::Outcome::Failed, T0 + 1_020);
         assert!(events.iter().any(|e| e.kind == "step.dead"));
-        assert_eq!(s.get_run(&run).unwrap().state, pb::RunState::Failed as i32);
+        assert_eq!(
+            s.get_run(&run, T0).unwrap().state,
+            pb::RunState::Failed as i32
+        );
     }
 
     #[test]
@@ -715,13 +720,13 @@ mod tests {
         let mut s = state();
         let mut w = worker(&mut s, "w", &["q"], 1);
         let mut tx = Tx::new(T0);
-        s.set_queue_paused(&mut tx, "q", true, &alice(), "incident")
+        s.set_queue_paused(&mut tx, "q", true, false, &alice(), "incident")
             .unwrap();
         submit(&mut s, ONE_STEP);
         dispatch(&mut s, T0);
         assert!(assignments(&mut w).is_empty());
         let mut tx = Tx::new(T0);
-        s.set_queue_paused(&mut tx, "q", false, &alice(), "over")
+        s.set_queue_paused(&mut tx, "q", false, false, &alice(), "over")
             .unwrap();
         dispatch(&mut s, T0);
         assert_eq!(assignments(&mut w).len(), 1);

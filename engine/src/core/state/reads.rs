@@ -8,11 +8,72 @@ impl State {
         self.quarantines.values().map(convert::quarantine).collect()
     }
 
-    pub fn get_run(&self, id: &str) -> EngineResult<pb::Run> {
-        self.runs
+    /// A run, its queued current step saying why it waits.
+    pub fn get_run(&self, id: &str, now: Millis) -> EngineResult<pb::Run> {
+        let run = self
+            .runs
             .get(id)
-            .map(convert::run)
-            .ok_or_else(|| not_found("run", id, "opsdeck runs"))
+            .ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
+        let mut out = convert::run(run);
+        let index = run.current_step;
+        if let Some(step) = out.steps.get_mut(index as usize)
+            && step.state == pb::StepState::Queued as i32
+        {
+            step.waiting_for = self.waiting_for(&step.queue, id, index, now);
+        }
+        Ok(out)
+    }
+
+    /// Why step `index` of run `run_id`, ready on `queue`, has not started.
+    fn waiting_for(&self, queue: &str, run_id: &str, index: u32, now: Millis) -> String {
+        let Some(q) = self.queues.get(queue) else {
+            return String::new();
+        };
+        if q.queue.paused {
+            return match &q.paused_by {
+                Some((by, at, reason)) => {
+                    let ago = humantime::format_duration(std::time::Duration::from_secs(
+                        u64::try_from((now - at) / 1000).unwrap_or(0),
+                    ));
+                    let why = if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {reason}")
+                    };
+                    format!("queue {queue} paused by {by} {ago} ago{why}")
+                }
+                None => format!("queue {queue} is paused"),
+            };
+        }
+        let serving: Vec<&Worker> = self
+            .workers
+            .values()
+            .filter(|w| self.sessions.contains_key(&w.id) && w.serves(queue))
+            .collect();
+        if serving.is_empty() {
+            return format!("no connected worker serves queue {queue}");
+        }
+        if serving.iter().all(|w| w.state != WorkerState::Online) {
+            return format!("every worker serving queue {queue} is draining");
+        }
+        let ahead = q
+            .ready
+            .iter()
+            .take_while(|k| !(k.run_id == run_id && k.step == index))
+            .count();
+        let free: u32 = serving
+            .iter()
+            .filter(|w| w.state == WorkerState::Online)
+            .map(|w| w.slots.saturating_sub(self.slots_taken(&w.id)))
+            .sum();
+        match (ahead, free) {
+            (0, 0) => format!("next on queue {queue}; its workers' slots are all taken"),
+            (0, _) => format!("next on queue {queue}"),
+            (n, _) => format!(
+                "{n} step{} ahead of it on queue {queue}",
+                if n == 1 { "" } else { "s" }
+            ),
+        }
     }
 
     /// A run as a bulk submit answers it: without its steps.

@@ -163,7 +163,7 @@ impl State {
             actor,
             reason,
         );
-        self.get_run(id)
+        self.get_run(id, tx.now)
     }
 
     /// Retries a failed run from the step that failed, with a fresh attempt budget.
@@ -220,7 +220,7 @@ impl State {
             .step(id, index),
         );
         self.start_step(tx, id, index, actor, reason);
-        self.get_run(id)
+        self.get_run(id, tx.now)
     }
 
     /// Starts step `index` of a run: exec steps go to their queue, approval
@@ -245,10 +245,8 @@ impl State {
             return;
         };
         match step.spec.kind.clone() {
-            StepKindSpec::Exec(_) => {
-                run.state = RunState::Running;
-                self.make_ready(tx, run_id, index, actor, reason);
-            }
+            // Queued until a worker takes the step (`make_ready`, `lease_step`).
+            StepKindSpec::Exec(_) => self.make_ready(tx, run_id, index, actor, reason),
             StepKindSpec::Approval(spec) => {
                 let id = ulid::Ulid::new().to_string();
                 step.state = StepState::Waiting;
@@ -293,7 +291,16 @@ impl State {
         actor: &Actor,
         reason: &str,
     ) {
-        let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        // A run whose current step waits for a worker is queued, not running.
+        if !run.state.is_final() && run.current_step == index && run.state != RunState::Queued {
+            run.state = RunState::Queued;
+            run.updated_at = tx.now;
+            tx.run_changed(run_id);
+        }
+        let Some(step) = run.step_mut(index) else {
             return;
         };
         step.state = StepState::Queued;
