@@ -21,7 +21,7 @@ impl State {
                 .workers
                 .values()
                 .any(|w| w.queues.iter().any(|q| q == name));
-        if !known && !(create && paused) {
+        if !(known || create && paused) {
             let mut names: BTreeSet<&str> = self.queues.keys().map(String::as_str).collect();
             names.extend(
                 self.workers
