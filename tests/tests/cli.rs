@@ -423,3 +423,106 @@ async fn a_run_waiting_on_its_queue_is_queued_and_says_why() {
         .wait_run_state(&held.id, RunState::Succeeded, DEADLINE)
         .await;
 }
+
+#[tokio::test]
+async fn events_shows_the_newest_like_tail_follows_from_there_and_says_when_it_cut() {
+    let engine = Engine::start_default().await;
+    let addr = engine.unix_addr();
+    let spec = write_spec(
+        &engine.work_dir(),
+        "noise.toml",
+        "name = \"noise\"\n[[step]]\nqueue = \"nobody\"\nrun = \"true\"\n",
+    );
+    let made = cli(&addr, None, &["submit", &spec, "--count", "40"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let seqs = |out: &Output| -> Vec<u64> {
+        json(out)
+            .as_array()
+            .expect("an array of events")
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let all = engine.all_events(0).await;
+    let head = all.last().unwrap().seq;
+    assert!(head > 60, "enough events to cut: {head}");
+
+    // The newest 50, oldest first, and a note that older ones exist.
+    let tail = cli(&addr, None, &["events", "-o", "json"]);
+    let shown = seqs(&tail);
+    assert_eq!(shown.len(), 50);
+    assert_eq!(*shown.last().unwrap(), head);
+    assert_eq!(shown[0], head - 49);
+    assert!(
+        stderr(&tail).contains("showing the newest 50 events"),
+        "{}",
+        stderr(&tail)
+    );
+    let five = seqs(&cli(&addr, None, &["events", "-o", "json", "--limit", "5"]));
+    assert_eq!(five, (head - 4..=head).collect::<Vec<_>>());
+    // Filtered, too.
+    let submitted = json(&cli(
+        &addr,
+        None,
+        &[
+            "events",
+            "-o",
+            "json",
+            "--kind",
+            "run.submitted",
+            "--limit",
+            "3",
+        ],
+    ));
+    let submitted = submitted.as_array().unwrap();
+    assert_eq!(submitted.len(), 3);
+    assert!(submitted.iter().all(|e| e["kind"] == "run.submitted"));
+
+    // A range from a seq, cut at its limit, says where to go on.
+    let range = cli(
+        &addr,
+        None,
+        &["events", "-o", "json", "--from", "1", "--limit", "10"],
+    );
+    assert_eq!(seqs(&range), (1..=10).collect::<Vec<_>>());
+    assert!(
+        stderr(&range).contains("go on with --from 11"),
+        "{}",
+        stderr(&range)
+    );
+
+    // --follow prints the tail, then what happens next; not the history.
+    let mut follow = tokio::process::Command::new(opsdeck())
+        .env("NO_COLOR", "1")
+        .env_remove("OPSDECK_TOKEN")
+        .args([
+            "--engine", &addr, "events", "--follow", "-o", "json", "--limit", "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn opsdeck events --follow");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .unwrap();
+        let event: Value = serde_json::from_str(&line).unwrap();
+        got.push(event["seq"].as_u64().unwrap());
+    }
+    assert_eq!(got, (head - 2..=head).collect::<Vec<_>>());
+    let more = cli(&addr, None, &["submit", &spec]);
+    assert!(more.status.success());
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("a new event in time")
+        .unwrap()
+        .unwrap();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["seq"].as_u64().unwrap(), head + 1);
+}

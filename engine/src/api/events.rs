@@ -77,6 +77,64 @@ impl Filter {
     }
 }
 
+impl Api {
+    /// The newest `limit` events matching `filter` after `after`, oldest
+    /// first, read backwards from the head (at most [`MAX_SCAN`] events
+    /// looked at). `scanned_seq` is the head: a follower goes on from it.
+    async fn newest_events(
+        &self,
+        filter: &Filter,
+        after: u64,
+        limit: u32,
+        run: Option<&str>,
+        first_kept_seq: u64,
+    ) -> Result<pb::ListEventsResponse, Status> {
+        let page_size = if filter.is_empty() {
+            limit + 1
+        } else {
+            SCAN_PAGE
+        };
+        let (mut events, mut before, mut scanned, mut head) = (Vec::new(), u64::MAX, 0, after);
+        let mut more = false;
+        'pages: loop {
+            let page = self
+                .store
+                .events_before(before, after, page_size, run)
+                .await
+                .map_err(super::store_error)?;
+            let full = page.len() == page_size as usize;
+            if let Some(newest) = page.first() {
+                head = head.max(newest.seq);
+            }
+            for event in page {
+                scanned += 1;
+                before = event.seq;
+                if filter.matches(&event) {
+                    if events.len() == limit as usize {
+                        more = true;
+                        break 'pages;
+                    }
+                    events.push(event);
+                }
+            }
+            if !full {
+                break;
+            }
+            if scanned >= MAX_SCAN {
+                more = true;
+                break;
+            }
+        }
+        events.reverse();
+        Ok(pb::ListEventsResponse {
+            events,
+            scanned_seq: head,
+            first_kept_seq,
+            more,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Events for Api {
     async fn list_events(
@@ -98,17 +156,27 @@ impl Events for Api {
             .first_kept_seq()
             .await
             .map_err(super::store_error)?;
+        if req.newest {
+            return Ok(Response::new(
+                self.newest_events(&filter, req.after_seq, limit, run, first_kept_seq)
+                    .await?,
+            ));
+        }
         if filter.is_empty() {
-            let events = self
+            // One more than asked, to say whether the answer was cut.
+            let mut events = self
                 .store
-                .events_after(req.after_seq, limit, run)
+                .events_after(req.after_seq, limit + 1, run)
                 .await
                 .map_err(super::store_error)?;
+            let more = events.len() > limit as usize;
+            events.truncate(limit as usize);
             let scanned_seq = events.last().map_or(req.after_seq, |e| e.seq);
             return Ok(Response::new(pb::ListEventsResponse {
                 events,
                 scanned_seq,
                 first_kept_seq,
+                more,
             }));
         }
         let (mut events, mut scanned, mut cursor) = (Vec::new(), 0, req.after_seq);
@@ -135,10 +203,12 @@ impl Events for Api {
                 break;
             }
         }
+        let more = events.len() == limit as usize;
         Ok(Response::new(pb::ListEventsResponse {
             events,
             scanned_seq: cursor,
             first_kept_seq,
+            more,
         }))
     }
 

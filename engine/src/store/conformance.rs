@@ -308,6 +308,25 @@ async fn events_read_back_in_seq_order_by_range_and_by_run() {
             "{}",
             b.name
         );
+        // The tail, newest first.
+        assert_eq!(
+            seqs(b.store.events_before(u64::MAX, 0, 2, None).await.unwrap()),
+            [3, 2],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            seqs(b.store.events_before(3, 0, 10, Some("r1")).await.unwrap()),
+            [1],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            seqs(b.store.events_before(u64::MAX, 2, 10, None).await.unwrap()),
+            [3],
+            "{}",
+            b.name
+        );
         let e = b.store.events_after(0, 1, None).await.unwrap().remove(0);
         assert_eq!(e, event(1, "r1"), "{}", b.name);
     }

@@ -208,6 +208,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         run_id: Option<&str>,
     ) -> Result<Vec<pb::Event>, StoreError>;
+    /// The newest events before `before` (and after `after`), newest first,
+    /// at most `limit`: the tail of the log.
+    async fn events_before(
+        &self,
+        before: u64,
+        after: u64,
+        limit: u32,
+        run_id: Option<&str>,
+    ) -> Result<Vec<pb::Event>, StoreError>;
     /// Up to `until` (inclusive) — for replaying exactly a range.
     async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError>;
     /// Output of a run's steps, in order.

@@ -213,6 +213,27 @@ impl Store for PostgresStore {
         events_from_rows::<Postgres>(&rows)
     }
 
+    async fn events_before(
+        &self,
+        before: u64,
+        after: u64,
+        limit: u32,
+        run_id: Option<&str>,
+    ) -> Result<Vec<pb::Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, run_id, actor, body FROM events
+             WHERE seq < $1 AND seq > $2 AND ($3::TEXT IS NULL OR run_id = $3)
+             ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(i64::try_from(before).unwrap_or(i64::MAX))
+        .bind(after as i64)
+        .bind(run_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        events_from_rows::<Postgres>(&rows)
+    }
+
     async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, at, kind, run_id, actor, body FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",

@@ -158,6 +158,42 @@ impl Store for SqliteStore {
         events_from_rows::<Sqlite>(&rows)
     }
 
+    async fn events_before(
+        &self,
+        before: u64,
+        after: u64,
+        limit: u32,
+        run_id: Option<&str>,
+    ) -> Result<Vec<pb::Event>, StoreError> {
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let rows = match run_id {
+            Some(run) => {
+                sqlx::query(
+                    "SELECT seq, at, kind, run_id, actor, body FROM events
+                     WHERE run_id = ? AND seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?",
+                )
+                .bind(run)
+                .bind(before)
+                .bind(after as i64)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT seq, at, kind, run_id, actor, body FROM events
+                     WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?",
+                )
+                .bind(before)
+                .bind(after as i64)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        events_from_rows::<Sqlite>(&rows)
+    }
+
     async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, at, kind, run_id, actor, body FROM events

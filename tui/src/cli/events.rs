@@ -17,8 +17,8 @@ pub struct EventsArgs {
     /// Lines with --output json)
     #[arg(long, short)]
     pub follow: bool,
-    /// Start at this sequence number [default: the first event kept]; if
-    /// retention pruned it, say so and start at the first kept
+    /// Show a range from this sequence number on instead of the newest
+    /// events; if retention pruned it, say so and start at the first kept
     #[arg(long, value_name = "SEQ")]
     pub from: Option<u64>,
     /// Only this run's events
@@ -32,12 +32,17 @@ pub struct EventsArgs {
     /// `opsdeckd` for the engine itself)
     #[arg(long, value_name = "NAME")]
     pub actor: Option<String>,
-    /// At most this many events [default: the engine's, 1000]
-    #[arg(long, value_name = "N", conflicts_with = "follow")]
+    /// At most this many events: the newest N [default: 50], or with
+    /// --from the first N from there [default: 1000]
+    #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
 }
 
-/// The engine's default `limit`, asked for explicitly when filtering.
+/// How many of the newest events `events` shows, as `tail` does.
+const DEFAULT_TAIL: u32 = 50;
+
+/// The engine's default `limit` from a `--from`, asked for explicitly when
+/// filtering.
 const DEFAULT_LIMIT: u32 = 1000;
 
 const COLUMNS: [&str; 6] = ["SEQ", "AGE", "KIND", "ACTOR", "SUBJECT", "MESSAGE"];
@@ -47,37 +52,25 @@ const COLUMNS: [&str; 6] = ["SEQ", "AGE", "KIND", "ACTOR", "SUBJECT", "MESSAGE"]
 /// a run's ULID (26 characters) with a step number.
 const STREAM_WIDTHS: [usize; 6] = [5, 7, 18, 15, 30, 0];
 
+/// `events`: like `tail`, the newest events (then, with --follow, new ones
+/// as they come); with --from, a range from that seq.
 pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
     // `--from` names the first event to show; the API takes the one before.
     let after_seq = args.from.map_or(0, |seq| seq.saturating_sub(1));
     let run_id = args.run.unwrap_or_default();
     let actor = args.actor.unwrap_or_default();
-    if args.follow {
-        if args.from.is_some() {
-            // The stream does not say where the kept history starts; one
-            // event read from the log does.
-            let probe = ListEventsRequest {
-                after_seq,
-                limit: 1,
-                ..ListEventsRequest::default()
-            };
-            let mut client = ctx.engine().await?.events();
-            if let Ok(answer) = ctx.call(client.list_events(probe)).await
-                && let Some(words) = pruned(after_seq, answer.first_kept_seq)
-            {
-                note(&words);
-            }
-        }
-        return follow(ctx, run_id, args.kinds, actor, after_seq).await;
-    }
     let mut client = ctx.engine().await?.events();
     let mut request = ListEventsRequest {
         after_seq,
         limit: args.limit.unwrap_or(0),
-        run_id,
-        kinds: args.kinds,
-        actor,
+        run_id: run_id.clone(),
+        kinds: args.kinds.clone(),
+        actor: actor.clone(),
+        newest: args.from.is_none(),
     };
+    if request.newest && request.limit == 0 {
+        request.limit = DEFAULT_TAIL;
+    }
     let filtered = !request.kinds.is_empty() || !request.actor.is_empty();
     if filtered && request.limit == 0 {
         request.limit = DEFAULT_LIMIT;
@@ -85,7 +78,7 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
     let limit = request.limit as usize;
     let mut events = Vec::new();
     let mut first = true;
-    loop {
+    let (head, more) = loop {
         let answer = ctx.call(client.list_events(request.clone())).await?;
         if std::mem::take(&mut first)
             && args.from.is_some()
@@ -93,14 +86,37 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
         {
             note(&words);
         }
+        let head = answer.scanned_seq;
         events.extend(answer.events);
-        // A filtered answer may stop short after a bounded scan: go on from
-        // where it got to until the limit is met or the log ends.
-        if !filtered || events.len() >= limit || answer.scanned_seq <= request.after_seq {
-            break;
+        // A filtered answer from --from may stop short after a bounded
+        // scan: go on from where it got to until the limit is met or the
+        // log ends.
+        if request.newest
+            || !filtered
+            || events.len() >= limit
+            || answer.scanned_seq <= request.after_seq
+        {
+            break (head, answer.more);
         }
         request.after_seq = answer.scanned_seq;
         request.limit = u32::try_from(limit - events.len()).unwrap_or(u32::MAX);
+    };
+    if more {
+        note(&cut_note(request.newest, &events, limit));
+    }
+    if args.follow {
+        let columns: Vec<(&str, usize)> = COLUMNS.into_iter().zip(STREAM_WIDTHS).collect();
+        let (mut table, header) = StreamTable::new(&columns, ctx.printer.color());
+        if !ctx.printer.json() {
+            ctx.printer.text(&header)?;
+        }
+        for event in &events {
+            print_followed(ctx, &mut table, event)?;
+        }
+        let from = events
+            .last()
+            .map_or(head.max(after_seq), |e| e.seq.max(head));
+        return follow(ctx, table, run_id, args.kinds, actor, from).await;
     }
     ctx.printer.list(&events, "no events", |events| {
         let now = now_ms();
@@ -110,6 +126,20 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
         }
         table
     })
+}
+
+/// What to say when a listing was cut at its limit.
+fn cut_note(newest: bool, events: &[Event], limit: usize) -> String {
+    match (newest, events.first(), events.last()) {
+        (true, Some(oldest), _) => format!(
+            "showing the newest {limit} events; older ones: --from SEQ (these start at seq {}) or a larger --limit",
+            oldest.seq
+        ),
+        (false, _, Some(last)) => {
+            format!("cut at {limit} events; go on with --from {}", last.seq + 1)
+        }
+        _ => format!("cut at {limit} events"),
+    }
 }
 
 /// What to say when events from `after_seq + 1` were asked for and
@@ -124,10 +154,22 @@ pub fn pruned(after_seq: u64, first_kept_seq: u64) -> Option<String> {
     })
 }
 
-/// Prints events until interrupted. Only errors that waiting cannot fix end
-/// it: a restarting engine is waited for, with a note on stderr.
+/// One followed event: a JSON line, or a line of the stream's table.
+fn print_followed(ctx: &mut Ctx, table: &mut StreamTable, event: &Event) -> Result<(), CliError> {
+    if ctx.printer.json() {
+        ctx.printer.record(event)?;
+    } else {
+        ctx.printer.text(&table.line(&event_row(event, now_ms())))?;
+    }
+    Ok(())
+}
+
+/// Prints events after `after_seq` until interrupted. Only errors that
+/// waiting cannot fix end it: a restarting engine is waited for, with a
+/// note on stderr.
 async fn follow(
     ctx: &mut Ctx,
+    mut table: StreamTable,
     run_id: String,
     kinds: Vec<String>,
     actor: String,
@@ -135,18 +177,9 @@ async fn follow(
 ) -> Result<(), CliError> {
     let engine = ctx.engine().await?.clone();
     let mut follower = EventFollower::new(&engine, run_id, after_seq).with_filter(kinds, actor);
-    let columns: Vec<(&str, usize)> = COLUMNS.into_iter().zip(STREAM_WIDTHS).collect();
-    let (mut table, header) = StreamTable::new(&columns, ctx.printer.color());
-    if !ctx.printer.json() {
-        ctx.printer.text(&header)?;
-    }
     loop {
         match follower.next().await {
-            Ok(Followed::Event(event)) if ctx.printer.json() => ctx.printer.record(&event)?,
-            Ok(Followed::Event(event)) => {
-                ctx.printer
-                    .text(&table.line(&event_row(&event, now_ms())))?;
-            }
+            Ok(Followed::Event(event)) => print_followed(ctx, &mut table, &event)?,
             Ok(Followed::Reconnecting { after, why }) => note(&format!(
                 "lost the event stream from {} ({why}); following again in {}",
                 engine.target().addr,
