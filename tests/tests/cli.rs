@@ -526,3 +526,41 @@ async fn events_shows_the_newest_like_tail_follows_from_there_and_says_when_it_c
     let event: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["seq"].as_u64().unwrap(), head + 1);
 }
+
+#[tokio::test]
+async fn every_cli_submit_carries_an_idempotency_key_so_asking_again_is_safe() {
+    let engine = Engine::start_default().await;
+    let addr = engine.unix_addr();
+    let spec = write_spec(
+        &engine.work_dir(),
+        "one.toml",
+        "name = \"one\"\n[[step]]\nqueue = \"nobody\"\nrun = \"true\"\n",
+    );
+    let one = json(&cli(&addr, None, &["submit", &spec, "-o", "json"]));
+    let key = one["run"]["idempotency_key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("cli-"), "{one}");
+    let many = json(&cli(
+        &addr,
+        None,
+        &["submit", &spec, "--count", "3", "-o", "json"],
+    ));
+    let ids: Vec<&str> = many["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    for id in ids {
+        let run = engine.get_run(id).await;
+        assert!(run.idempotency_key.starts_with("cli-"), "{run:?}");
+    }
+    // Asked again with its key, a submit answers the first run.
+    let again = json(&cli(
+        &addr,
+        None,
+        &["submit", &spec, "--idempotency-key", &key, "-o", "json"],
+    ));
+    assert_eq!(again["created"], false);
+    assert_eq!(again["run"]["id"], one["run"]["id"]);
+}

@@ -206,6 +206,12 @@ impl Ctx {
         Ok(self.engine.insert(engine))
     }
 
+    /// Drops the connection: the next [`engine`](Self::engine) connects
+    /// anew (to whichever engine leads by then).
+    pub fn disconnect(&mut self) {
+        self.engine = None;
+    }
+
     /// One unary call, bounded by [`CALL_TIMEOUT`], its error worded.
     pub async fn call<T>(
         &self,

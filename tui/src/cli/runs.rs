@@ -139,11 +139,17 @@ pub async fn submit(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliErro
     let spec = read_spec(file)?;
     let request = SubmitRunRequest {
         spec,
-        idempotency_key: args.idempotency_key.unwrap_or_default(),
+        // Every submit carries a key, so that asking again after an
+        // ambiguous failure cannot make a second run.
+        idempotency_key: args.idempotency_key.unwrap_or_else(fresh_key),
         reason: args.reason.text(),
     };
+    let mut response = retrying(ctx, |mut client| {
+        let request = request.clone();
+        async move { client.submit_run(request).await }
+    })
+    .await?;
     let mut client = ctx.engine().await?.runs();
-    let mut response = ctx.call(client.submit_run(request)).await?;
     let run = response.run.take().ok_or_else(|| {
         ctx.refused(tonic::Status::internal(
             "the engine answered without the run",
@@ -211,6 +217,60 @@ fn check_many(args: &SubmitArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A fresh idempotency key for a submit that names none.
+fn fresh_key() -> String {
+    format!("cli-{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// How often a submit is asked again after a transport error.
+const SUBMIT_TRIES: u32 = 5;
+
+/// Whether `status` leaves it unknown if the call took effect: the
+/// connection broke or timed out rather than the engine answering.
+fn ambiguous(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => true,
+        tonic::Code::Unknown => status.message().contains("transport"),
+        _ => false,
+    }
+}
+
+/// A submit, asked again on a new connection after an ambiguous failure
+/// (a leader killed mid-call, a dropped connection): its idempotency keys
+/// make the answer the runs of the first attempt if it did commit, so
+/// `submit` makes each run once from the caller's side.
+async fn retrying<T, F, Fut>(ctx: &mut Ctx, mut call: F) -> Result<T, CliError>
+where
+    F: FnMut(opsdeck_proto::v1::runs_client::RunsClient<crate::client::Authed>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut pause = std::time::Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let client = ctx.engine().await?.runs();
+        let status = match tokio::time::timeout(crate::cli::CALL_TIMEOUT, call(client)).await {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) => status,
+            Err(_) => tonic::Status::deadline_exceeded(format!(
+                "the engine did not answer within {}s",
+                crate::cli::CALL_TIMEOUT.as_secs()
+            )),
+        };
+        if !ambiguous(&status) || attempt >= SUBMIT_TRIES {
+            return Err(ctx.refused(status));
+        }
+        note(&format!(
+            "the submit may not have reached the engine ({}); asking again with the same \
+             idempotency key",
+            status.message()
+        ));
+        ctx.disconnect();
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+    }
+}
+
 /// `submit` of several files, or of one `--count` times: `SubmitRuns`, in
 /// calls of at most [`SUBMIT_MAX_RUNS`] runs. Each call is all or nothing;
 /// should one be refused, the runs of the calls before it stay submitted,
@@ -225,20 +285,27 @@ async fn submit_many(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliErr
     let count = usize::try_from(args.count.unwrap_or(1)).unwrap_or(usize::MAX);
     let total = specs.len().saturating_mul(count);
     let reason = args.reason.text();
-    let requests = specs.iter().flat_map(|spec| {
-        std::iter::repeat_n(spec, count).map(|spec| SubmitRunRequest {
+    let key = fresh_key();
+    let requests = specs
+        .iter()
+        .flat_map(|spec| std::iter::repeat_n(spec, count))
+        .enumerate()
+        .map(|(n, spec)| SubmitRunRequest {
             spec: spec.clone(),
-            idempotency_key: String::new(),
+            idempotency_key: format!("{key}-{n}"),
             reason: reason.clone(),
-        })
-    });
-    let mut client = ctx.engine().await?.runs();
+        });
     let mut done = SubmitRunsResponse::default();
     let mut calls = 0usize;
     for batch in batches(requests, SUBMIT_MAX_RUNS, SUBMIT_MAX_BYTES) {
         let size = batch.len();
         let request = SubmitRunsRequest { runs: batch };
-        match ctx.call(client.submit_runs(request)).await {
+        let answer = retrying(ctx, |mut client| {
+            let request = request.clone();
+            async move { client.submit_runs(request).await }
+        })
+        .await;
+        match answer {
             Ok(answer) => done.runs.extend(answer.runs),
             Err(e) => {
                 if !done.runs.is_empty() {
@@ -766,6 +833,29 @@ pub fn last_lines(text: &str, n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_call_is_asked_again_and_an_answer_is_not() {
+        use tonic::{Code, Status};
+        for retried in [
+            Status::unavailable("connection refused"),
+            Status::unknown("transport error"),
+            Status::deadline_exceeded("no answer"),
+            Status::cancelled("stream reset"),
+        ] {
+            assert!(ambiguous(&retried), "{retried:?}");
+        }
+        for answered in [
+            Status::invalid_argument("bad spec"),
+            Status::permission_denied("no"),
+            Status::unknown("the engine said something odd"),
+            Status::new(Code::AlreadyExists, "another spec"),
+        ] {
+            assert!(!ambiguous(&answered), "{answered:?}");
+        }
+        assert_ne!(fresh_key(), fresh_key());
+        assert!(fresh_key().starts_with("cli-"));
+    }
 
     const NOW: i64 = 1_700_000_000_000;
 
