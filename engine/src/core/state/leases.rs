@@ -60,7 +60,27 @@ impl State {
             return;
         };
         let (run_id, index) = (lease.run_id.clone(), lease.step_index);
-        let Some(step) = self.runs.get_mut(&run_id).and_then(|r| r.step_mut(index)) else {
+        self.mark_running(
+            tx,
+            worker_id,
+            &run_id,
+            index,
+            &format!("(pid {})", started.pid),
+        );
+    }
+
+    /// Records that a leased step runs on `worker_id`: when it says so, or
+    /// (its word lost in a failover) when it reconnects holding the lease
+    /// or reports the result, so that no timeline skips "running".
+    pub(super) fn mark_running(
+        &mut self,
+        tx: &mut Tx,
+        worker_id: &str,
+        run_id: &str,
+        index: u32,
+        how: &str,
+    ) {
+        let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) else {
             return;
         };
         if step.state != StepState::Leased {
@@ -68,18 +88,17 @@ impl State {
         }
         step.state = StepState::Running;
         step.started_at = Some(tx.now);
-        tx.step_changed(&run_id, index);
+        tx.step_changed(run_id, index);
         let msg = format!(
-            "step {} running on {worker_id} (pid {})",
-            self.step_name(&run_id, index),
-            started.pid
+            "step {} running on {worker_id} {how}",
+            self.step_name(run_id, index),
         );
         self.emit(
             tx,
             &Actor::worker(worker_id),
             "",
             Ev::new("step.running", msg)
-                .step(&run_id, index)
+                .step(run_id, index)
                 .on_worker(worker_id),
         );
     }
@@ -192,6 +211,13 @@ impl State {
             self.send(tx, worker_id, ack(false, msg));
             return;
         };
+        self.mark_running(
+            tx,
+            worker_id,
+            &lease.run_id,
+            lease.step_index,
+            "(said with its result: its start was not recorded)",
+        );
         if result.output_lost_bytes > 0 && !result.output_tail.is_empty() {
             // Output sent while the engine was unreachable was lost; the
             // tail the worker kept with its result is the best there is.

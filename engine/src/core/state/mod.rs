@@ -916,4 +916,22 @@ mod tests {
         dispatch(&mut s, T0 + 4);
         assert_eq!(assignments(&mut w).len(), 1);
     }
+
+    #[test]
+    fn a_step_whose_start_was_lost_is_recorded_running_before_its_result() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0 + 1);
+        let a = assignments(&mut w).remove(0);
+        // No StepStarted reached this engine (a failover, say).
+        let events = result(&mut s, "w", &a, pb::Outcome::Succeeded, T0 + 2);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let running = kinds.iter().position(|k| *k == "step.running");
+        let succeeded = kinds.iter().position(|k| *k == "step.succeeded");
+        assert!(
+            matches!((running, succeeded), (Some(r), Some(d)) if r < d),
+            "{kinds:?}"
+        );
+    }
 }

@@ -250,6 +250,14 @@ impl State {
             };
             if held.get(lease_id.as_str()) == Some(&lease.fencing_token) {
                 lease.expires_at = now + ms(self.cfg.lease_ttl);
+                let (run_id, index) = (lease.run_id.clone(), lease.step_index);
+                self.mark_running(
+                    tx,
+                    &id,
+                    &run_id,
+                    index,
+                    "(said when it reconnected holding the lease: its start was not recorded)",
+                );
             } else {
                 let lease = lease.clone();
                 self.end_lease(tx, &lease_id, LeaseState::Expired);
