@@ -7,7 +7,9 @@
 //! still renders. A stuck lease and its quarantined run name
 //! show on the Overview, the Leases and the Quarantines screens, and keys
 //! clear the quarantine with a reason. A viewer is not offered changes and
-//! is told which role a change needs.
+//! is told which role a change needs. A frozen engine (SIGSTOP) takes the
+//! header off "live" within seconds, stale since its last word; thawed, it
+//! is live again; a graceful stop is said as one on every retry.
 //!
 //! The run is submitted over TCP as the token's identity, so that the
 //! console (on the Unix socket, as the OS user) is another person and the
@@ -335,6 +337,114 @@ async fn a_viewer_is_offered_no_changes_and_is_told_the_role_a_key_needs() {
         .find(|a| a.id == approval.id)
         .expect("the approval");
     assert_eq!(still.state, ApprovalState::Pending as i32);
+
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+/// The header: the first line of the screen.
+fn header(screen: &str) -> &str {
+    screen.lines().next().unwrap_or("")
+}
+
+/// Whether the header says the link is live (tmux trims the line's end).
+fn live(screen: &str) -> bool {
+    format!("{} ", header(screen)).contains(" live ")
+}
+
+/// The time of day now, in seconds, as the console's clock reads it (the
+/// local time zone).
+fn seconds_of_day_now() -> u32 {
+    let out = std::process::Command::new("date")
+        .arg("+%H:%M:%S")
+        .output()
+        .expect("run date");
+    seconds_of_day(String::from_utf8_lossy(&out.stdout).trim()).expect("date's time")
+}
+
+fn seconds_of_day(clock: &str) -> Option<u32> {
+    let mut parts = clock.split(':').map(|p| p.parse::<u32>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    Some(h * 3600 + m * 60 + s)
+}
+
+/// The retry the status line counts: "(attempt N)", else 0.
+fn attempt(screen: &str) -> u32 {
+    screen
+        .split("(attempt ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The "HH:MM:SS" after "stale since" on the header.
+fn stale_since(screen: &str) -> Option<u32> {
+    let rest = header(screen).split("stale since ").nth(1)?;
+    seconds_of_day(rest.get(..8)?)
+}
+
+#[tokio::test]
+async fn a_frozen_engine_goes_stale_within_seconds_from_its_last_word_and_a_stopped_one_says_so() {
+    let mut engine = Engine::start_default().await;
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &engine.unix_addr()], 80, 24);
+    tmux.wait("the console live", DEADLINE, live).await;
+
+    // Frozen: the socket stays open and nothing answers. The header leaves
+    // "live" within a few seconds, while the engine is still stopped, and
+    // "stale since" is the time of the last word heard, not of the resume.
+    let frozen_at = seconds_of_day_now();
+    engine.freeze();
+    let frozen = std::time::Instant::now();
+    let screen = tmux
+        .wait(
+            "the header leaving live while the engine is frozen",
+            Duration::from_secs(7),
+            |s| !live(s) && header(s).contains("stale since"),
+        )
+        .await;
+    let noticed = frozen.elapsed();
+    assert!(
+        opsdeck_tests::process_stopped(engine.pid() as i32),
+        "the engine is still stopped"
+    );
+    let since = stale_since(&screen).expect("a time after stale since");
+    // The engine says something at least every 10 s; the last word came
+    // before the freeze (allowing a second for the clocks' rounding).
+    let before = (frozen_at + 86_400 + 1 - since) % 86_400;
+    assert!(
+        before <= 12,
+        "stale since is {before}s before the freeze (noticed after {noticed:?}):\n{screen}"
+    );
+
+    // Thawed, it is live again and no longer stale.
+    engine.thaw();
+    tmux.wait("live again after the thaw", Duration::from_secs(30), |s| {
+        live(s) && !header(s).contains("stale since")
+    })
+    .await;
+
+    // A graceful stop is said as one, not as a socket error, on every
+    // retry after it.
+    engine.sigterm().await;
+    let screen = tmux
+        .wait(
+            "the engine's shutdown on the header, retried",
+            DEADLINE,
+            |s| header(s).contains("engine shut down") && attempt(s) >= 3,
+        )
+        .await;
+    assert!(
+        screen.contains("shutting down"),
+        "the status line says the engine is shutting down:\n{screen}"
+    );
+    assert!(
+        !screen.contains("os error") && !screen.contains("transport error"),
+        "a raw socket error is shown:\n{screen}"
+    );
 
     tmux.keys(&["q"]);
     tmux.wait("the console's exit", DEADLINE, |s| {

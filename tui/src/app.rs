@@ -174,8 +174,16 @@ pub struct Connection {
     pub transport: String,
     pub engine_version: String,
     pub engine_id: String,
-    /// Since when what is shown may be out of date (the link broke).
+    /// Since when what is shown may be out of date: the last word heard
+    /// before the link broke.
     pub stale_since_ms: Option<i64>,
+    /// When the engine last said something: a watch message, or the
+    /// answer to connecting. The engine says something at least every
+    /// [`QUIET_MS`] on a working link.
+    pub heard_at_ms: Option<i64>,
+    /// When the engine said it is shutting down (a graceful stop); until
+    /// the next connect, failing retries are not news.
+    pub shutdown_at_ms: Option<i64>,
     /// The leader's epoch at the last connect (0 from a single engine).
     pub leader_epoch: Option<u64>,
     /// When a reconnect found another leader than before (its epoch
@@ -505,6 +513,10 @@ const REFRESH_MS: i64 = 3_000;
 const BACKFILL: u64 = 500;
 /// A first ctrl-c waits this long for the second.
 const CTRL_C_MS: i64 = 3_000;
+/// The engine's watch sends a heartbeat every 10 s when it has nothing
+/// else to say: a live link silent for longer than this is suspect,
+/// whatever the connection says, and the header says since when.
+pub const QUIET_MS: i64 = 15_000;
 
 /// Settings from the command line and the environment.
 #[derive(Clone, Debug)]
@@ -638,6 +650,8 @@ impl App {
                 engine_version: String::new(),
                 engine_id: String::new(),
                 stale_since_ms: None,
+                heard_at_ms: None,
+                shutdown_at_ms: None,
                 leader_epoch: None,
                 leader_changed_at_ms: None,
             },
@@ -680,6 +694,19 @@ impl App {
             kind,
             at_ms: self.now_ms,
         });
+    }
+
+    /// Since when a live link has been silent for longer than
+    /// [`QUIET_MS`]: the last word heard, when that is too long ago.
+    pub fn quiet_since(&self) -> Option<i64> {
+        let heard = self.conn.heard_at_ms?;
+        (self.conn.link == Link::Live && self.now_ms - heard > QUIET_MS).then_some(heard)
+    }
+
+    /// Since when what is shown may be out of date: the link broke, or is
+    /// up but silent.
+    pub fn stale_since(&self) -> Option<i64> {
+        self.conn.stale_since_ms.or_else(|| self.quiet_since())
     }
 
     /// Recomputes the current list's rows if what they depend on changed,
@@ -831,6 +858,16 @@ fn on_tick(app: &mut App) -> Vec<Cmd> {
 
 fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
     let now = app.now_ms;
+    if matches!(
+        update,
+        Update::Connected { .. }
+            | Update::Snapshot(_)
+            | Update::Event(_)
+            | Update::Heartbeat { .. }
+            | Update::Resync { .. }
+    ) {
+        app.conn.heard_at_ms = Some(now);
+    }
     match update {
         Update::Connecting { attempt } => {
             if !matches!(app.conn.link, Link::Loading) {
@@ -850,6 +887,7 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                 .leader_epoch
                 .is_some_and(|epoch| epoch != whoami.leader_epoch);
             set_identity(&mut app.conn, whoami);
+            app.conn.shutdown_at_ms = None;
             if leader_changed {
                 app.conn.leader_changed_at_ms = Some(now);
             }
@@ -880,18 +918,31 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
             retry_in,
             attempt,
             why,
+            shutting_down,
         } => {
-            if app.conn.stale_since_ms.is_none() {
-                app.conn.stale_since_ms = Some(now);
+            // What is shown was last confirmed by the last word heard, not
+            // when the break was noticed (seconds later, for a silent one).
+            if app.conn.stale_since_ms.is_none() && app.data.loaded {
+                app.conn.stale_since_ms = Some(app.conn.heard_at_ms.unwrap_or(now).min(now));
+            }
+            if shutting_down && app.conn.shutdown_at_ms.is_none() {
+                app.conn.shutdown_at_ms = Some(now);
             }
             let retry_ms = i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX);
-            app.say(
-                StatusKind::Refused,
+            let text = if app.conn.shutdown_at_ms.is_some() {
+                // The retries fail until it is back, each with a socket
+                // error that says nothing new.
+                format!(
+                    "the engine is shutting down (a graceful stop); retrying (attempt {})",
+                    attempt + 1
+                )
+            } else {
                 format!(
                     "no connection to the engine: {why}; retrying (attempt {})",
                     attempt + 1
-                ),
-            );
+                )
+            };
+            app.say(StatusKind::Refused, text);
             app.conn.link = Link::Retrying {
                 retry_at_ms: now.saturating_add(retry_ms),
                 attempt,
@@ -1488,15 +1539,33 @@ fn start_change(app: &mut App, action: Action) -> Vec<Cmd> {
     Vec::new()
 }
 
-/// The connection state in words: "live", "reconnecting in 3s", ….
+/// The connection state in words: "live", "reconnecting in 3s", "engine
+/// shutting down", "no word for 20s", ….
 pub fn link_words(app: &App) -> String {
-    match &app.conn.link {
-        Link::Live => "live".to_owned(),
+    let conn = &app.conn;
+    let shut_down = conn.shutdown_at_ms.is_some();
+    match &conn.link {
+        Link::Live => match app.quiet_since() {
+            Some(heard) => format!("no word for {}s", (app.now_ms - heard) / 1000),
+            None => "live".to_owned(),
+        },
         Link::Loading => "loading".to_owned(),
+        Link::Connecting { .. } if shut_down => "engine shut down, connecting".to_owned(),
         Link::Connecting { .. } => "connecting".to_owned(),
-        Link::Retrying { retry_at_ms, .. } => {
+        Link::Retrying {
+            retry_at_ms,
+            attempt,
+            ..
+        } => {
             let secs = ((retry_at_ms - app.now_ms).max(0) + 999) / 1000;
-            format!("reconnecting in {secs}s")
+            if shut_down && *attempt == 0 {
+                // The word itself, until the first try to come back.
+                "engine shutting down".to_owned()
+            } else if shut_down {
+                format!("engine shut down, retry in {secs}s")
+            } else {
+                format!("reconnecting in {secs}s")
+            }
         }
     }
 }

@@ -220,6 +220,7 @@ fn disconnected_keeps_the_data_and_says_since_when() {
             retry_in: Duration::from_millis(2500),
             attempt: 2,
             why: "UNAVAILABLE: the engine is shutting down".into(),
+            shutting_down: false,
         }),
     );
     let frame = render(&mut app, 80, 24).backend().to_string();

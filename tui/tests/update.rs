@@ -370,6 +370,7 @@ fn changes_are_refused_while_disconnected_and_allowed_again_once_live() {
             retry_in: Duration::from_secs(3),
             attempt: 0,
             why: "transport error".into(),
+            shutting_down: false,
         }),
     );
     assert_eq!(app::link_words(&app), "reconnecting in 3s");
@@ -419,6 +420,7 @@ fn a_dialog_open_when_the_link_breaks_does_not_send() {
             retry_in: Duration::from_secs(1),
             attempt: 0,
             why: "gone".into(),
+            shutting_down: false,
         }),
     );
     assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
@@ -663,6 +665,7 @@ fn reconnect(app: &mut opsdeck_tui::app::App, engine_id: &str, leader_epoch: u64
             retry_in: Duration::from_secs(1),
             attempt: 0,
             why: "gone".into(),
+            shutting_down: false,
         }),
     );
     let mut who = whoami(&[], leader_epoch);
@@ -1140,4 +1143,100 @@ fn queue_figures_and_step_changes_arrive_as_deltas() {
     assert_eq!(step.state(), StepState::Succeeded);
     assert_eq!(step.name, "compile");
     assert_eq!(app.data.queues["build"].queue.ready, 9);
+}
+
+fn disconnected(attempt: u32, why: &str, shutting_down: bool) -> Msg {
+    Msg::Conn(Update::Disconnected {
+        retry_in: Duration::from_secs(2),
+        attempt,
+        why: why.into(),
+        shutting_down,
+    })
+}
+
+#[test]
+fn a_break_noticed_late_is_stale_from_the_last_word_heard() {
+    let mut app = app();
+    app.now_ms = NOW + 7_000;
+    app::update(&mut app, Msg::Conn(Update::Heartbeat { seq: 45 }));
+    // The engine froze just after; the break is noticed seconds later.
+    app.now_ms = NOW + 11_000;
+    app::update(
+        &mut app,
+        disconnected(
+            0,
+            "the engine stopped answering (no reply to a ping within 2s)",
+            false,
+        ),
+    );
+    assert_eq!(app.conn.stale_since_ms, Some(NOW + 7_000));
+    assert_eq!(app.stale_since(), Some(NOW + 7_000));
+    // And stays so while it tries again.
+    app.now_ms = NOW + 20_000;
+    app::update(&mut app, disconnected(1, "gone", false));
+    assert_eq!(app.conn.stale_since_ms, Some(NOW + 7_000));
+}
+
+#[test]
+fn a_live_link_silent_past_the_heartbeat_is_stale_until_the_engine_speaks() {
+    let mut app = app();
+    app.now_ms = NOW + 10_000;
+    app::update(&mut app, Msg::Conn(Update::Heartbeat { seq: 45 }));
+    app.now_ms = NOW + 24_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(app::link_words(&app), "live");
+    assert_eq!(app.stale_since(), None);
+
+    app.now_ms = NOW + 27_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(app::link_words(&app), "no word for 17s");
+    assert_eq!(app.stale_since(), Some(NOW + 10_000));
+    let header = render(&mut app, 80, 24).backend().to_string();
+    let header = header.lines().next().unwrap();
+    assert!(header.contains("no word for 17s"), "{header}");
+    assert!(header.contains("stale since"), "{header}");
+
+    app::update(&mut app, Msg::Conn(Update::Heartbeat { seq: 45 }));
+    assert_eq!(app::link_words(&app), "live");
+    assert_eq!(app.stale_since(), None);
+}
+
+#[test]
+fn a_graceful_stop_is_said_as_one_on_every_retry_until_the_engine_is_back() {
+    let mut app = app();
+    app::update(
+        &mut app,
+        disconnected(
+            0,
+            "unavailable: the engine is shutting down; reconnect and resume from your last seq",
+            true,
+        ),
+    );
+    assert_eq!(app::link_words(&app), "engine shutting down");
+    says(&app, "the engine is shutting down");
+    // The retries fail on a socket that is gone: not news.
+    app::update(&mut app, Msg::Conn(Update::Connecting { attempt: 1 }));
+    app::update(
+        &mut app,
+        disconnected(
+            1,
+            "cannot reach the engine at unix:///run/opsdeck/engine.sock: No such file or directory (os error 2)",
+            false,
+        ),
+    );
+    assert_eq!(app::link_words(&app), "engine shut down, retry in 2s");
+    says(&app, "the engine is shutting down");
+    says(&app, "(attempt 2)");
+    assert!(!status(&app).contains("os error"), "{}", status(&app));
+    // Back: a later break is an ordinary one again.
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Connected {
+            whoami: whoami(&[], 0),
+            resumed_after: 45,
+        }),
+    );
+    assert_eq!(app::link_words(&app), "live");
+    app::update(&mut app, disconnected(0, "transport error", false));
+    assert_eq!(app::link_words(&app), "reconnecting in 2s");
 }

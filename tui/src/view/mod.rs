@@ -52,7 +52,7 @@ impl<'a> Ctx<'a> {
     pub fn stale(&self) -> Option<&'static str> {
         if self.app.frozen.is_some() {
             Some("frozen")
-        } else if self.app.conn.link != Link::Live {
+        } else if self.app.conn.link != Link::Live || self.app.quiet_since().is_some() {
             Some("stale")
         } else {
             None
