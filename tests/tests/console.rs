@@ -9,7 +9,9 @@
 //! clear the quarantine with a reason. A viewer is not offered changes and
 //! is told which role a change needs. A frozen engine (SIGSTOP) takes the
 //! header off "live" within seconds, stale since its last word; thawed, it
-//! is live again; a graceful stop is said as one on every retry.
+//! is live again; a graceful stop is said as one on every retry. A
+//! console that never connected says so, with the address and the error,
+//! and shows no zeros.
 //!
 //! The run is submitted over TCP as the token's identity, so that the
 //! console (on the Unix socket, as the OS user) is another person and the
@@ -444,6 +446,39 @@ async fn a_frozen_engine_goes_stale_within_seconds_from_its_last_word_and_a_stop
     assert!(
         !screen.contains("os error") && !screen.contains("transport error"),
         "a raw socket error is shown:\n{screen}"
+    );
+
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_console_that_never_connected_says_so_with_the_address_and_shows_no_zeros() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let socket = dir.path().join("no-engine.sock");
+    let addr = format!("unix://{}", socket.display());
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &addr], 80, 24);
+    let screen = tmux
+        .wait(
+            "never connected, the address and the error",
+            DEADLINE,
+            |s| {
+                header(s).contains("never connected")
+                    && s.contains("no-engine.sock")
+                    && s.contains("No such file")
+            },
+        )
+        .await;
+    assert!(
+        !screen.contains("0 idle") && !screen.contains("0 pending"),
+        "nothing is known, so nothing is zero:\n{screen}"
+    );
+    assert!(
+        screen.contains('?'),
+        "unknowns are shown as such:\n{screen}"
     );
 
     tmux.keys(&["q"]);

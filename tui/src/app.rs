@@ -181,6 +181,11 @@ pub struct Connection {
     /// answer to connecting. The engine says something at least every
     /// [`QUIET_MS`] on a working link.
     pub heard_at_ms: Option<i64>,
+    /// Whether the console has ever connected: until then the header
+    /// says "never connected".
+    pub connected_once: bool,
+    /// Why the last try to connect, or the link, failed.
+    pub last_error: Option<String>,
     /// When the engine said it is shutting down (a graceful stop); until
     /// the next connect, failing retries are not news.
     pub shutdown_at_ms: Option<i64>,
@@ -651,6 +656,8 @@ impl App {
                 engine_id: String::new(),
                 stale_since_ms: None,
                 heard_at_ms: None,
+                connected_once: false,
+                last_error: None,
                 shutdown_at_ms: None,
                 leader_epoch: None,
                 leader_changed_at_ms: None,
@@ -707,6 +714,26 @@ impl App {
     /// up but silent.
     pub fn stale_since(&self) -> Option<i64> {
         self.conn.stale_since_ms.or_else(|| self.quiet_since())
+    }
+
+    /// Why nothing shown is known yet (no snapshot has arrived since the
+    /// start), in words with the address and the last error; `None` once
+    /// something is.
+    pub fn unknown_words(&self) -> Option<String> {
+        if self.shown().0.loaded {
+            return None;
+        }
+        let engine = &self.conn.engine;
+        Some(match (&self.conn.link, &self.conn.last_error) {
+            (Link::Loading | Link::Live, _) => {
+                format!("connected to {engine}; reading what the engine holds")
+            }
+            (_, None) => format!("connecting to {engine}"),
+            (_, Some(why)) if self.conn.connected_once => {
+                format!("nothing read from {engine} yet\n\nthe last try said: {why}")
+            }
+            (_, Some(why)) => format!("never connected to {engine}\n\nthe last try said: {why}"),
+        })
     }
 
     /// Recomputes the current list's rows if what they depend on changed,
@@ -887,6 +914,7 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                 .leader_epoch
                 .is_some_and(|epoch| epoch != whoami.leader_epoch);
             set_identity(&mut app.conn, whoami);
+            app.conn.connected_once = true;
             app.conn.shutdown_at_ms = None;
             if leader_changed {
                 app.conn.leader_changed_at_ms = Some(now);
@@ -943,6 +971,7 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                 )
             };
             app.say(StatusKind::Refused, text);
+            app.conn.last_error = Some(why.clone());
             app.conn.link = Link::Retrying {
                 retry_at_ms: now.saturating_add(retry_ms),
                 attempt,
@@ -1539,11 +1568,12 @@ fn start_change(app: &mut App, action: Action) -> Vec<Cmd> {
     Vec::new()
 }
 
-/// The connection state in words: "live", "reconnecting in 3s", "engine
-/// shutting down", "no word for 20s", ….
+/// The connection state in words: "live", "reconnecting in 3s", "never
+/// connected, retry in 3s", "engine shutting down", "no word for 20s", ….
 pub fn link_words(app: &App) -> String {
     let conn = &app.conn;
     let shut_down = conn.shutdown_at_ms.is_some();
+    let never = !conn.connected_once;
     match &conn.link {
         Link::Live => match app.quiet_since() {
             Some(heard) => format!("no word for {}s", (app.now_ms - heard) / 1000),
@@ -1551,6 +1581,9 @@ pub fn link_words(app: &App) -> String {
         },
         Link::Loading => "loading".to_owned(),
         Link::Connecting { .. } if shut_down => "engine shut down, connecting".to_owned(),
+        Link::Connecting { attempt } if never && *attempt > 0 => {
+            "never connected, connecting".to_owned()
+        }
         Link::Connecting { .. } => "connecting".to_owned(),
         Link::Retrying {
             retry_at_ms,
@@ -1563,6 +1596,8 @@ pub fn link_words(app: &App) -> String {
                 "engine shutting down".to_owned()
             } else if shut_down {
                 format!("engine shut down, retry in {secs}s")
+            } else if never {
+                format!("never connected, retry in {secs}s")
             } else {
                 format!("reconnecting in {secs}s")
             }

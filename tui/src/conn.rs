@@ -215,7 +215,9 @@ impl Conn {
         .await
         {
             Ok(Ok(engine)) => engine,
-            Ok(Err(e)) => return Err(e.to_string().into()),
+            // With what to check: the first thing someone whose console
+            // never connected needs.
+            Ok(Err(e)) => return Err(format!("{e}; {}", e.hint).into()),
             Err(_) => {
                 return Err(format!("no answer from {} within 10s", self.target.addr).into());
             }

@@ -382,3 +382,69 @@ fn a_runs_filter_that_matches_nothing_points_to_the_engines_history() {
         "{frame}"
     );
 }
+
+/// A console started while the engine is not there.
+fn never_connected() -> opsdeck_tui::app::App {
+    let mut app = opsdeck_tui::app::App::new(
+        app::Options {
+            engine: "unix:///run/opsdeck/engine.sock".into(),
+            readonly: false,
+            palette: Palette::Ansi16,
+        },
+        NOW,
+    );
+    app::update(&mut app, Msg::Conn(Update::Connecting { attempt: 0 }));
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Disconnected {
+            retry_in: Duration::from_secs(3),
+            attempt: 2,
+            why: "cannot reach the engine at unix:///run/opsdeck/engine.sock: \
+                  No such file or directory (os error 2)"
+                .into(),
+            shutting_down: false,
+        }),
+    );
+    app
+}
+
+#[test]
+fn a_console_that_never_connected_says_so_and_shows_unknowns_not_zeros() {
+    let mut app = never_connected();
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    let header = frame.lines().next().unwrap();
+    assert!(header.contains("never connected, retry in 3s"), "{header}");
+    assert!(
+        !header.contains("stale since"),
+        "nothing shown is stale: {header}"
+    );
+    assert!(frame.contains("never connected to unix:///run/opsdeck/engine.sock"));
+    assert!(frame.contains("No such file or directory"), "{frame}");
+    assert!(frame.contains("workers    ?"), "{frame}");
+    for zero in ["0 idle", "0 pending", "0 live", "0 ready"] {
+        assert!(!frame.contains(zero), "{zero} shown:\n{frame}");
+    }
+    assert_snapshot!(frame);
+
+    // A list says so too, with no count.
+    app::update(&mut app, key('5'));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("Queues ?"), "{frame}");
+    assert!(frame.contains("never connected to"), "{frame}");
+    assert!(!frame.contains("no queues yet"), "{frame}");
+
+    // Connected and loaded: the figures are the engine's.
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Connected {
+            whoami: whoami(&[], 0),
+            resumed_after: 0,
+        }),
+    );
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("reading what the engine holds"), "{frame}");
+    app::update(&mut app, Msg::Conn(Update::Snapshot(Box::new(snapshot()))));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("Queues 3"), "{frame}");
+    assert_eq!(app.unknown_words(), None);
+}

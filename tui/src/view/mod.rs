@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub run: &'a RunView,
     pub theme: Theme,
     pub now: i64,
+    /// Why nothing is known yet, until the first snapshot.
+    pub unknown: Option<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -45,12 +47,16 @@ impl<'a> Ctx<'a> {
             run,
             theme: Theme::new(app.palette),
             now: app.now_ms,
+            unknown: app.unknown_words(),
         }
     }
 
     /// Why what is shown may be out of date, for list titles.
     pub fn stale(&self) -> Option<&'static str> {
-        if self.app.frozen.is_some() {
+        if self.unknown.is_some() {
+            // Nothing shown to be out of date.
+            None
+        } else if self.app.frozen.is_some() {
             Some("frozen")
         } else if self.app.conn.link != Link::Live || self.app.quiet_since().is_some() {
             Some("stale")
@@ -90,6 +96,7 @@ impl<'a> Ctx<'a> {
             empty,
             elsewhere: None,
             stale: self.stale(),
+            unknown: self.unknown.as_deref(),
             alert: None,
             theme: &self.theme,
         }
