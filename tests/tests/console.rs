@@ -11,7 +11,8 @@
 //! header off "live" within seconds, stale since its last word; thawed, it
 //! is live again; a graceful stop is said as one on every retry. A
 //! console that never connected says so, with the address and the error,
-//! and shows no zeros.
+//! and shows no zeros. A queue only a worker serves is on the Queues
+//! screen without ctrl-r, as `opsdeck queues` lists it.
 //!
 //! The run is submitted over TCP as the token's identity, so that the
 //! console (on the Unix socket, as the OS user) is another person and the
@@ -21,8 +22,8 @@
 use std::time::Duration;
 
 use opsdeck_tests::pb::{
-    ApprovalState, ListApprovalsRequest, ListQuarantinesRequest, RunState, StepState,
-    SubmitRunRequest, WhoamiRequest,
+    ApprovalState, ListApprovalsRequest, ListQuarantinesRequest, ListQueuesRequest, RunState,
+    StepState, SubmitRunRequest, WhoamiRequest,
 };
 use opsdeck_tests::{
     DEADLINE, Engine, EngineOpts, FakeAgent, TOKEN_IDENTITY, Tmux, Worker, describe_events,
@@ -480,6 +481,40 @@ async fn a_console_that_never_connected_says_so_with_the_address_and_shows_no_ze
         screen.contains('?'),
         "unknowns are shown as such:\n{screen}"
     );
+
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_queue_only_a_worker_serves_appears_on_the_queues_screen_without_a_resync() {
+    let engine = Engine::start_default().await;
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &engine.unix_addr()], 80, 24);
+    tmux.wait("the console live", DEADLINE, live).await;
+    tmux.keys(&["5"]);
+    tmux.wait("the Queues screen", DEADLINE, |s| s.contains("Queues 0"))
+        .await;
+
+    // A worker serving a queue no step has named yet: `opsdeck queues`
+    // lists it, and so does the console, without ctrl-r.
+    let _worker = Worker::start(&engine, "w-deploy", &["deploy"], 1).await;
+    let listed = engine
+        .api()
+        .await
+        .queues
+        .list_queues(ListQueuesRequest {})
+        .await
+        .expect("list queues")
+        .into_inner()
+        .queues;
+    assert!(listed.iter().any(|q| q.name == "deploy"), "{listed:#?}");
+    tmux.wait("the worker's queue on the Queues screen", DEADLINE, |s| {
+        s.contains("Queues 1") && s.contains("deploy")
+    })
+    .await;
 
     tmux.keys(&["q"]);
     tmux.wait("the console's exit", DEADLINE, |s| {

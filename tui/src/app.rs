@@ -595,13 +595,21 @@ pub enum Msg {
         result: Result<Run, String>,
     },
     Backfill(Result<Vec<Event>, String>),
-    Refreshed(Result<(Vec<Worker>, Vec<Lease>), String>),
+    Refreshed(Result<Refreshed, String>),
     /// A second passed (the clock is `App::now_ms`, set by the caller).
     Tick,
     Resize {
         width: u16,
         height: u16,
     },
+}
+
+/// What [`Cmd::Refresh`] read: what changes without an event.
+#[derive(Clone, Debug, Default)]
+pub struct Refreshed {
+    pub workers: Vec<Worker>,
+    pub leases: Vec<Lease>,
+    pub queues: Vec<Queue>,
 }
 
 /// Something to do outside the model.
@@ -625,7 +633,7 @@ pub enum Cmd {
     FetchEvents {
         after_seq: u64,
     },
-    /// Workers' heartbeats and leases' expiries.
+    /// Workers' heartbeats, leases' expiries and the queues (`ListQueues`).
     Refresh,
     Resync,
     Quit,
@@ -844,8 +852,11 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
         }
         Msg::Refreshed(result) => {
             app.refreshing = false;
-            if let Ok((workers, leases)) = result {
-                app.data.refresh(&workers, &leases);
+            if let Ok(read) = result {
+                app.data.refresh(&read.workers, &read.leases);
+                // Asked when the command went out (one at a time).
+                app.data
+                    .refresh_queues(read.queues, app.refreshed_at_ms, app.now_ms);
             }
             Vec::new()
         }

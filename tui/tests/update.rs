@@ -13,11 +13,12 @@ use std::time::Duration;
 use common::*;
 use crossterm::event::KeyCode;
 use opsdeck_proto::v1::{
-    Approval, ApprovalState, Event, Quarantine, Run, RunState, RunUpdate, StepState, StepUpdate,
-    Worker, WorkerState,
+    Approval, ApprovalState, Event, Quarantine, Queue, Run, RunState, RunUpdate, StepState,
+    StepUpdate, Worker, WorkerState,
 };
 use opsdeck_tui::app::{
-    self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Screen, StatusKind,
+    self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Refreshed, Screen,
+    StatusKind,
 };
 use opsdeck_tui::conn::Update;
 
@@ -1239,4 +1240,34 @@ fn a_graceful_stop_is_said_as_one_on_every_retry_until_the_engine_is_back() {
     assert_eq!(app::link_words(&app), "live");
     app::update(&mut app, disconnected(0, "transport error", false));
     assert_eq!(app::link_words(&app), "reconnecting in 2s");
+}
+
+#[test]
+fn a_queue_only_a_worker_serves_joins_the_queues_screen_at_the_next_refresh() {
+    let mut app = app();
+    app::update(&mut app, key('5'));
+    assert_eq!(app.rows, ["build", "deploy", "ops"]);
+    app.now_ms += 3_000;
+    let cmds = app::update(&mut app, Msg::Tick);
+    assert!(cmds.contains(&Cmd::Refresh), "{cmds:?}");
+    let mut queues: Vec<Queue> = app.data.queues.values().map(|q| q.queue.clone()).collect();
+    queues.push(Queue {
+        name: "canary".into(),
+        workers: 1,
+        ..Queue::default()
+    });
+    app.now_ms += 200;
+    app::update(
+        &mut app,
+        Msg::Refreshed(Ok(Refreshed {
+            workers: Vec::new(),
+            leases: Vec::new(),
+            queues,
+        })),
+    );
+    app.sync();
+    assert_eq!(app.rows, ["build", "canary", "deploy", "ops"]);
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("Queues 4"), "{frame}");
+    assert!(frame.contains("canary"), "{frame}");
 }
