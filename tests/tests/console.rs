@@ -3,10 +3,10 @@
 //! approve it with a typed reason; the engine records the approval with
 //! that reason and the run finishes; the engine restarts and the console,
 //! never restarted, shows the events after the restart (and no "leader
-//! changed": the same engine came back); resized to 20×5 and back, it
-//! still renders. A stuck lease and its quarantined run name
-//! show on the Overview, the Leases and the Quarantines screens, and keys
-//! clear the quarantine with a reason. A viewer is not offered changes and
+//! changed": the same engine came back); resized to 20×5 it says it is
+//! too small, and back to 80×24 it renders everything again. A stuck
+//! lease and its quarantined run name show on the Overview, the Leases and
+//! the Quarantines screens, and keys clear the quarantine with a reason. A viewer is not offered changes and
 //! is told which role a change needs. A frozen engine (SIGSTOP) takes the
 //! header off "live" within seconds, stale since its last word; thawed, it
 //! is live again; a graceful stop is said as one on every retry. A
@@ -153,12 +153,12 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
         "a restart is not a leader change:\n{screen}"
     );
 
-    // Squeezed to 20×5 it still draws (and does not crash); back to 80×24
-    // everything is there again.
+    // Squeezed to 20×5 it says it needs more room (and does not crash);
+    // back to 80×24 everything is there again.
     tmux.resize(20, 5);
-    tmux.wait("something at 20×5", DEADLINE, |s| {
+    tmux.wait("the size it needs, at 20×5", DEADLINE, |s| {
         let lines: Vec<&str> = s.lines().collect();
-        lines.iter().any(|l| l.contains("opsdeck")) && lines.iter().all(|l| l.chars().count() <= 20)
+        s.contains("too small") && lines.iter().all(|l| l.chars().count() <= 20)
     })
     .await;
     tmux.resize(80, 24);

@@ -448,3 +448,24 @@ fn a_console_that_never_connected_says_so_and_shows_unknowns_not_zeros() {
     assert!(frame.contains("Queues 3"), "{frame}");
     assert_eq!(app.unknown_words(), None);
 }
+
+#[test]
+fn a_terminal_below_60x16_gets_one_line_saying_so() {
+    for (w, h) in [(59, 24), (80, 15), (60, 10)] {
+        let frame = render(&mut app(), w, h).backend().to_string();
+        let first = frame.lines().next().unwrap();
+        assert!(
+            first.contains(&format!("terminal too small (need 60x16, have {w}x{h})")),
+            "{frame}"
+        );
+        assert!(!frame.contains('┌'), "no empty boxes at {w}x{h}:\n{frame}");
+    }
+    // Narrower than the line itself: it wraps rather than being cut.
+    let frame = render(&mut app(), 20, 5).backend().to_string();
+    assert!(frame.contains("terminal too"), "{frame}");
+    assert!(frame.contains("20x5)"), "{frame}");
+    // At the minimum, the console.
+    let frame = render(&mut app(), 60, 16).backend().to_string();
+    assert!(frame.lines().next().unwrap().contains("opsdeck"), "{frame}");
+    assert!(!frame.contains("too small"), "{frame}");
+}

@@ -19,7 +19,7 @@ pub mod workers;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Widget};
+use ratatui::widgets::{Paragraph, Widget, Wrap};
 
 use crate::app::{App, Link, Modal, RunView, Screen};
 use crate::model::Data;
@@ -103,12 +103,21 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// The smallest terminal the screens fit: below it they would be empty
+/// boxes, so one line says what is needed instead.
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 16;
+
 /// The whole frame.
 pub struct Console<'a>(pub &'a App);
 
 impl Widget for Console<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let app = self.0;
+        if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+            too_small(area, buf);
+            return;
+        }
         let ctx = Ctx::new(app);
         let theme = ctx.theme;
         let (head, tabs, foot) = match area.height {
@@ -138,6 +147,18 @@ impl Widget for Console<'_> {
             None => {}
         }
     }
+}
+
+/// "terminal too small (need 60x16, have 40x10)", wrapped when even that
+/// line does not fit.
+fn too_small(area: Rect, buf: &mut Buffer) {
+    let text = format!(
+        "terminal too small (need {MIN_WIDTH}x{MIN_HEIGHT}, have {}x{})",
+        area.width, area.height
+    );
+    Paragraph::new(text)
+        .wrap(Wrap { trim: true })
+        .render(area, buf);
 }
 
 /// The order in which tabs give up their names when the line is too
