@@ -7,6 +7,8 @@
 //!
 //! No view types live here: colours, layout and ratatui are the views'.
 
+use std::collections::VecDeque;
+
 use crossterm::event::{KeyCode, KeyEvent};
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{
@@ -433,7 +435,13 @@ impl Confirm {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Modal {
     Confirm(Box<Confirm>),
-    Help { scroll: usize },
+    Help {
+        scroll: usize,
+    },
+    /// The message log (`L`, `:messages`), newest first.
+    Messages {
+        scroll: usize,
+    },
 }
 
 /// What the bottom line is being used for.
@@ -518,6 +526,11 @@ const REFRESH_MS: i64 = 3_000;
 const BACKFILL: u64 = 500;
 /// A first ctrl-c waits this long for the second.
 const CTRL_C_MS: i64 = 3_000;
+/// A status message stays on the status line this long (word of a call
+/// still out stays until its answer); the message log keeps it.
+pub const STATUS_MS: i64 = 10_000;
+/// Status messages the message log keeps.
+pub const MESSAGES_KEPT: usize = 50;
 /// The engine's watch sends a heartbeat every 10 s when it has nothing
 /// else to say: a live link silent for longer than this is suspect,
 /// whatever the connection says, and the header says since when.
@@ -551,6 +564,9 @@ pub struct App {
     pub modal: Option<Modal>,
     pub conn: Connection,
     pub status: Option<Status>,
+    /// The last [`MESSAGES_KEPT`] status messages, oldest first: what
+    /// `L` lists, for a message gone from the status line.
+    pub messages: VecDeque<Status>,
     pub readonly: bool,
     pub palette: Palette,
     /// The Events screen keeps the newest event selected.
@@ -671,6 +687,7 @@ impl App {
                 leader_changed_at_ms: None,
             },
             status: None,
+            messages: VecDeque::new(),
             readonly: options.readonly,
             palette: options.palette,
             events_follow: true,
@@ -704,11 +721,16 @@ impl App {
     }
 
     fn say(&mut self, kind: StatusKind, text: impl Into<String>) {
-        self.status = Some(Status {
+        let status = Status {
             text: text.into(),
             kind,
             at_ms: self.now_ms,
-        });
+        };
+        if self.messages.len() >= MESSAGES_KEPT {
+            self.messages.pop_front();
+        }
+        self.messages.push_back(status.clone());
+        self.status = Some(status);
     }
 
     /// Since when a live link has been silent for longer than
@@ -873,6 +895,15 @@ fn on_tick(app: &mut App) -> Vec<Cmd> {
     app.data.sample();
     if app.ctrl_c_at.is_some_and(|at| app.now_ms - at > CTRL_C_MS) {
         app.ctrl_c_at = None;
+    }
+    // Old news leaves the status line (the message log keeps it); word
+    // of a call still out stays until its answer replaces it.
+    if app
+        .status
+        .as_ref()
+        .is_some_and(|s| s.kind != StatusKind::Pending && app.now_ms - s.at_ms > STATUS_MS)
+    {
+        app.status = None;
     }
     if app.live() && !app.refreshing && app.now_ms - app.refreshed_at_ms >= REFRESH_MS {
         app.refreshing = true;
@@ -1191,23 +1222,11 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
     match app.modal.take() {
         Some(Modal::Confirm(confirm)) => return on_confirm_key(app, *confirm, key),
         Some(Modal::Help { scroll }) => {
-            app.modal = match lookup(k, app.screen) {
-                Some(Action::Down) => Some(Modal::Help {
-                    scroll: scroll.saturating_add(1),
-                }),
-                Some(Action::Up) => Some(Modal::Help {
-                    scroll: scroll.saturating_sub(1),
-                }),
-                Some(Action::PageDown) => Some(Modal::Help {
-                    scroll: scroll.saturating_add(10),
-                }),
-                Some(Action::PageUp) => Some(Modal::Help {
-                    scroll: scroll.saturating_sub(10),
-                }),
-                Some(Action::Top) => Some(Modal::Help { scroll: 0 }),
-                // ?, Esc, q and anything else close it.
-                _ => None,
-            };
+            app.modal = scrolled(k, app.screen, scroll).map(|scroll| Modal::Help { scroll });
+            return Vec::new();
+        }
+        Some(Modal::Messages { scroll }) => {
+            app.modal = scrolled(k, app.screen, scroll).map(|scroll| Modal::Messages { scroll });
             return Vec::new();
         }
         None => {}
@@ -1224,6 +1243,19 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
         return start_change(app, action);
     }
     act(app, action)
+}
+
+/// A scrolling overlay's scroll after a key; `None` closes it (`?`, `L`,
+/// Esc, q and anything else that does not scroll).
+fn scrolled(k: Key, screen: Screen, scroll: usize) -> Option<usize> {
+    match lookup(k, screen) {
+        Some(Action::Down) => Some(scroll.saturating_add(1)),
+        Some(Action::Up) => Some(scroll.saturating_sub(1)),
+        Some(Action::PageDown) => Some(scroll.saturating_add(10)),
+        Some(Action::PageUp) => Some(scroll.saturating_sub(10)),
+        Some(Action::Top) => Some(0),
+        _ => None,
+    }
 }
 
 fn interrupt(app: &mut App) -> Vec<Cmd> {
@@ -1266,16 +1298,34 @@ fn on_filter_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
     Vec::new()
 }
 
+/// What `:` runs besides switching screens.
+const QUIT_COMMANDS: [&str; 4] = ["q", "quit", "q!", "qa"];
+const MESSAGES_COMMAND: &str = "messages";
+
 fn on_command_key(app: &mut App, mut text: String, key: KeyEvent) -> Vec<Cmd> {
+    let command = text.trim().to_ascii_lowercase();
     match key.code {
         KeyCode::Esc => Vec::new(),
+        // `:q` quits, as in vim and k9s, though `q` is a prefix of queues.
+        KeyCode::Enter if QUIT_COMMANDS.contains(&command.as_str()) => {
+            app.quit = true;
+            vec![Cmd::Quit]
+        }
+        // No screen's name starts with an m, so any prefix will do.
+        KeyCode::Enter if !command.is_empty() && MESSAGES_COMMAND.starts_with(command.as_str()) => {
+            app.modal = Some(Modal::Messages { scroll: 0 });
+            Vec::new()
+        }
         KeyCode::Enter => match Screen::from_name(&text) {
             Some(screen) => go(app, screen),
             None => {
                 let names: Vec<&str> = Screen::ALL.iter().map(|s| s.name()).collect();
                 app.say(
                     StatusKind::Refused,
-                    format!("no screen named {text:?}; there are: {}", names.join(", ")),
+                    format!(
+                        "no screen named {text:?}; there are: {}; and :messages, :q",
+                        names.join(", ")
+                    ),
                 );
                 Vec::new()
             }
@@ -1332,6 +1382,10 @@ fn act(app: &mut App, action: Action) -> Vec<Cmd> {
         Action::Interrupt => interrupt(app),
         Action::Help => {
             app.modal = Some(Modal::Help { scroll: 0 });
+            Vec::new()
+        }
+        Action::Messages => {
+            app.modal = Some(Modal::Messages { scroll: 0 });
             Vec::new()
         }
         Action::Follow => {

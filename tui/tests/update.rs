@@ -1271,3 +1271,89 @@ fn a_queue_only_a_worker_serves_joins_the_queues_screen_at_the_next_refresh() {
     assert!(frame.contains("Queues 4"), "{frame}");
     assert!(frame.contains("canary"), "{frame}");
 }
+
+#[test]
+fn colon_q_and_colon_quit_quit_instead_of_opening_queues() {
+    for command in ["q", "quit"] {
+        let mut app = app();
+        app::update(&mut app, key('4'));
+        app::update(&mut app, key(':'));
+        type_text(&mut app, command);
+        let cmds = app::update(&mut app, code(KeyCode::Enter));
+        assert_eq!(cmds, [Cmd::Quit], ":{command}");
+        assert!(app.quit);
+        assert_ne!(app.screen, Screen::Queues, ":{command}");
+    }
+    // A longer prefix still names the screen.
+    let mut app = app();
+    app::update(&mut app, key(':'));
+    type_text(&mut app, "qu");
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert_eq!(app.screen, Screen::Queues);
+}
+
+#[test]
+fn a_status_message_leaves_the_status_line_after_ten_seconds_but_stays_in_the_log() {
+    let mut app = app();
+    app.messages.clear();
+    app::update(&mut app, key('8'));
+    app::update(&mut app, key('F'));
+    says(&app, "stopped following");
+    app.now_ms += 9_000;
+    app::update(&mut app, Msg::Tick);
+    says(&app, "stopped following");
+    app.now_ms += 2_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(app.status, None, "gone after 10 s");
+    assert_eq!(
+        app.messages.back().map(|m| m.text.as_str()),
+        Some("stopped following")
+    );
+
+    // Word of a call still out stays until the answer.
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('a'));
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "ok");
+    app::update(&mut app, code(KeyCode::Tab));
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    assert!(matches!(cmds[..], [Cmd::Change { .. }]), "{cmds:?}");
+    assert_eq!(app.status.as_ref().unwrap().kind, StatusKind::Pending);
+    app.now_ms += 30_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(app.status.as_ref().unwrap().kind, StatusKind::Pending);
+}
+
+#[test]
+fn shift_l_and_colon_messages_list_the_last_50_status_messages() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    for i in 0..60 {
+        app.now_ms = NOW + i * 1_000;
+        // Each press says something: following, then not.
+        app::update(&mut app, key('8'));
+        app::update(&mut app, key('F'));
+    }
+    assert_eq!(app.messages.len(), app::MESSAGES_KEPT);
+    assert_eq!(app.messages.back().unwrap().at_ms, NOW + 59_000);
+    app::update(&mut app, key('L'));
+    assert_eq!(app.modal, Some(Modal::Messages { scroll: 0 }));
+    app::update(&mut app, key('j'));
+    assert_eq!(app.modal, Some(Modal::Messages { scroll: 1 }));
+    app::update(&mut app, code(KeyCode::Esc));
+    assert_eq!(app.modal, None);
+    app::update(&mut app, key(':'));
+    type_text(&mut app, "messages");
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.modal, Some(Modal::Messages { scroll: 0 }));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(
+        frame.contains("messages (the last 50, newest first)"),
+        "{frame}"
+    );
+    let newest = opsdeck_tui::widgets::header::clock(NOW + 59_000);
+    assert!(
+        frame.contains(&format!("{newest}  following new events")),
+        "{frame}"
+    );
+}

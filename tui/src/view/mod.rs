@@ -24,7 +24,7 @@ use ratatui::widgets::{Paragraph, Widget, Wrap};
 use crate::app::{App, Link, Modal, RunView, Screen};
 use crate::model::Data;
 use crate::widgets::table::ListTable;
-use crate::widgets::{Rows, confirm, footer, header, help};
+use crate::widgets::{Rows, confirm, footer, header, help, messages};
 use theme::Theme;
 
 /// What every screen's view gets.
@@ -144,6 +144,7 @@ impl Widget for Console<'_> {
         match &app.modal {
             Some(Modal::Confirm(c)) => confirm::render(c, &theme, area, buf),
             Some(Modal::Help { scroll }) => help::render(app, &theme, *scroll, area, buf),
+            Some(Modal::Messages { scroll }) => messages::render(app, &theme, *scroll, area, buf),
             None => {}
         }
     }
