@@ -469,3 +469,40 @@ fn a_terminal_below_60x16_gets_one_line_saying_so() {
     assert!(frame.lines().next().unwrap().contains("opsdeck"), "{frame}");
     assert!(!frame.contains("too small"), "{frame}");
 }
+
+#[test]
+fn queue_sparklines_share_one_scale_so_one_ready_is_not_as_tall_as_eleven() {
+    let mut app = app();
+    for q in app.data.queues.values_mut() {
+        q.queue.ready = match q.queue.name.as_str() {
+            "build" => 11,
+            "deploy" => 1,
+            _ => 0,
+        };
+    }
+    app.data.depth.clear();
+    for _ in 0..8 {
+        app.data.sample();
+    }
+    app::update(&mut app, key('5'));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    let row = |name: &str| {
+        frame
+            .lines()
+            .find(|l| l.contains(&format!("│{name} ")))
+            .unwrap_or_else(|| panic!("no {name} row:\n{frame}"))
+            .to_owned()
+    };
+    assert!(row("build").contains("████████"), "{frame}");
+    assert!(row("deploy").contains("▃▃▃▃▃▃▃▃"), "{frame}");
+    assert!(
+        frame.contains("READY, MAX 11"),
+        "the scale is named:\n{frame}"
+    );
+
+    app::update(&mut app, key('1'));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("Queue depth (ready, max 11)"), "{frame}");
+    assert!(frame.contains("build     ████████"), "{frame}");
+    assert!(frame.contains("deploy    ▃▃▃▃▃▃▃▃"), "{frame}");
+}

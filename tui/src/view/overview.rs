@@ -16,7 +16,7 @@ use crate::cli::step_number;
 use crate::keys::Action;
 use crate::model::{Figures, RATE_WINDOW_MS, figures, overdue};
 use crate::roles;
-use crate::widgets::sparkline::spark;
+use crate::widgets::sparkline::{spark, top};
 use crate::widgets::{Rows, fit};
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
@@ -73,9 +73,6 @@ fn block<'a>(ctx: &Ctx, title: &'a str) -> Block<'a> {
 }
 
 fn depth(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
-    let block = block(ctx, "Queue depth (ready)");
-    let inner = block.inner(area);
-    block.render(area, buf);
     let name_width = ctx
         .data
         .queues
@@ -86,15 +83,27 @@ fn depth(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         .min(16);
     // name, sparkline, figure
     // Room for the name, the figure and "paused".
-    let spark_width = usize::from(inner.width)
+    let spark_width = usize::from(area.width.saturating_sub(2))
         .saturating_sub(name_width + 13)
         .max(1);
+    // One scale for every queue, named in the title.
+    let max = top(ctx.data.depth.values(), spark_width);
+    let title = if max == 0 {
+        "Queue depth (ready)".to_owned()
+    } else {
+        format!("Queue depth (ready, max {max})")
+    };
+    let block = block(ctx, &title);
+    let inner = block.inner(area);
+    block.render(area, buf);
     let mut lines = Vec::new();
     for (name, seen) in &ctx.data.queues {
         let q = &seen.queue;
         let samples = ctx.data.depth.get(name);
-        let line =
-            samples.map_or_else(|| " ".repeat(spark_width), |s| spark(s.iter(), spark_width));
+        let line = samples.map_or_else(
+            || " ".repeat(spark_width),
+            |s| spark(s.iter(), spark_width, max),
+        );
         let mut spans = vec![
             Span::raw(format!("{:<name_width$} ", fit(name, name_width))),
             Span::styled(line, ctx.theme.tone(crate::cli::table::Tone::Busy)),
