@@ -30,8 +30,9 @@ use crate::model::Snapshot;
 /// How long connecting, Whoami and opening the watch may take each.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The engine sends a heartbeat every 10 s when idle; three missed and the
-/// stream counts as dead even if TCP has not noticed (a Unix socket has no
-/// keep-alive).
+/// stream counts as dead. The pings notice a silent engine long before;
+/// this catches one whose HTTP/2 layer answers pings while its watch says
+/// nothing (the app says "no word for Ns" meanwhile).
 const SILENCE: Duration = Duration::from_secs(30);
 /// The first retry waits 125–250 ms, so an engine restart costs about a
 /// second; then doubling to at most 10 s.
