@@ -511,6 +511,17 @@ impl Engine {
         }
     }
 
+    /// SIGSTOP to the engine: it holds its sockets open and answers
+    /// nothing, as a hung process or a stalled VM does.
+    pub fn freeze(&self) {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGSTOP).expect("SIGSTOP the engine");
+    }
+
+    /// SIGCONT after [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGCONT).expect("SIGCONT the engine");
+    }
+
     /// Starts a new engine process on the same data dir (stopping the old one
     /// with SIGTERM first if it is still running) and waits until it is ready.
     pub async fn restart(&mut self) {
@@ -1175,6 +1186,11 @@ fn stat(pid: i32) -> Option<(char, i32)> {
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some((state, pgrp))
+}
+
+/// Whether the process is stopped (SIGSTOP): state `T` in `/proc`.
+pub fn process_stopped(pid: i32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state == 'T')
 }
 
 /// Whether the process exists and is not a zombie.

@@ -3,11 +3,16 @@
 //! approve it with a typed reason; the engine records the approval with
 //! that reason and the run finishes; the engine restarts and the console,
 //! never restarted, shows the events after the restart (and no "leader
-//! changed": the same engine came back); resized to 20×5 and back, it
-//! still renders. A stuck lease and its quarantined run name
-//! show on the Overview, the Leases and the Quarantines screens, and keys
-//! clear the quarantine with a reason. A viewer is not offered changes and
-//! is told which role a change needs.
+//! changed": the same engine came back); resized to 20×5 it says it is
+//! too small, and back to 80×24 it renders everything again. A stuck
+//! lease and its quarantined run name show on the Overview, the Leases and
+//! the Quarantines screens, and keys clear the quarantine with a reason. A viewer is not offered changes and
+//! is told which role a change needs. A frozen engine (SIGSTOP) takes the
+//! header off "live" within seconds, stale since its last word; thawed, it
+//! is live again; a graceful stop is said as one on every retry. A
+//! console that never connected says so, with the address and the error,
+//! and shows no zeros. A queue only a worker serves is on the Queues
+//! screen without ctrl-r, as `opsdeck queues` lists it.
 //!
 //! The run is submitted over TCP as the token's identity, so that the
 //! console (on the Unix socket, as the OS user) is another person and the
@@ -17,8 +22,8 @@
 use std::time::Duration;
 
 use opsdeck_tests::pb::{
-    ApprovalState, ListApprovalsRequest, ListQuarantinesRequest, RunState, StepState,
-    SubmitRunRequest, WhoamiRequest,
+    ApprovalState, ListApprovalsRequest, ListQuarantinesRequest, ListQueuesRequest, RunState,
+    StepState, SubmitRunRequest, WhoamiRequest,
 };
 use opsdeck_tests::{
     DEADLINE, Engine, EngineOpts, FakeAgent, TOKEN_IDENTITY, Tmux, Worker, describe_events,
@@ -148,12 +153,12 @@ async fn console_approves_with_a_typed_reason_survives_an_engine_restart_and_a_r
         "a restart is not a leader change:\n{screen}"
     );
 
-    // Squeezed to 20×5 it still draws (and does not crash); back to 80×24
-    // everything is there again.
+    // Squeezed to 20×5 it says it needs more room (and does not crash);
+    // back to 80×24 everything is there again.
     tmux.resize(20, 5);
-    tmux.wait("something at 20×5", DEADLINE, |s| {
+    tmux.wait("the size it needs, at 20×5", DEADLINE, |s| {
         let lines: Vec<&str> = s.lines().collect();
-        lines.iter().any(|l| l.contains("opsdeck")) && lines.iter().all(|l| l.chars().count() <= 20)
+        s.contains("too small") && lines.iter().all(|l| l.chars().count() <= 20)
     })
     .await;
     tmux.resize(80, 24);
@@ -335,6 +340,181 @@ async fn a_viewer_is_offered_no_changes_and_is_told_the_role_a_key_needs() {
         .find(|a| a.id == approval.id)
         .expect("the approval");
     assert_eq!(still.state, ApprovalState::Pending as i32);
+
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+/// The header: the first line of the screen.
+fn header(screen: &str) -> &str {
+    screen.lines().next().unwrap_or("")
+}
+
+/// Whether the header says the link is live (tmux trims the line's end).
+fn live(screen: &str) -> bool {
+    format!("{} ", header(screen)).contains(" live ")
+}
+
+/// The time of day now, in seconds, as the console's clock reads it (the
+/// local time zone).
+fn seconds_of_day_now() -> u32 {
+    let out = std::process::Command::new("date")
+        .arg("+%H:%M:%S")
+        .output()
+        .expect("run date");
+    seconds_of_day(String::from_utf8_lossy(&out.stdout).trim()).expect("date's time")
+}
+
+fn seconds_of_day(clock: &str) -> Option<u32> {
+    let mut parts = clock.split(':').map(|p| p.parse::<u32>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    Some(h * 3600 + m * 60 + s)
+}
+
+/// The retry the status line counts: "(attempt N)", else 0.
+fn attempt(screen: &str) -> u32 {
+    screen
+        .split("(attempt ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The "HH:MM:SS" after "stale since" on the header.
+fn stale_since(screen: &str) -> Option<u32> {
+    let rest = header(screen).split("stale since ").nth(1)?;
+    seconds_of_day(rest.get(..8)?)
+}
+
+#[tokio::test]
+async fn a_frozen_engine_goes_stale_within_seconds_from_its_last_word_and_a_stopped_one_says_so() {
+    let mut engine = Engine::start_default().await;
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &engine.unix_addr()], 80, 24);
+    tmux.wait("the console live", DEADLINE, live).await;
+
+    // Frozen: the socket stays open and nothing answers. The header leaves
+    // "live" within a few seconds, while the engine is still stopped, and
+    // "stale since" is the time of the last word heard, not of the resume.
+    let frozen_at = seconds_of_day_now();
+    engine.freeze();
+    let frozen = std::time::Instant::now();
+    let screen = tmux
+        .wait(
+            "the header leaving live while the engine is frozen",
+            Duration::from_secs(7),
+            |s| !live(s) && header(s).contains("stale since"),
+        )
+        .await;
+    let noticed = frozen.elapsed();
+    assert!(
+        opsdeck_tests::process_stopped(engine.pid() as i32),
+        "the engine is still stopped"
+    );
+    let since = stale_since(&screen).expect("a time after stale since");
+    // The engine says something at least every 10 s; the last word came
+    // before the freeze (allowing a second for the clocks' rounding).
+    let before = (frozen_at + 86_400 + 1 - since) % 86_400;
+    assert!(
+        before <= 12,
+        "stale since is {before}s before the freeze (noticed after {noticed:?}):\n{screen}"
+    );
+
+    // Thawed, it is live again and no longer stale.
+    engine.thaw();
+    tmux.wait("live again after the thaw", Duration::from_secs(30), |s| {
+        live(s) && !header(s).contains("stale since")
+    })
+    .await;
+
+    // A graceful stop is said as one, not as a socket error, on every
+    // retry after it.
+    engine.sigterm().await;
+    let screen = tmux
+        .wait(
+            "the engine's shutdown on the header, retried",
+            DEADLINE,
+            |s| header(s).contains("engine shut down") && attempt(s) >= 3,
+        )
+        .await;
+    assert!(
+        screen.contains("shutting down"),
+        "the status line says the engine is shutting down:\n{screen}"
+    );
+    assert!(
+        !screen.contains("os error") && !screen.contains("transport error"),
+        "a raw socket error is shown:\n{screen}"
+    );
+
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_console_that_never_connected_says_so_with_the_address_and_shows_no_zeros() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let socket = dir.path().join("no-engine.sock");
+    let addr = format!("unix://{}", socket.display());
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &addr], 80, 24);
+    let screen = tmux
+        .wait(
+            "never connected, the address and the error",
+            DEADLINE,
+            |s| {
+                header(s).contains("never connected")
+                    && s.contains("no-engine.sock")
+                    && s.contains("No such file")
+            },
+        )
+        .await;
+    assert!(
+        !screen.contains("0 idle") && !screen.contains("0 pending"),
+        "nothing is known, so nothing is zero:\n{screen}"
+    );
+    assert!(
+        screen.contains('?'),
+        "unknowns are shown as such:\n{screen}"
+    );
+
+    tmux.keys(&["q"]);
+    tmux.wait("the console's exit", DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_queue_only_a_worker_serves_appears_on_the_queues_screen_without_a_resync() {
+    let engine = Engine::start_default().await;
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &engine.unix_addr()], 80, 24);
+    tmux.wait("the console live", DEADLINE, live).await;
+    tmux.keys(&["5"]);
+    tmux.wait("the Queues screen", DEADLINE, |s| s.contains("Queues 0"))
+        .await;
+
+    // A worker serving a queue no step has named yet: `opsdeck queues`
+    // lists it, and so does the console, without ctrl-r.
+    let _worker = Worker::start(&engine, "w-deploy", &["deploy"], 1).await;
+    let listed = engine
+        .api()
+        .await
+        .queues
+        .list_queues(ListQueuesRequest {})
+        .await
+        .expect("list queues")
+        .into_inner()
+        .queues;
+    assert!(listed.iter().any(|q| q.name == "deploy"), "{listed:#?}");
+    tmux.wait("the worker's queue on the Queues screen", DEADLINE, |s| {
+        s.contains("Queues 1") && s.contains("deploy")
+    })
+    .await;
 
     tmux.keys(&["q"]);
     tmux.wait("the console's exit", DEADLINE, |s| {

@@ -7,6 +7,8 @@
 //!
 //! No view types live here: colours, layout and ratatui are the views'.
 
+use std::collections::VecDeque;
+
 use crossterm::event::{KeyCode, KeyEvent};
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{
@@ -174,8 +176,21 @@ pub struct Connection {
     pub transport: String,
     pub engine_version: String,
     pub engine_id: String,
-    /// Since when what is shown may be out of date (the link broke).
+    /// Since when what is shown may be out of date: the last word heard
+    /// before the link broke.
     pub stale_since_ms: Option<i64>,
+    /// When the engine last said something: a watch message, or the
+    /// answer to connecting. The engine says something at least every
+    /// [`QUIET_MS`] on a working link.
+    pub heard_at_ms: Option<i64>,
+    /// Whether the console has ever connected: until then the header
+    /// says "never connected".
+    pub connected_once: bool,
+    /// Why the last try to connect, or the link, failed.
+    pub last_error: Option<String>,
+    /// When the engine said it is shutting down (a graceful stop); until
+    /// the next connect, failing retries are not news.
+    pub shutdown_at_ms: Option<i64>,
     /// The leader's epoch at the last connect (0 from a single engine).
     pub leader_epoch: Option<u64>,
     /// When a reconnect found another leader than before (its epoch
@@ -420,7 +435,13 @@ impl Confirm {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Modal {
     Confirm(Box<Confirm>),
-    Help { scroll: usize },
+    Help {
+        scroll: usize,
+    },
+    /// The message log (`L`, `:messages`), newest first.
+    Messages {
+        scroll: usize,
+    },
 }
 
 /// What the bottom line is being used for.
@@ -505,6 +526,15 @@ const REFRESH_MS: i64 = 3_000;
 const BACKFILL: u64 = 500;
 /// A first ctrl-c waits this long for the second.
 const CTRL_C_MS: i64 = 3_000;
+/// A status message stays on the status line this long (word of a call
+/// still out stays until its answer); the message log keeps it.
+pub const STATUS_MS: i64 = 10_000;
+/// Status messages the message log keeps.
+pub const MESSAGES_KEPT: usize = 50;
+/// The engine's watch sends a heartbeat every 10 s when it has nothing
+/// else to say: a live link silent for longer than this is suspect,
+/// whatever the connection says, and the header says since when.
+pub const QUIET_MS: i64 = 15_000;
 
 /// Settings from the command line and the environment.
 #[derive(Clone, Debug)]
@@ -534,6 +564,9 @@ pub struct App {
     pub modal: Option<Modal>,
     pub conn: Connection,
     pub status: Option<Status>,
+    /// The last [`MESSAGES_KEPT`] status messages, oldest first: what
+    /// `L` lists, for a message gone from the status line.
+    pub messages: VecDeque<Status>,
     pub readonly: bool,
     pub palette: Palette,
     /// The Events screen keeps the newest event selected.
@@ -578,13 +611,21 @@ pub enum Msg {
         result: Result<Run, String>,
     },
     Backfill(Result<Vec<Event>, String>),
-    Refreshed(Result<(Vec<Worker>, Vec<Lease>), String>),
+    Refreshed(Result<Refreshed, String>),
     /// A second passed (the clock is `App::now_ms`, set by the caller).
     Tick,
     Resize {
         width: u16,
         height: u16,
     },
+}
+
+/// What [`Cmd::Refresh`] read: what changes without an event.
+#[derive(Clone, Debug, Default)]
+pub struct Refreshed {
+    pub workers: Vec<Worker>,
+    pub leases: Vec<Lease>,
+    pub queues: Vec<Queue>,
 }
 
 /// Something to do outside the model.
@@ -608,7 +649,7 @@ pub enum Cmd {
     FetchEvents {
         after_seq: u64,
     },
-    /// Workers' heartbeats and leases' expiries.
+    /// Workers' heartbeats, leases' expiries and the queues (`ListQueues`).
     Refresh,
     Resync,
     Quit,
@@ -638,10 +679,15 @@ impl App {
                 engine_version: String::new(),
                 engine_id: String::new(),
                 stale_since_ms: None,
+                heard_at_ms: None,
+                connected_once: false,
+                last_error: None,
+                shutdown_at_ms: None,
                 leader_epoch: None,
                 leader_changed_at_ms: None,
             },
             status: None,
+            messages: VecDeque::new(),
             readonly: options.readonly,
             palette: options.palette,
             events_follow: true,
@@ -675,11 +721,49 @@ impl App {
     }
 
     fn say(&mut self, kind: StatusKind, text: impl Into<String>) {
-        self.status = Some(Status {
+        let status = Status {
             text: text.into(),
             kind,
             at_ms: self.now_ms,
-        });
+        };
+        if self.messages.len() >= MESSAGES_KEPT {
+            self.messages.pop_front();
+        }
+        self.messages.push_back(status.clone());
+        self.status = Some(status);
+    }
+
+    /// Since when a live link has been silent for longer than
+    /// [`QUIET_MS`]: the last word heard, when that is too long ago.
+    pub fn quiet_since(&self) -> Option<i64> {
+        let heard = self.conn.heard_at_ms?;
+        (self.conn.link == Link::Live && self.now_ms - heard > QUIET_MS).then_some(heard)
+    }
+
+    /// Since when what is shown may be out of date: the link broke, or is
+    /// up but silent.
+    pub fn stale_since(&self) -> Option<i64> {
+        self.conn.stale_since_ms.or_else(|| self.quiet_since())
+    }
+
+    /// Why nothing shown is known yet (no snapshot has arrived since the
+    /// start), in words with the address and the last error; `None` once
+    /// something is.
+    pub fn unknown_words(&self) -> Option<String> {
+        if self.shown().0.loaded {
+            return None;
+        }
+        let engine = &self.conn.engine;
+        Some(match (&self.conn.link, &self.conn.last_error) {
+            (Link::Loading | Link::Live, _) => {
+                format!("connected to {engine}; reading what the engine holds")
+            }
+            (_, None) => format!("connecting to {engine}"),
+            (_, Some(why)) if self.conn.connected_once => {
+                format!("nothing read from {engine} yet\n\nthe last try said: {why}")
+            }
+            (_, Some(why)) => format!("never connected to {engine}\n\nthe last try said: {why}"),
+        })
     }
 
     /// Recomputes the current list's rows if what they depend on changed,
@@ -790,8 +874,11 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
         }
         Msg::Refreshed(result) => {
             app.refreshing = false;
-            if let Ok((workers, leases)) = result {
-                app.data.refresh(&workers, &leases);
+            if let Ok(read) = result {
+                app.data.refresh(&read.workers, &read.leases);
+                // Asked when the command went out (one at a time).
+                app.data
+                    .refresh_queues(read.queues, app.refreshed_at_ms, app.now_ms);
             }
             Vec::new()
         }
@@ -808,6 +895,15 @@ fn on_tick(app: &mut App) -> Vec<Cmd> {
     app.data.sample();
     if app.ctrl_c_at.is_some_and(|at| app.now_ms - at > CTRL_C_MS) {
         app.ctrl_c_at = None;
+    }
+    // Old news leaves the status line (the message log keeps it); word
+    // of a call still out stays until its answer replaces it.
+    if app
+        .status
+        .as_ref()
+        .is_some_and(|s| s.kind != StatusKind::Pending && app.now_ms - s.at_ms > STATUS_MS)
+    {
+        app.status = None;
     }
     if app.live() && !app.refreshing && app.now_ms - app.refreshed_at_ms >= REFRESH_MS {
         app.refreshing = true;
@@ -831,6 +927,16 @@ fn on_tick(app: &mut App) -> Vec<Cmd> {
 
 fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
     let now = app.now_ms;
+    if matches!(
+        update,
+        Update::Connected { .. }
+            | Update::Snapshot(_)
+            | Update::Event(_)
+            | Update::Heartbeat { .. }
+            | Update::Resync { .. }
+    ) {
+        app.conn.heard_at_ms = Some(now);
+    }
     match update {
         Update::Connecting { attempt } => {
             if !matches!(app.conn.link, Link::Loading) {
@@ -850,6 +956,8 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                 .leader_epoch
                 .is_some_and(|epoch| epoch != whoami.leader_epoch);
             set_identity(&mut app.conn, whoami);
+            app.conn.connected_once = true;
+            app.conn.shutdown_at_ms = None;
             if leader_changed {
                 app.conn.leader_changed_at_ms = Some(now);
             }
@@ -880,18 +988,32 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
             retry_in,
             attempt,
             why,
+            shutting_down,
         } => {
-            if app.conn.stale_since_ms.is_none() {
-                app.conn.stale_since_ms = Some(now);
+            // What is shown was last confirmed by the last word heard, not
+            // when the break was noticed (seconds later, for a silent one).
+            if app.conn.stale_since_ms.is_none() && app.data.loaded {
+                app.conn.stale_since_ms = Some(app.conn.heard_at_ms.unwrap_or(now).min(now));
+            }
+            if shutting_down && app.conn.shutdown_at_ms.is_none() {
+                app.conn.shutdown_at_ms = Some(now);
             }
             let retry_ms = i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX);
-            app.say(
-                StatusKind::Refused,
+            let text = if app.conn.shutdown_at_ms.is_some() {
+                // The retries fail until it is back, each with a socket
+                // error that says nothing new.
+                format!(
+                    "the engine is shutting down (a graceful stop); retrying (attempt {})",
+                    attempt + 1
+                )
+            } else {
                 format!(
                     "no connection to the engine: {why}; retrying (attempt {})",
                     attempt + 1
-                ),
-            );
+                )
+            };
+            app.say(StatusKind::Refused, text);
+            app.conn.last_error = Some(why.clone());
             app.conn.link = Link::Retrying {
                 retry_at_ms: now.saturating_add(retry_ms),
                 attempt,
@@ -1100,23 +1222,11 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
     match app.modal.take() {
         Some(Modal::Confirm(confirm)) => return on_confirm_key(app, *confirm, key),
         Some(Modal::Help { scroll }) => {
-            app.modal = match lookup(k, app.screen) {
-                Some(Action::Down) => Some(Modal::Help {
-                    scroll: scroll.saturating_add(1),
-                }),
-                Some(Action::Up) => Some(Modal::Help {
-                    scroll: scroll.saturating_sub(1),
-                }),
-                Some(Action::PageDown) => Some(Modal::Help {
-                    scroll: scroll.saturating_add(10),
-                }),
-                Some(Action::PageUp) => Some(Modal::Help {
-                    scroll: scroll.saturating_sub(10),
-                }),
-                Some(Action::Top) => Some(Modal::Help { scroll: 0 }),
-                // ?, Esc, q and anything else close it.
-                _ => None,
-            };
+            app.modal = scrolled(k, app.screen, scroll).map(|scroll| Modal::Help { scroll });
+            return Vec::new();
+        }
+        Some(Modal::Messages { scroll }) => {
+            app.modal = scrolled(k, app.screen, scroll).map(|scroll| Modal::Messages { scroll });
             return Vec::new();
         }
         None => {}
@@ -1133,6 +1243,19 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
         return start_change(app, action);
     }
     act(app, action)
+}
+
+/// A scrolling overlay's scroll after a key; `None` closes it (`?`, `L`,
+/// Esc, q and anything else that does not scroll).
+fn scrolled(k: Key, screen: Screen, scroll: usize) -> Option<usize> {
+    match lookup(k, screen) {
+        Some(Action::Down) => Some(scroll.saturating_add(1)),
+        Some(Action::Up) => Some(scroll.saturating_sub(1)),
+        Some(Action::PageDown) => Some(scroll.saturating_add(10)),
+        Some(Action::PageUp) => Some(scroll.saturating_sub(10)),
+        Some(Action::Top) => Some(0),
+        _ => None,
+    }
 }
 
 fn interrupt(app: &mut App) -> Vec<Cmd> {
@@ -1175,16 +1298,34 @@ fn on_filter_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
     Vec::new()
 }
 
+/// What `:` runs besides switching screens.
+const QUIT_COMMANDS: [&str; 4] = ["q", "quit", "q!", "qa"];
+const MESSAGES_COMMAND: &str = "messages";
+
 fn on_command_key(app: &mut App, mut text: String, key: KeyEvent) -> Vec<Cmd> {
+    let command = text.trim().to_ascii_lowercase();
     match key.code {
         KeyCode::Esc => Vec::new(),
+        // `:q` quits, as in vim and k9s, though `q` is a prefix of queues.
+        KeyCode::Enter if QUIT_COMMANDS.contains(&command.as_str()) => {
+            app.quit = true;
+            vec![Cmd::Quit]
+        }
+        // No screen's name starts with an m, so any prefix will do.
+        KeyCode::Enter if !command.is_empty() && MESSAGES_COMMAND.starts_with(command.as_str()) => {
+            app.modal = Some(Modal::Messages { scroll: 0 });
+            Vec::new()
+        }
         KeyCode::Enter => match Screen::from_name(&text) {
             Some(screen) => go(app, screen),
             None => {
                 let names: Vec<&str> = Screen::ALL.iter().map(|s| s.name()).collect();
                 app.say(
                     StatusKind::Refused,
-                    format!("no screen named {text:?}; there are: {}", names.join(", ")),
+                    format!(
+                        "no screen named {text:?}; there are: {}; and :messages, :q",
+                        names.join(", ")
+                    ),
                 );
                 Vec::new()
             }
@@ -1241,6 +1382,10 @@ fn act(app: &mut App, action: Action) -> Vec<Cmd> {
         Action::Interrupt => interrupt(app),
         Action::Help => {
             app.modal = Some(Modal::Help { scroll: 0 });
+            Vec::new()
+        }
+        Action::Messages => {
+            app.modal = Some(Modal::Messages { scroll: 0 });
             Vec::new()
         }
         Action::Follow => {
@@ -1488,15 +1633,39 @@ fn start_change(app: &mut App, action: Action) -> Vec<Cmd> {
     Vec::new()
 }
 
-/// The connection state in words: "live", "reconnecting in 3s", ….
+/// The connection state in words: "live", "reconnecting in 3s", "never
+/// connected, retry in 3s", "engine shutting down", "no word for 20s", ….
 pub fn link_words(app: &App) -> String {
-    match &app.conn.link {
-        Link::Live => "live".to_owned(),
+    let conn = &app.conn;
+    let shut_down = conn.shutdown_at_ms.is_some();
+    let never = !conn.connected_once;
+    match &conn.link {
+        Link::Live => match app.quiet_since() {
+            Some(heard) => format!("no word for {}s", (app.now_ms - heard) / 1000),
+            None => "live".to_owned(),
+        },
         Link::Loading => "loading".to_owned(),
+        Link::Connecting { .. } if shut_down => "engine shut down, connecting".to_owned(),
+        Link::Connecting { attempt } if never && *attempt > 0 => {
+            "never connected, connecting".to_owned()
+        }
         Link::Connecting { .. } => "connecting".to_owned(),
-        Link::Retrying { retry_at_ms, .. } => {
+        Link::Retrying {
+            retry_at_ms,
+            attempt,
+            ..
+        } => {
             let secs = ((retry_at_ms - app.now_ms).max(0) + 999) / 1000;
-            format!("reconnecting in {secs}s")
+            if shut_down && *attempt == 0 {
+                // The word itself, until the first try to come back.
+                "engine shutting down".to_owned()
+            } else if shut_down {
+                format!("engine shut down, retry in {secs}s")
+            } else if never {
+                format!("never connected, retry in {secs}s")
+            } else {
+                format!("reconnecting in {secs}s")
+            }
         }
     }
 }

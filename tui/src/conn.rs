@@ -8,6 +8,11 @@
 //! it either finishes a step whose result is kept in `self` or can be
 //! started again from `self` (a retry deadline is a stored instant, not a
 //! pending sleep).
+//!
+//! The channel pings the engine ([`Keepalive::CONSOLE`]): an engine that
+//! stops answering, frozen or cut off, breaks the watch within seconds,
+//! where its own heartbeat (every 10 s when idle) would take three times
+//! that to be missed.
 
 use std::time::Duration;
 
@@ -19,14 +24,15 @@ use tokio::time::Instant;
 use tonic::Streaming;
 
 use crate::cli::error::code_word;
-use crate::client::{Auth, Engine, Origin, Target};
+use crate::client::{Auth, Engine, Keepalive, Origin, Target};
 use crate::model::Snapshot;
 
 /// How long connecting, Whoami and opening the watch may take each.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The engine sends a heartbeat every 10 s when idle; three missed and the
-/// stream counts as dead even if TCP has not noticed (a Unix socket has no
-/// keep-alive).
+/// stream counts as dead. The pings notice a silent engine long before;
+/// this catches one whose HTTP/2 layer answers pings while its watch says
+/// nothing (the app says "no word for Ns" meanwhile).
 const SILENCE: Duration = Duration::from_secs(30);
 /// The first retry waits 125–250 ms, so an engine restart costs about a
 /// second; then doubling to at most 10 s.
@@ -53,6 +59,9 @@ pub enum Update {
         retry_in: Duration,
         attempt: u32,
         why: String,
+        /// The engine said it is shutting down (a graceful stop), rather
+        /// than the connection failing.
+        shutting_down: bool,
     },
     /// A whole snapshot: replace everything with it.
     Snapshot(Box<Snapshot>),
@@ -161,7 +170,7 @@ impl Conn {
                                 resumed_after: self.last_seq,
                             }
                         }
-                        Err(why) => self.broke(attempt, why),
+                        Err(failure) => self.broke(attempt, failure),
                     };
                 }
                 State::Connected {
@@ -174,16 +183,15 @@ impl Conn {
                     let attempt = *attempt;
                     let message = match tokio::time::timeout_at(deadline, stream.message()).await {
                         Err(_) => {
-                            return self.broke(
-                                attempt,
-                                format!("no word from the engine for {}s", SILENCE.as_secs()),
-                            );
+                            let why = format!("no word from the engine for {}s", SILENCE.as_secs());
+                            return self.broke(attempt, why.into());
                         }
                         Ok(Ok(Some(message))) => message,
                         Ok(Ok(None)) => {
-                            return self.broke(attempt, "the engine closed the stream".to_owned());
+                            let why = "the engine closed the stream".to_owned();
+                            return self.broke(attempt, why.into());
                         }
-                        Ok(Err(status)) => return self.broke(attempt, status_words(&status)),
+                        Ok(Err(status)) => return self.broke(attempt, Failure::of(&status)),
                     };
                     *heard_at = Instant::now();
                     if let Some(update) = self.handle(message) {
@@ -196,16 +204,24 @@ impl Conn {
 
     async fn connect(
         &mut self,
-    ) -> Result<(Engine, Streaming<WatchMessage>, WhoamiResponse), String> {
+    ) -> Result<(Engine, Streaming<WatchMessage>, WhoamiResponse), Failure> {
         let engine = match tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Engine::connect(self.target.clone(), self.auth.clone()),
+            Engine::connect_with(
+                self.target.clone(),
+                self.auth.clone(),
+                Some(Keepalive::CONSOLE),
+            ),
         )
         .await
         {
             Ok(Ok(engine)) => engine,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no answer from {} within 10s", self.target.addr)),
+            // With what to check: the first thing someone whose console
+            // never connected needs.
+            Ok(Err(e)) => return Err(format!("{e}; {}", e.hint).into()),
+            Err(_) => {
+                return Err(format!("no answer from {} within 10s", self.target.addr).into());
+            }
         };
         let mut console = engine.console();
         let whoami =
@@ -213,17 +229,17 @@ impl Conn {
                 Ok(Ok(response)) => response.into_inner(),
                 Ok(Err(status)) => {
                     self.follow_leader(&status);
-                    return Err(status_words(&status));
+                    return Err(Failure::of(&status));
                 }
-                Err(_) => return Err("the engine did not answer Whoami within 10s".to_owned()),
+                Err(_) => return Err("the engine did not answer Whoami within 10s".into()),
             };
         let request = WatchRequest {
             resume_after_seq: self.last_seq,
         };
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, console.watch(request)).await {
             Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(status_words(&status)),
-            Err(_) => return Err("the engine did not start the watch within 10s".to_owned()),
+            Ok(Err(status)) => return Err(Failure::of(&status)),
+            Err(_) => return Err("the engine did not start the watch within 10s".into()),
         };
         Ok((engine, stream, whoami))
     }
@@ -244,7 +260,7 @@ impl Conn {
         };
     }
 
-    fn broke(&mut self, attempt: u32, why: String) -> Update {
+    fn broke(&mut self, attempt: u32, failure: Failure) -> Update {
         let retry_in = backoff(attempt, rand::rng().random_range(0.0..1.0));
         self.partial = None;
         self.state = State::Disconnected {
@@ -255,7 +271,8 @@ impl Conn {
         Update::Disconnected {
             retry_in,
             attempt,
-            why,
+            why: failure.why,
+            shutting_down: failure.shutting_down,
         }
     }
 
@@ -320,6 +337,64 @@ impl Conn {
             Kind::Heartbeat(beat) => Some(Update::Heartbeat { seq: beat.seq }),
         }
     }
+}
+
+/// Why a connection broke or could not be made.
+struct Failure {
+    why: String,
+    shutting_down: bool,
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Self {
+            why,
+            shutting_down: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(why: &str) -> Self {
+        why.to_owned().into()
+    }
+}
+
+impl Failure {
+    fn of(status: &tonic::Status) -> Self {
+        let why = if unanswered_ping(status) {
+            format!(
+                "the engine stopped answering (no reply to a ping within {}s)",
+                Keepalive::CONSOLE.timeout.as_secs()
+            )
+        } else {
+            status_words(status)
+        };
+        Self {
+            why,
+            shutting_down: is_shutdown(status),
+        }
+    }
+}
+
+/// Whether the connection was dropped because the engine did not answer
+/// a ping: tonic says only "http2 error", its causes say which.
+fn unanswered_ping(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.to_string().contains("keep-alive timed out") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether the engine said it is going away: it ends every watch with
+/// UNAVAILABLE "the engine is shutting down; …" on a graceful stop, and
+/// refuses calls in the same words while it stops.
+pub fn is_shutdown(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().contains("shutting down")
 }
 
 /// The wait before retry number `attempt` (0-based): 250 ms doubling to
@@ -453,5 +528,53 @@ mod tests {
         assert_eq!(attempt, 0);
         assert!(why.contains("127.0.0.1:1"), "{why}");
         assert_eq!(c.next().await, Update::Connecting { attempt: 1 });
+    }
+
+    #[test]
+    fn the_engines_shutdown_is_told_from_a_broken_connection() {
+        let said = tonic::Status::unavailable(
+            "the engine is shutting down; reconnect and resume from your last seq",
+        );
+        assert!(is_shutdown(&said));
+        let failure = Failure::of(&said);
+        assert!(failure.shutting_down);
+        assert!(failure.why.contains("shutting down"), "{}", failure.why);
+        assert!(!is_shutdown(&tonic::Status::unavailable("transport error")));
+        assert!(!is_shutdown(&tonic::Status::internal("shutting down")));
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_answers_nothing_is_given_up_on_within_seconds() {
+        // A socket that takes connections and never says a word, as a
+        // frozen engine's does (the kernel accepts for it).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frozen.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let mut c = Conn::new(
+            Target {
+                addr: EngineAddr::Unix(path),
+                origin: crate::client::Origin::Given,
+            },
+            Auth::default(),
+        );
+        assert_eq!(c.next().await, Update::Connecting { attempt: 0 });
+        let started = std::time::Instant::now();
+        let update = c.next().await;
+        let took = started.elapsed();
+        let Update::Disconnected { why, .. } = update else {
+            panic!("connected to a silent socket: {update:?}")
+        };
+        assert!(
+            took < Duration::from_secs(6),
+            "a silent engine took {took:?} to be given up on: {why}"
+        );
+        assert!(why.contains("stopped answering"), "{why}");
+        held.abort();
     }
 }

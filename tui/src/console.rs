@@ -18,14 +18,17 @@ use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{cursor, execute};
 use futures::{FutureExt, StreamExt};
 use opsdeck_proto::v1::{
-    GetOutputRequest, GetRunRequest, ListEventsRequest, ListLeasesRequest, ListWorkersRequest,
+    GetOutputRequest, GetRunRequest, ListEventsRequest, ListLeasesRequest, ListQueuesRequest,
+    ListWorkersRequest,
 };
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::app::{self, App, Change, Changed, Cmd, LOG_TAIL_BYTES, Msg, Options, Palette};
+use crate::app::{
+    self, App, Change, Changed, Cmd, LOG_TAIL_BYTES, Msg, Options, Palette, Refreshed,
+};
 use crate::cli::CALL_TIMEOUT;
 use crate::cli::time::now_ms;
 use crate::client::{Auth, Engine, Target};
@@ -260,16 +263,21 @@ async fn carry_out(engine: Option<Engine>, cmd: Cmd) -> Option<Msg> {
                 .map_err(words),
         ),
         Cmd::Refresh => {
-            let workers = call(engine.workers().list_workers(ListWorkersRequest {})).await;
-            let leases = call(
-                engine
-                    .leases()
-                    .list_leases(ListLeasesRequest { all: false }),
-            )
-            .await;
-            Msg::Refreshed(match (workers, leases) {
-                (Ok(w), Ok(l)) => Ok((w.workers, l.leases)),
-                (Err(e), _) | (_, Err(e)) => Err(words(e)),
+            let mut workers = engine.workers();
+            let mut leases = engine.leases();
+            let mut queues = engine.queues();
+            let (workers, leases, queues) = tokio::join!(
+                call(workers.list_workers(ListWorkersRequest {})),
+                call(leases.list_leases(ListLeasesRequest { all: false })),
+                call(queues.list_queues(ListQueuesRequest {})),
+            );
+            Msg::Refreshed(match (workers, leases, queues) {
+                (Ok(w), Ok(l), Ok(q)) => Ok(Refreshed {
+                    workers: w.workers,
+                    leases: l.leases,
+                    queues: q.queues,
+                }),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(words(e)),
             })
         }
         Cmd::Quit | Cmd::Resync => return None,

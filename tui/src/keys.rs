@@ -46,6 +46,8 @@ pub enum Action {
     Follow,
     Freeze,
     Resync,
+    /// `L`: the message log.
+    Messages,
 }
 
 impl Action {
@@ -324,7 +326,7 @@ pub const KEYMAP: &[Binding] = &[
         label: ":",
         action: Action::Command,
         screens: Where::All,
-        what: "switch screen by name (:runs, :workers, ...; a prefix will do)",
+        what: "switch screen by name (:runs, :workers, ...; a prefix will do); :q quits",
         short: None,
     },
     Binding {
@@ -382,6 +384,14 @@ pub const KEYMAP: &[Binding] = &[
         screens: Where::All,
         what: "freeze the display (this console only; the engine goes on)",
         short: Some("freeze"),
+    },
+    Binding {
+        keys: &[ch('L')],
+        label: "L",
+        action: Action::Messages,
+        screens: Where::All,
+        what: "the last 50 status messages, with their times (also :messages)",
+        short: None,
     },
     Binding {
         keys: &[ctrl('r')],

@@ -8,7 +8,7 @@
 //!   approvals).
 //! - [`view`]: one file per screen, rendering `&App` into a buffer.
 //! - [`widgets`]: the pieces the screens share (table, sparkline, confirm
-//!   dialog, help, header, footer).
+//!   dialog, help, message log, header, footer).
 //! - [`keys`]: the one keymap the help, the footer and `update` read.
 //! - [`roles`]: which role each change needs; the keys offered follow it.
 //! - [`conn`]: the `Console.Watch` connection, reconnecting by itself.

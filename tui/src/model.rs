@@ -16,7 +16,7 @@
 //! overdue approvals) are pure functions of it and a clock, so that they test
 //! without one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{
@@ -480,6 +480,47 @@ impl Data {
             {
                 ours.expires_at_ms = l.expires_at_ms;
                 changed = true;
+            }
+        }
+        if changed {
+            self.version += 1;
+        }
+    }
+
+    /// Merges what `ListQueues` said, asked at `asked_at_ms` and heard at
+    /// `now_ms`. The watch carries a queue's figures only when a step
+    /// changes them, so a queue a connected worker serves but no step has
+    /// named is only ever in this list, as are rates that decay with time.
+    /// A queue an event told of after the question keeps the event's
+    /// figures (they are newer); one the answer leaves out is gone (its
+    /// last worker left), unless an event told of it after the question.
+    pub fn refresh_queues(&mut self, queues: Vec<Queue>, asked_at_ms: i64, now_ms: i64) {
+        let listed: HashSet<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+        let before = self.queues.len();
+        self.queues
+            .retain(|name, seen| listed.contains(name.as_str()) || seen.seen_at_ms > asked_at_ms);
+        let mut changed = self.queues.len() != before;
+        for queue in queues {
+            match self.queues.get_mut(&queue.name) {
+                Some(ours) if ours.seen_at_ms > asked_at_ms => {}
+                Some(ours) if ours.queue == queue => {}
+                Some(ours) => {
+                    *ours = QueueSeen {
+                        queue,
+                        seen_at_ms: now_ms,
+                    };
+                    changed = true;
+                }
+                None => {
+                    self.queues.insert(
+                        queue.name.clone(),
+                        QueueSeen {
+                            queue,
+                            seen_at_ms: now_ms,
+                        },
+                    );
+                    changed = true;
+                }
             }
         }
         if changed {
@@ -1177,6 +1218,64 @@ mod tests {
         data.refresh(&[newer], &[lease("l1", "w1", NOW - 5)]);
         assert_eq!(data.workers["w1"].last_heartbeat_at_ms, NOW);
         assert_eq!(data.leases["l1"].expires_at_ms, NOW);
+    }
+
+    #[test]
+    fn listed_queues_are_merged_newest_first_and_a_queue_no_longer_listed_goes() {
+        let q = |name: &str, ready, workers| Queue {
+            name: name.into(),
+            ready,
+            workers,
+            ..Queue::default()
+        };
+        let mut data = Data::default();
+        data.apply_snapshot(
+            Snapshot {
+                queues: vec![q("build", 4, 1), q("old", 0, 0)],
+                ..Snapshot::default()
+            },
+            NOW,
+        );
+        // Asked at NOW + 10; meanwhile an event tells build's new depth
+        // and of a queue the answer predates.
+        data.apply_event(
+            Event {
+                seq: 1,
+                queues: vec![q("build", 2, 1), q("fresh", 1, 0)],
+                ..Event::default()
+            },
+            NOW + 20,
+        );
+        let version = data.version;
+        data.refresh_queues(
+            vec![q("build", 4, 1), q("deploy", 0, 2)],
+            NOW + 10,
+            NOW + 30,
+        );
+        assert_eq!(
+            data.queues.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["build", "deploy", "fresh"],
+            "a queue only a worker serves is added; one no longer listed goes"
+        );
+        assert_eq!(data.queues["build"].queue.ready, 2, "the event is newer");
+        assert_eq!(data.queues["deploy"].queue.workers, 2);
+        assert_eq!(data.queues["deploy"].seen_at_ms, NOW + 30);
+        assert!(data.version > version);
+
+        // Asked after the event: the answer is the newer.
+        data.refresh_queues(
+            vec![q("build", 7, 1), q("deploy", 0, 2), q("fresh", 1, 0)],
+            NOW + 40,
+            NOW + 50,
+        );
+        assert_eq!(data.queues["build"].queue.ready, 7);
+        let version = data.version;
+        data.refresh_queues(
+            vec![q("build", 7, 1), q("deploy", 0, 2), q("fresh", 1, 0)],
+            NOW + 60,
+            NOW + 70,
+        );
+        assert_eq!(data.version, version, "nothing changed, nothing redrawn");
     }
 
     #[test]

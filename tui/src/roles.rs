@@ -66,7 +66,8 @@ pub fn needed(action: Action) -> Option<Role> {
         | Action::Help
         | Action::Follow
         | Action::Freeze
-        | Action::Resync => None,
+        | Action::Resync
+        | Action::Messages => None,
     }
 }
 

@@ -220,6 +220,7 @@ fn disconnected_keeps_the_data_and_says_since_when() {
             retry_in: Duration::from_millis(2500),
             attempt: 2,
             why: "UNAVAILABLE: the engine is shutting down".into(),
+            shutting_down: false,
         }),
     );
     let frame = render(&mut app, 80, 24).backend().to_string();
@@ -380,4 +381,128 @@ fn a_runs_filter_that_matches_nothing_points_to_the_engines_history() {
         frame.contains("older finished runs: `opsdeck runs"),
         "{frame}"
     );
+}
+
+/// A console started while the engine is not there.
+fn never_connected() -> opsdeck_tui::app::App {
+    let mut app = opsdeck_tui::app::App::new(
+        app::Options {
+            engine: "unix:///run/opsdeck/engine.sock".into(),
+            readonly: false,
+            palette: Palette::Ansi16,
+        },
+        NOW,
+    );
+    app::update(&mut app, Msg::Conn(Update::Connecting { attempt: 0 }));
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Disconnected {
+            retry_in: Duration::from_secs(3),
+            attempt: 2,
+            why: "cannot reach the engine at unix:///run/opsdeck/engine.sock: \
+                  No such file or directory (os error 2)"
+                .into(),
+            shutting_down: false,
+        }),
+    );
+    app
+}
+
+#[test]
+fn a_console_that_never_connected_says_so_and_shows_unknowns_not_zeros() {
+    let mut app = never_connected();
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    let header = frame.lines().next().unwrap();
+    assert!(header.contains("never connected, retry in 3s"), "{header}");
+    assert!(
+        !header.contains("stale since"),
+        "nothing shown is stale: {header}"
+    );
+    assert!(frame.contains("never connected to unix:///run/opsdeck/engine.sock"));
+    assert!(frame.contains("No such file or directory"), "{frame}");
+    assert!(frame.contains("workers    ?"), "{frame}");
+    for zero in ["0 idle", "0 pending", "0 live", "0 ready"] {
+        assert!(!frame.contains(zero), "{zero} shown:\n{frame}");
+    }
+    assert_snapshot!(frame);
+
+    // A list says so too, with no count.
+    app::update(&mut app, key('5'));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("Queues ?"), "{frame}");
+    assert!(frame.contains("never connected to"), "{frame}");
+    assert!(!frame.contains("no queues yet"), "{frame}");
+
+    // Connected and loaded: the figures are the engine's.
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Connected {
+            whoami: whoami(&[], 0),
+            resumed_after: 0,
+        }),
+    );
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("reading what the engine holds"), "{frame}");
+    app::update(&mut app, Msg::Conn(Update::Snapshot(Box::new(snapshot()))));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("Queues 3"), "{frame}");
+    assert_eq!(app.unknown_words(), None);
+}
+
+#[test]
+fn a_terminal_below_60x16_gets_one_line_saying_so() {
+    for (w, h) in [(59, 24), (80, 15), (60, 10)] {
+        let frame = render(&mut app(), w, h).backend().to_string();
+        let first = frame.lines().next().unwrap();
+        assert!(
+            first.contains(&format!("terminal too small (need 60x16, have {w}x{h})")),
+            "{frame}"
+        );
+        assert!(!frame.contains('┌'), "no empty boxes at {w}x{h}:\n{frame}");
+    }
+    // Narrower than the line itself: it wraps rather than being cut.
+    let frame = render(&mut app(), 20, 5).backend().to_string();
+    assert!(frame.contains("terminal too"), "{frame}");
+    assert!(frame.contains("20x5)"), "{frame}");
+    // At the minimum, the console.
+    let frame = render(&mut app(), 60, 16).backend().to_string();
+    assert!(frame.lines().next().unwrap().contains("opsdeck"), "{frame}");
+    assert!(!frame.contains("too small"), "{frame}");
+}
+
+#[test]
+fn queue_sparklines_share_one_scale_so_one_ready_is_not_as_tall_as_eleven() {
+    let mut app = app();
+    for q in app.data.queues.values_mut() {
+        q.queue.ready = match q.queue.name.as_str() {
+            "build" => 11,
+            "deploy" => 1,
+            _ => 0,
+        };
+    }
+    app.data.depth.clear();
+    for _ in 0..8 {
+        app.data.sample();
+    }
+    app::update(&mut app, key('5'));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    let row = |name: &str| {
+        frame
+            .lines()
+            .find(|l| l.contains(&format!("│{name} ")))
+            .unwrap_or_else(|| panic!("no {name} row:\n{frame}"))
+            .to_owned()
+    };
+    assert!(row("build").contains("████████"), "{frame}");
+    assert!(row("deploy").contains("▃▃▃▃▃▃▃▃"), "{frame}");
+    assert!(
+        frame.contains("READY, MAX 11"),
+        "the scale is named:\n{frame}"
+    );
+
+    app::update(&mut app, key('1'));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("Queue depth (ready, max 11)"), "{frame}");
+    assert!(frame.contains("build     ████████"), "{frame}");
+    assert!(frame.contains("deploy    ▃▃▃▃▃▃▃▃"), "{frame}");
 }

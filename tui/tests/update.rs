@@ -13,11 +13,12 @@ use std::time::Duration;
 use common::*;
 use crossterm::event::KeyCode;
 use opsdeck_proto::v1::{
-    Approval, ApprovalState, Event, Quarantine, Run, RunState, RunUpdate, StepState, StepUpdate,
-    Worker, WorkerState,
+    Approval, ApprovalState, Event, Quarantine, Queue, Run, RunState, RunUpdate, StepState,
+    StepUpdate, Worker, WorkerState,
 };
 use opsdeck_tui::app::{
-    self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Screen, StatusKind,
+    self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Refreshed, Screen,
+    StatusKind,
 };
 use opsdeck_tui::conn::Update;
 
@@ -370,6 +371,7 @@ fn changes_are_refused_while_disconnected_and_allowed_again_once_live() {
             retry_in: Duration::from_secs(3),
             attempt: 0,
             why: "transport error".into(),
+            shutting_down: false,
         }),
     );
     assert_eq!(app::link_words(&app), "reconnecting in 3s");
@@ -419,6 +421,7 @@ fn a_dialog_open_when_the_link_breaks_does_not_send() {
             retry_in: Duration::from_secs(1),
             attempt: 0,
             why: "gone".into(),
+            shutting_down: false,
         }),
     );
     assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
@@ -663,6 +666,7 @@ fn reconnect(app: &mut opsdeck_tui::app::App, engine_id: &str, leader_epoch: u64
             retry_in: Duration::from_secs(1),
             attempt: 0,
             why: "gone".into(),
+            shutting_down: false,
         }),
     );
     let mut who = whoami(&[], leader_epoch);
@@ -1140,4 +1144,216 @@ fn queue_figures_and_step_changes_arrive_as_deltas() {
     assert_eq!(step.state(), StepState::Succeeded);
     assert_eq!(step.name, "compile");
     assert_eq!(app.data.queues["build"].queue.ready, 9);
+}
+
+fn disconnected(attempt: u32, why: &str, shutting_down: bool) -> Msg {
+    Msg::Conn(Update::Disconnected {
+        retry_in: Duration::from_secs(2),
+        attempt,
+        why: why.into(),
+        shutting_down,
+    })
+}
+
+#[test]
+fn a_break_noticed_late_is_stale_from_the_last_word_heard() {
+    let mut app = app();
+    app.now_ms = NOW + 7_000;
+    app::update(&mut app, Msg::Conn(Update::Heartbeat { seq: 45 }));
+    // The engine froze just after; the break is noticed seconds later.
+    app.now_ms = NOW + 11_000;
+    app::update(
+        &mut app,
+        disconnected(
+            0,
+            "the engine stopped answering (no reply to a ping within 2s)",
+            false,
+        ),
+    );
+    assert_eq!(app.conn.stale_since_ms, Some(NOW + 7_000));
+    assert_eq!(app.stale_since(), Some(NOW + 7_000));
+    // And stays so while it tries again.
+    app.now_ms = NOW + 20_000;
+    app::update(&mut app, disconnected(1, "gone", false));
+    assert_eq!(app.conn.stale_since_ms, Some(NOW + 7_000));
+}
+
+#[test]
+fn a_live_link_silent_past_the_heartbeat_is_stale_until_the_engine_speaks() {
+    let mut app = app();
+    app.now_ms = NOW + 10_000;
+    app::update(&mut app, Msg::Conn(Update::Heartbeat { seq: 45 }));
+    app.now_ms = NOW + 24_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(app::link_words(&app), "live");
+    assert_eq!(app.stale_since(), None);
+
+    app.now_ms = NOW + 27_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(app::link_words(&app), "no word for 17s");
+    assert_eq!(app.stale_since(), Some(NOW + 10_000));
+    let header = render(&mut app, 80, 24).backend().to_string();
+    let header = header.lines().next().unwrap();
+    assert!(header.contains("no word for 17s"), "{header}");
+    assert!(header.contains("stale since"), "{header}");
+
+    app::update(&mut app, Msg::Conn(Update::Heartbeat { seq: 45 }));
+    assert_eq!(app::link_words(&app), "live");
+    assert_eq!(app.stale_since(), None);
+}
+
+#[test]
+fn a_graceful_stop_is_said_as_one_on_every_retry_until_the_engine_is_back() {
+    let mut app = app();
+    app::update(
+        &mut app,
+        disconnected(
+            0,
+            "unavailable: the engine is shutting down; reconnect and resume from your last seq",
+            true,
+        ),
+    );
+    assert_eq!(app::link_words(&app), "engine shutting down");
+    says(&app, "the engine is shutting down");
+    // The retries fail on a socket that is gone: not news.
+    app::update(&mut app, Msg::Conn(Update::Connecting { attempt: 1 }));
+    app::update(
+        &mut app,
+        disconnected(
+            1,
+            "cannot reach the engine at unix:///run/opsdeck/engine.sock: No such file or directory (os error 2)",
+            false,
+        ),
+    );
+    assert_eq!(app::link_words(&app), "engine shut down, retry in 2s");
+    says(&app, "the engine is shutting down");
+    says(&app, "(attempt 2)");
+    assert!(!status(&app).contains("os error"), "{}", status(&app));
+    // Back: a later break is an ordinary one again.
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Connected {
+            whoami: whoami(&[], 0),
+            resumed_after: 45,
+        }),
+    );
+    assert_eq!(app::link_words(&app), "live");
+    app::update(&mut app, disconnected(0, "transport error", false));
+    assert_eq!(app::link_words(&app), "reconnecting in 2s");
+}
+
+#[test]
+fn a_queue_only_a_worker_serves_joins_the_queues_screen_at_the_next_refresh() {
+    let mut app = app();
+    app::update(&mut app, key('5'));
+    assert_eq!(app.rows, ["build", "deploy", "ops"]);
+    app.now_ms += 3_000;
+    let cmds = app::update(&mut app, Msg::Tick);
+    assert!(cmds.contains(&Cmd::Refresh), "{cmds:?}");
+    let mut queues: Vec<Queue> = app.data.queues.values().map(|q| q.queue.clone()).collect();
+    queues.push(Queue {
+        name: "canary".into(),
+        workers: 1,
+        ..Queue::default()
+    });
+    app.now_ms += 200;
+    app::update(
+        &mut app,
+        Msg::Refreshed(Ok(Refreshed {
+            workers: Vec::new(),
+            leases: Vec::new(),
+            queues,
+        })),
+    );
+    app.sync();
+    assert_eq!(app.rows, ["build", "canary", "deploy", "ops"]);
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(frame.contains("Queues 4"), "{frame}");
+    assert!(frame.contains("canary"), "{frame}");
+}
+
+#[test]
+fn colon_q_and_colon_quit_quit_instead_of_opening_queues() {
+    for command in ["q", "quit"] {
+        let mut app = app();
+        app::update(&mut app, key('4'));
+        app::update(&mut app, key(':'));
+        type_text(&mut app, command);
+        let cmds = app::update(&mut app, code(KeyCode::Enter));
+        assert_eq!(cmds, [Cmd::Quit], ":{command}");
+        assert!(app.quit);
+        assert_ne!(app.screen, Screen::Queues, ":{command}");
+    }
+    // A longer prefix still names the screen.
+    let mut app = app();
+    app::update(&mut app, key(':'));
+    type_text(&mut app, "qu");
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert_eq!(app.screen, Screen::Queues);
+}
+
+#[test]
+fn a_status_message_leaves_the_status_line_after_ten_seconds_but_stays_in_the_log() {
+    let mut app = app();
+    app.messages.clear();
+    app::update(&mut app, key('8'));
+    app::update(&mut app, key('F'));
+    says(&app, "stopped following");
+    app.now_ms += 9_000;
+    app::update(&mut app, Msg::Tick);
+    says(&app, "stopped following");
+    app.now_ms += 2_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(app.status, None, "gone after 10 s");
+    assert_eq!(
+        app.messages.back().map(|m| m.text.as_str()),
+        Some("stopped following")
+    );
+
+    // Word of a call still out stays until the answer.
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('a'));
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "ok");
+    app::update(&mut app, code(KeyCode::Tab));
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    assert!(matches!(cmds[..], [Cmd::Change { .. }]), "{cmds:?}");
+    assert_eq!(app.status.as_ref().unwrap().kind, StatusKind::Pending);
+    app.now_ms += 30_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(app.status.as_ref().unwrap().kind, StatusKind::Pending);
+}
+
+#[test]
+fn shift_l_and_colon_messages_list_the_last_50_status_messages() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    for i in 0..60 {
+        app.now_ms = NOW + i * 1_000;
+        // Each press says something: following, then not.
+        app::update(&mut app, key('8'));
+        app::update(&mut app, key('F'));
+    }
+    assert_eq!(app.messages.len(), app::MESSAGES_KEPT);
+    assert_eq!(app.messages.back().unwrap().at_ms, NOW + 59_000);
+    app::update(&mut app, key('L'));
+    assert_eq!(app.modal, Some(Modal::Messages { scroll: 0 }));
+    app::update(&mut app, key('j'));
+    assert_eq!(app.modal, Some(Modal::Messages { scroll: 1 }));
+    app::update(&mut app, code(KeyCode::Esc));
+    assert_eq!(app.modal, None);
+    app::update(&mut app, key(':'));
+    type_text(&mut app, "messages");
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.modal, Some(Modal::Messages { scroll: 0 }));
+    let frame = render(&mut app, 80, 24).backend().to_string();
+    assert!(
+        frame.contains("messages (the last 50, newest first)"),
+        "{frame}"
+    );
+    let newest = opsdeck_tui::widgets::header::clock(NOW + 59_000);
+    assert!(
+        frame.contains(&format!("{newest}  following new events")),
+        "{frame}"
+    );
 }

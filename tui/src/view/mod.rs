@@ -19,12 +19,12 @@ pub mod workers;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Widget};
+use ratatui::widgets::{Paragraph, Widget, Wrap};
 
 use crate::app::{App, Link, Modal, RunView, Screen};
 use crate::model::Data;
 use crate::widgets::table::ListTable;
-use crate::widgets::{Rows, confirm, footer, header, help};
+use crate::widgets::{Rows, confirm, footer, header, help, messages};
 use theme::Theme;
 
 /// What every screen's view gets.
@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub run: &'a RunView,
     pub theme: Theme,
     pub now: i64,
+    /// Why nothing is known yet, until the first snapshot.
+    pub unknown: Option<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -45,14 +47,18 @@ impl<'a> Ctx<'a> {
             run,
             theme: Theme::new(app.palette),
             now: app.now_ms,
+            unknown: app.unknown_words(),
         }
     }
 
     /// Why what is shown may be out of date, for list titles.
     pub fn stale(&self) -> Option<&'static str> {
-        if self.app.frozen.is_some() {
+        if self.unknown.is_some() {
+            // Nothing shown to be out of date.
+            None
+        } else if self.app.frozen.is_some() {
             Some("frozen")
-        } else if self.app.conn.link != Link::Live {
+        } else if self.app.conn.link != Link::Live || self.app.quiet_since().is_some() {
             Some("stale")
         } else {
             None
@@ -90,11 +96,17 @@ impl<'a> Ctx<'a> {
             empty,
             elsewhere: None,
             stale: self.stale(),
+            unknown: self.unknown.as_deref(),
             alert: None,
             theme: &self.theme,
         }
     }
 }
+
+/// The smallest terminal the screens fit: below it they would be empty
+/// boxes, so one line says what is needed instead.
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 16;
 
 /// The whole frame.
 pub struct Console<'a>(pub &'a App);
@@ -102,6 +114,10 @@ pub struct Console<'a>(pub &'a App);
 impl Widget for Console<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let app = self.0;
+        if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+            too_small(area, buf);
+            return;
+        }
         let ctx = Ctx::new(app);
         let theme = ctx.theme;
         let (head, tabs, foot) = match area.height {
@@ -128,9 +144,22 @@ impl Widget for Console<'_> {
         match &app.modal {
             Some(Modal::Confirm(c)) => confirm::render(c, &theme, area, buf),
             Some(Modal::Help { scroll }) => help::render(app, &theme, *scroll, area, buf),
+            Some(Modal::Messages { scroll }) => messages::render(app, &theme, *scroll, area, buf),
             None => {}
         }
     }
+}
+
+/// "terminal too small (need 60x16, have 40x10)", wrapped when even that
+/// line does not fit.
+fn too_small(area: Rect, buf: &mut Buffer) {
+    let text = format!(
+        "terminal too small (need {MIN_WIDTH}x{MIN_HEIGHT}, have {}x{})",
+        area.width, area.height
+    );
+    Paragraph::new(text)
+        .wrap(Wrap { trim: true })
+        .render(area, buf);
 }
 
 /// The order in which tabs give up their names when the line is too

@@ -7,7 +7,7 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Paragraph, Widget};
+use ratatui::widgets::{Block, Paragraph, Widget, Wrap};
 
 use super::Ctx;
 use super::events::{kind_style, message};
@@ -16,7 +16,7 @@ use crate::cli::step_number;
 use crate::keys::Action;
 use crate::model::{Figures, RATE_WINDOW_MS, figures, overdue};
 use crate::roles;
-use crate::widgets::sparkline::spark;
+use crate::widgets::sparkline::{spark, top};
 use crate::widgets::{Rows, fit};
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
@@ -44,7 +44,23 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let pending = u16::try_from(f.pending_approvals.min(4)).unwrap_or(4);
     let approvals_height = if pending == 0 { 0 } else { pending + 2 };
     approvals(ctx, rows.take(approvals_height.min(rows.left() / 2)), buf);
-    latest(ctx, rows.rest(), buf);
+    match &ctx.unknown {
+        Some(why) => unknown(ctx, why, rows.rest(), buf),
+        None => latest(ctx, rows.rest(), buf),
+    }
+}
+
+/// In place of the latest events until something is known: why not.
+fn unknown(ctx: &Ctx, why: &str, area: Rect, buf: &mut Buffer) {
+    if area.height == 0 {
+        return;
+    }
+    let block = block(ctx, "Connection");
+    Paragraph::new(why)
+        .style(ctx.theme.warn())
+        .wrap(Wrap { trim: false })
+        .block(block)
+        .render(area, buf);
 }
 
 fn block<'a>(ctx: &Ctx, title: &'a str) -> Block<'a> {
@@ -57,9 +73,6 @@ fn block<'a>(ctx: &Ctx, title: &'a str) -> Block<'a> {
 }
 
 fn depth(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
-    let block = block(ctx, "Queue depth (ready)");
-    let inner = block.inner(area);
-    block.render(area, buf);
     let name_width = ctx
         .data
         .queues
@@ -70,15 +83,27 @@ fn depth(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         .min(16);
     // name, sparkline, figure
     // Room for the name, the figure and "paused".
-    let spark_width = usize::from(inner.width)
+    let spark_width = usize::from(area.width.saturating_sub(2))
         .saturating_sub(name_width + 13)
         .max(1);
+    // One scale for every queue, named in the title.
+    let max = top(ctx.data.depth.values(), spark_width);
+    let title = if max == 0 {
+        "Queue depth (ready)".to_owned()
+    } else {
+        format!("Queue depth (ready, max {max})")
+    };
+    let block = block(ctx, &title);
+    let inner = block.inner(area);
+    block.render(area, buf);
     let mut lines = Vec::new();
     for (name, seen) in &ctx.data.queues {
         let q = &seen.queue;
         let samples = ctx.data.depth.get(name);
-        let line =
-            samples.map_or_else(|| " ".repeat(spark_width), |s| spark(s.iter(), spark_width));
+        let line = samples.map_or_else(
+            || " ".repeat(spark_width),
+            |s| spark(s.iter(), spark_width, max),
+        );
         let mut spans = vec![
             Span::raw(format!("{:<name_width$} ", fit(name, name_width))),
             Span::styled(line, ctx.theme.tone(crate::cli::table::Tone::Busy)),
@@ -89,7 +114,9 @@ fn depth(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         }
         lines.push(Line::from(spans));
     }
-    if lines.is_empty() {
+    if ctx.unknown.is_some() {
+        lines = vec![Line::styled("not known yet", ctx.theme.dim())];
+    } else if lines.is_empty() {
         lines.push(Line::styled("no queues yet", ctx.theme.dim()));
     }
     Paragraph::new(lines).render(inner, buf);
@@ -106,6 +133,23 @@ fn now(ctx: &Ctx, f: &Figures, area: Rect, buf: &mut Buffer) {
     let block = block(ctx, "Now");
     let inner = block.inner(area);
     block.render(area, buf);
+    if ctx.unknown.is_some() {
+        // Not zeros: nothing has been heard, so nothing is known.
+        let lines: Vec<Line> = [
+            "workers",
+            "approvals",
+            "leases",
+            "steps",
+            "per min",
+            "runs",
+            "failed",
+        ]
+        .into_iter()
+        .map(|label| figure(ctx, label, vec![Span::styled("?", t.warn())]))
+        .collect();
+        Paragraph::new(lines).render(inner, buf);
+        return;
+    }
     let warn_if = |n: usize, style: Style| if n > 0 { style } else { t.dim() };
     let mut workers = vec![Span::raw(format!(
         "{} idle, {} busy",

@@ -9,7 +9,7 @@ use ratatui::widgets::{Cell, Row};
 use super::{Ctx, count};
 use crate::app::Screen;
 use crate::cli::time::duration_or_dash;
-use crate::widgets::sparkline::spark;
+use crate::widgets::sparkline::{spark, top};
 
 /// Columns before the sparkline: what it may not take.
 const FIXED: u16 = 6 + 5 + 5 + 4 + 6 + 4 + 6 + 3 + 9;
@@ -30,6 +30,13 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         Constraint::Fill(1),
     ];
     let spark_width = usize::from(area.width.saturating_sub(FIXED + 12) / 2).max(1);
+    // One scale for every queue, named in the column's title.
+    let max = top(ctx.data.depth.values(), spark_width);
+    let spark_title = if max == 0 {
+        "READY, LAST MINUTES".to_owned()
+    } else {
+        format!("READY, MAX {max}")
+    };
     let header = [
         "QUEUE",
         "STATE",
@@ -40,7 +47,7 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         "IN/m",
         "DONE/m",
         "WKR",
-        "READY, LAST MINUTES",
+        &spark_title,
     ];
     ctx.list(
         Screen::Queues,
@@ -57,7 +64,7 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
                 let q = &seen.queue;
                 let state = if q.paused { "paused" } else { "active" };
                 let samples = ctx.data.depth.get(&q.name);
-                let line = samples.map_or_else(String::new, |s| spark(s.iter(), spark_width));
+                let line = samples.map_or_else(String::new, |s| spark(s.iter(), spark_width, max));
                 let workers = if q.workers == 0 && q.ready > 0 {
                     Span::styled("0", t.alert())
                 } else {

@@ -1,6 +1,7 @@
 //! The two bottom lines: the keys that work on this screen (from the
 //! keymap, less what the caller's roles do not allow), and the status line — the last action's outcome in words, or
-//! the filter / `:` being typed.
+//! the filter / `:` being typed. A message leaves the status line after
+//! a while ([`crate::app::STATUS_MS`]); `L` lists the last ones.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -56,14 +57,17 @@ pub fn status_line(app: &App, theme: &Theme) -> Line<'static> {
                 Span::styled(":", theme.key()),
                 Span::raw(text.clone()),
                 Span::styled("█", theme.dim()),
-                Span::styled(format!("  a screen: {}", names.join(" ")), theme.dim()),
+                Span::styled(
+                    format!("  a screen: {}; messages; q quits", names.join(" ")),
+                    theme.dim(),
+                ),
             ]);
         }
         Input::Normal => {}
     }
     let Some(status) = &app.status else {
         return Line::from(Span::styled(
-            "digits switch screens, enter opens, ? shows every key",
+            "digits switch screens, enter opens, L lists messages, ? every key",
             theme.dim(),
         ));
     };

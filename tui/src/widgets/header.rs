@@ -34,14 +34,14 @@ pub fn clock(ms: i64) -> String {
 fn badges(app: &App, theme: &Theme) -> Vec<Span<'static>> {
     let (data, _) = app.shown();
     let mut out = Vec::new();
-    let live = app.conn.link == Link::Live;
+    let live = app.conn.link == Link::Live && app.quiet_since().is_none();
     let state = match &app.conn.link {
         Link::Loading if !data.loaded => " loading ".to_owned(),
         Link::Loading => " resyncing ".to_owned(),
         _ => format!(" {} ", link_words(app)),
     };
     out.push(Span::styled(state, theme.link(live)));
-    if let Some(since) = app.conn.stale_since_ms {
+    if let Some(since) = app.stale_since() {
         out.push(Span::styled(
             format!(" stale since {} ", clock(since)),
             theme.link(false),

@@ -6,12 +6,14 @@
 //! - [`sparkline`]: a depth history as one line of block characters.
 //! - [`confirm`]: the confirmation dialog, with tui-textarea fields.
 //! - [`help`]: every key, from the keymap.
+//! - [`messages`]: the last status messages, with their times.
 //! - [`header`], [`footer`]: the bars above and below.
 
 pub mod confirm;
 pub mod footer;
 pub mod header;
 pub mod help;
+pub mod messages;
 pub mod sparkline;
 pub mod table;
 

@@ -8,7 +8,7 @@ use std::ops::Range;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Paragraph, Row, StatefulWidget, Table, TableState, Widget};
+use ratatui::widgets::{Block, Paragraph, Row, StatefulWidget, Table, TableState, Widget, Wrap};
 
 use crate::view::theme::Theme;
 
@@ -38,6 +38,9 @@ pub struct ListTable<'a> {
     pub elsewhere: Option<&'a str>,
     /// Mark the data as possibly out of date (disconnected, frozen).
     pub stale: Option<&'a str>,
+    /// Nothing is known yet (never connected): why, said instead of the
+    /// rows, and the count is "?".
+    pub unknown: Option<&'a str>,
     /// What needs someone, after the count: "(1 STUCK)".
     pub alert: Option<String>,
     pub theme: &'a Theme,
@@ -53,7 +56,10 @@ impl ListTable<'_> {
     ) {
         let t = self.theme;
         let mut title = vec![Span::styled(format!(" {} ", self.title), t.heading())];
-        title.push(Span::raw(format!("{} ", self.total)));
+        match self.unknown {
+            Some(_) => title.push(Span::styled("? ", t.warn())),
+            None => title.push(Span::raw(format!("{} ", self.total))),
+        }
         if let Some(alert) = &self.alert {
             title.push(Span::styled(alert.clone(), t.alert()));
             title.push(Span::raw(" "));
@@ -71,6 +77,13 @@ impl ListTable<'_> {
         let inner = block.inner(area);
         block.render(area, buf);
         if inner.width == 0 || inner.height == 0 {
+            return;
+        }
+        if let Some(why) = self.unknown {
+            Paragraph::new(why)
+                .style(t.warn())
+                .wrap(Wrap { trim: false })
+                .render(inner, buf);
             return;
         }
         if self.total == 0 {
