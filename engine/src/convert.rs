@@ -166,6 +166,7 @@ pub fn step(run_id: &str, s: &Step) -> pb::Step {
             out.max_attempts = e.max_attempts;
             out.priority = e.priority;
             out.backoff_ms = e.backoff_ms;
+            out.worker = e.worker.clone().into_iter().collect();
         }
         StepKindSpec::Approval(_) => out.kind = pb::StepKind::Approval as i32,
     }

@@ -216,3 +216,49 @@ async fn a_recycled_worker_comes_back_with_the_next_generation_and_its_in_flight
         .await;
     assert_eq!(done.steps[0].worker_id, "w1");
 }
+
+#[tokio::test]
+async fn a_step_selecting_worker_labels_runs_only_on_a_worker_carrying_them() {
+    let engine = Engine::start_default().await;
+    let ams = Worker::spawn(&engine, "w-ams", &["sites"], 2, &["--label", "site=ams1"]);
+    let fra = Worker::spawn(
+        &engine,
+        "w-fra",
+        &["sites"],
+        2,
+        &["--label", "site=fra1", "--label", "gpu=yes"],
+    );
+    for w in [&ams, &fra] {
+        engine.wait_worker(w.id(), |x| x.connected, DEADLINE).await;
+    }
+    let picky = "name = \"train\"\n[[step]]\nqueue = \"sites\"\nrun = \"echo trained\"\nworker = { site = \"fra1\", gpu = \"yes\" }\n";
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(engine.submit(picky).await);
+    }
+    for run in &runs {
+        let done = engine
+            .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+            .await;
+        assert_eq!(done.steps[0].worker_id, "w-fra", "{done:?}");
+        assert_eq!(
+            done.steps[0].worker.get("site").map(String::as_str),
+            Some("fra1")
+        );
+    }
+    // Nobody carries it: the step waits, saying why.
+    let nowhere = engine
+        .submit("name = \"nyc\"\n[[step]]\nqueue = \"sites\"\nrun = \"true\"\nworker = { site = \"nyc1\" }\n")
+        .await;
+    let waiting = wait_for("the step to say why it waits", DEADLINE, || async {
+        let run = engine.get_run(&nowhere.id).await;
+        (!run.steps[0].waiting_for.is_empty()).then_some(run)
+    })
+    .await;
+    assert_eq!(waiting.state(), RunState::Queued);
+    assert!(
+        waiting.steps[0].waiting_for.contains("site=nyc1"),
+        "{:?}",
+        waiting.steps[0].waiting_for
+    );
+}

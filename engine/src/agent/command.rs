@@ -60,7 +60,8 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub slots: u32,
 
-    /// A label the engine can match steps on; repeat for several.
+    /// A label steps can select this worker by (`worker = { KEY = "VALUE" }`
+    /// in a spec); repeat for several.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
 

@@ -120,12 +120,21 @@ pub struct ExecSpec {
     /// The first retry's delay; each later one doubles it, up to [`MAX_BACKOFF_MS`].
     pub backoff_ms: u64,
     pub priority: i32,
+    /// Only workers carrying every one of these labels take the step
+    /// (`worker = { site = "fra1" }`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker: BTreeMap<String, String>,
 }
 
 /// The longest a retry backoff grows to.
 pub const MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
 
 impl ExecSpec {
+    /// Whether a worker with `labels` may take the step.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.worker.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
     /// The delay before the retry that follows failed attempt `attempt` (1-based).
     pub fn backoff_after(&self, attempt: u32) -> u64 {
         let doublings = attempt.saturating_sub(1).min(32);
@@ -380,6 +389,12 @@ pub struct Worker {
 
 impl Worker {
     /// Whether it takes steps of `queue`.
+    /// Whether this worker may take `exec`: it serves the step's queue and
+    /// carries every label the step selects on.
+    pub fn takes(&self, exec: &ExecSpec) -> bool {
+        self.serves(&exec.queue) && exec.selects(&self.labels)
+    }
+
     pub fn serves(&self, queue: &str) -> bool {
         self.queues
             .iter()
@@ -639,6 +654,7 @@ mod tests {
             max_attempts: 50,
             backoff_ms: 1000,
             priority: 0,
+            worker: BTreeMap::new(),
         };
         assert_eq!(spec.backoff_after(1), 1000);
         assert_eq!(spec.backoff_after(2), 2000);

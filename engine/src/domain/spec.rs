@@ -138,6 +138,9 @@ struct RawStep {
     max_attempts: Option<u32>,
     backoff: Option<String>,
     priority: Option<i32>,
+    /// Labels a worker must carry to take the step.
+    #[serde(default)]
+    worker: BTreeMap<String, String>,
     approval: Option<RawApproval>,
 }
 
@@ -244,6 +247,7 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
             ("max_attempts", raw.max_attempts.is_some()),
             ("backoff", raw.backoff.is_some()),
             ("priority", raw.priority.is_some()),
+            ("worker", !raw.worker.is_empty()),
         ];
         if let Some((field, _)) = exec_fields.iter().find(|(_, set)| *set) {
             return Err(invalid(format!(
@@ -381,6 +385,21 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
         Some(b) => duration_ms(&b, "backoff").map_err(invalid)?,
         None => DEFAULT_BACKOFF.as_millis() as u64,
     };
+    if raw.worker.len() > 16 {
+        return Err(invalid(format!(
+            "`worker` selects on {} labels; use at most 16",
+            raw.worker.len()
+        )));
+    }
+    if let Some(k) = raw
+        .worker
+        .keys()
+        .find(|k| k.trim().is_empty() || k.len() > 128)
+    {
+        return Err(invalid(format!(
+            "`worker` label name {k:?} must be 1 to 128 characters"
+        )));
+    }
     Ok(StepSpec::exec(
         name,
         ExecSpec {
@@ -392,6 +411,7 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
             max_attempts,
             backoff_ms,
             priority: raw.priority.unwrap_or(0),
+            worker: raw.worker,
         },
     ))
 }

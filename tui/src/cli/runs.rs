@@ -706,6 +706,15 @@ fn step_table(steps: &[Step], now: i64) -> Table {
         if !step.message.is_empty() {
             note.push(step.message.clone());
         }
+        if !step.worker.is_empty() {
+            let mut wanted: Vec<String> = step
+                .worker
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            wanted.sort();
+            note.push(format!("worker {}", wanted.join(",")));
+        }
         if !step.waiting_for.is_empty() {
             note.push(format!("waits: {}", step.waiting_for));
         }

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Ready steps of one queue one dispatch passes over (their `worker` labels
+/// match no free worker) before it stops looking further down the queue.
+const MAX_PASSED_OVER: usize = 256;
+
 impl State {
     /// Pauses or resumes a queue. A name no step has used and no worker
     /// serves is most likely a typo: NOT_FOUND listing the known queues,
@@ -95,11 +99,32 @@ impl State {
         // Each worker's steps go in one message.
         let mut assigned: BTreeMap<String, Vec<pb::Assignment>> = BTreeMap::new();
         for queue in queues {
-            while let Some(slot) = free.iter().position(|(id, f)| {
-                *f > 0 && self.workers.get(id).is_some_and(|w| w.serves(&queue))
-            }) {
+            // Steps whose `worker` labels no free worker carries keep their
+            // place; the ones behind them may go meanwhile.
+            let mut passed_over = Vec::new();
+            while free
+                .iter()
+                .any(|(id, f)| *f > 0 && self.workers.get(id).is_some_and(|w| w.serves(&queue)))
+                && passed_over.len() < MAX_PASSED_OVER
+            {
                 let Some(key) = self.next_ready(&queue) else {
                     break;
+                };
+                let exec = self
+                    .runs
+                    .get(&key.run_id)
+                    .and_then(|r| r.step(key.step))
+                    .and_then(|s| s.exec());
+                let slot = free.iter().position(|(id, f)| {
+                    *f > 0
+                        && self
+                            .workers
+                            .get(id)
+                            .is_some_and(|w| exec.is_some_and(|e| w.takes(e)))
+                });
+                let Some(slot) = slot else {
+                    passed_over.push(key);
+                    continue;
                 };
                 let worker_id = free[slot].0.clone();
                 free[slot].1 -= 1;
@@ -109,6 +134,9 @@ impl State {
                 if let Some(a) = self.grant(tx, &key.run_id, key.step, &worker_id) {
                     assigned.entry(worker_id).or_default().push(a);
                 }
+            }
+            for key in passed_over {
+                self.put_back(&queue, key);
             }
         }
         for (worker_id, mut batch) in assigned {
@@ -122,6 +150,20 @@ impl State {
             };
             self.send(tx, &worker_id, kind);
         }
+    }
+
+    /// Puts a step taken with [`next_ready`](Self::next_ready) back in its
+    /// place.
+    fn put_back(&mut self, queue: &str, key: ReadyKey) {
+        let since = self
+            .runs
+            .get(&key.run_id)
+            .and_then(|r| r.step(key.step))
+            .and_then(|s| s.ready_since)
+            .unwrap_or(0);
+        let q = self.queue_live(queue);
+        q.ages.insert(key.order, since);
+        q.ready.insert(key);
     }
 
     /// Takes the next ready step of a queue, passing over quarantined run names.

@@ -934,4 +934,60 @@ mod tests {
             "{kinds:?}"
         );
     }
+
+    #[test]
+    fn a_step_goes_only_to_a_worker_carrying_the_labels_it_selects() {
+        let mut s = state();
+        let (out, mut ams) = mpsc::unbounded_channel();
+        let hello = |id: &str, site: &str| pb::Hello {
+            worker_id: id.into(),
+            queues: vec!["q".into()],
+            slots: 4,
+            generation: 1,
+            labels: [("site".to_owned(), site.to_owned())].into(),
+            ..Default::default()
+        };
+        let mut tx = Tx::new(T0);
+        s.hello(
+            &mut tx,
+            1,
+            "ams",
+            &AgentScope::unbounded(),
+            hello("ams", "ams1"),
+            out,
+        )
+        .unwrap();
+        run_effects(tx);
+        let picky =
+            "name = \"p\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\nworker = { site = \"fra1\" }\n";
+        let waiting = submit(&mut s, picky);
+        let plain = submit(&mut s, ONE_STEP);
+        dispatch(&mut s, T0 + 1);
+        // The plain step behind it goes; the picky one keeps its place.
+        let got = assignments(&mut ams);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].run_id, plain);
+        let why = s.get_run(&waiting, T0 + 2).unwrap().steps[0]
+            .waiting_for
+            .clone();
+        assert!(why.contains("site=fra1"), "{why}");
+
+        let (out, mut fra) = mpsc::unbounded_channel();
+        let mut tx = Tx::new(T0 + 3);
+        s.hello(
+            &mut tx,
+            2,
+            "fra",
+            &AgentScope::unbounded(),
+            hello("fra", "fra1"),
+            out,
+        )
+        .unwrap();
+        run_effects(tx);
+        dispatch(&mut s, T0 + 4);
+        let got = assignments(&mut fra);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].run_id, waiting);
+        assert!(assignments(&mut ams).is_empty());
+    }
 }

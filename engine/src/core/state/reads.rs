@@ -53,6 +53,24 @@ impl State {
         if serving.is_empty() {
             return format!("no connected worker serves queue {queue}");
         }
+        if let Some(exec) = self
+            .runs
+            .get(run_id)
+            .and_then(|r| r.step(index))
+            .and_then(|s| s.exec())
+            .filter(|e| !e.worker.is_empty())
+            && !serving.iter().any(|w| exec.selects(&w.labels))
+        {
+            let wanted: Vec<String> = exec
+                .worker
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            return format!(
+                "no connected worker on queue {queue} carries the labels it selects ({})",
+                wanted.join(", ")
+            );
+        }
         if serving.iter().all(|w| w.state != WorkerState::Online) {
             return format!("every worker serving queue {queue} is draining");
         }
