@@ -118,6 +118,8 @@ pub fn step_update(s: &Step) -> pb::StepUpdate {
         finished_at_ms: s.finished_at.unwrap_or(0),
         next_attempt_at_ms: s.next_attempt_at.unwrap_or(0),
         approval_id: s.approval_id.clone().unwrap_or_default(),
+        attempts_counted: s.attempts_counted(),
+        attempts_given_back: s.given_back,
     }
 }
 
@@ -137,6 +139,8 @@ pub fn step(run_id: &str, s: &Step) -> pb::Step {
         finished_at_ms: s.finished_at.unwrap_or(0),
         next_attempt_at_ms: s.next_attempt_at.unwrap_or(0),
         approval_id: s.approval_id.clone().unwrap_or_default(),
+        attempts_counted: s.attempts_counted(),
+        attempts_given_back: s.given_back,
         ..Default::default()
     };
     match &s.spec.kind {

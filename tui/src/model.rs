@@ -247,6 +247,8 @@ pub fn apply_step_update(run: &mut Run, update: &StepUpdate) {
     };
     step.state = update.state;
     step.attempt = update.attempt;
+    step.attempts_counted = update.attempts_counted;
+    step.attempts_given_back = update.attempts_given_back;
     step.lease_id.clone_from(&update.lease_id);
     step.worker_id.clone_from(&update.worker_id);
     step.exit_code = update.exit_code;
@@ -949,6 +951,8 @@ mod tests {
                         finished_at_ms: NOW - 1,
                         next_attempt_at_ms: NOW + 1_000,
                         approval_id: String::new(),
+                        attempts_counted: 1,
+                        attempts_given_back: 0,
                     },
                     StepUpdate {
                         index: 1,

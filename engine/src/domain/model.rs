@@ -220,6 +220,10 @@ pub struct Step {
     /// Attempts already spent before the last operator retry; the attempt
     /// budget counts from here.
     pub attempt_base: u32,
+    /// Attempts since then given back: their lease was lost (expired, force-
+    /// released to the queue, its worker gone), not failed by the step.
+    #[serde(default)]
+    pub given_back: u32,
     /// The fencing token of the latest lease; grows with every attempt.
     pub fence: u64,
     pub lease_id: Option<String>,
@@ -242,6 +246,7 @@ impl Step {
             state: StepState::Blocked,
             attempt: 0,
             attempt_base: 0,
+            given_back: 0,
             fence: 0,
             lease_id: None,
             worker_id: None,
@@ -267,9 +272,17 @@ impl Step {
     }
 
     /// Whether a failed attempt leaves another one in the budget.
+    /// Attempts that count against `max_attempts`: those since the last
+    /// operator retry, less the ones given back.
+    pub fn attempts_counted(&self) -> u32 {
+        self.attempt
+            .saturating_sub(self.attempt_base)
+            .saturating_sub(self.given_back)
+    }
+
     pub fn has_attempts_left(&self) -> bool {
         self.exec()
-            .is_some_and(|e| self.attempt.saturating_sub(self.attempt_base) < e.max_attempts)
+            .is_some_and(|e| self.attempts_counted() < e.max_attempts)
     }
 }
 

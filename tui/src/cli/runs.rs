@@ -684,7 +684,7 @@ fn step_table(steps: &[Step], now: i64) -> Table {
     for step in steps {
         let exec = step.kind() == StepKind::Exec;
         let attempt = if exec && step.attempt > 0 {
-            format!("{}/{}", step.attempt, step.max_attempts)
+            super::attempt_text(step)
         } else {
             String::new()
         };

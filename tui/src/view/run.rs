@@ -130,7 +130,7 @@ fn steps(ctx: &Ctx, run: &Run, area: Rect, buf: &mut Buffer) {
             let state = word_of::<StepState>(s.state);
             let exec = s.kind() == StepKind::Exec;
             let attempt = if exec && s.attempt > 0 {
-                format!("{}/{}", s.attempt, s.max_attempts)
+                crate::cli::attempt_text(s)
             } else {
                 String::new()
             };

@@ -990,4 +990,41 @@ mod tests {
         assert_eq!(got[0].run_id, waiting);
         assert!(assignments(&mut ams).is_empty());
     }
+
+    #[test]
+    fn an_attempt_whose_lease_was_lost_is_given_back_not_counted() {
+        let mut s = state();
+        let mut w = worker(&mut s, "w", &["q"], 1);
+        let once = "name = \"o\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n";
+        let run = submit(&mut s, once);
+        dispatch(&mut s, T0 + 1);
+        let first = assignments(&mut w).remove(0);
+        let mut tx = Tx::new(T0 + 2);
+        s.force_release(&mut tx, &first.lease_id, false, &alice(), "stuck")
+            .unwrap();
+        run_effects(tx);
+        let mut tx = Tx::new(T0 + 3);
+        s.step_result(
+            &mut tx,
+            "w",
+            pb::StepResult {
+                lease_id: first.lease_id.clone(),
+                fencing_token: first.fencing_token,
+                ..Default::default()
+            },
+        );
+        run_effects(tx);
+        dispatch(&mut s, T0 + 4);
+        assert_eq!(assignments(&mut w).len(), 1);
+        let step = s.get_run(&run, T0 + 5).unwrap().steps[0].clone();
+        assert_eq!(
+            (
+                step.attempt,
+                step.attempts_counted,
+                step.attempts_given_back
+            ),
+            (2, 1, 1),
+            "the second lease is the first attempt that counts"
+        );
+    }
 }

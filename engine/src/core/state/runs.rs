@@ -202,6 +202,7 @@ impl State {
         run.message.clear();
         if let Some(step) = run.step_mut(index) {
             step.attempt_base = step.attempt;
+            step.given_back = 0;
             step.exit_code = None;
             step.message.clear();
             step.finished_at = None;
@@ -345,6 +346,10 @@ impl State {
         if run.state.is_final() || !live {
             return;
         }
+        // The step did not fail: the attempt is given back.
+        if let Some(step) = self.runs.get_mut(run_id).and_then(|r| r.step_mut(index)) {
+            step.given_back += 1;
+        }
         self.make_ready(tx, run_id, index, actor, reason);
     }
 
@@ -411,7 +416,7 @@ impl State {
         if step.has_attempts_left() {
             let delay = step
                 .exec()
-                .map_or(0, |e| e.backoff_after(step.attempt - step.attempt_base));
+                .map_or(0, |e| e.backoff_after(step.attempts_counted()));
             let due = tx.now + i64::try_from(delay).unwrap_or(i64::MAX / 4);
             step.state = StepState::RetryWait;
             step.next_attempt_at = Some(due);
