@@ -8,9 +8,10 @@
 //! percent-encoded, as the `:authority`, which the engine's HTTP/2 server
 //! refuses as malformed.
 //!
-//! The Python environment comes from `.ci/run`, which makes a venv with
-//! grpcio, grpcio-tools, grpcio-reflection and grpcio-health-checking and
-//! names it in `OPSDECK_TEST_PYTHON_VENV`.
+//! The Python environment: a venv with grpcio, grpcio-tools,
+//! grpcio-reflection and grpcio-health-checking, which `.ci/run` makes
+//! before the tests (and names in `OPSDECK_TEST_PYTHON_VENV`), or this test
+//! makes in `target/python-venv` on first use.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,20 +32,44 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The venv's interpreter; fails the test, naming the `.ci/run` step, when
-/// there is none.
+/// The Python packages the client needs.
+const PACKAGES: [&str; 4] = [
+    "grpcio",
+    "grpcio-tools",
+    "grpcio-reflection",
+    "grpcio-health-checking",
+];
+
+/// The venv's interpreter: the one `OPSDECK_TEST_PYTHON_VENV` names
+/// (`.ci/run` makes it before the tests), else `target/python-venv`, made
+/// here with the packages from PyPI when it is not there yet. Fails the
+/// test, saying what to install, when it cannot be made.
 fn python() -> PathBuf {
-    let how = "`.ci/run` makes it (the `python3 -m venv target/python-venv` and `pip install grpcio \
-               grpcio-tools grpcio-reflection grpcio-health-checking` step just before `cargo nextest run`); \
-               run that step and export the variable";
-    let Some(venv) = std::env::var_os(VENV_VAR) else {
-        panic!("{VENV_VAR} is not set: it names the Python venv this test needs. {how}");
-    };
-    let python = Path::new(&venv).join("bin").join("python");
+    let venv = std::env::var_os(VENV_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("python-venv"));
+    let python = venv.join("bin").join("python");
+    if python.exists() {
+        return python;
+    }
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status();
     assert!(
-        python.exists(),
-        "{VENV_VAR}={} has no bin/python. {how}",
-        python.display()
+        made.is_ok_and(|s| s.success()),
+        "cannot make the Python venv {}: install python3 and python3-venv \
+         (`apt-get install python3-venv`), or set {VENV_VAR} to a venv holding {PACKAGES:?}",
+        venv.display()
+    );
+    let installed = std::process::Command::new(venv.join("bin").join("pip"))
+        .args(["install", "--quiet"])
+        .args(PACKAGES)
+        .status();
+    assert!(
+        installed.is_ok_and(|s| s.success()),
+        "cannot install {PACKAGES:?} from PyPI into {}; install them there, or set {VENV_VAR}",
+        venv.display()
     );
     python
 }
