@@ -131,16 +131,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         exe,
         database,
     };
-    if plan.restart {
-        print_line(restart(&ctx).await.context("the restart scenario failed")?);
+    let all = async {
+        if plan.restart {
+            print_line(restart(&ctx).await.context("the restart scenario failed")?);
+        }
+        for scenario in plan.scenarios {
+            let line = run_scenario(&ctx, scenario)
+                .await
+                .with_context(|| format!("the {} scenario failed", scenario.name()))?;
+            print_line(line);
+        }
+        anyhow::Ok(())
+    };
+    // Ctrl-C drops the scenario in hand, and with it its engine and its
+    // database, rather than leaving them behind.
+    tokio::select! {
+        done = all => done,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
     }
-    for scenario in plan.scenarios {
-        let line = run_scenario(&ctx, scenario)
-            .await
-            .with_context(|| format!("the {} scenario failed", scenario.name()))?;
-        print_line(line);
-    }
-    Ok(())
 }
 
 /// What to run, from the flags.
@@ -594,13 +602,43 @@ impl Database {
     }
 
     /// Drops a PostgreSQL database (the directory goes with `self`).
-    async fn remove(self) {
-        if let Some((server, name)) = &self.postgres
-            && let Err(e) = drop_postgres_database(server, name).await
+    async fn remove(mut self) {
+        if let Some((server, name)) = self.postgres.take()
+            && let Err(e) = drop_postgres_database(&server, &name).await
         {
-            tracing::warn!(database = %name, error = %format!("{e:#}"), "cannot drop the bench database; drop it by hand");
+            warn_not_dropped(&name, &e);
         }
     }
+}
+
+/// A scenario that did not get to [`Database::remove`] (a panic, or its
+/// future dropped at ctrl-c) still drops its database.
+impl Drop for Database {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.postgres.take() else {
+            return;
+        };
+        // A drop cannot await, and runs inside the bench's runtime, where
+        // another cannot start: a thread with a runtime of its own.
+        let dropped = std::thread::spawn({
+            let name = name.clone();
+            move || -> anyhow::Result<()> {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(drop_postgres_database(&server, &name))
+            }
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread dropping it panicked")));
+        if let Err(e) = dropped {
+            warn_not_dropped(&name, &e);
+        }
+    }
+}
+
+fn warn_not_dropped(name: &str, e: &anyhow::Error) {
+    tracing::warn!(database = %name, error = %format!("{e:#}"), "cannot drop the bench database; drop it by hand");
 }
 
 /// Makes an empty database on a PostgreSQL server: its URL and name.

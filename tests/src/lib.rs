@@ -88,10 +88,19 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Set (to anything but empty or `0`) when the binaries were built just
+/// before the tests with the same command as [`build_binaries`], as
+/// `.ci/run` does: the harness then builds nothing.
+pub const PREBUILT_VAR: &str = "OPSDECK_TEST_PREBUILT";
+
 /// Builds `opsdeckd` and `opsdeck` once per test process, so that a test never
-/// runs a stale binary. Fails the test with cargo's output if the build fails.
+/// runs a stale binary, unless [`PREBUILT_VAR`] says they are built. Fails
+/// the test with cargo's output if the build fails.
 fn build_binaries() {
     let result = BUILD.get_or_init(|| {
+        if std::env::var(PREBUILT_VAR).is_ok_and(|v| !v.is_empty() && v != "0") {
+            return Ok(());
+        }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let profile = match profile_dir().file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev".to_owned(),
@@ -1289,8 +1298,9 @@ pub fn new_token(identity: &str, roles: &[&str], groups: &[&str]) -> (String, St
 
 /// A database of its own on the PostgreSQL server that
 /// `OPSDECK_TEST_POSTGRES` names (CI sets it), named `PREFIX_<ulid>`; `None`
-/// when no server is set.
-pub async fn fresh_postgres_database(prefix: &str) -> Option<String> {
+/// when no server is set. Dropped from the server when the guard drops,
+/// also when the test fails, so that runs of the suite leave none behind.
+pub async fn fresh_postgres_database(prefix: &str) -> Option<PgDatabase> {
     use sqlx::Connection;
     let server = std::env::var("OPSDECK_TEST_POSTGRES").ok()?;
     let name = format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase());
@@ -1304,7 +1314,74 @@ pub async fn fresh_postgres_database(prefix: &str) -> Option<String> {
     let (base, _) = server
         .rsplit_once('/')
         .expect("a database URL ending in /DBNAME");
-    Some(format!("{base}/{name}"))
+    Some(PgDatabase {
+        url: format!("{base}/{name}"),
+        server,
+        name,
+    })
+}
+
+/// A database [`fresh_postgres_database`] made: its URL (as `&str` and in
+/// `format!`). Dropping it drops the database, whoever is still connected
+/// (engines a test started are killed first when declared after it).
+#[derive(Debug)]
+pub struct PgDatabase {
+    url: String,
+    server: String,
+    name: String,
+}
+
+impl std::ops::Deref for PgDatabase {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for PgDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Err(why) = drop_postgres_database(&self.server, &self.name) {
+            // No panic in a drop (it may run while a failed test unwinds).
+            eprintln!(
+                "cannot drop the test database {}: {why}; drop it by hand",
+                self.name
+            );
+        }
+    }
+}
+
+/// `DROP DATABASE … WITH (FORCE)`, from a plain thread: a drop cannot
+/// await, and may run inside a test's runtime, where another cannot start.
+fn drop_postgres_database(server: &str, name: &str) -> Result<(), String> {
+    let (server, sql) = (
+        server.to_owned(),
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&server)
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the thread dropping it panicked".to_owned()))
 }
 
 /// A TOML basic string holding `s` (for `run = …` in a spec).

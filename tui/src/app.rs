@@ -424,7 +424,7 @@ impl Confirm {
         }
         if self.reason.text().is_empty() {
             return Some(
-                "type a reason: it is recorded with your name in the audit trail".to_owned(),
+                "a reason is needed: it is recorded with your name in the audit trail".to_owned(),
             );
         }
         None
@@ -893,6 +893,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
 fn on_tick(app: &mut App) -> Vec<Cmd> {
     let mut cmds = Vec::new();
     app.data.sample();
+    refresh_confirm(app);
     if app.ctrl_c_at.is_some_and(|at| app.now_ms - at > CTRL_C_MS) {
         app.ctrl_c_at = None;
     }
@@ -1972,34 +1973,17 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
                 app.say(StatusKind::Info, "nothing changed");
                 return Vec::new();
             }
-            Focus::Ok => {
-                if !app.live() {
-                    c.error = Some(format!(
-                        "not connected ({}): try again once live",
-                        link_words(app)
-                    ));
-                } else if let Some(why) = roles::refusal(&app.conn.roles, c.change.action()) {
-                    // The roles changed (a reconnect) while the dialog was open.
-                    c.error = Some(why);
-                } else if let Some(missing) = c.missing() {
-                    c.error = Some(missing);
-                } else {
-                    let mut change = c.change;
-                    if let (Change::ForceRelease { fail, .. }, Some(chosen)) = (&mut change, c.fail)
-                    {
-                        *fail = chosen;
-                    }
-                    app.say(StatusKind::Pending, format!("{}...", change.doing()));
-                    return vec![Cmd::Change {
-                        change,
-                        reason: c.reason.text(),
-                    }];
+            // Enter in the reason is the end of typing it: OK, unless
+            // there is no reason yet.
+            Focus::Ok | Focus::Reason => {
+                if let Some(cmds) = press_ok(app, &mut c) {
+                    return cmds;
                 }
             }
             Focus::Fail => {
                 c.fail = c.fail.map(|f| !f);
             }
-            Focus::Id | Focus::Reason => c.step_focus(true),
+            Focus::Id => c.step_focus(true),
         },
         KeyCode::Left | KeyCode::Right if matches!(c.focus, Focus::Ok | Focus::Cancel) => {
             c.focus = if c.focus == Focus::Ok {
@@ -2040,6 +2024,49 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
     }
     app.modal = Some(Modal::Confirm(Box::new(c)));
     Vec::new()
+}
+
+/// OK pressed: the change to send, or `None` with why not in `c.error`.
+fn press_ok(app: &mut App, c: &mut Confirm) -> Option<Vec<Cmd>> {
+    if !app.live() {
+        c.error = Some(format!(
+            "not connected ({}): try again once live",
+            link_words(app)
+        ));
+        return None;
+    }
+    if let Some(why) = roles::refusal(&app.conn.roles, c.change.action()) {
+        // The roles changed (a reconnect) while the dialog was open.
+        c.error = Some(why);
+        return None;
+    }
+    if let Some(missing) = c.missing() {
+        c.error = Some(missing);
+        return None;
+    }
+    let mut change = c.change.clone();
+    if let (Change::ForceRelease { fail, .. }, Some(chosen)) = (&mut change, c.fail) {
+        *fail = chosen;
+    }
+    app.say(StatusKind::Pending, format!("{}...", change.doing()));
+    Some(vec![Cmd::Change {
+        change,
+        reason: c.reason.text(),
+    }])
+}
+
+/// An open dialog's words follow the clock and the data ("asked by ann 3m
+/// ago", the votes so far), as long as they are about the same change.
+fn refresh_confirm(app: &mut App) {
+    let fresh = match &app.modal {
+        Some(Modal::Confirm(c)) => prepare(app, c.change.action())
+            .ok()
+            .filter(|fresh| fresh.change == c.change),
+        _ => None,
+    };
+    if let (Some(fresh), Some(Modal::Confirm(c))) = (fresh, &mut app.modal) {
+        c.lines = fresh.lines;
+    }
 }
 
 /// The status line after a change went through, in words.

@@ -268,6 +268,87 @@ fn approving_asks_for_a_reason_with_focus_on_cancel_first() {
 }
 
 #[test]
+fn enter_in_the_reason_presses_ok_once_a_reason_is_typed() {
+    let mut app = app();
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('a'));
+    app::update(&mut app, code(KeyCode::Tab));
+    assert_eq!(confirm(&app).focus, Focus::Reason);
+
+    // Nothing typed: Enter says so and stays in the field.
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert_eq!(confirm(&app).focus, Focus::Reason);
+    assert!(
+        confirm(&app)
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("a reason is needed"),
+        "{:?}",
+        confirm(&app).error
+    );
+
+    type_text(&mut app, "ticket 42");
+    assert!(confirm(&app).error.is_none());
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(
+        cmds,
+        [Cmd::Change {
+            change: Change::Approve {
+                approval: "01HAPP00000000000000000002".into()
+            },
+            reason: "ticket 42".into(),
+        }]
+    );
+    assert!(app.modal.is_none());
+    assert_eq!(app.status.as_ref().unwrap().kind, StatusKind::Pending);
+}
+
+#[test]
+fn enter_in_the_reason_of_a_force_release_still_wants_the_lease_id() {
+    let mut app = app();
+    app::update(&mut app, key('7'));
+    let id = app.selected_key().unwrap().to_owned();
+    app::update(&mut app, key('X'));
+    app::update(&mut app, code(KeyCode::Tab));
+    app::update(&mut app, code(KeyCode::Tab));
+    assert_eq!(confirm(&app).focus, Focus::Reason);
+    type_text(&mut app, "holder is gone");
+    assert!(app::update(&mut app, code(KeyCode::Enter)).is_empty());
+    assert!(confirm(&app).error.as_deref().unwrap().contains(&id));
+}
+
+#[test]
+fn the_times_in_an_open_dialog_keep_ticking() {
+    let mut app = app();
+    app::update(&mut app, key('6'));
+    app::update(&mut app, key('a'));
+    let asked = |app: &opsdeck_tui::app::App| {
+        confirm(app)
+            .lines
+            .iter()
+            .find(|l| l.starts_with("asked by"))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        asked(&app),
+        "asked by ann 1h10m ago; 0 of 1 approvals so far"
+    );
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "half typed");
+    app.now_ms += 5 * 60_000;
+    app::update(&mut app, Msg::Tick);
+    assert_eq!(
+        asked(&app),
+        "asked by ann 1h15m ago; 0 of 1 approvals so far"
+    );
+    // What was typed and where focus is stay as they were.
+    assert_eq!(confirm(&app).reason.text(), "half typed");
+    assert_eq!(confirm(&app).focus, Focus::Reason);
+}
+
+#[test]
 fn ok_without_a_reason_says_what_is_missing() {
     let mut app = app();
     app::update(&mut app, key('6'));

@@ -19,6 +19,8 @@ struct Backend {
     name: &'static str,
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
+    /// Last: the store lets go of it first.
+    _db: Option<PgDatabase>,
 }
 
 async fn backends() -> Vec<Backend> {
@@ -28,19 +30,62 @@ async fn backends() -> Vec<Backend> {
         name: "sqlite",
         store: open(&url).await.unwrap(),
         _dir: Some(dir),
+        _db: None,
     }];
     if let Ok(server) = std::env::var("OPSDECK_TEST_POSTGRES") {
+        let db = fresh_pg_database(&server).await;
         out.push(Backend {
             name: "postgres",
-            store: open(&fresh_pg_database(&server).await).await.unwrap(),
+            store: open(&db.url).await.unwrap(),
             _dir: None,
+            _db: Some(db),
         });
     }
     out
 }
 
-/// Creates an empty database on the server and returns its URL.
-async fn fresh_pg_database(server: &str) -> String {
+/// A database of a test's own on the server; dropped from it when this
+/// drops, also when the test fails.
+struct PgDatabase {
+    url: String,
+    server: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // A drop cannot await and may run inside the test's runtime, where
+        // another cannot start: a thread with a runtime of its own.
+        let server = self.server.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&server)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the thread dropping it panicked".to_owned()));
+        if let Err(why) = dropped {
+            // No panic in a drop: it may run while a failed test unwinds.
+            eprintln!("cannot drop the test database {}: {why}", self.name);
+        }
+    }
+}
+
+/// Creates an empty database on the server.
+async fn fresh_pg_database(server: &str) -> PgDatabase {
     use sqlx::Connection;
     let name = format!("opsdeck_t_{}", ulid::Ulid::new().to_string().to_lowercase());
     let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
@@ -49,7 +94,11 @@ async fn fresh_pg_database(server: &str) -> String {
         .await
         .unwrap();
     let (base, _) = server.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+    PgDatabase {
+        url: format!("{base}/{name}"),
+        server: server.to_owned(),
+        name,
+    }
 }
 
 fn run(id: &str, state: RunState) -> Run {
@@ -393,8 +442,8 @@ async fn a_deposed_leader_cannot_commit() {
         eprintln!("OPSDECK_TEST_POSTGRES is not set: no PostgreSQL to elect a leader on");
         return;
     };
-    let url = fresh_pg_database(&server).await;
-    let (a, b) = (open(&url).await.unwrap(), open(&url).await.unwrap());
+    let db = fresh_pg_database(&server).await;
+    let (a, b) = (open(&db.url).await.unwrap(), open(&db.url).await.unwrap());
     let ttl = std::time::Duration::from_millis(300);
     assert_eq!(
         a.lead("a", "http://a", ttl, None).await.unwrap(),
@@ -1337,12 +1386,12 @@ async fn data_written_by_the_previous_schema_reads_back_after_the_upgrade() {
     let Ok(server) = std::env::var("OPSDECK_TEST_POSTGRES") else {
         return;
     };
-    let url = fresh_pg_database(&server).await;
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let db = fresh_pg_database(&server).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     super::postgres::MIGRATOR.run_to(3, &pool).await.unwrap();
     write_old_rows!(&pool, |sql: &str| sql.to_owned());
     pool.close().await;
-    assert_old_rows_read_back("postgres", open(&url).await.unwrap()).await;
+    assert_old_rows_read_back("postgres", open(&db.url).await.unwrap()).await;
 }
 
 // ---- Bytes on disk ----
