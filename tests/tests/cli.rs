@@ -564,3 +564,24 @@ async fn every_cli_submit_carries_an_idempotency_key_so_asking_again_is_safe() {
     assert_eq!(again["created"], false);
     assert_eq!(again["run"]["id"], one["run"]["id"]);
 }
+
+#[tokio::test]
+async fn with_json_output_an_error_is_a_json_document_on_stdout_too() {
+    let engine = Engine::start_default().await;
+    let out = cli(
+        &engine.unix_addr(),
+        None,
+        &["-o", "json", "run", "NO-SUCH-RUN"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("a JSON document on stdout");
+    assert_eq!(doc["error"]["code"], "NOT_FOUND", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NO-SUCH-RUN"),
+        "{doc}"
+    );
+    assert!(stderr(&out).contains("NOT_FOUND"));
+}

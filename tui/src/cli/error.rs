@@ -40,6 +40,29 @@ impl CliError {
         }
     }
 
+    /// The error as a JSON document for stdout under `--output json`, so
+    /// that a script reading stdout sees why there is no answer:
+    /// `{"error": {"code": "NOT_FOUND", "message": "…", "hint": "…"}}`.
+    /// `None` when there is nothing to say (a closed pipe).
+    pub fn json(&self) -> Option<serde_json::Value> {
+        let (code, message, hint) = match self {
+            Self::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => return None,
+            Self::Usage(m) => ("USAGE", m.clone(), None),
+            Self::Connect(e) => ("UNAVAILABLE", e.to_string(), Some(e.hint.clone())),
+            Self::Engine { status, hint } => (
+                code_word(status.code()),
+                status_text(status).to_owned(),
+                hint.clone(),
+            ),
+            Self::Output(e) => ("OUTPUT", e.to_string(), None),
+        };
+        let mut error = serde_json::json!({ "code": code, "message": message });
+        if let Some(hint) = hint {
+            error["hint"] = serde_json::Value::String(hint);
+        }
+        Some(serde_json::json!({ "error": error }))
+    }
+
     /// The lines for stderr: `error: …`, then what to check, if anything.
     /// `None` when there is nothing to say (a closed pipe).
     pub fn report(&self) -> Option<String> {

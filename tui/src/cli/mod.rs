@@ -247,6 +247,12 @@ pub async fn run(global: GlobalArgs, command: Command) -> ExitCode {
             if let Some(report) = e.report() {
                 output::note(&report);
             }
+            if ctx.printer.json()
+                && let Some(doc) = e.json()
+            {
+                // stdout may be what failed; stderr said it already.
+                let _ = ctx.printer.document(&doc);
+            }
             ExitCode::from(e.exit_code())
         }
     }
