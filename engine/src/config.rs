@@ -580,6 +580,33 @@ impl ConfigFile {
         p.into_vec()
     }
 
+    /// What is allowed but likely not meant: agent credentials that bound
+    /// no queues (their workers may serve every named queue, and get the
+    /// secrets of those steps).
+    pub fn warnings(&self) -> Vec<String> {
+        let tokens = self
+            .token
+            .iter()
+            .filter(|t| t.roles.contains(&Role::Agent) && t.queues.is_none())
+            .map(|t| format!("[[token]] {:?}", t.identity));
+        let clients = self
+            .tls
+            .iter()
+            .flat_map(|t| &t.client)
+            .filter(|c| c.roles.contains(&Role::Agent) && c.queues.is_none())
+            .map(|c| format!("[[tls.client]] {:?}", c.name));
+        tokens
+            .chain(clients)
+            .map(|who| {
+                format!(
+                    "{who} holds the agent role with no `queues`: its workers may serve every named \
+                     queue and receive those steps' secrets; list the queues it serves \
+                     (queues = [\"build\"])"
+                )
+            })
+            .collect()
+    }
+
     /// The core's timings and limits: the file's values over the defaults.
     pub fn core_config(&self) -> CoreConfig {
         let d = CoreConfig::default();
@@ -847,6 +874,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 7") && err.contains("root"), "{err}");
+    }
+
+    #[test]
+    fn an_agent_credential_without_queues_is_warned_about() {
+        let text = "[[token]]\nidentity = \"fleet\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nroles = [\"agent\"]\n\n\
+                    [[token]]\nidentity = \"builders\"\nsha256 = \"1111111111111111111111111111111111111111111111111111111111111111\"\nroles = [\"agent\"]\nqueues = [\"build\"]\n";
+        let cfg = ConfigFile::parse(text, Path::new("t.toml")).unwrap();
+        let warnings = cfg.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("\"fleet\"") && warnings[0].contains("queues"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -493,3 +493,25 @@ fn a_metrics_port_in_use_stops_the_start_with_a_sentence_naming_the_setting() {
         "{said}"
     );
 }
+
+#[test]
+fn check_config_warns_about_an_agent_credential_that_bounds_no_queues() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = dir.path().join("engine.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\ndata_dir = {:?}\n\n[[token]]\nidentity = \"fleet\"\nsha256 = \"{}\"\nroles = [\"agent\"]\n",
+            dir.path().join("data").display().to_string(),
+            "0".repeat(64)
+        ),
+    )
+    .expect("write the config");
+    let out = run_opsdeckd(&["check-config", "--config", &config.to_string_lossy()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("\"fleet\" holds the agent role with no `queues`"),
+        "{}",
+        text(&out)
+    );
+}

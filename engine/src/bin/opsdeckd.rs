@@ -283,6 +283,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(warning) = private::data_dir_warning(&data_dir) {
                 eprintln!("warning: {warning}");
             }
+            for warning in file.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{}: ok", config.display());
             Ok(())
         }
@@ -372,6 +375,9 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .socket
         .or(e.socket.clone())
         .unwrap_or_else(|| data_dir.join("engine.sock"));
+    for warning in file.warnings() {
+        tracing::warn!("{warning}");
+    }
     let local_workers = args.local_workers.or(e.local_workers).unwrap_or(0);
     anyhow::ensure!(
         local_workers == 0
