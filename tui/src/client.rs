@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use opsdeck_proto::endpoint::EngineAddr;
 use opsdeck_proto::failover::EngineList;
 use opsdeck_proto::tls::ClientTls;
@@ -26,7 +25,7 @@ use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 /// The address used when no engine is named and no local socket exists.
@@ -293,67 +292,14 @@ macro_rules! clients {
     };
 }
 
-/// HTTP/2 pings on a channel: an engine that stops answering (a frozen
-/// process, a host gone, a cable pulled) fails the channel's calls and
-/// streams within `interval + timeout`, however quiet the engine's own
-/// traffic is, and on a Unix socket too, which has no TCP keep-alive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Keepalive {
-    /// A ping goes out after this long without a word from the engine,
-    /// calls out or not.
-    pub interval: Duration,
-    /// The engine has this long to answer it.
-    pub timeout: Duration,
-}
+pub use opsdeck_proto::endpoint::Keepalive;
 
-impl Keepalive {
-    /// The console's: a silent engine is noticed within 4 s. A ping is
-    /// nine bytes, answered by the engine's HTTP/2 layer without work.
-    pub const CONSOLE: Self = Self {
-        interval: Duration::from_secs(2),
-        timeout: Duration::from_secs(2),
-    };
-}
-
-/// A channel to `addr` that pings as `keepalive` says.
-async fn connect_pinging(
-    addr: &EngineAddr,
-    tls: Option<&ClientTlsConfig>,
-    keepalive: Keepalive,
-) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = |url: String| -> Result<Endpoint, tonic::transport::Error> {
-        Ok(Endpoint::from_shared(url)?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(keepalive.interval)
-            .keep_alive_timeout(keepalive.timeout)
-            .keep_alive_while_idle(true))
-    };
-    match addr {
-        EngineAddr::Tcp(url) => {
-            let mut endpoint = endpoint(url.clone())?.tcp_nodelay(true);
-            if url.starts_with("https://") {
-                endpoint = endpoint.tls_config(
-                    tls.cloned()
-                        .unwrap_or_else(|| ClientTlsConfig::new().with_native_roots()),
-                )?;
-            }
-            endpoint.connect().await
-        }
-        EngineAddr::Unix(path) => {
-            let path = path.clone();
-            // The URI is required by the HTTP layer but never resolved.
-            endpoint("http://engine.sock".to_owned())?
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(stream))
-                    }
-                }))
-                .await
-        }
-    }
-}
+/// The console's pings: a silent engine is noticed within 4 s. A ping is
+/// nine bytes, answered by the engine's HTTP/2 layer without work.
+pub const CONSOLE_KEEPALIVE: Keepalive = Keepalive {
+    interval: Duration::from_secs(2),
+    timeout: Duration::from_secs(2),
+};
 
 impl Engine {
     /// Connects now, so that an unreachable engine is reported once, with
@@ -399,17 +345,19 @@ impl Engine {
                 target.addr = leader;
                 match keepalive {
                     // The leader found, a pinging channel to it instead.
-                    Some(keepalive) => connect_pinging(&target.addr, tls.as_ref(), keepalive)
+                    Some(_) => target
+                        .addr
+                        .connect_pinging(tls.as_ref(), keepalive)
                         .await
                         .map_err(|e| ConnectError::new(&target, &e))?,
                     None => channel,
                 }
             }
-            _ => match keepalive {
-                Some(keepalive) => connect_pinging(&target.addr, tls.as_ref(), keepalive).await,
-                None => target.addr.connect_with(tls.as_ref()).await,
-            }
-            .map_err(|e| ConnectError::new(&target, &e))?,
+            _ => target
+                .addr
+                .connect_pinging(tls.as_ref(), keepalive)
+                .await
+                .map_err(|e| ConnectError::new(&target, &e))?,
         };
         Ok(Self {
             target,

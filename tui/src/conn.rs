@@ -9,7 +9,7 @@
 //! started again from `self` (a retry deadline is a stored instant, not a
 //! pending sleep).
 //!
-//! The channel pings the engine ([`Keepalive::CONSOLE`]): an engine that
+//! The channel pings the engine ([`CONSOLE_KEEPALIVE`]): an engine that
 //! stops answering, frozen or cut off, breaks the watch within seconds,
 //! where its own heartbeat (every 10 s when idle) would take three times
 //! that to be missed.
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tonic::Streaming;
 
 use crate::cli::error::code_word;
-use crate::client::{Auth, Engine, Keepalive, Origin, Target};
+use crate::client::{Auth, CONSOLE_KEEPALIVE, Engine, Origin, Target};
 use crate::model::Snapshot;
 
 /// How long connecting, Whoami and opening the watch may take each.
@@ -210,7 +210,7 @@ impl Conn {
             Engine::connect_with(
                 self.target.clone(),
                 self.auth.clone(),
-                Some(Keepalive::CONSOLE),
+                Some(CONSOLE_KEEPALIVE),
             ),
         )
         .await
@@ -365,7 +365,7 @@ impl Failure {
         let why = if unanswered_ping(status) {
             format!(
                 "the engine stopped answering (no reply to a ping within {}s)",
-                Keepalive::CONSOLE.timeout.as_secs()
+                CONSOLE_KEEPALIVE.timeout.as_secs()
             )
         } else {
             status_words(status)
