@@ -359,7 +359,7 @@ impl Data {
     /// the tail. Returns the stripped event.
     pub fn apply_event(&mut self, mut event: Event, now_ms: i64) -> &Event {
         if let Some(run) = event.run.take() {
-            self.runs.insert(run);
+            self.runs.insert(*run);
         }
         if has_run_delta(&event) {
             self.runs.update(&event.run_id, |run| {
@@ -373,7 +373,7 @@ impl Data {
             if event.kind == "worker.recycled" {
                 self.recycled.insert(worker.id.clone(), event.at_ms);
             }
-            self.workers.insert(worker.id.clone(), worker);
+            self.workers.insert(worker.id.clone(), *worker);
         }
         if let Some(lease) = event.lease.take() {
             // Lease events name their worker without carrying it: its list
@@ -385,20 +385,21 @@ impl Data {
                 }
             }
             if lease.state() == LeaseState::Active {
-                self.leases.insert(lease.id.clone(), lease);
+                self.leases.insert(lease.id.clone(), *lease);
             } else {
                 self.leases.remove(&lease.id);
             }
         }
         if let Some(approval) = event.approval.take() {
-            self.approvals.insert(approval.id.clone(), approval);
+            self.approvals.insert(approval.id.clone(), *approval);
             self.trim_approvals();
         }
         if let Some(quarantine) = event.quarantine.take() {
             if event.kind == "run_name.quarantine_cleared" {
                 self.quarantines.remove(&quarantine.name);
             } else {
-                self.quarantines.insert(quarantine.name.clone(), quarantine);
+                self.quarantines
+                    .insert(quarantine.name.clone(), *quarantine);
             }
         }
         for queue in std::mem::take(&mut event.queues) {
@@ -825,7 +826,7 @@ mod tests {
         let granted = Event {
             seq: 1,
             kind: "lease.granted".into(),
-            lease: Some(lease("l1", "w1", NOW)),
+            lease: Some(Box::new(lease("l1", "w1", NOW))),
             ..Event::default()
         };
         data.apply_event(granted, NOW);
@@ -835,7 +836,7 @@ mod tests {
         let released = Event {
             seq: 2,
             kind: "lease.released".into(),
-            lease: Some(ended),
+            lease: Some(Box::new(ended)),
             ..Event::default()
         };
         data.apply_event(released, NOW);
@@ -860,14 +861,14 @@ mod tests {
             seq,
             kind: "run.submitted".into(),
             run_id: id.into(),
-            run: Some(Run {
+            run: Some(Box::new(Run {
                 id: id.into(),
                 name: "deploy".into(),
                 state: RunState::Queued as i32,
                 created_at_ms: NOW,
                 steps: vec![step(0, StepState::Queued), step(1, StepState::Blocked)],
                 ..Run::default()
-            }),
+            })),
             ..Event::default()
         }
     }
@@ -1150,8 +1151,8 @@ mod tests {
         let mut ev = Event {
             seq: 5,
             kind: "lease.granted".into(),
-            lease: Some(lease("l1", "w1", NOW)),
-            worker: Some(worker("w1", true, &["l1"])),
+            lease: Some(Box::new(lease("l1", "w1", NOW))),
+            worker: Some(Box::new(worker("w1", true, &["l1"]))),
             ..Event::default()
         };
         data.apply_event(ev.clone(), NOW);
@@ -1174,10 +1175,10 @@ mod tests {
         data.apply_event(
             Event {
                 seq: 1,
-                run: Some(Run {
+                run: Some(Box::new(Run {
                     id: "old".into(),
                     ..Run::default()
-                }),
+                })),
                 ..Event::default()
             },
             NOW,
@@ -1310,7 +1311,7 @@ mod tests {
             Event {
                 seq: 1,
                 kind: "lease.stuck".into(),
-                lease: Some(stuck),
+                lease: Some(Box::new(stuck)),
                 ..Event::default()
             },
             NOW,
@@ -1347,7 +1348,7 @@ mod tests {
             Event {
                 seq: 4,
                 kind: "run_name.quarantined".into(),
-                quarantine: Some(q("nightly")),
+                quarantine: Some(Box::new(q("nightly"))),
                 ..Event::default()
             },
             NOW,
@@ -1361,7 +1362,7 @@ mod tests {
             Event {
                 seq: 5,
                 kind: "run_name.quarantine_cleared".into(),
-                quarantine: Some(q("wedged")),
+                quarantine: Some(Box::new(q("wedged"))),
                 ..Event::default()
             },
             NOW,

@@ -96,7 +96,7 @@ fn j_k_g_and_shift_g_move_the_selection_and_it_follows_its_item() {
     let event = Event {
         seq: 46,
         kind: "run.submitted".into(),
-        run: Some(newer),
+        run: Some(Box::new(newer)),
         ..Event::default()
     };
     app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
@@ -593,7 +593,7 @@ fn space_freezes_the_display_but_not_the_data() {
     let event = Event {
         seq: 46,
         kind: "worker.registered".into(),
-        worker: Some(worker),
+        worker: Some(Box::new(worker)),
         ..Event::default()
     };
     app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
@@ -721,7 +721,7 @@ fn a_long_list_is_listed_again_a_few_times_a_second_but_at_once_on_a_new_filter(
         seq: 46,
         kind: "run.submitted".into(),
         run_id: run.id.clone(),
-        run: Some(run),
+        run: Some(Box::new(run)),
         ..Event::default()
     };
     app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));
@@ -883,7 +883,7 @@ fn quarantines_follow_the_events_that_set_and_clear_them() {
     let event = |seq, kind: &str| Event {
         seq,
         kind: kind.into(),
-        quarantine: Some(q.clone()),
+        quarantine: Some(Box::new(q.clone())),
         ..Event::default()
     };
     app::update(
@@ -1062,7 +1062,7 @@ fn the_open_run_stays_however_many_runs_finish_after_it() {
             seq: 100 + i,
             kind: "run.submitted".into(),
             run_id: run.id.clone(),
-            run: Some(run),
+            run: Some(Box::new(run)),
             ..Event::default()
         };
         app::update(&mut app, Msg::Conn(Update::Event(Box::new(event))));

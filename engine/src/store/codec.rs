@@ -189,7 +189,7 @@ mod tests {
             lease_id: "01LEASE".into(),
             queue: "build".into(),
             message: "granted".into(),
-            lease: Some(pb::Lease {
+            lease: Some(Box::new(pb::Lease {
                 id: "01LEASE".into(),
                 run_id: "01RUN".into(),
                 step_index: 2,
@@ -197,7 +197,7 @@ mod tests {
                 queue: "build".into(),
                 attempt: 1,
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         let body = event_body(&e);

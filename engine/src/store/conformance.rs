@@ -1155,11 +1155,11 @@ fn old_rows() -> OldRows {
         .map(|seq| pb::Event {
             message: format!("event {seq}"),
             step_index: 1,
-            lease: Some(pb::Lease {
+            lease: Some(Box::new(pb::Lease {
                 id: "l-u1".into(),
                 run_id: "u1".into(),
                 ..Default::default()
-            }),
+            })),
             ..event(seq, if seq == 2 { "u2" } else { "u1" })
         })
         .collect();
@@ -1521,7 +1521,7 @@ async fn bytes_per_finished_one_step_run() {
                     lease_id: l.id.clone(),
                     worker_id: l.worker_id.clone(),
                     message: "lease granted to worker-01".into(),
-                    lease: Some(lease_pb(&l)),
+                    lease: Some(Box::new(lease_pb(&l))),
                     ..Default::default()
                 },
             ));
@@ -1584,7 +1584,7 @@ async fn bytes_per_finished_one_step_run() {
                 pb::Event {
                     lease_id: l.id.clone(),
                     message: "lease released".into(),
-                    lease: Some(lease_pb(&l)),
+                    lease: Some(Box::new(lease_pb(&l))),
                     ..Default::default()
                 },
             ));

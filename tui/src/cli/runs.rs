@@ -468,7 +468,7 @@ fn ends(event: &opsdeck_proto::v1::Event, run_id: &str) -> bool {
         return false;
     }
     let update = event.run_update.as_ref().map(|u| u.state());
-    let whole = event.run.as_ref().map(Run::state);
+    let whole = event.run.as_deref().map(Run::state);
     update.or(whole).is_some_and(is_final)
 }
 

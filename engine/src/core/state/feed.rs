@@ -23,7 +23,7 @@ impl State {
             self.leases
                 .get(id)
                 .or_else(|| tx.lease(id))
-                .map(|l| convert::lease(l, run))
+                .map(|l| Box::new(convert::lease(l, run)))
         });
         let event = pb::Event {
             seq: self.seq,
@@ -42,19 +42,22 @@ impl State {
             message: ev.message,
             // A new run whole; every other change as a delta, added to the
             // commit's events by `batch`.
-            run: run.filter(|_| ev.kind == "run.submitted").map(convert::run),
+            run: run
+                .filter(|_| ev.kind == "run.submitted")
+                .map(|r| Box::new(convert::run(r))),
             worker: ev
                 .worker
                 .as_deref()
                 .filter(|_| ev.worker_changed)
-                .and_then(|id| self.worker_pb(id)),
+                .and_then(|id| self.worker_pb(id))
+                .map(Box::new),
             lease,
             approval: ev
                 .approval
                 .as_deref()
                 .and_then(|id| self.approvals.get(id))
-                .map(|a| convert::approval(a, run)),
-            quarantine: ev.quarantine,
+                .map(|a| Box::new(convert::approval(a, run))),
+            quarantine: ev.quarantine.map(Box::new),
             run_update: None,
             step_updates: Vec::new(),
             queues: Vec::new(),
