@@ -6,6 +6,12 @@
 //! every behaviour tests by feeding messages.
 //!
 //! No view types live here: colours, layout and ratatui are the views'.
+//!
+//! Beside it, in `app/`: [`order`] (the lists' order: urgency, or the
+//! column a sort key chose), [`detail`] (the fields the `d` overlay
+//! shows), [`panes`] (the Run screen's timeline and output: focus,
+//! scrolling, search, wrap), [`copy`] (`y`, through OSC 52) and
+//! [`stale`] (whether an open dialog's change still applies).
 
 use std::collections::VecDeque;
 
@@ -31,10 +37,12 @@ pub mod copy;
 pub mod detail;
 pub mod order;
 pub mod panes;
+pub mod stale;
 
 pub use copy::osc52;
 pub use detail::{DetailOf, Field, absolute, fields as detail_fields, when};
 pub use order::Sort;
+pub use stale::still_applies;
 
 /// The screens, in the order of their digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1150,7 +1158,12 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
             let ours = !app.run.run_id.is_empty() && event.run_id == app.run.run_id;
             let applied = app.data.apply_event(*event, now).clone();
             if ours {
+                let before = app.run.timeline.len();
                 merge_timeline(&mut app.run.timeline, vec![applied]);
+                // A timeline scrolled back stays on what is being read.
+                if app.run.timeline_back > 0 {
+                    app.run.timeline_back += app.run.timeline.len() - before;
+                }
                 let mut cmds = want_output(app);
                 // A change to a run we do not hold was not applied: read
                 // it whole instead.
@@ -1342,7 +1355,7 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
             }) {
                 let text = detail::id_of(&of);
                 app.modal = Some(Modal::Detail { of, scroll });
-                return copy(app, text);
+                return copy::copy(app, text);
             }
             app.modal = scrolled(k, app.screen, scroll).map(|scroll| Modal::Detail { of, scroll });
             return Vec::new();
@@ -1487,14 +1500,14 @@ fn act(app: &mut App, action: Action) -> Vec<Cmd> {
             Vec::new()
         }
         Action::Detail => {
-            match detail_of(app) {
+            match detail::detail_of(app) {
                 Some(of) => app.modal = Some(Modal::Detail { of, scroll: 0 }),
                 None => app.say(StatusKind::Info, "nothing is selected to show"),
             }
             Vec::new()
         }
-        Action::Copy => match copied_id(app) {
-            Some(text) => copy(app, text),
+        Action::Copy => match copy::copied_id(app) {
+            Some(text) => copy::copy(app, text),
             None => {
                 app.say(StatusKind::Info, "nothing is selected to copy");
                 Vec::new()
@@ -1743,50 +1756,6 @@ fn move_by(app: &mut App, delta: isize) -> Vec<Cmd> {
         app.events_follow = to == 0;
     }
     Vec::new()
-}
-
-/// What `d` shows here: the selected item, or the open run.
-fn detail_of(app: &App) -> Option<DetailOf> {
-    if app.screen == Screen::Run {
-        let id = &app.shown().1.run_id;
-        return (!id.is_empty()).then(|| DetailOf::Run(id.clone()));
-    }
-    let key = app.selected_key()?.to_owned();
-    Some(match app.screen {
-        Screen::Runs => DetailOf::Run(key),
-        Screen::Workers => DetailOf::Worker(key),
-        Screen::Leases => DetailOf::Lease(key),
-        Screen::Approvals => DetailOf::Approval(key),
-        Screen::Events => DetailOf::Event(key.parse().ok()?),
-        _ => return None,
-    })
-}
-
-/// The full id `y` copies here: the selected item's (an event's run,
-/// worker or lease, else its seq), or the open run's.
-fn copied_id(app: &App) -> Option<String> {
-    if app.screen == Screen::Run {
-        let id = &app.shown().1.run_id;
-        return (!id.is_empty()).then(|| id.clone());
-    }
-    let key = app.selected_key()?;
-    if app.screen == Screen::Events {
-        let e = key.parse().ok().and_then(|seq| app.shown().0.event(seq))?;
-        let id = [&e.run_id, &e.worker_id, &e.lease_id]
-            .into_iter()
-            .find(|id| !id.is_empty())
-            .cloned();
-        return Some(id.unwrap_or_else(|| key.to_owned()));
-    }
-    Some(key.to_owned())
-}
-
-fn copy(app: &mut App, text: String) -> Vec<Cmd> {
-    app.say(
-        StatusKind::Done,
-        format!("copied {text} to the clipboard (OSC 52; in tmux: set-clipboard on)"),
-    );
-    vec![Cmd::Copy { text }]
 }
 
 // -------------------------------------------------------------- changes
@@ -2261,85 +2230,6 @@ fn refresh_confirm(app: &mut App) {
             c.error = None;
         }
         c.gone = gone;
-    }
-}
-
-/// Whether a change still makes sense with the data as it stands now;
-/// `Err` says why not ("run deploy-web is already cancelled, nothing to
-/// do").
-pub fn still_applies(data: &Data, change: &Change) -> Result<(), String> {
-    let nothing = |what: String| Err(format!("{what}, nothing to do"));
-    match change {
-        Change::Approve { approval } | Change::Reject { approval } => {
-            match data.approvals.get(approval) {
-                Some(a) if a.state() != ApprovalState::Pending => nothing(format!(
-                    "approval {approval} is already {}",
-                    word_of::<ApprovalState>(a.state)
-                )),
-                _ => Ok(()),
-            }
-        }
-        Change::Cancel { run } => match data.runs.get(run) {
-            Some(r) if model::run_is_final(r) => nothing(format!(
-                "run {} is already {}",
-                r.name,
-                word_of::<RunState>(r.state)
-            )),
-            _ => Ok(()),
-        },
-        Change::Retry { run } => match data.runs.get(run) {
-            Some(r) if r.state() != RunState::Failed => nothing(format!(
-                "run {} is {} now, not failed",
-                r.name,
-                word_of::<RunState>(r.state)
-            )),
-            _ => Ok(()),
-        },
-        Change::Drain { worker } | Change::Undrain { worker } | Change::Recycle { worker } => {
-            let Some(w) = data.workers.get(worker) else {
-                return nothing(format!("worker {worker} is gone"));
-            };
-            let state = w.state();
-            let ok = match change {
-                Change::Drain { .. } => state == WorkerState::Online,
-                Change::Undrain { .. } => state == WorkerState::Draining,
-                _ => matches!(state, WorkerState::Online | WorkerState::Draining),
-            };
-            if ok {
-                Ok(())
-            } else {
-                nothing(format!(
-                    "worker {worker} is {} now",
-                    word_of::<WorkerState>(w.state)
-                ))
-            }
-        }
-        Change::Pause { queue } | Change::Resume { queue } => {
-            let pause = matches!(change, Change::Pause { .. });
-            match data.queues.get(queue) {
-                Some(q) if q.queue.paused == pause => nothing(format!(
-                    "queue {queue} is already {}",
-                    if pause { "paused" } else { "running" }
-                )),
-                _ => Ok(()),
-            }
-        }
-        Change::ForceRelease { lease, .. } => {
-            if data.leases.contains_key(lease) {
-                Ok(())
-            } else {
-                nothing(format!(
-                    "lease {lease} is no longer live (its step ended or it was released)"
-                ))
-            }
-        }
-        Change::ClearQuarantine { name } => {
-            if data.quarantines.contains_key(name) {
-                Ok(())
-            } else {
-                nothing(format!("{name} is no longer quarantined"))
-            }
-        }
     }
 }
 

@@ -201,6 +201,13 @@ fn tab_focuses_the_timeline_which_then_scrolls_with_j_and_k() {
     assert!(shown.contains("event number 10"), "{shown}");
     assert!(!shown.contains("event number 20"), "{shown}");
     assert_snapshot!(shown);
+    // A new event does not move what is being read.
+    let mut newer = timeline_events(BUILD, 21).pop().unwrap();
+    newer.seq = 100;
+    app::update(&mut app, Msg::Conn(Update::Event(Box::new(newer))));
+    let after = frame(&mut app);
+    assert!(after.contains("Timeline 6-12 of 21"), "{after}");
+    assert_eq!(after.lines().nth(9), shown.lines().nth(9));
     // G: the newest again, kept in view.
     app::update(&mut app, key('G'));
     assert_eq!(app.run.timeline_back, 0);

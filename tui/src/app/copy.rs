@@ -3,6 +3,35 @@
 //! terminal does the copying (OSC 52), so it works over SSH and in tmux
 //! (with `set-clipboard on`) without a clipboard program on the host.
 
+use super::{App, Cmd, Screen, StatusKind};
+
+/// The full id `y` copies here: the selected item's (an event's run,
+/// worker or lease, else its seq), or the open run's.
+pub(super) fn copied_id(app: &App) -> Option<String> {
+    if app.screen == Screen::Run {
+        let id = &app.shown().1.run_id;
+        return (!id.is_empty()).then(|| id.clone());
+    }
+    let key = app.selected_key()?;
+    if app.screen == Screen::Events {
+        let e = key.parse().ok().and_then(|seq| app.shown().0.event(seq))?;
+        let id = [&e.run_id, &e.worker_id, &e.lease_id]
+            .into_iter()
+            .find(|id| !id.is_empty())
+            .cloned();
+        return Some(id.unwrap_or_else(|| key.to_owned()));
+    }
+    Some(key.to_owned())
+}
+
+pub(super) fn copy(app: &mut App, text: String) -> Vec<Cmd> {
+    app.say(
+        StatusKind::Done,
+        format!("copied {text} to the clipboard (via the terminal, OSC 52)"),
+    );
+    vec![Cmd::Copy { text }]
+}
+
 /// The escape sequence that asks the terminal to put `text` on the
 /// clipboard: OSC 52, the "c" selection, base64, ended by BEL.
 pub fn osc52(text: &str) -> String {

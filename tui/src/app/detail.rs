@@ -12,6 +12,7 @@ use opsdeck_proto::v1::{
     Worker,
 };
 
+use super::{App, Screen};
 use crate::cli::step_number;
 use crate::cli::time::relative;
 use crate::model::{self, Data, Holder};
@@ -348,6 +349,23 @@ fn event(e: &Event, now: i64) -> Vec<Field> {
     f.text("approval", e.approval_id.clone());
     f.text("queue", e.queue.clone());
     f.out
+}
+
+/// What `d` shows here: the selected item, or the open run.
+pub(super) fn detail_of(app: &App) -> Option<DetailOf> {
+    if app.screen == Screen::Run {
+        let id = &app.shown().1.run_id;
+        return (!id.is_empty()).then(|| DetailOf::Run(id.clone()));
+    }
+    let key = app.selected_key()?.to_owned();
+    Some(match app.screen {
+        Screen::Runs => DetailOf::Run(key),
+        Screen::Workers => DetailOf::Worker(key),
+        Screen::Leases => DetailOf::Lease(key),
+        Screen::Approvals => DetailOf::Approval(key),
+        Screen::Events => DetailOf::Event(key.parse().ok()?),
+        _ => return None,
+    })
 }
 
 /// The full id of a run, worker, lease or approval the overlay is about,

@@ -49,8 +49,9 @@ fn scroll_log(app: &mut App, delta: isize) {
 }
 
 fn scroll_timeline(app: &mut App, delta: isize) {
-    // Counted back from the newest, so that new events do not move what
-    // is being read, and no pane height is needed here.
+    // Counted back from the newest, so that no pane height is needed
+    // here; an event that arrives meanwhile counts one more (`on_conn`),
+    // so that what is being read stays put.
     let max = app.run.timeline.len().saturating_sub(1);
     let run = &mut app.run;
     run.timeline_back = match delta {
