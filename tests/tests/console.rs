@@ -220,7 +220,7 @@ async fn console_shows_a_stuck_lease_and_its_quarantined_name_and_clears_the_qua
     // The Leases screen marks the lease.
     tmux.keys(&["7"]);
     tmux.wait("the stuck lease on the Leases screen", DEADLINE, |s| {
-        s.contains("Leases 1 (1 STUCK)") && s.contains("wedged") && s.contains("STUCK")
+        s.contains("Leases 1/1 (1 STUCK)") && s.contains("wedged") && s.contains("STUCK")
     })
     .await;
 
