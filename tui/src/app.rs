@@ -2225,6 +2225,8 @@ fn refresh_confirm(app: &mut App) {
     if let Some(Modal::Confirm(c)) = &mut app.modal {
         if let Some(fresh) = fresh {
             c.lines = fresh.lines;
+            // Leases come and go: a typed part must still name one only.
+            c.others = fresh.others;
         }
         if gone.is_some() {
             c.error = None;

@@ -451,8 +451,18 @@ fn a_force_release_takes_a_unique_tail_or_head_of_the_lease_id() {
     assert!(confirm(&app).id_typed(), "{:?}", confirm(&app).typed);
     app::update(&mut app, code(KeyCode::Tab));
     type_text(&mut app, "holder wedged");
-    app::update(&mut app, code(KeyCode::Enter));
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
     assert!(app.modal.is_none(), "{:?}", app.modal);
+    assert_eq!(
+        cmds,
+        [Cmd::Change {
+            change: app::Change::ForceRelease {
+                lease: id.clone(),
+                fail: false
+            },
+            reason: "holder wedged".into(),
+        }]
+    );
     assert!(app::id_matches(
         &id,
         &id[..id.len() - 1].to_lowercase(),
