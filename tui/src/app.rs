@@ -1714,6 +1714,13 @@ fn enter(app: &mut App) -> Vec<Cmd> {
                 drill(app, Screen::Workers, Some(worker));
                 Vec::new()
             } else {
+                // Nothing to open: its detail, as `d` shows it.
+                if let Ok(seq) = key.parse() {
+                    app.modal = Some(Modal::Detail {
+                        of: DetailOf::Event(seq),
+                        scroll: 0,
+                    });
+                }
                 Vec::new()
             }
         }

@@ -313,7 +313,7 @@ pub const KEYMAP: &[Binding] = &[
             Events,
             Quarantines,
         ]),
-        what: "open the selected item (a run, or the list it belongs to)",
+        what: "open the selected item (a run, or the list it belongs to; else its detail)",
         short: Some("open"),
     },
     Binding {

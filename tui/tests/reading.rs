@@ -139,6 +139,35 @@ fn an_events_whole_message_and_reason_are_in_its_detail_and_it_scrolls_and_close
 }
 
 #[test]
+fn enter_on_an_event_of_no_run_or_worker_shows_its_detail() {
+    let mut app = app();
+    app::update(
+        &mut app,
+        Msg::Conn(Update::Event(Box::new(Event {
+            seq: 46,
+            at_ms: NOW,
+            kind: "queue.paused".into(),
+            actor: "ann".into(),
+            queue: "deploy".into(),
+            reason: "a freeze for the release of version 1.4.2 until the smoke tests pass".into(),
+            ..Event::default()
+        }))),
+    );
+    app::update(&mut app, key('8'));
+    assert_eq!(app.selected_key(), Some("46"));
+    app::update(&mut app, code(KeyCode::Enter));
+    assert!(matches!(
+        app.modal,
+        Some(Modal::Detail {
+            of: app::DetailOf::Event(46),
+            ..
+        })
+    ));
+    let shown = frame(&mut app);
+    assert!(shown.contains("until the smoke tests"), "{shown}");
+}
+
+#[test]
 fn a_lease_gone_while_its_detail_is_open_says_so() {
     let mut app = screen('7');
     let id = app.selected_key().unwrap().to_owned();
