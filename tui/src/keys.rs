@@ -639,6 +639,20 @@ mod tests {
     }
 
     #[test]
+    fn slash_does_something_on_every_screen_and_n_means_search_or_sort_by_screen() {
+        for screen in Screen::ALL {
+            assert_eq!(lookup(key('/'), screen), Some(Action::Filter), "{screen:?}");
+        }
+        assert_eq!(lookup(key('N'), Run), Some(Action::SearchPrev));
+        assert_eq!(lookup(key('N'), Runs), Some(Action::Sort(SortBy::Name)));
+        assert_eq!(lookup(key('S'), Queues), None);
+        assert_eq!(
+            lookup(code(KeyCode::BackTab), Run),
+            lookup(code(KeyCode::Tab), Run)
+        );
+    }
+
+    #[test]
     fn ctrl_keys_and_shift_tab_are_read_from_crossterm_events() {
         let e = KeyEvent::new(KeyCode::Char('r'), KeyModifiers::CONTROL);
         assert_eq!(lookup(Key::of(&e).unwrap(), Runs), Some(Action::Resync));
