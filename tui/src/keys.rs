@@ -150,8 +150,6 @@ impl Key {
 #[derive(Clone, Copy, Debug)]
 pub enum Where {
     All,
-    /// The screens that show lists.
-    Lists,
     Only(&'static [Screen]),
 }
 
@@ -159,7 +157,6 @@ impl Where {
     pub fn includes(self, screen: Screen) -> bool {
         match self {
             Self::All => true,
-            Self::Lists => screen.is_list(),
             Self::Only(screens) => screens.contains(&screen),
         }
     }
@@ -168,7 +165,6 @@ impl Where {
     pub fn describe(self) -> String {
         match self {
             Self::All => "everywhere".to_owned(),
-            Self::Lists => "lists".to_owned(),
             Self::Only(screens) => screens
                 .iter()
                 .map(|s| s.name())
