@@ -12,7 +12,9 @@
 //! is live again; a graceful stop is said as one on every retry. A
 //! console that never connected says so, with the address and the error,
 //! and shows no zeros. A queue only a worker serves is on the Queues
-//! screen without ctrl-r, as `opsdeck queues` lists it.
+//! screen without ctrl-r, as `opsdeck queues` lists it. On the Run
+//! screen, `/line 5` searches the output: the text typed after `/` is
+//! text, not keys (5 would switch to Queues).
 //!
 //! The run is submitted over TCP as the token's identity, so that the
 //! console (on the Unix socket, as the OS user) is another person and the
@@ -218,7 +220,7 @@ async fn console_shows_a_stuck_lease_and_its_quarantined_name_and_clears_the_qua
     // The Leases screen marks the lease.
     tmux.keys(&["7"]);
     tmux.wait("the stuck lease on the Leases screen", DEADLINE, |s| {
-        s.contains("Leases 1 (1 STUCK)") && s.contains("wedged") && s.contains("STUCK")
+        s.contains("Leases 1/1 (1 STUCK)") && s.contains("wedged") && s.contains("STUCK")
     })
     .await;
 
@@ -517,6 +519,77 @@ async fn a_queue_only_a_worker_serves_appears_on_the_queues_screen_without_a_res
     .await;
 
     tmux.keys(&["q"]);
+    tmux.wait("the console's exit", DEADLINE, |s| {
+        s.contains("[console exited: 0]")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_search_typed_on_the_run_screen_finds_the_line_and_no_character_is_taken_for_a_key() {
+    let engine = Engine::start_default().await;
+    let _worker = Worker::start(&engine, "w1", &["build"], 1).await;
+    let spec = format!(
+        "name = \"counts\"\n[[step]]\nname = \"count\"\nqueue = \"build\"\nrun = {}\n",
+        sh("i=1; while [ $i -le 40 ]; do echo line $i; i=$((i+1)); done")
+    );
+    let run = engine
+        .api()
+        .await
+        .runs
+        .submit_run(SubmitRunRequest {
+            spec,
+            reason: "console e2e".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .run
+        .expect("the run");
+    engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &engine.unix_addr()], 80, 24);
+    tmux.wait("the console live", DEADLINE, live).await;
+    tmux.keys(&["2"]);
+    tmux.wait("the run on the Runs screen", DEADLINE, |s| {
+        s.contains("counts") && s.contains("Runs 1/1")
+    })
+    .await;
+    tmux.keys(&["Enter"]);
+    tmux.wait("the run's output", DEADLINE, |s| {
+        s.contains("Output") && s.contains("line 40")
+    })
+    .await;
+
+    // `/line 5`: l, i, n, e, space and 5 are keys elsewhere (5 is the
+    // Queues screen, space freezes); typed after `/` they are text.
+    tmux.keys(&["/"]);
+    tmux.text("line 5");
+    let typing = tmux
+        .wait("the search being typed", DEADLINE, |s| {
+            s.contains("/line 5")
+        })
+        .await;
+    assert!(
+        !typing.contains("Queues 0"),
+        "5 switched screens:\n{typing}"
+    );
+    tmux.keys(&["Enter"]);
+    let found = tmux
+        .wait("the line found", DEADLINE, |s| {
+            s.contains("/line 5: line 6 of 41")
+        })
+        .await;
+    assert!(found.contains("Output"), "not on the Run screen:\n{found}");
+    assert!(
+        !found.contains("frozen"),
+        "space froze the display:\n{found}"
+    );
+
+    tmux.keys(&["q", "q"]);
     tmux.wait("the console's exit", DEADLINE, |s| {
         s.contains("[console exited: 0]")
     })

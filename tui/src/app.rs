@@ -6,6 +6,12 @@
 //! every behaviour tests by feeding messages.
 //!
 //! No view types live here: colours, layout and ratatui are the views'.
+//!
+//! Beside it, in `app/`: [`order`] (the lists' order: urgency, or the
+//! column a sort key chose), [`detail`] (the fields the `d` overlay
+//! shows), [`panes`] (the Run screen's timeline and output: focus,
+//! scrolling, search, wrap), [`copy`] (`y`, through OSC 52) and
+//! [`stale`] (whether an open dialog's change still applies).
 
 use std::collections::VecDeque;
 
@@ -26,6 +32,17 @@ use crate::conn::{Update, status_words};
 use crate::keys::{Action, Key, lookup};
 use crate::model::{self, Data};
 use crate::roles;
+
+pub mod copy;
+pub mod detail;
+pub mod order;
+pub mod panes;
+pub mod stale;
+
+pub use copy::osc52;
+pub use detail::{DetailOf, Field, absolute, fields as detail_fields, when};
+pub use order::Sort;
+pub use stale::still_applies;
 
 /// The screens, in the order of their digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -206,6 +223,8 @@ pub struct ListState {
     pub selected: usize,
     pub key: Option<String>,
     pub filter: String,
+    /// The column chosen with `S`, `N` or `A`; `None` orders by urgency.
+    pub sort: Sort,
 }
 
 /// A line of text being typed: the state of a tui-textarea, kept as plain
@@ -359,8 +378,16 @@ pub struct Confirm {
     pub title: String,
     /// What will happen, line by line.
     pub lines: Vec<String>,
-    /// The id that must be typed to confirm, for a force-release.
+    /// The id that must be typed to confirm, for a force-release: whole,
+    /// or at least [`ID_PART_MIN`] of its first or last characters that
+    /// no id in `others` shares.
     pub type_to_confirm: Option<String>,
+    /// The other ids of its kind the console knows of, which a typed part
+    /// must not also match.
+    pub others: Vec<String>,
+    /// Why the change no longer applies (the object changed meanwhile,
+    /// e.g. the run was cancelled from the CLI): OK then sends nothing.
+    pub gone: Option<String>,
     pub typed: TextField,
     pub reason: TextField,
     /// Force-release only: fail the step instead of requeueing it.
@@ -381,6 +408,8 @@ impl Confirm {
             title,
             lines,
             type_to_confirm,
+            others: Vec::new(),
+            gone: None,
             typed: TextField::default(),
             reason: TextField::default(),
             fail,
@@ -415,12 +444,21 @@ impl Confirm {
         self.focus = ring[next];
     }
 
+    /// Whether what was typed names the id to confirm.
+    pub fn id_typed(&self) -> bool {
+        self.type_to_confirm
+            .as_ref()
+            .is_none_or(|id| id_matches(id, &self.typed.text(), &self.others))
+    }
+
     /// What is missing before OK can go ahead.
     pub fn missing(&self) -> Option<String> {
         if let Some(id) = &self.type_to_confirm
-            && self.typed.text() != *id
+            && !self.id_typed()
         {
-            return Some(format!("type the lease id {id} to confirm"));
+            return Some(format!(
+                "type the lease id {id} (or at least its last or first {ID_PART_MIN} characters) to confirm"
+            ));
         }
         if self.reason.text().is_empty() {
             return Some(
@@ -429,6 +467,30 @@ impl Confirm {
         }
         None
     }
+}
+
+/// The fewest characters of an id that may stand for it when typed to
+/// confirm: the tail the lists show is 8.
+pub const ID_PART_MIN: usize = 6;
+
+/// Whether `typed` names `id`: the whole id, or at least [`ID_PART_MIN`]
+/// of its first or last characters (any case) that no id of `others`
+/// starts or ends with alike.
+pub fn id_matches(id: &str, typed: &str, others: &[String]) -> bool {
+    let typed = typed.trim().to_ascii_uppercase();
+    let id = id.to_ascii_uppercase();
+    if typed == id {
+        return true;
+    }
+    if typed.chars().count() < ID_PART_MIN {
+        return false;
+    }
+    let names = |other: &str| other.starts_with(&typed) || other.ends_with(&typed);
+    names(&id)
+        && !others
+            .iter()
+            .map(|o| o.to_ascii_uppercase())
+            .any(|o| o != id && names(&o))
 }
 
 /// An overlay over the screen.
@@ -442,6 +504,11 @@ pub enum Modal {
     Messages {
         scroll: usize,
     },
+    /// Every field of one item (`d`).
+    Detail {
+        of: DetailOf,
+        scroll: usize,
+    },
 }
 
 /// What the bottom line is being used for.
@@ -452,6 +519,8 @@ pub enum Input {
     Filter,
     /// `:`: typing a screen's name.
     Command(String),
+    /// `/` on the Run screen: typing what to look for in the output.
+    Search(String),
 }
 
 /// How the status line reads.
@@ -483,6 +552,14 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// The panes of the Run screen that scroll; Tab moves between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pane {
+    Timeline,
+    #[default]
+    Output,
+}
+
 /// The run being looked at on the Run screen.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunView {
@@ -508,6 +585,14 @@ pub struct RunView {
     pub run_wanted: bool,
     /// Why the run could not be read.
     pub run_error: Option<String>,
+    /// The pane the scroll keys move.
+    pub pane: Pane,
+    /// How many events the timeline is scrolled back from the newest;
+    /// 0 keeps the newest in view as they come.
+    pub timeline_back: usize,
+    /// What `/` looked for in the output, and the line found.
+    pub search: String,
+    pub hit: Option<usize>,
 }
 
 /// A list this long is listed again at most every [`BIG_LIST_MS`] when
@@ -557,7 +642,7 @@ pub struct App {
     pub lists: [ListState; 9],
     /// The current list's row keys, filtered and ordered ([`App::sync`]).
     pub rows: Vec<String>,
-    rows_for: Option<(Screen, String, u64, bool)>,
+    rows_for: Option<(Screen, String, Sort, u64, bool)>,
     rows_at_ms: i64,
     pub run: RunView,
     pub input: Input,
@@ -571,6 +656,9 @@ pub struct App {
     pub palette: Palette,
     /// The Events screen keeps the newest event selected.
     pub events_follow: bool,
+    /// The Run screen's output wraps long lines (`w`) instead of cutting
+    /// them at the edge.
+    pub wrap_log: bool,
     ctrl_c_at: Option<i64>,
     refreshing: bool,
     refreshed_at_ms: i64,
@@ -651,6 +739,10 @@ pub enum Cmd {
     },
     /// Workers' heartbeats, leases' expiries and the queues (`ListQueues`).
     Refresh,
+    /// Text to the terminal's clipboard ([`osc52`]).
+    Copy {
+        text: String,
+    },
     Resync,
     Quit,
 }
@@ -691,6 +783,7 @@ impl App {
             readonly: options.readonly,
             palette: options.palette,
             events_follow: true,
+            wrap_log: false,
             ctrl_c_at: None,
             refreshing: false,
             refreshed_at_ms: 0,
@@ -773,20 +866,24 @@ impl App {
         let screen = self.screen;
         let frozen = self.frozen.is_some();
         let filter = self.list(screen).filter.clone();
+        let sort = self.list(screen).sort;
         let version = self.shown().0.version;
-        let key = (screen, filter, version, frozen);
+        let key = (screen, filter, sort, version, frozen);
         // A long list whose only change is the data is listed again at
         // most a few times a second: at 1,000 events a second, listing
         // 50,000 runs for every frame is most of what the console would
         // do. The rows shown are looked up afresh every frame, so only a
         // new row's arrival waits.
-        let throttled = self.rows_for.as_ref().is_some_and(|(s, f, _, z)| {
-            (*s, f.as_str(), *z) == (screen, key.1.as_str(), frozen)
+        let throttled = self.rows_for.as_ref().is_some_and(|(s, f, o, _, z)| {
+            (*s, f.as_str(), *o, *z) == (screen, key.1.as_str(), sort, frozen)
                 && self.rows.len() >= BIG_LIST
                 && self.now_ms - self.rows_at_ms < BIG_LIST_MS
         });
         if self.rows_for.as_ref() != Some(&key) && !throttled {
-            self.rows = rows(self.shown().0, screen, &key.1, self.now_ms);
+            let data = self.shown().0;
+            let mut rows = rows(data, screen, &key.1, self.now_ms);
+            order::order(data, screen, &mut rows, sort, self.now_ms);
+            self.rows = rows;
             self.rows_for = Some(key);
             self.rows_at_ms = self.now_ms;
         }
@@ -821,6 +918,17 @@ impl App {
     fn log_rows(&self) -> usize {
         usize::from(self.size.1.saturating_sub(8) / 2).max(1)
     }
+
+    /// Whether the footer offers a key here and now: a change only when
+    /// this console may make it (not read-only, the roles allow it) and
+    /// it applies to the selected item (a cancel to a run that has not
+    /// ended, a drain to an online worker, …).
+    pub fn offers(&self, action: Action) -> bool {
+        if !action.changes() {
+            return true;
+        }
+        !self.readonly && roles::allows(&self.conn.roles, action) && prepare(self, action).is_ok()
+    }
 }
 
 /// Applies one message; returns what to do next.
@@ -830,7 +938,11 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
             app.sync();
             on_key(app, key)
         }
-        Msg::Conn(update) => on_conn(app, update),
+        Msg::Conn(update) => {
+            let cmds = on_conn(app, update);
+            refresh_confirm(app);
+            cmds
+        }
         Msg::Done { change, result } => {
             match result {
                 Ok(changed) => {
@@ -880,6 +992,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
                 app.data
                     .refresh_queues(read.queues, app.refreshed_at_ms, app.now_ms);
             }
+            refresh_confirm(app);
             Vec::new()
         }
         Msg::Tick => on_tick(app),
@@ -1045,7 +1158,12 @@ fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
             let ours = !app.run.run_id.is_empty() && event.run_id == app.run.run_id;
             let applied = app.data.apply_event(*event, now).clone();
             if ours {
+                let before = app.run.timeline.len();
                 merge_timeline(&mut app.run.timeline, vec![applied]);
+                // A timeline scrolled back stays on what is being read.
+                if app.run.timeline_back > 0 {
+                    app.run.timeline_back += app.run.timeline.len() - before;
+                }
                 let mut cmds = want_output(app);
                 // A change to a run we do not hold was not applied: read
                 // it whole instead.
@@ -1230,11 +1348,24 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Cmd> {
             app.modal = scrolled(k, app.screen, scroll).map(|scroll| Modal::Messages { scroll });
             return Vec::new();
         }
+        Some(Modal::Detail { of, scroll }) => {
+            if k == (Key {
+                code: KeyCode::Char('y'),
+                ctrl: false,
+            }) {
+                let text = detail::id_of(&of);
+                app.modal = Some(Modal::Detail { of, scroll });
+                return copy::copy(app, text);
+            }
+            app.modal = scrolled(k, app.screen, scroll).map(|scroll| Modal::Detail { of, scroll });
+            return Vec::new();
+        }
         None => {}
     }
     match std::mem::replace(&mut app.input, Input::Normal) {
         Input::Filter => return on_filter_key(app, key),
         Input::Command(text) => return on_command_key(app, text, key),
+        Input::Search(text) => return panes::on_search_key(app, text, key),
         Input::Normal => {}
     }
     let Some(action) = lookup(k, app.screen) else {
@@ -1357,7 +1488,52 @@ fn act(app: &mut App, action: Action) -> Vec<Cmd> {
             Vec::new()
         }
         Action::Filter => {
-            app.input = Input::Filter;
+            match app.screen {
+                Screen::Run => app.input = Input::Search(String::new()),
+                Screen::Overview => app.say(
+                    StatusKind::Info,
+                    "the Overview has nothing to filter: / filters the lists (2, 4-9) \
+                     and searches the output on the Run screen (3)",
+                ),
+                _ => app.input = Input::Filter,
+            }
+            Vec::new()
+        }
+        Action::Detail => {
+            match detail::detail_of(app) {
+                Some(of) => app.modal = Some(Modal::Detail { of, scroll: 0 }),
+                None => app.say(StatusKind::Info, "nothing is selected to show"),
+            }
+            Vec::new()
+        }
+        Action::Copy => match copy::copied_id(app) {
+            Some(text) => copy::copy(app, text),
+            None => {
+                app.say(StatusKind::Info, "nothing is selected to copy");
+                Vec::new()
+            }
+        },
+        Action::Wrap => {
+            panes::toggle_wrap(app);
+            Vec::new()
+        }
+        Action::Pane => {
+            panes::switch(app);
+            Vec::new()
+        }
+        Action::SearchNext | Action::SearchPrev => {
+            panes::again(app, action == Action::SearchNext);
+            Vec::new()
+        }
+        Action::Sort(by) => {
+            let screen = app.screen;
+            let list = app.list_mut(screen);
+            list.sort = order::next(list.sort, by);
+            let word = order::words(list.sort).map_or("ordered by urgency again".to_owned(), |w| {
+                format!("sorted {w}")
+            });
+            app.say(StatusKind::Info, word);
+            app.sync();
             Vec::new()
         }
         Action::Up => move_by(app, -1),
@@ -1538,6 +1714,13 @@ fn enter(app: &mut App) -> Vec<Cmd> {
                 drill(app, Screen::Workers, Some(worker));
                 Vec::new()
             } else {
+                // Nothing to open: its detail, as `d` shows it.
+                if let Ok(seq) = key.parse() {
+                    app.modal = Some(Modal::Detail {
+                        of: DetailOf::Event(seq),
+                        scroll: 0,
+                    });
+                }
                 Vec::new()
             }
         }
@@ -1555,7 +1738,7 @@ fn enter(app: &mut App) -> Vec<Cmd> {
 
 fn move_by(app: &mut App, delta: isize) -> Vec<Cmd> {
     if app.screen == Screen::Run {
-        scroll_log(app, delta);
+        panes::scroll(app, delta);
         return Vec::new();
     }
     if !app.screen.is_list() {
@@ -1580,29 +1763,6 @@ fn move_by(app: &mut App, delta: isize) -> Vec<Cmd> {
         app.events_follow = to == 0;
     }
     Vec::new()
-}
-
-fn scroll_log(app: &mut App, delta: isize) {
-    let rows = app.log_rows();
-    let max = app.run.log.len().saturating_sub(rows);
-    let run = &mut app.run;
-    match delta {
-        isize::MIN => {
-            run.follow = false;
-            run.scroll = 0;
-        }
-        isize::MAX => run.follow = true,
-        d => {
-            let from = if run.follow { max } else { run.scroll.min(max) };
-            let to = if d < 0 {
-                from.saturating_sub(d.unsigned_abs())
-            } else {
-                from.saturating_add(d.unsigned_abs()).min(max)
-            };
-            run.follow = to >= max && d > 0;
-            run.scroll = to;
-        }
-    }
 }
 
 // -------------------------------------------------------------- changes
@@ -1914,11 +2074,9 @@ fn prepare(app: &App, action: Action) -> Result<Confirm, String> {
                 lease: id.to_owned(),
                 fail: false,
             };
-            Ok(Confirm::new(
-                change,
-                "Force-release lease".to_owned(),
-                lines,
-            ))
+            let mut confirm = Confirm::new(change, "Force-release lease".to_owned(), lines);
+            confirm.others = data.leases.keys().filter(|k| *k != id).cloned().collect();
+            Ok(confirm)
         }
         Action::ClearQuarantine => {
             let name = selected.ok_or("no quarantined run name is selected")?;
@@ -2002,10 +2160,7 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
                 if let KeyCode::Char(ch) = key.code
                     && !ctrl
                 {
-                    let id_missing = c
-                        .type_to_confirm
-                        .as_ref()
-                        .is_some_and(|id| c.typed.text() != *id);
+                    let id_missing = !c.id_typed();
                     if id_missing {
                         c.focus = Focus::Id;
                         c.typed.insert(&ch.to_string());
@@ -2028,6 +2183,12 @@ fn on_confirm_key(app: &mut App, mut c: Confirm, key: KeyEvent) -> Vec<Cmd> {
 
 /// OK pressed: the change to send, or `None` with why not in `c.error`.
 fn press_ok(app: &mut App, c: &mut Confirm) -> Option<Vec<Cmd>> {
+    if let Some(gone) = &c.gone {
+        // The object changed meanwhile: a request now is bound to be
+        // refused, so none goes; the dialog closes.
+        app.say(StatusKind::Info, format!("nothing changed: {gone}"));
+        return Some(Vec::new());
+    }
     if !app.live() {
         c.error = Some(format!(
             "not connected ({}): try again once live",
@@ -2056,16 +2217,28 @@ fn press_ok(app: &mut App, c: &mut Confirm) -> Option<Vec<Cmd>> {
 }
 
 /// An open dialog's words follow the clock and the data ("asked by ann 3m
-/// ago", the votes so far), as long as they are about the same change.
+/// ago", the votes so far), as long as they are about the same change;
+/// once the change no longer applies (the run ended, the approval was
+/// decided, the lease released — from the CLI or another console), the
+/// dialog says so and OK sends nothing.
 fn refresh_confirm(app: &mut App) {
-    let fresh = match &app.modal {
-        Some(Modal::Confirm(c)) => prepare(app, c.change.action())
-            .ok()
-            .filter(|fresh| fresh.change == c.change),
-        _ => None,
+    let Some(Modal::Confirm(c)) = &app.modal else {
+        return;
     };
-    if let (Some(fresh), Some(Modal::Confirm(c))) = (fresh, &mut app.modal) {
-        c.lines = fresh.lines;
+    let gone = still_applies(app.shown().0, &c.change).err();
+    let fresh = prepare(app, c.change.action())
+        .ok()
+        .filter(|fresh| fresh.change == c.change);
+    if let Some(Modal::Confirm(c)) = &mut app.modal {
+        if let Some(fresh) = fresh {
+            c.lines = fresh.lines;
+            // Leases come and go: a typed part must still name one only.
+            c.others = fresh.others;
+        }
+        if gone.is_some() {
+            c.error = None;
+        }
+        c.gone = gone;
     }
 }
 

@@ -184,6 +184,13 @@ pub async fn run(target: Target, auth: Auth, readonly: bool) -> Result<(), Conso
                 match cmd {
                     Cmd::Quit => return Ok(()),
                     Cmd::Resync => conn.resync(),
+                    Cmd::Copy { text } => {
+                        // The terminal does the copying: over SSH, the
+                        // clipboard of the operator's machine.
+                        let backend = terminal.backend_mut();
+                        backend.write_all(app::osc52(&text).as_bytes())?;
+                        backend.flush()?;
+                    }
                     cmd => {
                         let engine = conn.engine().cloned();
                         let results = results.clone();
@@ -280,7 +287,7 @@ async fn carry_out(engine: Option<Engine>, cmd: Cmd) -> Option<Msg> {
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(words(e)),
             })
         }
-        Cmd::Quit | Cmd::Resync => return None,
+        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } => return None,
     })
 }
 
@@ -306,7 +313,7 @@ fn failed(cmd: Cmd, status: tonic::Status) -> Option<Msg> {
         },
         Cmd::FetchEvents { .. } => Msg::Backfill(Err(why)),
         Cmd::Refresh => Msg::Refreshed(Err(why)),
-        Cmd::Quit | Cmd::Resync => return None,
+        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } => return None,
     })
 }
 

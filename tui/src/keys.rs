@@ -48,6 +48,38 @@ pub enum Action {
     Resync,
     /// `L`: the message log.
     Messages,
+    /// `d`: every field of the selected item, with absolute times.
+    Detail,
+    /// `y`: the selected item's full id to the clipboard (OSC 52).
+    Copy,
+    /// `w`: wrap the Run screen's output lines, or cut them.
+    Wrap,
+    /// Tab: the other pane of the Run screen (timeline, output).
+    Pane,
+    /// `n` / `N`: the next / previous line matching the output search.
+    SearchNext,
+    SearchPrev,
+    /// `S`, `N`, `A`: order the list by state, name or age (again:
+    /// the other way round; a third time: by urgency again).
+    Sort(SortBy),
+}
+
+/// What a list can be ordered by besides urgency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SortBy {
+    State,
+    Name,
+    Age,
+}
+
+impl SortBy {
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::State => "state",
+            Self::Name => "name",
+            Self::Age => "age",
+        }
+    }
 }
 
 impl Action {
@@ -118,8 +150,6 @@ impl Key {
 #[derive(Clone, Copy, Debug)]
 pub enum Where {
     All,
-    /// The screens that show lists.
-    Lists,
     Only(&'static [Screen]),
 }
 
@@ -127,7 +157,6 @@ impl Where {
     pub fn includes(self, screen: Screen) -> bool {
         match self {
             Self::All => true,
-            Self::Lists => screen.is_list(),
             Self::Only(screens) => screens.contains(&screen),
         }
     }
@@ -136,7 +165,6 @@ impl Where {
     pub fn describe(self) -> String {
         match self {
             Self::All => "everywhere".to_owned(),
-            Self::Lists => "lists".to_owned(),
             Self::Only(screens) => screens
                 .iter()
                 .map(|s| s.name())
@@ -161,6 +189,9 @@ pub struct Binding {
 }
 
 use Screen::{Approvals, Events, Leases, Quarantines, Queues, Run, Runs, Workers};
+
+/// The lists the sort keys work on.
+pub const SORTED: &[Screen] = &[Runs, Workers, Leases];
 
 const DIGITS: &[Key] = &[
     ch('1'),
@@ -278,16 +309,97 @@ pub const KEYMAP: &[Binding] = &[
             Events,
             Quarantines,
         ]),
-        what: "open the selected item (a run, or the list it belongs to)",
+        what: "open the selected item (a run, or the list it belongs to; else its detail)",
         short: Some("open"),
+    },
+    Binding {
+        keys: &[ch('d')],
+        label: "d",
+        action: Action::Detail,
+        screens: Where::Only(&[Runs, Run, Workers, Leases, Approvals, Events]),
+        what: "detail: every field of the selected item, times absolute (UTC) and relative",
+        short: Some("detail"),
     },
     Binding {
         keys: &[ch('/')],
         label: "/",
         action: Action::Filter,
-        screens: Where::Lists,
-        what: "filter the list by text (enter keeps it, esc clears it)",
+        screens: Where::All,
+        what: "filter the list by text (enter keeps it, esc clears it); on the Run screen, search the output",
         short: Some("filter"),
+    },
+    Binding {
+        keys: &[ch('n')],
+        label: "n",
+        action: Action::SearchNext,
+        screens: Where::Only(&[Run]),
+        what: "the next output line matching the search (/ on the Run screen)",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('N')],
+        label: "N",
+        action: Action::SearchPrev,
+        screens: Where::Only(&[Run]),
+        what: "the previous output line matching the search",
+        short: None,
+    },
+    Binding {
+        keys: &[code(KeyCode::Tab), code(KeyCode::BackTab)],
+        label: "tab",
+        action: Action::Pane,
+        screens: Where::Only(&[Run]),
+        what: "move between the timeline and the output: j/k, pgup/pgdn, g/G scroll the one in focus",
+        short: Some("pane"),
+    },
+    Binding {
+        keys: &[ch('w')],
+        label: "w",
+        action: Action::Wrap,
+        screens: Where::Only(&[Run]),
+        what: "wrap long output lines, or cut them at the edge",
+        short: Some("wrap"),
+    },
+    Binding {
+        keys: &[ch('S')],
+        label: "S",
+        action: Action::Sort(SortBy::State),
+        screens: Where::Only(SORTED),
+        what: "sort by state; again reverses, a third time back to urgency (the default)",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('N')],
+        label: "N",
+        action: Action::Sort(SortBy::Name),
+        screens: Where::Only(SORTED),
+        what: "sort by name; again reverses, a third time back to urgency",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('A')],
+        label: "A",
+        action: Action::Sort(SortBy::Age),
+        screens: Where::Only(SORTED),
+        what: "sort by age, newest first; again reverses, a third time back to urgency",
+        short: None,
+    },
+    Binding {
+        keys: &[ch('y')],
+        label: "y",
+        action: Action::Copy,
+        screens: Where::Only(&[
+            Runs,
+            Run,
+            Workers,
+            Queues,
+            Approvals,
+            Leases,
+            Events,
+            Quarantines,
+        ]),
+        what: "copy the selected item's full id to the clipboard (OSC 52, works over SSH)",
+        short: None,
     },
     Binding {
         keys: &[code(KeyCode::Esc)],
@@ -520,6 +632,20 @@ mod tests {
         let viewer = ["viewer".to_owned()];
         assert!(offered(&viewer).all(|b| !b.action.changes()));
         assert!(offered(&viewer).any(|b| b.action == Action::Help));
+    }
+
+    #[test]
+    fn slash_does_something_on_every_screen_and_n_means_search_or_sort_by_screen() {
+        for screen in Screen::ALL {
+            assert_eq!(lookup(key('/'), screen), Some(Action::Filter), "{screen:?}");
+        }
+        assert_eq!(lookup(key('N'), Run), Some(Action::SearchPrev));
+        assert_eq!(lookup(key('N'), Runs), Some(Action::Sort(SortBy::Name)));
+        assert_eq!(lookup(key('S'), Queues), None);
+        assert_eq!(
+            lookup(code(KeyCode::BackTab), Run),
+            lookup(code(KeyCode::Tab), Run)
+        );
     }
 
     #[test]

@@ -67,7 +67,14 @@ pub fn needed(action: Action) -> Option<Role> {
         | Action::Follow
         | Action::Freeze
         | Action::Resync
-        | Action::Messages => None,
+        | Action::Messages
+        | Action::Detail
+        | Action::Copy
+        | Action::Wrap
+        | Action::Pane
+        | Action::SearchNext
+        | Action::SearchPrev
+        | Action::Sort(_) => None,
     }
 }
 

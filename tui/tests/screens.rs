@@ -124,6 +124,9 @@ fn roles_are_on_the_header_and_keys_they_do_not_allow_are_not_offered() {
     // An operator: drain and undrain, but no recycle on the Workers screen.
     let mut app = app_as(&["operator"]);
     app::update(&mut app, key('4'));
+    // An online worker, which an operator may drain.
+    app::update(&mut app, key('N'));
+    app::update(&mut app, key('g'));
     assert_snapshot!(render(&mut app, 80, 24).backend());
 }
 
@@ -131,7 +134,7 @@ fn roles_are_on_the_header_and_keys_they_do_not_allow_are_not_offered() {
 fn help_for_a_viewer_lists_no_changes() {
     let mut app = app_as(&["viewer"]);
     app::update(&mut app, key('?'));
-    let frame = render(&mut app, 80, 40).backend().to_string();
+    let frame = render(&mut app, 80, 60).backend().to_string();
     for hidden in [
         "approve the",
         "drain the",
@@ -445,7 +448,7 @@ fn a_console_that_never_connected_says_so_and_shows_unknowns_not_zeros() {
     assert!(frame.contains("reading what the engine holds"), "{frame}");
     app::update(&mut app, Msg::Conn(Update::Snapshot(Box::new(snapshot()))));
     let frame = render(&mut app, 80, 24).backend().to_string();
-    assert!(frame.contains("Queues 3"), "{frame}");
+    assert!(frame.contains("Queues 1/3"), "{frame}");
     assert_eq!(app.unknown_words(), None);
 }
 

@@ -24,7 +24,7 @@ use ratatui::widgets::{Paragraph, Widget, Wrap};
 use crate::app::{App, Link, Modal, RunView, Screen};
 use crate::model::Data;
 use crate::widgets::table::ListTable;
-use crate::widgets::{Rows, confirm, footer, header, help, messages};
+use crate::widgets::{Rows, confirm, detail, footer, header, help, messages};
 use theme::Theme;
 
 /// What every screen's view gets.
@@ -98,6 +98,7 @@ impl<'a> Ctx<'a> {
             stale: self.stale(),
             unknown: self.unknown.as_deref(),
             alert: None,
+            sort: crate::app::order::words(list.sort),
             theme: &self.theme,
         }
     }
@@ -145,6 +146,9 @@ impl Widget for Console<'_> {
             Some(Modal::Confirm(c)) => confirm::render(c, &theme, area, buf),
             Some(Modal::Help { scroll }) => help::render(app, &theme, *scroll, area, buf),
             Some(Modal::Messages { scroll }) => messages::render(app, &theme, *scroll, area, buf),
+            Some(Modal::Detail { of, scroll }) => {
+                detail::render(ctx.data, of, ctx.now, &theme, *scroll, area, buf)
+            }
             None => {}
         }
     }

@@ -1,7 +1,8 @@
 //! Overview: queue depth over the last minutes, workers by state, pending
 //! approvals, live and stuck leases, throughput and failure rate,
-//! quarantined run names, and the latest events — what an on-call
-//! engineer glances at.
+//! quarantined run names, the latest failed runs (which, when, the step
+//! that failed), and the latest events — what an on-call engineer glances
+//! at.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -17,7 +18,7 @@ use crate::keys::Action;
 use crate::model::{Figures, RATE_WINDOW_MS, figures, overdue};
 use crate::roles;
 use crate::widgets::sparkline::{spark, top};
-use crate::widgets::{Rows, fit};
+use crate::widgets::{Rows, fit, short_id};
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     if area.width == 0 || area.height == 0 {
@@ -44,6 +45,17 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let pending = u16::try_from(f.pending_approvals.min(4)).unwrap_or(4);
     let approvals_height = if pending == 0 { 0 } else { pending + 2 };
     approvals(ctx, rows.take(approvals_height.min(rows.left() / 2)), buf);
+    let failed = failed_runs(ctx);
+    if !failed.is_empty() && ctx.unknown.is_none() {
+        let shown = u16::try_from(failed.len().min(FAILED_SHOWN)).unwrap_or(1);
+        let mut height = (shown + 2).min(rows.left());
+        // Rather than a box too small to show an event, the failures
+        // take the rest.
+        if rows.left() - height < 3 {
+            height = rows.left();
+        }
+        failures(ctx, &failed, rows.take(height), buf);
+    }
     match &ctx.unknown {
         Some(why) => unknown(ctx, why, rows.rest(), buf),
         None => latest(ctx, rows.rest(), buf),
@@ -315,8 +327,72 @@ fn approvals(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     Paragraph::new(lines).render(inner, buf);
 }
 
+/// Failed runs the Overview lists at most.
+const FAILED_SHOWN: usize = 3;
+
+/// The failed runs the console holds, the latest to end first.
+fn failed_runs<'a>(ctx: &Ctx<'a>) -> Vec<&'a opsdeck_proto::v1::Run> {
+    let mut failed: Vec<_> = ctx
+        .data
+        .runs
+        .values()
+        .filter(|r| r.state() == opsdeck_proto::v1::RunState::Failed)
+        .collect();
+    failed.sort_by_key(|r| {
+        (
+            std::cmp::Reverse(r.finished_at_ms.max(r.updated_at_ms)),
+            r.id.clone(),
+        )
+    });
+    failed
+}
+
+/// "backup-logs …00BACKUP 2m ago  step 1 backup: exit 28", one a line.
+fn failures(ctx: &Ctx, failed: &[&opsdeck_proto::v1::Run], area: Rect, buf: &mut Buffer) {
+    if area.height < 3 {
+        return;
+    }
+    let t = &ctx.theme;
+    let title = if failed.len() > FAILED_SHOWN {
+        format!(
+            "Failed runs, latest first ({} held; 2 lists them)",
+            failed.len()
+        )
+    } else {
+        "Failed runs, latest first (2 lists them)".to_owned()
+    };
+    let block = block(ctx, &title);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let lines: Vec<Line> = failed
+        .iter()
+        .take(usize::from(inner.height))
+        .map(|r| {
+            let ended = if r.finished_at_ms > 0 {
+                r.finished_at_ms
+            } else {
+                r.updated_at_ms
+            };
+            let step = r.steps.get(r.current_step as usize);
+            let mut why = step.map_or(String::new(), |s| {
+                format!("step {} {}", step_number(s.index), s.name)
+            });
+            if let Some(message) = step.map(|s| s.message.as_str()).filter(|m| !m.is_empty()) {
+                why.push_str(&format!(": {message}"));
+            }
+            Line::from(vec![
+                Span::styled(format!("{} ", r.name), t.bad()),
+                Span::styled(format!("{} ", short_id(&r.id, 9)), t.dim()),
+                Span::raw(format!("{:>4} ago  ", age(ended, ctx.now))),
+                Span::raw(why),
+            ])
+        })
+        .collect();
+    Paragraph::new(lines).render(inner, buf);
+}
+
 fn latest(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
-    if area.height == 0 {
+    if area.height < 3 {
         return;
     }
     let t = &ctx.theme;

@@ -1,18 +1,23 @@
 //! One run: its fields, its steps with their attempts, the live timeline
 //! of its events, and the tail of its output (F follows the newest line).
+//! Tab moves the focus between the timeline and the output; the pane in
+//! focus has a bright border and, on a narrow terminal, the larger share
+//! of the rows. `/` searches the output, `w` wraps its long lines.
 
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{Run, RunState, StepKind, StepState};
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, Widget};
+use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, Widget, Wrap};
 
 use super::Ctx;
 use super::events::{kind_style, message};
-use crate::app::age;
+use crate::app::panes::line_matches;
+use crate::app::{Pane, age};
 use crate::cli::step_number;
 use crate::cli::time::relative;
+use crate::keys::Action;
 use crate::widgets::Rows;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
@@ -52,7 +57,12 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         timeline(ctx, left, buf);
         log(ctx, right, buf);
     } else {
-        let timeline_height = (rest.height * 2 / 5).clamp(3.min(rest.height), 12);
+        let small = (rest.height * 2 / 5).clamp(3.min(rest.height), 12);
+        // The pane in focus gets the larger share.
+        let timeline_height = match ctx.run.pane {
+            Pane::Output => small,
+            Pane::Timeline => rest.height.saturating_sub(small.min(rest.height / 2)),
+        };
         let mut rows = Rows::new(rest);
         timeline(ctx, rows.take(timeline_height), buf);
         log(ctx, rows.rest(), buf);
@@ -95,14 +105,21 @@ fn head_lines<'a>(ctx: &Ctx, run: &'a Run) -> Vec<Line<'a>> {
     }
     let mut lines = vec![Line::from(first), Line::from(second)];
     if let Some(a) = ctx.data.pending_approval_of(&run.id) {
-        lines.push(Line::from(vec![
-            Span::styled(format!("waiting for approval {}", a.id), t.warn()),
-            Span::raw(": "),
-            Span::styled("a", t.key()),
-            Span::raw(" approves, "),
-            Span::styled("x", t.key()),
-            Span::raw(" rejects"),
-        ]));
+        let mut line = vec![Span::styled(
+            format!("waiting for approval {}", a.id),
+            t.warn(),
+        )];
+        // The keys only for whom they would work.
+        if ctx.app.offers(Action::Approve) {
+            line.extend([
+                Span::raw(": "),
+                Span::styled("a", t.key()),
+                Span::raw(" approves, "),
+                Span::styled("x", t.key()),
+                Span::raw(" rejects"),
+            ]);
+        }
+        lines.push(Line::from(line));
     } else if let Some(step) = run
         .steps
         .get(run.current_step as usize)
@@ -190,14 +207,44 @@ fn steps(ctx: &Ctx, run: &Run, area: Rect, buf: &mut Buffer) {
     );
 }
 
+/// A pane's block: its title, bright when in focus.
+fn pane_block<'a>(ctx: &Ctx, title: Vec<Span<'a>>, focused: bool) -> Block<'a> {
+    let block = Block::bordered().title(Line::from(title));
+    if focused {
+        block.border_style(ctx.theme.key())
+    } else {
+        block
+    }
+}
+
 fn timeline(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let t = &ctx.theme;
-    let block = Block::bordered().title(Span::styled(" Timeline ", t.heading()));
+    let events = &ctx.run.timeline;
+    let shown = usize::from(area.height.saturating_sub(2));
+    let first = events
+        .len()
+        .saturating_sub(shown)
+        .saturating_sub(ctx.run.timeline_back);
+    let focused = ctx.run.pane == Pane::Timeline;
+    let mut title = vec![Span::styled(" Timeline ", t.heading())];
+    if events.len() > shown {
+        title.push(Span::styled(
+            format!(
+                "{}-{} of {} ",
+                first + 1,
+                (first + shown).min(events.len()),
+                events.len()
+            ),
+            t.dim(),
+        ));
+    }
+    if !focused {
+        title.push(Span::styled("tab to scroll ", t.dim()));
+    }
+    let block = pane_block(ctx, title, focused);
     let inner = block.inner(area);
     block.render(area, buf);
-    let events = &ctx.run.timeline;
-    let shown = usize::from(inner.height);
-    let lines: Vec<Line> = events[events.len().saturating_sub(shown)..]
+    let lines: Vec<Line> = events[first..(first + shown).min(events.len())]
         .iter()
         .map(|e| {
             Line::from(vec![
@@ -218,10 +265,29 @@ fn timeline(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
 fn log(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let t = &ctx.theme;
     let view = ctx.run;
+    let wrap = ctx.app.wrap_log;
     let height = usize::from(area.height.saturating_sub(2));
-    let max = view.log.len().saturating_sub(height);
+    let width = usize::from(area.width.saturating_sub(2)).max(1);
+    let max = if wrap {
+        // Wrapped, the newest lines take more rows: as many from the end
+        // as fill the pane.
+        let mut rows = 0;
+        let mut first = view.log.len();
+        for l in view.log.iter().rev() {
+            rows += shown_text(l).chars().count().div_ceil(width).max(1);
+            if rows > height {
+                break;
+            }
+            first -= 1;
+        }
+        first.min(view.log.len().saturating_sub(1))
+    } else {
+        view.log.len().saturating_sub(height)
+    };
     let first = if view.follow {
         max
+    } else if wrap {
+        view.scroll.min(view.log.len().saturating_sub(1))
     } else {
         view.scroll.min(max)
     };
@@ -239,7 +305,13 @@ fn log(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
             t.dim(),
         ));
     }
-    let block = Block::bordered().title(Line::from(title));
+    if wrap {
+        title.push(Span::styled("wrapped ", t.dim()));
+    }
+    if !view.search.is_empty() {
+        title.push(Span::styled(format!("/{} ", view.search), t.key()));
+    }
+    let block = pane_block(ctx, title, view.pane == Pane::Output);
     let inner = block.inner(area);
     block.render(area, buf);
     if let Some(error) = &view.log_error {
@@ -259,17 +331,37 @@ fn log(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         Paragraph::new(Span::styled(text, t.dim())).render(inner, buf);
         return;
     }
-    let lines: Vec<Line> = view.log[first..(first + height).min(view.log.len())]
+    let end = (first + height).min(view.log.len());
+    let lines: Vec<Line> = view.log[first..end]
         .iter()
-        .map(|l| {
-            if l.heading {
-                Line::styled(format!("--- {}", l.text), t.dim())
+        .enumerate()
+        .map(|(i, l)| {
+            let style = if view.hit == Some(first + i) {
+                t.selected()
+            } else if line_matches(l, &view.search) {
+                t.key()
+            } else if l.heading {
+                t.dim()
             } else if l.stderr {
-                Line::styled(l.text.clone(), t.warn())
+                t.warn()
             } else {
-                Line::raw(l.text.clone())
-            }
+                ratatui::style::Style::new()
+            };
+            Line::styled(shown_text(l), style)
         })
         .collect();
-    Paragraph::new(lines).render(inner, buf);
+    let mut paragraph = Paragraph::new(lines);
+    if wrap {
+        paragraph = paragraph.wrap(Wrap { trim: false });
+    }
+    paragraph.render(inner, buf);
+}
+
+/// A log line as the pane shows it: headings marked.
+fn shown_text(l: &crate::app::LogLine) -> String {
+    if l.heading {
+        format!("--- {}", l.text)
+    } else {
+        l.text.clone()
+    }
 }

@@ -8,7 +8,7 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget, Wrap};
 
-use crate::app::{Confirm, Focus, TextField};
+use crate::app::{Confirm, Focus, ID_PART_MIN, TextField};
 use crate::view::theme::Theme;
 
 use super::{Rows, centered};
@@ -51,7 +51,11 @@ pub fn render(c: &Confirm, theme: &Theme, area: Rect, buf: &mut Buffer) {
         .map(|l| l.chars().count().div_ceil(inner_width).max(1))
         .sum();
     let fields = if c.type_to_confirm.is_some() { 6 } else { 3 };
-    let extra = usize::from(c.fail.is_some()) + usize::from(c.error.is_some());
+    let extra = usize::from(c.fail.is_some())
+        + usize::from(c.error.is_some())
+        + c.gone
+            .as_ref()
+            .map_or(0, |g| g.chars().count().div_ceil(inner_width));
     let height = u16::try_from(text_rows + 1 + fields + extra + 1 + 2).unwrap_or(u16::MAX);
     let popup = centered(area, width, height);
     Clear.render(popup, buf);
@@ -72,7 +76,7 @@ pub fn render(c: &Confirm, theme: &Theme, area: Rect, buf: &mut Buffer) {
         .render(text, buf);
     rows.take(1);
     if let Some(id) = &c.type_to_confirm {
-        let placeholder = format!("type {id}");
+        let placeholder = format!("type {id}, or its last {ID_PART_MIN}+ characters");
         field(
             theme,
             &c.typed,
@@ -111,7 +115,18 @@ pub fn render(c: &Confirm, theme: &Theme, area: Rect, buf: &mut Buffer) {
     if let Some(error) = &c.error {
         Paragraph::new(Span::styled(error.clone(), theme.bad())).render(rows.take(1), buf);
     }
-    let ok = format!("OK: {}", c.change.verb());
+    if let Some(gone) = &c.gone {
+        let height = gone.chars().count().div_ceil(inner_width);
+        Paragraph::new(Span::styled(gone.clone(), theme.warn()))
+            .wrap(Wrap { trim: false })
+            .render(rows.take(u16::try_from(height).unwrap_or(1)), buf);
+    }
+    // A change that no longer applies sends nothing: OK says so.
+    let ok = if c.gone.is_some() {
+        "OK: close, nothing to send".to_owned()
+    } else {
+        format!("OK: {}", c.change.verb())
+    };
     let line = Line::from(vec![
         button(theme, "Cancel", c.focus == Focus::Cancel),
         Span::raw("  "),

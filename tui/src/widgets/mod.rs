@@ -7,9 +7,11 @@
 //! - [`confirm`]: the confirmation dialog, with tui-textarea fields.
 //! - [`help`]: every key, from the keymap.
 //! - [`messages`]: the last status messages, with their times.
+//! - [`detail`]: every field of one item, times absolute and relative.
 //! - [`header`], [`footer`]: the bars above and below.
 
 pub mod confirm;
+pub mod detail;
 pub mod footer;
 pub mod header;
 pub mod help;

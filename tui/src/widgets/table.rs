@@ -43,6 +43,8 @@ pub struct ListTable<'a> {
     pub unknown: Option<&'a str>,
     /// What needs someone, after the count: "(1 STUCK)".
     pub alert: Option<String>,
+    /// The order chosen with a sort key ("by name"); `None`: the default.
+    pub sort: Option<String>,
     pub theme: &'a Theme,
 }
 
@@ -58,7 +60,14 @@ impl ListTable<'_> {
         let mut title = vec![Span::styled(format!(" {} ", self.title), t.heading())];
         match self.unknown {
             Some(_) => title.push(Span::styled("? ", t.warn())),
-            None => title.push(Span::raw(format!("{} ", self.total))),
+            // Where the selection is, so that a long list says how much
+            // is above and below the window: "12/340".
+            None if self.total > 0 => title.push(Span::raw(format!(
+                "{}/{} ",
+                self.selected.min(self.total - 1) + 1,
+                self.total
+            ))),
+            None => title.push(Span::raw("0 ")),
         }
         if let Some(alert) = &self.alert {
             title.push(Span::styled(alert.clone(), t.alert()));
@@ -66,6 +75,9 @@ impl ListTable<'_> {
         }
         if !self.filter.is_empty() {
             title.push(Span::styled(format!("/{} ", self.filter), t.key()));
+        }
+        if let Some(sort) = &self.sort {
+            title.push(Span::styled(format!("{sort} "), t.dim()));
         }
         if let Some(stale) = self.stale {
             title.push(Span::styled(format!("{stale} "), t.warn()));
