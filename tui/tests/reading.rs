@@ -323,7 +323,7 @@ fn runs_put_failed_and_waiting_first_then_running_then_the_rest_newest_first() {
             Msg::Conn(Update::Event(Box::new(Event {
                 seq,
                 kind: "run.submitted".into(),
-                run: Some(run),
+                run: Some(Box::new(run)),
                 ..Event::default()
             }))),
         );
