@@ -89,6 +89,8 @@ pub fn run(r: &Run) -> pb::Run {
         steps: r.steps.iter().map(|s| step(&r.id, s)).collect(),
         message: r.message.clone(),
         idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
+        params: r.params.clone().into_iter().collect(),
+        retry_of: r.retry_of.clone().unwrap_or_default(),
     }
 }
 

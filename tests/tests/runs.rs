@@ -59,6 +59,7 @@ async fn a_failing_step_is_retried_with_backoff_until_dead_and_an_operator_retry
         .retry_run(RetryRunRequest {
             id: run.id.clone(),
             reason: "fixed the flake".into(),
+            ..Default::default()
         })
         .await
         .expect("retry a failed run")
@@ -217,6 +218,7 @@ async fn submitting_twice_with_one_idempotency_key_returns_the_first_run() {
             .into(),
         idempotency_key: "deploy-2024-42".into(),
         reason: "e2e".into(),
+        ..Default::default()
     };
     let first = runs.submit_run(request.clone()).await.unwrap().into_inner();
     let second = runs.submit_run(request).await.unwrap().into_inner();

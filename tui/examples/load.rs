@@ -35,6 +35,7 @@ async fn main() {
         spec: SPEC.to_owned(),
         idempotency_key: String::new(),
         reason: "load".to_owned(),
+        ..Default::default()
     };
     // The first run makes the queue; pausing it keeps every later run at
     // two events.

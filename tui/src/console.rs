@@ -382,6 +382,7 @@ async fn change_call(
             call(engine.runs().retry_run(RetryRunRequest {
                 id: run.clone(),
                 reason: reason.clone(),
+                ..Default::default()
             }))
             .await?,
         ),

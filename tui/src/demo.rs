@@ -464,6 +464,7 @@ async fn workload(engine: Engine, rate: f64) {
                     spec: kind.spec.to_owned(),
                     idempotency_key: String::new(),
                     reason: "demo workload".to_owned(),
+                    ..Default::default()
                 };
                 let _ = runs.submit_run(request).await;
             }

@@ -21,8 +21,13 @@ impl Api {
         &self,
         req: &pb::SubmitRunRequest,
     ) -> Result<(spec::RunSpec, Option<String>), Status> {
-        let mut spec =
-            spec::parse(&req.spec, &self.limits).map_err(crate::error::EngineError::from)?;
+        let given = req
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut spec = spec::parse_with(&req.spec, &self.limits, &given)
+            .map_err(crate::error::EngineError::from)?;
         crate::domain::policy::apply(&self.policies, &mut spec)
             .map_err(Status::permission_denied)?;
         if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
@@ -60,6 +65,38 @@ impl Api {
     }
 
     /// A run by id, live or from history.
+    /// A new run of `id`'s spec with some parameters changed (the others as
+    /// `id` had them), linked to it; policies apply as to any submit.
+    async fn retry_with_params(
+        &self,
+        actor: crate::domain::Actor,
+        id: String,
+        req: pb::RetryRunRequest,
+    ) -> Result<pb::Run, Status> {
+        let (template, mut params) = self
+            .with_run(id.clone(), |s, _, id| s.run_template(id))
+            .await?;
+        params.extend(req.params);
+        let submit = pb::SubmitRunRequest {
+            spec: template,
+            idempotency_key: req.idempotency_key,
+            reason: req.reason,
+            params: params.into_iter().collect(),
+        };
+        let (spec, key) = self.submit_args(&submit)?;
+        if let Some(run) = self.stored_by_key(&actor, key.as_deref(), &spec).await? {
+            return Ok(run);
+        }
+        self.core
+            .call(move |s, tx| {
+                let (new, _) =
+                    s.submit_retrying(tx, spec, key, &actor, &submit.reason, Some(id))?;
+                s.get_run(&new, tx.now)
+            })
+            .await
+            .map_err(Status::from)
+    }
+
     async fn find_run(&self, id: &str) -> Result<Option<crate::domain::Run>, Status> {
         self.store.get_run(id).await.map_err(super::store_error)
     }
@@ -286,7 +323,13 @@ impl Runs for Api {
     ) -> Result<Response<pb::Run>, Status> {
         let actor = caller(&req)?;
         let req = req.into_inner();
-        let id = id_arg("run", req.id)?;
+        let id = id_arg("run", req.id.clone())?;
+        if !req.params.is_empty() {
+            return self
+                .retry_with_params(actor, id, req)
+                .await
+                .map(Response::new);
+        }
         Ok(Response::new(
             self.with_run(id, move |s, tx, id| {
                 s.retry_run(tx, id, &actor, &req.reason)

@@ -3,6 +3,7 @@
 //! core owns the live values and the store persists them.
 
 pub mod model;
+pub mod params;
 pub mod policy;
 pub mod scope;
 pub mod spec;

@@ -308,6 +308,16 @@ pub struct Run {
     /// Who rejected one of its approvals: a rejection is final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_by: Option<String>,
+    /// The values of the spec's parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// The spec's text, when it declares parameters (a retry with other
+    /// values is made from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The run this one retries with other parameter values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 impl Run {
@@ -316,6 +326,7 @@ impl Run {
     pub fn made_from(&self, spec: &super::spec::RunSpec) -> bool {
         self.name == spec.name
             && self.labels == spec.labels
+            && self.params == spec.params
             && self.steps.len() == spec.steps.len()
             && self
                 .steps
@@ -360,6 +371,9 @@ impl Run {
             idempotency_key: self.idempotency_key.clone(),
             retried_by: self.retried_by.clone(),
             rejected_by: self.rejected_by.clone(),
+            params: self.params.clone(),
+            template: self.template.clone(),
+            retry_of: self.retry_of.clone(),
         }
     }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::model::{ApprovalSpec, Command, EnvEntry, ExecSpec, OnTimeout, Role, StepSpec};
+use super::params::{self, RawParam};
 
 /// Limits on what a spec may ask for, and on what the API takes. Each is in
 /// the engine's config under `[limits]`, named as the field here.
@@ -101,6 +102,11 @@ pub struct RunSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub steps: Vec<StepSpec>,
+    /// The parameters' values (given, or their defaults).
+    pub params: BTreeMap<String, String>,
+    /// The spec's text, kept when it declares parameters: a retry with
+    /// other values is made from it.
+    pub template: Option<String>,
 }
 
 /// Why a spec was refused.
@@ -122,6 +128,8 @@ struct RawSpec {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     step: Vec<RawStep>,
+    #[serde(default)]
+    params: BTreeMap<String, RawParam>,
 }
 
 #[derive(Deserialize)]
@@ -183,8 +191,18 @@ struct RawApproval {
 const DEFAULT_MAX_ATTEMPTS: u32 = 1;
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Parses and checks a spec.
+/// Parses and checks a spec that takes no parameter values (its
+/// parameters, if it declares any, get their defaults).
 pub fn parse(text: &str, limits: &Limits) -> Result<RunSpec, SpecError> {
+    parse_with(text, limits, &BTreeMap::new())
+}
+
+/// Parses and checks a spec, with `given` values for its parameters.
+pub fn parse_with(
+    text: &str,
+    limits: &Limits,
+    given: &BTreeMap<String, String>,
+) -> Result<RunSpec, SpecError> {
     if text.len() > limits.max_spec_bytes {
         return Err(SpecError::TooLarge(format!(
             "the spec is {} bytes; the limit is {} bytes (limits.max_spec_bytes in the engine config)",
@@ -192,9 +210,13 @@ pub fn parse(text: &str, limits: &Limits) -> Result<RunSpec, SpecError> {
             limits.max_spec_bytes
         )));
     }
-    let raw: RawSpec = toml::from_str(text)
+    let mut raw: RawSpec = toml::from_str(text)
         .map_err(|e| SpecError::Invalid(e.to_string().trim_end().to_owned()))?;
     let invalid = |msg: String| Err(SpecError::Invalid(msg));
+    let declares_params = !raw.params.is_empty();
+    let values =
+        params::resolve(std::mem::take(&mut raw.params), given).map_err(SpecError::Invalid)?;
+    substitute_params(&mut raw, &values).map_err(SpecError::Invalid)?;
     let name = raw.name.trim().to_owned();
     if name.is_empty() || name.len() > 128 {
         return invalid("`name` must be 1 to 128 characters".into());
@@ -226,7 +248,52 @@ pub fn parse(text: &str, limits: &Limits) -> Result<RunSpec, SpecError> {
         name,
         labels: raw.labels,
         steps,
+        template: declares_params.then(|| text.to_owned()),
+        params: values,
     })
+}
+
+/// Puts the parameters' values where the spec refers to them, and gives
+/// each exec step its `OPSDECK_PARAM_*` variables (unless the step sets
+/// one itself). A secret entry's name is left as it is.
+fn substitute_params(raw: &mut RawSpec, values: &BTreeMap<String, String>) -> Result<(), String> {
+    let sub = |what: &str, text: &mut String| -> Result<(), String> {
+        *text = params::substitute(text, values).map_err(|e| format!("{what}: {e}"))?;
+        Ok(())
+    };
+    for (k, v) in &mut raw.labels {
+        sub(&format!("label {k}"), v)?;
+    }
+    for (i, step) in raw.step.iter_mut().enumerate() {
+        let at = format!("step {}", i + 1);
+        if let Some(run) = &mut step.run {
+            sub(&format!("{at} run"), run)?;
+        }
+        for arg in step.argv.iter_mut().flatten() {
+            sub(&format!("{at} argv"), arg)?;
+        }
+        if let Some(w) = &mut step.workdir {
+            sub(&format!("{at} workdir"), w)?;
+        }
+        for (k, v) in &mut step.env {
+            match v {
+                RawEnv::Plain(text)
+                | RawEnv::Detailed(RawEnvDetailed {
+                    value: Some(text),
+                    secret: None,
+                }) => sub(&format!("{at} env {k}"), text)?,
+                _ => {}
+            }
+        }
+        if step.approval.is_none() {
+            for (name, value) in values {
+                step.env
+                    .entry(params::env_name(name))
+                    .or_insert_with(|| RawEnv::Plain(value.clone()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, SpecError> {

@@ -122,6 +122,9 @@ fn run(id: &str, state: RunState) -> Run {
         idempotency_key: Some(format!("key-{id}")),
         retried_by: vec!["bob".into()],
         rejected_by: None,
+        params: [("version".to_owned(), format!("v-{id}"))].into(),
+        template: Some(format!("name = \"{id}\"")),
+        retry_of: Some("first".into()),
     }
 }
 

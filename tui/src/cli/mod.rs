@@ -113,7 +113,7 @@ pub enum Command {
     /// Cancel a run
     Cancel(runs::RunChange),
     /// Give the dead or failed step of a failed run a new attempt
-    Retry(runs::RunChange),
+    Retry(runs::RetryArgs),
     /// List pending approvals
     Approvals(approvals::ListArgs),
     /// Approve an approval gate
@@ -268,7 +268,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Runs(args) => runs::list(ctx, args).await?,
         Command::Run(args) => runs::show(ctx, args).await?,
         Command::Cancel(args) => runs::change(ctx, RunAction::Cancel, args).await?,
-        Command::Retry(args) => runs::change(ctx, RunAction::Retry, args).await?,
+        Command::Retry(args) => runs::retry(ctx, args).await?,
         Command::Approvals(args) => approvals::list(ctx, args).await?,
         Command::Approve(args) => approvals::decide(ctx, Verdict::Approve, args).await?,
         Command::Reject(args) => approvals::decide(ctx, Verdict::Reject, args).await?,

@@ -42,6 +42,24 @@ pub struct SubmitArgs {
     /// of a new one (one file, without --count)
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// A value for a parameter the spec declares under [params]; repeat
+    /// for several
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = label)]
+    pub params: Vec<(String, String)>,
+    #[command(flatten)]
+    pub reason: Reason,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The run's id
+    #[arg(value_name = "RUN")]
+    pub id: String,
+    /// Instead of going on from the failed step: a new run of the same
+    /// spec with this parameter changed (the others as the run had them),
+    /// linked to it; repeat for several
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = label)]
+    pub params: Vec<(String, String)>,
     #[command(flatten)]
     pub reason: Reason,
 }
@@ -143,6 +161,7 @@ pub async fn submit(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliErro
         // ambiguous failure cannot make a second run.
         idempotency_key: args.idempotency_key.unwrap_or_else(fresh_key),
         reason: args.reason.text(),
+        params: args.params.iter().cloned().collect(),
     };
     let mut response = retrying(ctx, |mut client| {
         let request = request.clone();
@@ -285,6 +304,7 @@ async fn submit_many(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliErr
     let count = usize::try_from(args.count.unwrap_or(1)).unwrap_or(usize::MAX);
     let total = specs.len().saturating_mul(count);
     let reason = args.reason.text();
+    let params: std::collections::HashMap<String, String> = args.params.iter().cloned().collect();
     let key = fresh_key();
     let requests = specs
         .iter()
@@ -294,6 +314,7 @@ async fn submit_many(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliErr
             spec: spec.clone(),
             idempotency_key: format!("{key}-{n}"),
             reason: reason.clone(),
+            params: params.clone(),
         });
     let mut done = SubmitRunsResponse::default();
     let mut calls = 0usize;
@@ -559,10 +580,40 @@ pub async fn change(ctx: &mut Ctx, action: RunAction, args: RunChange) -> Result
                 .await?
         }
         RunAction::Retry => {
-            ctx.call(client.retry_run(RetryRunRequest { id, reason }))
-                .await?
+            ctx.call(client.retry_run(RetryRunRequest {
+                id,
+                reason,
+                ..Default::default()
+            }))
+            .await?
         }
     };
+    ctx.printer.one(&run, |runs| run_table(runs, now_ms()))
+}
+
+/// `retry RUN`: the run goes on from its failed step; with `-p`, a new run
+/// of its spec with those parameters changed.
+pub async fn retry(ctx: &mut Ctx, args: RetryArgs) -> Result<(), CliError> {
+    if args.params.is_empty() {
+        let same = RunChange {
+            id: args.id,
+            reason: args.reason,
+        };
+        return change(ctx, RunAction::Retry, same).await;
+    }
+    let request = RetryRunRequest {
+        id: args.id,
+        reason: args.reason.text(),
+        params: args.params.into_iter().collect(),
+        // A new run: asking again after an ambiguous failure must not
+        // make a second one.
+        idempotency_key: fresh_key(),
+    };
+    let run = retrying(ctx, |mut client| {
+        let request = request.clone();
+        async move { client.retry_run(request).await }
+    })
+    .await?;
     ctx.printer.one(&run, |runs| run_table(runs, now_ms()))
 }
 
@@ -771,6 +822,14 @@ fn run_detail(
         fields.field("finished", relative(run.finished_at_ms, now));
     } else {
         fields.field("updated", relative(run.updated_at_ms, now));
+    }
+    if !run.params.is_empty() {
+        let mut params: Vec<_> = run.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        params.sort();
+        fields.field("params", params.join(" ").as_str());
+    }
+    if !run.retry_of.is_empty() {
+        fields.field("retries", run.retry_of.as_str());
     }
     if !run.idempotency_key.is_empty() {
         fields.field("key", run.idempotency_key.as_str());

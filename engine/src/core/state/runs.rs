@@ -14,6 +14,20 @@ impl State {
         actor: &Actor,
         reason: &str,
     ) -> EngineResult<(String, bool)> {
+        self.submit_retrying(tx, spec, idempotency_key, actor, reason, None)
+    }
+
+    /// Like [`submit`](Self::submit), for a run that retries `retry_of`
+    /// with other parameter values.
+    pub fn submit_retrying(
+        &mut self,
+        tx: &mut Tx,
+        spec: RunSpec,
+        idempotency_key: Option<String>,
+        actor: &Actor,
+        reason: &str,
+        retry_of: Option<String>,
+    ) -> EngineResult<(String, bool)> {
         // Keys are each submitter's own: another identity's key names
         // another run.
         if let Some(key) = &idempotency_key
@@ -55,6 +69,9 @@ impl State {
             idempotency_key: idempotency_key.clone(),
             retried_by: Vec::new(),
             rejected_by: None,
+            params: spec.params,
+            template: spec.template,
+            retry_of,
         };
         if let Some(k) = idempotency_key {
             self.idempotency.insert((actor.name.clone(), k), id.clone());
@@ -645,6 +662,24 @@ impl State {
     }
 
     /// Whether a run is in memory (live, or finished recently).
+    /// The spec text and parameter values a run was made from, for a
+    /// retry with other values; FAILED_PRECONDITION for a spec that
+    /// declares no parameters.
+    pub fn run_template(&self, id: &str) -> EngineResult<(String, BTreeMap<String, String>)> {
+        let run = self
+            .runs
+            .get(id)
+            .ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
+        match &run.template {
+            Some(t) => Ok((t.clone(), run.params.clone())),
+            None => Err(EngineError::FailedPrecondition(format!(
+                "run {id} ({}) declares no parameters, so there are none to change; \
+                 retry it without -p to go on from its failed step",
+                run.name
+            ))),
+        }
+    }
+
     pub fn has_run(&self, id: &str) -> bool {
         self.runs.contains_key(id)
     }
