@@ -1,7 +1,9 @@
 //! Enum values as lowercase words: `RUN_STATE_WAITING_APPROVAL` is shown and
 //! typed as `waiting_approval`.
 
-use crate::v1::{ApprovalState, LeaseState, Outcome, RunState, StepKind, StepState, WorkerState};
+use crate::v1::{
+    ApprovalState, IdKind, LeaseState, Outcome, RunState, StepKind, StepState, WorkerState,
+};
 
 /// A protobuf enum with a lowercase word for each value.
 pub trait Word: Sized + Copy + 'static {
@@ -104,6 +106,7 @@ word!(
     "OUTCOME_",
     [Succeeded, Failed, TimedOut, Cancelled]
 );
+word!(IdKind, "ID_KIND_", [Run, Approval, Lease, Worker]);
 
 /// The word for an enum field's wire value; "unknown" for a value this build
 /// does not know.

@@ -585,3 +585,360 @@ async fn with_json_output_an_error_is_a_json_document_on_stdout_too() {
     );
     assert!(stderr(&out).contains("NOT_FOUND"));
 }
+
+/// The last `n` characters of an id, as the console's tables show it.
+fn last(id: &str, n: usize) -> &str {
+    &id[id.len() - n..]
+}
+
+#[tokio::test]
+async fn a_unique_prefix_or_suffix_of_an_id_names_a_run_approval_lease_or_worker() {
+    let engine = Engine::start_default().await;
+    let _worker = Worker::start(&engine, "suffix-worker-1", &["build"], 1).await;
+    let addr = engine.unix_addr();
+    let gate = engine
+        .submit("name = \"gate\"\n[[step]]\napproval = { allow_self_approval = true }\n")
+        .await;
+    let slow = engine
+        .submit(&format!(
+            "name = \"slow\"\n[[step]]\nqueue = \"build\"\nrun = {}\n",
+            sh("sleep 30")
+        ))
+        .await;
+    let approval = engine.pending_approval(&gate.id).await;
+    let lease = opsdeck_tests::wait_for("the slow step's lease", DEADLINE, || async {
+        engine.leases().await.into_iter().find(|l| {
+            l.run_id == slow.id && l.state == opsdeck_tests::pb::LeaseState::Active as i32
+        })
+    })
+    .await;
+
+    // A run by the last 8 characters a table shows, and by a lowercase
+    // suffix; the answer names it whole.
+    for short in [
+        last(&gate.id, 8).to_owned(),
+        last(&gate.id, 6).to_lowercase(),
+    ] {
+        let out = cli(&addr, None, &["run", &short, "-o", "json"]);
+        assert_eq!(json(&out)["run"]["id"], gate.id.as_str(), "{short}");
+    }
+    // An approval, a lease and a worker by theirs.
+    let out = cli(
+        &addr,
+        None,
+        &["approve", last(&approval.id, 8), "--reason", "short id"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    engine
+        .wait_run_state(&gate.id, RunState::Succeeded, DEADLINE)
+        .await;
+    let out = cli(
+        &addr,
+        None,
+        &[
+            "release",
+            last(&lease.id, 7),
+            "--fail",
+            "--reason",
+            "short id",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(
+        &addr,
+        None,
+        &["drain", "suffix-worker", "--reason", "prefix"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let drained = engine.worker("suffix-worker-1").await.expect("the worker");
+    assert_eq!(
+        drained.state,
+        opsdeck_tests::pb::WorkerState::Draining as i32
+    );
+
+    // Finished runs are matched in the database, not only among live ones.
+    let out = cli(
+        &addr,
+        None,
+        &["events", "--run", last(&gate.id, 8), "-o", "json"],
+    );
+    let events = json(&out);
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|e| !e.is_empty() && e.iter().all(|e| e["run_id"] == gate.id.as_str())),
+        "{events}"
+    );
+
+    // Nothing matches: NOT_FOUND naming what was typed.
+    let none = cli(&addr, None, &["run", "HR1GQFDW"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        stderr(&none).contains("NOT_FOUND") && stderr(&none).contains("\"HR1GQFDW\""),
+        "{}",
+        stderr(&none)
+    );
+    // Several match: refused, listing them.
+    let common = gate
+        .id
+        .chars()
+        .zip(slow.id.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        common >= 6,
+        "two ULIDs made a moment apart share their time"
+    );
+    let prefix = &gate.id[..common];
+    let several = cli(&addr, None, &["cancel", prefix, "--reason", "which?"]);
+    assert_eq!(several.status.code(), Some(1));
+    assert!(
+        stderr(&several).contains("INVALID_ARGUMENT")
+            && stderr(&several).contains(&gate.id)
+            && stderr(&several).contains(&slow.id),
+        "{}",
+        stderr(&several)
+    );
+    // Too short to be a part of an id, and not an id: NOT_FOUND saying so.
+    let short = cli(&addr, None, &["drain", "suff", "--reason", "x"]);
+    assert!(
+        stderr(&short).contains("NOT_FOUND") && stderr(&short).contains("at least 6"),
+        "{}",
+        stderr(&short)
+    );
+}
+
+#[tokio::test]
+async fn json_counts_steps_from_one_says_null_for_what_is_not_there_and_queue_states_in_words() {
+    let engine = Engine::start_default().await;
+    let _worker = Worker::start(&engine, "w1", &["build"], 1).await;
+    let addr = engine.unix_addr();
+    let run = engine
+        .submit(&format!(
+            "name = \"two\"\n[[step]]\nqueue = \"build\"\nrun = {}\n[[step]]\napproval = {{}}\n",
+            sh("exit 0")
+        ))
+        .await;
+    engine.pending_approval(&run.id).await;
+
+    let doc = json(&cli(&addr, None, &["run", &run.id, "-o", "json"]));
+    let shown = &doc["run"];
+    assert_eq!(shown["current_step_number"], 2, "{shown}");
+    assert_eq!(shown.get("current_step"), None);
+    assert_eq!(shown["finished_at_ms"], Value::Null, "{shown}");
+    let (exec, gate) = (&shown["steps"][0], &shown["steps"][1]);
+    assert_eq!(
+        (exec["number"].as_u64(), gate["number"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(exec.get("index"), None);
+    assert_eq!(exec["exit_code"], 0, "{exec}");
+    assert_eq!(exec.get("has_exit_code"), None);
+    assert_eq!(gate["exit_code"], Value::Null, "{gate}");
+    assert_eq!(gate["next_attempt_at_ms"], Value::Null, "{gate}");
+    for output in doc["output"].as_array().expect("the output") {
+        assert_eq!(output["step_number"], 1, "{output}");
+    }
+
+    let approvals = json(&cli(&addr, None, &["approvals", "-o", "json"]));
+    assert_eq!(approvals[0]["step_number"], 2, "{approvals}");
+    let events = json(&cli(
+        &addr,
+        None,
+        &["events", "--run", &run.id, "-o", "json"],
+    ));
+    let of = |kind: &str| {
+        events
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["kind"] == kind).cloned())
+            .unwrap_or_else(|| panic!("no {kind} in {events}"))
+    };
+    assert_eq!(of("step.succeeded")["step_number"], 1);
+    assert_eq!(of("run.submitted")["step_number"], Value::Null);
+
+    let paused = json(&cli(
+        &addr,
+        None,
+        &["pause", "build", "-o", "json", "--reason", "x"],
+    ));
+    assert_eq!(paused["state"], "paused", "{paused}");
+    assert_eq!(paused.get("paused"), None);
+    let queues = json(&cli(&addr, None, &["queues", "-o", "json"]));
+    let build = queues
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["name"] == "build"))
+        .expect("the build queue");
+    assert_eq!(build["state"], "paused");
+    assert_eq!(
+        build["oldest_ready_age_ms"],
+        Value::Null,
+        "nothing ready: {build}"
+    );
+}
+
+/// What `opsdeck ARGS` prints on a `width`-column terminal (tmux), each
+/// line as the terminal holds it, wrapped lines joined back.
+async fn on_a_terminal(engine: &str, args: &[&str], width: u16) -> Vec<String> {
+    let mut all = vec!["--engine", engine];
+    all.extend(args);
+    let tmux = opsdeck_tests::Tmux::start(&opsdeck(), &all, width, 50);
+    let screen = opsdeck_tests::wait_for("the command's end", DEADLINE, || async {
+        let out = tmux.run(&["capture-pane", "-p", "-J", "-S", "-500", "-t", "console"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("[console exited: ").then_some(text)
+    })
+    .await;
+    assert!(screen.contains("[console exited: 0]"), "{screen}");
+    screen
+        .lines()
+        .take_while(|l| !l.starts_with("[console exited"))
+        .map(|l| l.trim_end().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[tokio::test]
+async fn tables_fit_an_80_column_terminal_keeping_ids_whole_and_are_whole_in_a_pipe() {
+    let engine = Engine::start_default().await;
+    let _worker = Worker::start(
+        &engine,
+        "worker-with-a-rather-long-name-on-a-host",
+        &[
+            "build",
+            "deploy-to-the-production-cluster",
+            "nightly-maintenance",
+        ],
+        1,
+    )
+    .await;
+    let addr = engine.unix_addr();
+    let name = "deploy-the-payments-api-to-production-in-every-region";
+    let gate = engine
+        .submit(&format!(
+            "name = \"{name}\"\n[[step]]\nname = \"ask-the-database-owners-for-approval\"\n\
+             approval = {{ timeout = \"1h\", on_timeout = \"reject\" }}\n"
+        ))
+        .await;
+    let slow = engine
+        .submit(&format!(
+            "name = \"{name}\"\n[[step]]\nname = \"roll-out-to-the-first-region-slowly\"\n\
+             queue = \"build\"\nrun = {}\n",
+            sh("sleep 60")
+        ))
+        .await;
+    engine.pending_approval(&gate.id).await;
+    let lease = opsdeck_tests::wait_for("the slow step's lease", DEADLINE, || async {
+        engine
+            .leases()
+            .await
+            .into_iter()
+            .find(|l| l.run_id == slow.id)
+    })
+    .await;
+
+    // How an absolute time starts (2026-…).
+    let year = format!("{}-", 1970 + (gate.created_at_ms / 31_557_600_000));
+    for (args, whole) in [
+        (&["runs"][..], gate.id.as_str()),
+        (&["approvals"], gate.id.as_str()),
+        (&["leases"], lease.id.as_str()),
+        (&["workers"], "worker-with-a-rather-long-name-on-a-host"),
+        (&["events"], gate.id.as_str()),
+    ] {
+        let lines = on_a_terminal(&addr, args, 80).await;
+        for line in &lines {
+            assert!(
+                line.chars().count() <= 80,
+                "{args:?} wraps at 80 columns: {line:?}\n{}",
+                lines.join("\n")
+            );
+        }
+        let text = lines.join("\n");
+        assert!(text.contains('…'), "{args:?}: something was cut:\n{text}");
+        if args != ["approvals"] {
+            assert!(
+                text.contains(whole),
+                "{args:?} keeps {whole} whole:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains(&year),
+            "{args:?}: relative times on a terminal:\n{text}"
+        );
+
+        // In a pipe: every cell whole, times absolute.
+        let piped = cli(&addr, None, args);
+        let piped = String::from_utf8_lossy(&piped.stdout).into_owned();
+        assert!(!piped.contains('…'), "{args:?} piped:\n{piped}");
+        assert!(
+            !piped.contains(" ago") && piped.contains(&year),
+            "{args:?} piped:\n{piped}"
+        );
+    }
+    let piped = cli(&addr, None, &["runs"]);
+    let piped = String::from_utf8_lossy(&piped.stdout).into_owned();
+    assert!(piped.contains(name), "{piped}");
+    assert!(
+        piped.contains(&year) && piped.contains('Z'),
+        "RFC 3339 in UTC: {piped}"
+    );
+    let relative = cli(&addr, None, &["runs", "--time", "relative"]);
+    let relative = String::from_utf8_lossy(&relative.stdout).into_owned();
+    assert!(
+        relative.contains(gate.id.as_str()) && !relative.contains(&year),
+        "{relative}"
+    );
+}
+
+#[tokio::test]
+async fn followed_events_stay_aligned_within_the_terminal_with_ages_of_when_they_print() {
+    let engine = Engine::start_default().await;
+    let _worker = Worker::start(&engine, "w1", &["build"], 1).await;
+    let addr = engine.unix_addr();
+    let tmux = opsdeck_tests::Tmux::start(
+        &opsdeck(),
+        &["--engine", &addr, "events", "--follow", "--limit", "1"],
+        80,
+        40,
+    );
+    tmux.wait("the header", DEADLINE, |s| s.contains("MESSAGE"))
+        .await;
+    let run = engine
+        .submit(&format!(
+            "name = \"a-run-whose-events-have-long-messages-to-cut\"\n[[step]]\n\
+             name = \"a-step-with-a-long-name-too\"\nqueue = \"build\"\nrun = {}\n",
+            sh("echo done")
+        ))
+        .await;
+    engine
+        .wait_run_state(&run.id, RunState::Succeeded, DEADLINE)
+        .await;
+    let screen = tmux
+        .wait("the run's end", DEADLINE, |s| s.contains("run.succeeded"))
+        .await;
+    let out = tmux.run(&["capture-pane", "-p", "-J", "-t", "console"]);
+    let joined = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = joined.lines().filter(|l| !l.trim().is_empty()).collect();
+    let header = lines
+        .iter()
+        .find(|l| l.starts_with("SEQ"))
+        .unwrap_or_else(|| panic!("no header:\n{screen}"));
+    let kind_at = header.find("KIND").expect("a KIND column");
+    let subject_at = header.find("SUBJECT").expect("a SUBJECT column");
+    for line in lines.iter().filter(|l| l.contains(&run.id)) {
+        assert!(line.chars().count() <= 80, "{line:?}\n{joined}");
+        let chars: Vec<char> = line.chars().collect();
+        let kind: String = chars[kind_at..].iter().take_while(|c| **c != ' ').collect();
+        assert!(
+            kind.contains('.') && chars[kind_at - 1] == ' ',
+            "KIND column aligned: {line:?}\n{joined}"
+        );
+        let subject: String = chars[subject_at..].iter().collect();
+        if kind.starts_with("run.") || kind.starts_with("step.") {
+            assert!(
+                subject.starts_with(&run.id),
+                "SUBJECT column aligned: {line:?}\n{joined}"
+            );
+        }
+    }
+}

@@ -71,6 +71,14 @@ async fn call(api: &mut opsdeck_tests::Clients<TcpService>, method: &str) -> Res
             .await
             .map(drop),
         "Whoami" => api.console.whoami(pb::WhoamiRequest {}).await.map(drop),
+        "ResolveId" => api
+            .console
+            .resolve_id(pb::ResolveIdRequest {
+                kind: pb::IdKind::Run as i32,
+                id,
+            })
+            .await
+            .map(drop),
         "SubmitRun" => api
             .runs
             .submit_run(pb::SubmitRunRequest {
@@ -149,6 +157,7 @@ async fn each_role_is_allowed_what_it_needs_and_refused_the_rest_naming_the_role
         ("ListRuns", "viewer"),
         ("FollowEvents", "viewer"),
         ("Watch", "viewer"),
+        ("ResolveId", "viewer"),
         ("SubmitRun", "operator"),
         ("CancelRun", "operator"),
         ("DrainWorker", "operator"),

@@ -1,12 +1,17 @@
 //! `opsdeck demo`: something to look at on a fresh machine, in one
 //! command. It starts the real `opsdeckd serve` (found next to this
 //! binary) on a temporary data dir, three real `opsdeckd worker`s on the
-//! queues `build`, `deploy` and `ops`, and a workload: runs that build,
-//! wait for an approval (self-approval allowed, so the operator can
-//! approve from the console), fail and retry, die, or take their time;
-//! and now and then a worker drained or recycled. Then it opens the
-//! console on that engine. On the way out it stops every process it
-//! started and removes the data dir.
+//! queues `build`, `deploy` and `ops`, and a workload. The workload opens
+//! with an incident, all within the first minute ([`INCIDENT`]): a deploy
+//! waiting for an approval (self-approval allowed, so the operator can
+//! approve from the console), a migration that fails and is retried, a
+//! burst that backs the `build` queue up and drains, and a worker drained
+//! and then recycled. Then runs that build, wait for an approval, fail
+//! and retry, die, or take their time; and now and then a worker drained
+//! or recycled. It opens the console on that engine. On the way out it
+//! stops every process it started and removes the data dir; should the
+//! engine die, the demo says how and where its log is, keeps the data
+//! dir, and exits non-zero.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -57,6 +62,16 @@ pub enum DemoError {
         log: String,
         tail: String,
     },
+    #[error(
+        "the demo engine died: {status}; the demo stopped its workers\n--- {log} (last lines) ---\n{tail}\n\
+         (the demo's data and logs are kept in {dir})"
+    )]
+    EngineDied {
+        status: String,
+        log: String,
+        tail: String,
+        dir: String,
+    },
     #[error(transparent)]
     Console(#[from] console::ConsoleError),
 }
@@ -76,6 +91,10 @@ struct Processes {
 
 impl Processes {
     fn stop(&mut self) {
+        // A process already reaped is skipped: its pid may be another's by
+        // now.
+        self.children
+            .retain_mut(|(_, child)| !matches!(child.try_wait(), Ok(Some(_))));
         // Workers first, so that they do not spend their grace reconnecting.
         for (_, child) in self.children.iter().rev() {
             signal_group(child, libc::SIGTERM);
@@ -174,23 +193,46 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
     // which would leave the data dir behind.
     let mut signals = Signals::new();
     let workload = tokio::spawn(workload(engine.clone(), args.rate));
-    let result = if args.headless {
-        println!("demo engine: {addr} (data and logs in {})", data.display());
+    let engine_pid = processes.children.first().map_or(0, |(_, c)| c.id());
+    let ended = if args.headless {
+        println!(
+            "demo engine: {addr} (pid {engine_pid}; data and logs in {})",
+            data.display()
+        );
         println!("watch it with: opsdeck --engine {addr}");
-        signals.any().await;
-        Ok(())
+        tokio::select! {
+            () = signals.any() => Ended::Quit(Ok(())),
+            status = engine_exit(&mut processes) => Ended::EngineDied(status),
+        }
     } else {
         let target = Target {
             addr: EngineAddr::Unix(socket),
             origin: Origin::Given,
         };
+        // An engine that dies ends the console (whose terminal is given
+        // back as it is on quitting) rather than leaving it reconnecting
+        // to nothing.
         tokio::select! {
-            result = console::run(target, Auth::default(), args.readonly) => result,
-            () = signals.any() => Ok(()),
+            result = console::run(target, Auth::default(), args.readonly) => Ended::Quit(result),
+            () = signals.any() => Ended::Quit(Ok(())),
+            status = engine_exit(&mut processes) => Ended::EngineDied(status),
         }
     };
     workload.abort();
     processes.stop();
+    let result = match ended {
+        Ended::Quit(result) => result.map_err(DemoError::from),
+        Ended::EngineDied(status) => {
+            // Kept, whatever --keep says: the engine's log says why it died.
+            let kept = dir.keep();
+            return Err(DemoError::EngineDied {
+                status: exit_words(&status),
+                log: engine_log.display().to_string(),
+                tail: tail(&engine_log),
+                dir: kept.display().to_string(),
+            });
+        }
+    };
     if args.keep {
         let kept = dir.keep();
         note(&format!(
@@ -198,7 +240,48 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
             kept.display()
         ));
     }
-    result.map_err(DemoError::from)
+    result
+}
+
+/// How the demo ended.
+enum Ended {
+    /// Quit, or told to stop: the console's result.
+    Quit(Result<(), console::ConsoleError>),
+    /// The engine exited by itself.
+    EngineDied(std::process::ExitStatus),
+}
+
+/// Waits until the engine (the first process started) exits, and says how.
+async fn engine_exit(processes: &mut Processes) -> std::process::ExitStatus {
+    loop {
+        if let Some((_, child)) = processes.children.first_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// An exit status in words: "exit status 1", "killed by signal 9 (SIGKILL)".
+fn exit_words(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("it exited with status {code}"),
+        (None, Some(signal)) => {
+            let name = match signal {
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGTERM => " (SIGTERM)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGINT => " (SIGINT)",
+                libc::SIGHUP => " (SIGHUP)",
+                _ => "",
+            };
+            format!("it was killed by signal {signal}{name}")
+        }
+        (None, None) => status.to_string(),
+    }
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught rather than fatal.
@@ -418,18 +501,122 @@ run = "echo removed 12 files"
     },
 ];
 
+/// The incident the demo opens with: what an on-call engineer watches
+/// the console for, all within the first minute. Each step is taken this
+/// long after the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Incident {
+    /// A deploy that stops at its approval gate, and a migration whose
+    /// first attempt fails and is retried.
+    Open,
+    /// [`BURST`] runs at once on `build`: its depth jumps, then drains.
+    Burst,
+    /// `build-1` drained "for a kernel update", while the burst drains on
+    /// the other worker.
+    Drain,
+    /// `build-1` recycled: it comes back as its next generation ...
+    Recycle,
+    /// ... and is undrained: back in service.
+    Undrain,
+}
+
+const INCIDENT: &[(Duration, Incident)] = &[
+    (Duration::from_secs(0), Incident::Open),
+    (Duration::from_secs(4), Incident::Burst),
+    (Duration::from_secs(10), Incident::Drain),
+    (Duration::from_secs(20), Incident::Recycle),
+    (Duration::from_secs(25), Incident::Undrain),
+];
+
+/// Runs submitted at once by [`Incident::Burst`].
+pub const BURST: u32 = 30;
+
+/// What the burst submits: a short step on `build`.
+const BURST_SPEC: &str = r#"
+name = "rebuild-cache"
+labels = { team = "platform" }
+[[step]]
+name = "warm"
+queue = "build"
+run = "echo warming a cache shard; sleep 2; echo warm"
+timeout = "1m"
+"#;
+
+/// Plays the [`INCIDENT`], then returns.
+async fn incident(engine: Engine) {
+    let start = tokio::time::Instant::now();
+    let mut runs = engine.runs();
+    let mut workers = engine.workers();
+    let submit = |spec: &str| SubmitRunRequest {
+        spec: spec.to_owned(),
+        idempotency_key: String::new(),
+        reason: "demo: incident".to_owned(),
+    };
+    let worker = |reason: &str| WorkerActionRequest {
+        id: "build-1".to_owned(),
+        reason: reason.to_owned(),
+    };
+    for (at, step) in INCIDENT {
+        tokio::time::sleep_until(start + *at).await;
+        // The demo goes on whatever one call says: the console shows it.
+        match step {
+            Incident::Open => {
+                for kind in ["deploy-web", "migrate-db"] {
+                    if let Some(k) = KINDS.iter().find(|k| k.spec.contains(kind)) {
+                        let _ = runs.submit_run(submit(k.spec)).await;
+                    }
+                }
+            }
+            Incident::Burst => {
+                let request = opsdeck_proto::v1::SubmitRunsRequest {
+                    runs: (0..BURST).map(|_| submit(BURST_SPEC)).collect(),
+                };
+                let _ = runs.submit_runs(request).await;
+            }
+            Incident::Drain => {
+                let _ = workers
+                    .drain_worker(worker("demo: draining for a kernel update"))
+                    .await;
+            }
+            Incident::Recycle => {
+                let _ = workers
+                    .recycle_worker(worker("demo: kernel updated; restarting"))
+                    .await;
+            }
+            Incident::Undrain => {
+                let _ = workers
+                    .undrain_worker(worker("demo: back in service"))
+                    .await;
+            }
+        }
+    }
+}
+
+/// A task aborted when this drops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs waiting for approval before gated kinds stop being submitted, and
 /// runs in flight before nothing is.
 const MAX_WAITING: usize = 3;
 const MAX_ACTIVE: usize = 20;
 
-/// Submits runs for ever (until aborted), and drains, undrains and
-/// recycles a worker now and then.
+/// Plays the opening incident, then submits runs for ever (until
+/// aborted), and drains, undrains and recycles a worker now and then.
 async fn workload(engine: Engine, rate: f64) {
+    let incident = tokio::spawn(incident(engine.clone()));
+    // Stopped with the workload: the workload's future is dropped then.
+    let _incident = AbortOnDrop(incident);
     let mut runs = engine.runs();
     let mut approvals = engine.approvals();
     let mut workers = engine.workers();
-    let mut next_worker_action = tokio::time::Instant::now() + Duration::from_secs(30);
+    // Well after the incident, so that the two do not cross.
+    let mut next_worker_action = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut round = 0u32;
     let mean = Duration::from_secs_f64(1.0 / rate.clamp(0.01, 1000.0));
     loop {

@@ -8,6 +8,7 @@
 mod agent;
 pub mod auth;
 mod events;
+mod ids;
 mod limit;
 mod resources;
 pub mod roles;

@@ -58,6 +58,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/opsdeck.v1.Leases/ForceRelease", R(Admin)),
     ("/opsdeck.v1.Console/Whoami", Identity),
     ("/opsdeck.v1.Console/Watch", R(Viewer)),
+    ("/opsdeck.v1.Console/ResolveId", R(Viewer)),
     ("/opsdeck.v1.Agent/Session", R(Agent)),
 ];
 

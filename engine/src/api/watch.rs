@@ -220,6 +220,15 @@ impl Console for Api {
         }))
     }
 
+    async fn resolve_id(
+        &self,
+        req: Request<pb::ResolveIdRequest>,
+    ) -> Result<Response<pb::ResolveIdResponse>, Status> {
+        Ok(Response::new(
+            Api::resolve_id(self, req.into_inner()).await?,
+        ))
+    }
+
     type WatchStream = Pin<Box<dyn Stream<Item = Item> + Send>>;
 
     async fn watch(

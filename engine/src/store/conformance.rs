@@ -1637,3 +1637,56 @@ async fn bytes_per_finished_one_step_run() {
         }
     }
 }
+
+#[tokio::test]
+async fn ids_are_matched_whole_by_prefix_and_by_suffix() {
+    use super::IdTable;
+    for b in backends().await {
+        let runs: Vec<Run> = [
+            "01HAAAAAAA0000000000QFDW01",
+            "01HAAAAAAA0000000000QFDW02",
+            "01HBBBBBBB1111111111XYZ123",
+        ]
+        .iter()
+        .map(|id| run(id, RunState::Succeeded))
+        .collect();
+        commit_all(&b.store, &runs).await;
+        b.store.commit(&sample()).await.unwrap();
+        let find = |table, text: &'static str| {
+            let store = b.store.clone();
+            async move { store.match_ids(table, text, 11).await.unwrap().ids }
+        };
+        let name = b.name;
+        // Whole, a prefix, a suffix: one each.
+        assert_eq!(
+            find(IdTable::Runs, "01HAAAAAAA0000000000QFDW02").await,
+            ["01HAAAAAAA0000000000QFDW02"],
+            "{name}"
+        );
+        assert_eq!(
+            find(IdTable::Runs, "01HBBB").await,
+            ["01HBBBBBBB1111111111XYZ123"],
+            "{name}"
+        );
+        assert_eq!(
+            find(IdTable::Runs, "QFDW02").await,
+            ["01HAAAAAAA0000000000QFDW02"],
+            "{name}"
+        );
+        // Several: every candidate; none: nothing.
+        assert_eq!(
+            find(IdTable::Runs, "01HAAAAAAA").await,
+            ["01HAAAAAAA0000000000QFDW01", "01HAAAAAAA0000000000QFDW02"],
+            "{name}"
+        );
+        assert!(find(IdTable::Runs, "NOSUCH").await.is_empty(), "{name}");
+        // Each kind in its own table.
+        assert_eq!(find(IdTable::Workers, "w").await, ["w"], "{name}");
+        assert!(find(IdTable::Leases, "01HBBB").await.is_empty(), "{name}");
+        let stored = b.store.match_ids(IdTable::Runs, "QFDW", 11).await.unwrap();
+        assert!(
+            !stored.bounded,
+            "{name}: three runs are well under the scan"
+        );
+    }
+}

@@ -63,6 +63,41 @@ pub struct RunFilter {
     pub before_id: Option<String>,
 }
 
+/// The tables whose objects people name by id, for [`Store::match_ids`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdTable {
+    Runs,
+    Approvals,
+    Leases,
+    Workers,
+}
+
+impl IdTable {
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Self::Runs => "runs",
+            Self::Approvals => "approvals",
+            Self::Leases => "leases",
+            Self::Workers => "workers",
+        }
+    }
+}
+
+/// The newest ids a suffix is looked for among: a suffix cannot use the
+/// index on the id column, so its scan is bounded.
+pub const SUFFIX_SCAN: u32 = 100_000;
+
+/// What [`Store::match_ids`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMatches {
+    /// The id itself when it is one, else the ids that start or end with
+    /// the text, sorted, at most the limit asked for from each side.
+    pub ids: Vec<String>,
+    /// The table holds more than [`SUFFIX_SCAN`] ids, so older ones were
+    /// not looked at for a suffix.
+    pub bounded: bool,
+}
+
 /// What one call of [`Store::prune`] may delete: rows older than each
 /// cutoff, at most `batch` rows of each table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,6 +226,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_runs(&self, filter: &RunFilter, limit: u32) -> Result<Vec<Run>, StoreError>;
     /// One approval, pending or decided.
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+    /// Ids in `table` that are `text`, or else start or end with it: a
+    /// prefix by a range on the id column's index (ULIDs sort by time), a
+    /// suffix among the newest [`SUFFIX_SCAN`] ids. At most `limit` of
+    /// each kind.
+    async fn match_ids(
+        &self,
+        table: IdTable,
+        text: &str,
+        limit: u32,
+    ) -> Result<IdMatches, StoreError>;
     /// Decided approvals (approved, rejected, expired, cancelled), newest
     /// first, at most `limit`.
     async fn decided_approvals(&self, limit: u32) -> Result<Vec<Approval>, StoreError>;

@@ -9,7 +9,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 
 use super::sql::{Dialect, LabelMatch, Sql, events_from_rows};
 use super::{
-    Approval, Batch, Leadership, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError,
+    Approval, Batch, IdMatches, IdTable, Leadership, Loaded, Prune, Pruned, Run, RunFilter, Store,
+    StoreError,
 };
 
 pub struct PostgresStore {
@@ -172,6 +173,16 @@ impl Store for PostgresStore {
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let mut c = self.pool.acquire().await?;
         Body::get_approval(&mut c, id).await
+    }
+
+    async fn match_ids(
+        &self,
+        table: IdTable,
+        text: &str,
+        limit: u32,
+    ) -> Result<IdMatches, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::match_ids(&mut c, table, text, limit).await
     }
 
     async fn decided_approvals(&self, limit: u32) -> Result<Vec<Approval>, StoreError> {

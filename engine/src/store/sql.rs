@@ -14,7 +14,7 @@ use sqlx::{
 };
 
 use super::codec::{body, event_body, event_with_columns, json, parse, state_word, with_columns};
-use super::{Batch, Loaded, Prune, Pruned, RunFilter, StoreError};
+use super::{Batch, IdMatches, IdTable, Loaded, Prune, Pruned, RunFilter, SUFFIX_SCAN, StoreError};
 use crate::domain::{Approval, Lease, Quarantine, Queue, Run, Step, Worker};
 
 /// What SQLite and PostgreSQL spell differently.
@@ -604,6 +604,67 @@ where
             .transpose()
     }
 
+    /// See [`super::Store::match_ids`].
+    pub async fn match_ids(
+        c: &mut DB::Connection,
+        table: IdTable,
+        text: &str,
+        limit: u32,
+    ) -> Result<IdMatches, StoreError> {
+        let name = table.table();
+        let ids = |rows: Vec<DB::Row>| {
+            rows.iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut q = QueryBuilder::<DB>::new(format!("SELECT id FROM {name} WHERE id = "));
+        q.push_bind(text.to_owned());
+        if let Some(row) = q.build().fetch_optional(&mut *c).await? {
+            return Ok(IdMatches {
+                ids: vec![row.try_get(0)?],
+                bounded: false,
+            });
+        }
+        let limit = i64::from(limit.max(1));
+        let mut found = std::collections::BTreeSet::new();
+        // A prefix: a range on the primary key's index. The range is the
+        // prefix's exactly in byte order (SQLite, and PostgreSQL's C
+        // collation); the filter keeps that true under any other.
+        let mut q = QueryBuilder::<DB>::new(format!("SELECT id FROM {name} WHERE id >= "));
+        q.push_bind(text.to_owned());
+        if let Some(end) = prefix_end(text) {
+            q.push(" AND id < ");
+            q.push_bind(end);
+        }
+        q.push(" ORDER BY id LIMIT ");
+        q.push_bind(limit);
+        let rows = q.build().fetch_all(&mut *c).await?;
+        found.extend(ids(rows)?.into_iter().filter(|id| id.starts_with(text)));
+        // A suffix: no index helps, so among the newest ids only.
+        let chars = text.chars().count();
+        let mut q = QueryBuilder::<DB>::new(format!(
+            "SELECT id FROM (SELECT id FROM {name} ORDER BY id DESC LIMIT {SUFFIX_SCAN}) AS newest \
+             WHERE substr(id, length(id) - {chars} + 1) = "
+        ));
+        q.push_bind(text.to_owned());
+        q.push(" LIMIT ");
+        q.push_bind(limit);
+        let rows = q.build().fetch_all(&mut *c).await?;
+        found.extend(ids(rows)?);
+        let bounded = if found.is_empty() {
+            let mut q = QueryBuilder::<DB>::new(format!(
+                "SELECT id FROM {name} ORDER BY id DESC LIMIT 1 OFFSET {SUFFIX_SCAN}"
+            ));
+            q.build().fetch_optional(&mut *c).await?.is_some()
+        } else {
+            false
+        };
+        Ok(IdMatches {
+            ids: found.into_iter().collect(),
+            bounded,
+        })
+    }
+
     /// Decided approvals, newest first.
     pub async fn decided_approvals(
         c: &mut DB::Connection,
@@ -843,4 +904,32 @@ where
             )
         })
         .collect()
+}
+
+/// The least string greater than every string starting with `prefix`, in
+/// byte order: the prefix with its last character one higher. `None` when
+/// there is none to make (no upper bound then).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(u32::from(last) + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_range_ends_at_the_next_string_in_byte_order() {
+        assert_eq!(prefix_end("01HR1G").as_deref(), Some("01HR1H"));
+        assert_eq!(prefix_end("build-").as_deref(), Some("build."));
+        assert_eq!(prefix_end("AZ").as_deref(), Some("A["));
+        assert_eq!(prefix_end(""), None);
+        assert!(prefix_end("01HR1GZ").is_some_and(|end| end.as_str() > "01HR1GZZZZZ"));
+    }
 }

@@ -22,7 +22,9 @@ use sqlx::sqlite::{
 };
 
 use super::sql::{Dialect, LabelMatch, Sql, events_from_rows};
-use super::{Approval, Batch, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError};
+use super::{
+    Approval, Batch, IdMatches, IdTable, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError,
+};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -100,6 +102,16 @@ impl Store for SqliteStore {
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let mut c = self.pool.acquire().await?;
         Body::get_approval(&mut c, id).await
+    }
+
+    async fn match_ids(
+        &self,
+        table: IdTable,
+        text: &str,
+        limit: u32,
+    ) -> Result<IdMatches, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::match_ids(&mut c, table, text, limit).await
     }
 
     async fn decided_approvals(&self, limit: u32) -> Result<Vec<Approval>, StoreError> {

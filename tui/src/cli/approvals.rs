@@ -2,11 +2,11 @@
 
 use clap::Args;
 use opsdeck_proto::names::word_of;
-use opsdeck_proto::v1::{Approval, ApprovalState, DecideRequest, ListApprovalsRequest};
+use opsdeck_proto::v1::{Approval, ApprovalState, DecideRequest, IdKind, ListApprovalsRequest};
 
 use super::error::CliError;
 use super::table::{Cell, Table};
-use super::time::{now_ms, relative};
+use super::time::Clock;
 use super::{Ctx, step_number};
 
 #[derive(Debug, Args)]
@@ -19,7 +19,8 @@ pub struct ListArgs {
 /// `approve ID` and `reject ID`.
 #[derive(Debug, Args)]
 pub struct DecideArgs {
-    /// The approval's id
+    /// The approval's id, or a unique prefix or suffix of it (6 characters
+    /// or more)
     #[arg(value_name = "ID")]
     pub id: String,
     /// The decision's comment, recorded in the audit trail with your identity
@@ -43,22 +44,24 @@ pub async fn list(ctx: &mut Ctx, args: ListArgs) -> Result<(), CliError> {
         "no pending approvals"
     };
     ctx.printer
-        .list(&approvals, none, |a| approval_table(a, now_ms()))
+        .list(&approvals, none, |a| approval_table(a, ctx.printer.clock()))
 }
 
 pub async fn decide(ctx: &mut Ctx, verdict: Verdict, args: DecideArgs) -> Result<(), CliError> {
+    let id = ctx.resolve(IdKind::Approval, &args.id).await?;
     let mut client = ctx.engine().await?.approvals();
     let request = DecideRequest {
-        id: args.id,
+        id,
         approve: matches!(verdict, Verdict::Approve),
         reason: args.reason.unwrap_or_default(),
     };
     let approval = ctx.call(client.decide(request)).await?;
-    ctx.printer.one(&approval, |a| approval_table(a, now_ms()))
+    ctx.printer
+        .one(&approval, |a| approval_table(a, ctx.printer.clock()))
 }
 
 /// The approvals table: one row per approval gate.
-pub fn approval_table(approvals: &[Approval], now: i64) -> Table {
+pub fn approval_table(approvals: &[Approval], clock: Clock) -> Table {
     let mut table = Table::new(&[
         "ID",
         "RUN",
@@ -68,7 +71,9 @@ pub fn approval_table(approvals: &[Approval], now: i64) -> Table {
         "BY",
         "REQUESTED",
         "DEADLINE",
-    ]);
+    ])
+    .flexible(&["RUN", "STEP", "BY", "DEADLINE"])
+    .optional(&["VOTES", "REQUESTED"]);
     for a in approvals {
         let run = if a.run_name.is_empty() {
             &a.run_id
@@ -76,7 +81,7 @@ pub fn approval_table(approvals: &[Approval], now: i64) -> Table {
             &a.run_name
         };
         let approvals = a.decisions.iter().filter(|d| d.approve).count();
-        let mut deadline = relative(a.deadline_at_ms, now);
+        let mut deadline = clock.at(a.deadline_at_ms);
         if a.deadline_at_ms > 0 && !a.on_timeout.is_empty() {
             deadline = format!("{deadline}, then {}", a.on_timeout);
         }
@@ -87,7 +92,7 @@ pub fn approval_table(approvals: &[Approval], now: i64) -> Table {
             Cell::state(word_of::<ApprovalState>(a.state)),
             Cell::new(format!("{approvals}/{}", a.required)),
             Cell::new(&a.submitted_by),
-            Cell::new(relative(a.requested_at_ms, now)),
+            Cell::new(clock.at(a.requested_at_ms)),
             Cell::new(deadline),
         ]);
     }
@@ -121,7 +126,7 @@ mod tests {
             ..Approval::default()
         };
         assert_eq!(
-            approval_table(&[a], now).render(false),
+            approval_table(&[a], Clock::relative(now)).render(false),
             "ID      RUN         STEP    STATE    VOTES  BY   REQUESTED  DEADLINE\n\
              01HAPP  deploy-api  2 prod  pending  1/2    ann  2m ago     in 1h, then reject\n"
         );

@@ -2,12 +2,12 @@
 //! actor on the engine's side.
 
 use clap::Args;
-use opsdeck_proto::v1::{Event, ListEventsRequest};
+use opsdeck_proto::v1::{Event, IdKind, ListEventsRequest};
 
 use super::error::CliError;
 use super::output::note;
 use super::table::{Cell, StreamTable, Table};
-use super::time::{now_ms, relative, span};
+use super::time::{Clock, TimeStyle, span};
 use super::{Ctx, step_number};
 use crate::client::{EventFollower, Followed};
 
@@ -21,7 +21,7 @@ pub struct EventsArgs {
     /// events; if retention pruned it, say so and start at the first kept
     #[arg(long, value_name = "SEQ")]
     pub from: Option<u64>,
-    /// Only this run's events
+    /// Only this run's events (its id, or a unique prefix or suffix of it)
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
     /// Only events of this kind: exact (`run.submitted`) or a family (`run`,
@@ -45,19 +45,36 @@ const DEFAULT_TAIL: u32 = 50;
 /// filtering.
 const DEFAULT_LIMIT: u32 = 1000;
 
-const COLUMNS: [&str; 6] = ["SEQ", "AGE", "KIND", "ACTOR", "SUBJECT", "MESSAGE"];
+/// The columns, the second named for how times are written.
+fn columns(ctx: &Ctx) -> [&'static str; 6] {
+    let time = match ctx.printer.clock().style {
+        TimeStyle::Relative => "AGE",
+        TimeStyle::Absolute => "TIME",
+    };
+    ["SEQ", time, "KIND", "ACTOR", "SUBJECT", "MESSAGE"]
+}
 
-/// Widths most cells of a followed stream fit in, so that columns seldom
-/// shift: kinds like `lease.force_released`, actors like `worker:HOST`, and
-/// a run's ULID (26 characters) with a step number.
-const STREAM_WIDTHS: [usize; 6] = [5, 7, 18, 15, 30, 0];
+/// An RFC 3339 time to the second, in UTC.
+const ABSOLUTE_WIDTH: usize = 20;
+
+/// Widths the cells of a followed stream fit in, so that its columns stay
+/// put: a seq, an age ("12m30s ago", or a time of 20 characters with
+/// --time absolute), kinds up to `worker.recycle_requested` (only
+/// `run_name.quarantine_cleared` is longer), actors like `worker:HOST`
+/// (cut on a terminal), a run's ULID (26 characters) with a step number.
+const STREAM_WIDTHS: [usize; 6] = [6, 10, 24, 14, 30, 0];
 
 /// `events`: like `tail`, the newest events (then, with --follow, new ones
 /// as they come); with --from, a range from that seq.
 pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
     // `--from` names the first event to show; the API takes the one before.
     let after_seq = args.from.map_or(0, |seq| seq.saturating_sub(1));
-    let run_id = args.run.unwrap_or_default();
+    // An id nothing matches goes as typed: the events of a run that
+    // retention pruned outlive it.
+    let run_id = match args.run {
+        Some(text) => ctx.resolve(IdKind::Run, &text).await?,
+        None => String::new(),
+    };
     let actor = args.actor.unwrap_or_default();
     let mut client = ctx.engine().await?.events();
     let mut request = ListEventsRequest {
@@ -105,8 +122,20 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
         note(&cut_note(request.newest, &events, limit));
     }
     if args.follow {
-        let columns: Vec<(&str, usize)> = COLUMNS.into_iter().zip(STREAM_WIDTHS).collect();
-        let (mut table, header) = StreamTable::new(&columns, ctx.printer.color());
+        let mut widths = STREAM_WIDTHS;
+        if ctx.printer.clock().style == TimeStyle::Absolute {
+            widths[1] = ABSOLUTE_WIDTH;
+        }
+        let columns: Vec<(&str, usize)> = columns(ctx).into_iter().zip(widths).collect();
+        // Followed, the ages are mostly "now": the first to go on a
+        // narrow terminal, then the actor.
+        let (mut table, header) = StreamTable::new(
+            &columns,
+            &["ACTOR"],
+            &[columns[1].0, "ACTOR"],
+            ctx.printer.width(),
+            ctx.printer.color(),
+        );
         if !ctx.printer.json() {
             ctx.printer.text(&header)?;
         }
@@ -119,10 +148,13 @@ pub async fn run(ctx: &mut Ctx, args: EventsArgs) -> Result<(), CliError> {
         return follow(ctx, table, run_id, args.kinds, actor, from).await;
     }
     ctx.printer.list(&events, "no events", |events| {
-        let now = now_ms();
-        let mut table = Table::new(&COLUMNS);
+        let clock = ctx.printer.clock();
+        let columns = columns(ctx);
+        let mut table = Table::new(&columns)
+            .flexible(&["ACTOR", "MESSAGE"])
+            .optional(&["ACTOR", columns[1]]);
         for event in events {
-            table.row(event_row(event, now));
+            table.row(event_row(event, clock));
         }
         table
     })
@@ -159,7 +191,8 @@ fn print_followed(ctx: &mut Ctx, table: &mut StreamTable, event: &Event) -> Resu
     if ctx.printer.json() {
         ctx.printer.record(event)?;
     } else {
-        ctx.printer.text(&table.line(&event_row(event, now_ms())))?;
+        ctx.printer
+            .text(&table.line(&event_row(event, ctx.printer.clock())))?;
     }
     Ok(())
 }
@@ -190,14 +223,14 @@ async fn follow(
     }
 }
 
-fn event_row(event: &Event, now: i64) -> Vec<Cell> {
+fn event_row(event: &Event, clock: Clock) -> Vec<Cell> {
     let mut message = event.message.clone();
     if !event.reason.is_empty() {
         message.push_str(&format!(" (reason: {})", event.reason));
     }
     vec![
         Cell::new(event.seq.to_string()),
-        Cell::new(relative(event.at_ms, now)),
+        Cell::new(clock.at(event.at_ms)),
         Cell::new(&event.kind),
         Cell::new(&event.actor),
         Cell::new(subject(event)),
@@ -280,7 +313,7 @@ mod tests {
 
     #[test]
     fn an_event_row_has_age_and_reason() {
-        let row = event_row(&event("step.failed"), 1_700_000_000_000);
+        let row = event_row(&event("step.failed"), Clock::relative(1_700_000_000_000));
         let texts: Vec<&str> = row.iter().map(Cell::text).collect();
         assert_eq!(
             texts,

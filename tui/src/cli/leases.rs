@@ -2,11 +2,11 @@
 
 use clap::Args;
 use opsdeck_proto::names::word_of;
-use opsdeck_proto::v1::{ForceReleaseRequest, Lease, LeaseState, ListLeasesRequest};
+use opsdeck_proto::v1::{ForceReleaseRequest, IdKind, Lease, LeaseState, ListLeasesRequest};
 
 use super::error::CliError;
 use super::table::{Cell, Table};
-use super::time::{now_ms, relative};
+use super::time::Clock;
 use super::{Ctx, Reason, step_number};
 
 #[derive(Debug, Args)]
@@ -18,7 +18,8 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// The lease's id
+    /// The lease's id, or a unique prefix or suffix of it (6 characters or
+    /// more)
     #[arg(value_name = "LEASE")]
     pub id: String,
     /// Fail the step instead of putting it back on its queue
@@ -40,25 +41,29 @@ pub async fn list(ctx: &mut Ctx, args: ListArgs) -> Result<(), CliError> {
         "no live leases"
     };
     ctx.printer
-        .list(&leases, none, |l| lease_table(l, now_ms()))
+        .list(&leases, none, |l| lease_table(l, ctx.printer.clock()))
 }
 
 pub async fn release(ctx: &mut Ctx, args: ReleaseArgs) -> Result<(), CliError> {
+    let id = ctx.resolve(IdKind::Lease, &args.id).await?;
     let mut client = ctx.engine().await?.leases();
     let request = ForceReleaseRequest {
-        id: args.id,
+        id,
         fail: args.fail,
         reason: args.reason.text(),
     };
     let lease = ctx.call(client.force_release(request)).await?;
-    ctx.printer.one(&lease, |l| lease_table(l, now_ms()))
+    ctx.printer
+        .one(&lease, |l| lease_table(l, ctx.printer.clock()))
 }
 
 /// The leases table: who holds which step attempt, and until when.
-pub fn lease_table(leases: &[Lease], now: i64) -> Table {
+pub fn lease_table(leases: &[Lease], clock: Clock) -> Table {
     let mut table = Table::new(&[
         "ID", "RUN", "STEP", "WORKER", "ATTEMPT", "TOKEN", "STATE", "GRANTED", "EXPIRES",
-    ]);
+    ])
+    .flexible(&["RUN", "STEP", "WORKER", "EXPIRES"])
+    .optional(&["TOKEN", "ATTEMPT", "GRANTED"]);
     for l in leases {
         let run = if l.run_name.is_empty() {
             &l.run_id
@@ -66,9 +71,9 @@ pub fn lease_table(leases: &[Lease], now: i64) -> Table {
             &l.run_name
         };
         let expires = if l.state() == LeaseState::Active || l.ended_at_ms == 0 {
-            relative(l.expires_at_ms, now)
+            clock.at(l.expires_at_ms)
         } else {
-            format!("ended {}", relative(l.ended_at_ms, now))
+            format!("ended {}", clock.at(l.ended_at_ms))
         };
         table.row(vec![
             Cell::new(&l.id),
@@ -78,7 +83,7 @@ pub fn lease_table(leases: &[Lease], now: i64) -> Table {
             Cell::new(l.attempt.to_string()),
             Cell::new(l.fencing_token.to_string()),
             Cell::state(word_of::<LeaseState>(l.state)),
-            Cell::new(relative(l.granted_at_ms, now)),
+            Cell::new(clock.at(l.granted_at_ms)),
             Cell::new(expires),
         ]);
     }
@@ -113,7 +118,7 @@ mod tests {
             ..live.clone()
         };
         assert_eq!(
-            lease_table(&[live, ended], now).render(false),
+            lease_table(&[live, ended], Clock::relative(now)).render(false),
             "ID     RUN         STEP     WORKER  ATTEMPT  TOKEN  STATE    GRANTED  EXPIRES\n\
              01HL1  deploy-api  1 build  w-1     2        7      active   40s ago  in 20s\n\
              01HL0  deploy-api  1 build  w-1     2        7      expired  40s ago  ended 1m ago\n"

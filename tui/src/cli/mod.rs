@@ -5,13 +5,15 @@
 //! [`table`] for people or JSON for scripts.
 //!
 //! - [`error`]: what can fail, its exit code and its words.
-//! - [`output`], [`table`], [`time`]: the shared text and JSON layout.
+//! - [`output`], [`table`], [`time`], [`json`]: the shared text and JSON
+//!   layout.
 //! - [`runs`], [`events`], [`approvals`], [`workers`], [`queues`],
 //!   [`leases`], [`quarantines`]: the commands.
 
 pub mod approvals;
 pub mod error;
 pub mod events;
+pub mod json;
 pub mod leases;
 pub mod output;
 pub mod quarantines;
@@ -30,6 +32,7 @@ use clap::{Args, Parser, Subcommand};
 use opsdeck_proto::failover::EngineList;
 use opsdeck_proto::names::Word;
 use opsdeck_proto::tls::ClientTls;
+use opsdeck_proto::v1::{IdKind, ResolveIdRequest};
 
 use crate::client::{Auth, Engine, Target, Token};
 use error::{CliError, status_hint};
@@ -100,6 +103,11 @@ pub struct GlobalArgs {
     /// Output format: aligned tables, or one JSON document
     #[arg(long, short, value_enum, default_value_t, global = true)]
     pub output: Format,
+
+    /// Times in tables: relative ("12s ago") or absolute (RFC 3339, UTC)
+    /// [default: relative on a terminal, absolute in a pipe or file]
+    #[arg(long, value_enum, value_name = "STYLE", global = true)]
+    pub time: Option<time::TimeStyle>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,16 +192,19 @@ pub struct Ctx {
     target: Target,
     auth: Auth,
     engine: Option<Engine>,
+    /// What [`resolve`](Self::resolve) said of an id it found nothing for.
+    unresolved: Option<tonic::Status>,
 }
 
 impl Ctx {
     pub fn new(global: GlobalArgs) -> Self {
         let tls = global.tls();
         Self {
-            printer: Printer::new(global.output),
+            printer: Printer::new(global.output, global.time),
             target: Target::resolve(global.engine),
             auth: Auth::new(global.token).with_tls(tls),
             engine: None,
+            unresolved: None,
         }
     }
 
@@ -227,8 +238,51 @@ impl Ctx {
         }
     }
 
+    /// The whole id of a `kind` of object from what was typed: the id, or
+    /// a unique prefix or suffix of it (tables and the console show an
+    /// id's last characters). The engine matches it against everything it
+    /// keeps (`Console.ResolveId`); several matches are refused, listed.
+    ///
+    /// When nothing matches, the text goes to the call as typed, so that
+    /// the call answers as it would have (PERMISSION_DENIED to a caller
+    /// without its role, say); should it too find nothing, its NOT_FOUND
+    /// is the resolver's, which says what was looked for. Text goes as
+    /// typed too to an older engine without the call, and for a caller
+    /// the resolver refuses (whom the call will refuse in its own words).
+    pub async fn resolve(&mut self, kind: IdKind, text: &str) -> Result<String, CliError> {
+        let mut client = self.engine().await?.console();
+        let request = ResolveIdRequest {
+            kind: kind as i32,
+            id: text.to_owned(),
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, client.resolve_id(request)).await {
+            Ok(Ok(answer)) => Ok(answer.into_inner().id),
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                self.unresolved = Some(status);
+                Ok(text.to_owned())
+            }
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unimplemented | tonic::Code::PermissionDenied
+                ) =>
+            {
+                Ok(text.to_owned())
+            }
+            Ok(Err(status)) => Err(self.refused(status)),
+            Err(_) => Err(self.refused(tonic::Status::deadline_exceeded(format!(
+                "the engine did not answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            )))),
+        }
+    }
+
     /// An engine error, with advice where the fix is on this side.
     pub fn refused(&self, status: tonic::Status) -> CliError {
+        let status = match &self.unresolved {
+            Some(unresolved) if status.code() == tonic::Code::NotFound => unresolved.clone(),
+            _ => status,
+        };
         let hint = status_hint(
             &status,
             self.auth.has_token(),

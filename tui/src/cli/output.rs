@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 use super::table::Table;
+use super::time::{Clock, TimeStyle, now_ms};
 
 /// `--output`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,12 +27,17 @@ pub struct Printer {
     color: bool,
     /// Whether stdout is a terminal (a person reads it).
     tty: bool,
+    /// The terminal's columns, which tables fit in; `None` when stdout is
+    /// not a terminal: a file or a pipe gets every cell whole.
+    width: Option<usize>,
+    time: TimeStyle,
 }
 
 impl Printer {
-    /// A printer for this process's stdout, coloured only when a person is
-    /// looking at it.
-    pub fn new(format: Format) -> Self {
+    /// A printer for this process's stdout, coloured and fitted to the
+    /// terminal only when a person is looking at it. Times are relative on
+    /// a terminal and absolute elsewhere, unless `time` says.
+    pub fn new(format: Format, time: Option<TimeStyle>) -> Self {
         let tty = io::stdout().is_terminal();
         let color = format == Format::Text
             && use_color(
@@ -39,7 +45,34 @@ impl Printer {
                 std::env::var_os("TERM").as_deref(),
                 tty,
             );
-        Self { format, color, tty }
+        let width = tty.then(terminal_width).flatten();
+        let time = time.unwrap_or(if tty {
+            TimeStyle::Relative
+        } else {
+            TimeStyle::Absolute
+        });
+        Self {
+            format,
+            color,
+            tty,
+            width,
+            time,
+        }
+    }
+
+    /// How times are written, as of now: call it for each line of a
+    /// followed stream, so that its ages are those of the moment it is
+    /// printed.
+    pub fn clock(&self) -> Clock {
+        Clock {
+            now_ms: now_ms(),
+            style: self.time,
+        }
+    }
+
+    /// The terminal's width, when tables are fitted to one.
+    pub fn width(&self) -> Option<usize> {
+        self.width
     }
 
     /// A line that helps a person go on (the next page, say): on stdout
@@ -72,17 +105,19 @@ impl Printer {
         Ok(())
     }
 
-    /// One pretty JSON document.
+    /// One pretty JSON document, in the CLI's shape ([`super::json`]).
     pub fn document<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), CliError> {
-        let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+        let value = super::json::shape(serde_json::to_value(value).map_err(io::Error::other)?);
+        let text = serde_json::to_string_pretty(&value).map_err(io::Error::other)?;
         let mut text = escape_c1(text);
         text.push('\n');
         self.text(&text)
     }
 
-    /// One JSON Lines record.
+    /// One JSON Lines record, in the CLI's shape.
     pub fn record<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), CliError> {
-        let text = serde_json::to_string(value).map_err(io::Error::other)?;
+        let value = super::json::shape(serde_json::to_value(value).map_err(io::Error::other)?);
+        let text = serde_json::to_string(&value).map_err(io::Error::other)?;
         let mut text = escape_c1(text);
         text.push('\n');
         self.text(&text)
@@ -104,7 +139,7 @@ impl Printer {
             note(none);
             return Ok(());
         }
-        self.text(&table.render(self.color))
+        self.text(&table.render_fit(self.color, self.width))
     }
 
     /// One object a change returned: the object in JSON, or its row of the
@@ -117,7 +152,7 @@ impl Printer {
         if self.json() {
             return self.document(item);
         }
-        self.text(&table(std::slice::from_ref(item)).render(self.color))
+        self.text(&table(std::slice::from_ref(item)).render_fit(self.color, self.width))
     }
 }
 
@@ -145,6 +180,21 @@ pub fn escape_c1(json: String) -> String {
         }
     }
     out
+}
+
+/// The terminal's columns: `COLUMNS` when set (as shells export it), else
+/// what the terminal says.
+fn terminal_width() -> Option<usize> {
+    let columns = std::env::var("COLUMNS").ok();
+    columns
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|c| *c > 0)
+        .or_else(|| {
+            crossterm::terminal::size()
+                .ok()
+                .map(|(c, _)| usize::from(c))
+        })
+        .filter(|c| *c > 0)
 }
 
 /// A line on stderr: progress and warnings, never part of the answer.

@@ -9,7 +9,7 @@ use opsdeck_proto::v1::{ClearQuarantineRequest, ListQuarantinesRequest, Quaranti
 
 use super::error::CliError;
 use super::table::{Cell, Table};
-use super::time::{now_ms, relative};
+use super::time::Clock;
 use super::{Ctx, Reason};
 
 /// `unquarantine NAME`.
@@ -30,7 +30,7 @@ pub async fn list(ctx: &mut Ctx) -> Result<(), CliError> {
         .quarantines;
     ctx.printer
         .list(&quarantines, "no quarantined run names", |q| {
-            quarantine_table(q, now_ms())
+            quarantine_table(q, ctx.printer.clock())
         })
 }
 
@@ -41,16 +41,17 @@ pub async fn clear(ctx: &mut Ctx, args: UnquarantineArgs) -> Result<(), CliError
         reason: args.reason.text(),
     };
     let cleared = ctx.call(client.clear_quarantine(request)).await?;
-    ctx.printer.one(&cleared, |q| quarantine_table(q, now_ms()))
+    ctx.printer
+        .one(&cleared, |q| quarantine_table(q, ctx.printer.clock()))
 }
 
 /// The quarantines table: which run names, since when, and why.
-pub fn quarantine_table(quarantines: &[Quarantine], now: i64) -> Table {
-    let mut table = Table::new(&["NAME", "SINCE", "STUCK", "WHY"]);
+pub fn quarantine_table(quarantines: &[Quarantine], clock: Clock) -> Table {
+    let mut table = Table::new(&["NAME", "SINCE", "STUCK", "WHY"]).flexible(&["NAME", "WHY"]);
     for q in quarantines {
         table.row(vec![
             Cell::new(&q.name),
-            Cell::new(relative(q.since_ms, now)),
+            Cell::new(clock.at(q.since_ms)),
             Cell::new(q.stuck_count.to_string()),
             Cell::new(&q.message),
         ]);
@@ -72,7 +73,7 @@ mod tests {
             message: "5 leases got stuck within 1h".into(),
         };
         assert_eq!(
-            quarantine_table(&[q], now).render(false),
+            quarantine_table(&[q], Clock::relative(now)).render(false),
             "NAME            SINCE   STUCK  WHY\n\
              nightly-backup  2m ago  5      5 leases got stuck within 1h\n"
         );

@@ -10,7 +10,7 @@ use clap::Args;
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::runs_client::RunsClient;
 use opsdeck_proto::v1::{
-    CancelRunRequest, GetOutputRequest, GetRunRequest, ListRunsRequest, ListRunsResponse,
+    CancelRunRequest, GetOutputRequest, GetRunRequest, IdKind, ListRunsRequest, ListRunsResponse,
     OutputChunk, RetryRunRequest, Run, RunState, Step, StepKind, StepState, SubmitRunRequest,
     SubmitRunsRequest, SubmitRunsResponse,
 };
@@ -21,7 +21,7 @@ use tonic::Code;
 use super::error::CliError;
 use super::output::note;
 use super::table::{Cell, Fields, Table, Tone, clean};
-use super::time::{When, now_ms, relative, span};
+use super::time::{Clock, When, now_ms, span};
 use super::{Ctx, Reason, step_number, word};
 use crate::client::{Authed, EventFollower, Followed, is_transient};
 
@@ -109,7 +109,7 @@ pub fn label(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// The run's id
+    /// The run's id, or a unique prefix or suffix of it (6 characters or more)
     #[arg(value_name = "ID")]
     pub id: String,
     /// Lines of output to show per step, from its last attempt; 0 for none
@@ -120,7 +120,7 @@ pub struct ShowArgs {
 /// `cancel RUN` and `retry RUN`.
 #[derive(Debug, Args)]
 pub struct RunChange {
-    /// The run's id
+    /// The run's id, or a unique prefix or suffix of it (6 characters or more)
     #[arg(value_name = "RUN")]
     pub id: String,
     #[command(flatten)]
@@ -186,7 +186,8 @@ pub async fn submit(ctx: &mut Ctx, args: SubmitArgs) -> Result<ExitCode, CliErro
             response.run = Some(run);
             ctx.printer.document(&response)?;
         } else {
-            ctx.printer.one(&run, |runs| run_table(runs, now_ms()))?;
+            ctx.printer
+                .one(&run, |runs| run_table(runs, ctx.printer.clock()))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -359,16 +360,16 @@ fn print_submitted(ctx: &Ctx, done: &SubmitRunsResponse) -> Result<(), CliError>
         return ctx.printer.document(done);
     }
     ctx.printer.list(&done.runs, "no runs submitted", |runs| {
-        submitted_table(runs, now_ms())
+        submitted_table(runs, ctx.printer.clock())
     })
 }
 
 /// Runs a bulk submit made: id, name, state and age.
-fn submitted_table(runs: &[opsdeck_proto::v1::SubmittedRun], now: i64) -> Table {
-    let mut table = Table::new(&["ID", "NAME", "STATE", "CREATED"]);
+fn submitted_table(runs: &[opsdeck_proto::v1::SubmittedRun], clock: Clock) -> Table {
+    let mut table = Table::new(&["ID", "NAME", "STATE", "CREATED"]).flexible(&["NAME", "CREATED"]);
     for run in runs {
         let created = if run.created {
-            crate::cli::time::relative(run.created_at_ms, now)
+            clock.at(run.created_at_ms)
         } else {
             "earlier (same idempotency key)".to_owned()
         };
@@ -557,8 +558,9 @@ fn print_page(ctx: &Ctx, page: &ListRunsResponse) -> Result<(), CliError> {
     } else {
         "no runs on this page"
     };
-    ctx.printer
-        .list(&page.runs, none, |runs| run_table(runs, now_ms()))?;
+    ctx.printer.list(&page.runs, none, |runs| {
+        run_table(runs, ctx.printer.clock())
+    })?;
     if !page.next_page_token.is_empty() {
         ctx.printer.hint(&next_page_hint(&page.next_page_token))?;
     }
@@ -566,13 +568,17 @@ fn print_page(ctx: &Ctx, page: &ListRunsResponse) -> Result<(), CliError> {
 }
 
 pub async fn show(ctx: &mut Ctx, args: ShowArgs) -> Result<(), CliError> {
+    let id = ctx.resolve(IdKind::Run, &args.id).await?;
     let mut client = ctx.engine().await?.runs();
-    let run = get_run(ctx, &mut client, &args.id).await?;
+    let run = get_run(ctx, &mut client, &id).await?;
     show_run(ctx, &mut client, run, args.tail).await
 }
 
 pub async fn change(ctx: &mut Ctx, action: RunAction, args: RunChange) -> Result<(), CliError> {
-    let (id, reason) = (args.id, args.reason.text());
+    let (id, reason) = (
+        ctx.resolve(IdKind::Run, &args.id).await?,
+        args.reason.text(),
+    );
     let mut client = ctx.engine().await?.runs();
     let run = match action {
         RunAction::Cancel => {
@@ -588,7 +594,8 @@ pub async fn change(ctx: &mut Ctx, action: RunAction, args: RunChange) -> Result
             .await?
         }
     };
-    ctx.printer.one(&run, |runs| run_table(runs, now_ms()))
+    ctx.printer
+        .one(&run, |runs| run_table(runs, ctx.printer.clock()))
 }
 
 /// `retry RUN`: the run goes on from its failed step; with `-p`, a new run
@@ -669,8 +676,9 @@ async fn show_run(
         &run,
         &output,
         tail_lines,
-        now_ms(),
+        ctx.printer.clock(),
         ctx.printer.color(),
+        ctx.printer.width(),
     ))
 }
 
@@ -708,8 +716,10 @@ pub fn join_chunks(chunks: &[OutputChunk]) -> Vec<OutputText> {
 }
 
 /// The runs table: one row per run.
-pub fn run_table(runs: &[Run], now: i64) -> Table {
-    let mut table = Table::new(&["ID", "NAME", "STATE", "STEP", "BY", "CREATED"]);
+pub fn run_table(runs: &[Run], clock: Clock) -> Table {
+    let mut table = Table::new(&["ID", "NAME", "STATE", "STEP", "BY", "CREATED"])
+        .flexible(&["NAME", "STEP", "BY"])
+        .optional(&["BY"]);
     for run in runs {
         let step = match run.steps.get(run.current_step as usize) {
             Some(s) => format!("{}/{} {}", step_number(s.index), run.steps.len(), s.name),
@@ -721,17 +731,19 @@ pub fn run_table(runs: &[Run], now: i64) -> Table {
             Cell::state(word_of::<RunState>(run.state)),
             Cell::new(step),
             Cell::new(&run.submitted_by),
-            Cell::new(relative(run.created_at_ms, now)),
+            Cell::new(clock.at(run.created_at_ms)),
         ]);
     }
     table
 }
 
-fn step_table(steps: &[Step], now: i64) -> Table {
+fn step_table(steps: &[Step], clock: Clock) -> Table {
     let mut table = Table::new(&[
         "STEP", "NAME", "KIND", "STATE", "QUEUE", "ATTEMPT", "WORKER", "EXIT", "STARTED",
         "FINISHED", "NOTE",
-    ]);
+    ])
+    .flexible(&["NAME", "QUEUE", "ATTEMPT", "WORKER", "NOTE"])
+    .optional(&["KIND", "STARTED", "EXIT"]);
     for step in steps {
         let exec = step.kind() == StepKind::Exec;
         let attempt = if exec && step.attempt > 0 {
@@ -748,7 +760,7 @@ fn step_table(steps: &[Step], now: i64) -> Table {
         if step.state() == StepState::RetryWait && step.next_attempt_at_ms > 0 {
             note.push(format!(
                 "next attempt {}",
-                relative(step.next_attempt_at_ms, now)
+                clock.at(step.next_attempt_at_ms)
             ));
         }
         if !step.approval_id.is_empty() {
@@ -778,8 +790,8 @@ fn step_table(steps: &[Step], now: i64) -> Table {
             Cell::new(attempt),
             Cell::new(&step.worker_id),
             Cell::new(exit),
-            Cell::new(relative(step.started_at_ms, now)),
-            Cell::new(relative(step.finished_at_ms, now)),
+            Cell::new(clock.at(step.started_at_ms)),
+            Cell::new(clock.at(step.finished_at_ms)),
             Cell::new(note.join("; ")),
         ]);
     }
@@ -792,8 +804,9 @@ fn run_detail(
     run: &Run,
     output: &[OutputText],
     tail_lines: usize,
-    now: i64,
+    clock: Clock,
     color: bool,
+    width: Option<usize>,
 ) -> String {
     let state = word_of::<RunState>(run.state);
     let mut fields = Fields::new();
@@ -816,12 +829,12 @@ fn run_detail(
     };
     fields.field(
         "submitted",
-        format!("{} by {by}", relative(run.created_at_ms, now)),
+        format!("{} by {by}", clock.at(run.created_at_ms)),
     );
     if run.finished_at_ms > 0 {
-        fields.field("finished", relative(run.finished_at_ms, now));
+        fields.field("finished", clock.at(run.finished_at_ms));
     } else {
-        fields.field("updated", relative(run.updated_at_ms, now));
+        fields.field("updated", clock.at(run.updated_at_ms));
     }
     if !run.params.is_empty() {
         let mut params: Vec<_> = run.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -837,7 +850,7 @@ fn run_detail(
     let mut out = fields.render(color);
     if !run.steps.is_empty() {
         out.push('\n');
-        out.push_str(&step_table(&run.steps, now).render(color));
+        out.push_str(&step_table(&run.steps, clock).render_fit(color, width));
     }
     for step in &run.steps {
         out.push_str(&step_tail(step, output, tail_lines, color));
@@ -1157,7 +1170,7 @@ mod tests {
     #[test]
     fn runs_table_shows_state_words_step_and_age() {
         assert_eq!(
-            run_table(&[run()], NOW).render(false),
+            run_table(&[run()], Clock::relative(NOW)).render(false),
             "ID      NAME        STATE    STEP        BY   CREATED\n\
              01HRUN  deploy-api  running  2/2 deploy  ann  5m12s ago\n"
         );
@@ -1171,7 +1184,7 @@ mod tests {
             chunk(1, 2, "stdout", "one\ntwo\n"),
             chunk(1, 2, "stderr", "three\n"),
         ]);
-        let text = run_detail(&run(), &output, 2, NOW, false);
+        let text = run_detail(&run(), &output, 2, Clock::relative(NOW), false, None);
         assert_eq!(
             text,
             "run        01HRUN\n\

@@ -102,6 +102,20 @@ impl Cell {
     fn width(&self) -> usize {
         self.text.chars().count()
     }
+
+    /// The cell cut to `width` characters, the last of them `…`, when it
+    /// is longer.
+    pub fn cut(&self, width: usize) -> Self {
+        if self.width() <= width {
+            return self.clone();
+        }
+        let mut text: String = self.text.chars().take(width.saturating_sub(1)).collect();
+        text.push('…');
+        Self {
+            text,
+            tone: self.tone,
+        }
+    }
 }
 
 impl From<String> for Cell {
@@ -116,19 +130,54 @@ impl From<&str> for Cell {
     }
 }
 
-/// Rows under a header, every column as wide as its widest cell.
+/// Rows under a header, every column as wide as its widest cell — or, to
+/// fit a terminal, as wide as the terminal leaves it: free-text columns
+/// ([`flexible`](Self::flexible)) are cut short with `…`, the widest
+/// first, and columns a narrow terminal can do without
+/// ([`optional`](Self::optional)) are left out. Ids and states are never
+/// cut.
 #[derive(Debug)]
 pub struct Table {
     header: Vec<Cell>,
     rows: Vec<Vec<Cell>>,
+    flexible: Vec<usize>,
+    optional: Vec<usize>,
 }
+
+/// A cut column keeps at least this many characters while an optional
+/// column can be left out instead ...
+const COMFORTABLE: usize = 12;
+/// ... and at least this many in any case.
+const NARROWEST: usize = 4;
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
         Self {
             header: header.iter().map(|h| Cell::new(*h)).collect(),
             rows: Vec::new(),
+            flexible: Vec::new(),
+            optional: Vec::new(),
         }
+    }
+
+    /// Free-text columns, which may be cut short to fit a terminal.
+    pub fn flexible(mut self, headers: &[&str]) -> Self {
+        self.flexible = self.columns(headers);
+        self
+    }
+
+    /// Columns left out, in this order, when cutting the flexible ones is
+    /// not enough to fit a terminal.
+    pub fn optional(mut self, headers: &[&str]) -> Self {
+        self.optional = self.columns(headers);
+        self
+    }
+
+    fn columns(&self, headers: &[&str]) -> Vec<usize> {
+        headers
+            .iter()
+            .filter_map(|h| self.header.iter().position(|c| c.text() == *h))
+            .collect()
     }
 
     pub fn row(&mut self, cells: Vec<Cell>) {
@@ -139,43 +188,182 @@ impl Table {
         self.rows.is_empty()
     }
 
-    /// The table as lines, each ending in a newline.
+    /// The table as lines, each ending in a newline, every cell whole.
     pub fn render(&self, color: bool) -> String {
+        self.render_fit(color, None)
+    }
+
+    /// The table as lines no wider than `width` where it can be done
+    /// (`None`: as wide as its cells).
+    pub fn render_fit(&self, color: bool, width: Option<usize>) -> String {
         let mut widths: Vec<usize> = self.header.iter().map(Cell::width).collect();
         for row in &self.rows {
             grow(&mut widths, row);
         }
-        let mut out = line(&self.header, &widths, color, true);
+        let shown = match width {
+            Some(width) => fit(&mut widths, &self.flexible, &self.optional, width),
+            None => vec![true; widths.len()],
+        };
+        let pick = |row: &[Cell]| -> (Vec<Cell>, Vec<usize>) {
+            row.iter()
+                .zip(&widths)
+                .zip(&shown)
+                .filter(|(_, shown)| **shown)
+                .map(|((cell, w), _)| (cell.cut(*w), *w))
+                .unzip()
+        };
+        let (header, shown_widths) = pick(&self.header);
+        let mut out = line(&header, &shown_widths, color, true);
         for row in &self.rows {
-            out.push_str(&line(row, &widths, color, false));
+            out.push_str(&line(&pick(row).0, &shown_widths, color, false));
         }
         out
     }
 }
 
+/// The width of `widths` laid out with two spaces between the `shown`.
+fn total(widths: &[usize], shown: &[bool]) -> usize {
+    let (sum, n) = widths
+        .iter()
+        .zip(shown)
+        .filter(|(_, s)| **s)
+        .fold((0usize, 0usize), |(sum, n), (w, _)| (sum + w, n + 1));
+    sum + 2 * n.saturating_sub(1)
+}
+
+/// Narrows the `flexible` columns, the widest first, down to `least`,
+/// until the shown ones fit `width`. Whether they do.
+fn narrow(
+    widths: &mut [usize],
+    shown: &[bool],
+    flexible: &[usize],
+    least: usize,
+    width: usize,
+) -> bool {
+    while total(widths, shown) > width {
+        let widest = flexible
+            .iter()
+            .filter(|i| shown.get(**i) == Some(&true))
+            .max_by_key(|i| widths[**i])
+            .copied();
+        match widest {
+            Some(i) if widths[i] > least => widths[i] -= 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Fits columns of `widths` into `width`: cuts flexible columns (to a
+/// comfortable width), then leaves optional ones out one by one, then
+/// cuts flexible ones to the narrowest. Returns which are shown; `widths`
+/// says how wide each is.
+fn fit(widths: &mut [usize], flexible: &[usize], optional: &[usize], width: usize) -> Vec<bool> {
+    let natural = widths.to_vec();
+    for dropped in 0..=optional.len() {
+        let mut shown = vec![true; widths.len()];
+        for i in &optional[..dropped] {
+            shown[*i] = false;
+        }
+        widths.copy_from_slice(&natural);
+        if narrow(widths, &shown, flexible, COMFORTABLE, width) {
+            return shown;
+        }
+    }
+    let mut shown = vec![true; widths.len()];
+    for i in optional {
+        shown[*i] = false;
+    }
+    widths.copy_from_slice(&natural);
+    narrow(widths, &shown, flexible, NARROWEST, width);
+    shown
+}
+
 /// A table whose rows arrive one at a time (a followed stream) and so are
-/// laid out on fixed minimum widths instead of the widest cell; a longer
-/// cell widens its column from then on.
+/// laid out on fixed widths instead of the widest cell. On a terminal
+/// (`width` given) it is fitted as a [`Table`] is — optional columns left
+/// out, free-text cells cut — and the last column takes what the others
+/// leave, so that every line stays aligned and on one line; elsewhere
+/// nothing is cut, and a longer cell widens its column from then on.
 #[derive(Debug)]
 pub struct StreamTable {
     widths: Vec<usize>,
+    shown: Vec<bool>,
+    flexible: Vec<usize>,
+    cut: bool,
     color: bool,
 }
 
+/// The width the last column of a fitted stream asks for before the
+/// others are cut.
+const STREAM_LAST: usize = 40;
+
 impl StreamTable {
-    /// `columns` pairs each header with the width most of its cells fit in.
-    /// Returns the table and its header line.
-    pub fn new(columns: &[(&str, usize)], color: bool) -> (Self, String) {
+    /// `columns` pairs each header with the width its cells fit in;
+    /// `flexible` names the free-text columns (the last column is one
+    /// anyway) and `optional` those a narrow terminal leaves out, in that
+    /// order. Returns the table and its header line.
+    pub fn new(
+        columns: &[(&str, usize)],
+        flexible: &[&str],
+        optional: &[&str],
+        width: Option<usize>,
+        color: bool,
+    ) -> (Self, String) {
         let header: Vec<Cell> = columns.iter().map(|(h, _)| Cell::new(*h)).collect();
         let mut widths: Vec<usize> = columns.iter().map(|(_, w)| *w).collect();
         grow(&mut widths, &header);
-        let first = line(&header, &widths, color, true);
-        (Self { widths, color }, first)
+        let find = |names: &[&str]| -> Vec<usize> {
+            names
+                .iter()
+                .filter_map(|f| columns.iter().position(|(h, _)| h == f))
+                .collect()
+        };
+        let mut flexible = find(flexible);
+        let mut shown = vec![true; widths.len()];
+        if let Some(width) = width
+            && let Some(last) = widths.len().checked_sub(1)
+        {
+            flexible.push(last);
+            widths[last] = widths[last].max(STREAM_LAST);
+            shown = fit(&mut widths, &flexible, &find(optional), width);
+            // The last column takes whatever room is left.
+            widths[last] += width.saturating_sub(total(&widths, &shown));
+        }
+        let mut table = Self {
+            widths,
+            shown,
+            flexible,
+            cut: width.is_some(),
+            color,
+        };
+        let first = table.line_text(&header, true);
+        (table, first)
     }
 
     pub fn line(&mut self, row: &[Cell]) -> String {
-        grow(&mut self.widths, row);
-        line(row, &self.widths, self.color, false)
+        self.line_text(row, false)
+    }
+
+    fn line_text(&mut self, row: &[Cell], header: bool) -> String {
+        if !self.cut {
+            grow(&mut self.widths, row);
+            return line(row, &self.widths, self.color, header);
+        }
+        let (cells, widths): (Vec<Cell>, Vec<usize>) = row
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.shown.get(*i) != Some(&false))
+            .map(|(i, cell)| {
+                let width = self.widths.get(i).copied().unwrap_or(0);
+                if self.flexible.contains(&i) {
+                    (cell.cut(width), width)
+                } else {
+                    (cell.clone(), width.max(cell.width()))
+                }
+            })
+            .unzip();
+        line(&cells, &widths, self.color, header)
     }
 }
 
@@ -319,7 +507,13 @@ mod tests {
 
     #[test]
     fn stream_table_pads_to_minimum_widths_and_grows() {
-        let (mut t, header) = StreamTable::new(&[("SEQ", 4), ("KIND", 6), ("MESSAGE", 0)], false);
+        let (mut t, header) = StreamTable::new(
+            &[("SEQ", 4), ("KIND", 6), ("MESSAGE", 0)],
+            &[],
+            &[],
+            None,
+            false,
+        );
         assert_eq!(header, "SEQ   KIND    MESSAGE\n");
         assert_eq!(
             t.line(&["1".into(), "a".into(), "x".into()]),
@@ -333,6 +527,75 @@ mod tests {
             t.line(&["3".into(), "b".into(), "z".into()]),
             "3     b            z\n"
         );
+    }
+
+    #[test]
+    fn on_a_terminal_a_stream_stays_aligned_and_within_its_width() {
+        let columns = [
+            ("SEQ", 3),
+            ("AGE", 7),
+            ("ACTOR", 6),
+            ("KIND", 6),
+            ("MESSAGE", 0),
+        ];
+        let row = |actor: &str, kind: &str, message: &str| -> Vec<Cell> {
+            vec![
+                "1".into(),
+                "now".into(),
+                actor.into(),
+                kind.into(),
+                message.into(),
+            ]
+        };
+        let (mut t, header) = StreamTable::new(&columns, &["ACTOR"], &["AGE"], Some(36), false);
+        assert_eq!(header, "SEQ  ACTOR   KIND    MESSAGE\n", "AGE left out");
+        let long = t.line(&row(
+            "worker:build-1",
+            "a",
+            "a long message for a narrow terminal",
+        ));
+        assert_eq!(long, "1    worke…  a       a long message…\n");
+        assert_eq!(long.chars().count(), 37, "36 and the newline");
+        assert_eq!(t.line(&row("ann", "b", "ok")), "1    ann     b       ok\n");
+        let (mut wide, _) = StreamTable::new(&columns, &["ACTOR"], &["AGE"], Some(200), false);
+        assert!(
+            wide.line(&row("ann", "b", "ok"))
+                .starts_with("1    now      ann")
+        );
+    }
+
+    fn wide() -> Table {
+        let mut t = Table::new(&["ID", "NAME", "STATE", "TOKEN", "NOTE"])
+            .flexible(&["NAME", "NOTE"])
+            .optional(&["TOKEN"]);
+        t.row(vec![
+            "01HRUN0000000000000000ABCD".into(),
+            "deploy-the-payments-api-to-production".into(),
+            Cell::state("waiting_approval"),
+            "12".into(),
+            "waits for an approver of the dba group".into(),
+        ]);
+        t
+    }
+
+    #[test]
+    fn a_table_fits_its_terminal_cutting_free_text_first_and_never_ids_or_states() {
+        let natural = wide().render(false);
+        assert!(natural.lines().any(|l| l.chars().count() > 80), "{natural}");
+        for width in [80, 72, 60] {
+            let fitted = wide().render_fit(false, Some(width));
+            for line in fitted.lines() {
+                assert!(line.chars().count() <= width, "{width}: {line:?}");
+            }
+            assert!(fitted.contains("01HRUN0000000000000000ABCD"), "{fitted}");
+            assert!(fitted.contains("waiting_approval"), "{fitted}");
+            assert!(fitted.contains('…'), "{fitted}");
+        }
+        // Cut to a comfortable width first; then the optional column goes.
+        assert!(wide().render_fit(false, Some(100)).contains("TOKEN"));
+        assert!(!wide().render_fit(false, Some(60)).contains("TOKEN"));
+        // Wide enough: the same as uncut.
+        assert_eq!(wide().render_fit(false, Some(500)), natural);
     }
 
     #[test]

@@ -16,6 +16,53 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// `--time`: how tables and details write points in time.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeStyle {
+    /// "12s ago", "in 20s"
+    Relative,
+    /// RFC 3339 in UTC: 2026-03-01T12:00:00Z
+    Absolute,
+}
+
+/// Points in time as one answer writes them: relative to the moment the
+/// line is written, or absolute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    pub now_ms: i64,
+    pub style: TimeStyle,
+}
+
+impl Clock {
+    /// Relative to `now_ms`.
+    pub fn relative(now_ms: i64) -> Self {
+        Self {
+            now_ms,
+            style: TimeStyle::Relative,
+        }
+    }
+
+    /// `at_ms` as this clock writes it; "-" when unset.
+    pub fn at(&self, at_ms: i64) -> String {
+        match self.style {
+            TimeStyle::Relative => relative(at_ms, self.now_ms),
+            TimeStyle::Absolute => absolute(at_ms),
+        }
+    }
+}
+
+/// `at` as an RFC 3339 time in UTC, to the second: "2026-03-01T12:00:00Z";
+/// "-" when unset.
+pub fn absolute(at_ms: i64) -> String {
+    let Ok(ms) = u64::try_from(at_ms) else {
+        return "-".to_owned();
+    };
+    if ms == 0 {
+        return "-".to_owned();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
 /// `at` relative to `now`: "12s ago", "in 20s", "now"; "-" when unset.
 pub fn relative(at_ms: i64, now_ms: i64) -> String {
     if at_ms <= 0 {
@@ -127,6 +174,18 @@ mod tests {
         assert_eq!(relative(NOW + 20_000, NOW), "in 20s");
         assert_eq!(relative(NOW - 312_000, NOW), "5m12s ago");
         assert_eq!(relative(NOW - 3 * 86_400_000, NOW), "3d ago");
+    }
+
+    #[test]
+    fn absolute_times_are_rfc_3339_in_utc() {
+        assert_eq!(absolute(NOW + 999), "2023-11-14T22:13:20Z");
+        assert_eq!(absolute(0), "-");
+        let clock = Clock {
+            now_ms: NOW,
+            style: TimeStyle::Absolute,
+        };
+        assert_eq!(clock.at(NOW - 12_000), "2023-11-14T22:13:08Z");
+        assert_eq!(Clock::relative(NOW).at(NOW - 12_000), "12s ago");
     }
 
     #[test]

@@ -2,17 +2,18 @@
 
 use clap::{Args, Subcommand};
 use opsdeck_proto::names::word_of;
-use opsdeck_proto::v1::{ListWorkersRequest, Worker, WorkerActionRequest, WorkerState};
+use opsdeck_proto::v1::{IdKind, ListWorkersRequest, Worker, WorkerActionRequest, WorkerState};
 
 use super::error::CliError;
 use super::table::{Cell, Table, Tone};
-use super::time::{now_ms, relative};
+use super::time::Clock;
 use super::{Ctx, Reason};
 
 /// `drain WORKER`, `undrain WORKER`, `recycle WORKER`.
 #[derive(Debug, Args)]
 pub struct WorkerChange {
-    /// The worker's id
+    /// The worker's id, or a unique prefix or suffix of it (6 characters
+    /// or more)
     #[arg(value_name = "WORKER")]
     pub id: String,
     #[command(flatten)]
@@ -47,8 +48,9 @@ pub async fn list(ctx: &mut Ctx) -> Result<(), CliError> {
         .call(client.list_workers(ListWorkersRequest {}))
         .await?
         .workers;
-    ctx.printer
-        .list(&workers, "no workers", |w| worker_table(w, now_ms()))
+    ctx.printer.list(&workers, "no workers", |w| {
+        worker_table(w, ctx.printer.clock())
+    })
 }
 
 pub async fn change(
@@ -56,9 +58,10 @@ pub async fn change(
     action: WorkerAction,
     args: WorkerChange,
 ) -> Result<(), CliError> {
+    let id = ctx.resolve(IdKind::Worker, &args.id).await?;
     let mut client = ctx.engine().await?.workers();
     let request = WorkerActionRequest {
-        id: args.id,
+        id,
         reason: args.reason.text(),
     };
     let worker = match action {
@@ -67,11 +70,12 @@ pub async fn change(
         WorkerAction::Recycle => ctx.call(client.recycle_worker(request)).await?,
         WorkerAction::Forget => ctx.call(client.forget_worker(request)).await?,
     };
-    ctx.printer.one(&worker, |w| worker_table(w, now_ms()))
+    ctx.printer
+        .one(&worker, |w| worker_table(w, ctx.printer.clock()))
 }
 
 /// The workers table: one row per worker process.
-pub fn worker_table(workers: &[Worker], now: i64) -> Table {
+pub fn worker_table(workers: &[Worker], clock: Clock) -> Table {
     let mut table = Table::new(&[
         "ID",
         "STATE",
@@ -82,7 +86,9 @@ pub fn worker_table(workers: &[Worker], now: i64) -> Table {
         "GEN",
         "HEARTBEAT",
         "VERSION",
-    ]);
+    ])
+    .flexible(&["QUEUES", "HOST"])
+    .optional(&["VERSION", "PID", "GEN"]);
     for w in workers {
         let word = word_of::<WorkerState>(w.state);
         let mut state = word.clone();
@@ -100,7 +106,7 @@ pub fn worker_table(workers: &[Worker], now: i64) -> Table {
             Cell::new(&w.host),
             Cell::new(w.pid.to_string()),
             Cell::new(w.generation.to_string()),
-            Cell::new(relative(w.last_heartbeat_at_ms, now)),
+            Cell::new(clock.at(w.last_heartbeat_at_ms)),
             Cell::new(&w.version),
         ]);
     }
@@ -130,7 +136,7 @@ mod tests {
             ..Worker::default()
         };
         assert_eq!(
-            worker_table(&[w], now).render(false),
+            worker_table(&[w], Clock::relative(now)).render(false),
             "ID   STATE               BUSY  QUEUES        HOST  PID   GEN  HEARTBEAT  VERSION\n\
              w-1  draining (recycle)  1/4   build,deploy  ci-7  4242  3    2s ago     0.1.0\n"
         );
