@@ -89,6 +89,7 @@ pub fn run(r: &Run) -> pb::Run {
         steps: r.steps.iter().map(|s| step(&r.id, s)).collect(),
         message: r.message.clone(),
         idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
+        timeout_ms: r.timeout_ms.unwrap_or(0),
     }
 }
 
@@ -120,6 +121,7 @@ pub fn step_update(s: &Step) -> pb::StepUpdate {
         approval_id: s.approval_id.clone().unwrap_or_default(),
         attempts_counted: s.attempts_counted(),
         attempts_given_back: s.given_back,
+        hung: s.hung,
     }
 }
 
@@ -141,6 +143,7 @@ pub fn step(run_id: &str, s: &Step) -> pb::Step {
         approval_id: s.approval_id.clone().unwrap_or_default(),
         attempts_counted: s.attempts_counted(),
         attempts_given_back: s.given_back,
+        hung: s.hung,
         ..Default::default()
     };
     match &s.spec.kind {
@@ -167,6 +170,7 @@ pub fn step(run_id: &str, s: &Step) -> pb::Step {
                 .collect();
             out.workdir = e.workdir.clone().unwrap_or_default();
             out.timeout_ms = e.timeout_ms.unwrap_or(0);
+            out.quiet_timeout_ms = e.quiet_timeout_ms.unwrap_or(0);
             out.max_attempts = e.max_attempts;
             out.priority = e.priority;
             out.backoff_ms = e.backoff_ms;
@@ -195,6 +199,17 @@ pub fn worker(w: &Worker, connected: bool, lease_ids: Vec<String>) -> pb::Worker
         connected,
         recycle_requested: w.recycle_requested,
         identity: w.identity.clone(),
+        breaker: w
+            .breaker
+            .as_ref()
+            .map(|b| b.word().to_owned())
+            .unwrap_or_default(),
+        breaker_message: w
+            .breaker
+            .as_ref()
+            .map(|b| b.message.clone())
+            .unwrap_or_default(),
+        breaker_opened_at_ms: w.breaker.as_ref().map_or(0, |b| b.opened_at),
     }
 }
 
@@ -217,6 +232,7 @@ pub fn lease(l: &Lease, run: Option<&Run>) -> pb::Lease {
             .unwrap_or_default(),
         run_name: run.map(|r| r.name.clone()).unwrap_or_default(),
         stuck: l.stuck,
+        queue_wait_ms: l.waited_ms.unwrap_or(0),
     }
 }
 

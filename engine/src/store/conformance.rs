@@ -122,6 +122,8 @@ fn run(id: &str, state: RunState) -> Run {
         idempotency_key: Some(format!("key-{id}")),
         retried_by: vec!["bob".into()],
         rejected_by: None,
+        timeout_ms: None,
+        deadline_at: None,
     }
 }
 
@@ -139,6 +141,7 @@ fn lease(id: &str, state: LeaseState) -> Lease {
         ended_at: None,
         queue: "q".into(),
         stuck: false,
+        waited_ms: None,
     }
 }
 
@@ -174,6 +177,7 @@ fn sample() -> Batch {
             drain_requested: true,
             self_draining: false,
             recycle_requested: false,
+            breaker: None,
         }],
         leases: vec![
             lease("l-live", LeaseState::Active),
@@ -1464,6 +1468,7 @@ async fn bytes_per_finished_one_step_run() {
             ended_at: (state != LeaseState::Active).then_some(at + 3),
             queue: "q".into(),
             stuck: false,
+            waited_ms: None,
         };
         let lease_pb = |l: &Lease| pb::Lease {
             id: l.id.clone(),

@@ -694,6 +694,12 @@ fn step_table(steps: &[Step], now: i64) -> Table {
             String::new()
         };
         let mut note = Vec::new();
+        if step.hung {
+            note.push(format!(
+                "hung: no output for {}",
+                super::time::span(std::time::Duration::from_millis(step.quiet_timeout_ms))
+            ));
+        }
         if step.state() == StepState::RetryWait && step.next_attempt_at_ms > 0 {
             note.push(format!(
                 "next attempt {}",

@@ -1,4 +1,5 @@
-//! Workers: `workers`, `workers forget`, `drain`, `undrain`, `recycle`.
+//! Workers: `workers`, `workers forget`, `drain`, `undrain`, `recycle`,
+//! `reset-breaker`.
 
 use clap::{Args, Subcommand};
 use opsdeck_proto::names::word_of;
@@ -9,7 +10,7 @@ use super::table::{Cell, Table, Tone};
 use super::time::{now_ms, relative};
 use super::{Ctx, Reason};
 
-/// `drain WORKER`, `undrain WORKER`, `recycle WORKER`.
+/// `drain WORKER`, `undrain WORKER`, `recycle WORKER`, `reset-breaker WORKER`.
 #[derive(Debug, Args)]
 pub struct WorkerChange {
     /// The worker's id
@@ -39,6 +40,7 @@ pub enum WorkerAction {
     Undrain,
     Recycle,
     Forget,
+    ResetBreaker,
 }
 
 pub async fn list(ctx: &mut Ctx) -> Result<(), CliError> {
@@ -66,6 +68,7 @@ pub async fn change(
         WorkerAction::Undrain => ctx.call(client.undrain_worker(request)).await?,
         WorkerAction::Recycle => ctx.call(client.recycle_worker(request)).await?,
         WorkerAction::Forget => ctx.call(client.forget_worker(request)).await?,
+        WorkerAction::ResetBreaker => ctx.call(client.reset_breaker(request)).await?,
     };
     ctx.printer.one(&worker, |w| worker_table(w, now_ms()))
 }
@@ -82,6 +85,7 @@ pub fn worker_table(workers: &[Worker], now: i64) -> Table {
         "GEN",
         "HEARTBEAT",
         "VERSION",
+        "NOTE",
     ]);
     for w in workers {
         let word = word_of::<WorkerState>(w.state);
@@ -92,9 +96,20 @@ pub fn worker_table(workers: &[Worker], now: i64) -> Table {
         if !w.connected && matches!(w.state(), WorkerState::Online | WorkerState::Draining) {
             state.push_str(" (disconnected)");
         }
+        let mut tone = Tone::of_state(&word);
+        let mut note = String::new();
+        if !w.breaker.is_empty() {
+            state.push_str(&format!(" (breaker {})", w.breaker.replace('_', "-")));
+            tone = Tone::Bad;
+            note = format!(
+                "breaker opened {}: {}",
+                relative(w.breaker_opened_at_ms, now),
+                w.breaker_message
+            );
+        }
         table.row(vec![
             Cell::new(&w.id),
-            Cell::toned(state, Tone::of_state(&word)),
+            Cell::toned(state, tone),
             Cell::new(format!("{}/{}", w.lease_ids.len(), w.slots)),
             Cell::new(w.queues.join(",")),
             Cell::new(&w.host),
@@ -102,6 +117,7 @@ pub fn worker_table(workers: &[Worker], now: i64) -> Table {
             Cell::new(w.generation.to_string()),
             Cell::new(relative(w.last_heartbeat_at_ms, now)),
             Cell::new(&w.version),
+            Cell::new(note),
         ]);
     }
     table
@@ -131,8 +147,30 @@ mod tests {
         };
         assert_eq!(
             worker_table(&[w], now).render(false),
-            "ID   STATE               BUSY  QUEUES        HOST  PID   GEN  HEARTBEAT  VERSION\n\
-             w-1  draining (recycle)  1/4   build,deploy  ci-7  4242  3    2s ago     0.1.0\n"
+            "ID   STATE               BUSY  QUEUES        HOST  PID   GEN  HEARTBEAT  VERSION  NOTE\n\
+             w-1  draining (recycle)  1/4   build,deploy  ci-7  4242  3    2s ago     0.1.0    -\n"
+        );
+    }
+
+    #[test]
+    fn workers_table_shows_an_open_breaker_and_why() {
+        let now = 1_700_000_000_000;
+        let w = Worker {
+            id: "w-2".into(),
+            state: WorkerState::Online as i32,
+            queues: vec!["build".into()],
+            slots: 1,
+            connected: true,
+            breaker: "open".into(),
+            breaker_message: "its last 5 attempts failed".into(),
+            breaker_opened_at_ms: now - 60_000,
+            ..Worker::default()
+        };
+        let text = worker_table(&[w], now).render(false);
+        assert!(text.contains("online (breaker open)"), "{text}");
+        assert!(
+            text.contains("breaker opened 1m ago: its last 5 attempts failed"),
+            "{text}"
         );
     }
 }

@@ -17,6 +17,7 @@ impl State {
             )));
         };
         self.stuck_at.remove(name);
+        self.failed_at.remove(name);
         tx.quarantines.insert(name.to_owned());
         let msg = format!(
             "run name {name} cleared by {}: runs of it are taken again",
