@@ -30,6 +30,7 @@
 //! | `opsdeck_quarantines` | gauge | |
 //! | `opsdeck_worker_breakers_open` | gauge | |
 //! | `opsdeck_approval_oldest_pending_age_seconds` | gauge | |
+//! | `opsdeck_worker_spooled_results` | gauge | `worker` (connected): results its spool holds unacknowledged |
 //!
 //! `deploy/prometheus/opsdeck-rules.yml` alerts on them; a test checks that
 //! every metric the rules name is exported.
@@ -116,6 +117,7 @@ struct Metrics {
     quarantines: Gauge,
     breakers_open: Gauge,
     oldest_approval: Gauge<f64, AtomicU64>,
+    spooled: Family<WorkerLabel, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,6 +158,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     quarantines: Gauge::default(),
     breakers_open: Gauge::default(),
     oldest_approval: Gauge::default(),
+    spooled: Family::default(),
 });
 
 fn registry() -> Registry {
@@ -258,6 +261,11 @@ fn registry() -> Registry {
         "approval_oldest_pending_age_seconds",
         "How long the oldest pending approval has waited for a decision",
         m.oldest_approval.clone(),
+    );
+    r.register(
+        "worker_spooled_results",
+        "Results each connected worker holds in its spool, not yet acknowledged by the engine",
+        m.spooled.clone(),
     );
     r
 }
@@ -519,6 +527,12 @@ async fn sample(sources: &Sources) {
         m.heartbeat_age
             .get_or_create(&WorkerLabel { worker })
             .set(age);
+    }
+    m.spooled.clear();
+    for (worker, n) in oncall.spooled_results {
+        m.spooled
+            .get_or_create(&WorkerLabel { worker })
+            .set(i64::from(n));
     }
 }
 

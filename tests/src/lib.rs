@@ -1156,6 +1156,7 @@ impl FakeAgent {
                 let beat = pb::AgentMessage {
                     kind: Some(pb::agent_message::Kind::Heartbeat(pb::AgentHeartbeat {
                         held: held.clone(),
+                        ..Default::default()
                     })),
                 };
                 if up.send(beat).await.is_err() {
@@ -1177,6 +1178,7 @@ impl FakeAgent {
             .collect();
         self.send(pb::agent_message::Kind::Heartbeat(pb::AgentHeartbeat {
             held,
+            ..Default::default()
         }))
         .await;
     }

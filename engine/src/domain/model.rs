@@ -327,7 +327,8 @@ pub struct Run {
 
 impl Run {
     /// Whether the run was made from `spec`: the same name, labels and
-    /// steps (what an idempotent resubmit must repeat).
+    /// steps (what an idempotent resubmit must repeat). A step the spec
+    /// gives no timeout matches whatever default the engine gave it.
     pub fn made_from(&self, spec: &super::spec::RunSpec) -> bool {
         self.name == spec.name
             && self.labels == spec.labels
@@ -337,7 +338,7 @@ impl Run {
                 .steps
                 .iter()
                 .zip(&spec.steps)
-                .all(|(a, b)| a.spec == *b)
+                .all(|(a, b)| a.spec == *b || a.spec == defaulted_like(b, &a.spec))
     }
 
     /// The refusal of an idempotency key reused with another spec.
@@ -348,6 +349,17 @@ impl Run {
             self.id, self.name
         )
     }
+}
+
+/// `spec` with the timeout of `made` where `spec` sets none.
+fn defaulted_like(spec: &StepSpec, made: &StepSpec) -> StepSpec {
+    let mut spec = spec.clone();
+    if let (StepKindSpec::Exec(s), StepKindSpec::Exec(m)) = (&mut spec.kind, &made.kind)
+        && s.timeout_ms.is_none()
+    {
+        s.timeout_ms = m.timeout_ms;
+    }
+    spec
 }
 
 impl Run {

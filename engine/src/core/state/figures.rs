@@ -17,9 +17,22 @@ pub struct OncallFigures {
     pub heartbeat_ages: Vec<(String, f64)>,
     /// How long the oldest pending approval has waited, in seconds.
     pub oldest_pending_approval: f64,
+    /// Results each connected worker holds in its spool, unacknowledged.
+    pub spooled_results: Vec<(String, u32)>,
 }
 
 impl State {
+    /// What a worker's heartbeat says of its spool.
+    pub fn note_spooled(&mut self, worker_id: &str, results: u32) {
+        if results == 0 {
+            self.spooled.remove(worker_id);
+        } else if let Some(n) = self.spooled.get_mut(worker_id) {
+            *n = results;
+        } else {
+            self.spooled.insert(worker_id.to_owned(), results);
+        }
+    }
+
     pub fn oncall_figures(&self, now: Millis) -> OncallFigures {
         let secs = |ms: Millis| (now - ms).max(0) as f64 / 1000.0;
         OncallFigures {
@@ -52,6 +65,12 @@ impl State {
                 .filter(|a| a.state == ApprovalState::Pending)
                 .map(|a| secs(a.requested_at))
                 .fold(0.0, f64::max),
+            spooled_results: self
+                .workers
+                .keys()
+                .filter(|id| self.sessions.contains_key(*id))
+                .map(|id| (id.clone(), self.spooled.get(id).copied().unwrap_or(0)))
+                .collect(),
         }
     }
 }

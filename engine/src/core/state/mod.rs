@@ -329,6 +329,9 @@ pub struct State {
     last_output: HashMap<String, Millis>,
     /// Failures and successes the worker breakers count.
     breakers: breaker::Tracker,
+    /// Results each connected worker has spooled and not had acknowledged,
+    /// as its last heartbeat said.
+    spooled: HashMap<String, u32>,
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
     /// After a stall of the engine's own, no worker goes offline for want
     /// of heartbeats before this.
@@ -374,6 +377,7 @@ impl State {
             failed_at: HashMap::new(),
             last_output: HashMap::new(),
             breakers: breaker::Tracker::default(),
+            spooled: HashMap::new(),
             timers: BinaryHeap::new(),
             heartbeat_grace_until: 0,
             subscribers: Vec::new(),
