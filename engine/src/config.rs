@@ -160,6 +160,23 @@ pub struct EngineSection {
     pub quarantine_after: Option<u32>,
     #[serde(with = "humantime_serde_opt")]
     pub quarantine_window: Option<Duration>,
+    /// Failed or timed-out attempts of one run name within
+    /// `failure_quarantine_window` that quarantine it (0: never).
+    pub failure_quarantine_after: Option<u32>,
+    #[serde(with = "humantime_serde_opt")]
+    pub failure_quarantine_window: Option<Duration>,
+    /// The timeout of an exec step that sets none.
+    #[serde(with = "humantime_serde_opt")]
+    pub default_step_timeout: Option<Duration>,
+    /// The longest `timeout` a step may ask for.
+    #[serde(with = "humantime_serde_opt")]
+    pub max_step_timeout: Option<Duration>,
+    /// A worker's attempts failed or timed out in a row that open its
+    /// breaker (0: never).
+    pub breaker_after: Option<u32>,
+    /// How long an open breaker waits before it lets one step through.
+    #[serde(with = "humantime_serde_opt")]
+    pub breaker_cooldown: Option<Duration>,
     /// Finished runs kept in memory for the console: at most this many,
     /// for at most `finished_runs_kept_for`.
     pub finished_runs_kept: Option<usize>,
@@ -478,6 +495,7 @@ impl ConfigFile {
         let e = &self.engine;
         check_retention(&self.retention, &mut p);
         check_limits(&self.limits, &mut p);
+        self.check_hang_settings(&mut p);
         for (i, policy) in self.policy.iter().enumerate() {
             if !(1..=10).contains(&policy.approvals) {
                 p.add(
@@ -621,10 +639,66 @@ impl ConfigFile {
             subscriber_buffer: e.subscriber_buffer.unwrap_or(d.subscriber_buffer),
             quarantine_after: e.quarantine_after.unwrap_or(d.quarantine_after),
             quarantine_window: e.quarantine_window.unwrap_or(d.quarantine_window),
+            failure_quarantine_after: e
+                .failure_quarantine_after
+                .unwrap_or(d.failure_quarantine_after),
+            failure_quarantine_window: e
+                .failure_quarantine_window
+                .unwrap_or(d.failure_quarantine_window),
+            default_step_timeout: e.default_step_timeout.unwrap_or(d.default_step_timeout),
+            max_step_timeout: e.max_step_timeout.unwrap_or(d.max_step_timeout),
+            breaker_after: e.breaker_after.unwrap_or(d.breaker_after),
+            breaker_cooldown: e.breaker_cooldown.unwrap_or(d.breaker_cooldown),
             finished_runs_kept: e.finished_runs_kept.unwrap_or(d.finished_runs_kept),
             finished_runs_kept_for: e.finished_runs_kept_for.unwrap_or(d.finished_runs_kept_for),
             // Read by the caller with `Secrets::load(&self.secrets)`: it can fail.
             secrets: d.secrets,
+        }
+    }
+}
+
+impl ConfigFile {
+    /// Step timeouts, failure quarantine and breaker settings: each long
+    /// enough to mean something, the default within the maximum.
+    fn check_hang_settings(&self, p: &mut Problems<'_>) {
+        use Seg::Key;
+        let d = CoreConfig::default();
+        let e = &self.engine;
+        for (key, value) in [
+            ("default_step_timeout", e.default_step_timeout),
+            ("max_step_timeout", e.max_step_timeout),
+            ("failure_quarantine_window", e.failure_quarantine_window),
+            ("breaker_cooldown", e.breaker_cooldown),
+        ] {
+            if let Some(v) = value
+                && v < Duration::from_secs(1)
+            {
+                p.add(
+                    &[Key("engine"), Key(key)],
+                    format!(
+                        "{key} is {}; give at least \"1s\"",
+                        humantime::format_duration(v)
+                    ),
+                );
+            }
+        }
+        let default = e.default_step_timeout.unwrap_or(d.default_step_timeout);
+        let max = e.max_step_timeout.unwrap_or(d.max_step_timeout);
+        if default > max {
+            let key = if e.default_step_timeout.is_some() {
+                "default_step_timeout"
+            } else {
+                "max_step_timeout"
+            };
+            p.add(
+                &[Key("engine"), Key(key)],
+                format!(
+                    "default_step_timeout ({}) is longer than max_step_timeout ({}): steps without a \
+                     timeout would get one the engine refuses; shorten the default or raise the maximum",
+                    humantime::format_duration(default),
+                    humantime::format_duration(max)
+                ),
+            );
         }
     }
 }
@@ -828,6 +902,42 @@ mod tests {
     }
 
     #[test]
+    fn step_timeout_settings_are_checked_with_their_line() {
+        let ok = ConfigFile::parse(
+            "[engine]\ndefault_step_timeout = \"30m\"\nmax_step_timeout = \"2h\"\n",
+            Path::new("e.toml"),
+        )
+        .unwrap();
+        let c = ok.core_config();
+        assert_eq!(
+            (c.default_step_timeout, c.max_step_timeout),
+            (Duration::from_secs(1800), Duration::from_secs(7200))
+        );
+        let err = ConfigFile::parse(
+            "[engine]\ndefault_step_timeout = \"3h\"\nmax_step_timeout = \"2h\"\n",
+            Path::new("e.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 2: engine.default_step_timeout")
+                && err.contains("longer than max_step_timeout"),
+            "{err}"
+        );
+        let err = ConfigFile::parse(
+            "[engine]\nmax_step_timeout = \"10m\"\n",
+            Path::new("e.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2: engine.max_step_timeout"), "{err}");
+        let err = ConfigFile::parse("[engine]\nbreaker_cooldown = \"0s\"\n", Path::new("e.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2: engine.breaker_cooldown"), "{err}");
+    }
+
+    #[test]
     fn tls_client_mistakes_are_named_with_their_line() {
         let tls = "[tls]\ncert = \"e.pem\"\nkey = \"e.key\"\n";
         let ok = ConfigFile::parse(
@@ -922,6 +1032,12 @@ mod tests {
             "subscriber_buffer",
             "quarantine_after",
             "quarantine_window",
+            "failure_quarantine_after",
+            "failure_quarantine_window",
+            "default_step_timeout",
+            "max_step_timeout",
+            "breaker_after",
+            "breaker_cooldown",
             "finished_runs_kept",
             "finished_runs_kept_for",
             "runs",

@@ -91,6 +91,7 @@ pub fn run(r: &Run) -> pb::Run {
         idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
         params: r.params.clone().into_iter().collect(),
         retry_of: r.retry_of.clone().unwrap_or_default(),
+        timeout_ms: r.timeout_ms.unwrap_or(0),
     }
 }
 
@@ -122,6 +123,7 @@ pub fn step_update(s: &Step) -> pb::StepUpdate {
         approval_id: s.approval_id.clone().unwrap_or_default(),
         attempts_counted: s.attempts_counted(),
         attempts_given_back: s.given_back,
+        hung: s.hung,
     }
 }
 
@@ -143,6 +145,7 @@ pub fn step(run_id: &str, s: &Step) -> pb::Step {
         approval_id: s.approval_id.clone().unwrap_or_default(),
         attempts_counted: s.attempts_counted(),
         attempts_given_back: s.given_back,
+        hung: s.hung,
         ..Default::default()
     };
     match &s.spec.kind {
@@ -169,6 +172,7 @@ pub fn step(run_id: &str, s: &Step) -> pb::Step {
                 .collect();
             out.workdir = e.workdir.clone().unwrap_or_default();
             out.timeout_ms = e.timeout_ms.unwrap_or(0);
+            out.quiet_timeout_ms = e.quiet_timeout_ms.unwrap_or(0);
             out.max_attempts = e.max_attempts;
             out.priority = e.priority;
             out.backoff_ms = e.backoff_ms;
@@ -197,6 +201,17 @@ pub fn worker(w: &Worker, connected: bool, lease_ids: Vec<String>) -> pb::Worker
         connected,
         recycle_requested: w.recycle_requested,
         identity: w.identity.clone(),
+        breaker: w
+            .breaker
+            .as_ref()
+            .map(|b| b.word().to_owned())
+            .unwrap_or_default(),
+        breaker_message: w
+            .breaker
+            .as_ref()
+            .map(|b| b.message.clone())
+            .unwrap_or_default(),
+        breaker_opened_at_ms: w.breaker.as_ref().map_or(0, |b| b.opened_at),
     }
 }
 
@@ -219,6 +234,7 @@ pub fn lease(l: &Lease, run: Option<&Run>) -> pb::Lease {
             .unwrap_or_default(),
         run_name: run.map(|r| r.name.clone()).unwrap_or_default(),
         stuck: l.stuck,
+        queue_wait_ms: l.waited_ms.unwrap_or(0),
     }
 }
 

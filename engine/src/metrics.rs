@@ -22,6 +22,18 @@
 //! | `opsdeck_ready` | gauge | 1 when `/readyz` would answer 200 |
 //! | `opsdeck_pruned_rows_total` | counter | `table` (runs, steps, approvals, leases, events, output, workers) |
 //! | `opsdeck_database_bytes` | gauge | the database's size on disk, as of the last pruning pass |
+//! | `opsdeck_standby` | gauge | 1 while this engine stands by for another that leads |
+//! | `opsdeck_queue_wait_seconds` | histogram | `queue`: how long steps waited ready before a lease |
+//! | `opsdeck_worker_last_heartbeat_age_seconds` | gauge | `worker` (every worker not stopped) |
+//! | `opsdeck_leases_stuck` | gauge | |
+//! | `opsdeck_steps_hung` | gauge | |
+//! | `opsdeck_quarantines` | gauge | |
+//! | `opsdeck_worker_breakers_open` | gauge | |
+//! | `opsdeck_approval_oldest_pending_age_seconds` | gauge | |
+//! | `opsdeck_worker_spooled_results` | gauge | `worker` (connected): results its spool holds unacknowledged |
+//!
+//! `deploy/prometheus/opsdeck-rules.yml` alerts on them; a test checks that
+//! every metric the rules name is exported.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -97,6 +109,20 @@ struct Metrics {
     events: Counter,
     pruned: Family<TableLabel, Counter>,
     database_bytes: Gauge,
+    standby: Gauge,
+    queue_wait: Family<QueueLabel, Histogram>,
+    heartbeat_age: Family<WorkerLabel, Gauge<f64, AtomicU64>>,
+    leases_stuck: Gauge,
+    steps_hung: Gauge,
+    quarantines: Gauge,
+    breakers_open: Gauge,
+    oldest_approval: Gauge<f64, AtomicU64>,
+    spooled: Family<WorkerLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +150,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     events: Counter::default(),
     pruned: Family::default(),
     database_bytes: Gauge::default(),
+    standby: Gauge::default(),
+    queue_wait: Family::new_with_constructor(step_histogram),
+    heartbeat_age: Family::default(),
+    leases_stuck: Gauge::default(),
+    steps_hung: Gauge::default(),
+    quarantines: Gauge::default(),
+    breakers_open: Gauge::default(),
+    oldest_approval: Gauge::default(),
+    spooled: Family::default(),
 });
 
 fn registry() -> Registry {
@@ -187,6 +222,51 @@ fn registry() -> Registry {
         "The database's size on disk, as of the last pruning pass",
         m.database_bytes.clone(),
     );
+    r.register(
+        "standby",
+        "1 while this engine stands by for another that leads",
+        m.standby.clone(),
+    );
+    r.register(
+        "queue_wait_seconds",
+        "How long steps waited ready in their queue before a worker took them",
+        m.queue_wait.clone(),
+    );
+    r.register(
+        "worker_last_heartbeat_age_seconds",
+        "Seconds since each worker (not stopped) was last heard from",
+        m.heartbeat_age.clone(),
+    );
+    r.register(
+        "leases_stuck",
+        "Live leases whose worker could not stop their step",
+        m.leases_stuck.clone(),
+    );
+    r.register(
+        "steps_hung",
+        "Running steps that printed nothing for their quiet_timeout",
+        m.steps_hung.clone(),
+    );
+    r.register(
+        "quarantines",
+        "Run names quarantined",
+        m.quarantines.clone(),
+    );
+    r.register(
+        "worker_breakers_open",
+        "Workers whose breaker is open or half-open",
+        m.breakers_open.clone(),
+    );
+    r.register(
+        "approval_oldest_pending_age_seconds",
+        "How long the oldest pending approval has waited for a decision",
+        m.oldest_approval.clone(),
+    );
+    r.register(
+        "worker_spooled_results",
+        "Results each connected worker holds in its spool, not yet acknowledged by the engine",
+        m.spooled.clone(),
+    );
     r
 }
 
@@ -237,6 +317,15 @@ pub fn observe_committed(events: &[Arc<pb::Event>]) {
                         outcome: what.to_owned(),
                     })
                     .inc();
+                if what == "granted"
+                    && let Some(l) = &e.lease
+                {
+                    m.queue_wait
+                        .get_or_create(&QueueLabel {
+                            queue: l.queue.clone(),
+                        })
+                        .observe(l.queue_wait_ms as f64 / 1000.0);
+                }
             }
             "step" if matches!(what, "succeeded" | "failed" | "dead" | "retry_scheduled") => {
                 let outcome = Outcome {
@@ -370,11 +459,14 @@ async fn sample(sources: &Sources) {
             state.list_leases(false).len(),
             state.list_approvals(false).len(),
             state.subscriber_count(),
+            state.oncall_figures(now),
         ))
     });
     let ready = is_ready(sources).await.is_ok();
     m.ready.set(i64::from(ready));
-    let Ok(Ok((queues, workers, leases, approvals, subscribers))) =
+    m.standby
+        .set(i64::from(sources.readiness.get() == ReadyState::Standby));
+    let Ok(Ok((queues, workers, leases, approvals, subscribers, oncall))) =
         tokio::time::timeout(PROBE_TIMEOUT, read).await
     else {
         return;
@@ -425,6 +517,23 @@ async fn sample(sources: &Sources) {
     m.leases.set(count(leases));
     m.approvals.set(count(approvals));
     m.subscribers.set(count(subscribers));
+    m.leases_stuck.set(count(oncall.leases_stuck));
+    m.steps_hung.set(count(oncall.steps_hung));
+    m.quarantines.set(count(oncall.quarantines));
+    m.breakers_open.set(count(oncall.breakers_open));
+    m.oldest_approval.set(oncall.oldest_pending_approval);
+    m.heartbeat_age.clear();
+    for (worker, age) in oncall.heartbeat_ages {
+        m.heartbeat_age
+            .get_or_create(&WorkerLabel { worker })
+            .set(age);
+    }
+    m.spooled.clear();
+    for (worker, n) in oncall.spooled_results {
+        m.spooled
+            .get_or_create(&WorkerLabel { worker })
+            .set(i64::from(n));
+    }
 }
 
 fn worker_state(state: pb::WorkerState) -> String {

@@ -908,9 +908,41 @@ impl Worker {
 
     /// Starts the process without waiting for it to register.
     pub fn spawn(engine: &Engine, id: &str, queues: &[&str], slots: u32, extra: &[&str]) -> Worker {
+        Self::spawn_with_env(engine, id, queues, slots, extra, &[])
+    }
+
+    /// Starts the process with more environment (e.g. a broken `PATH`),
+    /// and waits until the engine lists it online and connected.
+    pub async fn start_with_env(
+        engine: &Engine,
+        id: &str,
+        queues: &[&str],
+        slots: u32,
+        env: &[(&str, &str)],
+    ) -> Worker {
+        let worker = Self::spawn_with_env(engine, id, queues, slots, &[], env);
+        engine
+            .wait_worker(
+                id,
+                |w| w.state == pb::WorkerState::Online as i32 && w.connected && w.pid == worker.pid,
+                DEADLINE,
+            )
+            .await;
+        worker
+    }
+
+    fn spawn_with_env(
+        engine: &Engine,
+        id: &str,
+        queues: &[&str],
+        slots: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let log = engine.data_dir().join(format!("worker-{id}.log"));
         let (out, err) = log_file(&log);
         let mut cmd = command(&opsdeckd(), engine.root.path());
+        cmd.envs(env.iter().copied());
         cmd.arg("worker").args(["--id", id]);
         // `extra` may name other engines (`--engine a,b,c`).
         if !extra.contains(&"--engine") {
@@ -1124,6 +1156,7 @@ impl FakeAgent {
                 let beat = pb::AgentMessage {
                     kind: Some(pb::agent_message::Kind::Heartbeat(pb::AgentHeartbeat {
                         held: held.clone(),
+                        ..Default::default()
                     })),
                 };
                 if up.send(beat).await.is_err() {
@@ -1145,6 +1178,7 @@ impl FakeAgent {
             .collect();
         self.send(pb::agent_message::Kind::Heartbeat(pb::AgentHeartbeat {
             held,
+            ..Default::default()
         }))
         .await;
     }

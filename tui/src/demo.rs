@@ -551,6 +551,7 @@ async fn incident(engine: Engine) {
         spec: spec.to_owned(),
         idempotency_key: String::new(),
         reason: "demo: incident".to_owned(),
+        ..Default::default()
     };
     let worker = |reason: &str| WorkerActionRequest {
         id: "build-1".to_owned(),

@@ -249,6 +249,7 @@ pub fn apply_step_update(run: &mut Run, update: &StepUpdate) {
     step.attempt = update.attempt;
     step.attempts_counted = update.attempts_counted;
     step.attempts_given_back = update.attempts_given_back;
+    step.hung = update.hung;
     step.lease_id.clone_from(&update.lease_id);
     step.worker_id.clone_from(&update.worker_id);
     step.exit_code = update.exit_code;
@@ -954,6 +955,7 @@ mod tests {
                         approval_id: String::new(),
                         attempts_counted: 1,
                         attempts_given_back: 0,
+                        hung: false,
                     },
                     StepUpdate {
                         index: 1,

@@ -509,3 +509,76 @@ fn queue_sparklines_share_one_scale_so_one_ready_is_not_as_tall_as_eleven() {
     assert!(frame.contains("build     ████████"), "{frame}");
     assert!(frame.contains("deploy    ▃▃▃▃▃▃▃▃"), "{frame}");
 }
+
+/// A worker's breaker opens and a running step goes quiet, as the engine's
+/// events say.
+fn breaker_and_hung() -> opsdeck_tui::app::App {
+    use opsdeck_proto::v1::{Event, StepState, StepUpdate};
+    let mut app = app();
+    let mut spare = common::workers().pop().unwrap();
+    spare.breaker = "open".into();
+    spare.breaker_message = "its last 5 attempts failed".into();
+    let events = [
+        Event {
+            seq: 46,
+            at_ms: NOW,
+            kind: "worker.breaker_opened".into(),
+            worker_id: spare.id.clone(),
+            worker: Some(Box::new(spare)),
+            message: "worker spare-1's breaker opened".into(),
+            ..Event::default()
+        },
+        Event {
+            seq: 47,
+            at_ms: NOW,
+            kind: "step.hung".into(),
+            run_id: "01HRUN00000000000000000BUILD".into(),
+            message: "step build-api/compile hung: no output for 5m".into(),
+            step_updates: vec![StepUpdate {
+                index: 0,
+                state: StepState::Running as i32,
+                attempt: 1,
+                attempts_counted: 1,
+                worker_id: "build-1".into(),
+                lease_id: "01HLEASE0000000000000000001".into(),
+                started_at_ms: NOW - 30_000,
+                hung: true,
+                ..StepUpdate::default()
+            }],
+            ..Event::default()
+        },
+    ];
+    for e in events {
+        app::update(&mut app, Msg::Conn(Update::Event(Box::new(e))));
+    }
+    app.status = None;
+    app
+}
+
+#[test]
+fn a_worker_out_of_dispatch_shows_its_breaker() {
+    let mut app = breaker_and_hung();
+    app::update(&mut app, key('4'));
+    let frame = render(&mut app, 80, 24);
+    let text = format!("{:?}", frame.backend());
+    assert!(
+        text.contains("spare-1          breaker open idle"),
+        "{text}"
+    );
+    assert_snapshot!(frame.backend());
+}
+
+#[test]
+fn a_quiet_running_step_shows_hung() {
+    let mut app = breaker_and_hung();
+    app::update(&mut app, key('2'));
+    // build-api is the third row.
+    app::update(&mut app, key('j'));
+    app::update(&mut app, key('j'));
+    app::update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.run.run_id, "01HRUN00000000000000000BUILD");
+    let frame = render(&mut app, 80, 24);
+    let text = format!("{:?}", frame.backend());
+    assert!(text.contains("compile          hung"), "{text}");
+    assert_snapshot!(frame.backend());
+}

@@ -77,9 +77,13 @@ impl EngineSide {
     }
 
     async fn heartbeat(&mut self) -> Vec<HeldLease> {
+        self.whole_heartbeat().await.held
+    }
+
+    async fn whole_heartbeat(&mut self) -> opsdeck_proto::v1::AgentHeartbeat {
         loop {
             if let Some(agent_message::Kind::Heartbeat(h)) = self.next().await {
-                return h.held;
+                return h;
             }
         }
     }
@@ -275,6 +279,31 @@ async fn a_step_runs_reports_and_is_held_until_acked_then_the_worker_recycles() 
         AgentExit::Recycle { next_generation: 6 }
     );
     engine.closed().await;
+}
+
+#[tokio::test]
+async fn heartbeats_say_how_many_results_wait_in_the_spool_until_acked() {
+    let mut harness = Harness::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let worker = tokio::spawn(run(
+        AgentOptions {
+            spool_dir: Some(spool.path().to_owned()),
+            ..harness.options()
+        },
+        Arc::new(ProcessExecutor),
+        CancellationToken::new(),
+    ));
+    let mut engine = harness.session().await;
+    engine.hello().await;
+    engine.welcome(&[]);
+    assert_eq!(engine.whole_heartbeat().await.spooled_results, 0);
+    engine.assign("l1", "true");
+    engine.result().await;
+    while engine.whole_heartbeat().await.spooled_results != 1 {}
+    engine.ack("l1");
+    while engine.whole_heartbeat().await.spooled_results != 0 {}
+    engine.send(engine_message::Kind::Recycle(Recycle {}));
+    exit_of(worker).await;
 }
 
 #[tokio::test]

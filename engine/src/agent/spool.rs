@@ -204,6 +204,11 @@ impl Spool {
         }
     }
 
+    /// Results in the spool, not yet acknowledged.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
     /// Lease ids with a file in the spool.
     #[cfg(test)]
     pub fn leases(&self) -> Vec<String> {

@@ -197,8 +197,12 @@ impl Worker {
             }
             Wake::Session(SessionEvent::Heartbeat) => {
                 let held = self.ledger.held();
-                self.send(agent_message::Kind::Heartbeat(AgentHeartbeat { held }))
-                    .await;
+                let spooled = self.spool.as_ref().map_or(0, Spool::len);
+                self.send(agent_message::Kind::Heartbeat(AgentHeartbeat {
+                    held,
+                    spooled_results: u32::try_from(spooled).unwrap_or(u32::MAX),
+                }))
+                .await;
             }
             Wake::AckWaitOver => {
                 self.ack_deadline = None;

@@ -125,7 +125,10 @@ async fn apply(
         }
         for kind in burst {
             match kind {
-                Kind::Heartbeat(h) => s.heartbeat(&w, &h.held, tx.now),
+                Kind::Heartbeat(h) => {
+                    s.heartbeat(&w, &h.held, tx.now);
+                    s.note_spooled(&w, h.spooled_results);
+                }
                 Kind::Started(st) => s.step_started(tx, &w, st),
                 Kind::Output(o) => s.step_output(tx, &w, o),
                 Kind::Result(r) => s.step_result(tx, &w, r),

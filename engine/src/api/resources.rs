@@ -78,6 +78,16 @@ impl Workers for Api {
         })
         .await
     }
+
+    async fn reset_breaker(
+        &self,
+        req: Request<pb::WorkerActionRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        self.worker_action(req, |s, tx, id, actor, reason| {
+            s.reset_breaker(tx, id, actor, reason)
+        })
+        .await
+    }
 }
 
 type WorkerAction = fn(

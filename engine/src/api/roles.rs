@@ -49,6 +49,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/opsdeck.v1.Workers/UndrainWorker", R(Operator)),
     ("/opsdeck.v1.Workers/RecycleWorker", R(Admin)),
     ("/opsdeck.v1.Workers/ForgetWorker", R(Admin)),
+    ("/opsdeck.v1.Workers/ResetBreaker", R(Operator)),
     ("/opsdeck.v1.Queues/ListQueues", R(Viewer)),
     ("/opsdeck.v1.Queues/PauseQueue", R(Operator)),
     ("/opsdeck.v1.Queues/ResumeQueue", R(Operator)),

@@ -116,6 +116,10 @@ pub struct ExecSpec {
     pub env: Vec<EnvEntry>,
     pub workdir: Option<String>,
     pub timeout_ms: Option<u64>,
+    /// No output for this long marks the running attempt hung (it is not
+    /// stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_timeout_ms: Option<u64>,
     pub max_attempts: u32,
     /// The first retry's delay; each later one doubles it, up to [`MAX_BACKOFF_MS`].
     pub backoff_ms: u64,
@@ -236,6 +240,9 @@ pub struct Step {
     pub ready_since: Option<Millis>,
     pub next_attempt_at: Option<Millis>,
     pub approval_id: Option<String>,
+    /// The running attempt printed nothing for the step's `quiet_timeout`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hung: bool,
 }
 
 impl Step {
@@ -257,6 +264,7 @@ impl Step {
             ready_since: None,
             next_attempt_at: None,
             approval_id: None,
+            hung: false,
         }
     }
 
@@ -318,21 +326,30 @@ pub struct Run {
     /// The run this one retries with other parameter values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<String>,
+    /// The spec's run `timeout`: the run fails this long after its submit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// When the run fails for its `timeout`: its submit (or last retry)
+    /// plus the timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<Millis>,
 }
 
 impl Run {
     /// Whether the run was made from `spec`: the same name, labels and
-    /// steps (what an idempotent resubmit must repeat).
+    /// steps (what an idempotent resubmit must repeat). A step the spec
+    /// gives no timeout matches whatever default the engine gave it.
     pub fn made_from(&self, spec: &super::spec::RunSpec) -> bool {
         self.name == spec.name
             && self.labels == spec.labels
             && self.params == spec.params
+            && self.timeout_ms == spec.timeout_ms
             && self.steps.len() == spec.steps.len()
             && self
                 .steps
                 .iter()
                 .zip(&spec.steps)
-                .all(|(a, b)| a.spec == *b)
+                .all(|(a, b)| a.spec == *b || a.spec == defaulted_like(b, &a.spec))
     }
 
     /// The refusal of an idempotency key reused with another spec.
@@ -343,6 +360,17 @@ impl Run {
             self.id, self.name
         )
     }
+}
+
+/// `spec` with the timeout of `made` where `spec` sets none.
+fn defaulted_like(spec: &StepSpec, made: &StepSpec) -> StepSpec {
+    let mut spec = spec.clone();
+    if let (StepKindSpec::Exec(s), StepKindSpec::Exec(m)) = (&mut spec.kind, &made.kind)
+        && s.timeout_ms.is_none()
+    {
+        s.timeout_ms = m.timeout_ms;
+    }
+    spec
 }
 
 impl Run {
@@ -374,6 +402,8 @@ impl Run {
             params: self.params.clone(),
             template: self.template.clone(),
             retry_of: self.retry_of.clone(),
+            timeout_ms: self.timeout_ms,
+            deadline_at: self.deadline_at,
         }
     }
 }
@@ -412,6 +442,30 @@ pub struct Worker {
     pub self_draining: bool,
     /// An operator asked for a recycle that has not happened yet.
     pub recycle_requested: bool,
+    /// Set while its breaker is open: its attempts kept failing while other
+    /// workers succeeded, so it takes no new work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
+}
+
+/// An open worker breaker: why and since when. After the cool-down it is
+/// half-open: one step may go to the worker, and a success closes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breaker {
+    pub opened_at: Millis,
+    /// Attempts that failed or timed out in a row when it opened.
+    pub failures: u32,
+    /// Why it opened, in words.
+    pub message: String,
+    #[serde(default)]
+    pub half_open: bool,
+}
+
+impl Breaker {
+    /// "open" or "half_open", as the API and the console say it.
+    pub fn word(&self) -> &'static str {
+        if self.half_open { "half_open" } else { "open" }
+    }
 }
 
 impl Worker {
@@ -455,6 +509,9 @@ pub struct Lease {
     /// while the worker kept the lease: its worker could not stop it.
     #[serde(default)]
     pub stuck: bool,
+    /// How long the step waited ready in its queue before this lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
 }
 
 /// A run name whose steps got stuck `stuck_count` times within the
@@ -678,6 +735,7 @@ mod tests {
             env: vec![],
             workdir: None,
             timeout_ms: None,
+            quiet_timeout_ms: None,
             max_attempts: 50,
             backoff_ms: 1000,
             priority: 0,

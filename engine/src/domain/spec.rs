@@ -3,12 +3,14 @@
 //! ```toml
 //! name = "deploy-api"
 //! labels = { team = "payments" }
+//! timeout = "2h"                  # the whole run; it fails when it takes longer
 //!
 //! [[step]]
 //! name = "build"
 //! queue = "build"
 //! run = "make build"              # a shell string, or: argv = ["make", "build"]
-//! timeout = "10m"
+//! timeout = "10m"                # the engine's default_step_timeout when left out
+//! quiet_timeout = "5m"            # no output this long marks the step hung
 //! max_attempts = 3
 //! backoff = "5s"
 //! env = { RUST_LOG = "info", API_TOKEN = { secret = "api_token" } }   # from the engine's [secrets]
@@ -101,6 +103,8 @@ impl Default for Limits {
 pub struct RunSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The whole run's `timeout`, from its submit.
+    pub timeout_ms: Option<u64>,
     pub steps: Vec<StepSpec>,
     /// The parameters' values (given, or their defaults).
     pub params: BTreeMap<String, String>,
@@ -126,6 +130,7 @@ struct RawSpec {
     name: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    timeout: Option<String>,
     #[serde(default)]
     step: Vec<RawStep>,
     #[serde(default)]
@@ -143,6 +148,7 @@ struct RawStep {
     env: BTreeMap<String, RawEnv>,
     workdir: Option<String>,
     timeout: Option<String>,
+    quiet_timeout: Option<String>,
     max_attempts: Option<u32>,
     backoff: Option<String>,
     priority: Option<i32>,
@@ -221,6 +227,11 @@ pub fn parse_with(
     if name.is_empty() || name.len() > 128 {
         return invalid("`name` must be 1 to 128 characters".into());
     }
+    let timeout_ms = raw
+        .timeout
+        .map(|t| duration_ms(&t, "timeout"))
+        .transpose()
+        .map_err(SpecError::Invalid)?;
     if raw.step.is_empty() {
         return invalid("the spec has no steps; add at least one [[step]]".into());
     }
@@ -247,6 +258,7 @@ pub fn parse_with(
     Ok(RunSpec {
         name,
         labels: raw.labels,
+        timeout_ms,
         steps,
         template: declares_params.then(|| text.to_owned()),
         params: values,
@@ -311,6 +323,7 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
             ("env", !raw.env.is_empty()),
             ("workdir", raw.workdir.is_some()),
             ("timeout", raw.timeout.is_some()),
+            ("quiet_timeout", raw.quiet_timeout.is_some()),
             ("max_attempts", raw.max_attempts.is_some()),
             ("backoff", raw.backoff.is_some()),
             ("priority", raw.priority.is_some()),
@@ -448,6 +461,11 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
         .map(|t| duration_ms(&t, "timeout"))
         .transpose()
         .map_err(invalid)?;
+    let quiet_timeout_ms = raw
+        .quiet_timeout
+        .map(|t| duration_ms(&t, "quiet_timeout"))
+        .transpose()
+        .map_err(invalid)?;
     let backoff_ms = match raw.backoff {
         Some(b) => duration_ms(&b, "backoff").map_err(invalid)?,
         None => DEFAULT_BACKOFF.as_millis() as u64,
@@ -475,6 +493,7 @@ fn step_spec(index: usize, raw: RawStep, limits: &Limits) -> Result<StepSpec, Sp
             env,
             workdir: raw.workdir.filter(|w| !w.is_empty()),
             timeout_ms,
+            quiet_timeout_ms,
             max_attempts,
             backoff_ms,
             priority: raw.priority.unwrap_or(0),
@@ -597,6 +616,26 @@ mod tests {
         assert_eq!(a.on_timeout, OnTimeout::Fail);
         assert!(a.allow_self_approval);
         assert_eq!(spec.steps[2].name, "step-3");
+    }
+
+    #[test]
+    fn a_run_timeout_and_a_steps_quiet_timeout_are_read() {
+        let spec = parse_ok(
+            "name = \"x\"\ntimeout = \"2h\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\nquiet_timeout = \"5m\"\n",
+        );
+        assert_eq!(spec.timeout_ms, Some(7_200_000));
+        let StepKindSpec::Exec(exec) = &spec.steps[0].kind else {
+            panic!("exec")
+        };
+        assert_eq!(
+            (exec.timeout_ms, exec.quiet_timeout_ms),
+            (None, Some(300_000))
+        );
+        let err = parse_err("name = \"x\"\n[[step]]\napproval = {}\nquiet_timeout = \"1m\"\n");
+        assert!(err.contains("`quiet_timeout`"), "{err}");
+        let err =
+            parse_err("name = \"x\"\ntimeout = \"0s\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n");
+        assert!(err.contains("`timeout` must be longer than zero"), "{err}");
     }
 
     #[test]

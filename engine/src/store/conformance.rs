@@ -125,6 +125,8 @@ fn run(id: &str, state: RunState) -> Run {
         params: [("version".to_owned(), format!("v-{id}"))].into(),
         template: Some(format!("name = \"{id}\"")),
         retry_of: Some("first".into()),
+        timeout_ms: None,
+        deadline_at: None,
     }
 }
 
@@ -142,6 +144,7 @@ fn lease(id: &str, state: LeaseState) -> Lease {
         ended_at: None,
         queue: "q".into(),
         stuck: false,
+        waited_ms: None,
     }
 }
 
@@ -177,6 +180,7 @@ fn sample() -> Batch {
             drain_requested: true,
             self_draining: false,
             recycle_requested: false,
+            breaker: None,
         }],
         leases: vec![
             lease("l-live", LeaseState::Active),
@@ -1467,6 +1471,7 @@ async fn bytes_per_finished_one_step_run() {
             ended_at: (state != LeaseState::Active).then_some(at + 3),
             queue: "q".into(),
             stuck: false,
+            waited_ms: None,
         };
         let lease_pb = |l: &Lease| pb::Lease {
             id: l.id.clone(),

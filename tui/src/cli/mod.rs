@@ -136,6 +136,8 @@ pub enum Command {
     Undrain(workers::WorkerChange),
     /// Drain a worker, then replace its process with a fresh one
     Recycle(workers::WorkerChange),
+    /// Close a worker's open breaker: it takes work again
+    ResetBreaker(workers::WorkerChange),
     /// List queues with their depth and rates
     Queues,
     /// Stop handing out a queue's steps
@@ -335,6 +337,9 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Drain(args) => workers::change(ctx, WorkerAction::Drain, args).await?,
         Command::Undrain(args) => workers::change(ctx, WorkerAction::Undrain, args).await?,
         Command::Recycle(args) => workers::change(ctx, WorkerAction::Recycle, args).await?,
+        Command::ResetBreaker(args) => {
+            workers::change(ctx, WorkerAction::ResetBreaker, args).await?
+        }
         Command::Queues => queues::list(ctx).await?,
         Command::Pause(args) => queues::change(ctx, QueueAction::Pause, args).await?,
         Command::Resume(args) => queues::change(ctx, QueueAction::Resume, args).await?,
@@ -559,6 +564,7 @@ mod tests {
             &["drain", "w1"],
             &["undrain", "w1"],
             &["recycle", "w1"],
+            &["reset-breaker", "w1"],
             &["pause", "q"],
             &["resume", "q"],
             &["release", "l1", "--fail"],

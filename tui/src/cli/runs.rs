@@ -609,7 +609,7 @@ pub async fn retry(ctx: &mut Ctx, args: RetryArgs) -> Result<(), CliError> {
         return change(ctx, RunAction::Retry, same).await;
     }
     let request = RetryRunRequest {
-        id: args.id,
+        id: ctx.resolve(IdKind::Run, &args.id).await?,
         reason: args.reason.text(),
         params: args.params.into_iter().collect(),
         // A new run: asking again after an ambiguous failure must not
@@ -621,7 +621,8 @@ pub async fn retry(ctx: &mut Ctx, args: RetryArgs) -> Result<(), CliError> {
         async move { client.retry_run(request).await }
     })
     .await?;
-    ctx.printer.one(&run, |runs| run_table(runs, now_ms()))
+    ctx.printer
+        .one(&run, |runs| run_table(runs, ctx.printer.clock()))
 }
 
 /// `run ID` in JSON: the run, and the output the engine kept of each step.
@@ -757,6 +758,12 @@ fn step_table(steps: &[Step], clock: Clock) -> Table {
             String::new()
         };
         let mut note = Vec::new();
+        if step.hung {
+            note.push(format!(
+                "hung: no output for {}",
+                super::time::span(std::time::Duration::from_millis(step.quiet_timeout_ms))
+            ));
+        }
         if step.state() == StepState::RetryWait && step.next_attempt_at_ms > 0 {
             note.push(format!(
                 "next attempt {}",

@@ -1,4 +1,5 @@
-//! Workers: `workers`, `workers forget`, `drain`, `undrain`, `recycle`.
+//! Workers: `workers`, `workers forget`, `drain`, `undrain`, `recycle`,
+//! `reset-breaker`.
 
 use clap::{Args, Subcommand};
 use opsdeck_proto::names::word_of;
@@ -9,7 +10,7 @@ use super::table::{Cell, Table, Tone};
 use super::time::Clock;
 use super::{Ctx, Reason};
 
-/// `drain WORKER`, `undrain WORKER`, `recycle WORKER`.
+/// `drain WORKER`, `undrain WORKER`, `recycle WORKER`, `reset-breaker WORKER`.
 #[derive(Debug, Args)]
 pub struct WorkerChange {
     /// The worker's id, or a unique prefix or suffix of it (6 characters
@@ -40,6 +41,7 @@ pub enum WorkerAction {
     Undrain,
     Recycle,
     Forget,
+    ResetBreaker,
 }
 
 pub async fn list(ctx: &mut Ctx) -> Result<(), CliError> {
@@ -69,6 +71,7 @@ pub async fn change(
         WorkerAction::Undrain => ctx.call(client.undrain_worker(request)).await?,
         WorkerAction::Recycle => ctx.call(client.recycle_worker(request)).await?,
         WorkerAction::Forget => ctx.call(client.forget_worker(request)).await?,
+        WorkerAction::ResetBreaker => ctx.call(client.reset_breaker(request)).await?,
     };
     ctx.printer
         .one(&worker, |w| worker_table(w, ctx.printer.clock()))
@@ -86,8 +89,9 @@ pub fn worker_table(workers: &[Worker], clock: Clock) -> Table {
         "GEN",
         "HEARTBEAT",
         "VERSION",
+        "NOTE",
     ])
-    .flexible(&["QUEUES", "HOST"])
+    .flexible(&["QUEUES", "HOST", "NOTE"])
     .optional(&["VERSION", "PID", "GEN"]);
     for w in workers {
         let word = word_of::<WorkerState>(w.state);
@@ -98,9 +102,20 @@ pub fn worker_table(workers: &[Worker], clock: Clock) -> Table {
         if !w.connected && matches!(w.state(), WorkerState::Online | WorkerState::Draining) {
             state.push_str(" (disconnected)");
         }
+        let mut tone = Tone::of_state(&word);
+        let mut note = String::new();
+        if !w.breaker.is_empty() {
+            state.push_str(&format!(" (breaker {})", w.breaker.replace('_', "-")));
+            tone = Tone::Bad;
+            note = format!(
+                "breaker opened {}: {}",
+                clock.at(w.breaker_opened_at_ms),
+                w.breaker_message
+            );
+        }
         table.row(vec![
             Cell::new(&w.id),
-            Cell::toned(state, Tone::of_state(&word)),
+            Cell::toned(state, tone),
             Cell::new(format!("{}/{}", w.lease_ids.len(), w.slots)),
             Cell::new(w.queues.join(",")),
             Cell::new(&w.host),
@@ -108,6 +123,7 @@ pub fn worker_table(workers: &[Worker], clock: Clock) -> Table {
             Cell::new(w.generation.to_string()),
             Cell::new(clock.at(w.last_heartbeat_at_ms)),
             Cell::new(&w.version),
+            Cell::new(note),
         ]);
     }
     table
@@ -137,8 +153,30 @@ mod tests {
         };
         assert_eq!(
             worker_table(&[w], Clock::relative(now)).render(false),
-            "ID   STATE               BUSY  QUEUES        HOST  PID   GEN  HEARTBEAT  VERSION\n\
-             w-1  draining (recycle)  1/4   build,deploy  ci-7  4242  3    2s ago     0.1.0\n"
+            "ID   STATE               BUSY  QUEUES        HOST  PID   GEN  HEARTBEAT  VERSION  NOTE\n\
+             w-1  draining (recycle)  1/4   build,deploy  ci-7  4242  3    2s ago     0.1.0    -\n"
+        );
+    }
+
+    #[test]
+    fn workers_table_shows_an_open_breaker_and_why() {
+        let now = 1_700_000_000_000;
+        let w = Worker {
+            id: "w-2".into(),
+            state: WorkerState::Online as i32,
+            queues: vec!["build".into()],
+            slots: 1,
+            connected: true,
+            breaker: "open".into(),
+            breaker_message: "its last 5 attempts failed".into(),
+            breaker_opened_at_ms: now - 60_000,
+            ..Worker::default()
+        };
+        let text = worker_table(&[w], Clock::relative(now)).render(false);
+        assert!(text.contains("online (breaker open)"), "{text}");
+        assert!(
+            text.contains("breaker opened 1m ago: its last 5 attempts failed"),
+            "{text}"
         );
     }
 }

@@ -170,12 +170,18 @@ fn steps(ctx: &Ctx, run: &Run, area: Rect, buf: &mut Buffer) {
             } else {
                 String::new()
             };
+            // Still running, but printed nothing for its quiet_timeout.
+            let state_span = if s.hung {
+                Span::styled("hung", t.alert())
+            } else {
+                Span::styled(state.clone(), t.state(&state))
+            };
             let current = s.index == run.current_step;
             let marker = if current { ">" } else { " " };
             Row::new([
                 Cell::from(format!("{marker}{}", step_number(s.index))),
                 Cell::from(s.name.clone()),
-                Cell::from(Span::styled(state.clone(), t.state(&state))),
+                Cell::from(state_span),
                 Cell::from(attempt),
                 Cell::from(s.queue.clone()),
                 Cell::from(s.worker_id.clone()),

@@ -1,4 +1,4 @@
-//! Workers: state (draining, recycling, recycled, offline, stuck), load,
+//! Workers: state (draining, recycling, recycled, offline, stuck, breaker), load,
 //! generation, heartbeat age.
 
 use ratatui::buffer::Buffer;
@@ -46,7 +46,16 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
             .filter_map(|id| ctx.data.workers.get(id))
             .map(|w| {
                 let status = worker_status(ctx.data, w, ctx.now);
-                let mut state = vec![Span::styled(status.word.clone(), t.state(&status.word))];
+                // An online worker whose breaker is open takes no new work:
+                // that is its state (`opsdeck workers` says why).
+                let mut state = if w.breaker.is_empty() || status.word != "online" {
+                    vec![Span::styled(status.word.clone(), t.state(&status.word))]
+                } else {
+                    vec![Span::styled(
+                        format!("breaker {}", w.breaker.replace('_', "-")),
+                        t.alert(),
+                    )]
+                };
                 if let Some(note) = status.note {
                     state.push(Span::styled(format!(" {note}"), t.dim()));
                 }

@@ -83,10 +83,8 @@ impl State {
             .values()
             .filter(|w| w.state == WorkerState::Online && self.sessions.contains_key(&w.id))
             .map(|w| {
-                (
-                    w.id.clone(),
-                    w.slots.saturating_sub(self.slots_taken(&w.id)),
-                )
+                let free = w.slots.saturating_sub(self.slots_taken(&w.id));
+                (w.id.clone(), self.breaker_slots(w, free))
             })
             .filter(|(_, f)| *f > 0)
             .collect();
@@ -224,6 +222,9 @@ impl State {
             ended_at: None,
             queue: exec.queue.clone(),
             stuck: false,
+            waited_ms: step
+                .ready_since
+                .map(|since| u64::try_from(now - since).unwrap_or(0)),
         };
         step.state = StepState::Leased;
         step.lease_id = Some(lease.id.clone());
@@ -246,6 +247,7 @@ impl State {
             self.timers
                 .push(Reverse((at, Timer::StuckCheck(lease.id.clone()))));
         }
+        self.arm_quiet_check(&lease, now);
         let msg = format!(
             "{run_name}/{step_name} attempt {} leased to {worker_id}",
             lease.attempt

@@ -110,6 +110,7 @@ impl State {
         else {
             return;
         };
+        self.note_output(tx, &lease);
         self.keep_output(tx, &lease, &out.stream, out.data);
     }
 
@@ -240,6 +241,7 @@ impl State {
         );
         self.emit(tx, &actor, "", Ev::new("lease.released", msg).lease(&lease));
         let exit = result.has_exit_code.then_some(result.exit_code);
+        self.breaker_result(tx, &lease, outcome);
         if outcome == pb::Outcome::Succeeded {
             self.succeed_step(
                 tx,
@@ -251,6 +253,7 @@ impl State {
                 "",
             );
         } else {
+            self.count_failure(tx, &lease, outcome);
             let message = if result.message.is_empty() {
                 format!("attempt {} failed", lease.attempt)
             } else {
@@ -320,6 +323,7 @@ impl State {
             set.remove(id);
         }
         self.output_bytes.remove(id);
+        self.last_output.remove(id);
         let q = self.queue_live(&lease.queue);
         q.running = q.running.saturating_sub(1);
         if let Some(step) = self
@@ -329,6 +333,7 @@ impl State {
             && step.lease_id.as_deref() == Some(id)
         {
             step.lease_id = None;
+            step.hung = false;
         }
         tx.step_changed(&lease.run_id, lease.step_index);
         tx.leases.insert(id.to_owned(), lease.clone());

@@ -15,14 +15,19 @@ use opsdeck_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 mod approvals;
+mod breaker;
 mod dispatch;
 mod feed;
+mod figures;
+mod hang;
 mod leases;
 mod quarantine;
 mod reads;
 mod runs;
 mod timers;
 mod workers;
+
+pub use figures::OncallFigures;
 
 use super::tx::{Effect, Tx};
 use crate::convert;
@@ -55,6 +60,20 @@ pub struct CoreConfig {
     /// `quarantine_window` is quarantined; 0 never quarantines.
     pub quarantine_after: u32,
     pub quarantine_window: Duration,
+    /// An exec step without a `timeout` gets this one.
+    pub default_step_timeout: Duration,
+    /// The longest `timeout` a step may ask for.
+    pub max_step_timeout: Duration,
+    /// A run name whose attempts fail or time out this many times within
+    /// `failure_quarantine_window` is quarantined; 0 never quarantines.
+    pub failure_quarantine_after: u32,
+    pub failure_quarantine_window: Duration,
+    /// A worker whose last this many attempts failed or timed out, while
+    /// another worker of one of its queues succeeded, is taken out of
+    /// dispatch; 0 never.
+    pub breaker_after: u32,
+    /// An open breaker lets one step through after this long.
+    pub breaker_cooldown: Duration,
     /// The config's `[secrets]`, named by specs' secret env entries.
     pub secrets: Secrets,
     /// Finished runs kept in memory for the console, at most this many and
@@ -76,6 +95,12 @@ impl Default for CoreConfig {
             subscriber_buffer: 4096,
             quarantine_after: 5,
             quarantine_window: Duration::from_secs(60 * 60),
+            default_step_timeout: Duration::from_secs(60 * 60),
+            max_step_timeout: Duration::from_secs(24 * 60 * 60),
+            failure_quarantine_after: 0,
+            failure_quarantine_window: Duration::from_secs(60 * 60),
+            breaker_after: 5,
+            breaker_cooldown: Duration::from_secs(10 * 60),
             secrets: Secrets::default(),
             finished_runs_kept: 10_000,
             finished_runs_kept_for: Duration::from_secs(10 * 60),
@@ -85,6 +110,11 @@ impl Default for CoreConfig {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds of a spec's duration, as a time span.
+fn ms_of(v: u64) -> Millis {
+    i64::try_from(v).unwrap_or(i64::MAX / 4)
 }
 
 /// Ready steps sort by priority (highest first), then by readiness (oldest first).
@@ -127,6 +157,12 @@ enum Timer {
     /// Whether a lease outlived its step's timeout, the cancel grace and two
     /// heartbeats: its worker could not stop the step.
     StuckCheck(String),
+    /// Whether a run outlived its `timeout`.
+    RunDeadline(String),
+    /// Whether a lease's step has been quiet for its `quiet_timeout`.
+    QuietCheck(String),
+    /// Whether a worker's open breaker has cooled down.
+    BreakerCooled(String),
 }
 
 /// A connected worker process.
@@ -286,6 +322,16 @@ pub struct State {
     quarantines: BTreeMap<String, Quarantine>,
     /// When leases of runs of each name got stuck, within the window.
     stuck_at: HashMap<String, VecDeque<Millis>>,
+    /// When attempts of runs of each name failed or timed out, within the
+    /// failure window.
+    failed_at: HashMap<String, VecDeque<Millis>>,
+    /// When each live lease's step last printed (this engine's memory only).
+    last_output: HashMap<String, Millis>,
+    /// Failures and successes the worker breakers count.
+    breakers: breaker::Tracker,
+    /// Results each connected worker has spooled and not had acknowledged,
+    /// as its last heartbeat said.
+    spooled: HashMap<String, u32>,
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
     /// After a stall of the engine's own, no worker goes offline for want
     /// of heartbeats before this.
@@ -328,6 +374,10 @@ impl State {
                 .map(|q| (q.name.clone(), q))
                 .collect(),
             stuck_at: HashMap::new(),
+            failed_at: HashMap::new(),
+            last_output: HashMap::new(),
+            breakers: breaker::Tracker::default(),
+            spooled: HashMap::new(),
             timers: BinaryHeap::new(),
             heartbeat_grace_until: 0,
             subscribers: Vec::new(),
@@ -420,6 +470,8 @@ impl State {
         for (id, at) in live {
             s.timers.push(Reverse((at, Timer::StuckCheck(id))));
         }
+        s.load_hang_timers(now);
+        s.load_breaker_timers();
         for a in loaded.approvals {
             if a.state == ApprovalState::Pending
                 && let Some(deadline) = a.deadline_at
@@ -515,31 +567,34 @@ impl State {
 mod model_tests;
 
 #[cfg(test)]
+mod oncall_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::spec::parse;
 
-    const T0: Millis = 1_000_000;
+    pub(super) const T0: Millis = 1_000_000;
 
-    fn state() -> State {
+    pub(super) fn state() -> State {
         State::load(CoreConfig::default(), Loaded::default(), T0)
     }
 
-    fn alice() -> Actor {
+    pub(super) fn alice() -> Actor {
         Actor {
             name: "alice".into(),
             transport: "unix",
         }
     }
 
-    fn submit(s: &mut State, spec: &str) -> String {
+    pub(super) fn submit(s: &mut State, spec: &str) -> String {
         let mut tx = Tx::new(T0);
         let spec = parse(spec, &Limits::default()).unwrap();
         s.submit(&mut tx, spec, None, &alice(), "test").unwrap().0
     }
 
     /// Connects a worker and returns what the engine sends it.
-    fn worker(
+    pub(super) fn worker(
         s: &mut State,
         id: &str,
         queues: &[&str],
@@ -548,7 +603,7 @@ mod tests {
         worker_at(s, id, queues, slots, T0)
     }
 
-    fn worker_at(
+    pub(super) fn worker_at(
         s: &mut State,
         id: &str,
         queues: &[&str],
@@ -570,7 +625,7 @@ mod tests {
         rx
     }
 
-    fn run_effects(tx: Tx) {
+    pub(super) fn run_effects(tx: Tx) {
         for e in tx.effects {
             match e {
                 Effect::Reply(f) => f(None),
@@ -581,7 +636,9 @@ mod tests {
         }
     }
 
-    fn assignments(rx: &mut mpsc::UnboundedReceiver<pb::EngineMessage>) -> Vec<pb::Assignment> {
+    pub(super) fn assignments(
+        rx: &mut mpsc::UnboundedReceiver<pb::EngineMessage>,
+    ) -> Vec<pb::Assignment> {
         let mut out = vec![];
         while let Ok(m) = rx.try_recv() {
             match m.kind {
@@ -593,14 +650,14 @@ mod tests {
         out
     }
 
-    fn dispatch(s: &mut State, now: Millis) {
+    pub(super) fn dispatch(s: &mut State, now: Millis) {
         let mut tx = Tx::new(now);
         s.fire_timers(&mut tx);
         s.dispatch(&mut tx);
         run_effects(tx);
     }
 
-    fn result(
+    pub(super) fn result(
         s: &mut State,
         worker: &str,
         a: &pb::Assignment,

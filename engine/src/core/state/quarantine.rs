@@ -17,6 +17,7 @@ impl State {
             )));
         };
         self.stuck_at.remove(name);
+        self.failed_at.remove(name);
         tx.quarantines.insert(name.to_owned());
         let msg = format!(
             "run name {name} cleared by {}: runs of it are taken again",
@@ -95,7 +96,8 @@ impl State {
             since: tx.now,
             stuck_count: count,
             message: format!(
-                "{count} leases of runs named {name} got stuck within {}: new runs of it are refused and its \
+                "{count} leases of runs named {name} got stuck within {} (quarantine_after and \
+                 quarantine_window in the engine config): new runs of it are refused and its \
                  queued steps wait until an operator clears it with `opsdeck unquarantine {name} --reason TEXT`",
                 humantime::format_duration(self.cfg.quarantine_window)
             ),

@@ -28,6 +28,7 @@ impl State {
         reason: &str,
         retry_of: Option<String>,
     ) -> EngineResult<(String, bool)> {
+        let spec = self.with_default_timeouts(spec);
         // Keys are each submitter's own: another identity's key names
         // another run.
         if let Some(key) = &idempotency_key
@@ -49,10 +50,13 @@ impl State {
             .generate()
             .unwrap_or_else(|_| ulid::Ulid::new())
             .to_string();
+        let deadline_at = spec.timeout_ms.map(|t| tx.now.saturating_add(ms_of(t)));
         let run = Run {
             id: id.clone(),
             name: spec.name,
             labels: spec.labels,
+            timeout_ms: spec.timeout_ms,
+            deadline_at,
             submitted_by: actor.name.clone(),
             state: RunState::Queued,
             created_at: tx.now,
@@ -83,6 +87,10 @@ impl State {
             if steps == 1 { "" } else { "s" }
         );
         self.runs.insert(id.clone(), run);
+        if let Some(at) = deadline_at {
+            self.timers
+                .push(Reverse((at, Timer::RunDeadline(id.clone()))));
+        }
         tx.run_changed(&id);
         for index in 0..steps as u32 {
             tx.step_changed(&id, index);
@@ -97,16 +105,13 @@ impl State {
     pub fn check_submit(&self, spec: &RunSpec, actor: &Actor) -> EngineResult<()> {
         if let Some(q) = self.quarantines.get(&spec.name) {
             return Err(EngineError::FailedPrecondition(format!(
-                "run name {:?} is quarantined since {}: {} of its leases got stuck within {} \
-                 (quarantine_after and quarantine_window in the engine config); fix what makes its steps hang, \
-                 then clear it with `opsdeck unquarantine {} --reason TEXT`",
+                "run name {:?} is quarantined since {}: {}",
                 q.name,
                 time_word(q.since),
-                q.stuck_count,
-                humantime::format_duration(self.cfg.quarantine_window),
-                q.name
+                q.message
             )));
         }
+        self.check_timeouts(spec)?;
         self.check_secrets(spec, &actor.name)
     }
 
@@ -217,6 +222,9 @@ impl State {
         run.state = RunState::Running;
         run.finished_at = None;
         run.message.clear();
+        // A retried run gets its whole `timeout` again.
+        run.deadline_at = run.timeout_ms.map(|t| tx.now.saturating_add(ms_of(t)));
+        let deadline = run.deadline_at;
         if let Some(step) = run.step_mut(index) {
             step.attempt_base = step.attempt;
             step.given_back = 0;
@@ -224,6 +232,10 @@ impl State {
             step.message.clear();
             step.finished_at = None;
             step.approval_id = None;
+        }
+        if let Some(at) = deadline {
+            self.timers
+                .push(Reverse((at, Timer::RunDeadline(id.to_owned()))));
         }
         tx.run_changed(id);
         tx.step_changed(id, index);

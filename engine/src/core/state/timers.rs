@@ -94,6 +94,9 @@ impl State {
                 }
                 Timer::ApprovalDeadline(id) => self.approval_timed_out(tx, &id),
                 Timer::StuckCheck(id) => self.stuck_check(tx, &id),
+                Timer::RunDeadline(id) => self.run_deadline(tx, &id),
+                Timer::QuietCheck(id) => self.quiet_check(tx, &id),
+                Timer::BreakerCooled(id) => self.breaker_cooled(tx, &id),
                 Timer::RetryDue(run_id, index) => {
                     let Some(step) = self.runs.get(&run_id).and_then(|r| r.step(index)) else {
                         continue;
@@ -126,8 +129,11 @@ impl State {
         // of duplicates by walking from the end.
         for Reverse((at, timer)) in timers.into_iter().rev() {
             let alive = match &timer {
-                Timer::LeaseExpiry(id) | Timer::StuckCheck(id) => self.leases.contains_key(id),
-                Timer::Heartbeat(id) => self.workers.contains_key(id),
+                Timer::LeaseExpiry(id) | Timer::StuckCheck(id) | Timer::QuietCheck(id) => {
+                    self.leases.contains_key(id)
+                }
+                Timer::RunDeadline(id) => self.runs.get(id).is_some_and(|r| !r.state.is_final()),
+                Timer::Heartbeat(id) | Timer::BreakerCooled(id) => self.workers.contains_key(id),
                 Timer::ApprovalDeadline(id) => self
                     .approvals
                     .get(id)

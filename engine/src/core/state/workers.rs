@@ -190,6 +190,7 @@ impl State {
             drain_requested: false,
             self_draining: false,
             recycle_requested: false,
+            breaker: None,
         });
         w.queues = hello.queues.clone();
         w.slots = hello.slots;
