@@ -21,6 +21,8 @@
 //! - [`metrics`], [`notify`], [`logging`], [`backup`]: operating it —
 //!   Prometheus and health endpoints, systemd's notify protocol, the log,
 //!   and consistent copies of a live SQLite database.
+//! - [`manual`]: shell completions and man pages, made from the command
+//!   line's definition.
 //! - [`private`]: files for the owner only (0700/0600 whatever the umask)
 //!   and processes whose memory their steps cannot read.
 
@@ -35,6 +37,7 @@ pub mod domain;
 pub mod error;
 pub mod ha;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod notify;
 pub mod private;

@@ -2,10 +2,13 @@
 //! every scriptable subcommand of [`cli`](crate::cli), which keeps its own
 //! flags and help.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 use crate::cli::{self, GlobalArgs};
 use crate::demo::DemoArgs;
+use crate::manual;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +35,17 @@ pub enum Command {
     Demo(DemoArgs),
     #[command(flatten)]
     Cli(cli::Command),
+    /// Print the completion script for a shell, e.g. `opsdeck completions bash > /etc/bash_completion.d/opsdeck`
+    Completions {
+        #[arg(value_enum)]
+        shell: manual::Shell,
+    },
+    /// Print the man page, or with --out-dir write one per command there (opsdeck.1, opsdeck-submit.1, ...)
+    Manpage {
+        /// The directory to write the pages to, e.g. /usr/local/share/man/man1
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //!   their text tables and JSON output.
 //! - [`args`]: the command line of the `opsdeck` binary: the console's
 //!   flags, `demo`, and every CLI subcommand.
+//! - [`manual`]: shell completions and man pages, made from [`args`].
 
 // Tests state their expectations with unwrap; shipping code may not (the
 // workspace denies it, and the non-test build is still linted).
@@ -36,6 +37,7 @@ pub mod conn;
 pub mod console;
 pub mod demo;
 pub mod keys;
+pub mod manual;
 pub mod model;
 pub mod roles;
 pub mod view;

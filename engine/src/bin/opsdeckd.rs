@@ -12,7 +12,7 @@ use opsdeck_engine::config::{
 };
 use opsdeck_engine::serve::{self, ServeOptions};
 use opsdeck_engine::store::redacted;
-use opsdeck_engine::{agent, bench, logging, private};
+use opsdeck_engine::{agent, bench, logging, manual, private};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -68,6 +68,19 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Print the completion script for a shell, e.g.
+    /// `opsdeckd completions bash > /etc/bash_completion.d/opsdeckd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: manual::Shell,
+    },
+    /// Print the man page, or with --out-dir write one per command there
+    /// (opsdeckd.1, opsdeckd-serve.1, ...).
+    Manpage {
+        /// The directory to write the pages to, e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -252,6 +265,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Completions { shell } => print(&manual::completions(Cli::command(), shell)),
+        Command::Manpage { out_dir: None } => print(&manual::man_page(Cli::command())?),
+        Command::Manpage { out_dir: Some(dir) } => {
+            for page in manual::write_man_pages(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the man pages to {}", dir.display()))?
+            {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
         Command::Backup { path, config, db } => {
             let file = engine_config(config.as_deref())?;
             let data_dir = db
@@ -330,6 +353,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Bytes to stdout; a closed pipe (`| head`) is an error, not a panic.
+fn print(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
 }
 
 fn hex_token() -> String {
