@@ -175,6 +175,12 @@ async fn the_demo_opens_with_an_incident_within_its_first_minute() {
         .into_inner()
         .generation;
     assert!(generation >= 2, "build-1 came back as a new generation");
+    // Its workers spool results in its own directory, never where a real
+    // worker on this machine keeps its own.
+    for id in ["build-1", "deploy-1", "ops-1"] {
+        let spool = demo.data.join("spool").join(id);
+        assert!(spool.is_dir(), "no spool at {}", spool.display());
+    }
 }
 
 #[tokio::test]

@@ -179,6 +179,9 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
             worker.args(["--queue", q]);
         }
         worker.args(["--slots", &slots.to_string(), "--cancel-grace", "2s"]);
+        // The demo's results spool beside its engine, in its throwaway
+        // directory, never in a real worker's spool.
+        worker.arg("--spool-dir").arg(data.join("spool").join(id));
         let child = worker.spawn().map_err(|error| DemoError::Spawn {
             what: format!("{} worker {id}", opsdeckd.display()),
             error,
