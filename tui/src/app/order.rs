@@ -46,10 +46,15 @@ fn run_rank(state: RunState) -> u8 {
     }
 }
 
-/// A worker's urgency: gone or stuck, then not taking work, then the rest.
+/// A worker's urgency: gone, stuck or out of dispatch by its breaker, then
+/// draining, then the rest.
 fn worker_rank(data: &Data, w: &opsdeck_proto::v1::Worker, now_ms: i64) -> u8 {
     let status = model::worker_status(data, w, now_ms);
-    if status.stuck || w.state() == WorkerState::Offline || status.note == Some("disconnected") {
+    if status.stuck
+        || w.state() == WorkerState::Offline
+        || status.note == Some("disconnected")
+        || w.breaker == "open"
+    {
         0
     } else if matches!(w.state(), WorkerState::Draining | WorkerState::Recycling) {
         1

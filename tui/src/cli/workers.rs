@@ -79,7 +79,9 @@ pub async fn change(
 
 /// The workers table: one row per worker process.
 pub fn worker_table(workers: &[Worker], clock: Clock) -> Table {
-    let mut table = Table::new(&[
+    // NOTE says why a breaker is open: shown only when one is.
+    let notes = workers.iter().any(|w| !w.breaker.is_empty());
+    let mut header = vec![
         "ID",
         "STATE",
         "BUSY",
@@ -89,10 +91,13 @@ pub fn worker_table(workers: &[Worker], clock: Clock) -> Table {
         "GEN",
         "HEARTBEAT",
         "VERSION",
-        "NOTE",
-    ])
-    .flexible(&["QUEUES", "HOST", "NOTE"])
-    .optional(&["VERSION", "PID", "GEN"]);
+    ];
+    if notes {
+        header.push("NOTE");
+    }
+    let mut table = Table::new(&header)
+        .flexible(&["QUEUES", "HOST", "NOTE"])
+        .optional(&["VERSION", "PID", "GEN"]);
     for w in workers {
         let word = word_of::<WorkerState>(w.state);
         let mut state = word.clone();
@@ -113,7 +118,7 @@ pub fn worker_table(workers: &[Worker], clock: Clock) -> Table {
                 w.breaker_message
             );
         }
-        table.row(vec![
+        let mut row = vec![
             Cell::new(&w.id),
             Cell::toned(state, tone),
             Cell::new(format!("{}/{}", w.lease_ids.len(), w.slots)),
@@ -123,8 +128,11 @@ pub fn worker_table(workers: &[Worker], clock: Clock) -> Table {
             Cell::new(w.generation.to_string()),
             Cell::new(clock.at(w.last_heartbeat_at_ms)),
             Cell::new(&w.version),
-            Cell::new(note),
-        ]);
+        ];
+        if notes {
+            row.push(Cell::new(note));
+        }
+        table.row(row);
     }
     table
 }
@@ -153,8 +161,8 @@ mod tests {
         };
         assert_eq!(
             worker_table(&[w], Clock::relative(now)).render(false),
-            "ID   STATE               BUSY  QUEUES        HOST  PID   GEN  HEARTBEAT  VERSION  NOTE\n\
-             w-1  draining (recycle)  1/4   build,deploy  ci-7  4242  3    2s ago     0.1.0    -\n"
+            "ID   STATE               BUSY  QUEUES        HOST  PID   GEN  HEARTBEAT  VERSION\n\
+             w-1  draining (recycle)  1/4   build,deploy  ci-7  4242  3    2s ago     0.1.0\n"
         );
     }
 
