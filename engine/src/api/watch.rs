@@ -6,6 +6,7 @@
 //! head meet exactly: no gap, no duplicate.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opsdeck_proto::v1 as pb;
@@ -118,6 +119,10 @@ impl Feed {
         }
         let mut last_seq = head;
         let lagged = self.sub.lagged.clone();
+        // One timer for the stream, not one made and dropped per event: a
+        // heartbeat every HEARTBEAT, busy or quiet.
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.sub.rx.recv() => match event {
@@ -129,14 +134,16 @@ impl Feed {
                         tokio::select! {
                             biased;
                             () = lagged.wait() => break,
-                            sent = out.send(msg(Kind::Event((*e).clone()))) => if sent.is_err() {
+                            // The last watcher to get an event takes it
+                            // without a copy.
+                            sent = out.send(msg(Kind::Event(Arc::unwrap_or_clone(e)))) => if sent.is_err() {
                                 return;
                             },
                         }
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep(HEARTBEAT) => {
+                _ = beat.tick() => {
                     let beat = pb::Heartbeat { seq: last_seq, at_ms: crate::domain::now_ms() };
                     if out.send(msg(Kind::Heartbeat(beat))).await.is_err() {
                         return;
