@@ -34,8 +34,8 @@ pub(super) struct RawParam {
     pattern: Option<String>,
     values: Option<Vec<String>>,
     /// For people reading the spec; the engine does not use it.
-    #[allow(dead_code)]
-    description: Option<String>,
+    #[serde(rename = "description")]
+    _description: Option<String>,
 }
 
 #[derive(Debug)]
