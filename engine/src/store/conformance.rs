@@ -578,6 +578,40 @@ async fn a_new_run_committed_as_header_and_steps_reads_back_whole() {
 }
 
 #[tokio::test]
+async fn a_runs_spec_text_is_written_with_it_and_never_again() {
+    for b in backends().await {
+        let made = run("r1", RunState::Running);
+        assert!(made.template.is_some());
+        b.store
+            .commit(&Batch {
+                runs: vec![made.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // A later header that does not carry the text (or carries another)
+        // leaves the first one.
+        for template in [None, Some("name = \"other\"".to_owned())] {
+            let later = Run {
+                state: RunState::Succeeded,
+                template,
+                ..made.clone()
+            };
+            b.store
+                .commit(&Batch {
+                    runs: vec![later],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let read = b.store.get_run("r1").await.unwrap().unwrap();
+            assert_eq!(read.state, RunState::Succeeded, "{}", b.name);
+            assert_eq!(read.template, made.template, "{}", b.name);
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_step_change_rewrites_only_that_step() {
     for b in backends().await {
         let mut r = two_step_run("r1");

@@ -68,6 +68,7 @@ const RUN_FIELDS: &[&str] = &[
     "finished_at",
     "labels",
     "steps",
+    "template",
 ];
 const STEP_FIELDS: &[&str] = &["index", "state"];
 const LEASE_FIELDS: &[&str] = &["id", "run_id", "state"];
@@ -129,6 +130,7 @@ where
                     r.finished_at,
                     json(&r.labels)?,
                     body(r, RUN_FIELDS)?,
+                    r.template.clone(),
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -136,12 +138,14 @@ where
             c,
             d,
             "INSERT INTO runs (id, name, state, created_at, idempotency_key, submitted_by, \
-             finished_at, labels, body) ",
-            9,
+             finished_at, labels, body, template) ",
+            10,
+            // The spec text is the run's first write's: never rewritten.
             " ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = excluded.state, \
              created_at = excluded.created_at, idempotency_key = excluded.idempotency_key, \
              submitted_by = excluded.submitted_by, finished_at = excluded.finished_at, \
-             labels = excluded.labels, body = excluded.body",
+             labels = excluded.labels, body = excluded.body, \
+             template = COALESCE(runs.template, excluded.template)",
             runs,
             |mut s, r| {
                 s.push_bind(r.0)
@@ -153,7 +157,8 @@ where
                     .push_bind(r.6)
                     .push_bind(r.7)
                     .push_unseparated(d.json_cast)
-                    .push_bind(r.8);
+                    .push_bind(r.8)
+                    .push_bind(r.9);
             },
         )
         .await?;
@@ -380,7 +385,7 @@ where
 
     fn run_select(d: &Dialect) -> QueryBuilder<DB> {
         QueryBuilder::new(format!(
-            "SELECT {RUN_COLUMNS}, {}, body FROM runs ",
+            "SELECT {RUN_COLUMNS}, {}, body, template FROM runs ",
             d.labels_text
         ))
     }
@@ -844,6 +849,9 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     let labels: Value = parse("run labels", &r.try_get::<String, _>(7)?)?;
+    let template = r
+        .try_get::<Option<String>, _>(9)?
+        .map(|t| ("template", Value::from(t)));
     with_columns(
         "run",
         &r.try_get::<String, _>(8)?,
@@ -860,7 +868,9 @@ where
             ("finished_at", Value::from(r.try_get::<Option<i64>, _>(6)?)),
             ("labels", labels),
             ("steps", Value::Array(Vec::new())),
-        ],
+        ]
+        .into_iter()
+        .chain(template),
     )
 }
 
