@@ -37,7 +37,7 @@ pub mod domain;
 pub mod error;
 pub mod ha;
 pub mod logging;
-pub mod manual;
+pub use opsdeck_manual as manual;
 pub mod metrics;
 pub mod notify;
 pub mod private;

@@ -37,7 +37,7 @@ pub mod conn;
 pub mod console;
 pub mod demo;
 pub mod keys;
-pub mod manual;
+pub use opsdeck_manual as manual;
 pub mod model;
 pub mod roles;
 pub mod view;

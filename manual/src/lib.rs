@@ -1,8 +1,7 @@
-//! Shell completions and man pages, generated from the command line's own
-//! clap definition so that they cannot drift from it: `opsdeckd completions
-//! SHELL` and `opsdeckd manpage [--out-dir DIR]`, which the Debian package
-//! runs when it is built. `opsdeck` has the same two commands
-//! (`opsdeck_tui::manual`).
+//! Shell completions and man pages, generated from a binary's own clap
+//! definition so that they cannot drift from it. Both binaries have the
+//! two commands (`opsdeckd completions SHELL`, `opsdeck manpage [--out-dir
+//! DIR]`, ...), which the Debian package runs when it is built.
 
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -26,7 +25,7 @@ pub fn man_page(cmd: clap::Command) -> io::Result<Vec<u8>> {
 }
 
 /// Writes the man page of `cmd` and one of each of its subcommands
-/// (`opsdeckd-serve.1`, `opsdeckd-token-new.1`, ...) into `dir`, made if
+/// (`opsdeckd-serve.1`, `opsdeck-workers-forget.1`, ...) into `dir`, made if
 /// missing; every page readable by all (0644) whatever the umask. Returns
 /// the files written.
 pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
