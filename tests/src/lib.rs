@@ -431,6 +431,24 @@ impl Engine {
         format!("unix://{}", self.socket().display())
     }
 
+    /// Runs the `opsdeck` CLI against this engine over its socket, with a
+    /// clean `OPSDECK_*` environment and no colour.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(opsdeck());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OPSDECK_") {
+                cmd.env_remove(&name);
+            }
+        }
+        cmd.env("NO_COLOR", "1")
+            .arg("--engine")
+            .arg(self.unix_addr())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run opsdeck")
+    }
+
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp.expect("the engine listens on TCP")
     }

@@ -3,26 +3,8 @@
 //! worker takes the work, and an operator closes the breaker with
 //! `opsdeck reset-breaker`.
 
-use std::process::{Command, Output, Stdio};
-
 use opsdeck_tests::pb::RunState;
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, describe_events, opsdeck};
-
-fn cli(engine: &Engine, args: &[&str]) -> Output {
-    let mut cmd = Command::new(opsdeck());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("OPSDECK_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .arg("--engine")
-        .arg(engine.unix_addr())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run opsdeck")
-}
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, describe_events};
 
 #[tokio::test]
 async fn a_worker_with_a_broken_path_trips_its_breaker_while_a_healthy_one_takes_the_work() {
@@ -73,14 +55,11 @@ async fn a_worker_with_a_broken_path_trips_its_breaker_while_a_healthy_one_takes
     assert_eq!(w.breaker, "open", "{w:#?}");
     assert!(w.breaker_message.contains("attempts failed"), "{w:#?}");
 
-    let listed = cli(&engine, &["workers"]);
+    let listed = engine.cli(&["workers"]);
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("online (breaker open)"), "{text}");
 
-    let reset = cli(
-        &engine,
-        &["reset-breaker", "broken", "--reason", "PATH fixed"],
-    );
+    let reset = engine.cli(&["reset-breaker", "broken", "--reason", "PATH fixed"]);
     assert!(
         reset.status.success(),
         "{}",
@@ -98,7 +77,7 @@ async fn a_worker_with_a_broken_path_trips_its_breaker_while_a_healthy_one_takes
         ("broken", "PATH fixed")
     );
     // A breaker that is not open cannot be reset.
-    let again = cli(&engine, &["reset-breaker", "broken", "--reason", "twice"]);
+    let again = engine.cli(&["reset-breaker", "broken", "--reason", "twice"]);
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("not open"),

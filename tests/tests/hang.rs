@@ -4,12 +4,8 @@
 //! nothing for its quiet_timeout is marked hung, keeps running, and is no
 //! longer hung once it prints again.
 
-use std::process::{Command, Output, Stdio};
-
 use opsdeck_tests::pb::{RunState, SubmitRunRequest};
-use opsdeck_tests::{
-    DEADLINE, Engine, EngineOpts, Worker, assert_status, describe_events, opsdeck, sh,
-};
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, assert_status, describe_events, sh};
 use tonic::Code;
 
 fn engine_with(config: &str) -> EngineOpts {
@@ -17,22 +13,6 @@ fn engine_with(config: &str) -> EngineOpts {
         config: config.into(),
         ..EngineOpts::default()
     }
-}
-
-fn cli(engine: &Engine, args: &[&str]) -> Output {
-    let mut cmd = Command::new(opsdeck());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("OPSDECK_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .arg("--engine")
-        .arg(engine.unix_addr())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run opsdeck")
 }
 
 #[tokio::test]
@@ -127,7 +107,7 @@ async fn a_quiet_step_is_marked_hung_without_being_stopped_until_it_prints_again
         now.steps[0].hung && now.state == RunState::Running as i32,
         "hung, and still running: {now:#?}"
     );
-    let shown = cli(&engine, &["run", &run.id]);
+    let shown = engine.cli(&["run", &run.id]);
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.contains("hung: no output for 1s"), "{text}");
 

@@ -3,27 +3,11 @@
 //! name the parameter, and `opsdeck retry RUN -p` making a new run linked
 //! to the first.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use opsdeck_tests::pb::RunState;
-use opsdeck_tests::{DEADLINE, Engine, Worker, opsdeck, sh};
+use opsdeck_tests::{DEADLINE, Engine, Worker, sh};
 use serde_json::Value;
-
-fn cli(engine: &Engine, args: &[&str]) -> Output {
-    let mut cmd = Command::new(opsdeck());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("OPSDECK_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .arg("--engine")
-        .arg(engine.unix_addr())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run opsdeck")
-}
 
 fn json(out: &Output) -> Value {
     assert!(
@@ -63,20 +47,17 @@ async fn values_reach_the_command_env_and_labels_and_the_step_gets_them_as_varia
     let engine = Engine::start_default().await;
     let _worker = Worker::start(&engine, "w1", &["deploy"], 1).await;
     let spec = spec(&engine);
-    let doc = json(&cli(
-        &engine,
-        &[
-            "submit",
-            &spec,
-            "-p",
-            "version=v42",
-            "-p",
-            "env=prod",
-            "--wait",
-            "--output",
-            "json",
-        ],
-    ));
+    let doc = json(&engine.cli(&[
+        "submit",
+        &spec,
+        "-p",
+        "version=v42",
+        "-p",
+        "env=prod",
+        "--wait",
+        "--output",
+        "json",
+    ]));
     let run = &doc["run"];
     assert_eq!(run["state"], "succeeded", "{doc}");
     assert_eq!(run["labels"]["env"], "prod", "{doc}");
@@ -117,13 +98,13 @@ async fn a_missing_or_bad_value_is_invalid_argument_naming_the_parameter() {
     ] {
         let mut all = vec!["submit", spec.as_str()];
         all.extend(args.iter().copied());
-        let out = cli(&engine, &all);
+        let out = engine.cli(&all);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(err.contains("INVALID_ARGUMENT"), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
-    let runs = json(&cli(&engine, &["runs", "--all", "--output", "json"]));
+    let runs = json(&engine.cli(&["runs", "--all", "--output", "json"]));
     assert_eq!(
         runs["runs"].as_array().map(Vec::len),
         Some(0),
@@ -136,23 +117,17 @@ async fn retry_with_a_parameter_makes_a_new_run_of_the_spec_linked_to_the_first(
     let engine = Engine::start_default().await;
     let _worker = Worker::start(&engine, "w1", &["deploy"], 1).await;
     let spec = spec(&engine);
-    let first = json(&cli(
-        &engine,
-        &[
-            "submit",
-            &spec,
-            "-p",
-            "version=v1",
-            "--wait",
-            "--output",
-            "json",
-        ],
-    ));
+    let first = json(&engine.cli(&[
+        "submit",
+        &spec,
+        "-p",
+        "version=v1",
+        "--wait",
+        "--output",
+        "json",
+    ]));
     let first_id = first["run"]["id"].as_str().expect("an id").to_owned();
-    let second = json(&cli(
-        &engine,
-        &["retry", &first_id, "-p", "version=v2", "--output", "json"],
-    ));
+    let second = json(&engine.cli(&["retry", &first_id, "-p", "version=v2", "--output", "json"]));
     let second_id = second["id"].as_str().expect("an id").to_owned();
     assert_ne!(second_id, first_id, "a new run: {second}");
     assert_eq!(second["retry_of"], first_id.as_str(), "{second}");
@@ -180,18 +155,15 @@ async fn retry_with_a_parameter_makes_a_new_run_of_the_spec_linked_to_the_first(
         ),
     )
     .expect("write");
-    let made = json(&cli(
-        &engine,
-        &[
-            "submit",
-            &plain.display().to_string(),
-            "--wait",
-            "--output",
-            "json",
-        ],
-    ));
+    let made = json(&engine.cli(&[
+        "submit",
+        &plain.display().to_string(),
+        "--wait",
+        "--output",
+        "json",
+    ]));
     let plain_id = made["run"]["id"].as_str().expect("an id");
-    let out = cli(&engine, &["retry", plain_id, "-p", "x=1"]);
+    let out = engine.cli(&["retry", plain_id, "-p", "x=1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("FAILED_PRECONDITION"), "{err}");

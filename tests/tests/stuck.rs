@@ -4,13 +4,12 @@
 //! new runs of it refused, saying why and how to clear it — until an
 //! operator clears it with `opsdeck unquarantine`.
 
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use opsdeck_tests::pb::{RunState, StepState, SubmitRunRequest};
 use opsdeck_tests::{
     DEADLINE, Engine, EngineOpts, FakeAgent, Worker, assert_status, describe_events, group_alive,
-    kinds, opsdeck, sh, wait_for, wait_for_file,
+    kinds, sh, wait_for, wait_for_file,
 };
 use tonic::Code;
 
@@ -50,22 +49,6 @@ async fn a_step_past_its_timeout_is_killed_and_retried_per_its_policy_and_the_re
         || async { (!group_alive(pgid)).then_some(()) },
     )
     .await;
-}
-
-fn cli(engine: &Engine, args: &[&str]) -> Output {
-    let mut cmd = Command::new(opsdeck());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("OPSDECK_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .arg("--engine")
-        .arg(engine.unix_addr())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run opsdeck")
 }
 
 const WEDGED: &str = "name = \"wedged\"\n[[step]]\nname = \"s\"\nqueue = \"hang\"\ntimeout = \"1s\"\nrun = \"true\"\n";
@@ -148,7 +131,7 @@ async fn a_lease_that_outlives_its_timeout_is_stuck_and_a_name_stuck_twice_is_qu
     assert_eq!(other.name, "fine");
 
     // The operator lists it and clears it, with a reason.
-    let listed = cli(&engine, &["quarantines", "--output", "json"]);
+    let listed = engine.cli(&["quarantines", "--output", "json"]);
     assert!(
         listed.status.success(),
         "{}",
@@ -157,12 +140,9 @@ async fn a_lease_that_outlives_its_timeout_is_stuck_and_a_name_stuck_twice_is_qu
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["name"], "wedged", "{listed}");
     assert_eq!(listed[0]["stuck_count"], 2, "{listed}");
-    let table = cli(&engine, &["quarantines"]);
+    let table = engine.cli(&["quarantines"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("wedged"));
-    let cleared = cli(
-        &engine,
-        &["unquarantine", "wedged", "--reason", "fixed the NFS mount"],
-    );
+    let cleared = engine.cli(&["unquarantine", "wedged", "--reason", "fixed the NFS mount"]);
     assert!(
         cleared.status.success(),
         "{}",
@@ -173,7 +153,7 @@ async fn a_lease_that_outlives_its_timeout_is_stuck_and_a_name_stuck_twice_is_qu
         .await;
     assert_eq!(event.reason, "fixed the NFS mount");
     assert_eq!(event.actor, engine.os_identity().await);
-    let again = cli(&engine, &["unquarantine", "wedged"]);
+    let again = engine.cli(&["unquarantine", "wedged"]);
     assert_eq!(again.status.code(), Some(1), "clearing twice is refused");
     assert!(String::from_utf8_lossy(&again.stderr).contains("not quarantined"));
 
