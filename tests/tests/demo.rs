@@ -38,9 +38,11 @@ impl Demo {
         let stdout = child.stdout.take().expect("the demo's stdout");
         // "demo engine: unix:///tmp/…/engine.sock (pid N; data and logs in DIR)"
         let mut first = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut first)
-            .expect("the demo's first line");
+        let mut stdout = BufReader::new(stdout);
+        stdout.read_line(&mut first).expect("the demo's first line");
+        // Keep reading what it prints later, so that it never writes to a
+        // closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let rest = first
             .strip_prefix("demo engine: ")
             .unwrap_or_else(|| panic!("not the demo's first line: {first:?}"));
