@@ -11,6 +11,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
+use crate::app::marks::MARKABLE;
 use crate::app::{Kind, Screen};
 
 /// What a key asks for.
@@ -33,6 +34,10 @@ pub enum Action {
     /// ctrl-c: quits when pressed twice.
     Interrupt,
     Help,
+    /// `space` on Runs and Approvals: mark the selected row.
+    Mark,
+    /// `*`: mark every row shown (again: unmark them).
+    MarkAll,
     /// A change to the engine: asks for confirmation, and is refused
     /// read-only, disconnected or without the role its method needs.
     Change(Kind),
@@ -169,7 +174,7 @@ pub struct Binding {
     pub short: Option<&'static str>,
 }
 
-use Screen::{Approvals, Events, Leases, Quarantines, Queues, Run, Runs, Workers};
+use Screen::{Approvals, Events, Leases, Overview, Quarantines, Queues, Run, Runs, Workers};
 
 /// The lists the sort keys work on.
 pub const SORTED: &[Screen] = &[Runs, Workers, Leases];
@@ -473,10 +478,34 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch(' ')],
         label: "space",
+        action: Action::Mark,
+        screens: Where::Only(MARKABLE),
+        what: "mark the row (or unmark it): a change key then applies to every marked row",
+        short: Some("mark"),
+    },
+    Binding {
+        keys: &[ch('*')],
+        label: "*",
+        action: Action::MarkAll,
+        screens: Where::Only(MARKABLE),
+        what: "mark every row shown (again: unmark them); esc unmarks",
+        short: None,
+    },
+    Binding {
+        keys: &[ch(' ')],
+        label: "space",
         action: Action::Freeze,
-        screens: Where::All,
+        screens: Where::Only(&[Overview, Run, Workers, Queues, Leases, Events, Quarantines]),
         what: "freeze the display (this console only; the engine goes on)",
         short: Some("freeze"),
+    },
+    Binding {
+        keys: &[ch('z')],
+        label: "z",
+        action: Action::Freeze,
+        screens: Where::All,
+        what: "freeze the display, on every screen (space marks rows on Runs and Approvals)",
+        short: None,
     },
     Binding {
         keys: &[ch('L')],

@@ -1425,3 +1425,86 @@ fn shift_l_and_colon_messages_list_the_last_50_status_messages() {
         "{frame}"
     );
 }
+
+#[test]
+fn star_marks_every_run_shown_and_one_cancel_covers_those_that_can_take_it() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    app::update(&mut app, key('*'));
+    says(&app, "4 marked");
+    app::update(&mut app, key('C'));
+    let c = confirm(&app);
+    assert_eq!(c.title, "Cancel 2 runs");
+    assert!(
+        c.lines.iter().any(|l| l.contains("2 of 4 marked runs")),
+        "{:?}",
+        c.lines
+    );
+    assert!(
+        c.lines
+            .iter()
+            .any(|l| l.contains("cleanup-tmp is already succeeded")),
+        "the run that cannot be cancelled is listed as left out: {:?}",
+        c.lines
+    );
+    let mut ids = c.change.ids.clone();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "01HRUN00000000000000000BUILD",
+            "01HRUN0000000000000000DEPLOY"
+        ]
+    );
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "incident 7: stop everything");
+    app::update(&mut app, code(KeyCode::Tab));
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    let [Cmd::Change { change, reason }] = cmds.as_slice() else {
+        panic!("one change for the marked runs: {cmds:?}");
+    };
+    assert_eq!(change.kind, Kind::Cancel);
+    assert_eq!(change.ids.len(), 2);
+    assert_eq!(reason, "incident 7: stop everything");
+
+    // The engine refused one of them: said, and the marks go.
+    let results = vec![
+        ("a".to_owned(), Ok("cancelled".to_owned())),
+        ("b".to_owned(), Ok("cancelled".to_owned())),
+        (
+            "c".to_owned(),
+            Err("FAILED_PRECONDITION: already ended".to_owned()),
+        ),
+    ];
+    app::update(
+        &mut app,
+        Msg::Done {
+            change: change.clone(),
+            result: Ok(Changed::Many(results)),
+        },
+    );
+    says(
+        &app,
+        "cancel run: 2 of 3 done; refused: c (FAILED_PRECONDITION",
+    );
+    assert!(app.list(Screen::Runs).marked.is_empty());
+}
+
+#[test]
+fn space_marks_one_row_at_a_time_and_esc_unmarks_before_it_goes_back() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    app::update(&mut app, key(' '));
+    app::update(&mut app, key(' '));
+    assert_eq!(app.list(Screen::Runs).marked.len(), 2);
+    assert!(app.frozen.is_none(), "space marks here, it does not freeze");
+    app::update(&mut app, key(' '));
+    app::update(&mut app, key('k'));
+    app::update(&mut app, key(' '));
+    assert_eq!(app.list(Screen::Runs).marked.len(), 2, "space unmarks too");
+    app::update(&mut app, code(KeyCode::Esc));
+    assert!(app.list(Screen::Runs).marked.is_empty());
+    assert_eq!(app.screen, Screen::Runs, "esc unmarked, it did not go back");
+    app::update(&mut app, key('z'));
+    assert!(app.frozen.is_some(), "z freezes where space marks");
+}

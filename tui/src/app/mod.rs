@@ -15,11 +15,11 @@
 //! [`run_view`] (the Run screen's run, timeline and output), [`rows`]
 //! (which items each list shows), [`order`] (the lists' order: urgency, or
 //! the column a sort key chose), [`detail`] (the fields the `d` overlay
-//! shows), [`panes`] (the Run screen's timeline and output: focus,
+//! shows), [`marks`] (rows marked for one change to all), [`panes`] (the Run screen's timeline and output: focus,
 //! scrolling, search, wrap), [`copy`] (`y`, through OSC 52) and [`field`]
 //! (a line being typed).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use crossterm::event::KeyEvent;
 use opsdeck_proto::v1::{Event, Lease, OutputChunk, Queue, Run, RunState, Worker};
@@ -35,6 +35,7 @@ pub mod copy;
 pub mod detail;
 pub mod field;
 pub mod link;
+pub mod marks;
 pub mod nav;
 pub mod order;
 pub mod panes;
@@ -63,6 +64,8 @@ pub struct ListState {
     pub filter: String,
     /// The column chosen with `S`, `N` or `A`; `None` orders by urgency.
     pub sort: Sort,
+    /// The rows marked with `space` or `*`, by key ([`marks`]).
+    pub marked: BTreeSet<String>,
 }
 
 /// An overlay over the screen.
@@ -322,7 +325,7 @@ impl App {
         &self.lists[screen.index()]
     }
 
-    fn list_mut(&mut self, screen: Screen) -> &mut ListState {
+    pub(crate) fn list_mut(&mut self, screen: Screen) -> &mut ListState {
         &mut self.lists[screen.index()]
     }
 
@@ -331,7 +334,7 @@ impl App {
         self.conn.link == Link::Live
     }
 
-    fn say(&mut self, kind: StatusKind, text: impl Into<String>) {
+    pub(crate) fn say(&mut self, kind: StatusKind, text: impl Into<String>) {
         let status = Status {
             text: text.into(),
             kind,
@@ -466,6 +469,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
                 Ok(changed) => {
                     let text = outcome(&change, &changed, &app.data);
                     app.say(StatusKind::Done, text);
+                    marks::done(app, &change);
                 }
                 Err(status) => {
                     let mut text = format!("refused: {}", status_words(&status));

@@ -6,8 +6,8 @@ use crossterm::event::{KeyCode, KeyEvent};
 
 use super::run_view::{RunView, want_output, want_run};
 use super::{
-    App, Back, Cmd, DetailOf, Input, Link, Modal, Screen, StatusKind, change, copy, detail, order,
-    panes,
+    App, Back, Cmd, DetailOf, Input, Link, Modal, Screen, StatusKind, change, copy, detail, marks,
+    order, panes,
 };
 use crate::keys::{Action, Key, lookup};
 
@@ -227,7 +227,7 @@ fn act(app: &mut App, action: Action) -> Vec<Cmd> {
         Action::Bottom => move_by(app, isize::MAX),
         Action::Enter => enter(app),
         Action::Back => {
-            if !go_back(app) {
+            if !marks::clear(app) && !go_back(app) {
                 app.list_mut(app.screen).filter.clear();
             }
             Vec::new()
@@ -271,6 +271,14 @@ fn act(app: &mut App, action: Action) -> Vec<Cmd> {
                 _ => {}
             }
             app.sync();
+            Vec::new()
+        }
+        Action::Mark => {
+            marks::toggle(app);
+            Vec::new()
+        }
+        Action::MarkAll => {
+            marks::toggle_all(app);
             Vec::new()
         }
         Action::Freeze => {

@@ -51,8 +51,11 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub kind: Kind,
-    /// The id (or name, for queues and quarantines) of what it changes.
+    /// The id (or name, for queues and quarantines) of what it changes;
+    /// empty for a change to marked rows, which `ids` lists.
     pub id: String,
+    /// A change to several marked rows: their ids, those it applies to.
+    pub ids: Vec<String>,
     /// Force-release only: fail the step instead of requeueing it.
     pub fail: bool,
 }
@@ -66,6 +69,9 @@ pub enum Changed {
     Queue(Queue),
     Lease(Lease),
     Quarantine(Quarantine),
+    /// A change to marked rows: per id, what came of it in words, or why
+    /// the engine refused.
+    Many(Vec<(String, Result<String, String>)>),
 }
 
 /// One change the console can make.
@@ -229,8 +235,24 @@ impl Change {
         Self {
             kind,
             id: id.into(),
+            ids: Vec::new(),
             fail: false,
         }
+    }
+
+    /// The change to several marked rows.
+    pub fn many(kind: Kind, ids: Vec<String>) -> Self {
+        Self {
+            kind,
+            id: String::new(),
+            ids,
+            fail: false,
+        }
+    }
+
+    /// Whether it changes several marked rows.
+    pub fn is_many(&self) -> bool {
+        !self.ids.is_empty()
     }
 
     pub fn def(&self) -> &'static Def {
@@ -249,7 +271,11 @@ impl Change {
 
     /// "approving 01J…", while the call is out.
     fn doing(&self) -> String {
-        format!("{} {}", self.def().doing, self.id)
+        if self.is_many() {
+            format!("{}: {} marked", self.def().verb, self.ids.len())
+        } else {
+            format!("{} {}", self.def().doing, self.id)
+        }
     }
 }
 
@@ -271,7 +297,69 @@ pub fn call(
 
 /// The status line after a change went through, in words.
 pub fn outcome(change: &Change, changed: &Changed, data: &Data) -> String {
+    if let Changed::Many(results) = changed {
+        return many_outcome(change, results);
+    }
     (change.def().outcome)(change, changed, data)
+}
+
+/// "cancel run: 3 of 4 done; refused: 01J… (already succeeded)".
+fn many_outcome(change: &Change, results: &[(String, Result<String, String>)]) -> String {
+    let done = results.iter().filter(|(_, r)| r.is_ok()).count();
+    let mut text = format!("{}: {done} of {} done", change.verb(), results.len());
+    let refused: Vec<String> = results
+        .iter()
+        .filter_map(|(id, r)| r.as_ref().err().map(|why| format!("{id} ({why})")))
+        .collect();
+    if !refused.is_empty() {
+        text.push_str(&format!("; refused: {}", refused.join(", ")));
+    }
+    text
+}
+
+/// The dialog's lines for a change to marked rows: how many, the first
+/// few by name, and those left out with why.
+pub(super) fn many_lines(
+    what: &str,
+    marked: usize,
+    fit: &[(String, String)],
+    skipped: &[(String, String)],
+) -> Vec<String> {
+    const SHOWN: usize = 5;
+    let mut lines = vec![format!("{} of {marked} marked {what}", fit.len())];
+    for (id, name) in fit.iter().take(SHOWN) {
+        lines.push(format!("  {name} ({id})"));
+    }
+    if fit.len() > SHOWN {
+        lines.push(format!("  … and {} more", fit.len() - SHOWN));
+    }
+    if !skipped.is_empty() {
+        lines.push(format!("left out, {}:", skipped.len()));
+        for (id, why) in skipped.iter().take(SHOWN) {
+            lines.push(format!("  {id}: {why}"));
+        }
+        if skipped.len() > SHOWN {
+            lines.push(format!("  … and {} more", skipped.len() - SHOWN));
+        }
+    }
+    lines
+}
+
+/// Carries out a change to marked rows one call at a time, each with the
+/// same reason; a refusal is recorded and the rest go on.
+pub(super) async fn each<F, Fut>(ids: Vec<String>, one: F) -> Vec<(String, Result<String, String>)>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, tonic::Status>>,
+{
+    let mut results = Vec::with_capacity(ids.len());
+    for id in ids {
+        let result = one(id.clone())
+            .await
+            .map_err(|e| crate::conn::status_words(&e));
+        results.push((id, result));
+    }
+    results
 }
 
 /// The confirmation for a change on the current selection, or why there

@@ -4,8 +4,8 @@ use futures::future::BoxFuture;
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{CancelRunRequest, RetryRunRequest, Run, RunState};
 
-use super::{Change, Changed, Confirm, Kind};
-use crate::app::{App, Screen};
+use super::{Change, Changed, Confirm, Kind, each, many_lines};
+use crate::app::{App, Screen, marks};
 use crate::client::Engine;
 use crate::model::{self, Data};
 use crate::text::step_number;
@@ -24,28 +24,44 @@ fn run_of_screen(app: &App) -> Result<&Run, String> {
         .ok_or_else(|| format!("run {id} is not known here"))
 }
 
-pub fn prepare(app: &App, kind: Kind) -> Result<Confirm, String> {
-    let run = run_of_screen(app)?;
+/// Why the change cannot be made to the run, if it cannot.
+fn refusal(run: &Run, kind: Kind) -> Option<String> {
     let state = word_of::<RunState>(run.state);
-    let (title, effect) = if kind == Kind::Cancel {
-        if model::run_is_final(run) {
-            return Err(format!("run {} is already {state}", run.name));
-        }
-        (
-            "Cancel run",
-            "its running step is stopped and the run ends as cancelled",
-        )
+    if kind == Kind::Cancel {
+        model::run_is_final(run).then(|| format!("run {} is already {state}", run.name))
     } else {
-        if run.state() != RunState::Failed {
-            return Err(format!(
+        (run.state() != RunState::Failed).then(|| {
+            format!(
                 "only a failed run can be retried; run {} is {state}",
                 run.name
-            ));
-        }
-        (
-            "Retry run",
-            "its dead or failed step gets a new attempt budget",
-        )
+            )
+        })
+    }
+}
+
+/// What the change does to a run, in words.
+fn effect(kind: Kind) -> &'static str {
+    if kind == Kind::Cancel {
+        "its running step is stopped and the run ends as cancelled"
+    } else {
+        "its dead or failed step gets a new attempt budget"
+    }
+}
+
+pub fn prepare(app: &App, kind: Kind) -> Result<Confirm, String> {
+    let marked = marks::marked(app);
+    if !marked.is_empty() {
+        return prepare_many(app, kind, &marked);
+    }
+    let run = run_of_screen(app)?;
+    let state = word_of::<RunState>(run.state);
+    if let Some(why) = refusal(run, kind) {
+        return Err(why);
+    }
+    let title = if kind == Kind::Cancel {
+        "Cancel run"
+    } else {
+        "Retry run"
     };
     let mut lines = vec![format!("run {} ({}), {state}", run.name, run.id)];
     if let Some(step) = run.steps.get(run.current_step as usize) {
@@ -54,7 +70,7 @@ pub fn prepare(app: &App, kind: Kind) -> Result<Confirm, String> {
     if !run.message.is_empty() {
         lines.push(run.message.clone());
     }
-    lines.push(effect.to_owned());
+    lines.push(effect(kind).to_owned());
     Ok(Confirm::new(
         Change::new(kind, run.id.clone()),
         title.to_owned(),
@@ -62,7 +78,70 @@ pub fn prepare(app: &App, kind: Kind) -> Result<Confirm, String> {
     ))
 }
 
+/// Cancelling or retrying the marked runs.
+fn prepare_many(app: &App, kind: Kind, marked: &[String]) -> Result<Confirm, String> {
+    let data = app.shown().0;
+    let (mut fit, mut skipped) = (Vec::new(), Vec::new());
+    for id in marked {
+        match data.runs.get(id) {
+            None => skipped.push((id.clone(), "not known here".to_owned())),
+            Some(run) => match refusal(run, kind) {
+                Some(why) => skipped.push((id.clone(), why)),
+                None => fit.push((id.clone(), run.name.clone())),
+            },
+        }
+    }
+    let verb = if kind == Kind::Cancel {
+        "cancelled"
+    } else {
+        "retried"
+    };
+    if fit.is_empty() {
+        let why = skipped
+            .first()
+            .map_or(String::new(), |(_, why)| format!(": {why}"));
+        return Err(format!(
+            "none of the {} marked runs can be {verb}{why}",
+            marked.len()
+        ));
+    }
+    let mut lines = many_lines(
+        &format!("runs, to be {verb}:"),
+        marked.len(),
+        &fit,
+        &skipped,
+    );
+    lines.push(format!("each: {}", effect(kind)));
+    let title = format!(
+        "{} {} runs",
+        if kind == Kind::Cancel {
+            "Cancel"
+        } else {
+            "Retry"
+        },
+        fit.len()
+    );
+    let ids = fit.into_iter().map(|(id, _)| id).collect();
+    Ok(Confirm::new(Change::many(kind, ids), title, lines))
+}
+
 pub fn still_applies(data: &Data, change: &Change) -> Result<(), String> {
+    if change.is_many() {
+        let fit = change
+            .ids
+            .iter()
+            .filter(|id| {
+                data.runs
+                    .get(id)
+                    .is_none_or(|r| refusal(r, change.kind).is_none())
+            })
+            .count();
+        return if fit == 0 {
+            Err("none of the marked runs can take it any more, nothing to do".to_owned())
+        } else {
+            Ok(())
+        };
+    }
     let Some(r) = data.runs.get(&change.id) else {
         return Ok(());
     };
@@ -84,23 +163,31 @@ pub fn call(
     change: Change,
     reason: String,
 ) -> BoxFuture<'static, Result<Changed, tonic::Status>> {
-    Box::pin(async move {
+    let kind = change.kind;
+    let one = move |id: String, engine: Engine, reason: String| async move {
         let mut client = engine.runs();
-        let run = if change.kind == Kind::Cancel {
-            let request = CancelRunRequest {
-                id: change.id,
-                reason,
-            };
-            crate::console::call(client.cancel_run(request)).await?
+        if kind == Kind::Cancel {
+            let request = CancelRunRequest { id, reason };
+            crate::console::call(client.cancel_run(request)).await
         } else {
             let request = RetryRunRequest {
-                id: change.id,
+                id,
                 reason,
                 ..Default::default()
             };
-            crate::console::call(client.retry_run(request)).await?
-        };
-        Ok(Changed::Run(run))
+            crate::console::call(client.retry_run(request)).await
+        }
+    };
+    Box::pin(async move {
+        if change.is_many() {
+            let results = each(change.ids, |id| {
+                let done = one(id, engine.clone(), reason.clone());
+                async move { Ok(word_of::<RunState>(done.await?.state)) }
+            })
+            .await;
+            return Ok(Changed::Many(results));
+        }
+        Ok(Changed::Run(one(change.id, engine, reason).await?))
     })
 }
 
