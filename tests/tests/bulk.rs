@@ -5,7 +5,7 @@
 use opsdeck_tests::pb::{
     self, BulkRunsRequest, ListRunsRequest, RunState, SubmitRunRequest, SubmitRunsRequest,
 };
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, sh};
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, sh, snapshot_runs, wait_for};
 use tonic::Code;
 
 fn spec(name: &str, queue: &str, run: &str) -> String {
@@ -165,6 +165,12 @@ async fn a_bulk_retry_by_filter_runs_failed_runs_again_even_from_history() {
     engine
         .wait_run_state(&ids[3], RunState::Succeeded, DEADLINE)
         .await;
+    // At least two of the failed runs are no longer in the engine's memory.
+    wait_for("finished runs to leave memory", DEADLINE, || async {
+        let (_, held) = snapshot_runs(&mut engine.watch(0).await).await;
+        (held.iter().filter(|r| ids[..3].contains(&r.id)).count() <= 1).then_some(())
+    })
+    .await;
 
     // Asking for succeeded runs: each is refused, and the exit says so.
     let wrong = engine.cli(&[
