@@ -5,7 +5,9 @@
 use opsdeck_tests::pb::{
     self, BulkRunsRequest, ListRunsRequest, RunState, SubmitRunRequest, SubmitRunsRequest,
 };
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, sh, snapshot_runs, wait_for};
+use opsdeck_tests::{
+    DEADLINE, Engine, EngineOpts, Tmux, Worker, opsdeck, sh, snapshot_runs, wait_for,
+};
 use tonic::Code;
 
 fn spec(name: &str, queue: &str, run: &str) -> String {
@@ -320,4 +322,66 @@ async fn bulk_calls_refuse_an_empty_filter_and_name_each_run_they_cannot_touch()
     // The CLI refuses a command with neither a run nor a filter.
     let none = engine.cli(&["cancel", "--yes"]);
     assert_eq!(none.status.code(), Some(2), "{none:?}");
+}
+
+#[tokio::test]
+async fn on_a_terminal_a_bulk_cancel_shows_the_matches_and_acts_only_on_yes() {
+    let engine = Engine::start_default().await;
+    let ids = submit_all(
+        &engine,
+        (0..3)
+            .map(|i| spec(&format!("nightly-{i}"), "work", "true"))
+            .collect(),
+    )
+    .await;
+    let addr = engine.unix_addr();
+    let cancel = [
+        "--engine",
+        &addr,
+        "cancel",
+        "--name",
+        "nightly-*",
+        "--reason",
+        "skip tonight",
+    ];
+
+    let declined = Tmux::start(&opsdeck(), &cancel, 120, 30);
+    let screen = declined
+        .wait("the question", DEADLINE, |s| {
+            s.contains("cancel 3 runs? [y/N]")
+        })
+        .await;
+    assert!(screen.contains("3 runs to cancel:"), "{screen}");
+    assert!(
+        ids.iter().all(|id| screen.contains(id.as_str())),
+        "{screen}"
+    );
+    declined.keys(&["n", "Enter"]);
+    let screen = declined
+        .wait("the command to end", DEADLINE, |s| {
+            s.contains("[console exited: 2]")
+        })
+        .await;
+    assert!(screen.contains("nothing done"), "{screen}");
+    for id in &ids {
+        assert_eq!(engine.get_run(id).await.state, RunState::Queued as i32);
+    }
+
+    let accepted = Tmux::start(&opsdeck(), &cancel, 120, 30);
+    accepted
+        .wait("the question", DEADLINE, |s| {
+            s.contains("cancel 3 runs? [y/N]")
+        })
+        .await;
+    accepted.keys(&["y", "Enter"]);
+    let screen = accepted
+        .wait("the command to end", DEADLINE, |s| {
+            s.contains("[console exited: 0]")
+        })
+        .await;
+    assert!(screen.contains("cancelled 3 runs"), "{screen}");
+    for id in &ids {
+        let run = engine.get_run(id).await;
+        assert_eq!(run.state, RunState::Cancelled as i32);
+    }
 }
