@@ -190,3 +190,104 @@ fn target(action: BulkAction, req: pb::BulkRunsRequest) -> Result<Target, Status
     let limit = (req.limit > 0).then_some(req.limit as usize);
     Ok(Target::Filter { filter, limit })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(action: BulkAction, req: pb::BulkRunsRequest) -> Status {
+        match target(action, req) {
+            Ok(_) => panic!("accepted"),
+            Err(status) => status,
+        }
+    }
+
+    #[test]
+    fn ids_or_a_filter_never_both_nor_neither() {
+        let none = refused(BulkAction::Cancel, pb::BulkRunsRequest::default());
+        assert_eq!(none.code(), tonic::Code::InvalidArgument);
+        assert!(none.message().contains("empty filter"), "{none:?}");
+        let both = refused(
+            BulkAction::Retry,
+            pb::BulkRunsRequest {
+                ids: vec!["r1".into()],
+                since_ms: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!(both.code(), tonic::Code::InvalidArgument);
+        // Blank text narrows nothing, so it is no filter either.
+        let blank = refused(
+            BulkAction::Cancel,
+            pb::BulkRunsRequest {
+                name: "  ".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(blank.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_call_is_capped_and_ids_are_taken_once_in_order() {
+        let many = refused(
+            BulkAction::Cancel,
+            pb::BulkRunsRequest {
+                ids: (0..=MAX_BULK).map(|i| format!("r{i}")).collect(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(many.code(), tonic::Code::ResourceExhausted);
+        let limit = refused(
+            BulkAction::Cancel,
+            pb::BulkRunsRequest {
+                name: "x".into(),
+                limit: MAX_BULK as u32 + 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!(limit.code(), tonic::Code::InvalidArgument);
+        let Ok(Target::Ids(ids)) = target(
+            BulkAction::Cancel,
+            pb::BulkRunsRequest {
+                ids: vec!["b".into(), " a ".into(), "b".into()],
+                ..Default::default()
+            },
+        ) else {
+            panic!("ids")
+        };
+        assert_eq!(ids, ["b", "a"]);
+    }
+
+    #[test]
+    fn states_default_to_what_each_action_applies_to() {
+        let name = || pb::BulkRunsRequest {
+            name: "deploy-*".into(),
+            ..Default::default()
+        };
+        let Ok(Target::Filter { filter, limit }) = target(BulkAction::Cancel, name()) else {
+            panic!("filter")
+        };
+        assert_eq!(
+            filter.states,
+            [
+                RunState::Queued,
+                RunState::Running,
+                RunState::WaitingApproval
+            ]
+        );
+        assert_eq!(limit, None);
+        let Ok(Target::Filter { filter, .. }) = target(BulkAction::Retry, name()) else {
+            panic!("filter")
+        };
+        assert_eq!(filter.states, [RunState::Failed]);
+        let done = refused(
+            BulkAction::Cancel,
+            pb::BulkRunsRequest {
+                states: vec![pb::RunState::Cancelled as i32],
+                ..name()
+            },
+        );
+        assert_eq!(done.code(), tonic::Code::InvalidArgument);
+        assert!(done.message().contains("cancelled is final"), "{done:?}");
+    }
+}
