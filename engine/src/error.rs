@@ -49,6 +49,22 @@ impl EngineError {
     }
 }
 
+impl EngineError {
+    /// The gRPC code as its name in the gRPC spec (`NOT_FOUND`), for an
+    /// answer that lists refusals rather than failing.
+    pub fn code_word(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::AlreadyExists(_) => "ALREADY_EXISTS",
+            Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
+}
+
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Self {
         Status::new(e.code(), e.to_string())

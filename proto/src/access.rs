@@ -97,6 +97,8 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/opsdeck.v1.Runs/ListRuns", R(Viewer)),
     ("/opsdeck.v1.Runs/CancelRun", R(Operator)),
     ("/opsdeck.v1.Runs/RetryRun", R(Operator)),
+    ("/opsdeck.v1.Runs/CancelRuns", R(Operator)),
+    ("/opsdeck.v1.Runs/RetryRuns", R(Operator)),
     ("/opsdeck.v1.Runs/GetOutput", R(Viewer)),
     ("/opsdeck.v1.Runs/ListQuarantines", R(Viewer)),
     ("/opsdeck.v1.Runs/ClearQuarantine", R(Admin)),

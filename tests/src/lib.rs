@@ -1309,6 +1309,22 @@ pub async fn next_watch(
     }
 }
 
+/// The runs of a snapshot the stream starts with, and its seq.
+pub async fn snapshot_runs(stream: &mut tonic::Streaming<pb::WatchMessage>) -> (u64, Vec<pb::Run>) {
+    use pb::watch_message::Kind;
+    let Kind::SnapshotBegin(begin) = next_watch(stream).await else {
+        panic!("the Watch starts with a snapshot")
+    };
+    let mut runs = Vec::new();
+    loop {
+        match next_watch(stream).await {
+            Kind::SnapshotChunk(c) => runs.extend(c.runs),
+            Kind::SnapshotEnd(_) => return (begin.seq, runs),
+            other => panic!("unexpected message inside a snapshot: {other:?}"),
+        }
+    }
+}
+
 /// Waits until `path` exists with non-empty content, and returns the content.
 pub async fn wait_for_file(path: &Path, timeout: Duration) -> String {
     wait_for(

@@ -9,29 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use opsdeck_tests::pb::{WatchMessage, watch_message::Kind};
-use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, next_watch, pb, wait_for};
-use tonic::Streaming;
+use opsdeck_tests::{DEADLINE, Engine, EngineOpts, Worker, pb, snapshot_runs, wait_for};
 
 fn one_step(name: &str, labels: &str, run: &str) -> String {
     format!(
         "name = \"{name}\"\nlabels = {{ {labels} }}\n[[step]]\nqueue = \"q\"\nrun = \"{run}\"\n"
     )
-}
-
-/// The runs of a snapshot the stream starts with, and its seq.
-async fn snapshot_runs(stream: &mut Streaming<WatchMessage>) -> (u64, Vec<pb::Run>) {
-    let Kind::SnapshotBegin(begin) = next_watch(stream).await else {
-        panic!("the Watch starts with a snapshot")
-    };
-    let mut runs = Vec::new();
-    loop {
-        match next_watch(stream).await {
-            Kind::SnapshotChunk(c) => runs.extend(c.runs),
-            Kind::SnapshotEnd(_) => return (begin.seq, runs),
-            other => panic!("unexpected message inside a snapshot: {other:?}"),
-        }
-    }
 }
 
 /// Every page of ListRuns for `req`, with each page's size checked.

@@ -7,6 +7,7 @@
 
 mod agent;
 pub mod auth;
+mod bulk;
 mod events;
 mod ids;
 mod limit;

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Api, auth::caller, id_arg};
 use crate::convert;
+use crate::core::BulkAction;
 use crate::domain::spec;
 
 const DEFAULT_LIST: u32 = 100;
@@ -97,7 +98,7 @@ impl Api {
             .map_err(Status::from)
     }
 
-    async fn find_run(&self, id: &str) -> Result<Option<crate::domain::Run>, Status> {
+    pub(super) async fn find_run(&self, id: &str) -> Result<Option<crate::domain::Run>, Status> {
         self.store.get_run(id).await.map_err(super::store_error)
     }
 
@@ -252,16 +253,6 @@ impl Runs for Api {
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let req = req.into_inner();
-        let states = req
-            .states
-            .iter()
-            .map(|v| {
-                pb::RunState::try_from(*v)
-                    .ok()
-                    .and_then(convert::run_state_from)
-                    .ok_or_else(|| Status::invalid_argument(format!("unknown run state {v}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let limit = if req.limit == 0 {
             DEFAULT_LIST
         } else {
@@ -273,15 +264,16 @@ impl Runs for Api {
                 "page_token is not one this engine gave; pass the next_page_token of the previous page, or none",
             ));
         }
-        let nonempty = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_owned());
         let filter = crate::store::RunFilter {
-            states,
-            name: nonempty(req.name),
-            labels: req.labels.into_iter().collect(),
-            submitted_by: nonempty(req.submitted_by),
-            since: (req.since_ms > 0).then_some(req.since_ms),
-            until: (req.until_ms > 0).then_some(req.until_ms),
             before_id: (!page_token.is_empty()).then(|| page_token.to_owned()),
+            ..run_filter(FilterArgs {
+                states: &req.states,
+                name: req.name,
+                labels: req.labels,
+                submitted_by: req.submitted_by,
+                since_ms: req.since_ms,
+                until_ms: req.until_ms,
+            })?
         };
         // One more than a page says whether another page follows.
         let mut runs = self
@@ -338,6 +330,28 @@ impl Runs for Api {
         ))
     }
 
+    async fn cancel_runs(
+        &self,
+        req: Request<pb::BulkRunsRequest>,
+    ) -> Result<Response<pb::BulkRunsResponse>, Status> {
+        let actor = caller(&req)?;
+        let answer = self
+            .bulk_runs(BulkAction::Cancel, actor, req.into_inner())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn retry_runs(
+        &self,
+        req: Request<pb::BulkRunsRequest>,
+    ) -> Result<Response<pb::BulkRunsResponse>, Status> {
+        let actor = caller(&req)?;
+        let answer = self
+            .bulk_runs(BulkAction::Retry, actor, req.into_inner())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
     async fn get_output(
         &self,
         req: Request<pb::GetOutputRequest>,
@@ -388,6 +402,41 @@ impl Runs for Api {
                 .await?,
         ))
     }
+}
+
+/// The filter fields ListRuns and the bulk calls share, as they came.
+pub(super) struct FilterArgs<'a> {
+    pub states: &'a [i32],
+    pub name: String,
+    pub labels: std::collections::HashMap<String, String>,
+    pub submitted_by: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+}
+
+/// The store's filter of a request's filter fields: blank text and zero
+/// times narrow nothing.
+pub(super) fn run_filter(args: FilterArgs<'_>) -> Result<crate::store::RunFilter, Status> {
+    let states = args
+        .states
+        .iter()
+        .map(|v| {
+            pb::RunState::try_from(*v)
+                .ok()
+                .and_then(convert::run_state_from)
+                .ok_or_else(|| Status::invalid_argument(format!("unknown run state {v}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let nonempty = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+    Ok(crate::store::RunFilter {
+        states,
+        name: nonempty(args.name),
+        labels: args.labels.into_iter().collect(),
+        submitted_by: nonempty(args.submitted_by),
+        since: (args.since_ms > 0).then_some(args.since_ms),
+        until: (args.until_ms > 0).then_some(args.until_ms),
+        before_id: None,
+    })
 }
 
 /// The last `bytes` of each attempt's output.

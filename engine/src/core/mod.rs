@@ -17,7 +17,7 @@ use opsdeck_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use state::{CoreConfig, Lagged, OncallFigures, Snapshot, State, Subscription};
+pub use state::{BulkAction, CoreConfig, Lagged, OncallFigures, Snapshot, State, Subscription};
 pub use tx::{Effect, Tx};
 
 use crate::domain::now_ms;

@@ -825,14 +825,24 @@ async fn commit_all(store: &Arc<dyn Store>, runs: &[Run]) {
 }
 
 #[tokio::test]
-async fn list_runs_applies_every_filter_newest_first() {
+async fn list_runs_applies_every_filter_newest_first_as_run_filter_matches() {
     for b in backends().await {
         commit_all(&b.store, &catalogue()).await;
         let list = |f: RunFilter| {
             let store = b.store.clone();
             async move {
                 let runs = store.list_runs(&f, 100).await.unwrap();
-                runs.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+                let ids = runs.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+                // The engine matches the runs it holds in memory by the
+                // same rules (bulk cancel and retry).
+                let mut held: Vec<String> = catalogue()
+                    .iter()
+                    .filter(|r| f.matches(r))
+                    .map(|r| r.id.clone())
+                    .collect();
+                held.sort_by(|a, b| b.cmp(a));
+                assert_eq!(held, ids, "in memory vs stored: {f:?}");
+                ids
             }
         };
         let all = list(RunFilter::default()).await;

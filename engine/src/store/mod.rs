@@ -63,6 +63,33 @@ pub struct RunFilter {
     pub before_id: Option<String>,
 }
 
+impl RunFilter {
+    /// Whether `run` is one [`Store::list_runs`] would return for this
+    /// filter: the same rules, for runs the engine holds in memory.
+    pub fn matches(&self, run: &Run) -> bool {
+        let name = match self.name.as_deref().map(|n| (n, n.strip_suffix('*'))) {
+            None => true,
+            Some((_, Some(prefix))) => run.name.starts_with(prefix),
+            Some((name, None)) => run.name == name,
+        };
+        name && (self.states.is_empty() || self.states.contains(&run.state))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| run.labels.get(k) == Some(v))
+            && self
+                .submitted_by
+                .as_ref()
+                .is_none_or(|by| run.submitted_by == *by)
+            && self.since.is_none_or(|since| run.created_at >= since)
+            && self.until.is_none_or(|until| run.created_at < until)
+            && self
+                .before_id
+                .as_ref()
+                .is_none_or(|before| run.id < *before)
+    }
+}
+
 /// The tables whose objects people name by id, for [`Store::match_ids`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdTable {

@@ -11,6 +11,7 @@
 //!   [`leases`], [`quarantines`]: the commands.
 
 pub mod approvals;
+pub mod bulk;
 pub mod error;
 pub mod events;
 pub mod json;
@@ -117,9 +118,11 @@ pub enum Command {
     Runs(runs::ListArgs),
     /// Show a run, its steps and the tail of each step's output
     Run(runs::ShowArgs),
-    /// Cancel a run
-    Cancel(runs::RunChange),
-    /// Give the dead or failed step of a failed run a new attempt
+    /// Cancel a run, or every queued, running or waiting run a filter
+    /// matches (shown first, and confirmed unless --yes)
+    Cancel(runs::CancelArgs),
+    /// Give the dead or failed step of a failed run a new attempt; with a
+    /// filter, of every failed run it matches
     Retry(runs::RetryArgs),
     /// List pending approvals
     Approvals(approvals::ListArgs),
@@ -316,14 +319,13 @@ pub async fn run(global: GlobalArgs, command: Command) -> ExitCode {
 async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError> {
     use approvals::Verdict;
     use queues::QueueAction;
-    use runs::RunAction;
     use workers::WorkerAction;
     match command {
         Command::Submit(args) => return runs::submit(ctx, args).await,
         Command::Runs(args) => runs::list(ctx, args).await?,
         Command::Run(args) => runs::show(ctx, args).await?,
-        Command::Cancel(args) => runs::change(ctx, RunAction::Cancel, args).await?,
-        Command::Retry(args) => runs::retry(ctx, args).await?,
+        Command::Cancel(args) => return runs::cancel(ctx, args).await,
+        Command::Retry(args) => return runs::retry(ctx, args).await,
         Command::Approvals(args) => approvals::list(ctx, args).await?,
         Command::Approve(args) => approvals::decide(ctx, Verdict::Approve, args).await?,
         Command::Reject(args) => approvals::decide(ctx, Verdict::Reject, args).await?,
@@ -418,7 +420,7 @@ mod tests {
             panic!("not runs")
         };
         assert_eq!(
-            args.state,
+            args.filter.state,
             vec![
                 RunState::Running,
                 RunState::Queued,
@@ -494,7 +496,7 @@ mod tests {
         let Some(Command::Runs(args)) = cli.unwrap().command else {
             panic!("not runs")
         };
-        assert_eq!(args.labels.len(), 2);
+        assert_eq!(args.filter.labels.len(), 2);
         assert!(args.all);
         for bad in [
             &["runs", "--label", "nokey"][..],
@@ -539,6 +541,38 @@ mod tests {
             let mut args = change.to_vec();
             args.extend(["--reason", "incident 42"]);
             assert!(parse(&args).is_ok(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn cancel_and_retry_take_a_run_or_a_filter_not_both() {
+        let cli = parse(&[
+            "cancel", "--name", "deploy-*", "--label", "env=prod", "--yes",
+        ])
+        .unwrap();
+        let Some(Command::Cancel(args)) = cli.command else {
+            panic!("not cancel")
+        };
+        assert!(args.id.is_none() && args.bulk.yes);
+        assert_eq!(args.filter.name.as_deref(), Some("deploy-*"));
+        let cli = parse(&["retry", "--state", "failed", "--since", "1h", "--dry-run"]).unwrap();
+        let Some(Command::Retry(args)) = cli.command else {
+            panic!("not retry")
+        };
+        assert!(args.id.is_none() && args.bulk.dry_run);
+        assert!(parse(&["retry", "r1", "-p", "v=1"]).is_ok());
+        for bad in [
+            &["cancel"][..],
+            &["cancel", "r1", "--name", "x"],
+            &["cancel", "r1", "--yes"],
+            &["retry"],
+            &["retry", "r1", "--state", "failed"],
+            &["retry", "--name", "x", "-p", "v=1"],
+            &["cancel", "--name", "x", "--limit", "0"],
+            &["cancel", "--name", "x", "--limit", "10001"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
         }
     }
 

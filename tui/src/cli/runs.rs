@@ -1,4 +1,5 @@
-//! Runs: `submit`, `runs`, `run`, `cancel`, `retry`.
+//! Runs: `submit`, `runs`, `run`, `cancel`, `retry` (of many runs at once:
+//! [`super::bulk`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -52,22 +53,34 @@ pub struct SubmitArgs {
     pub reason: Reason,
 }
 
+/// `retry RUN [-p NAME=VALUE]...`, or `retry` of every failed run a
+/// filter matches.
 #[derive(Debug, Args)]
 pub struct RetryArgs {
-    /// The run's id
-    #[arg(value_name = "RUN")]
-    pub id: String,
+    /// The run's id, or a unique prefix or suffix of it (6 characters or
+    /// more); or, instead, a filter (--name, --label, --state, ...)
+    #[arg(
+        value_name = "RUN",
+        required_unless_present = "RunFilterArgs",
+        conflicts_with_all = ["RunFilterArgs", "BulkArgs"]
+    )]
+    pub id: Option<String>,
     /// Instead of going on from the failed step: a new run of the same
     /// spec with this parameter changed (the others as the run had them),
-    /// linked to it; repeat for several
-    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = label)]
+    /// linked to it; repeat for several (with RUN only)
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = label, conflicts_with_all = ["RunFilterArgs", "BulkArgs"])]
     pub params: Vec<(String, String)>,
+    #[command(flatten)]
+    pub filter: RunFilterArgs,
+    #[command(flatten)]
+    pub bulk: super::bulk::BulkArgs,
     #[command(flatten)]
     pub reason: Reason,
 }
 
-#[derive(Debug, Args)]
-pub struct ListArgs {
+/// Which runs: the filters `runs` lists by and `cancel` and `retry` act on.
+#[derive(Debug, Default, Args)]
+pub struct RunFilterArgs {
     /// Only runs in this state; repeat or separate with commas (queued,
     /// running, waiting_approval, succeeded, failed, cancelled)
     #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = word::<RunState>)]
@@ -88,6 +101,12 @@ pub struct ListArgs {
     /// Only runs created before then, as --since takes it
     #[arg(long, value_name = "WHEN")]
     pub until: Option<When>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub filter: RunFilterArgs,
     /// Runs per page [default: the engine's, 100; at most 1000]
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
@@ -119,12 +138,21 @@ pub struct ShowArgs {
     pub tail: usize,
 }
 
-/// `cancel RUN` and `retry RUN`.
+/// `cancel RUN`, or `cancel` of every run a filter matches.
 #[derive(Debug, Args)]
-pub struct RunChange {
-    /// The run's id, or a unique prefix or suffix of it (6 characters or more)
-    #[arg(value_name = "RUN")]
-    pub id: String,
+pub struct CancelArgs {
+    /// The run's id, or a unique prefix or suffix of it (6 characters or
+    /// more); or, instead, a filter (--name, --label, --state, ...)
+    #[arg(
+        value_name = "RUN",
+        required_unless_present = "RunFilterArgs",
+        conflicts_with_all = ["RunFilterArgs", "BulkArgs"]
+    )]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub filter: RunFilterArgs,
+    #[command(flatten)]
+    pub bulk: super::bulk::BulkArgs,
     #[command(flatten)]
     pub reason: Reason,
 }
@@ -503,6 +531,15 @@ async fn get_run(ctx: &Ctx, client: &mut RunsClient<Authed>, id: &str) -> Result
 
 /// The request `runs` makes of its flags, times counted back from `now_ms`.
 pub fn list_request(args: &ListArgs, now_ms: i64) -> Result<ListRunsRequest, CliError> {
+    Ok(ListRunsRequest {
+        limit: args.limit.unwrap_or(0),
+        page_token: args.page.clone().unwrap_or_default(),
+        ..filter_request(&args.filter, now_ms)?
+    })
+}
+
+/// The filter fields of a request, from the filter flags.
+pub fn filter_request(args: &RunFilterArgs, now_ms: i64) -> Result<ListRunsRequest, CliError> {
     let since_ms = args.since.map_or(0, |w| w.ms(now_ms));
     let until_ms = args.until.map_or(0, |w| w.ms(now_ms));
     if since_ms > 0 && until_ms > 0 && since_ms >= until_ms {
@@ -512,13 +549,12 @@ pub fn list_request(args: &ListArgs, now_ms: i64) -> Result<ListRunsRequest, Cli
     }
     Ok(ListRunsRequest {
         states: args.state.iter().map(|s| *s as i32).collect(),
-        limit: args.limit.unwrap_or(0),
         name: args.name.clone().unwrap_or_default(),
         labels: args.labels.iter().cloned().collect(),
         submitted_by: args.by.clone().unwrap_or_default(),
         since_ms,
         until_ms,
-        page_token: args.page.clone().unwrap_or_default(),
+        ..Default::default()
     })
 }
 
@@ -576,11 +612,23 @@ pub async fn show(ctx: &mut Ctx, args: ShowArgs) -> Result<(), CliError> {
     show_run(ctx, &mut client, run, args.tail).await
 }
 
-pub async fn change(ctx: &mut Ctx, action: RunAction, args: RunChange) -> Result<(), CliError> {
-    let (id, reason) = (
-        ctx.resolve(IdKind::Run, &args.id).await?,
-        args.reason.text(),
-    );
+/// `cancel RUN`, or with a filter every matching run.
+pub async fn cancel(ctx: &mut Ctx, args: CancelArgs) -> Result<ExitCode, CliError> {
+    let reason = args.reason.text();
+    let Some(id) = args.id else {
+        return super::bulk::run(ctx, RunAction::Cancel, &args.filter, &args.bulk, reason).await;
+    };
+    change(ctx, RunAction::Cancel, &id, reason).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn change(
+    ctx: &mut Ctx,
+    action: RunAction,
+    id: &str,
+    reason: String,
+) -> Result<(), CliError> {
+    let id = ctx.resolve(IdKind::Run, id).await?;
     let mut client = ctx.engine().await?.runs();
     let run = match action {
         RunAction::Cancel => {
@@ -601,18 +649,20 @@ pub async fn change(ctx: &mut Ctx, action: RunAction, args: RunChange) -> Result
 }
 
 /// `retry RUN`: the run goes on from its failed step; with `-p`, a new run
-/// of its spec with those parameters changed.
-pub async fn retry(ctx: &mut Ctx, args: RetryArgs) -> Result<(), CliError> {
+/// of its spec with those parameters changed; with a filter, every
+/// matching failed run goes on.
+pub async fn retry(ctx: &mut Ctx, args: RetryArgs) -> Result<ExitCode, CliError> {
+    let reason = args.reason.text();
+    let Some(id) = args.id else {
+        return super::bulk::run(ctx, RunAction::Retry, &args.filter, &args.bulk, reason).await;
+    };
     if args.params.is_empty() {
-        let same = RunChange {
-            id: args.id,
-            reason: args.reason,
-        };
-        return change(ctx, RunAction::Retry, same).await;
+        change(ctx, RunAction::Retry, &id, reason).await?;
+        return Ok(ExitCode::SUCCESS);
     }
     let request = RetryRunRequest {
-        id: ctx.resolve(IdKind::Run, &args.id).await?,
-        reason: args.reason.text(),
+        id: ctx.resolve(IdKind::Run, &id).await?,
+        reason,
         params: args.params.into_iter().collect(),
         // A new run: asking again after an ambiguous failure must not
         // make a second one.
@@ -624,7 +674,8 @@ pub async fn retry(ctx: &mut Ctx, args: RetryArgs) -> Result<(), CliError> {
     })
     .await?;
     ctx.printer
-        .one(&run, |runs| run_table(runs, ctx.printer.clock()))
+        .one(&run, |runs| run_table(runs, ctx.printer.clock()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `run ID` in JSON: the run, and the output the engine kept of each step.

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 mod approvals;
 mod breaker;
+mod bulk;
 mod dispatch;
 mod feed;
 mod figures;
@@ -27,6 +28,7 @@ mod runs;
 mod timers;
 mod workers;
 
+pub use bulk::BulkAction;
 pub use figures::OncallFigures;
 
 use super::tx::{Effect, Tx};

@@ -157,15 +157,35 @@ impl State {
         actor: &Actor,
         reason: &str,
     ) -> EngineResult<pb::Run> {
+        self.cancel(tx, id, actor, reason)?;
+        self.get_run(id, tx.now)
+    }
+
+    /// Why `run` cannot be cancelled, if it cannot.
+    pub(super) fn cancel_refusal(run: &Run) -> Option<EngineError> {
+        run.state.is_final().then(|| {
+            EngineError::FailedPrecondition(format!(
+                "run {} is already {}; only a queued, running or waiting run can be cancelled",
+                run.id,
+                word(run.state)
+            ))
+        })
+    }
+
+    /// Cancels a run in memory: its current step stops, the run ends.
+    pub(super) fn cancel(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<()> {
         let run = self
             .runs
             .get(id)
             .ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
-        if run.state.is_final() {
-            return Err(EngineError::FailedPrecondition(format!(
-                "run {id} is already {}; only a queued, running or waiting run can be cancelled",
-                word(run.state)
-            )));
+        if let Some(refusal) = Self::cancel_refusal(run) {
+            return Err(refusal);
         }
         let index = run.current_step;
         self.stop_step(
@@ -185,7 +205,7 @@ impl State {
             actor,
             reason,
         );
-        self.get_run(id, tx.now)
+        Ok(())
     }
 
     /// Retries a failed run from the step that failed, with a fresh attempt budget.
@@ -196,26 +216,46 @@ impl State {
         actor: &Actor,
         reason: &str,
     ) -> EngineResult<pb::Run> {
-        let run = self
-            .runs
-            .get_mut(id)
-            .ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
-        let index = run.current_step;
-        let step_state = run.step(index).map(|s| s.state);
+        self.retry(tx, id, actor, reason)?;
+        self.get_run(id, tx.now)
+    }
+
+    /// Why `run` cannot be retried, if it cannot.
+    pub(super) fn retry_refusal(run: &Run) -> Option<EngineError> {
+        let id = &run.id;
+        let step_state = run.step(run.current_step).map(|s| s.state);
         if run.state != RunState::Failed
             || !matches!(step_state, Some(StepState::Dead | StepState::Failed))
         {
-            return Err(EngineError::FailedPrecondition(format!(
+            return Some(EngineError::FailedPrecondition(format!(
                 "run {id} is {}; only a failed run (a dead or failed step) can be retried",
                 word(run.state)
             )));
         }
-        if let Some(by) = &run.rejected_by {
-            return Err(EngineError::FailedPrecondition(format!(
+        run.rejected_by.as_ref().map(|by| {
+            EngineError::FailedPrecondition(format!(
                 "run {id} was rejected by {by}, and a rejection is final; submit the run again \
                  if it should still happen: the new run asks for a new approval"
-            )));
+            ))
+        })
+    }
+
+    /// Retries a failed run in memory from its failed step.
+    pub(super) fn retry(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        actor: &Actor,
+        reason: &str,
+    ) -> EngineResult<()> {
+        let run = self
+            .runs
+            .get_mut(id)
+            .ok_or_else(|| not_found("run", id, "opsdeck runs"))?;
+        if let Some(refusal) = Self::retry_refusal(run) {
+            return Err(refusal);
         }
+        let index = run.current_step;
         if !run.retried_by.contains(&actor.name) {
             run.retried_by.push(actor.name.clone());
         }
@@ -250,7 +290,7 @@ impl State {
             .step(id, index),
         );
         self.start_step(tx, id, index, actor, reason);
-        self.get_run(id, tx.now)
+        Ok(())
     }
 
     /// Starts step `index` of a run: exec steps go to their queue, approval
