@@ -17,9 +17,9 @@ use super::error::CliError;
 use super::output::note;
 use super::runs::{RunAction, RunFilterArgs, filter_request};
 use super::table::{Cell, Table};
-use super::time::now_ms;
 use crate::cli::Ctx;
 use crate::client::Authed;
+use crate::text::time::now_ms;
 
 /// How many matches the question shows before asking.
 const SHOWN: usize = 10;

@@ -2,9 +2,9 @@
 
 use futures::future::BoxFuture;
 use opsdeck_proto::names::word_of;
-use opsdeck_proto::v1::{CancelRunRequest, RetryRunRequest, Run, RunState};
+use opsdeck_proto::v1::{BulkRunsRequest, CancelRunRequest, RetryRunRequest, Run, RunState};
 
-use super::{Change, Changed, Confirm, Kind, each, many_lines};
+use super::{Change, Changed, Confirm, Kind, many_lines};
 use crate::app::{App, Screen, marks};
 use crate::client::Engine;
 use crate::model::{self, Data};
@@ -180,12 +180,27 @@ pub fn call(
     };
     Box::pin(async move {
         if change.is_many() {
-            let results = each(change.ids, |id| {
-                let done = one(id, engine.clone(), reason.clone());
-                async move { Ok(word_of::<RunState>(done.await?.state)) }
-            })
-            .await;
-            return Ok(Changed::Many(results));
+            // One call, one commit, one reason for every marked run.
+            let request = BulkRunsRequest {
+                ids: change.ids,
+                reason,
+                ..Default::default()
+            };
+            let mut client = engine.runs();
+            let answer = if kind == Kind::Cancel {
+                crate::console::call(client.cancel_runs(request)).await?
+            } else {
+                crate::console::call(client.retry_runs(request)).await?
+            };
+            let done = answer
+                .done
+                .into_iter()
+                .map(|r| (r.id, Ok(word_of::<RunState>(r.state))));
+            let refused = answer
+                .refused
+                .into_iter()
+                .map(|r| (r.id, Err(format!("{}: {}", r.code, r.message))));
+            return Ok(Changed::Many(done.chain(refused).collect()));
         }
         Ok(Changed::Run(one(change.id, engine, reason).await?))
     })
