@@ -104,7 +104,7 @@ impl Api {
     /// Calls `f` on the core with the run in memory: a run that has left
     /// the cache is read from the store and put back first, so that acting
     /// on an old run works the same as on a recent one.
-    async fn with_run<T, F>(&self, id: String, f: F) -> Result<T, Status>
+    pub(super) async fn with_run<T, F>(&self, id: String, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(
@@ -360,6 +360,17 @@ impl Runs for Api {
             chunks = tail(chunks, req.tail_bytes as usize);
         }
         Ok(Response::new(pb::GetOutputResponse { chunks }))
+    }
+
+    type FollowOutputStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::OutputChunk, Status>> + Send>>;
+
+    async fn follow_output(
+        &self,
+        req: Request<pb::FollowOutputRequest>,
+    ) -> Result<Response<Self::FollowOutputStream>, Status> {
+        let stream = super::output::follow(self, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_quarantines(

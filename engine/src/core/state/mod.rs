@@ -19,6 +19,7 @@ mod breaker;
 mod dispatch;
 mod feed;
 mod figures;
+mod follow;
 mod hang;
 mod leases;
 mod quarantine;
@@ -28,6 +29,7 @@ mod timers;
 mod workers;
 
 pub use figures::OncallFigures;
+pub use follow::{Followed, OutputFollow};
 
 use super::tx::{Effect, Tx};
 use crate::convert;
@@ -337,7 +339,11 @@ pub struct State {
     /// of heartbeats before this.
     heartbeat_grace_until: Millis,
     subscribers: Vec<Subscriber>,
+    output_followers: Vec<follow::OutputFollower>,
     output_bytes: HashMap<String, usize>,
+    /// Where each live lease's attempt's output ends so far (bytes): the
+    /// offset of its next chunk.
+    output_ends: HashMap<String, u64>,
     /// Queues whose figures changed since the last commit's events.
     changed_queues: BTreeSet<String>,
     seq: u64,
@@ -381,7 +387,9 @@ impl State {
             timers: BinaryHeap::new(),
             heartbeat_grace_until: 0,
             subscribers: Vec::new(),
+            output_followers: Vec::new(),
             output_bytes: HashMap::new(),
+            output_ends: loaded.output_ends,
             changed_queues: BTreeSet::new(),
             seq: loaded.seq,
             ready_order: 0,
@@ -560,6 +568,7 @@ impl State {
     pub fn adopt_connections(&mut self, old: State) {
         self.sessions = old.sessions;
         self.subscribers = old.subscribers;
+        self.output_followers = old.output_followers;
     }
 }
 
