@@ -91,7 +91,9 @@ pub async fn follow(
         },
         None => OutputPos::default(),
     };
-    let from = req.from.map_or_else(OutputPos::default, |p| OutputPos {
+    // A position given is where to go on from (even in an attempt before
+    // the latest: a follower resumed after a retry misses nothing).
+    let from = req.from.map_or(start, |p| OutputPos {
         step_index: p.step_index,
         attempt: p.attempt,
         offset: p.offset,
@@ -101,7 +103,7 @@ pub async fn follow(
             run_id: id,
             step,
             attempt: req.attempt,
-            from: start.max(from),
+            from,
         },
         run_state: run.state,
         steps,
