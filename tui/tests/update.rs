@@ -17,7 +17,7 @@ use opsdeck_proto::v1::{
     StepUpdate, Worker, WorkerState,
 };
 use opsdeck_tui::app::{
-    self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Refreshed, Screen,
+    self, Change, Changed, Cmd, Focus, Input, Kind, Link, Modal, Msg, Palette, Refreshed, Screen,
     StatusKind,
 };
 use opsdeck_tui::conn::Update;
@@ -218,9 +218,7 @@ fn approving_asks_for_a_reason_with_focus_on_cancel_first() {
     assert_eq!(confirm(&app).focus, Focus::Cancel);
     assert_eq!(
         confirm(&app).change,
-        Change::Approve {
-            approval: "01HAPP00000000000000000002".into()
-        }
+        Change::new(Kind::Approve, "01HAPP00000000000000000002")
     );
 
     // Enter on Cancel changes nothing.
@@ -239,9 +237,7 @@ fn approving_asks_for_a_reason_with_focus_on_cancel_first() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: Change::Approve {
-                approval: "01HAPP00000000000000000002".into()
-            },
+            change: Change::new(Kind::Approve, "01HAPP00000000000000000002"),
             reason: "ticket 42, checked the diff".into(),
         }]
     );
@@ -258,9 +254,7 @@ fn approving_asks_for_a_reason_with_focus_on_cancel_first() {
     app::update(
         &mut app,
         Msg::Done {
-            change: Change::Approve {
-                approval: approved.id.clone(),
-            },
+            change: Change::new(Kind::Approve, approved.id.clone()),
             result: Ok(Changed::Approval(approved)),
         },
     );
@@ -297,9 +291,7 @@ fn enter_in_the_reason_presses_ok_once_a_reason_is_typed() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: Change::Approve {
-                approval: "01HAPP00000000000000000002".into()
-            },
+            change: Change::new(Kind::Approve, "01HAPP00000000000000000002"),
             reason: "ticket 42".into(),
         }]
     );
@@ -414,9 +406,9 @@ fn force_release_needs_the_lease_id_typed() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: Change::ForceRelease {
-                lease: id,
-                fail: true
+            change: Change {
+                fail: true,
+                ..Change::new(Kind::ForceRelease, id)
             },
             reason: "holder is gone".into(),
         }]
@@ -524,9 +516,7 @@ fn the_engine_refusing_shows_its_code_and_message() {
     app::update(
         &mut app,
         Msg::Done {
-            change: Change::Approve {
-                approval: "a1".into(),
-            },
+            change: Change::new(Kind::Approve, "a1"),
             result: Err(tonic::Status::failed_precondition(
                 "approval a1 is already approved by bob",
             )),
@@ -566,21 +556,11 @@ fn pause_or_resume_follows_the_queue_state() {
     let mut app = app();
     app::update(&mut app, key('5'));
     app::update(&mut app, key('p'));
-    assert_eq!(
-        confirm(&app).change,
-        Change::Pause {
-            queue: "build".into()
-        }
-    );
+    assert_eq!(confirm(&app).change, Change::new(Kind::Pause, "build"));
     app::update(&mut app, code(KeyCode::Esc));
     app::update(&mut app, key('j'));
     app::update(&mut app, key('p'));
-    assert_eq!(
-        confirm(&app).change,
-        Change::Resume {
-            queue: "deploy".into()
-        }
-    );
+    assert_eq!(confirm(&app).change, Change::new(Kind::Resume, "deploy"));
 }
 
 #[test]
@@ -924,9 +904,7 @@ fn clearing_a_quarantine_asks_for_a_reason_and_says_what_follows() {
     assert_eq!(c.focus, Focus::Cancel);
     assert_eq!(
         c.change,
-        Change::ClearQuarantine {
-            name: "nightly-report".into()
-        }
+        Change::new(Kind::ClearQuarantine, "nightly-report")
     );
     assert!(c.lines[0].contains("3 stuck lease(s)"), "{:?}", c.lines);
     app::update(&mut app, code(KeyCode::Tab));
@@ -936,9 +914,7 @@ fn clearing_a_quarantine_asks_for_a_reason_and_says_what_follows() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: Change::ClearQuarantine {
-                name: "nightly-report".into()
-            },
+            change: Change::new(Kind::ClearQuarantine, "nightly-report"),
             reason: "report host rebooted".into(),
         }]
     );
@@ -946,9 +922,7 @@ fn clearing_a_quarantine_asks_for_a_reason_and_says_what_follows() {
     app::update(
         &mut app,
         Msg::Done {
-            change: Change::ClearQuarantine {
-                name: "nightly-report".into(),
-            },
+            change: Change::new(Kind::ClearQuarantine, "nightly-report"),
             result: Ok(Changed::Quarantine(quarantines()[0].clone())),
         },
     );

@@ -10,9 +10,9 @@ use ratatui::widgets::{Cell, Row};
 
 use super::Ctx;
 use crate::app::{Screen, age};
-use crate::cli::step_number;
-use crate::cli::time::relative;
 use crate::model::overdue;
+use crate::text::step_number;
+use crate::text::time::relative;
 use crate::widgets::short_id;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {

@@ -9,8 +9,8 @@ use ratatui::widgets::{Cell, Row};
 
 use super::Ctx;
 use crate::app::Screen;
-use crate::cli::step_number;
-use crate::cli::time::relative;
+use crate::text::step_number;
+use crate::text::time::relative;
 use crate::widgets::short_id;
 
 /// Where a filter that matches nothing here may still find runs.
