@@ -227,3 +227,58 @@ async fn follow_output_refuses_what_it_cannot_follow() {
     .await;
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 }
+
+#[tokio::test]
+async fn the_console_run_screen_shows_each_line_within_a_second_of_the_step_printing_it() {
+    let engine = Engine::start_default().await;
+    let _w = Worker::start(&engine, "w1", &["work"], 1).await;
+    let gates: Vec<_> = (1..=3).map(|n| engine.path(&format!("gate{n}"))).collect();
+    // Prints `first`, then one line per gate as each appears.
+    let mut script = "echo first; ".to_owned();
+    for (n, gate) in gates.iter().enumerate() {
+        script.push_str(&format!(
+            "while [ ! -e {} ]; do sleep 0.02; done; echo fresh-{}; ",
+            gate.display(),
+            n + 1
+        ));
+    }
+    let spec = format!(
+        "name = \"tails\"\n[[step]]\nname = \"talk\"\nqueue = \"work\"\nrun = {}\n",
+        sh(&script)
+    );
+    let run = engine.submit(&spec).await;
+
+    let tmux = opsdeck_tests::Tmux::start(
+        &opsdeck_tests::opsdeck(),
+        &["--engine", &engine.unix_addr()],
+        80,
+        24,
+    );
+    tmux.wait("the console live", DEADLINE, |s| s.contains("live"))
+        .await;
+    tmux.keys(&["2"]);
+    tmux.wait("the run on the Runs screen", DEADLINE, |s| {
+        s.contains("tails")
+    })
+    .await;
+    tmux.keys(&["Enter"]);
+    tmux.wait("the step's first line", DEADLINE, |s| {
+        s.contains("Output") && s.contains("first")
+    })
+    .await;
+    for (n, gate) in gates.iter().enumerate() {
+        let line = format!("fresh-{}", n + 1);
+        std::fs::write(gate, "").unwrap();
+        // Live from the stream: well within the old 2 s between reads.
+        tmux.wait(
+            &format!("{line} within a second"),
+            Duration::from_secs(1),
+            |s| s.contains(&line),
+        )
+        .await;
+    }
+    engine
+        .wait_run_state(&run.id, opsdeck_tests::pb::RunState::Succeeded, DEADLINE)
+        .await;
+    tmux.keys(&["q", "q"]);
+}

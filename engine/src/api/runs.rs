@@ -411,7 +411,9 @@ fn tail(chunks: Vec<pb::OutputChunk>, bytes: usize) -> Vec<pb::OutputChunk> {
             continue;
         }
         if c.data.len() > *left {
-            c.data = c.data.split_off(c.data.len() - *left);
+            let cut = c.data.len() - *left;
+            c.data = c.data.split_off(cut);
+            c.offset += cut as u64;
         }
         *left -= c.data.len();
         kept.push(c);

@@ -8,12 +8,13 @@ use opsdeck_proto::v1::{
 };
 use tokio::time::Instant;
 
+use super::Ctx;
 use super::error::CliError;
 use super::output::note;
-use super::table::{Cell, Tone, clean};
-use super::time::span;
-use super::{Ctx, step_number};
+use super::table::{Cell, Tone};
 use crate::client::{backoff, is_transient};
+use crate::text::time::span;
+use crate::text::{clean, step_number};
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
