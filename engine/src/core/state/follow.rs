@@ -101,3 +101,70 @@ impl State {
         self.output_followers.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{T0, submit};
+    use super::*;
+
+    fn chunk(run_id: &str, step_index: u32, offset: u64) -> pb::OutputChunk {
+        pb::OutputChunk {
+            run_id: run_id.into(),
+            step_index,
+            attempt: 1,
+            stream: "stdout".into(),
+            data: b"x".to_vec(),
+            offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn followers_get_their_runs_output_then_its_changes_and_a_full_one_is_cut_off() {
+        let mut s = State::load(
+            CoreConfig {
+                subscriber_buffer: 3,
+                ..CoreConfig::default()
+            },
+            Loaded::default(),
+            T0,
+        );
+        let spec = "name = \"r\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n\
+                    [[step]]\nqueue = \"q\"\nrun = \"true\"\n";
+        let run = submit(&mut s, spec);
+        let other = submit(&mut s, spec);
+        let mut whole = s.follow_output(&run, None, T0).unwrap();
+        let mut second = s.follow_output(&run, Some(1), T0).unwrap();
+        assert!(
+            s.follow_output(&run, Some(2), T0).is_err(),
+            "a step the run has not is refused"
+        );
+        let changed = Arc::new(pb::Event {
+            run_id: run.clone(),
+            run_update: Some(pb::RunUpdate::default()),
+            ..Default::default()
+        });
+        s.publish_output(
+            vec![chunk(&run, 1, 0), chunk(&other, 0, 0)],
+            std::slice::from_ref(&changed),
+        );
+        // Output first, then the change; another run's output not at all.
+        assert!(matches!(whole.rx.try_recv(), Ok(Followed::Chunk(c)) if c.run_id == run));
+        assert!(matches!(whole.rx.try_recv(), Ok(Followed::Changed(_))));
+        assert!(whole.rx.try_recv().is_err());
+        assert!(matches!(second.rx.try_recv(), Ok(Followed::Chunk(c)) if c.step_index == 1));
+        // Step 0's output is not for a follower of step 1.
+        s.publish_output(vec![chunk(&run, 0, 0)], &[]);
+        assert!(matches!(whole.rx.try_recv(), Ok(Followed::Chunk(_))));
+        assert!(!matches!(second.rx.try_recv(), Ok(Followed::Chunk(_))));
+        // `whole` stops reading: its buffer of 3 fills and it is cut off,
+        // flagged; `second`, which reads, goes on.
+        for offset in 1..=4 {
+            s.publish_output(vec![chunk(&run, 1, offset)], &[]);
+            while second.rx.try_recv().is_ok() {}
+        }
+        assert!(whole.lagged.is_set());
+        assert!(!second.lagged.is_set());
+        assert_eq!(s.output_follower_count(), 1);
+    }
+}
