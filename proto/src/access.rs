@@ -100,6 +100,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/opsdeck.v1.Runs/CancelRuns", R(Operator)),
     ("/opsdeck.v1.Runs/RetryRuns", R(Operator)),
     ("/opsdeck.v1.Runs/GetOutput", R(Viewer)),
+    ("/opsdeck.v1.Runs/FollowOutput", R(Viewer)),
     ("/opsdeck.v1.Runs/ListQuarantines", R(Viewer)),
     ("/opsdeck.v1.Runs/ClearQuarantine", R(Admin)),
     ("/opsdeck.v1.Events/ListEvents", R(Viewer)),

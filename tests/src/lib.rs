@@ -434,6 +434,12 @@ impl Engine {
     /// Runs the `opsdeck` CLI against this engine over its socket, with a
     /// clean `OPSDECK_*` environment and no colour.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_command(args).output().expect("run opsdeck")
+    }
+
+    /// The command [`cli`](Self::cli) runs, for a test that reads its
+    /// output as it comes (`logs -f`) or waits on it.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(opsdeck());
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("OPSDECK_") {
@@ -444,9 +450,8 @@ impl Engine {
             .arg("--engine")
             .arg(self.unix_addr())
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run opsdeck")
+            .stdin(Stdio::null());
+        cmd
     }
 
     pub fn tcp_addr(&self) -> SocketAddr {

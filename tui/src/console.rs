@@ -18,8 +18,8 @@ use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{cursor, execute};
 use futures::{FutureExt, StreamExt};
 use opsdeck_proto::v1::{
-    GetOutputRequest, GetRunRequest, ListEventsRequest, ListLeasesRequest, ListQueuesRequest,
-    ListWorkersRequest,
+    FollowOutputRequest, GetOutputRequest, GetRunRequest, ListEventsRequest, ListLeasesRequest,
+    ListQueuesRequest, ListWorkersRequest,
 };
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -126,6 +126,8 @@ pub async fn run(target: Target, auth: Auth, readonly: bool) -> Result<(), Conso
     let frame = Duration::from_secs(1) / FRAME_RATE;
     let mut dirty = true;
     let mut drawn_at = Instant::now() - frame;
+    // The task following the Run screen's output, if any.
+    let mut following: Option<tokio::task::JoinHandle<()>> = None;
 
     loop {
         if dirty && drawn_at.elapsed() >= frame {
@@ -182,6 +184,19 @@ pub async fn run(target: Target, auth: Auth, readonly: bool) -> Result<(), Conso
                 match cmd {
                     Cmd::Quit => return Ok(()),
                     Cmd::Resync => conn.resync(),
+                    Cmd::FollowOutput { run_id, from } => {
+                        // One run's output at a time: the newest asked for.
+                        if let Some(task) = following.take() {
+                            task.abort();
+                        }
+                        let engine = conn.engine().cloned();
+                        following = Some(tokio::spawn(follow_output(
+                            engine,
+                            run_id,
+                            from,
+                            results.clone(),
+                        )));
+                    }
                     Cmd::Copy { text } => {
                         // The terminal does the copying: over SSH, the
                         // clipboard of the operator's machine.
@@ -285,8 +300,47 @@ async fn carry_out(engine: Option<Engine>, cmd: Cmd) -> Option<Msg> {
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(words(e)),
             })
         }
-        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } => return None,
+        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } | Cmd::FollowOutput { .. } => return None,
     })
+}
+
+/// Follows a run's output from `from`, each chunk a message, then one that
+/// says how the stream ended.
+async fn follow_output(
+    engine: Option<Engine>,
+    run_id: String,
+    from: Option<opsdeck_proto::v1::OutputPosition>,
+    results: mpsc::UnboundedSender<Msg>,
+) {
+    let result = match engine {
+        None => Err("not connected to the engine".to_owned()),
+        Some(engine) => {
+            let request = FollowOutputRequest {
+                run_id: run_id.clone(),
+                from,
+                ..Default::default()
+            };
+            match call(engine.runs().follow_output(request)).await {
+                Err(e) => Err(status_words(&e)),
+                Ok(mut stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(chunk)) => {
+                            let msg = Msg::OutputChunk {
+                                run_id: run_id.clone(),
+                                chunk,
+                            };
+                            if results.send(msg).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break Ok(()),
+                        Err(e) => break Err(status_words(&e)),
+                    }
+                },
+            }
+        }
+    };
+    let _ = results.send(Msg::OutputEnded { run_id, result });
 }
 
 /// The message a command's failure makes, without a call.
@@ -311,7 +365,7 @@ fn failed(cmd: Cmd, status: tonic::Status) -> Option<Msg> {
         },
         Cmd::FetchEvents { .. } => Msg::Backfill(Err(why)),
         Cmd::Refresh => Msg::Refreshed(Err(why)),
-        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } => return None,
+        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } | Cmd::FollowOutput { .. } => return None,
     })
 }
 

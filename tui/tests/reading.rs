@@ -70,6 +70,7 @@ fn run_screen_with(run_id: &str, events: Vec<Event>, lines: &str) -> App {
                 data: lines.as_bytes().to_vec(),
                 at_ms: NOW,
                 truncated: false,
+                offset: 0,
             }]),
         },
     );

@@ -53,6 +53,7 @@ fn run_screen() -> opsdeck_tui::app::App {
         data: data.into(),
         at_ms: NOW,
         truncated: false,
+        offset: 0,
     };
     app::update(
         &mut app,

@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::*;
 use crossterm::event::KeyCode;
 use opsdeck_proto::v1::{
-    Approval, ApprovalState, Event, Quarantine, Queue, Run, RunState, RunUpdate, StepState,
-    StepUpdate, Worker, WorkerState,
+    Approval, ApprovalState, Event, OutputChunk, OutputPosition, Quarantine, Queue, Run, RunState,
+    RunUpdate, StepState, StepUpdate, Worker, WorkerState,
 };
 use opsdeck_tui::app::{
     self, Change, Changed, Cmd, Focus, Input, Kind, Link, Modal, Msg, Palette, Refreshed, Screen,
@@ -614,27 +614,75 @@ fn events_of_the_open_run_join_its_timeline_and_refresh_its_output() {
     };
     assert!(app::update(&mut app, Msg::Conn(Update::Event(Box::new(event(46))))).is_empty());
     assert_eq!(app.run.timeline.len(), 1);
+    let chunk = OutputChunk {
+        run_id: run_id.clone(),
+        attempt: 1,
+        stream: "stdout".into(),
+        data: b"one\n".to_vec(),
+        ..OutputChunk::default()
+    };
     let cmds = app::update(
         &mut app,
         Msg::Output {
             run_id: run_id.clone(),
-            result: Ok(vec![]),
+            result: Ok(vec![chunk.clone()]),
         },
     );
+    // What was read is followed live from its end; the fetch wanted
+    // meanwhile goes out.
+    let from = Some(OutputPosition {
+        step_index: 0,
+        attempt: 1,
+        offset: 4,
+    });
     assert_eq!(
         cmds,
-        [Cmd::FetchOutput {
-            run_id: run_id.clone()
-        }]
+        [
+            Cmd::FollowOutput {
+                run_id: run_id.clone(),
+                from,
+            },
+            Cmd::FetchOutput {
+                run_id: run_id.clone()
+            }
+        ]
     );
     app::update(
         &mut app,
         Msg::Output {
             run_id: run_id.clone(),
-            result: Ok(vec![]),
+            result: Ok(vec![chunk.clone()]),
         },
     );
+    // While the output streams, events do not read it again; chunks join
+    // the log once each.
     let cmds = app::update(&mut app, Msg::Conn(Update::Event(Box::new(event(47)))));
+    assert!(cmds.is_empty(), "{cmds:?}");
+    let next = OutputChunk {
+        data: b"two\n".to_vec(),
+        offset: 4,
+        ..chunk.clone()
+    };
+    for c in [chunk, next.clone(), next] {
+        app::update(
+            &mut app,
+            Msg::OutputChunk {
+                run_id: run_id.clone(),
+                chunk: c,
+            },
+        );
+    }
+    let text: Vec<&str> = app.run.log.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(text, ["step 1 attempt 1 stdout", "one", "two"]);
+    // A broken stream: events read the output again, which follows again.
+    app::update(
+        &mut app,
+        Msg::OutputEnded {
+            run_id: run_id.clone(),
+            result: Err("the engine is shutting down".into()),
+        },
+    );
+    let cmds = app::update(&mut app, Msg::Conn(Update::Event(Box::new(event(48)))));
     assert_eq!(cmds, [Cmd::FetchOutput { run_id }]);
 }
 

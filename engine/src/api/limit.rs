@@ -463,6 +463,7 @@ impl Subscribers {
             path,
             "/opsdeck.v1.Console/Watch"
                 | "/opsdeck.v1.Events/FollowEvents"
+                | "/opsdeck.v1.Runs/FollowOutput"
                 | "/grpc.health.v1.Health/Watch"
         )
     }

@@ -11,6 +11,7 @@ mod bulk;
 mod events;
 mod ids;
 mod limit;
+mod output;
 mod resources;
 mod runs;
 mod watch;

@@ -105,7 +105,7 @@ impl Api {
     /// Calls `f` on the core with the run in memory: a run that has left
     /// the cache is read from the store and put back first, so that acting
     /// on an old run works the same as on a recent one.
-    async fn with_run<T, F>(&self, id: String, f: F) -> Result<T, Status>
+    pub(super) async fn with_run<T, F>(&self, id: String, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(
@@ -376,6 +376,17 @@ impl Runs for Api {
         Ok(Response::new(pb::GetOutputResponse { chunks }))
     }
 
+    type FollowOutputStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::OutputChunk, Status>> + Send>>;
+
+    async fn follow_output(
+        &self,
+        req: Request<pb::FollowOutputRequest>,
+    ) -> Result<Response<Self::FollowOutputStream>, Status> {
+        let stream = super::output::follow(self, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_quarantines(
         &self,
         _: Request<pb::ListQuarantinesRequest>,
@@ -449,7 +460,9 @@ fn tail(chunks: Vec<pb::OutputChunk>, bytes: usize) -> Vec<pb::OutputChunk> {
             continue;
         }
         if c.data.len() > *left {
-            c.data = c.data.split_off(c.data.len() - *left);
+            let cut = c.data.len() - *left;
+            c.data = c.data.split_off(cut);
+            c.offset += cut as u64;
         }
         *left -= c.data.len();
         kept.push(c);

@@ -17,7 +17,10 @@ use opsdeck_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use state::{BulkAction, CoreConfig, Lagged, OncallFigures, Snapshot, State, Subscription};
+pub use state::{
+    BulkAction, CoreConfig, Followed, Lagged, OncallFigures, OutputFollow, Snapshot, State,
+    Subscription,
+};
 pub use tx::{Effect, Tx};
 
 use crate::domain::now_ms;
@@ -114,15 +117,18 @@ pub async fn start(
     Ok(tokio::spawn(run(state, cfg, store, rx, shutdown)))
 }
 
+/// What a committed batch publishes: its events, and the output chunks
+/// their followers get.
+type Committed = (Vec<pb::Event>, Vec<pb::OutputChunk>);
+
 /// A transaction whose batch is being written: what to do once it is.
 struct InFlight {
     /// What the core had applied when the batch was built.
     sealed: u64,
     /// When the commit started, for the log.
     started: std::time::Instant,
-    commit: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Vec<pb::Event>, StoreError>> + Send>,
-    >,
+    commit:
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, StoreError>> + Send>>,
     effects: Tx,
 }
 
@@ -168,7 +174,7 @@ async fn run(
                 continue;
             };
             match result {
-                Ok(events) => {
+                Ok((events, outputs)) => {
                     tracing::debug!(
                         events = events.len(),
                         ms = done.started.elapsed().as_secs_f64() * 1000.0,
@@ -177,6 +183,7 @@ async fn run(
                     finish(done.effects, None);
                     let events: Vec<Arc<pb::Event>> = events.into_iter().map(Arc::new).collect();
                     crate::metrics::observe_committed(&events);
+                    state.publish_output(outputs, &events);
                     state.publish(&events);
                     state.committed(done.sealed);
                     state.evict(now_ms());
@@ -231,9 +238,12 @@ async fn run(
                 in_flight = Some(InFlight {
                     sealed: state.sealed(),
                     started: std::time::Instant::now(),
-                    commit: Box::pin(
-                        async move { store.commit(&batch).await.map(|()| batch.events) },
-                    ),
+                    commit: Box::pin(async move {
+                        store
+                            .commit(&batch)
+                            .await
+                            .map(|()| (batch.events, batch.outputs))
+                    }),
                     effects: tx,
                 });
             } else {

@@ -53,8 +53,8 @@ pub struct Limits {
     pub handshake_timeout: std::time::Duration,
     /// Streams (calls in flight) on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
-    /// Streaming subscriptions (Watch, FollowEvents, health Watch) open at
-    /// once, in all and per identity.
+    /// Streaming subscriptions (Watch, FollowEvents, FollowOutput, health
+    /// Watch) open at once, in all and per identity.
     pub max_subscribers: usize,
     pub max_subscribers_per_identity: usize,
 }

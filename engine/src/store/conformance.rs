@@ -220,6 +220,7 @@ fn sample() -> Batch {
                 data: b"one".to_vec(),
                 at_ms: 1,
                 truncated: false,
+                offset: 0,
             },
             pb::OutputChunk {
                 run_id: "r1".into(),
@@ -229,6 +230,7 @@ fn sample() -> Batch {
                 data: b"two".to_vec(),
                 at_ms: 2,
                 truncated: true,
+                offset: 0,
             },
         ],
         quarantines: vec![
@@ -385,6 +387,101 @@ async fn events_read_back_in_seq_order_by_range_and_by_run() {
         );
         let e = b.store.events_after(0, 1, None).await.unwrap().remove(0);
         assert_eq!(e, event(1, "r1"), "{}", b.name);
+    }
+}
+
+fn chunk(run: &str, step: u32, attempt: u32, offset: u64, data: &str) -> pb::OutputChunk {
+    pb::OutputChunk {
+        run_id: run.into(),
+        step_index: step,
+        attempt,
+        stream: if offset.is_multiple_of(2) {
+            "stdout"
+        } else {
+            "stderr"
+        }
+        .into(),
+        data: data.as_bytes().to_vec(),
+        at_ms: 1,
+        truncated: false,
+        offset,
+    }
+}
+
+#[tokio::test]
+async fn output_is_read_from_a_position_by_step_attempt_and_offset() {
+    use super::{OutputPos, OutputQuery};
+    let pos = |step_index, attempt, offset| OutputPos {
+        step_index,
+        attempt,
+        offset,
+    };
+    for b in backends().await {
+        let name = b.name;
+        let outputs = vec![
+            chunk("f", 0, 1, 0, "ab"),
+            chunk("g", 0, 1, 0, "other run"),
+            chunk("f", 0, 1, 2, "cde"),
+            chunk("f", 0, 2, 0, "x"),
+            chunk("f", 1, 1, 0, "yz"),
+        ];
+        let batch = Batch {
+            outputs: outputs.clone(),
+            leases: vec![Lease {
+                run_id: "f".into(),
+                attempt: 2,
+                ..lease("lf", LeaseState::Active)
+            }],
+            ..Default::default()
+        };
+        b.store.commit(&batch).await.unwrap();
+        let read = |step, attempt, from, limit| {
+            let store = b.store.clone();
+            async move {
+                let q = OutputQuery {
+                    run_id: "f".into(),
+                    step,
+                    attempt,
+                    from,
+                };
+                store.output_from(&q, limit).await.unwrap()
+            }
+        };
+        let f: Vec<_> = [0, 2, 3, 4].map(|i| outputs[i].clone()).into();
+        assert_eq!(read(None, None, pos(0, 0, 0), 100).await, f, "{name}");
+        assert_eq!(read(None, None, pos(0, 0, 0), 1).await, f[..1], "{name}");
+        // A position inside a chunk cuts it; one at its end skips it.
+        let mut cut = f[1].clone();
+        cut.data = b"de".to_vec();
+        cut.offset = 3;
+        assert_eq!(
+            read(None, None, pos(0, 1, 3), 100).await,
+            [cut, f[2].clone(), f[3].clone()],
+            "{name}"
+        );
+        assert_eq!(read(None, None, pos(0, 1, 5), 100).await, f[2..], "{name}");
+        // Only a step's, only an attempt's.
+        assert_eq!(
+            read(Some(0), None, pos(0, 2, 0), 100).await,
+            f[2..3],
+            "{name}"
+        );
+        assert_eq!(
+            read(Some(0), Some(1), pos(0, 0, 0), 100).await,
+            f[..2],
+            "{name}"
+        );
+        assert!(
+            read(Some(1), None, pos(1, 1, 2), 100).await.is_empty(),
+            "{name}"
+        );
+        // The live lease's attempt's output ends where its last chunk does.
+        let loaded = b.store.load(10).await.unwrap();
+        assert_eq!(
+            loaded.output_ends,
+            [("lf".to_string(), 1u64)].into(),
+            "{name}"
+        );
     }
 }
 
@@ -1025,6 +1122,7 @@ async fn prune_deletes_only_what_retention_lets_go_a_batch_at_a_time() {
                     data: b"x".to_vec(),
                     at_ms: if r.id == "new" { 5_000 } else { at },
                     truncated: false,
+                    offset: at as u64 - 1,
                 });
             }
         }
@@ -1232,7 +1330,17 @@ fn old_rows() -> OldRows {
         workers: sample().workers,
         queues: sample().queues,
         events,
-        outputs: sample().outputs,
+        // A second chunk of r1's first attempt: the upgrade places it
+        // after the first.
+        outputs: {
+            let mut outputs = sample().outputs;
+            outputs.push(pb::OutputChunk {
+                data: b"three".to_vec(),
+                offset: 3,
+                ..outputs[0].clone()
+            });
+            outputs
+        },
     }
 }
 

@@ -11,10 +11,12 @@
 mod codec;
 #[cfg(test)]
 mod conformance;
+mod output;
 mod postgres;
 mod sql;
 mod sqlite;
 
+pub use output::{OutputPos, OutputQuery};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -35,6 +37,9 @@ pub struct Loaded {
     pub workers: Vec<Worker>,
     /// Active leases.
     pub leases: Vec<Lease>,
+    /// Where each active lease's attempt's stored output ends (bytes), by
+    /// lease id; absent for none.
+    pub output_ends: std::collections::HashMap<String, u64>,
     /// Pending approvals.
     pub approvals: Vec<Approval>,
     pub queues: Vec<Queue>,
@@ -296,6 +301,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         run_id: &str,
         step: Option<u32>,
+    ) -> Result<Vec<pb::OutputChunk>, StoreError>;
+    /// Output of a run from a position on, in (step, attempt, offset)
+    /// order, only the step's (and attempt's) the query names; a chunk the
+    /// position falls inside is cut to start there. At most `limit` chunks.
+    async fn output_from(
+        &self,
+        query: &OutputQuery,
+        limit: u32,
     ) -> Result<Vec<pb::OutputChunk>, StoreError>;
 
     /// Takes the lead (`held: None`) if it is free, lapsed or already

@@ -256,13 +256,22 @@ impl Store for PostgresStore {
         events_from_rows::<Postgres>(&rows)
     }
 
+    async fn output_from(
+        &self,
+        query: &super::OutputQuery,
+        limit: u32,
+    ) -> Result<Vec<pb::OutputChunk>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::output_from(&mut c, query, limit).await
+    }
+
     async fn output(
         &self,
         run_id: &str,
         step: Option<u32>,
     ) -> Result<Vec<pb::OutputChunk>, StoreError> {
         let rows = sqlx::query(
-            "SELECT step_index, attempt, stream, at, truncated, data FROM output
+            "SELECT step_index, attempt, stream, at, truncated, data, byte_offset FROM output
              WHERE run_id = $1 AND ($2::BIGINT IS NULL OR step_index = $2) ORDER BY id",
         )
         .bind(run_id)
@@ -279,6 +288,7 @@ impl Store for PostgresStore {
                     at_ms: r.try_get("at")?,
                     truncated: r.try_get("truncated")?,
                     data: r.try_get("data")?,
+                    offset: r.try_get::<i64, _>("byte_offset")? as u64,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()

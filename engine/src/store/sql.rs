@@ -326,8 +326,8 @@ where
         Self::insert(
             c,
             d,
-            "INSERT INTO output (run_id, step_index, attempt, stream, at, truncated, data) ",
-            7,
+            "INSERT INTO output (run_id, step_index, attempt, stream, at, truncated, data, byte_offset) ",
+            8,
             "",
             b.outputs.iter().collect(),
             |mut s, o| {
@@ -337,7 +337,8 @@ where
                     .push_bind(o.stream.clone())
                     .push_bind(o.at_ms)
                     .push_bind(o.truncated)
-                    .push_bind(o.data.clone());
+                    .push_bind(o.data.clone())
+                    .push_bind(o.offset as i64);
             },
         )
         .await?;
@@ -442,7 +443,7 @@ where
         runs.extend(Self::headers(c, q).await?);
         let runs = Self::with_steps(c, d, runs).await?;
 
-        let leases = sqlx::query::<DB>(
+        let leases: Vec<Lease> = sqlx::query::<DB>(
             "SELECT id, run_id, state, body FROM leases WHERE state = 'active' ORDER BY id",
         )
         .fetch_all(&mut *c)
@@ -450,6 +451,7 @@ where
         .iter()
         .map(lease_from_row::<DB>)
         .collect::<Result<_, _>>()?;
+        let output_ends = Self::output_ends(c, &leases).await?;
         let queues = sqlx::query::<DB>("SELECT name, paused FROM queues ORDER BY name")
             .fetch_all(&mut *c)
             .await?
@@ -469,6 +471,7 @@ where
             workers: Self::bodies::<Worker>(c, "worker", "SELECT body FROM workers ORDER BY id")
                 .await?,
             leases,
+            output_ends,
             approvals: Self::bodies::<Approval>(
                 c,
                 "approval",

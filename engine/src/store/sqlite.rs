@@ -218,13 +218,22 @@ impl Store for SqliteStore {
         events_from_rows::<Sqlite>(&rows)
     }
 
+    async fn output_from(
+        &self,
+        query: &super::OutputQuery,
+        limit: u32,
+    ) -> Result<Vec<pb::OutputChunk>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::output_from(&mut c, query, limit).await
+    }
+
     async fn output(
         &self,
         run_id: &str,
         step: Option<u32>,
     ) -> Result<Vec<pb::OutputChunk>, StoreError> {
         let rows = sqlx::query(
-            "SELECT step_index, attempt, stream, at, truncated, data FROM output
+            "SELECT step_index, attempt, stream, at, truncated, data, byte_offset FROM output
              WHERE run_id = ? AND (? IS NULL OR step_index = ?) ORDER BY id",
         )
         .bind(run_id)
@@ -242,6 +251,7 @@ impl Store for SqliteStore {
                     at_ms: r.try_get("at")?,
                     truncated: r.try_get::<i64, _>("truncated")? != 0,
                     data: r.try_get("data")?,
+                    offset: r.try_get::<i64, _>("byte_offset")? as u64,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()

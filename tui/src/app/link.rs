@@ -186,7 +186,13 @@ pub(super) fn on_conn(app: &mut App, update: Update) -> Vec<Cmd> {
                 if app.run.timeline_back > 0 {
                     app.run.timeline_back += app.run.timeline.len() - before;
                 }
-                let mut cmds = want_output(app);
+                // Output followed live comes on its own stream; else a
+                // change (a step starting, a retry) is a reason to read it.
+                let mut cmds = if app.run.streaming {
+                    Vec::new()
+                } else {
+                    want_output(app)
+                };
                 // A change to a run we do not hold was not applied: read
                 // it whole instead.
                 cmds.extend(want_run(app));

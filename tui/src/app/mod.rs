@@ -22,7 +22,7 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use crossterm::event::KeyEvent;
-use opsdeck_proto::v1::{Event, Lease, OutputChunk, Queue, Run, RunState, Worker};
+use opsdeck_proto::v1::{Event, Lease, OutputChunk, OutputPosition, Queue, Run, Worker};
 
 use crate::cli::error::status_hint;
 use crate::conn::{Update, status_words};
@@ -210,6 +210,17 @@ pub enum Msg {
         run_id: String,
         result: Result<Vec<OutputChunk>, String>,
     },
+    /// A chunk of the followed run's output, as it was written.
+    OutputChunk {
+        run_id: String,
+        chunk: OutputChunk,
+    },
+    /// The followed output's stream ended: the run is over, or the
+    /// stream broke (why).
+    OutputEnded {
+        run_id: String,
+        result: Result<(), String>,
+    },
     Timeline {
         run_id: String,
         result: Result<Vec<Event>, String>,
@@ -246,6 +257,12 @@ pub enum Cmd {
     },
     FetchOutput {
         run_id: String,
+    },
+    /// Follow the run's output live from this position (after what was
+    /// read); replaces any output followed before.
+    FollowOutput {
+        run_id: String,
+        from: Option<OutputPosition>,
     },
     FetchTimeline {
         run_id: String,
@@ -482,6 +499,8 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
             Vec::new()
         }
         Msg::Output { run_id, result } => run_view::on_output(app, &run_id, result),
+        Msg::OutputChunk { run_id, chunk } => run_view::on_chunk(app, &run_id, chunk),
+        Msg::OutputEnded { run_id, result } => run_view::on_output_ended(app, &run_id, result),
         Msg::Timeline { run_id, result } => {
             if app.run.run_id == run_id {
                 match result {
@@ -546,15 +565,16 @@ fn on_tick(app: &mut App) -> Vec<Cmd> {
         app.refreshed_at_ms = app.now_ms;
         cmds.push(Cmd::Refresh);
     }
-    // A running step writes output without events: read it again now and
-    // then while someone looks.
+    // A running run's output comes on a stream; when that broke (the
+    // engine restarting, say), read it again, which follows it again.
     if app.screen == Screen::Run && app.live() && app.frozen.is_none() {
         let running = app
             .data
             .runs
             .get(&app.run.run_id)
-            .is_some_and(|r| r.state() == RunState::Running);
-        if running && app.now_ms - app.run.log_fetched_at_ms >= LOG_REFRESH_MS {
+            .is_some_and(|r| !run_view::is_final(r.state()));
+        if running && !app.run.streaming && app.now_ms - app.run.log_fetched_at_ms >= LOG_REFRESH_MS
+        {
             cmds.extend(run_view::want_output(app));
         }
     }

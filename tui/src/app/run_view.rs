@@ -1,7 +1,7 @@
 //! The Run screen's run: its timeline, the tail of its output, and the
 //! reads that keep them current.
 
-use opsdeck_proto::v1::{Event, OutputChunk, Run};
+use opsdeck_proto::v1::{Event, OutputChunk, OutputPosition, Run, RunState};
 
 use super::{App, Cmd, LOG_LINES};
 use crate::model;
@@ -35,6 +35,10 @@ pub struct RunView {
     pub timeline: Vec<Event>,
     pub timeline_loaded: bool,
     pub log: Vec<LogLine>,
+    /// The output read and followed so far, that `log` is made from.
+    pub chunks: Vec<OutputChunk>,
+    /// The output is followed live (`Runs.FollowOutput`).
+    pub streaming: bool,
     pub log_error: Option<String>,
     pub log_fetching: bool,
     /// Another fetch is wanted once the one out is back.
@@ -139,17 +143,99 @@ pub(super) fn on_output(
         return Vec::new();
     }
     app.run.log_fetching = false;
+    let mut cmds = Vec::new();
     match result {
         Ok(chunks) => {
             app.run.log = log_lines(&chunks);
+            app.run.chunks = chunks;
             app.run.log_error = None;
+            // Then live, from the byte after the last one read, while
+            // the run goes on.
+            let over = app
+                .data
+                .runs
+                .get(run_id)
+                .is_some_and(|r| is_final(r.state()));
+            if !over && app.live() {
+                app.run.streaming = true;
+                cmds.push(Cmd::FollowOutput {
+                    run_id: run_id.to_owned(),
+                    from: app.run.chunks.last().map(after),
+                });
+            }
         }
         Err(why) => app.run.log_error = Some(why),
     }
     if app.run.log_wanted {
-        return want_output(app);
+        cmds.extend(want_output(app));
+    }
+    cmds
+}
+
+/// Chunks kept for the log at most (bytes): the oldest go first.
+const KEPT_BYTES: usize = 4 * super::LOG_TAIL_BYTES as usize;
+
+/// A chunk of the followed output: added to the log, unless it is one
+/// already there (a stream replaced by a newer read may still deliver).
+pub(super) fn on_chunk(app: &mut App, run_id: &str, chunk: OutputChunk) -> Vec<Cmd> {
+    if app.run.run_id != run_id
+        || app
+            .run
+            .chunks
+            .last()
+            .is_some_and(|l| key(&chunk) < after_key(l))
+    {
+        return Vec::new();
+    }
+    app.run.chunks.push(chunk);
+    let mut bytes: usize = app.run.chunks.iter().map(|c| c.data.len()).sum();
+    let mut drop = 0;
+    while bytes > KEPT_BYTES && drop + 1 < app.run.chunks.len() {
+        bytes -= app.run.chunks[drop].data.len();
+        drop += 1;
+    }
+    app.run.chunks.drain(..drop);
+    // The scroll position is a line index: it stays where the reader put
+    // it unless the newest lines are followed.
+    app.run.log = log_lines(&app.run.chunks);
+    Vec::new()
+}
+
+/// The followed output's stream ended: the run is over, or it broke and
+/// is read (and followed) again on a later tick.
+pub(super) fn on_output_ended(app: &mut App, run_id: &str, result: Result<(), String>) -> Vec<Cmd> {
+    if app.run.run_id == run_id {
+        app.run.streaming = false;
+        if let Err(why) = result {
+            app.run.log_error = Some(why);
+        }
     }
     Vec::new()
+}
+
+pub fn is_final(state: RunState) -> bool {
+    matches!(
+        state,
+        RunState::Succeeded | RunState::Failed | RunState::Cancelled
+    )
+}
+
+fn key(c: &OutputChunk) -> (u32, u32, u64) {
+    (c.step_index, c.attempt, c.offset)
+}
+
+fn after_key(c: &OutputChunk) -> (u32, u32, u64) {
+    (c.step_index, c.attempt, c.offset + c.data.len() as u64)
+}
+
+/// The position just after a chunk.
+fn after(c: &OutputChunk) -> OutputPosition {
+    let (step_index, attempt, offset) = after_key(c);
+    OutputPosition {
+        step_index,
+        attempt,
+        offset,
+    }
 }
 
 /// Output chunks as the log tail's lines: a heading per step, attempt and

@@ -8,7 +8,7 @@
 //! - [`output`], [`table`], [`time`], [`json`]: the shared text and JSON
 //!   layout.
 //! - [`runs`], [`events`], [`approvals`], [`workers`], [`queues`],
-//!   [`leases`], [`quarantines`]: the commands.
+//!   [`leases`], [`quarantines`], [`logs`]: the commands.
 
 pub mod approvals;
 pub mod bulk;
@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod json;
 pub mod leases;
+pub mod logs;
 pub mod output;
 pub mod quarantines;
 pub mod queues;
@@ -124,6 +125,8 @@ pub enum Command {
     /// Give the dead or failed step of a failed run a new attempt; with a
     /// filter, of every failed run it matches
     Retry(runs::RetryArgs),
+    /// Print a run's (or a step's) output; -f follows it live to its end
+    Logs(logs::LogsArgs),
     /// List pending approvals
     Approvals(approvals::ListArgs),
     /// Approve an approval gate
@@ -326,6 +329,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Run(args) => runs::show(ctx, args).await?,
         Command::Cancel(args) => return runs::cancel(ctx, args).await,
         Command::Retry(args) => return runs::retry(ctx, args).await,
+        Command::Logs(args) => return logs::run(ctx, args).await,
         Command::Approvals(args) => approvals::list(ctx, args).await?,
         Command::Approve(args) => approvals::decide(ctx, Verdict::Approve, args).await?,
         Command::Reject(args) => approvals::decide(ctx, Verdict::Reject, args).await?,

@@ -87,6 +87,11 @@ impl Printer {
         }
     }
 
+    /// Whether stdout is a terminal (a person reads it).
+    pub fn tty(&self) -> bool {
+        self.tty
+    }
+
     pub fn json(&self) -> bool {
         self.format == Format::Json
     }

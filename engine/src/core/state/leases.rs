@@ -142,26 +142,31 @@ impl State {
         } else {
             "stdout"
         };
-        let chunk = |data: Vec<u8>, truncated: bool| pb::OutputChunk {
-            run_id: lease.run_id.clone(),
-            step_index: lease.step_index,
-            attempt: lease.attempt,
-            stream: stream.to_owned(),
-            data,
-            at_ms: tx.now,
-            truncated,
+        let end = self.output_ends.entry(lease.id.clone()).or_insert(0);
+        let mut chunk = |data: Vec<u8>, truncated: bool| {
+            let offset = *end;
+            *end += data.len() as u64;
+            pb::OutputChunk {
+                run_id: lease.run_id.clone(),
+                step_index: lease.step_index,
+                attempt: lease.attempt,
+                stream: stream.to_owned(),
+                data,
+                at_ms: tx.now,
+                truncated,
+                offset,
+            }
         };
-        let marker = truncated.then(|| {
+        if !data.is_empty() {
+            tx.outputs.push(chunk(data, false));
+        }
+        if truncated {
             let text = format!(
                 "\n[opsdeck: output of this attempt capped at {cap} bytes (output_cap_bytes in the engine config); \
                  the rest was dropped]\n"
             );
-            chunk(text.into_bytes(), true)
-        });
-        if !data.is_empty() {
-            tx.outputs.push(chunk(data, false));
+            tx.outputs.push(chunk(text.into_bytes(), true));
         }
-        tx.outputs.extend(marker);
     }
 
     /// A result from a worker. Accepted only from the holder of the live
@@ -323,6 +328,7 @@ impl State {
             set.remove(id);
         }
         self.output_bytes.remove(id);
+        self.output_ends.remove(id);
         self.last_output.remove(id);
         let q = self.queue_live(&lease.queue);
         q.running = q.running.saturating_sub(1);

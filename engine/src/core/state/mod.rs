@@ -20,6 +20,7 @@ mod bulk;
 mod dispatch;
 mod feed;
 mod figures;
+mod follow;
 mod hang;
 mod leases;
 mod quarantine;
@@ -30,6 +31,7 @@ mod workers;
 
 pub use bulk::BulkAction;
 pub use figures::OncallFigures;
+pub use follow::{Followed, OutputFollow};
 
 use super::tx::{Effect, Tx};
 use crate::convert;
@@ -339,7 +341,11 @@ pub struct State {
     /// of heartbeats before this.
     heartbeat_grace_until: Millis,
     subscribers: Vec<Subscriber>,
+    output_followers: Vec<follow::OutputFollower>,
     output_bytes: HashMap<String, usize>,
+    /// Where each live lease's attempt's output ends so far (bytes): the
+    /// offset of its next chunk.
+    output_ends: HashMap<String, u64>,
     /// Queues whose figures changed since the last commit's events.
     changed_queues: BTreeSet<String>,
     seq: u64,
@@ -383,7 +389,9 @@ impl State {
             timers: BinaryHeap::new(),
             heartbeat_grace_until: 0,
             subscribers: Vec::new(),
+            output_followers: Vec::new(),
             output_bytes: HashMap::new(),
+            output_ends: loaded.output_ends,
             changed_queues: BTreeSet::new(),
             seq: loaded.seq,
             ready_order: 0,
@@ -562,6 +570,7 @@ impl State {
     pub fn adopt_connections(&mut self, old: State) {
         self.sessions = old.sessions;
         self.subscribers = old.subscribers;
+        self.output_followers = old.output_followers;
     }
 }
 

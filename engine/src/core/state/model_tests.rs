@@ -168,6 +168,8 @@ impl Stored {
                 .filter(|l| l.state == LeaseState::Active)
                 .cloned()
                 .collect(),
+            // The model keeps no output.
+            output_ends: Default::default(),
             approvals: self
                 .approvals
                 .values()
