@@ -181,6 +181,7 @@ fn sample() -> Batch {
             self_draining: false,
             recycle_requested: false,
             breaker: None,
+            offline_long_noted: false,
         }],
         leases: vec![
             lease("l-live", LeaseState::Active),
@@ -205,6 +206,7 @@ fn sample() -> Batch {
             requested_at: 1,
             deadline_at: Some(6),
             decided_at: None,
+            overdue_noted: false,
         }],
         queues: vec![Queue {
             name: "q".into(),

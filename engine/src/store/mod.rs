@@ -11,10 +11,12 @@
 mod codec;
 #[cfg(test)]
 mod conformance;
+mod outbox;
 mod postgres;
 mod sql;
 mod sqlite;
 
+pub use outbox::{Attempt, GivenUp, Notification, NotificationState};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -124,11 +126,13 @@ pub struct Pruned {
     pub events: u64,
     pub output: u64,
     pub workers: u64,
+    /// Delivered and given-up notifications (as old as events retention keeps).
+    pub notifications: u64,
 }
 
 impl Pruned {
     /// Each table's count, by the table's name.
-    pub fn tables(&self) -> [(&'static str, u64); 7] {
+    pub fn tables(&self) -> [(&'static str, u64); 8] {
         [
             ("runs", self.runs),
             ("steps", self.steps),
@@ -137,6 +141,7 @@ impl Pruned {
             ("events", self.events),
             ("output", self.output),
             ("workers", self.workers),
+            ("notify_outbox", self.notifications),
         ]
     }
 
@@ -154,6 +159,7 @@ impl std::ops::AddAssign for Pruned {
         self.events += other.events;
         self.output += other.output;
         self.workers += other.workers;
+        self.notifications += other.notifications;
     }
 }
 
@@ -177,6 +183,11 @@ pub struct Batch {
     pub outputs: Vec<pb::OutputChunk>,
     /// Quarantines set (`Some`) or cleared (`None`), by run name.
     pub quarantines: Vec<(String, Option<Quarantine>)>,
+    /// Notifications of this batch's events, pending.
+    pub notifications: Vec<Notification>,
+    /// Notifications given up on (their `notification.failed` event is
+    /// among `events`).
+    pub given_up: Vec<GivenUp>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +281,27 @@ pub trait Store: Send + Sync + 'static {
         run_id: &str,
         step: Option<u32>,
     ) -> Result<Vec<pb::OutputChunk>, StoreError>;
+
+    /// Pending notifications due at `now`, the longest due first, at most
+    /// `limit`.
+    async fn due_notifications(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// Records a delivery attempt of a pending notification: delivered, or
+    /// failed and due again later. False when it is not pending.
+    async fn notification_attempted(&self, id: &str, attempt: &Attempt)
+    -> Result<bool, StoreError>;
+    /// Notifications in any of `states` (all when empty), newest event
+    /// first, at most `limit`.
+    async fn list_notifications(
+        &self,
+        states: &[NotificationState],
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// How many notifications are pending.
+    async fn pending_notifications(&self) -> Result<u64, StoreError>;
 
     /// Takes the lead (`held: None`) if it is free, lapsed or already
     /// `holder`'s, or renews the lead held with epoch `held`, for `ttl` on

@@ -370,6 +370,7 @@ where
             q.push(")");
             q.build().persistent(false).execute(&mut *c).await?;
         }
+        Self::commit_outbox(c, &b.notifications, &b.given_up).await?;
         Ok(())
     }
 
@@ -731,6 +732,7 @@ where
         q.push_bind(batch);
         q.push(")");
         out.workers = q.build().execute(&mut *c).await?.rows();
+        out.notifications = Self::prune_outbox(&mut *c, p.events_before, batch).await?;
         Ok(out)
     }
 

@@ -191,7 +191,9 @@ impl State {
             self_draining: false,
             recycle_requested: false,
             breaker: None,
+            offline_long_noted: false,
         });
+        w.offline_long_noted = false;
         w.queues = hello.queues.clone();
         w.slots = hello.slots;
         w.labels = hello.labels.clone().into_iter().collect();
