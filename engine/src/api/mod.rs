@@ -10,6 +10,7 @@ pub mod auth;
 mod events;
 mod ids;
 mod limit;
+mod notifications;
 mod resources;
 pub mod roles;
 mod runs;

@@ -8,13 +8,14 @@
 //! - [`output`], [`table`], [`time`], [`json`]: the shared text and JSON
 //!   layout.
 //! - [`runs`], [`events`], [`approvals`], [`workers`], [`queues`],
-//!   [`leases`], [`quarantines`]: the commands.
+//!   [`leases`], [`quarantines`], [`notifications`]: the commands.
 
 pub mod approvals;
 pub mod error;
 pub mod events;
 pub mod json;
 pub mod leases;
+pub mod notifications;
 pub mod output;
 pub mod quarantines;
 pub mod queues;
@@ -154,6 +155,8 @@ pub enum Command {
     Quarantines,
     /// Let runs of a quarantined name be submitted and run again
     Unquarantine(quarantines::UnquarantineArgs),
+    /// List [[notify]] deliveries not delivered yet or given up on
+    Notifications(notifications::NotificationsArgs),
 }
 
 /// `--reason`, which every change takes: it is recorded with the change's
@@ -348,6 +351,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Events(args) => events::run(ctx, args).await?,
         Command::Quarantines => quarantines::list(ctx).await?,
         Command::Unquarantine(args) => quarantines::clear(ctx, args).await?,
+        Command::Notifications(args) => notifications::list(ctx, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
