@@ -323,6 +323,7 @@ impl State {
             "",
             Ev::new("worker.offline", msg).worker(worker_id),
         );
+        self.set_offline_long_timer(worker_id, tx.now);
     }
 
     pub fn session_of(&self, worker_id: &str) -> Option<u64> {
