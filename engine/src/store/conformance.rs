@@ -15,15 +15,15 @@ use crate::domain::{
 };
 
 /// A store under test, and what to clean up after it.
-struct Backend {
-    name: &'static str,
-    store: Arc<dyn Store>,
+pub(super) struct Backend {
+    pub(super) name: &'static str,
+    pub(super) store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
     /// Last: the store lets go of it first.
     _db: Option<PgDatabase>,
 }
 
-async fn backends() -> Vec<Backend> {
+pub(super) async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let mut out = vec![Backend {
@@ -237,6 +237,8 @@ fn sample() -> Batch {
             ("r".into(), Some(quarantine("r"))),
             ("s".into(), Some(quarantine("s"))),
         ],
+        notifications: vec![],
+        given_up: vec![],
     }
 }
 

@@ -11,6 +11,8 @@
 mod codec;
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod conformance_outbox;
 mod outbox;
 mod postgres;
 mod sql;

@@ -180,7 +180,7 @@ where
             "SELECT {COLUMNS} FROM notify_outbox WHERE state = 'pending' AND next_at <= "
         ));
         q.push_bind(now);
-        q.push(" ORDER BY next_at, event_seq LIMIT ");
+        q.push(" ORDER BY next_at, event_seq, id LIMIT ");
         q.push_bind(i64::from(limit));
         let rows = q.build().fetch_all(&mut *c).await?;
         rows.iter().map(notification_from_row::<DB>).collect()
