@@ -589,6 +589,9 @@ mod model_tests;
 mod oncall_tests;
 
 #[cfg(test)]
+mod notify_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::spec::parse;
