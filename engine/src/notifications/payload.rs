@@ -7,11 +7,11 @@
 //!   "version": 1,
 //!   "id": "1042-oncall",
 //!   "notifier": "oncall",
-//!   "summary": "run deploy-api 01JD…3F2A failed: step 2 (migrate): exit 1",
+//!   "summary": "run deploy-api 01JD…3F2A failed at step 2 (migrate): step migrate dead after 3 attempts: exited with status 1",
 //!   "event": {
 //!     "seq": 1042, "kind": "run.failed", "at": "2026-11-30T03:12:45.120Z",
 //!     "at_ms": 1796008365120, "actor": "engine", "reason": "",
-//!     "message": "step 2 (migrate): exit 1",
+//!     "message": "step migrate dead after 3 attempts: exited with status 1",
 //!     "run_id": "01JD…", "run_name": "deploy-api", "labels": {"team": "payments"},
 //!     "step_index": 2, "step_name": "migrate", "queue": "deploy",
 //!     "worker_id": "", "lease_id": "", "approval_id": ""
@@ -51,7 +51,10 @@ pub fn summary(event: &pb::Event, run: Option<&Run>) -> String {
         .map(|r| format!("run {} {}", r.name, short_id(&r.id)))
         .or_else(|| (!event.run_id.is_empty()).then(|| format!("run {}", short_id(&event.run_id))));
     let what = match (event.kind.as_str(), &run_part) {
-        ("run.failed", Some(r)) => format!("{r} failed"),
+        ("run.failed", Some(r)) => match run.and_then(|run| run.step(run.current_step)) {
+            Some(step) => format!("{r} failed at step {} ({})", step.index + 1, step.spec.name),
+            None => format!("{r} failed"),
+        },
         ("run.succeeded", Some(r)) => format!("{r} succeeded"),
         ("run.cancelled", Some(r)) => format!("{r} was cancelled"),
         ("approval.requested", Some(r)) => format!("{r} waits for an approval"),
