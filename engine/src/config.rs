@@ -1077,6 +1077,18 @@ mod tests {
             "queues",
             "approvals",
             "others",
+            "approval_overdue_before",
+            "worker_offline_after",
+            "give_up_after",
+            "retry_min",
+            "retry_max",
+            "poll_interval",
+            "url",
+            "secret",
+            "timeout",
+            "on",
+            "run_name",
+            "label",
         ] {
             assert!(
                 uncommented.contains(&format!("\n{key} = ")),
