@@ -58,6 +58,10 @@ pub struct ConfigFile {
     pub secrets: std::collections::BTreeMap<String, crate::secrets::SecretSource>,
     /// `[[policy]]`: queues whose steps need another person's approval.
     pub policy: Vec<crate::domain::policy::Policy>,
+    /// `[[notify]]`: webhooks and commands told of chosen events.
+    pub notify: Vec<crate::notifications::NotifierEntry>,
+    /// `[notifications]`: derived events and delivery retries.
+    pub notifications: crate::notifications::NotificationsSection,
 }
 
 /// `[tls]`: the TCP listener's certificate and key (PEM files); with
@@ -325,7 +329,7 @@ mod humantime_serde_opt {
 }
 
 /// A duration written as "30d", "1m".
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
@@ -496,6 +500,7 @@ impl ConfigFile {
         check_retention(&self.retention, &mut p);
         check_limits(&self.limits, &mut p);
         self.check_hang_settings(&mut p);
+        crate::notifications::check(&self.notifications, &self.notify, &self.secrets, &mut p);
         for (i, policy) in self.policy.iter().enumerate() {
             if !(1..=10).contains(&policy.approvals) {
                 p.add(
@@ -653,6 +658,10 @@ impl ConfigFile {
             finished_runs_kept_for: e.finished_runs_kept_for.unwrap_or(d.finished_runs_kept_for),
             // Read by the caller with `Secrets::load(&self.secrets)`: it can fail.
             secrets: d.secrets,
+            // Compiled by the caller with `Rules::new(&self.notify)`: it can fail.
+            notify: d.notify,
+            approval_overdue_before: self.notifications.approval_overdue_before,
+            worker_offline_after: self.notifications.worker_offline_after,
         }
     }
 }
@@ -1068,6 +1077,18 @@ mod tests {
             "queues",
             "approvals",
             "others",
+            "approval_overdue_before",
+            "worker_offline_after",
+            "give_up_after",
+            "retry_min",
+            "retry_max",
+            "poll_interval",
+            "url",
+            "secret",
+            "timeout",
+            "on",
+            "run_name",
+            "label",
         ] {
             assert!(
                 uncommented.contains(&format!("\n{key} = ")),

@@ -7,6 +7,8 @@
 //! - [`store`]: persistence behind one trait (SQLite and PostgreSQL): the
 //!   live set loaded at start, history read a page at a time.
 //! - [`retention`]: prunes history older than `[retention]` in the background.
+//! - [`notifications`]: `[[notify]]` webhooks and commands, fed by a
+//!   durable outbox written with each event.
 //! - [`api`]: the gRPC services, the auth interceptor and the listeners.
 //! - [`agent`]: the worker process (`opsdeckd worker`): runs exec steps as
 //!   real processes, heartbeats, drains and recycles.
@@ -39,6 +41,7 @@ pub mod ha;
 pub mod logging;
 pub use opsdeck_manual as manual;
 pub mod metrics;
+pub mod notifications;
 pub mod notify;
 pub mod private;
 pub mod retention;

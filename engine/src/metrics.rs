@@ -31,6 +31,8 @@
 //! | `opsdeck_worker_breakers_open` | gauge | |
 //! | `opsdeck_approval_oldest_pending_age_seconds` | gauge | |
 //! | `opsdeck_worker_spooled_results` | gauge | `worker` (connected): results its spool holds unacknowledged |
+//! | `opsdeck_notifications_total` | counter | `notifier`, `outcome` (delivered, retry, failed): delivery attempts |
+//! | `opsdeck_notifications_pending` | gauge | notifications in the outbox not delivered yet |
 //!
 //! `deploy/prometheus/opsdeck-rules.yml` alerts on them; a test checks that
 //! every metric the rules name is exported.
@@ -118,6 +120,14 @@ struct Metrics {
     breakers_open: Gauge,
     oldest_approval: Gauge<f64, AtomicU64>,
     spooled: Family<WorkerLabel, Gauge>,
+    notifications: Family<NotifierOutcome, Counter>,
+    notifications_pending: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifierOutcome {
+    notifier: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,6 +169,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     breakers_open: Gauge::default(),
     oldest_approval: Gauge::default(),
     spooled: Family::default(),
+    notifications: Family::default(),
+    notifications_pending: Gauge::default(),
 });
 
 fn registry() -> Registry {
@@ -267,6 +279,16 @@ fn registry() -> Registry {
         "Results each connected worker holds in its spool, not yet acknowledged by the engine",
         m.spooled.clone(),
     );
+    r.register(
+        "notifications",
+        "Notification delivery attempts, by notifier and outcome",
+        m.notifications.clone(),
+    );
+    r.register(
+        "notifications_pending",
+        "Notifications in the outbox not delivered yet",
+        m.notifications_pending.clone(),
+    );
     r
 }
 
@@ -276,6 +298,24 @@ pub fn observe_pruned(p: &crate::store::Pruned) {
     for (table, n) in p.tables() {
         m.pruned.get_or_create(&TableLabel { table }).inc_by(n);
     }
+}
+
+/// Counts one delivery attempt: `delivered`, `retry` or `failed`.
+pub fn observe_notification(notifier: &str, outcome: &'static str) {
+    METRICS
+        .notifications
+        .get_or_create(&NotifierOutcome {
+            notifier: notifier.to_owned(),
+            outcome,
+        })
+        .inc();
+}
+
+/// Notifications pending in the outbox, as the delivery task last counted.
+pub fn observe_notifications_pending(n: u64) {
+    METRICS
+        .notifications_pending
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 /// The database's size, as the store measured it.

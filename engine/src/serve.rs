@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub retention: crate::config::RetentionSection,
     /// `[[policy]]`: queues whose steps need another person's approval.
     pub policies: Vec<crate::domain::policy::Policy>,
+    /// `[[notify]]` and `[notifications]`: what delivers the outbox.
+    pub notifications: Arc<crate::notifications::Delivery>,
 }
 
 /// Where a started engine listens.
@@ -243,6 +245,13 @@ pub async fn run(
     // Only the leader prunes; it stops with the lead.
     let _retention =
         crate::retention::spawn(store.clone(), opts.retention.clone(), lead_stop.clone());
+    // Only the leader delivers notifications; it stops with the lead.
+    let _delivery = crate::notifications::deliver::spawn(
+        opts.notifications.clone(),
+        store.clone(),
+        core.clone(),
+        lead_stop.clone(),
+    );
 
     let lost = tokio::select! {
         _ = shutdown.cancelled() => None,

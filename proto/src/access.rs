@@ -105,6 +105,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/opsdeck.v1.Runs/ClearQuarantine", R(Admin)),
     ("/opsdeck.v1.Events/ListEvents", R(Viewer)),
     ("/opsdeck.v1.Events/FollowEvents", R(Viewer)),
+    ("/opsdeck.v1.Events/ListNotifications", R(Viewer)),
     ("/opsdeck.v1.Workers/ListWorkers", R(Viewer)),
     ("/opsdeck.v1.Workers/GetWorker", R(Viewer)),
     ("/opsdeck.v1.Workers/DrainWorker", R(Operator)),

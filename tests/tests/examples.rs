@@ -19,6 +19,8 @@ use opsdeck_tests::{Engine, EngineOpts, Worker, opsdeck, opsdeckd};
 const CONFIG_TABLES: &[&str] = &[
     "engine",
     "retention",
+    "notifications",
+    "notify",
     "limits",
     "metrics",
     "log",

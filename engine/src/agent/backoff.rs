@@ -38,7 +38,7 @@ fn ceiling(failures: u32) -> Duration {
 
 /// Between half and all of `ceiling` ("equal jitter"): spread out, yet never
 /// close to zero, so a dead engine is not hammered.
-fn jittered(ceiling: Duration, unit: f64) -> Duration {
+pub(crate) fn jittered(ceiling: Duration, unit: f64) -> Duration {
     let half = ceiling / 2;
     half + half.mul_f64(unit.clamp(0.0, 1.0))
 }

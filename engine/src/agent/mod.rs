@@ -25,7 +25,7 @@
 //! its own (SIGTERM) says so by closing its session and opening a new one
 //! whose Hello has `draining` set.
 
-mod backoff;
+pub(crate) mod backoff;
 mod command;
 pub mod executor;
 #[cfg(test)]

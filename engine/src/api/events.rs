@@ -137,6 +137,13 @@ impl Api {
 
 #[tonic::async_trait]
 impl Events for Api {
+    async fn list_notifications(
+        &self,
+        req: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        super::notifications::list(self, req.into_inner()).await
+    }
+
     async fn list_events(
         &self,
         req: Request<pb::ListEventsRequest>,

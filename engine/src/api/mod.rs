@@ -11,6 +11,7 @@ mod bulk;
 mod events;
 mod ids;
 mod limit;
+mod notifications;
 mod output;
 mod resources;
 mod runs;

@@ -291,7 +291,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let file = ConfigFile::load(&config)?;
-            opsdeck_engine::secrets::Secrets::load(&file.secrets).map_err(anyhow::Error::msg)?;
+            let secrets = opsdeck_engine::secrets::Secrets::load(&file.secrets)
+                .map_err(anyhow::Error::msg)?;
+            opsdeck_engine::notifications::Delivery::new(
+                &file.notify,
+                file.notifications.clone(),
+                &secrets,
+            )
+            .map_err(anyhow::Error::msg)?;
             if let Some(tls) = &file.tls {
                 tls.server_tls().load()?;
             }
@@ -386,6 +393,15 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     core.quarantine_window = args.quarantine_window.unwrap_or(core.quarantine_window);
     core.secrets =
         opsdeck_engine::secrets::Secrets::load(&file.secrets).map_err(anyhow::Error::msg)?;
+    core.notify = std::sync::Arc::new(
+        opsdeck_engine::notifications::Rules::new(&file.notify).map_err(anyhow::Error::msg)?,
+    );
+    let notifications = opsdeck_engine::notifications::Delivery::new(
+        &file.notify,
+        file.notifications.clone(),
+        &core.secrets,
+    )
+    .map_err(anyhow::Error::msg)?;
     // A finished run is not kept in memory past the time its history is kept.
     core.finished_runs_kept_for = core.finished_runs_kept_for.min(file.retention.runs);
     anyhow::ensure!(
@@ -448,6 +464,7 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         tls: file.tls.as_ref().map(|t| t.server_tls()),
         retention: file.retention.clone(),
         policies: file.policy.clone(),
+        notifications: std::sync::Arc::new(notifications),
         tls_clients: file
             .tls
             .as_ref()

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::{Lease, Millis};
 use crate::error::EngineError;
+use crate::store::{GivenUp, Notification};
 
 /// Answers a caller. Given the commit's error, if it failed, so the
 /// caller hears about that instead of a change that did not happen.
@@ -42,6 +43,10 @@ pub struct Tx {
     pub quarantines: BTreeSet<String>,
     pub events: Vec<pb::Event>,
     pub outputs: Vec<pb::OutputChunk>,
+    /// Notifications of `events`, for the outbox.
+    pub notifications: Vec<Notification>,
+    /// Notifications given up on.
+    pub given_up: Vec<GivenUp>,
     pub effects: Vec<Effect>,
 }
 
@@ -59,6 +64,8 @@ impl Tx {
             quarantines: BTreeSet::new(),
             events: Vec::new(),
             outputs: Vec::new(),
+            notifications: Vec::new(),
+            given_up: Vec::new(),
             effects: Vec::new(),
         }
     }
@@ -90,7 +97,8 @@ impl Tx {
             && self.queues.is_empty()
             && self.quarantines.is_empty()
             && self.events.is_empty()
-            && self.outputs.is_empty())
+            && self.outputs.is_empty()
+            && self.given_up.is_empty())
     }
 
     /// Queues an answer to a caller.

@@ -446,6 +446,9 @@ pub struct Worker {
     /// workers succeeded, so it takes no new work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<Breaker>,
+    /// `worker.offline_long` was recorded for its current time offline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline_long_noted: bool,
 }
 
 /// An open worker breaker: why and since when. After the cool-down it is
@@ -559,6 +562,9 @@ pub struct Approval {
     /// as its submitters for four eyes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retried_by: Vec<String>,
+    /// `approval.overdue` was recorded for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue_noted: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,15 +15,15 @@ use crate::domain::{
 };
 
 /// A store under test, and what to clean up after it.
-struct Backend {
-    name: &'static str,
-    store: Arc<dyn Store>,
+pub(super) struct Backend {
+    pub(super) name: &'static str,
+    pub(super) store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
     /// Last: the store lets go of it first.
     _db: Option<PgDatabase>,
 }
 
-async fn backends() -> Vec<Backend> {
+pub(super) async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let mut out = vec![Backend {
@@ -181,6 +181,7 @@ fn sample() -> Batch {
             self_draining: false,
             recycle_requested: false,
             breaker: None,
+            offline_long_noted: false,
         }],
         leases: vec![
             lease("l-live", LeaseState::Active),
@@ -205,6 +206,7 @@ fn sample() -> Batch {
             requested_at: 1,
             deadline_at: Some(6),
             decided_at: None,
+            overdue_noted: false,
         }],
         queues: vec![Queue {
             name: "q".into(),
@@ -237,6 +239,8 @@ fn sample() -> Batch {
             ("r".into(), Some(quarantine("r"))),
             ("s".into(), Some(quarantine("s"))),
         ],
+        notifications: vec![],
+        given_up: vec![],
     }
 }
 

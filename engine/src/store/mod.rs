@@ -11,11 +11,15 @@
 mod codec;
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod conformance_outbox;
+mod outbox;
 mod output;
 mod postgres;
 mod sql;
 mod sqlite;
 
+pub use outbox::{Attempt, GivenUp, Notification, NotificationState};
 pub use output::{OutputPos, OutputQuery};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -156,11 +160,13 @@ pub struct Pruned {
     pub events: u64,
     pub output: u64,
     pub workers: u64,
+    /// Delivered and given-up notifications (as old as events retention keeps).
+    pub notifications: u64,
 }
 
 impl Pruned {
     /// Each table's count, by the table's name.
-    pub fn tables(&self) -> [(&'static str, u64); 7] {
+    pub fn tables(&self) -> [(&'static str, u64); 8] {
         [
             ("runs", self.runs),
             ("steps", self.steps),
@@ -169,6 +175,7 @@ impl Pruned {
             ("events", self.events),
             ("output", self.output),
             ("workers", self.workers),
+            ("notify_outbox", self.notifications),
         ]
     }
 
@@ -186,6 +193,7 @@ impl std::ops::AddAssign for Pruned {
         self.events += other.events;
         self.output += other.output;
         self.workers += other.workers;
+        self.notifications += other.notifications;
     }
 }
 
@@ -209,6 +217,11 @@ pub struct Batch {
     pub outputs: Vec<pb::OutputChunk>,
     /// Quarantines set (`Some`) or cleared (`None`), by run name.
     pub quarantines: Vec<(String, Option<Quarantine>)>,
+    /// Notifications of this batch's events, pending.
+    pub notifications: Vec<Notification>,
+    /// Notifications given up on (their `notification.failed` event is
+    /// among `events`).
+    pub given_up: Vec<GivenUp>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +323,27 @@ pub trait Store: Send + Sync + 'static {
         query: &OutputQuery,
         limit: u32,
     ) -> Result<Vec<pb::OutputChunk>, StoreError>;
+
+    /// Pending notifications due at `now`, the longest due first, at most
+    /// `limit`.
+    async fn due_notifications(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// Records a delivery attempt of a pending notification: delivered, or
+    /// failed and due again later. False when it is not pending.
+    async fn notification_attempted(&self, id: &str, attempt: &Attempt)
+    -> Result<bool, StoreError>;
+    /// Notifications in any of `states` (all when empty), newest event
+    /// first, at most `limit`.
+    async fn list_notifications(
+        &self,
+        states: &[NotificationState],
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// How many notifications are pending.
+    async fn pending_notifications(&self) -> Result<u64, StoreError>;
 
     /// Takes the lead (`held: None`) if it is free, lapsed or already
     /// `holder`'s, or renews the lead held with epoch `held`, for `ttl` on

@@ -371,6 +371,7 @@ where
             q.push(")");
             q.build().persistent(false).execute(&mut *c).await?;
         }
+        Self::commit_outbox(c, &b.notifications, &b.given_up).await?;
         Ok(())
     }
 
@@ -734,6 +735,7 @@ where
         q.push_bind(batch);
         q.push(")");
         out.workers = q.build().execute(&mut *c).await?.rows();
+        out.notifications = Self::prune_outbox(&mut *c, p.events_before, batch).await?;
         Ok(out)
     }
 

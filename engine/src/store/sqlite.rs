@@ -124,6 +124,38 @@ impl Store for SqliteStore {
         Body::first_kept_seq(&mut c).await
     }
 
+    async fn due_notifications(
+        &self,
+        now: crate::domain::Millis,
+        limit: u32,
+    ) -> Result<Vec<super::Notification>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::due_notifications(&mut c, now, limit).await
+    }
+
+    async fn notification_attempted(
+        &self,
+        id: &str,
+        attempt: &super::Attempt,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::notification_attempted(&mut c, id, attempt).await
+    }
+
+    async fn list_notifications(
+        &self,
+        states: &[super::NotificationState],
+        limit: u32,
+    ) -> Result<Vec<super::Notification>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::list_notifications(&mut c, states, limit).await
+    }
+
+    async fn pending_notifications(&self) -> Result<u64, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        Body::pending_notifications(&mut c).await
+    }
+
     async fn prune(&self, what: &Prune) -> Result<Pruned, StoreError> {
         Body::prune(&self.pool, what).await
     }

@@ -5,10 +5,10 @@
 //! [`table`] for people or JSON for scripts.
 //!
 //! - [`error`]: what can fail, its exit code and its words.
-//! - [`output`], [`table`], [`time`], [`json`]: the shared text and JSON
-//!   layout.
-//! - [`runs`], [`events`], [`approvals`], [`workers`], [`queues`],
-//!   [`leases`], [`quarantines`], [`logs`]: the commands.
+//! - [`output`], [`table`], [`json`]: the shared text and JSON layout
+//!   (times and the other words the console shares are in [`crate::text`]).
+//! - [`runs`], [`bulk`], [`events`], [`approvals`], [`workers`], [`queues`],
+//!   [`leases`], [`quarantines`], [`logs`], [`notifications`]: the commands.
 
 pub mod approvals;
 pub mod bulk;
@@ -17,6 +17,7 @@ pub mod events;
 pub mod json;
 pub mod leases;
 pub mod logs;
+pub mod notifications;
 pub mod output;
 pub mod quarantines;
 pub mod queues;
@@ -159,6 +160,8 @@ pub enum Command {
     Quarantines,
     /// Let runs of a quarantined name be submitted and run again
     Unquarantine(quarantines::UnquarantineArgs),
+    /// List [[notify]] deliveries not delivered yet or given up on
+    Notifications(notifications::NotificationsArgs),
 }
 
 /// `--reason`, which every change takes: it is recorded with the change's
@@ -353,6 +356,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Events(args) => events::run(ctx, args).await?,
         Command::Quarantines => quarantines::list(ctx).await?,
         Command::Unquarantine(args) => quarantines::clear(ctx, args).await?,
+        Command::Notifications(args) => notifications::list(ctx, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -71,6 +71,7 @@ impl State {
             lease_id = %event.lease_id,
             "event"
         );
+        self.notify_of(tx, &event, ev.not_to.as_deref());
         tx.events.push(event);
     }
 
@@ -250,6 +251,8 @@ impl State {
                 .iter()
                 .map(|n| (n.clone(), self.quarantines.get(n).cloned()))
                 .collect(),
+            notifications: std::mem::take(&mut tx.notifications),
+            given_up: std::mem::take(&mut tx.given_up),
         }
     }
 }

@@ -23,6 +23,7 @@ mod figures;
 mod follow;
 mod hang;
 mod leases;
+mod notify;
 mod quarantine;
 mod reads;
 mod runs;
@@ -85,6 +86,12 @@ pub struct CoreConfig {
     /// store when asked.
     pub finished_runs_kept: usize,
     pub finished_runs_kept_for: Duration,
+    /// `[[notify]]` filters: which notifiers each event goes to.
+    pub notify: Arc<crate::notifications::Rules>,
+    /// `approval.overdue` this long before a pending approval's deadline.
+    pub approval_overdue_before: Duration,
+    /// `worker.offline_long` once a worker has been offline this long.
+    pub worker_offline_after: Duration,
 }
 
 impl Default for CoreConfig {
@@ -108,6 +115,9 @@ impl Default for CoreConfig {
             secrets: Secrets::default(),
             finished_runs_kept: 10_000,
             finished_runs_kept_for: Duration::from_secs(10 * 60),
+            notify: Arc::default(),
+            approval_overdue_before: Duration::from_secs(15 * 60),
+            worker_offline_after: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -167,6 +177,10 @@ enum Timer {
     QuietCheck(String),
     /// Whether a worker's open breaker has cooled down.
     BreakerCooled(String),
+    /// Whether a pending approval is near its deadline.
+    ApprovalOverdue(String),
+    /// Whether a worker has been offline for `worker_offline_after`.
+    OfflineLong(String),
 }
 
 /// A connected worker process.
@@ -247,6 +261,9 @@ pub struct Ev {
     queue: Option<String>,
     quarantine: Option<pb::Quarantine>,
     message: String,
+    /// A notifier this event is not sent to (the one a
+    /// `notification.failed` is about).
+    not_to: Option<String>,
 }
 
 impl Ev {
@@ -482,12 +499,14 @@ impl State {
         }
         s.load_hang_timers(now);
         s.load_breaker_timers();
+        s.load_offline_long_timers();
         for a in loaded.approvals {
             if a.state == ApprovalState::Pending
                 && let Some(deadline) = a.deadline_at
             {
                 s.timers
                     .push(Reverse((deadline, Timer::ApprovalDeadline(a.id.clone()))));
+                s.set_overdue_timer(&a);
             }
             s.approvals.insert(a.id.clone(), a);
         }
@@ -579,6 +598,9 @@ mod model_tests;
 
 #[cfg(test)]
 mod oncall_tests;
+
+#[cfg(test)]
+mod notify_tests;
 
 #[cfg(test)]
 mod tests {

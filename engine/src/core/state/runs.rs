@@ -338,10 +338,12 @@ impl State {
                     deadline_at,
                     decided_at: None,
                     retried_by,
+                    overdue_noted: false,
                 };
                 if let Some(d) = deadline_at {
                     self.timers
                         .push(Reverse((d, Timer::ApprovalDeadline(id.clone()))));
+                    self.set_overdue_timer(&a);
                 }
                 tx.step_changed(run_id, index);
                 tx.approvals.insert(id.clone());

@@ -91,12 +91,15 @@ impl State {
                         humantime::format_duration(self.cfg.worker_timeout)
                     );
                     self.emit(tx, &engine, "", Ev::new("worker.offline", msg).worker(&id));
+                    self.set_offline_long_timer(&id, tx.now);
                 }
                 Timer::ApprovalDeadline(id) => self.approval_timed_out(tx, &id),
                 Timer::StuckCheck(id) => self.stuck_check(tx, &id),
                 Timer::RunDeadline(id) => self.run_deadline(tx, &id),
                 Timer::QuietCheck(id) => self.quiet_check(tx, &id),
                 Timer::BreakerCooled(id) => self.breaker_cooled(tx, &id),
+                Timer::ApprovalOverdue(id) => self.approval_overdue(tx, &id),
+                Timer::OfflineLong(id) => self.offline_long(tx, &id),
                 Timer::RetryDue(run_id, index) => {
                     let Some(step) = self.runs.get(&run_id).and_then(|r| r.step(index)) else {
                         continue;
@@ -133,8 +136,10 @@ impl State {
                     self.leases.contains_key(id)
                 }
                 Timer::RunDeadline(id) => self.runs.get(id).is_some_and(|r| !r.state.is_final()),
-                Timer::Heartbeat(id) | Timer::BreakerCooled(id) => self.workers.contains_key(id),
-                Timer::ApprovalDeadline(id) => self
+                Timer::Heartbeat(id) | Timer::BreakerCooled(id) | Timer::OfflineLong(id) => {
+                    self.workers.contains_key(id)
+                }
+                Timer::ApprovalDeadline(id) | Timer::ApprovalOverdue(id) => self
                     .approvals
                     .get(id)
                     .is_some_and(|a| a.state == ApprovalState::Pending),

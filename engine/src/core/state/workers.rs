@@ -191,7 +191,9 @@ impl State {
             self_draining: false,
             recycle_requested: false,
             breaker: None,
+            offline_long_noted: false,
         });
+        w.offline_long_noted = false;
         w.queues = hello.queues.clone();
         w.slots = hello.slots;
         w.labels = hello.labels.clone().into_iter().collect();
@@ -321,6 +323,7 @@ impl State {
             "",
             Ev::new("worker.offline", msg).worker(worker_id),
         );
+        self.set_offline_long_timer(worker_id, tx.now);
     }
 
     pub fn session_of(&self, worker_id: &str) -> Option<u64> {
