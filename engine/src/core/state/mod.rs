@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 mod approvals;
 mod breaker;
+mod concurrency;
 mod dispatch;
 mod feed;
 mod figures;
@@ -344,6 +345,11 @@ pub struct State {
     ready_order: u64,
     /// Round-robin position among workers of equal standing.
     rr: usize,
+    /// Live runs holding each concurrency key.
+    key_holders: HashMap<String, BTreeSet<String>>,
+    /// Runs whose steps are ready but that do not hold their concurrency
+    /// key yet, per key, in the order they take it.
+    key_waiting: HashMap<String, BTreeSet<concurrency::Waiter>>,
 }
 
 const RECENT_LEASES: usize = 500;
@@ -386,6 +392,8 @@ impl State {
             seq: loaded.seq,
             ready_order: 0,
             rr: 0,
+            key_holders: HashMap::new(),
+            key_waiting: HashMap::new(),
         };
         for q in loaded.queues {
             s.queues.insert(
@@ -453,6 +461,7 @@ impl State {
             }
             s.runs.insert(run.id.clone(), run);
         }
+        s.load_key_holders();
         s.finished.make_contiguous().sort();
         // Loaded from the store: committed.
         s.finished_pushed = s.finished.len() as u64;
