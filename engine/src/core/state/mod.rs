@@ -579,6 +579,9 @@ mod model_tests;
 mod oncall_tests;
 
 #[cfg(test)]
+mod concurrency_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::spec::parse;
