@@ -92,6 +92,12 @@ pub fn run(r: &Run) -> pb::Run {
         params: r.params.clone().into_iter().collect(),
         retry_of: r.retry_of.clone().unwrap_or_default(),
         timeout_ms: r.timeout_ms.unwrap_or(0),
+        concurrency_key: r
+            .concurrency
+            .as_ref()
+            .map(|c| c.key.clone())
+            .unwrap_or_default(),
+        concurrency_limit: r.concurrency.as_ref().map_or(0, |c| c.limit),
     }
 }
 

@@ -116,6 +116,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/opsdeck.v1.Queues/ListQueues", R(Viewer)),
     ("/opsdeck.v1.Queues/PauseQueue", R(Operator)),
     ("/opsdeck.v1.Queues/ResumeQueue", R(Operator)),
+    ("/opsdeck.v1.Queues/SetQueue", R(Operator)),
     ("/opsdeck.v1.Approvals/ListApprovals", R(Viewer)),
     ("/opsdeck.v1.Approvals/Decide", R(Approver)),
     ("/opsdeck.v1.Leases/ListLeases", R(Viewer)),

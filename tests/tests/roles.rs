@@ -107,6 +107,15 @@ async fn call(api: &mut opsdeck_tests::Clients<TcpService>, method: &str) -> Res
             })
             .await
             .map(drop),
+        "SetQueue" => api
+            .queues
+            .set_queue(pb::SetQueueRequest {
+                name: "Not A Queue!".into(),
+                max_running: Some(1),
+                reason,
+            })
+            .await
+            .map(drop),
         "Decide" => api
             .approvals
             .decide(pb::DecideRequest {
@@ -162,6 +171,7 @@ async fn each_role_is_allowed_what_it_needs_and_refused_the_rest_naming_the_role
         ("CancelRun", "operator"),
         ("DrainWorker", "operator"),
         ("PauseQueue", "operator"),
+        ("SetQueue", "operator"),
         ("Decide", "approver"),
         ("ForceRelease", "admin"),
         ("RecycleWorker", "admin"),

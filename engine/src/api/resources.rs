@@ -154,6 +154,19 @@ impl Queues for Api {
     ) -> Result<Response<pb::Queue>, Status> {
         self.queue_action(req, false).await
     }
+
+    async fn set_queue(
+        &self,
+        req: Request<pb::SetQueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        let actor = caller(&req)?;
+        let req = req.into_inner();
+        Ok(Response::new(
+            self.core
+                .call(move |s, tx| s.set_queue(tx, &req.name, req.max_running, &actor, &req.reason))
+                .await?,
+        ))
+    }
 }
 
 #[tonic::async_trait]

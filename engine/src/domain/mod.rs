@@ -2,6 +2,7 @@
 //! run spec they are made from. Plain data and rules, no I/O: the engine
 //! core owns the live values and the store persists them.
 
+pub mod concurrency;
 pub mod model;
 pub mod params;
 pub mod policy;

@@ -333,6 +333,13 @@ pub struct Run {
     /// plus the timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_at: Option<Millis>,
+    /// The spec's `concurrency`, its key's parameters substituted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<super::concurrency::Concurrency>,
+    /// Whether the run holds its concurrency key: from its first lease
+    /// until it is final.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_key: bool,
 }
 
 impl Run {
@@ -344,6 +351,7 @@ impl Run {
             && self.labels == spec.labels
             && self.params == spec.params
             && self.timeout_ms == spec.timeout_ms
+            && self.concurrency == spec.concurrency
             && self.steps.len() == spec.steps.len()
             && self
                 .steps
@@ -404,6 +412,8 @@ impl Run {
             retry_of: self.retry_of.clone(),
             timeout_ms: self.timeout_ms,
             deadline_at: self.deadline_at,
+            concurrency: self.concurrency.clone(),
+            holds_key: self.holds_key,
         }
     }
 }
@@ -571,6 +581,9 @@ pub struct Approval {
 pub struct Queue {
     pub name: String,
     pub paused: bool,
+    /// At most this many of the queue's leases active at once; 0 is no limit.
+    #[serde(default)]
+    pub max_running: u32,
 }
 
 pub use opsdeck_proto::access::Role;

@@ -4,6 +4,7 @@
 //! name = "deploy-api"
 //! labels = { team = "payments" }
 //! timeout = "2h"                  # the whole run; it fails when it takes longer
+//! concurrency = { key = "deploy-api", limit = 1 }   # runs sharing the key at once
 //!
 //! [[step]]
 //! name = "build"
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::concurrency::{Concurrency, RawConcurrency};
 use super::model::{ApprovalSpec, Command, EnvEntry, ExecSpec, OnTimeout, Role, StepSpec};
 use super::params::{self, RawParam};
 
@@ -111,6 +113,8 @@ pub struct RunSpec {
     /// The spec's text, kept when it declares parameters: a retry with
     /// other values is made from it.
     pub template: Option<String>,
+    /// How many runs sharing a key may run at once.
+    pub concurrency: Option<Concurrency>,
 }
 
 /// Why a spec was refused.
@@ -131,6 +135,7 @@ struct RawSpec {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     timeout: Option<String>,
+    concurrency: Option<RawConcurrency>,
     #[serde(default)]
     step: Vec<RawStep>,
     #[serde(default)]
@@ -227,6 +232,12 @@ pub fn parse_with(
     if name.is_empty() || name.len() > 128 {
         return invalid("`name` must be 1 to 128 characters".into());
     }
+    let concurrency = raw
+        .concurrency
+        .take()
+        .map(RawConcurrency::check)
+        .transpose()
+        .map_err(SpecError::Invalid)?;
     let timeout_ms = raw
         .timeout
         .map(|t| duration_ms(&t, "timeout"))
@@ -262,6 +273,7 @@ pub fn parse_with(
         steps,
         template: declares_params.then(|| text.to_owned()),
         params: values,
+        concurrency,
     })
 }
 
@@ -275,6 +287,9 @@ fn substitute_params(raw: &mut RawSpec, values: &BTreeMap<String, String>) -> Re
     };
     for (k, v) in &mut raw.labels {
         sub(&format!("label {k}"), v)?;
+    }
+    if let Some(key) = raw.concurrency.as_mut().and_then(|c| c.key.as_mut()) {
+        sub("concurrency.key", key)?;
     }
     for (i, step) in raw.step.iter_mut().enumerate() {
         let at = format!("step {}", i + 1);

@@ -127,6 +127,11 @@ fn run(id: &str, state: RunState) -> Run {
         retry_of: Some("first".into()),
         timeout_ms: None,
         deadline_at: None,
+        concurrency: Some(crate::domain::concurrency::Concurrency {
+            key: format!("deploy-{id}"),
+            limit: 2,
+        }),
+        holds_key: state == RunState::Running,
     }
 }
 
@@ -211,6 +216,7 @@ fn sample() -> Batch {
         queues: vec![Queue {
             name: "q".into(),
             paused: true,
+            max_running: 4,
         }],
         events: vec![event(1, "r1"), event(2, ""), event(3, "r1")],
         outputs: vec![
@@ -330,6 +336,7 @@ async fn a_later_commit_replaces_an_object() {
             queues: vec![Queue {
                 name: "q".into(),
                 paused: false,
+                max_running: 0,
             }],
             ..Default::default()
         };
@@ -338,6 +345,7 @@ async fn a_later_commit_replaces_an_object() {
         assert_eq!(loaded.runs[0].state, RunState::Succeeded, "{}", b.name);
         assert!(loaded.leases.is_empty(), "{}", b.name);
         assert!(!loaded.queues[0].paused, "{}", b.name);
+        assert_eq!(loaded.queues[0].max_running, 0, "{}", b.name);
     }
 }
 
@@ -1332,7 +1340,15 @@ fn old_rows() -> OldRows {
         ],
         approvals: vec![approval, decided],
         workers: sample().workers,
-        queues: sample().queues,
+        // Written before queues had a `max_running`: none.
+        queues: sample()
+            .queues
+            .into_iter()
+            .map(|q| Queue {
+                max_running: 0,
+                ..q
+            })
+            .collect(),
         events,
         // A second chunk of r1's first attempt: the upgrade places it
         // after the first.

@@ -295,12 +295,15 @@ where
         Self::insert(
             c,
             d,
-            "INSERT INTO queues (name, paused) ",
-            2,
-            " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
+            "INSERT INTO queues (name, paused, max_running) ",
+            3,
+            " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, \
+             max_running = excluded.max_running",
             queues,
             |mut s, q| {
-                s.push_bind(q.name.clone()).push_bind(q.paused);
+                s.push_bind(q.name.clone())
+                    .push_bind(q.paused)
+                    .push_bind(i64::from(q.max_running));
             },
         )
         .await?;
@@ -453,17 +456,20 @@ where
         .map(lease_from_row::<DB>)
         .collect::<Result<_, _>>()?;
         let output_ends = Self::output_ends(c, &leases).await?;
-        let queues = sqlx::query::<DB>("SELECT name, paused FROM queues ORDER BY name")
-            .fetch_all(&mut *c)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Queue {
-                    name: r.try_get(0)?,
-                    paused: r.try_get(1)?,
+        let queues =
+            sqlx::query::<DB>("SELECT name, paused, max_running FROM queues ORDER BY name")
+                .fetch_all(&mut *c)
+                .await?
+                .iter()
+                .map(|r| {
+                    let max: i64 = r.try_get(2)?;
+                    Ok(Queue {
+                        name: r.try_get(0)?,
+                        paused: r.try_get(1)?,
+                        max_running: u32::try_from(max).unwrap_or(u32::MAX),
+                    })
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
+                .collect::<Result<_, sqlx::Error>>()?;
         let seq: Option<i64> = sqlx::query_scalar::<DB, Option<i64>>("SELECT MAX(seq) FROM events")
             .fetch_one(&mut *c)
             .await?;

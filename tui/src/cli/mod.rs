@@ -150,6 +150,8 @@ pub enum Command {
     Pause(queues::QueueChange),
     /// Hand out a paused queue's steps again
     Resume(queues::QueueChange),
+    /// Change a queue's settings: `queue set Q --max-running N`
+    Queue(queues::QueueArgs),
     /// List live leases (stale ones first)
     Leases(leases::ListArgs),
     /// Force-release a lease: its step goes back to its queue, or fails
@@ -351,6 +353,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Queues => queues::list(ctx).await?,
         Command::Pause(args) => queues::change(ctx, QueueAction::Pause, args).await?,
         Command::Resume(args) => queues::change(ctx, QueueAction::Resume, args).await?,
+        Command::Queue(args) => queues::queue(ctx, args).await?,
         Command::Leases(args) => leases::list(ctx, args).await?,
         Command::Release(args) => leases::release(ctx, args).await?,
         Command::Events(args) => events::run(ctx, args).await?,
@@ -543,6 +546,7 @@ mod tests {
             &["reset-breaker", "w1"],
             &["pause", "q"],
             &["resume", "q"],
+            &["queue", "set", "q", "--max-running", "2"],
             &["release", "l1", "--fail"],
             &["unquarantine", "nightly-backup"],
         ] {

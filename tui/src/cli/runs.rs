@@ -860,6 +860,12 @@ fn run_detail(
     if !run.retry_of.is_empty() {
         fields.field("retries", run.retry_of.as_str());
     }
+    if !run.concurrency_key.is_empty() {
+        fields.field(
+            "concurrency",
+            format!("{} (limit {})", run.concurrency_key, run.concurrency_limit),
+        );
+    }
     if !run.idempotency_key.is_empty() {
         fields.field("key", run.idempotency_key.as_str());
     }

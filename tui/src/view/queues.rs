@@ -1,5 +1,6 @@
-//! Queues: depth (ready, delayed, running), the age of the oldest ready
-//! step, rates per minute, paused, and a depth sparkline.
+//! Queues: depth (ready, delayed, running, of `max_running` when the queue
+//! has one), the age of the oldest ready step, rates per minute, paused,
+//! and a depth sparkline.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
@@ -12,7 +13,7 @@ use crate::text::time::duration_or_dash;
 use crate::widgets::sparkline::{spark, top};
 
 /// Columns before the sparkline: what it may not take.
-const FIXED: u16 = 6 + 5 + 5 + 4 + 6 + 4 + 6 + 3 + 9;
+const FIXED: u16 = 6 + 5 + 5 + 5 + 6 + 4 + 6 + 3 + 9;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let app = ctx.app;
@@ -22,7 +23,7 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         Constraint::Length(6),
         Constraint::Length(5),
         Constraint::Length(5),
-        Constraint::Length(4),
+        Constraint::Length(5),
         Constraint::Length(6),
         Constraint::Length(4),
         Constraint::Length(6),
@@ -75,7 +76,7 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
                     Cell::from(Span::styled(state, t.state(state))),
                     Cell::from(count(q.ready)),
                     Cell::from(count(q.delayed)),
-                    Cell::from(count(q.running)),
+                    Cell::from(running(q.running, q.max_running)),
                     Cell::from(duration_or_dash(seen.oldest_ready_age_ms(ctx.now))),
                     Cell::from(count(q.enqueued_last_minute)),
                     Cell::from(count(q.completed_last_minute)),
@@ -85,4 +86,13 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
             })
             .collect()
     });
+}
+
+/// Steps running, and the queue's `max_running` when it has one: `2/4`.
+fn running(running: u64, max: u32) -> String {
+    if max == 0 {
+        count(running)
+    } else {
+        format!("{running}/{max}")
+    }
 }

@@ -202,10 +202,12 @@ pub fn queues() -> Vec<Queue> {
             completed_last_minute: 28,
             workers: 2,
             paused: false,
+            max_running: 0,
         },
         Queue {
             name: "deploy".into(),
             paused: true,
+            max_running: 1,
             ready: 2,
             oldest_ready_age_ms: 10_000,
             workers: 1,

@@ -5,6 +5,9 @@ use super::*;
 /// Ready steps of one queue one dispatch passes over (their `worker` labels
 /// match no free worker) before it stops looking further down the queue.
 const MAX_PASSED_OVER: usize = 256;
+/// Ready steps of one queue one dispatch passes over because their runs
+/// wait for a concurrency key.
+const MAX_HELD_BACK: usize = 4096;
 
 impl State {
     /// Pauses or resumes a queue. A name no step has used and no worker
@@ -20,32 +23,13 @@ impl State {
         reason: &str,
     ) -> EngineResult<pb::Queue> {
         validate_queue_name(name).map_err(EngineError::InvalidArgument)?;
-        let known = self.queues.contains_key(name)
-            || self
-                .workers
-                .values()
-                .any(|w| w.queues.iter().any(|q| q == name));
-        if !(known || create && paused) {
-            let mut names: BTreeSet<&str> = self.queues.keys().map(String::as_str).collect();
-            names.extend(
-                self.workers
-                    .values()
-                    .flat_map(|w| w.queues.iter().map(String::as_str))
-                    .filter(|q| *q != crate::domain::ANY_QUEUE),
-            );
-            let known = if names.is_empty() {
-                "none yet".to_owned()
-            } else {
-                names.into_iter().collect::<Vec<_>>().join(", ")
-            };
+        if !(create && paused) {
             let hint = if paused {
                 " (to pause it before its first use, pass --create)"
             } else {
                 ""
             };
-            return Err(EngineError::NotFound(format!(
-                "no queue named {name:?}; known queues: {known}{hint}"
-            )));
+            self.known_queue(name, hint)?;
         }
         let q = self.queue_live(name);
         if q.queue.paused != paused {
@@ -64,6 +48,34 @@ impl State {
         }
         self.queue_pb(name, tx.now)
             .ok_or_else(|| not_found("queue", name, "opsdeck queues"))
+    }
+
+    /// NOT_FOUND, listing the known queues (and `hint`), for a name no
+    /// step has used and no worker serves: most likely a typo.
+    pub(super) fn known_queue(&self, name: &str, hint: &str) -> EngineResult<()> {
+        let known = self.queues.contains_key(name)
+            || self
+                .workers
+                .values()
+                .any(|w| w.queues.iter().any(|q| q == name));
+        if known {
+            return Ok(());
+        }
+        let mut names: BTreeSet<&str> = self.queues.keys().map(String::as_str).collect();
+        names.extend(
+            self.workers
+                .values()
+                .flat_map(|w| w.queues.iter().map(String::as_str))
+                .filter(|q| *q != crate::domain::ANY_QUEUE),
+        );
+        let known = if names.is_empty() {
+            "none yet".to_owned()
+        } else {
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        };
+        Err(EngineError::NotFound(format!(
+            "no queue named {name:?}; known queues: {known}{hint}"
+        )))
     }
 
     /// Leases ready steps to free workers: per queue, highest priority and
@@ -100,14 +112,23 @@ impl State {
             // Steps whose `worker` labels no free worker carries keep their
             // place; the ones behind them may go meanwhile.
             let mut passed_over = Vec::new();
+            let mut held_back = 0;
             while free
                 .iter()
                 .any(|(id, f)| *f > 0 && self.workers.get(id).is_some_and(|w| w.serves(&queue)))
-                && passed_over.len() < MAX_PASSED_OVER
+                && passed_over.len() - held_back < MAX_PASSED_OVER
+                && held_back < MAX_HELD_BACK
+                && self.queue_full(&queue).is_none()
             {
                 let Some(key) = self.next_ready(&queue) else {
                     break;
                 };
+                // Its run waits for its concurrency key: it keeps its place.
+                if self.key_holds_back(&key.run_id).is_some() {
+                    held_back += 1;
+                    passed_over.push(key);
+                    continue;
+                }
                 let exec = self
                     .runs
                     .get(&key.run_id)
@@ -198,6 +219,7 @@ impl State {
         worker_id: &str,
     ) -> Option<pb::Assignment> {
         let now = tx.now;
+        self.take_key(tx, run_id);
         let run = self.runs.get_mut(run_id)?;
         let run_name = run.name.clone();
         if run.state == RunState::Queued {
@@ -319,6 +341,7 @@ impl State {
                 queue: Queue {
                     name: name.to_owned(),
                     paused: false,
+                    max_running: 0,
                 },
                 ..Default::default()
             })
@@ -332,6 +355,7 @@ impl State {
         let (queue, priority) = (exec.queue.clone(), exec.priority);
         let since = step.ready_since.unwrap_or(0);
         self.ready_order += 1;
+        self.key_wait(run_id, priority, self.ready_order);
         let key = ReadyKey {
             priority: Reverse(priority),
             order: self.ready_order,

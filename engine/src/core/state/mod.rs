@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 mod approvals;
 mod breaker;
 mod bulk;
+mod concurrency;
 mod dispatch;
 mod feed;
 mod figures;
@@ -369,6 +370,11 @@ pub struct State {
     ready_order: u64,
     /// Round-robin position among workers of equal standing.
     rr: usize,
+    /// Live runs holding each concurrency key.
+    key_holders: HashMap<String, BTreeSet<String>>,
+    /// Runs whose steps are ready but that do not hold their concurrency
+    /// key yet, per key, in the order they take it.
+    key_waiting: HashMap<String, BTreeSet<concurrency::Waiter>>,
 }
 
 const RECENT_LEASES: usize = 500;
@@ -413,6 +419,8 @@ impl State {
             seq: loaded.seq,
             ready_order: 0,
             rr: 0,
+            key_holders: HashMap::new(),
+            key_waiting: HashMap::new(),
         };
         for q in loaded.queues {
             s.queues.insert(
@@ -480,6 +488,7 @@ impl State {
             }
             s.runs.insert(run.id.clone(), run);
         }
+        s.load_key_holders();
         s.finished.make_contiguous().sort();
         // Loaded from the store: committed.
         s.finished_pushed = s.finished.len() as u64;
@@ -599,6 +608,8 @@ mod model_tests;
 #[cfg(test)]
 mod oncall_tests;
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod notify_tests;
 

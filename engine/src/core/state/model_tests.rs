@@ -19,6 +19,10 @@
 //!   every run in memory, step by step: no change goes unwritten;
 //! - finished runs leave memory beyond the cache's bounds (set small here),
 //!   runs not final never do;
+//! - no more runs hold a concurrency key than its limit, a run with a live
+//!   lease holds its key, a final run holds none, and the core's holders
+//!   are those runs;
+//! - a queue at its `max_running` gets no new lease;
 //! - a restart (`State::load` from what was written, as the engine loads
 //!   its live set) gets back every run that was not final, as it was.
 
@@ -63,6 +67,11 @@ enum Op {
     Recycle(u8),
     Disconnect(u8),
     ClearQuarantine(u8),
+    /// An operator sets a queue's `max_running`.
+    SetMaxRunning {
+        queue: u8,
+        max: u8,
+    },
     /// The engine restarts: state loaded from what was committed, every
     /// worker's session gone.
     Restart,
@@ -70,7 +79,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0u8..5).prop_map(Op::Submit),
+        3 => (0u8..7).prop_map(Op::Submit),
         2 => (0u8..3, any::<bool>(), 1u8..4).prop_map(|(worker, keep_leases, slots)| Op::Hello { worker, keep_leases, slots }),
         2 => (0u8..3).prop_map(Op::Heartbeat),
         3 => prop_oneof![0u32..2_000, 2_000u32..12_000].prop_map(Op::Advance),
@@ -83,6 +92,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(Op::Recycle),
         1 => (0u8..3).prop_map(Op::Disconnect),
         1 => any::<u8>().prop_map(Op::ClearQuarantine),
+        1 => (0u8..2, 0u8..3).prop_map(|(queue, max)| Op::SetMaxRunning { queue, max }),
         1 => Just(Op::Restart),
     ]
 }
@@ -94,6 +104,9 @@ const SPECS: &[&str] = &[
     "name = \"gated\"\n[[step]]\napproval = { timeout = \"20s\", on_timeout = \"fail\" }\n[[step]]\nqueue = \"q2\"\nrun = \"c\"\n",
     "name = \"hangs\"\n[[step]]\nqueue = \"q1\"\nrun = \"d\"\ntimeout = \"2s\"\nmax_attempts = 2\nbackoff = \"500ms\"\n",
     "name = \"hangs\"\n[[step]]\nqueue = \"q2\"\nrun = \"e\"\ntimeout = \"1s\"\n",
+    "name = \"keyed\"\nconcurrency = { key = \"k\", limit = 1 }\n[[step]]\nqueue = \"q1\"\nrun = \"f\"\n\
+     [[step]]\napproval = { timeout = \"20s\", on_timeout = \"fail\" }\n[[step]]\nqueue = \"q2\"\nrun = \"g\"\n",
+    "name = \"keyed2\"\nconcurrency = { key = \"k\", limit = 1 }\n[[step]]\nqueue = \"q2\"\nrun = \"h\"\nmax_attempts = 2\n",
 ];
 
 /// What the commits wrote, kept as a store keeps it.
@@ -202,6 +215,8 @@ struct Harness {
     final_steps: BTreeMap<(String, u32), StepState>,
     /// Events by kind, to know what the sequences reached.
     kinds: BTreeMap<String, usize>,
+    /// Leases granted by a queue already at its `max_running`.
+    granted_at_max: Vec<String>,
 }
 
 fn alice() -> Actor {
@@ -248,11 +263,28 @@ impl Harness {
             final_runs: BTreeMap::new(),
             final_steps: BTreeMap::new(),
             kinds: BTreeMap::new(),
+            granted_at_max: Vec::new(),
         }
+    }
+
+    /// Leases sent since `before` of queues that now have more live leases
+    /// than their `max_running`: each grant stopped at the limit, so a
+    /// queue over it got none.
+    fn over_max(&self, before: usize) -> Vec<String> {
+        self.sent[before..]
+            .iter()
+            .filter_map(|(_, a)| {
+                let l = self.s.leases.get(&a.lease_id)?;
+                let q = self.s.queues.get(&l.queue)?;
+                let max = u64::from(q.queue.max_running);
+                (max > 0 && q.running > max).then(|| l.id.clone())
+            })
+            .collect()
     }
 
     /// One batch: the command, then timers and dispatch, as the core loop.
     fn batch(&mut self, command: impl FnOnce(&mut State, &mut Tx)) {
+        let before = self.sent.len();
         let mut tx = Tx::new(self.now);
         command(&mut self.s, &mut tx);
         self.s.fire_timers(&mut tx);
@@ -284,6 +316,8 @@ impl Harness {
                 }
             }
         }
+        let over = self.over_max(before);
+        self.granted_at_max.extend(over);
         // As the core does once the batch is committed.
         self.s.committed(sealed);
         self.s.evict(self.now);
@@ -516,6 +550,12 @@ impl Harness {
                     let _ = s.clear_quarantine(tx, &name, &alice(), "model");
                 });
             }
+            Op::SetMaxRunning { queue, max } => {
+                let name = format!("q{}", queue + 1);
+                self.batch(|s, tx| {
+                    let _ = s.set_queue(tx, &name, Some(u32::from(max)), &alice(), "model");
+                });
+            }
             Op::Restart => {
                 if let Err(e) = self.restart() {
                     self.broken.get_or_insert(e);
@@ -660,6 +700,37 @@ impl Harness {
                     self.final_steps.insert(key, step.state);
                 }
             }
+        }
+        if let Some(l) = self.granted_at_max.first() {
+            return Err(format!("lease {l} granted by a queue at its max_running"));
+        }
+        // Concurrency keys: at most the limit hold each, live leases hold.
+        let mut holders: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for run in s.runs.values() {
+            if run.holds_key && run.state.is_final() {
+                return Err(format!("final run {} holds its key", run.id));
+            }
+            let Some(c) = &run.concurrency else { continue };
+            if s.leases.values().any(|l| l.run_id == run.id) && !run.holds_key {
+                return Err(format!("run {} has a lease but not its key", run.id));
+            }
+            if run.holds_key {
+                holders
+                    .entry(c.key.clone())
+                    .or_default()
+                    .insert(run.id.clone());
+            }
+        }
+        for (key, runs) in &holders {
+            if runs.len() > 1 {
+                return Err(format!("key {key} (limit 1) held by {runs:?}"));
+            }
+        }
+        if holders != s.key_holders {
+            return Err(format!(
+                "the core's key holders {:?} are not the runs holding keys {holders:?}",
+                s.key_holders
+            ));
         }
         // Queue figures equal the steps and leases they count.
         let mut queued: BTreeMap<String, u64> = BTreeMap::new();

@@ -45,6 +45,12 @@ impl State {
                 None => format!("queue {queue} is paused"),
             };
         }
+        if let Some(wait) = self.key_holds_back(run_id) {
+            return wait.to_string();
+        }
+        if let Some(max) = self.queue_full(queue) {
+            return format!("waiting for queue {queue}: max_running {max} reached");
+        }
         let serving: Vec<&Worker> = self
             .workers
             .values()
@@ -160,6 +166,7 @@ impl State {
             enqueued_last_minute: in_window(&q.enqueued),
             completed_last_minute: in_window(&q.completed),
             workers,
+            max_running: q.queue.max_running,
         })
     }
 

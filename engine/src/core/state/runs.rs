@@ -76,6 +76,8 @@ impl State {
             params: spec.params,
             template: spec.template,
             retry_of,
+            concurrency: spec.concurrency,
+            holds_key: false,
         };
         if let Some(k) = idempotency_key {
             self.idempotency.insert((actor.name.clone(), k), id.clone());
@@ -626,6 +628,7 @@ impl State {
         actor: &Actor,
         reason: &str,
     ) {
+        self.release_key(run_id);
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
         };
