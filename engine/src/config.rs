@@ -653,6 +653,7 @@ impl ConfigFile {
             finished_runs_kept_for: e.finished_runs_kept_for.unwrap_or(d.finished_runs_kept_for),
             // Read by the caller with `Secrets::load(&self.secrets)`: it can fail.
             secrets: d.secrets,
+            policies: self.policy.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod model;
 pub mod params;
 pub mod policy;
+pub mod schedule;
 pub mod scope;
 pub mod spec;
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub use sqlite::SqliteStore;
 
 use opsdeck_proto::v1 as pb;
 
+use crate::domain::schedule::Schedule;
 use crate::domain::{Approval, Lease, Millis, Quarantine, Queue, Run, RunState, Step, Worker};
 
 /// What the engine loads from its store at start: the live set, never the
@@ -39,6 +40,8 @@ pub struct Loaded {
     pub approvals: Vec<Approval>,
     pub queues: Vec<Queue>,
     pub quarantines: Vec<Quarantine>,
+    /// Every schedule, paused or not.
+    pub schedules: Vec<Schedule>,
     /// The last event's seq (0 for none). Pruning never deletes the last
     /// event, so this never goes back.
     pub seq: u64,
@@ -177,6 +180,9 @@ pub struct Batch {
     pub outputs: Vec<pb::OutputChunk>,
     /// Quarantines set (`Some`) or cleared (`None`), by run name.
     pub quarantines: Vec<(String, Option<Quarantine>)>,
+    /// Schedules added or changed (`Some`, a fire among the changes) or
+    /// removed (`None`), by name.
+    pub schedules: Vec<(String, Option<Schedule>)>,
 }
 
 #[derive(Debug, thiserror::Error)]

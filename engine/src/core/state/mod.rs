@@ -24,6 +24,7 @@ mod leases;
 mod quarantine;
 mod reads;
 mod runs;
+mod schedules;
 mod timers;
 mod workers;
 
@@ -81,6 +82,9 @@ pub struct CoreConfig {
     /// store when asked.
     pub finished_runs_kept: usize,
     pub finished_runs_kept_for: Duration,
+    /// The config's `[[policy]]` entries, applied to the runs schedules
+    /// submit as to any other.
+    pub policies: Vec<crate::domain::policy::Policy>,
 }
 
 impl Default for CoreConfig {
@@ -104,6 +108,7 @@ impl Default for CoreConfig {
             secrets: Secrets::default(),
             finished_runs_kept: 10_000,
             finished_runs_kept_for: Duration::from_secs(10 * 60),
+            policies: Vec::new(),
         }
     }
 }
@@ -163,6 +168,8 @@ enum Timer {
     QuietCheck(String),
     /// Whether a worker's open breaker has cooled down.
     BreakerCooled(String),
+    /// Whether a schedule's next fire time has come.
+    ScheduleDue(String),
 }
 
 /// A connected worker process.
@@ -220,6 +227,7 @@ pub struct Subscription {
 
 #[derive(Default)]
 pub struct Snapshot {
+    pub schedules: Vec<pb::Schedule>,
     pub runs: Vec<pb::Run>,
     pub workers: Vec<pb::Worker>,
     pub queues: Vec<pb::Queue>,
@@ -242,6 +250,7 @@ pub struct Ev {
     approval: Option<String>,
     queue: Option<String>,
     quarantine: Option<pb::Quarantine>,
+    schedule: Option<pb::Schedule>,
     message: String,
 }
 
@@ -290,6 +299,10 @@ impl Ev {
         self.quarantine = Some(convert::quarantine(q));
         self
     }
+    fn schedule(mut self, s: pb::Schedule) -> Self {
+        self.schedule = Some(s);
+        self
+    }
 }
 
 pub struct State {
@@ -320,6 +333,8 @@ pub struct State {
     approvals: BTreeMap<String, Approval>,
     /// Run names refused (and not dispatched) until an operator clears them.
     quarantines: BTreeMap<String, Quarantine>,
+    /// Schedules by name, with their parsed cron expressions.
+    schedules: BTreeMap<String, schedules::Live>,
     /// When leases of runs of each name got stuck, within the window.
     stuck_at: HashMap<String, VecDeque<Millis>>,
     /// When attempts of runs of each name failed or timed out, within the
@@ -373,6 +388,7 @@ impl State {
                 .into_iter()
                 .map(|q| (q.name.clone(), q))
                 .collect(),
+            schedules: BTreeMap::new(),
             stuck_at: HashMap::new(),
             failed_at: HashMap::new(),
             last_output: HashMap::new(),
@@ -471,6 +487,7 @@ impl State {
             s.timers.push(Reverse((at, Timer::StuckCheck(id))));
         }
         s.load_hang_timers(now);
+        s.load_schedules(loaded.schedules);
         s.load_breaker_timers();
         for a in loaded.approvals {
             if a.state == ApprovalState::Pending

@@ -97,6 +97,7 @@ impl State {
                 Timer::RunDeadline(id) => self.run_deadline(tx, &id),
                 Timer::QuietCheck(id) => self.quiet_check(tx, &id),
                 Timer::BreakerCooled(id) => self.breaker_cooled(tx, &id),
+                Timer::ScheduleDue(name) => self.schedule_due(tx, &name),
                 Timer::RetryDue(run_id, index) => {
                     let Some(step) = self.runs.get(&run_id).and_then(|r| r.step(index)) else {
                         continue;
@@ -119,7 +120,11 @@ impl State {
     /// the heap for its TTL after the step is done, and at thousands of
     /// steps a second that is most of the heap.
     pub(super) fn compact_timers(&mut self) {
-        let live = 2 * self.leases.len() + self.workers.len() + self.approvals.len() + 64;
+        let live = 2 * self.leases.len()
+            + self.workers.len()
+            + self.approvals.len()
+            + self.schedules.len()
+            + 64;
         if self.timers.len() <= 4 * live {
             return;
         }
@@ -134,6 +139,7 @@ impl State {
                 }
                 Timer::RunDeadline(id) => self.runs.get(id).is_some_and(|r| !r.state.is_final()),
                 Timer::Heartbeat(id) | Timer::BreakerCooled(id) => self.workers.contains_key(id),
+                Timer::ScheduleDue(name) => self.schedules.contains_key(name),
                 Timer::ApprovalDeadline(id) => self
                     .approvals
                     .get(id)
