@@ -118,17 +118,15 @@ impl When {
 
     /// The first fire time strictly after `after`; `None` when there is none.
     pub fn next_after(&self, after: Millis) -> Option<Millis> {
+        // Cron times are whole seconds: the next one after `after` is the
+        // next one after the start of its second.
+        let second = after - after.rem_euclid(1000);
         let start = Utc
-            .timestamp_millis_opt(after)
+            .timestamp_millis_opt(second)
             .single()?
             .with_timezone(&self.zone);
         let next: DateTime<chrono_tz::Tz> = self.cron.find_next_occurrence(&start, false).ok()?;
-        let at = next.timestamp_millis();
-        // croner works in whole seconds: never answer `after` itself.
-        if at <= after {
-            return self.next_after(after + 1000 - after.rem_euclid(1000));
-        }
-        Some(at)
+        Some(next.timestamp_millis())
     }
 
     /// The zone's name.

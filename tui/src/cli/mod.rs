@@ -8,7 +8,7 @@
 //! - [`output`], [`table`], [`time`], [`json`]: the shared text and JSON
 //!   layout.
 //! - [`runs`], [`events`], [`approvals`], [`workers`], [`queues`],
-//!   [`leases`], [`quarantines`]: the commands.
+//!   [`leases`], [`quarantines`], [`schedules`]: the commands.
 
 pub mod approvals;
 pub mod error;
@@ -19,6 +19,7 @@ pub mod output;
 pub mod quarantines;
 pub mod queues;
 pub mod runs;
+pub mod schedules;
 pub mod table;
 pub mod time;
 pub mod workers;
@@ -154,6 +155,10 @@ pub enum Command {
     Quarantines,
     /// Let runs of a quarantined name be submitted and run again
     Unquarantine(quarantines::UnquarantineArgs),
+    /// Runs submitted on a cron schedule: add, list, show, pause, resume,
+    /// remove, run-now
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCommand),
 }
 
 /// `--reason`, which every change takes: it is recorded with the change's
@@ -348,6 +353,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Events(args) => events::run(ctx, args).await?,
         Command::Quarantines => quarantines::list(ctx).await?,
         Command::Unquarantine(args) => quarantines::clear(ctx, args).await?,
+        Command::Schedule(command) => schedules::run(ctx, command).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -487,7 +487,7 @@ impl State {
             s.timers.push(Reverse((at, Timer::StuckCheck(id))));
         }
         s.load_hang_timers(now);
-        s.load_schedules(loaded.schedules);
+        s.load_schedules(loaded.schedules, now);
         s.load_breaker_timers();
         for a in loaded.approvals {
             if a.state == ApprovalState::Pending

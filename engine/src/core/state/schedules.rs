@@ -31,7 +31,10 @@ enum Fired {
 }
 
 impl State {
-    pub(super) fn load_schedules(&mut self, schedules: Vec<Schedule>) {
+    /// Loads the stored schedules. A fire time that passed while no engine
+    /// led is taken at once (its timer set for `now`, so it does not read
+    /// as the engine stalling), the missed-fire policy deciding.
+    pub(super) fn load_schedules(&mut self, schedules: Vec<Schedule>, now: Millis) {
         for s in schedules {
             let when = match When::parse(&s.cron, &s.timezone) {
                 Ok(w) => w,
@@ -42,10 +45,10 @@ impl State {
                     continue;
                 }
             };
-            if let Some(at) = s.next_fire_at.filter(|_| !s.paused) {
-                self.timers
-                    .push(Reverse((at, Timer::ScheduleDue(s.name.clone()))));
-            }
+            self.arm(
+                &s.name,
+                s.next_fire_at.filter(|_| !s.paused).map(|at| at.max(now)),
+            );
             self.schedules
                 .insert(s.name.clone(), Live { schedule: s, when });
         }
@@ -112,7 +115,9 @@ impl State {
             when.zone(),
             schedule.next_fire_at.map(time_word).unwrap_or_default()
         );
+        let first = schedule.next_fire_at;
         self.schedules.insert(name.clone(), Live { schedule, when });
+        self.arm(&name, first);
         self.schedule_changed(tx, &name);
         self.schedule_event(tx, actor, reason, "schedule.added", &name, msg);
         self.get_schedule(&name)
@@ -166,6 +171,8 @@ impl State {
                 ),
             )
         };
+        let next = l.schedule.next_fire_at;
+        self.arm(name, next);
         self.schedule_changed(tx, name);
         self.schedule_event(tx, actor, reason, kind, name, msg);
         self.get_schedule(name)
@@ -261,10 +268,7 @@ impl State {
             l.schedule.last_fire_at = Some(last);
             l.schedule.next_fire_at = next;
         }
-        if let Some(at) = next {
-            self.timers
-                .push(Reverse((at, Timer::ScheduleDue(name.to_owned()))));
-        }
+        self.arm(name, next);
         if on_time {
             let why = format!("fire time {}", time_word(due));
             self.fire(tx, name, &engine, "", &why);
@@ -357,6 +361,14 @@ impl State {
         match self.submit(tx, spec, None, &submitter, reason) {
             Ok((id, _)) => Fired::Run(id),
             Err(e) => Fired::Skipped(format!("its run was refused: {e}")),
+        }
+    }
+
+    /// Sets the schedule's timer for `at` (none for `None`).
+    fn arm(&mut self, name: &str, at: Option<Millis>) {
+        if let Some(at) = at {
+            self.timers
+                .push(Reverse((at, Timer::ScheduleDue(name.to_owned()))));
         }
     }
 
