@@ -1,6 +1,7 @@
 //! opsdeck's gRPC API, package `opsdeck.v1`.
 //!
 //! - [`v1`]: the generated messages, clients and servers.
+//! - [`access`]: the roles, and what each method needs of its caller.
 //! - [`names`]: enum values as the lowercase words people read and type
 //!   (`waiting_approval`), both ways.
 //! - [`json`]: serde helpers the generated types use for those words.
@@ -12,6 +13,7 @@
 //!   clients (certificates, keys, mutual TLS).
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC reflection.
 
+pub mod access;
 pub mod endpoint;
 pub mod failover;
 pub mod json;

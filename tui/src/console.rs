@@ -26,13 +26,11 @@ use ratatui::backend::CrosstermBackend;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::app::{
-    self, App, Change, Changed, Cmd, LOG_TAIL_BYTES, Msg, Options, Palette, Refreshed,
-};
+use crate::app::{self, App, Cmd, LOG_TAIL_BYTES, Msg, Options, Palette, Refreshed, change};
 use crate::cli::CALL_TIMEOUT;
-use crate::cli::time::now_ms;
 use crate::client::{Auth, Engine, Target};
 use crate::conn::{Conn, Update, status_words};
+use crate::text::time::now_ms;
 use crate::view::Console;
 
 /// Frames a second at most, when things change faster than that.
@@ -209,7 +207,7 @@ pub async fn run(target: Target, auth: Auth, readonly: bool) -> Result<(), Conso
 }
 
 /// One call, bounded by [`CALL_TIMEOUT`]; its error in words.
-async fn call<T>(
+pub(crate) async fn call<T>(
     future: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, tonic::Status> {
     match tokio::time::timeout(CALL_TIMEOUT, future).await {
@@ -234,7 +232,7 @@ async fn carry_out(engine: Option<Engine>, cmd: Cmd) -> Option<Msg> {
     let words = |e: tonic::Status| status_words(&e);
     Some(match cmd {
         Cmd::Change { change, reason } => {
-            let result = change_call(&engine, &change, reason).await;
+            let result = change::call(engine, change.clone(), reason).await;
             Msg::Done { change, result }
         }
         Cmd::FetchOutput { run_id } => {
@@ -342,81 +340,6 @@ async fn list_events(
     call(engine.events().list_events(request))
         .await
         .map(|r| r.events)
-}
-
-async fn change_call(
-    engine: &Engine,
-    change: &Change,
-    reason: String,
-) -> Result<Changed, tonic::Status> {
-    use opsdeck_proto::v1::{
-        CancelRunRequest, ClearQuarantineRequest, DecideRequest, ForceReleaseRequest,
-        QueueActionRequest, RetryRunRequest, WorkerActionRequest,
-    };
-    let worker = |id: &String| WorkerActionRequest {
-        id: id.clone(),
-        reason: reason.clone(),
-    };
-    let queue = |name: &String| QueueActionRequest {
-        name: name.clone(),
-        reason: reason.clone(),
-        create: false,
-    };
-    Ok(match change {
-        Change::Approve { approval } | Change::Reject { approval } => {
-            let request = DecideRequest {
-                id: approval.clone(),
-                approve: matches!(change, Change::Approve { .. }),
-                reason: reason.clone(),
-            };
-            Changed::Approval(call(engine.approvals().decide(request)).await?)
-        }
-        Change::Cancel { run } => Changed::Run(
-            call(engine.runs().cancel_run(CancelRunRequest {
-                id: run.clone(),
-                reason: reason.clone(),
-            }))
-            .await?,
-        ),
-        Change::Retry { run } => Changed::Run(
-            call(engine.runs().retry_run(RetryRunRequest {
-                id: run.clone(),
-                reason: reason.clone(),
-                ..Default::default()
-            }))
-            .await?,
-        ),
-        Change::Drain { worker: id } => {
-            Changed::Worker(call(engine.workers().drain_worker(worker(id))).await?)
-        }
-        Change::Undrain { worker: id } => {
-            Changed::Worker(call(engine.workers().undrain_worker(worker(id))).await?)
-        }
-        Change::Recycle { worker: id } => {
-            Changed::Worker(call(engine.workers().recycle_worker(worker(id))).await?)
-        }
-        Change::Pause { queue: name } => {
-            Changed::Queue(call(engine.queues().pause_queue(queue(name))).await?)
-        }
-        Change::Resume { queue: name } => {
-            Changed::Queue(call(engine.queues().resume_queue(queue(name))).await?)
-        }
-        Change::ForceRelease { lease, fail } => Changed::Lease(
-            call(engine.leases().force_release(ForceReleaseRequest {
-                id: lease.clone(),
-                fail: *fail,
-                reason: reason.clone(),
-            }))
-            .await?,
-        ),
-        Change::ClearQuarantine { name } => Changed::Quarantine(
-            call(engine.runs().clear_quarantine(ClearQuarantineRequest {
-                name: name.clone(),
-                reason: reason.clone(),
-            }))
-            .await?,
-        ),
-    })
 }
 
 /// Figures for measuring the console, written every 10 s to the file

@@ -13,6 +13,7 @@
 //! engine die, the demo says how and where its log is, keeps the data
 //! dir, and exits non-zero.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -198,11 +199,17 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
     let workload = tokio::spawn(workload(engine.clone(), args.rate));
     let engine_pid = processes.children.first().map_or(0, |(_, c)| c.id());
     let ended = if args.headless {
-        println!(
+        // A reader that closed stdout (`| head -1`) does not end the
+        // demo, nor panic it: it runs until a signal, as without one.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
             "demo engine: {addr} (pid {engine_pid}; data and logs in {})",
             data.display()
         );
-        println!("watch it with: opsdeck --engine {addr}");
+        let _ = writeln!(out, "watch it with: opsdeck --engine {addr}");
+        let _ = out.flush();
+        drop(out);
         tokio::select! {
             () = signals.any() => Ended::Quit(Ok(())),
             status = engine_exit(&mut processes) => Ended::EngineDied(status),

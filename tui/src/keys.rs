@@ -11,7 +11,8 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::app::Screen;
+use crate::app::marks::MARKABLE;
+use crate::app::{Kind, Screen};
 
 /// What a key asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,16 +34,13 @@ pub enum Action {
     /// ctrl-c: quits when pressed twice.
     Interrupt,
     Help,
-    Approve,
-    Reject,
-    CancelRun,
-    Retry,
-    Drain,
-    Undrain,
-    Recycle,
-    ForceRelease,
-    PauseResume,
-    ClearQuarantine,
+    /// `space` on Runs and Approvals: mark the selected row.
+    Mark,
+    /// `*`: mark every row shown (again: unmark them).
+    MarkAll,
+    /// A change to the engine: asks for confirmation, and is refused
+    /// read-only, disconnected or without the role its method needs.
+    Change(Kind),
     Follow,
     Freeze,
     Resync,
@@ -86,19 +84,7 @@ impl Action {
     /// Whether the action changes something in the engine: those ask for
     /// confirmation and are refused read-only or disconnected.
     pub fn changes(self) -> bool {
-        matches!(
-            self,
-            Self::Approve
-                | Self::Reject
-                | Self::CancelRun
-                | Self::Retry
-                | Self::Drain
-                | Self::Undrain
-                | Self::Recycle
-                | Self::ForceRelease
-                | Self::PauseResume
-                | Self::ClearQuarantine
-        )
+        matches!(self, Self::Change(_))
     }
 }
 
@@ -188,7 +174,7 @@ pub struct Binding {
     pub short: Option<&'static str>,
 }
 
-use Screen::{Approvals, Events, Leases, Quarantines, Queues, Run, Runs, Workers};
+use Screen::{Approvals, Events, Leases, Overview, Quarantines, Queues, Run, Runs, Workers};
 
 /// The lists the sort keys work on.
 pub const SORTED: &[Screen] = &[Runs, Workers, Leases];
@@ -211,7 +197,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('a')],
         label: "a",
-        action: Action::Approve,
+        action: Action::Change(Kind::Approve),
         screens: Where::Only(&[Approvals, Run]),
         what: "approve the selected approval (asks for a reason)",
         short: Some("approve"),
@@ -219,7 +205,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('x')],
         label: "x",
-        action: Action::Reject,
+        action: Action::Change(Kind::Reject),
         screens: Where::Only(&[Approvals, Run]),
         what: "reject the selected approval (asks for a reason)",
         short: Some("reject"),
@@ -227,7 +213,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('C')],
         label: "C",
-        action: Action::CancelRun,
+        action: Action::Change(Kind::Cancel),
         screens: Where::Only(&[Runs, Run]),
         what: "cancel the run",
         short: Some("cancel"),
@@ -235,7 +221,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('r')],
         label: "r",
-        action: Action::Retry,
+        action: Action::Change(Kind::Retry),
         screens: Where::Only(&[Runs, Run]),
         what: "retry the failed run's dead step",
         short: Some("retry"),
@@ -243,7 +229,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('D')],
         label: "D",
-        action: Action::Drain,
+        action: Action::Change(Kind::Drain),
         screens: Where::Only(&[Workers]),
         what: "drain the worker: no new work, it finishes what it holds",
         short: Some("drain"),
@@ -251,7 +237,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('U')],
         label: "U",
-        action: Action::Undrain,
+        action: Action::Change(Kind::Undrain),
         screens: Where::Only(&[Workers]),
         what: "undrain the worker: it takes work again",
         short: Some("undrain"),
@@ -259,7 +245,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('R')],
         label: "R",
-        action: Action::Recycle,
+        action: Action::Change(Kind::Recycle),
         screens: Where::Only(&[Workers]),
         what: "recycle the worker: drain, then a fresh process",
         short: Some("recycle"),
@@ -267,7 +253,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('X')],
         label: "X",
-        action: Action::ForceRelease,
+        action: Action::Change(Kind::ForceRelease),
         screens: Where::Only(&[Leases]),
         what: "force-release the lease (type its id to confirm)",
         short: Some("release"),
@@ -275,7 +261,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('p')],
         label: "p",
-        action: Action::PauseResume,
+        action: Action::Change(Kind::Pause),
         screens: Where::Only(&[Queues]),
         what: "pause or resume the queue",
         short: Some("pause/resume"),
@@ -283,7 +269,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch('U')],
         label: "U",
-        action: Action::ClearQuarantine,
+        action: Action::Change(Kind::ClearQuarantine),
         screens: Where::Only(&[Quarantines]),
         what: "clear the quarantine: runs of the name are taken again (asks for a reason)",
         short: Some("clear"),
@@ -492,10 +478,34 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[ch(' ')],
         label: "space",
+        action: Action::Mark,
+        screens: Where::Only(MARKABLE),
+        what: "mark the row (or unmark it): a change key then applies to every marked row",
+        short: Some("mark"),
+    },
+    Binding {
+        keys: &[ch('*')],
+        label: "*",
+        action: Action::MarkAll,
+        screens: Where::Only(MARKABLE),
+        what: "mark every row shown (again: unmark them); esc unmarks",
+        short: None,
+    },
+    Binding {
+        keys: &[ch(' ')],
+        label: "space",
         action: Action::Freeze,
-        screens: Where::All,
+        screens: Where::Only(&[Overview, Run, Workers, Queues, Leases, Events, Quarantines]),
         what: "freeze the display (this console only; the engine goes on)",
         short: Some("freeze"),
+    },
+    Binding {
+        keys: &[ch('z')],
+        label: "z",
+        action: Action::Freeze,
+        screens: Where::All,
+        what: "freeze the display, on every screen (space marks rows on Runs and Approvals)",
+        short: None,
     },
     Binding {
         keys: &[ch('L')],
@@ -579,13 +589,25 @@ mod tests {
 
     #[test]
     fn change_keys_work_only_where_their_object_is() {
-        assert_eq!(lookup(key('a'), Approvals), Some(Action::Approve));
+        assert_eq!(
+            lookup(key('a'), Approvals),
+            Some(Action::Change(Kind::Approve))
+        );
         assert_eq!(lookup(key('a'), Workers), None);
-        assert_eq!(lookup(key('D'), Workers), Some(Action::Drain));
-        assert_eq!(lookup(key('X'), Leases), Some(Action::ForceRelease));
-        assert_eq!(lookup(key('p'), Queues), Some(Action::PauseResume));
-        assert_eq!(lookup(key('U'), Quarantines), Some(Action::ClearQuarantine));
-        assert_eq!(lookup(key('U'), Workers), Some(Action::Undrain));
+        assert_eq!(lookup(key('D'), Workers), Some(Action::Change(Kind::Drain)));
+        assert_eq!(
+            lookup(key('X'), Leases),
+            Some(Action::Change(Kind::ForceRelease))
+        );
+        assert_eq!(lookup(key('p'), Queues), Some(Action::Change(Kind::Pause)));
+        assert_eq!(
+            lookup(key('U'), Quarantines),
+            Some(Action::Change(Kind::ClearQuarantine))
+        );
+        assert_eq!(
+            lookup(key('U'), Workers),
+            Some(Action::Change(Kind::Undrain))
+        );
     }
 
     #[test]
@@ -653,7 +675,10 @@ mod tests {
         let e = KeyEvent::new(KeyCode::Char('r'), KeyModifiers::CONTROL);
         assert_eq!(lookup(Key::of(&e).unwrap(), Runs), Some(Action::Resync));
         let e = KeyEvent::new(KeyCode::Char('C'), KeyModifiers::SHIFT);
-        assert_eq!(lookup(Key::of(&e).unwrap(), Runs), Some(Action::CancelRun));
+        assert_eq!(
+            lookup(Key::of(&e).unwrap(), Runs),
+            Some(Action::Change(Kind::Cancel))
+        );
         let e = KeyEvent::new(KeyCode::Tab, KeyModifiers::SHIFT);
         assert_eq!(Key::of(&e).unwrap().code, KeyCode::BackTab);
     }

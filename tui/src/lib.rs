@@ -40,5 +40,6 @@ pub mod keys;
 pub use opsdeck_manual as manual;
 pub mod model;
 pub mod roles;
+pub mod text;
 pub mod view;
 pub mod widgets;

@@ -15,66 +15,18 @@
 //! An engine that reports no roles (an empty list) is one that does not
 //! check them: everything is offered, as before roles existed.
 
+use opsdeck_proto::access::{self, Role};
+
 use crate::keys::Action;
 
-/// A role, as `Whoami` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Viewer,
-    Operator,
-    Approver,
-    Admin,
-    Agent,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Viewer => "viewer",
-            Self::Operator => "operator",
-            Self::Approver => "approver",
-            Self::Admin => "admin",
-            Self::Agent => "agent",
-        }
-    }
-}
-
-/// The role a change needs (admin may do every change too); `None` for
-/// what changes nothing, which every role may do.
+/// The role a change needs (admin may do every change too): the one its
+/// engine method needs, from the engine's own table
+/// ([`opsdeck_proto::access`]); `None` for what changes nothing, which
+/// every role may do.
 pub fn needed(action: Action) -> Option<Role> {
     match action {
-        Action::CancelRun
-        | Action::Retry
-        | Action::Drain
-        | Action::Undrain
-        | Action::PauseResume => Some(Role::Operator),
-        Action::Approve | Action::Reject => Some(Role::Approver),
-        Action::ForceRelease | Action::Recycle | Action::ClearQuarantine => Some(Role::Admin),
-        Action::Go(_)
-        | Action::Command
-        | Action::Filter
-        | Action::Up
-        | Action::Down
-        | Action::PageUp
-        | Action::PageDown
-        | Action::Top
-        | Action::Bottom
-        | Action::Enter
-        | Action::Back
-        | Action::Quit
-        | Action::Interrupt
-        | Action::Help
-        | Action::Follow
-        | Action::Freeze
-        | Action::Resync
-        | Action::Messages
-        | Action::Detail
-        | Action::Copy
-        | Action::Wrap
-        | Action::Pane
-        | Action::SearchNext
-        | Action::SearchPrev
-        | Action::Sort(_) => None,
+        Action::Change(kind) => access::role_of(kind.def().method),
+        _ => None,
     }
 }
 
@@ -87,7 +39,7 @@ pub fn allows(roles: &[String], action: Action) -> bool {
     roles.is_empty()
         || roles
             .iter()
-            .any(|r| r == role.name() || r == Role::Admin.name())
+            .any(|r| r == role.word() || r == Role::Admin.word())
 }
 
 /// The roles as the header shows them: without those another one
@@ -96,7 +48,7 @@ pub fn allows(roles: &[String], action: Action) -> bool {
 /// may list them expanded ("viewer, operator, approver, admin, agent"
 /// for its own user); the header says "admin".
 pub fn shown(roles: &[String]) -> Vec<&str> {
-    let has = |role: Role| roles.iter().any(|r| r == role.name());
+    let has = |role: Role| roles.iter().any(|r| r == role.word());
     let admin = has(Role::Admin);
     let mut out: Vec<&str> = roles
         .iter()
@@ -119,16 +71,7 @@ pub fn shown(roles: &[String]) -> Vec<&str> {
 /// What the change is, as "… needs the X role" says it.
 fn doing(action: Action) -> &'static str {
     match action {
-        Action::Approve => "approving",
-        Action::Reject => "rejecting",
-        Action::CancelRun => "cancelling a run",
-        Action::Retry => "retrying a run",
-        Action::Drain => "draining a worker",
-        Action::Undrain => "undraining a worker",
-        Action::Recycle => "recycling a worker",
-        Action::ForceRelease => "force-releasing a lease",
-        Action::PauseResume => "pausing or resuming a queue",
-        Action::ClearQuarantine => "clearing a quarantine",
+        Action::Change(kind) => kind.def().what,
         _ => "this",
     }
 }
@@ -147,7 +90,7 @@ pub fn refusal(roles: &[String], action: Action) -> Option<String> {
     Some(format!(
         "not allowed: {} needs the {} role{also}; you are {}",
         doing(action),
-        role.name(),
+        role.word(),
         shown(roles).join(", ")
     ))
 }
@@ -155,22 +98,23 @@ pub fn refusal(roles: &[String], action: Action) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::Kind;
 
     fn roles(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| (*n).to_owned()).collect()
     }
 
     const CHANGES: [Action; 10] = [
-        Action::Approve,
-        Action::Reject,
-        Action::CancelRun,
-        Action::Retry,
-        Action::Drain,
-        Action::Undrain,
-        Action::Recycle,
-        Action::ForceRelease,
-        Action::PauseResume,
-        Action::ClearQuarantine,
+        Action::Change(Kind::Approve),
+        Action::Change(Kind::Reject),
+        Action::Change(Kind::Cancel),
+        Action::Change(Kind::Retry),
+        Action::Change(Kind::Drain),
+        Action::Change(Kind::Undrain),
+        Action::Change(Kind::Recycle),
+        Action::Change(Kind::ForceRelease),
+        Action::Change(Kind::Pause),
+        Action::Change(Kind::ClearQuarantine),
     ];
 
     fn allowed(names: &[&str]) -> Vec<Action> {
@@ -202,14 +146,17 @@ mod tests {
         assert_eq!(
             allowed(&["operator"]),
             [
-                Action::CancelRun,
-                Action::Retry,
-                Action::Drain,
-                Action::Undrain,
-                Action::PauseResume
+                Action::Change(Kind::Cancel),
+                Action::Change(Kind::Retry),
+                Action::Change(Kind::Drain),
+                Action::Change(Kind::Undrain),
+                Action::Change(Kind::Pause)
             ]
         );
-        assert_eq!(allowed(&["approver"]), [Action::Approve, Action::Reject]);
+        assert_eq!(
+            allowed(&["approver"]),
+            [Action::Change(Kind::Approve), Action::Change(Kind::Reject)]
+        );
         assert_eq!(allowed(&["operator", "approver"]).len(), 7);
     }
 
@@ -217,9 +164,9 @@ mod tests {
     fn an_admin_does_everything_and_alone_the_dangerous_ones() {
         assert_eq!(allowed(&["admin"]), CHANGES);
         for dangerous in [
-            Action::ForceRelease,
-            Action::Recycle,
-            Action::ClearQuarantine,
+            Action::Change(Kind::ForceRelease),
+            Action::Change(Kind::Recycle),
+            Action::Change(Kind::ClearQuarantine),
         ] {
             assert!(!allows(&roles(&["operator", "approver"]), dangerous));
         }
@@ -228,7 +175,7 @@ mod tests {
     #[test]
     fn an_engine_that_reports_no_roles_allows_everything() {
         assert_eq!(allowed(&[]), CHANGES);
-        assert_eq!(refusal(&[], Action::ForceRelease), None);
+        assert_eq!(refusal(&[], Action::Change(Kind::ForceRelease)), None);
     }
 
     #[test]
@@ -252,15 +199,22 @@ mod tests {
     #[test]
     fn a_refusal_names_the_role_needed_and_the_roles_held() {
         assert_eq!(
-            refusal(&roles(&["viewer"]), Action::Approve).as_deref(),
+            refusal(&roles(&["viewer"]), Action::Change(Kind::Approve)).as_deref(),
             Some("not allowed: approving needs the approver role (or admin); you are viewer")
         );
         assert_eq!(
-            refusal(&roles(&["operator", "approver"]), Action::ClearQuarantine).as_deref(),
+            refusal(
+                &roles(&["operator", "approver"]),
+                Action::Change(Kind::ClearQuarantine)
+            )
+            .as_deref(),
             Some(
                 "not allowed: clearing a quarantine needs the admin role; you are operator, approver"
             )
         );
-        assert_eq!(refusal(&roles(&["admin"]), Action::Recycle), None);
+        assert_eq!(
+            refusal(&roles(&["admin"]), Action::Change(Kind::Recycle)),
+            None
+        );
     }
 }

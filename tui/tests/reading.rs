@@ -186,7 +186,7 @@ fn a_status_message_too_long_for_the_line_is_cut_between_words_and_points_to_l()
     app::update(
         &mut app,
         Msg::Done {
-            change: app::Change::Cancel { run: BUILD.into() },
+            change: app::Change::new(app::Kind::Cancel, BUILD),
             result: Err(tonic::Status::failed_precondition(
                 "run 01HRUN00000000000000000BUILD is already cancelled; nothing to cancel",
             )),
@@ -485,10 +485,7 @@ fn a_force_release_takes_a_unique_tail_or_head_of_the_lease_id() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: app::Change::ForceRelease {
-                lease: id.clone(),
-                fail: false
-            },
+            change: app::Change::new(app::Kind::ForceRelease, id.clone()),
             reason: "holder wedged".into(),
         }]
     );

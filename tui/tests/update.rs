@@ -17,7 +17,7 @@ use opsdeck_proto::v1::{
     StepUpdate, Worker, WorkerState,
 };
 use opsdeck_tui::app::{
-    self, Change, Changed, Cmd, Focus, Input, Link, Modal, Msg, Palette, Refreshed, Screen,
+    self, Change, Changed, Cmd, Focus, Input, Kind, Link, Modal, Msg, Palette, Refreshed, Screen,
     StatusKind,
 };
 use opsdeck_tui::conn::Update;
@@ -218,9 +218,7 @@ fn approving_asks_for_a_reason_with_focus_on_cancel_first() {
     assert_eq!(confirm(&app).focus, Focus::Cancel);
     assert_eq!(
         confirm(&app).change,
-        Change::Approve {
-            approval: "01HAPP00000000000000000002".into()
-        }
+        Change::new(Kind::Approve, "01HAPP00000000000000000002")
     );
 
     // Enter on Cancel changes nothing.
@@ -239,9 +237,7 @@ fn approving_asks_for_a_reason_with_focus_on_cancel_first() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: Change::Approve {
-                approval: "01HAPP00000000000000000002".into()
-            },
+            change: Change::new(Kind::Approve, "01HAPP00000000000000000002"),
             reason: "ticket 42, checked the diff".into(),
         }]
     );
@@ -258,9 +254,7 @@ fn approving_asks_for_a_reason_with_focus_on_cancel_first() {
     app::update(
         &mut app,
         Msg::Done {
-            change: Change::Approve {
-                approval: approved.id.clone(),
-            },
+            change: Change::new(Kind::Approve, approved.id.clone()),
             result: Ok(Changed::Approval(approved)),
         },
     );
@@ -297,9 +291,7 @@ fn enter_in_the_reason_presses_ok_once_a_reason_is_typed() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: Change::Approve {
-                approval: "01HAPP00000000000000000002".into()
-            },
+            change: Change::new(Kind::Approve, "01HAPP00000000000000000002"),
             reason: "ticket 42".into(),
         }]
     );
@@ -414,9 +406,9 @@ fn force_release_needs_the_lease_id_typed() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: Change::ForceRelease {
-                lease: id,
-                fail: true
+            change: Change {
+                fail: true,
+                ..Change::new(Kind::ForceRelease, id)
             },
             reason: "holder is gone".into(),
         }]
@@ -524,9 +516,7 @@ fn the_engine_refusing_shows_its_code_and_message() {
     app::update(
         &mut app,
         Msg::Done {
-            change: Change::Approve {
-                approval: "a1".into(),
-            },
+            change: Change::new(Kind::Approve, "a1"),
             result: Err(tonic::Status::failed_precondition(
                 "approval a1 is already approved by bob",
             )),
@@ -566,21 +556,11 @@ fn pause_or_resume_follows_the_queue_state() {
     let mut app = app();
     app::update(&mut app, key('5'));
     app::update(&mut app, key('p'));
-    assert_eq!(
-        confirm(&app).change,
-        Change::Pause {
-            queue: "build".into()
-        }
-    );
+    assert_eq!(confirm(&app).change, Change::new(Kind::Pause, "build"));
     app::update(&mut app, code(KeyCode::Esc));
     app::update(&mut app, key('j'));
     app::update(&mut app, key('p'));
-    assert_eq!(
-        confirm(&app).change,
-        Change::Resume {
-            queue: "deploy".into()
-        }
-    );
+    assert_eq!(confirm(&app).change, Change::new(Kind::Resume, "deploy"));
 }
 
 #[test]
@@ -924,9 +904,7 @@ fn clearing_a_quarantine_asks_for_a_reason_and_says_what_follows() {
     assert_eq!(c.focus, Focus::Cancel);
     assert_eq!(
         c.change,
-        Change::ClearQuarantine {
-            name: "nightly-report".into()
-        }
+        Change::new(Kind::ClearQuarantine, "nightly-report")
     );
     assert!(c.lines[0].contains("3 stuck lease(s)"), "{:?}", c.lines);
     app::update(&mut app, code(KeyCode::Tab));
@@ -936,9 +914,7 @@ fn clearing_a_quarantine_asks_for_a_reason_and_says_what_follows() {
     assert_eq!(
         cmds,
         [Cmd::Change {
-            change: Change::ClearQuarantine {
-                name: "nightly-report".into()
-            },
+            change: Change::new(Kind::ClearQuarantine, "nightly-report"),
             reason: "report host rebooted".into(),
         }]
     );
@@ -946,9 +922,7 @@ fn clearing_a_quarantine_asks_for_a_reason_and_says_what_follows() {
     app::update(
         &mut app,
         Msg::Done {
-            change: Change::ClearQuarantine {
-                name: "nightly-report".into(),
-            },
+            change: Change::new(Kind::ClearQuarantine, "nightly-report"),
             result: Ok(Changed::Quarantine(quarantines()[0].clone())),
         },
     );
@@ -1450,4 +1424,87 @@ fn shift_l_and_colon_messages_list_the_last_50_status_messages() {
         frame.contains(&format!("{newest}  following new events")),
         "{frame}"
     );
+}
+
+#[test]
+fn star_marks_every_run_shown_and_one_cancel_covers_those_that_can_take_it() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    app::update(&mut app, key('*'));
+    says(&app, "4 marked");
+    app::update(&mut app, key('C'));
+    let c = confirm(&app);
+    assert_eq!(c.title, "Cancel 2 runs");
+    assert!(
+        c.lines.iter().any(|l| l.contains("2 of 4 marked runs")),
+        "{:?}",
+        c.lines
+    );
+    assert!(
+        c.lines
+            .iter()
+            .any(|l| l.contains("cleanup-tmp is already succeeded")),
+        "the run that cannot be cancelled is listed as left out: {:?}",
+        c.lines
+    );
+    let mut ids = c.change.ids.clone();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "01HRUN00000000000000000BUILD",
+            "01HRUN0000000000000000DEPLOY"
+        ]
+    );
+    app::update(&mut app, code(KeyCode::Tab));
+    type_text(&mut app, "incident 7: stop everything");
+    app::update(&mut app, code(KeyCode::Tab));
+    let cmds = app::update(&mut app, code(KeyCode::Enter));
+    let [Cmd::Change { change, reason }] = cmds.as_slice() else {
+        panic!("one change for the marked runs: {cmds:?}");
+    };
+    assert_eq!(change.kind, Kind::Cancel);
+    assert_eq!(change.ids.len(), 2);
+    assert_eq!(reason, "incident 7: stop everything");
+
+    // The engine refused one of them: said, and the marks go.
+    let results = vec![
+        ("a".to_owned(), Ok("cancelled".to_owned())),
+        ("b".to_owned(), Ok("cancelled".to_owned())),
+        (
+            "c".to_owned(),
+            Err("FAILED_PRECONDITION: already ended".to_owned()),
+        ),
+    ];
+    app::update(
+        &mut app,
+        Msg::Done {
+            change: change.clone(),
+            result: Ok(Changed::Many(results)),
+        },
+    );
+    says(
+        &app,
+        "cancel run: 2 of 3 done; refused: c (FAILED_PRECONDITION",
+    );
+    assert!(app.list(Screen::Runs).marked.is_empty());
+}
+
+#[test]
+fn space_marks_one_row_at_a_time_and_esc_unmarks_before_it_goes_back() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    app::update(&mut app, key(' '));
+    app::update(&mut app, key(' '));
+    assert_eq!(app.list(Screen::Runs).marked.len(), 2);
+    assert!(app.frozen.is_none(), "space marks here, it does not freeze");
+    app::update(&mut app, key(' '));
+    app::update(&mut app, key('k'));
+    app::update(&mut app, key(' '));
+    assert_eq!(app.list(Screen::Runs).marked.len(), 2, "space unmarks too");
+    app::update(&mut app, code(KeyCode::Esc));
+    assert!(app.list(Screen::Runs).marked.is_empty());
+    assert_eq!(app.screen, Screen::Runs, "esc unmarked, it did not go back");
+    app::update(&mut app, key('z'));
+    assert!(app.frozen.is_some(), "z freezes where space marks");
 }

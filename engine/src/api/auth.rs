@@ -8,7 +8,7 @@
 //! `roles`; for socket callers, the `[unix]` section of the config.
 //!
 //! [`Guard`] is a layer over the whole router: every request is identified
-//! and checked against the table in [`super::roles`] before any service
+//! and checked against the table in [`opsdeck_proto::access`] before any service
 //! sees it. No identity is UNAUTHENTICATED; a role missing is
 //! PERMISSION_DENIED naming the role needed and the roles held.
 
@@ -25,10 +25,10 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
 use super::limit::{ConnInfo, Subscribers, conn_state};
-use super::roles::{self, Need};
 use crate::config::{TlsClient, TokenEntry, UnixSection};
 use crate::domain::scope::AgentScope;
 use crate::domain::{Actor, Grants, Role};
+use opsdeck_proto::access::{self as roles, Need};
 
 /// How long what the user database said about a socket user is kept:
 /// changes to its groups take effect within this.

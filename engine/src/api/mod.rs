@@ -1,6 +1,6 @@
 //! The gRPC API: one file per service, the guard that identifies callers
 //! and checks their roles (`auth`, with the table of what each method needs
-//! in `roles`), and the server that puts them on the TCP and Unix listeners.
+//! in `opsdeck_proto::access`), and the server that puts them on the TCP and Unix listeners.
 //!
 //! `grpc.health.v1` and server reflection (v1 and v1alpha) are served
 //! without a token so that stock tools (grpcurl, grpc_health_probe) work.
@@ -11,7 +11,6 @@ mod events;
 mod ids;
 mod limit;
 mod resources;
-pub mod roles;
 mod runs;
 mod schedules;
 mod watch;

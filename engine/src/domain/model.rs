@@ -567,64 +567,7 @@ pub struct Queue {
     pub paused: bool,
 }
 
-/// What a caller may do. Roles are fixed; each includes those below it:
-/// admin includes operator, approver and viewer; operator and approver
-/// include viewer. Agent (the worker protocol) is included by none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Reads everything.
-    Viewer,
-    /// Submits, cancels and retries runs; drains workers; pauses queues.
-    Operator,
-    /// Decides approvals.
-    Approver,
-    /// Everything a person may do: force-release, recycle, quarantines.
-    Admin,
-    /// Speaks the worker protocol, and nothing else.
-    Agent,
-}
-
-impl Role {
-    pub const ALL: [Role; 5] = [
-        Role::Viewer,
-        Role::Operator,
-        Role::Approver,
-        Role::Admin,
-        Role::Agent,
-    ];
-
-    pub fn word(self) -> &'static str {
-        match self {
-            Self::Viewer => "viewer",
-            Self::Operator => "operator",
-            Self::Approver => "approver",
-            Self::Admin => "admin",
-            Self::Agent => "agent",
-        }
-    }
-
-    pub fn parse(word: &str) -> Option<Role> {
-        Self::ALL.into_iter().find(|r| r.word() == word)
-    }
-
-    /// The roles this one includes, itself first.
-    pub fn includes(self) -> &'static [Role] {
-        match self {
-            Self::Viewer => &[Role::Viewer],
-            Self::Operator => &[Role::Operator, Role::Viewer],
-            Self::Approver => &[Role::Approver, Role::Viewer],
-            Self::Admin => &[Role::Admin, Role::Operator, Role::Approver, Role::Viewer],
-            Self::Agent => &[Role::Agent],
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.word())
-    }
-}
+pub use opsdeck_proto::access::Role;
 
 /// What a caller holds: its roles (with the ones they include) and its
 /// groups (Unix groups of a socket caller, a token's `groups`).

@@ -13,9 +13,9 @@ use opsdeck_proto::v1::{
 };
 
 use super::{App, Screen};
-use crate::cli::step_number;
-use crate::cli::time::relative;
 use crate::model::{self, Data, Holder};
+use crate::text::step_number;
+use crate::text::time::relative;
 
 /// What the overlay shows, by id: the fields are read afresh at every
 /// frame, so that they follow the engine while the overlay is open.
@@ -191,12 +191,12 @@ fn step(f: &mut Fields, s: &Step) {
         selector.sort();
         f.text("needs labels", selector.join(" "));
         if s.attempt > 0 {
-            f.text("attempt", crate::cli::attempt_text(s));
+            f.text("attempt", crate::text::attempt_text(s));
         } else {
             f.text("attempts", format!("at most {}", s.max_attempts));
         }
         if s.timeout_ms > 0 {
-            f.text("timeout", crate::cli::time::duration(s.timeout_ms));
+            f.text("timeout", crate::text::time::duration(s.timeout_ms));
         }
         f.text("worker", s.worker_id.clone());
         f.text("lease", s.lease_id.clone());

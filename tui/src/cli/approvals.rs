@@ -4,10 +4,11 @@ use clap::Args;
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{Approval, ApprovalState, DecideRequest, IdKind, ListApprovalsRequest};
 
+use super::Ctx;
 use super::error::CliError;
 use super::table::{Cell, Table};
-use super::time::Clock;
-use super::{Ctx, step_number};
+use crate::text::step_number;
+use crate::text::time::Clock;
 
 #[derive(Debug, Args)]
 pub struct ListArgs {

@@ -4,12 +4,13 @@
 use clap::Args;
 use opsdeck_proto::v1::{Event, IdKind, ListEventsRequest};
 
+use super::Ctx;
 use super::error::CliError;
 use super::output::note;
 use super::table::{Cell, StreamTable, Table};
-use super::time::{Clock, TimeStyle, span};
-use super::{Ctx, step_number};
 use crate::client::{EventFollower, Followed};
+use crate::text::subject;
+use crate::text::time::{Clock, TimeStyle, span};
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -236,37 +237,6 @@ fn event_row(event: &Event, clock: Clock) -> Vec<Cell> {
         Cell::new(subject(event)),
         Cell::new(message),
     ]
-}
-
-/// The id of what the event is about, as its kind names it (`step.failed`
-/// is about a run's step, `worker.drain` about a worker); else the first id
-/// it carries.
-pub fn subject(event: &Event) -> String {
-    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
-    let by_kind = match event.kind.split('.').next().unwrap_or_default() {
-        "step" => {
-            some(&event.run_id).map(|run| format!("{run} #{}", step_number(event.step_index)))
-        }
-        "run" => some(&event.run_id),
-        "worker" => some(&event.worker_id),
-        "lease" => some(&event.lease_id),
-        "approval" => some(&event.approval_id),
-        "queue" => some(&event.queue),
-        _ => None,
-    };
-    by_kind
-        .or_else(|| {
-            [
-                &event.run_id,
-                &event.approval_id,
-                &event.lease_id,
-                &event.worker_id,
-                &event.queue,
-            ]
-            .into_iter()
-            .find_map(some)
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

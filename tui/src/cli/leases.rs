@@ -6,8 +6,9 @@ use opsdeck_proto::v1::{ForceReleaseRequest, IdKind, Lease, LeaseState, ListLeas
 
 use super::error::CliError;
 use super::table::{Cell, Table};
-use super::time::Clock;
-use super::{Ctx, Reason, step_number};
+use super::{Ctx, Reason};
+use crate::text::step_number;
+use crate::text::time::Clock;
 
 #[derive(Debug, Args)]
 pub struct ListArgs {

@@ -21,7 +21,6 @@ pub mod queues;
 pub mod runs;
 pub mod schedules;
 pub mod table;
-pub mod time;
 pub mod workers;
 
 use std::future::Future;
@@ -108,7 +107,7 @@ pub struct GlobalArgs {
     /// Times in tables: relative ("12s ago") or absolute (RFC 3339, UTC)
     /// [default: relative on a terminal, absolute in a pipe or file]
     #[arg(long, value_enum, value_name = "STYLE", global = true)]
-    pub time: Option<time::TimeStyle>,
+    pub time: Option<crate::text::time::TimeStyle>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -364,42 +363,9 @@ pub fn word<T: Word>(text: &str) -> Result<T, String> {
     T::from_word(text).ok_or_else(|| format!("expected one of: {}", T::words()))
 }
 
-/// A step's number as people count (1-based, as the engine's messages say
-/// "step 1"); the API's `index` is 0-based.
-pub fn step_number(index: u32) -> u64 {
-    u64::from(index) + 1
-}
-
-/// A step's attempts as `counted/max`, and how many were given back (their
-/// lease lost, not failed by the step), so it never reads `2/1`.
-pub fn attempt_text(step: &opsdeck_proto::v1::Step) -> String {
-    let counted = if step.attempts_counted == 0 && step.attempts_given_back == 0 {
-        step.attempt
-    } else {
-        step.attempts_counted
-    };
-    match step.attempts_given_back {
-        0 => format!("{counted}/{}", step.max_attempts),
-        n => format!("{counted}/{} (+{n} given back)", step.max_attempts),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attempts_never_read_more_than_allowed() {
-        let step = |attempt, counted, back| opsdeck_proto::v1::Step {
-            attempt,
-            attempts_counted: counted,
-            attempts_given_back: back,
-            max_attempts: 1,
-            ..Default::default()
-        };
-        assert_eq!(attempt_text(&step(1, 1, 0)), "1/1");
-        assert_eq!(attempt_text(&step(2, 1, 1)), "1/1 (+1 given back)");
-    }
     use clap::CommandFactory;
     use opsdeck_proto::endpoint::EngineAddr;
     use opsdeck_proto::v1::RunState;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 use super::table::Table;
-use super::time::{Clock, TimeStyle, now_ms};
+use crate::text::time::{Clock, TimeStyle, now_ms};
 
 /// `--output`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use opsdeck_proto::v1::{ClearQuarantineRequest, ListQuarantinesRequest, Quaranti
 
 use super::error::CliError;
 use super::table::{Cell, Table};
-use super::time::Clock;
 use super::{Ctx, Reason};
+use crate::text::time::Clock;
 
 /// `unquarantine NAME`.
 #[derive(Debug, Args)]

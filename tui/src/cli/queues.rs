@@ -5,8 +5,8 @@ use opsdeck_proto::v1::{ListQueuesRequest, Queue, QueueActionRequest};
 
 use super::error::CliError;
 use super::table::{Cell, Table};
-use super::time::duration_or_dash;
 use super::{Ctx, Reason};
+use crate::text::time::duration_or_dash;
 
 /// `pause QUEUE` and `resume QUEUE`.
 #[derive(Debug, Args)]

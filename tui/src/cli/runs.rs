@@ -11,8 +11,8 @@ use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::runs_client::RunsClient;
 use opsdeck_proto::v1::{
     CancelRunRequest, GetOutputRequest, GetRunRequest, IdKind, ListRunsRequest, ListRunsResponse,
-    OutputChunk, RetryRunRequest, Run, RunState, Step, StepKind, StepState, SubmitRunRequest,
-    SubmitRunsRequest, SubmitRunsResponse,
+    RetryRunRequest, Run, RunState, Step, StepKind, StepState, SubmitRunRequest, SubmitRunsRequest,
+    SubmitRunsResponse,
 };
 use serde::Serialize;
 use tokio::time::MissedTickBehavior;
@@ -20,10 +20,12 @@ use tonic::Code;
 
 use super::error::CliError;
 use super::output::note;
-use super::table::{Cell, Fields, Table, Tone, clean};
-use super::time::{Clock, When, now_ms, span};
-use super::{Ctx, Reason, step_number, word};
+use super::table::{Cell, Fields, Table, Tone};
+use super::{Ctx, Reason, word};
 use crate::client::{Authed, EventFollower, Followed, is_transient};
+use crate::text::output::{OutputText, join_chunks, last_lines};
+use crate::text::time::{Clock, When, now_ms, span};
+use crate::text::{clean, step_number};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -632,17 +634,6 @@ struct RunWithOutput<'a> {
     output: Vec<OutputText>,
 }
 
-/// Output chunks in a row of the same step, attempt and stream, joined and
-/// read as text, so that JSON readers get strings rather than byte arrays.
-#[derive(Debug, PartialEq, Serialize)]
-pub struct OutputText {
-    pub step_index: u32,
-    pub attempt: u32,
-    pub stream: String,
-    pub text: String,
-    pub truncated: bool,
-}
-
 async fn show_run(
     ctx: &Ctx,
     client: &mut RunsClient<Authed>,
@@ -683,39 +674,6 @@ async fn show_run(
     ))
 }
 
-pub fn join_chunks(chunks: &[OutputChunk]) -> Vec<OutputText> {
-    let mut joined: Vec<(u32, u32, &str, Vec<u8>, bool)> = Vec::new();
-    for c in chunks {
-        match joined.last_mut() {
-            Some((step, attempt, stream, data, truncated))
-                if (*step, *attempt, *stream) == (c.step_index, c.attempt, c.stream.as_str()) =>
-            {
-                data.extend_from_slice(&c.data);
-                *truncated |= c.truncated;
-            }
-            _ => joined.push((
-                c.step_index,
-                c.attempt,
-                &c.stream,
-                c.data.clone(),
-                c.truncated,
-            )),
-        }
-    }
-    joined
-        .into_iter()
-        .map(
-            |(step_index, attempt, stream, data, truncated)| OutputText {
-                step_index,
-                attempt,
-                stream: stream.to_owned(),
-                text: String::from_utf8_lossy(&data).into_owned(),
-                truncated,
-            },
-        )
-        .collect()
-}
-
 /// The runs table: one row per run.
 pub fn run_table(runs: &[Run], clock: Clock) -> Table {
     let mut table = Table::new(&["ID", "NAME", "STATE", "STEP", "BY", "CREATED"])
@@ -748,7 +706,7 @@ fn step_table(steps: &[Step], clock: Clock) -> Table {
     for step in steps {
         let exec = step.kind() == StepKind::Exec;
         let attempt = if exec && step.attempt > 0 {
-            super::attempt_text(step)
+            crate::text::attempt_text(step)
         } else {
             String::new()
         };
@@ -761,7 +719,7 @@ fn step_table(steps: &[Step], clock: Clock) -> Table {
         if step.hung {
             note.push(format!(
                 "hung: no output for {}",
-                super::time::span(std::time::Duration::from_millis(step.quiet_timeout_ms))
+                crate::text::time::span(std::time::Duration::from_millis(step.quiet_timeout_ms))
             ));
         }
         if step.state() == StepState::RetryWait && step.next_attempt_at_ms > 0 {
@@ -899,28 +857,10 @@ fn step_tail(step: &Step, output: &[OutputText], lines: usize, color: bool) -> S
     out
 }
 
-/// The last `n` lines of a step's output, safe to print. A carriage return
-/// rewrites its line (progress bars), so only what follows the last one is
-/// kept, as a terminal would have shown it.
-pub fn last_lines(text: &str, n: usize) -> Vec<String> {
-    let text = text.strip_suffix('\n').unwrap_or(text);
-    if text.is_empty() || n == 0 {
-        return Vec::new();
-    }
-    let lines: Vec<&str> = text.split('\n').collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|line| {
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            let shown = line.rsplit('\r').next().unwrap_or(line);
-            clean(&shown.replace('\t', "    "), '?')
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opsdeck_proto::v1::OutputChunk;
 
     #[test]
     fn a_broken_call_is_asked_again_and_an_answer_is_not() {

@@ -5,6 +5,8 @@
 //! a long message never pushes the others off screen. Colour is optional
 //! and never counts toward a column's width.
 
+use crate::text::clean;
+
 /// How a cell is coloured. Only the 16 basic ANSI colours, so the output
 /// reads the same on every terminal that has colour at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,47 +430,6 @@ fn line(row: &[Cell], widths: &[usize], color: bool, header: bool) -> String {
         }
     }
     out.push('\n');
-    out
-}
-
-/// Text from the engine or from a step's output, made safe to print on an
-/// operator's terminal: ANSI escape sequences are dropped (a step must not
-/// be able to move the cursor or retitle the window of whoever reads its
-/// log), and any other control character becomes `replacement`.
-pub fn clean(text: &str, replacement: char) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            match chars.next() {
-                // CSI: parameters, then one final byte in '@'..='~'.
-                Some('[') => {
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-                // OSC: up to BEL or ST (ESC \).
-                Some(']') => {
-                    while let Some(c) = chars.next() {
-                        if c == '\x07' {
-                            break;
-                        }
-                        if c == '\x1b' {
-                            chars.next_if_eq(&'\\');
-                            break;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        } else if c.is_control() {
-            out.push(replacement);
-        } else {
-            out.push(c);
-        }
-    }
     out
 }
 

@@ -7,8 +7,8 @@ use opsdeck_proto::v1::{IdKind, ListWorkersRequest, Worker, WorkerActionRequest,
 
 use super::error::CliError;
 use super::table::{Cell, Table, Tone};
-use super::time::Clock;
 use super::{Ctx, Reason};
+use crate::text::time::Clock;
 
 /// `drain WORKER`, `undrain WORKER`, `recycle WORKER`, `reset-breaker WORKER`.
 #[derive(Debug, Args)]

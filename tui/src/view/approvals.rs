@@ -10,10 +10,9 @@ use ratatui::widgets::{Cell, Row};
 
 use super::Ctx;
 use crate::app::{Screen, age};
-use crate::cli::step_number;
-use crate::cli::time::relative;
 use crate::model::overdue;
-use crate::widgets::short_id;
+use crate::text::step_number;
+use crate::text::time::relative;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let app = ctx.app;
@@ -76,10 +75,7 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
                     Span::styled("none", t.dim())
                 };
                 Row::new([
-                    Cell::from(Span::styled(
-                        short_id(&a.id, usize::from(id_width)),
-                        t.dim(),
-                    )),
+                    ctx.id_cell(Screen::Approvals, &a.id, id_width),
                     Cell::from(a.run_name.clone()),
                     Cell::from(if wide {
                         format!("{} {}", step_number(a.step_index), a.step_name)

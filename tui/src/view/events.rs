@@ -7,8 +7,8 @@ use ratatui::widgets::{Cell, Row};
 
 use super::Ctx;
 use crate::app::{Screen, age};
-use crate::cli::events::subject;
-use crate::cli::table::clean;
+use crate::text::clean;
+use crate::text::subject;
 
 /// An event's sentence, with its reason when it has one.
 pub fn message(e: &opsdeck_proto::v1::Event) -> String {

@@ -12,9 +12,9 @@ use ratatui::widgets::{Cell, Row};
 
 use super::Ctx;
 use crate::app::Screen;
-use crate::cli::step_number;
-use crate::cli::time::relative;
 use crate::model::{Holder, holder, lease_overdue, lease_stuck};
+use crate::text::step_number;
+use crate::text::time::relative;
 use crate::widgets::short_id;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {

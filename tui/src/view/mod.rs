@@ -19,12 +19,12 @@ pub mod workers;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Widget, Wrap};
+use ratatui::widgets::{Cell, Paragraph, Widget, Wrap};
 
 use crate::app::{App, Link, Modal, RunView, Screen};
 use crate::model::Data;
 use crate::widgets::table::ListTable;
-use crate::widgets::{Rows, confirm, detail, footer, header, help, messages};
+use crate::widgets::{Rows, confirm, detail, footer, header, help, messages, short_id};
 use theme::Theme;
 
 /// What every screen's view gets.
@@ -76,6 +76,22 @@ impl<'a> Ctx<'a> {
         if Self::wide(area) { 26 } else { 9 }
     }
 
+    /// The id cell of a row: its id cut to `width`, and `*` before it
+    /// when the row is marked (once any row of the list is).
+    pub fn id_cell(&self, screen: Screen, id: &str, width: u16) -> Cell<'static> {
+        let marks = &self.app.list(screen).marked;
+        let width = usize::from(width);
+        if marks.is_empty() {
+            return Cell::from(Span::styled(short_id(id, width), self.theme.dim()));
+        }
+        let short = short_id(id, width.saturating_sub(1));
+        if marks.contains(id) {
+            Cell::from(Span::styled(format!("*{short}"), self.theme.key()))
+        } else {
+            Cell::from(Span::styled(format!(" {short}"), self.theme.dim()))
+        }
+    }
+
     /// The list of a screen, with its rows, selection, filter and state.
     pub fn list<'t>(
         &'t self,
@@ -99,6 +115,7 @@ impl<'a> Ctx<'a> {
             unknown: self.unknown.as_deref(),
             alert: None,
             sort: crate::app::order::words(list.sort),
+            marked: list.marked.len(),
             theme: &self.theme,
         }
     }

@@ -12,11 +12,11 @@ use ratatui::widgets::{Block, Paragraph, Widget, Wrap};
 
 use super::Ctx;
 use super::events::{kind_style, message};
-use crate::app::age;
-use crate::cli::step_number;
+use crate::app::{Kind, age};
 use crate::keys::Action;
 use crate::model::{Figures, RATE_WINDOW_MS, figures, overdue};
 use crate::roles;
+use crate::text::step_number;
 use crate::widgets::sparkline::{spark, top};
 use crate::widgets::{Rows, fit, short_id};
 
@@ -192,7 +192,7 @@ fn now(ctx: &Ctx, f: &Figures, area: Rect, buf: &mut Buffer) {
     if f.pending_approvals > 0 {
         approvals.push(Span::raw(format!(
             ", oldest {}",
-            crate::cli::time::duration(f.oldest_pending_ms)
+            crate::text::time::duration(f.oldest_pending_ms)
         )));
     }
     if f.overdue_approvals > 0 {
@@ -286,7 +286,7 @@ fn approvals(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
         return;
     }
     let t = &ctx.theme;
-    let title = if roles::allows(&ctx.app.conn.roles, Action::Approve) {
+    let title = if roles::allows(&ctx.app.conn.roles, Action::Change(Kind::Approve)) {
         "Pending approvals (6 lists them, a approves there)"
     } else {
         "Pending approvals (6 lists them)"

@@ -10,7 +10,7 @@ use ratatui::widgets::{Cell, Row};
 
 use super::{Ctx, count};
 use crate::app::{Screen, active_runs};
-use crate::cli::time::relative;
+use crate::text::time::relative;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let app = ctx.app;

@@ -8,7 +8,7 @@ use ratatui::widgets::{Cell, Row};
 
 use super::{Ctx, count};
 use crate::app::Screen;
-use crate::cli::time::duration_or_dash;
+use crate::text::time::duration_or_dash;
 use crate::widgets::sparkline::{spark, top};
 
 /// Columns before the sparkline: what it may not take.

@@ -14,10 +14,10 @@ use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, Widget, Wrap};
 use super::Ctx;
 use super::events::{kind_style, message};
 use crate::app::panes::line_matches;
-use crate::app::{Pane, age};
-use crate::cli::step_number;
-use crate::cli::time::relative;
+use crate::app::{Kind, Pane, age};
 use crate::keys::Action;
+use crate::text::step_number;
+use crate::text::time::relative;
 use crate::widgets::Rows;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
@@ -110,7 +110,7 @@ fn head_lines<'a>(ctx: &Ctx, run: &'a Run) -> Vec<Line<'a>> {
             t.warn(),
         )];
         // The keys only for whom they would work.
-        if ctx.app.offers(Action::Approve) {
+        if ctx.app.offers(Action::Change(Kind::Approve)) {
             line.extend([
                 Span::raw(": "),
                 Span::styled("a", t.key()),
@@ -147,7 +147,7 @@ fn steps(ctx: &Ctx, run: &Run, area: Rect, buf: &mut Buffer) {
             let state = word_of::<StepState>(s.state);
             let exec = s.kind() == StepKind::Exec;
             let attempt = if exec && s.attempt > 0 {
-                crate::cli::attempt_text(s)
+                crate::text::attempt_text(s)
             } else {
                 String::new()
             };

@@ -9,9 +9,8 @@ use ratatui::widgets::{Cell, Row};
 
 use super::Ctx;
 use crate::app::Screen;
-use crate::cli::step_number;
-use crate::cli::time::relative;
-use crate::widgets::short_id;
+use crate::text::step_number;
+use crate::text::time::relative;
 
 /// Where a filter that matches nothing here may still find runs.
 pub const OLDER_RUNS: &str = "older finished runs: `opsdeck runs --name PATTERN --since 7d`";
@@ -61,10 +60,7 @@ pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
                     .map(|s| format!("{}/{} {}", step_number(s.index), r.steps.len(), s.name))
                     .unwrap_or_default();
                 Row::new([
-                    Cell::from(Span::styled(
-                        short_id(&r.id, usize::from(id_width)),
-                        t.dim(),
-                    )),
+                    ctx.id_cell(Screen::Runs, &r.id, id_width),
                     Cell::from(r.name.clone()),
                     Cell::from(Span::styled(state.clone(), t.state(&state))),
                     Cell::from(step),

@@ -8,8 +8,8 @@ use ratatui::widgets::{Cell, Row};
 
 use super::Ctx;
 use crate::app::Screen;
-use crate::cli::time::relative;
 use crate::model::worker_status;
+use crate::text::time::relative;
 
 pub fn render(ctx: &Ctx, area: Rect, buf: &mut Buffer) {
     let app = ctx.app;

@@ -45,6 +45,8 @@ pub struct ListTable<'a> {
     pub alert: Option<String>,
     /// The order chosen with a sort key ("by name"); `None`: the default.
     pub sort: Option<String>,
+    /// How many rows are marked (`space`, `*`).
+    pub marked: usize,
     pub theme: &'a Theme,
 }
 
@@ -72,6 +74,9 @@ impl ListTable<'_> {
         if let Some(alert) = &self.alert {
             title.push(Span::styled(alert.clone(), t.alert()));
             title.push(Span::raw(" "));
+        }
+        if self.marked > 0 {
+            title.push(Span::styled(format!("{} marked ", self.marked), t.key()));
         }
         if !self.filter.is_empty() {
             title.push(Span::styled(format!("/{} ", self.filter), t.key()));

@@ -1,15 +1,74 @@
-//! What each gRPC method needs: one table for the whole API, applied by
-//! [`super::auth::Guard`] before any service sees a request.
+//! Who may call what: the roles, and the one table of what each gRPC method
+//! needs. The engine applies it to every request; the console derives from
+//! it which keys to offer, so the two cannot disagree.
 //!
 //! A method missing from the table is refused to everyone (UNIMPLEMENTED),
-//! so a new RPC
-//! cannot be served before someone decides who may call it (a unit test
-//! checks the table against the proto descriptors).
+//! so a new RPC cannot be served before someone decides who may call it (a
+//! unit test checks the table against the proto descriptors).
+
+use serde::{Deserialize, Serialize};
 
 use Need::{Identity, Role as R};
 use Role::{Admin, Agent, Approver, Operator, Viewer};
 
-use crate::domain::Role;
+/// What a caller may do. Roles are fixed; each includes those below it:
+/// admin includes operator, approver and viewer; operator and approver
+/// include viewer. Agent (the worker protocol) is included by none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Submits, cancels and retries runs; drains workers; pauses queues.
+    Operator,
+    /// Decides approvals.
+    Approver,
+    /// Everything a person may do: force-release, recycle, quarantines.
+    Admin,
+    /// Speaks the worker protocol, and nothing else.
+    Agent,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Operator,
+        Role::Approver,
+        Role::Admin,
+        Role::Agent,
+    ];
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Approver => "approver",
+            Self::Admin => "admin",
+            Self::Agent => "agent",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Role> {
+        Self::ALL.into_iter().find(|r| r.word() == word)
+    }
+
+    /// The roles this one includes, itself first.
+    pub fn includes(self) -> &'static [Role] {
+        match self {
+            Self::Viewer => &[Role::Viewer],
+            Self::Operator => &[Role::Operator, Role::Viewer],
+            Self::Approver => &[Role::Approver, Role::Viewer],
+            Self::Admin => &[Role::Admin, Role::Operator, Role::Approver, Role::Viewer],
+            Self::Agent => &[Role::Agent],
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
 
 /// What a call needs from its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +140,14 @@ pub fn need(path: &str) -> Option<Need> {
         .map(|(_, need)| *need)
 }
 
+/// The role a call to `path` needs, for a method that needs one.
+pub fn role_of(path: &str) -> Option<Role> {
+    match need(path)? {
+        Need::Role(role) => Some(role),
+        Need::Open | Need::Identity => None,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -92,7 +159,7 @@ mod tests {
 
     /// Every method the proto files declare, as gRPC paths.
     fn declared() -> BTreeSet<String> {
-        let set = prost_types::FileDescriptorSet::decode(opsdeck_proto::FILE_DESCRIPTOR_SET)
+        let set = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptors decode");
         let mut paths = BTreeSet::new();
         for file in set.file {
@@ -117,7 +184,7 @@ mod tests {
         let unlisted: Vec<_> = declared.iter().filter(|p| need(p).is_none()).collect();
         assert!(
             unlisted.is_empty(),
-            "methods with no role in api/roles.rs: {unlisted:?}"
+            "methods with no role in proto/src/access.rs: {unlisted:?}"
         );
         let stale: Vec<_> = METHODS
             .iter()
@@ -138,6 +205,8 @@ mod tests {
         );
         assert_eq!(need("/opsdeck.v1.Runs/DeleteEverything"), None);
         assert_eq!(need("/grpc.health.v1.Healthy/Check"), None);
+        assert_eq!(role_of("/opsdeck.v1.Console/Whoami"), None);
+        assert_eq!(role_of("/opsdeck.v1.Leases/ForceRelease"), Some(Admin));
     }
 
     #[test]
@@ -146,5 +215,13 @@ mod tests {
             let agent_only = *need == Need::Role(Role::Agent);
             assert_eq!(agent_only, path.starts_with("/opsdeck.v1.Agent/"), "{path}");
         }
+    }
+
+    #[test]
+    fn role_words_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.word()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
     }
 }
