@@ -2,14 +2,16 @@
 //! seconds fires once per fire time, a paused one fires none, fire times
 //! missed while the engine was stopped follow the missed-fire policy, the
 //! overlap policy skips a fire while the previous run goes on, run-now
-//! submits at once, bad input is refused naming it, and on PostgreSQL a
-//! failover neither loses nor doubles a fire.
+//! submits at once, bad input is refused naming it, the console's
+//! Schedules screen follows them, and on PostgreSQL a failover neither
+//! loses nor doubles a fire.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opsdeck_tests::pb::{self, ListRunsRequest, RunState};
 use opsdeck_tests::{
-    DEADLINE, Engine, EngineOpts, Worker, describe_events, fresh_postgres_database, wait_for,
+    DEADLINE, Engine, EngineOpts, Tmux, Worker, describe_events, fresh_postgres_database, opsdeck,
+    wait_for,
 };
 
 const EVERY_2S: &str = "*/2 * * * * *";
@@ -431,4 +433,47 @@ async fn on_postgres_a_failover_neither_loses_nor_doubles_a_fire() {
         );
     }
     assert!(of(&events, "ha", "schedule.skipped").is_empty());
+}
+
+#[tokio::test]
+async fn the_console_shows_schedules_with_their_next_fire_and_last_run() {
+    let engine = Engine::start_default().await;
+    let _w = Worker::start(&engine, "w1", &["sched"], 4).await;
+    let file = spec(&engine, "beat", "true");
+    cli_ok(
+        &engine,
+        &[
+            "schedule",
+            "add",
+            "later",
+            &file,
+            "--cron",
+            "0 3 * * *",
+            "--timezone",
+            "Europe/Berlin",
+        ],
+    );
+    let tmux = Tmux::start(&opsdeck(), &["--engine", &engine.unix_addr()], 120, 24);
+    tmux.wait("the console live", DEADLINE, |s| s.contains("live"))
+        .await;
+    tmux.keys(&["0"]);
+    tmux.wait("the Schedules screen", DEADLINE, |s| {
+        s.contains("Schedules 1") && s.contains("later") && s.contains("Europe/Berlin")
+    })
+    .await;
+    // A schedule added while the console runs shows up, and its fires
+    // fill in its last run and how it went.
+    add(&engine, "often", &file, &[]);
+    tmux.wait("the new schedule's last run, succeeded", DEADLINE, |s| {
+        s.lines()
+            .any(|l| l.contains("often") && l.contains("active") && l.contains("succeeded"))
+    })
+    .await;
+    cli_ok(&engine, &["schedule", "pause", "often"]);
+    tmux.wait("the schedule paused", DEADLINE, |s| {
+        s.lines()
+            .any(|l| l.contains("often") && l.contains("paused"))
+    })
+    .await;
+    tmux.keys(&["q"]);
 }

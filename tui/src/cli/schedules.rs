@@ -14,8 +14,8 @@ use serde::Serialize;
 use super::error::CliError;
 use super::runs::{label, read_spec};
 use super::table::{Cell, Fields, Table};
-use super::time::Clock;
 use super::{Ctx, Reason, word};
+use crate::text::time::Clock;
 
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
