@@ -40,6 +40,7 @@ const BOXED: &[&str] = &[
     ".opsdeck.v1.Event.lease",
     ".opsdeck.v1.Event.approval",
     ".opsdeck.v1.Event.quarantine",
+    ".opsdeck.v1.Event.schedule",
 ];
 
 /// Enum fields, shown in JSON as lowercase words (`succeeded`) instead of
@@ -56,4 +57,7 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
     (".opsdeck.v1.RunUpdate.state", "run_state"),
     (".opsdeck.v1.StepUpdate.state", "step_state"),
     (".opsdeck.v1.SubmittedRun.state", "run_state"),
+    (".opsdeck.v1.Schedule.missed", "missed_policy"),
+    (".opsdeck.v1.Schedule.overlap", "overlap_policy"),
+    (".opsdeck.v1.Schedule.last_run_state", "run_state"),
 ];

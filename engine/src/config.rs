@@ -662,6 +662,7 @@ impl ConfigFile {
             notify: d.notify,
             approval_overdue_before: self.notifications.approval_overdue_before,
             worker_offline_after: self.notifications.worker_offline_after,
+            policies: self.policy.clone(),
         }
     }
 }

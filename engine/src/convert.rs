@@ -285,3 +285,56 @@ pub fn approval(a: &Approval, run: Option<&Run>) -> pb::Approval {
         group: a.spec.group.clone().unwrap_or_default(),
     }
 }
+
+/// A schedule, with the state of its last run when the engine knows it.
+pub fn schedule(
+    s: &crate::domain::schedule::Schedule,
+    last_run_state: Option<RunState>,
+) -> pb::Schedule {
+    use crate::domain::schedule::{MissedPolicy, OverlapPolicy};
+    pb::Schedule {
+        name: s.name.clone(),
+        spec: s.spec.clone(),
+        params: s.params.clone().into_iter().collect(),
+        cron: s.cron.clone(),
+        timezone: s.timezone.clone(),
+        missed: match s.missed {
+            MissedPolicy::Skip => pb::MissedPolicy::Skip,
+            MissedPolicy::RunOnce => pb::MissedPolicy::RunOnce,
+        } as i32,
+        overlap: match s.overlap {
+            OverlapPolicy::Skip => pb::OverlapPolicy::Skip,
+            OverlapPolicy::Allow => pb::OverlapPolicy::Allow,
+            OverlapPolicy::CancelPrevious => pb::OverlapPolicy::CancelPrevious,
+        } as i32,
+        paused: s.paused,
+        next_fire_at_ms: s.next_fire_at.unwrap_or(0),
+        last_fire_at_ms: s.last_fire_at.unwrap_or(0),
+        last_run_id: s.last_run_id.clone().unwrap_or_default(),
+        last_run_state: last_run_state.map_or(pb::RunState::Unspecified, run_state) as i32,
+        created_at_ms: s.created_at,
+        created_by: s.created_by.clone(),
+        updated_at_ms: s.updated_at,
+        updated_by: s.updated_by.clone(),
+        run_name: s.run_name.clone(),
+    }
+}
+
+/// A schedule's missed-fire policy from the wire; unspecified is `skip`.
+pub fn missed_policy(v: i32) -> Option<crate::domain::schedule::MissedPolicy> {
+    use crate::domain::schedule::MissedPolicy;
+    match pb::MissedPolicy::try_from(v).ok()? {
+        pb::MissedPolicy::Unspecified | pb::MissedPolicy::Skip => Some(MissedPolicy::Skip),
+        pb::MissedPolicy::RunOnce => Some(MissedPolicy::RunOnce),
+    }
+}
+
+/// A schedule's overlap policy from the wire; unspecified is `skip`.
+pub fn overlap_policy(v: i32) -> Option<crate::domain::schedule::OverlapPolicy> {
+    use crate::domain::schedule::OverlapPolicy;
+    match pb::OverlapPolicy::try_from(v).ok()? {
+        pb::OverlapPolicy::Unspecified | pb::OverlapPolicy::Skip => Some(OverlapPolicy::Skip),
+        pb::OverlapPolicy::Allow => Some(OverlapPolicy::Allow),
+        pb::OverlapPolicy::CancelPrevious => Some(OverlapPolicy::CancelPrevious),
+    }
+}

@@ -90,6 +90,11 @@ struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleLabel {
+    schedule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct To {
     to: String,
 }
@@ -122,6 +127,8 @@ struct Metrics {
     spooled: Family<WorkerLabel, Gauge>,
     notifications: Family<NotifierOutcome, Counter>,
     notifications_pending: Gauge,
+    schedule_fires: Family<ScheduleLabel, Counter>,
+    schedule_skips: Family<ScheduleLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +178,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     spooled: Family::default(),
     notifications: Family::default(),
     notifications_pending: Gauge::default(),
+    schedule_fires: Family::default(),
+    schedule_skips: Family::default(),
 });
 
 fn registry() -> Registry {
@@ -224,6 +233,16 @@ fn registry() -> Registry {
         m.run_transitions.clone(),
     );
     r.register("events", "Events committed", m.events.clone());
+    r.register(
+        "schedule_fires",
+        "Runs schedules submitted, by schedule",
+        m.schedule_fires.clone(),
+    );
+    r.register(
+        "schedule_skips",
+        "Fire times schedules skipped (missed, overlapping or refused), by schedule",
+        m.schedule_skips.clone(),
+    );
     r.register(
         "pruned_rows",
         "Rows retention deleted, by table",
@@ -366,6 +385,19 @@ pub fn observe_committed(events: &[Arc<pb::Event>]) {
                         })
                         .observe(l.queue_wait_ms as f64 / 1000.0);
                 }
+            }
+            "schedule" if matches!(what, "fired" | "skipped") => {
+                let Some(s) = &e.schedule else { continue };
+                let family = if what == "fired" {
+                    &m.schedule_fires
+                } else {
+                    &m.schedule_skips
+                };
+                family
+                    .get_or_create(&ScheduleLabel {
+                        schedule: s.name.clone(),
+                    })
+                    .inc();
             }
             "step" if matches!(what, "succeeded" | "failed" | "dead" | "retry_scheduled") => {
                 let outcome = Outcome {

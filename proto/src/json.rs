@@ -4,7 +4,10 @@
 use serde::Serializer;
 
 use crate::names::{Word, word_of};
-use crate::v1::{ApprovalState, LeaseState, Outcome, RunState, StepKind, StepState, WorkerState};
+use crate::v1::{
+    ApprovalState, LeaseState, MissedPolicy, Outcome, OverlapPolicy, RunState, StepKind, StepState,
+    WorkerState,
+};
 
 fn one<T: Word + TryFrom<i32>, S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&word_of::<T>(*v))
@@ -26,6 +29,8 @@ field!(worker_state, WorkerState);
 field!(lease_state, LeaseState);
 field!(approval_state, ApprovalState);
 field!(outcome, Outcome);
+field!(missed_policy, MissedPolicy);
+field!(overlap_policy, OverlapPolicy);
 
 /// Serializes a repeated `RunState` field as words.
 pub fn run_states<S: Serializer>(v: &[i32], s: S) -> Result<S::Ok, S::Error> {

@@ -2,7 +2,8 @@
 //! typed as `waiting_approval`.
 
 use crate::v1::{
-    ApprovalState, IdKind, LeaseState, Outcome, RunState, StepKind, StepState, WorkerState,
+    ApprovalState, IdKind, LeaseState, MissedPolicy, Outcome, OverlapPolicy, RunState, StepKind,
+    StepState, WorkerState,
 };
 
 /// A protobuf enum with a lowercase word for each value.
@@ -107,6 +108,12 @@ word!(
     [Succeeded, Failed, TimedOut, Cancelled]
 );
 word!(IdKind, "ID_KIND_", [Run, Approval, Lease, Worker]);
+word!(MissedPolicy, "MISSED_POLICY_", [Skip, RunOnce]);
+word!(
+    OverlapPolicy,
+    "OVERLAP_POLICY_",
+    [Skip, Allow, CancelPrevious]
+);
 
 /// The word for an enum field's wire value; "unknown" for a value this build
 /// does not know.

@@ -46,6 +46,7 @@ use pb::events_client::EventsClient;
 use pb::leases_client::LeasesClient;
 use pb::queues_client::QueuesClient;
 use pb::runs_client::RunsClient;
+use pb::schedules_client::SchedulesClient;
 use pb::workers_client::WorkersClient;
 
 /// The usual deadline for something the engine should do soon. Generous:
@@ -211,6 +212,7 @@ pub struct Clients<T> {
     pub queues: QueuesClient<T>,
     pub approvals: ApprovalsClient<T>,
     pub leases: LeasesClient<T>,
+    pub schedules: SchedulesClient<T>,
     pub console: ConsoleClient<T>,
     pub agent: AgentClient<T>,
 }
@@ -224,6 +226,7 @@ macro_rules! clients {
             queues: QueuesClient::new($make),
             approvals: ApprovalsClient::new($make),
             leases: LeasesClient::new($make),
+            schedules: SchedulesClient::new($make),
             console: ConsoleClient::new($make),
             agent: AgentClient::new($make),
         }

@@ -135,6 +135,7 @@ fn snapshot() -> Snapshot {
         leases,
         approvals,
         quarantines: Vec::new(),
+        schedules: Vec::new(),
     }
 }
 

@@ -19,6 +19,7 @@ use opsdeck_proto::v1::events_client::EventsClient;
 use opsdeck_proto::v1::leases_client::LeasesClient;
 use opsdeck_proto::v1::queues_client::QueuesClient;
 use opsdeck_proto::v1::runs_client::RunsClient;
+use opsdeck_proto::v1::schedules_client::SchedulesClient;
 use opsdeck_proto::v1::workers_client::WorkersClient;
 use opsdeck_proto::v1::{Event, FollowEventsRequest};
 use tokio::time::Instant;
@@ -377,6 +378,7 @@ impl Engine {
         queues: QueuesClient,
         approvals: ApprovalsClient,
         leases: LeasesClient,
+        schedules: SchedulesClient,
         console: ConsoleClient,
     }
 }

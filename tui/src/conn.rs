@@ -303,6 +303,7 @@ impl Conn {
                 partial.leases.extend(chunk.leases);
                 partial.approvals.extend(chunk.approvals);
                 partial.quarantines.extend(chunk.quarantines);
+                partial.schedules.extend(chunk.schedules);
                 None
             }
             Kind::SnapshotEnd(end) => {

@@ -174,7 +174,9 @@ pub struct Binding {
     pub short: Option<&'static str>,
 }
 
-use Screen::{Approvals, Events, Leases, Overview, Quarantines, Queues, Run, Runs, Workers};
+use Screen::{
+    Approvals, Events, Leases, Overview, Quarantines, Queues, Run, Runs, Schedules, Workers,
+};
 
 /// The lists the sort keys work on.
 pub const SORTED: &[Screen] = &[Runs, Workers, Leases];
@@ -189,6 +191,7 @@ const DIGITS: &[Key] = &[
     ch('7'),
     ch('8'),
     ch('9'),
+    ch('0'),
 ];
 
 /// The keymap, in the order the footer offers keys: what a screen is for
@@ -294,6 +297,7 @@ pub const KEYMAP: &[Binding] = &[
             Leases,
             Events,
             Quarantines,
+            Schedules,
         ]),
         what: "open the selected item (a run, or the list it belongs to; else its detail)",
         short: Some("open"),
@@ -413,10 +417,10 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: DIGITS,
-        label: "1-9",
+        label: "0-9",
         action: Action::Go(Screen::Overview),
         screens: Where::All,
-        what: "switch screen: 1 overview 2 runs 3 run 4 workers 5 queues 6 approvals 7 leases 8 events 9 quarantines",
+        what: "switch screen: 1 overview 2 runs 3 run 4 workers 5 queues 6 approvals 7 leases 8 events 9 quarantines 0 schedules",
         short: None,
     },
     Binding {
@@ -495,7 +499,16 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[ch(' ')],
         label: "space",
         action: Action::Freeze,
-        screens: Where::Only(&[Overview, Run, Workers, Queues, Leases, Events, Quarantines]),
+        screens: Where::Only(&[
+            Overview,
+            Run,
+            Workers,
+            Queues,
+            Leases,
+            Events,
+            Quarantines,
+            Schedules,
+        ]),
         what: "freeze the display (this console only; the engine goes on)",
         short: Some("freeze"),
     },
@@ -543,10 +556,8 @@ pub fn lookup(key: Key, screen: Screen) -> Option<Action> {
             let KeyCode::Char(c) = key.code else {
                 return None;
             };
-            let n = c.to_digit(10)?;
-            Screen::ALL
-                .get(usize::try_from(n).ok()?.checked_sub(1)?)
-                .map(|s| Action::Go(*s))
+            let n = usize::try_from(c.to_digit(10)?).ok()?;
+            Screen::ALL.get((n + 9) % 10).map(|s| Action::Go(*s))
         }
         action => Some(action),
     }
@@ -584,7 +595,7 @@ mod tests {
         assert_eq!(lookup(key('1'), Runs), Some(Action::Go(Screen::Overview)));
         assert_eq!(lookup(key('8'), Run), Some(Action::Go(Events)));
         assert_eq!(lookup(key('9'), Run), Some(Action::Go(Quarantines)));
-        assert_eq!(lookup(key('0'), Run), None);
+        assert_eq!(lookup(key('0'), Run), Some(Action::Go(Schedules)));
     }
 
     #[test]

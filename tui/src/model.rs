@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{
     Approval, ApprovalState, Event, Lease, LeaseState, Quarantine, Queue, Run, RunState, RunUpdate,
-    StepState, StepUpdate, Worker, WorkerState,
+    Schedule, StepState, StepUpdate, Worker, WorkerState,
 };
 
 /// Events kept for the Events screen and the Overview tail.
@@ -52,6 +52,7 @@ pub struct Snapshot {
     pub leases: Vec<Lease>,
     pub approvals: Vec<Approval>,
     pub quarantines: Vec<Quarantine>,
+    pub schedules: Vec<Schedule>,
 }
 
 /// A queue's figures and when they were heard, so that the age of its
@@ -301,6 +302,8 @@ pub struct Data {
     pub approvals: BTreeMap<String, Approval>,
     /// Quarantined run names, by name.
     pub quarantines: BTreeMap<String, Quarantine>,
+    /// Schedules, by name.
+    pub schedules: BTreeMap<String, Schedule>,
     /// The global tail, oldest first, without the objects they carried.
     pub events: VecDeque<Event>,
     /// Ready depth per queue, one sample a tick, oldest first.
@@ -348,6 +351,11 @@ impl Data {
             .quarantines
             .into_iter()
             .map(|q| (q.name.clone(), q))
+            .collect();
+        self.schedules = snapshot
+            .schedules
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
             .collect();
         self.loaded = true;
         self.version += 1;
@@ -401,6 +409,13 @@ impl Data {
             } else {
                 self.quarantines
                     .insert(quarantine.name.clone(), *quarantine);
+            }
+        }
+        if let Some(schedule) = event.schedule.take() {
+            if event.kind == "schedule.removed" {
+                self.schedules.remove(&schedule.name);
+            } else {
+                self.schedules.insert(schedule.name.clone(), *schedule);
             }
         }
         for queue in std::mem::take(&mut event.queues) {

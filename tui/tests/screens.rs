@@ -114,6 +114,11 @@ fn quarantines() {
 }
 
 #[test]
+fn schedules() {
+    assert_snapshot!(render(&mut screen('0'), 100, 24).backend());
+}
+
+#[test]
 fn clearing_a_quarantine_asks_for_a_reason() {
     let mut app = screen('9');
     app::update(&mut app, key('U'));

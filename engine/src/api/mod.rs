@@ -15,6 +15,7 @@ mod notifications;
 mod output;
 mod resources;
 mod runs;
+mod schedules;
 mod watch;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use opsdeck_proto::v1::{
     agent_server::AgentServer, approvals_server::ApprovalsServer, console_server::ConsoleServer,
     events_server::EventsServer, leases_server::LeasesServer, queues_server::QueuesServer,
-    runs_server::RunsServer, workers_server::WorkersServer,
+    runs_server::RunsServer, schedules_server::SchedulesServer, workers_server::WorkersServer,
 };
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -245,6 +246,7 @@ fn router(
         .add_service(QueuesServer::new(a.clone()).max_decoding_message_size(max))
         .add_service(ApprovalsServer::new(a.clone()).max_decoding_message_size(max))
         .add_service(LeasesServer::new(a.clone()).max_decoding_message_size(max))
+        .add_service(SchedulesServer::new(a.clone()).max_decoding_message_size(max))
         .add_service(ConsoleServer::new(a.clone()).max_decoding_message_size(max))
         .add_service(
             AgentServer::new(a).max_decoding_message_size(max.max(MIN_AGENT_MESSAGE_BYTES)),

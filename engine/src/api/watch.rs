@@ -181,6 +181,7 @@ async fn send_snapshot(out: &mpsc::Sender<Item>, seq: u64, s: Snapshot) -> Resul
         leases: s.leases,
         approvals: s.approvals,
         quarantines: s.quarantines,
+        schedules: s.schedules,
         ..Default::default()
     };
     let mut size = chunk.encoded_len();

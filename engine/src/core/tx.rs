@@ -41,6 +41,8 @@ pub struct Tx {
     pub queues: BTreeSet<String>,
     /// Run names whose quarantine was set or cleared.
     pub quarantines: BTreeSet<String>,
+    /// Schedules added, changed, fired or removed, by name.
+    pub schedules: BTreeSet<String>,
     pub events: Vec<pb::Event>,
     pub outputs: Vec<pb::OutputChunk>,
     /// Notifications of `events`, for the outbox.
@@ -62,6 +64,7 @@ impl Tx {
             approvals: BTreeSet::new(),
             queues: BTreeSet::new(),
             quarantines: BTreeSet::new(),
+            schedules: BTreeSet::new(),
             events: Vec::new(),
             outputs: Vec::new(),
             notifications: Vec::new(),
@@ -96,6 +99,7 @@ impl Tx {
             && self.approvals.is_empty()
             && self.queues.is_empty()
             && self.quarantines.is_empty()
+            && self.schedules.is_empty()
             && self.events.is_empty()
             && self.outputs.is_empty()
             && self.given_up.is_empty())

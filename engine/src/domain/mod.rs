@@ -6,6 +6,7 @@ pub mod concurrency;
 pub mod model;
 pub mod params;
 pub mod policy;
+pub mod schedule;
 pub mod scope;
 pub mod spec;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use opsdeck_proto::v1 as pb;
 
 use super::{Batch, Leadership, Store, open};
+use crate::domain::schedule::{MissedPolicy, OverlapPolicy, Schedule};
 use crate::domain::spec::{Limits, parse};
 use crate::domain::{
     Approval, ApprovalSpec, ApprovalState, Lease, LeaseState, OnTimeout, Quarantine, Queue, Run,
@@ -247,6 +248,77 @@ fn sample() -> Batch {
         ],
         notifications: vec![],
         given_up: vec![],
+        schedules: vec![
+            ("nightly".into(), Some(schedule("nightly"))),
+            ("hourly".into(), Some(schedule("hourly"))),
+        ],
+    }
+}
+
+fn schedule(name: &str) -> Schedule {
+    Schedule {
+        name: name.into(),
+        spec: "name = \"r\"\n[[step]]\nqueue = \"q\"\nrun = \"echo ${params.v}\"\n".into(),
+        params: [("v".to_owned(), "1".to_owned())].into(),
+        run_name: "r".into(),
+        cron: "0 3 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        missed: MissedPolicy::RunOnce,
+        overlap: OverlapPolicy::CancelPrevious,
+        paused: false,
+        next_fire_at: Some(7_000),
+        last_fire_at: None,
+        last_run_id: None,
+        created_at: 1,
+        created_by: "alice".into(),
+        updated_at: 2,
+        updated_by: "bob".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_loads_back_with_its_fires_until_it_is_removed() {
+    for b in backends().await {
+        b.store.commit(&sample()).await.unwrap();
+        assert_eq!(
+            b.store.load(100).await.unwrap().schedules,
+            vec![schedule("hourly"), schedule("nightly")],
+            "{}",
+            b.name
+        );
+        // A fire: the run and the schedule's new times in one batch; a
+        // later change of the same schedule in the batch wins.
+        let mut fired = schedule("nightly");
+        fired.last_fire_at = Some(7_000);
+        fired.next_fire_at = Some(9_000);
+        fired.last_run_id = Some("r9".into());
+        let mut paused = schedule("hourly");
+        paused.paused = true;
+        paused.next_fire_at = None;
+        let fire = Batch {
+            runs: vec![run("r9", RunState::Queued)],
+            schedules: vec![
+                ("nightly".into(), Some(schedule("nightly"))),
+                ("nightly".into(), Some(fired.clone())),
+                ("hourly".into(), Some(paused.clone())),
+            ],
+            ..Default::default()
+        };
+        b.store.commit(&fire).await.unwrap();
+        let loaded = b.store.load(100).await.unwrap();
+        assert_eq!(loaded.schedules, vec![paused, fired.clone()], "{}", b.name);
+        assert!(loaded.runs.iter().any(|r| r.id == "r9"), "{}", b.name);
+        let remove = Batch {
+            schedules: vec![("hourly".into(), None)],
+            ..Default::default()
+        };
+        b.store.commit(&remove).await.unwrap();
+        assert_eq!(
+            b.store.load(100).await.unwrap().schedules,
+            vec![fired],
+            "{}",
+            b.name
+        );
     }
 }
 

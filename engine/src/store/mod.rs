@@ -26,6 +26,7 @@ pub use sqlite::SqliteStore;
 
 use opsdeck_proto::v1 as pb;
 
+use crate::domain::schedule::Schedule;
 use crate::domain::{Approval, Lease, Millis, Quarantine, Queue, Run, RunState, Step, Worker};
 
 /// What the engine loads from its store at start: the live set, never the
@@ -48,6 +49,8 @@ pub struct Loaded {
     pub approvals: Vec<Approval>,
     pub queues: Vec<Queue>,
     pub quarantines: Vec<Quarantine>,
+    /// Every schedule, paused or not.
+    pub schedules: Vec<Schedule>,
     /// The last event's seq (0 for none). Pruning never deletes the last
     /// event, so this never goes back.
     pub seq: u64,
@@ -222,6 +225,9 @@ pub struct Batch {
     /// Notifications given up on (their `notification.failed` event is
     /// among `events`).
     pub given_up: Vec<GivenUp>,
+    /// Schedules added or changed (`Some`, a fire among the changes) or
+    /// removed (`None`), by name.
+    pub schedules: Vec<(String, Option<Schedule>)>,
 }
 
 #[derive(Debug, thiserror::Error)]

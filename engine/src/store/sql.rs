@@ -15,6 +15,7 @@ use sqlx::{
 
 use super::codec::{body, event_body, event_with_columns, json, parse, state_word, with_columns};
 use super::{Batch, IdMatches, IdTable, Loaded, Prune, Pruned, RunFilter, SUFFIX_SCAN, StoreError};
+use crate::domain::schedule::Schedule;
 use crate::domain::{Approval, Lease, Quarantine, Queue, Run, Step, Worker};
 
 /// What SQLite and PostgreSQL spell differently.
@@ -365,16 +366,66 @@ where
             },
         )
         .await?;
-        for names in cleared.chunks(d.max_binds) {
-            let mut q = QueryBuilder::<DB>::new("DELETE FROM quarantines WHERE name IN (");
+        let cleared: Vec<String> = cleared.into_iter().map(|(n, _)| n.clone()).collect();
+        Self::delete_names(c, d, "quarantines", &cleared).await?;
+        Self::write_schedules(c, d, &b.schedules).await?;
+        Self::commit_outbox(c, &b.notifications, &b.given_up).await
+    }
+
+    /// Schedules set or removed, the last change of each name winning.
+    async fn write_schedules(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        schedules: &[(String, Option<Schedule>)],
+    ) -> Result<(), StoreError> {
+        let schedules = last_per_key(schedules, |(name, _)| name.clone());
+        let (set, removed): (Vec<_>, Vec<_>) =
+            schedules.into_iter().partition(|(_, s)| s.is_some());
+        let set = set
+            .into_iter()
+            .filter_map(|(_, s)| s.as_ref().map(|s| Ok((s.clone(), json(s)?))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Self::insert(
+            c,
+            d,
+            "INSERT INTO schedules (name, cron, timezone, paused, next_fire_at, last_fire_at, last_run_id, body) ",
+            8,
+            " ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone, \
+             paused = excluded.paused, next_fire_at = excluded.next_fire_at, \
+             last_fire_at = excluded.last_fire_at, last_run_id = excluded.last_run_id, body = excluded.body",
+            set,
+            |mut q, (s, body)| {
+                q.push_bind(s.name)
+                    .push_bind(s.cron)
+                    .push_bind(s.timezone)
+                    .push_bind(s.paused)
+                    .push_bind(s.next_fire_at)
+                    .push_bind(s.last_fire_at)
+                    .push_bind(s.last_run_id)
+                    .push_bind(body);
+            },
+        )
+        .await?;
+        let removed: Vec<String> = removed.into_iter().map(|(n, _)| n.clone()).collect();
+        Self::delete_names(c, d, "schedules", &removed).await
+    }
+
+    /// Deletes the rows of `table` whose `name` is one of `names`.
+    async fn delete_names(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        table: &str,
+        names: &[String],
+    ) -> Result<(), StoreError> {
+        for chunk in names.chunks(d.max_binds) {
+            let mut q = QueryBuilder::<DB>::new(format!("DELETE FROM {table} WHERE name IN ("));
             let mut list = q.separated(", ");
-            for (name, _) in names {
+            for name in chunk {
                 list.push_bind(name.clone());
             }
             q.push(")");
             q.build().persistent(false).execute(&mut *c).await?;
         }
-        Self::commit_outbox(c, &b.notifications, &b.given_up).await?;
         Ok(())
     }
 
@@ -490,6 +541,12 @@ where
                 c,
                 "quarantine",
                 "SELECT body FROM quarantines ORDER BY name",
+            )
+            .await?,
+            schedules: Self::bodies::<Schedule>(
+                c,
+                "schedule",
+                "SELECT body FROM schedules ORDER BY name",
             )
             .await?,
             seq: seq.unwrap_or(0) as u64,

@@ -160,7 +160,7 @@ pub struct App {
     pub screen: Screen,
     /// Where Esc goes back to, after Enter drilled in.
     pub back: Vec<Back>,
-    pub lists: [ListState; 9],
+    pub lists: [ListState; 10],
     /// The current list's row keys, filtered and ordered ([`App::sync`]).
     pub rows: Vec<String>,
     rows_for: Option<(Screen, String, Sort, u64, bool)>,

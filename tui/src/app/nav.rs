@@ -419,6 +419,12 @@ fn enter(app: &mut App) -> Vec<Cmd> {
             drill(app, Screen::Leases, Some(key));
             Vec::new()
         }
+        Screen::Schedules => {
+            // Its runs: the runs of its run name.
+            let name = app.data.schedules.get(&key).map(|s| s.run_name.clone());
+            drill(app, Screen::Runs, name);
+            Vec::new()
+        }
         Screen::Queues | Screen::Quarantines => {
             drill(app, Screen::Runs, Some(key));
             Vec::new()

@@ -148,6 +148,12 @@ pub fn rows(data: &Data, screen: Screen, filter: &str, now_ms: i64) -> Vec<Strin
             list.sort_by_cached_key(|q| (-q.since_ms, q.name.clone()));
             list.into_iter().map(|q| q.name.clone()).collect()
         }
+        Screen::Schedules => data
+            .schedules
+            .values()
+            .filter(|s| keep(&[&s.name, &s.cron, &s.timezone, &s.run_name]))
+            .map(|s| s.name.clone())
+            .collect(),
         Screen::Events => data
             .events
             .iter()

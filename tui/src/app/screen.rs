@@ -13,10 +13,11 @@ pub enum Screen {
     Leases,
     Events,
     Quarantines,
+    Schedules,
 }
 
 impl Screen {
-    pub const ALL: [Screen; 9] = [
+    pub const ALL: [Screen; 10] = [
         Self::Overview,
         Self::Runs,
         Self::Run,
@@ -26,6 +27,7 @@ impl Screen {
         Self::Leases,
         Self::Events,
         Self::Quarantines,
+        Self::Schedules,
     ];
 
     /// The name `:` takes, and the help uses.
@@ -40,6 +42,7 @@ impl Screen {
             Self::Leases => "leases",
             Self::Events => "events",
             Self::Quarantines => "quarantines",
+            Self::Schedules => "schedules",
         }
     }
 
@@ -54,12 +57,13 @@ impl Screen {
             Self::Leases => "Leases",
             Self::Events => "Events",
             Self::Quarantines => "Quarantines",
+            Self::Schedules => "Schedules",
         }
     }
 
-    /// Its digit.
+    /// Its digit: 1 to 9, then 0.
     pub fn number(self) -> usize {
-        self.index() + 1
+        (self.index() + 1) % 10
     }
 
     pub(crate) fn index(self) -> usize {

@@ -8,7 +8,8 @@
 //! - [`output`], [`table`], [`json`]: the shared text and JSON layout
 //!   (times and the other words the console shares are in [`crate::text`]).
 //! - [`runs`], [`bulk`], [`events`], [`approvals`], [`workers`], [`queues`],
-//!   [`leases`], [`quarantines`], [`logs`], [`notifications`]: the commands.
+//!   [`leases`], [`quarantines`], [`logs`], [`notifications`], [`schedules`]:
+//!   the commands.
 
 pub mod approvals;
 pub mod bulk;
@@ -22,6 +23,7 @@ pub mod output;
 pub mod quarantines;
 pub mod queues;
 pub mod runs;
+pub mod schedules;
 pub mod table;
 pub mod workers;
 
@@ -164,6 +166,10 @@ pub enum Command {
     Unquarantine(quarantines::UnquarantineArgs),
     /// List [[notify]] deliveries not delivered yet or given up on
     Notifications(notifications::NotificationsArgs),
+    /// Runs submitted on a cron schedule: add, list, show, pause, resume,
+    /// remove, run-now
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCommand),
 }
 
 /// `--reason`, which every change takes: it is recorded with the change's
@@ -360,6 +366,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode, CliError>
         Command::Quarantines => quarantines::list(ctx).await?,
         Command::Unquarantine(args) => quarantines::clear(ctx, args).await?,
         Command::Notifications(args) => notifications::list(ctx, args).await?,
+        Command::Schedule(command) => schedules::run(ctx, command).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

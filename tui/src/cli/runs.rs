@@ -437,7 +437,7 @@ pub fn batches(
     })
 }
 
-fn read_spec(file: &Path) -> Result<String, CliError> {
+pub fn read_spec(file: &Path) -> Result<String, CliError> {
     let (from, text) = if file == Path::new("-") {
         // Blocking is fine: nothing else runs while the spec is read.
         let mut text = String::new();

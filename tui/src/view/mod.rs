@@ -13,6 +13,7 @@ pub mod quarantines;
 pub mod queues;
 pub mod run;
 pub mod runs;
+pub mod schedules;
 pub mod theme;
 pub mod workers;
 
@@ -158,6 +159,7 @@ impl Widget for Console<'_> {
             Screen::Leases => leases::render(&ctx, body, buf),
             Screen::Events => events::render(&ctx, body, buf),
             Screen::Quarantines => quarantines::render(&ctx, body, buf),
+            Screen::Schedules => schedules::render(&ctx, body, buf),
         }
         match &app.modal {
             Some(Modal::Confirm(c)) => confirm::render(c, &theme, area, buf),
@@ -186,8 +188,9 @@ fn too_small(area: Rect, buf: &mut Buffer) {
 /// The order in which tabs give up their names when the line is too
 /// narrow for all of them: the run detail first (it needs a run opened
 /// from a list anyway), the overview last.
-const TITLES_DROPPED: [Screen; 9] = [
+const TITLES_DROPPED: [Screen; 10] = [
     Screen::Run,
+    Screen::Schedules,
     Screen::Quarantines,
     Screen::Events,
     Screen::Leases,
@@ -200,8 +203,8 @@ const TITLES_DROPPED: [Screen; 9] = [
 
 /// Which tabs show their name at `width`: as many as fit, the current
 /// one always.
-pub fn tab_titles(current: Screen, width: usize) -> [bool; 9] {
-    let mut titled = [true; 9];
+pub fn tab_titles(current: Screen, width: usize) -> [bool; 10] {
+    let mut titled = [true; 10];
     let index = |s: Screen| Screen::ALL.iter().position(|a| *a == s).unwrap_or(0);
     // " 1 Overview" per tab, one space between tabs.
     let mut used: usize = Screen::ALL

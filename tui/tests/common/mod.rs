@@ -404,7 +404,32 @@ pub fn snapshot() -> Snapshot {
         leases: leases(),
         approvals: approvals(),
         quarantines: quarantines(),
+        schedules: schedules(),
     }
+}
+
+pub fn schedules() -> Vec<Schedule> {
+    vec![
+        Schedule {
+            name: "nightly-backup".into(),
+            cron: "0 3 * * *".into(),
+            timezone: "Europe/Berlin".into(),
+            run_name: "backup".into(),
+            next_fire_at_ms: NOW + 5 * M,
+            last_fire_at_ms: NOW - 24 * 60 * M,
+            last_run_id: "01HX0000000000000000BACKUP".into(),
+            last_run_state: RunState::Failed as i32,
+            ..Schedule::default()
+        },
+        Schedule {
+            name: "tick".into(),
+            cron: "*/30 * * * * *".into(),
+            timezone: "UTC".into(),
+            run_name: "probe".into(),
+            paused: true,
+            ..Schedule::default()
+        },
+    ]
 }
 
 /// Who `Whoami` says we are.

@@ -58,6 +58,7 @@ impl State {
                 .and_then(|id| self.approvals.get(id))
                 .map(|a| Box::new(convert::approval(a, run))),
             quarantine: ev.quarantine.map(Box::new),
+            schedule: ev.schedule.map(Box::new),
             run_update: None,
             step_updates: Vec::new(),
             queues: Vec::new(),
@@ -134,6 +135,7 @@ impl State {
 
     pub fn snapshot(&self, now: Millis) -> Snapshot {
         Snapshot {
+            schedules: self.list_schedules(),
             runs: self.runs.values().rev().map(convert::run).collect(),
             workers: self
                 .workers
@@ -253,6 +255,11 @@ impl State {
                 .collect(),
             notifications: std::mem::take(&mut tx.notifications),
             given_up: std::mem::take(&mut tx.given_up),
+            schedules: tx
+                .schedules
+                .iter()
+                .map(|n| (n.clone(), self.schedules.get(n).map(|l| l.schedule.clone())))
+                .collect(),
         }
     }
 }

@@ -28,6 +28,7 @@ mod notify;
 mod quarantine;
 mod reads;
 mod runs;
+mod schedules;
 mod timers;
 mod workers;
 
@@ -93,6 +94,9 @@ pub struct CoreConfig {
     pub approval_overdue_before: Duration,
     /// `worker.offline_long` once a worker has been offline this long.
     pub worker_offline_after: Duration,
+    /// The config's `[[policy]]` entries, applied to the runs schedules
+    /// submit as to any other.
+    pub policies: Vec<crate::domain::policy::Policy>,
 }
 
 impl Default for CoreConfig {
@@ -119,6 +123,7 @@ impl Default for CoreConfig {
             notify: Arc::default(),
             approval_overdue_before: Duration::from_secs(15 * 60),
             worker_offline_after: Duration::from_secs(5 * 60),
+            policies: Vec::new(),
         }
     }
 }
@@ -182,6 +187,8 @@ enum Timer {
     ApprovalOverdue(String),
     /// Whether a worker has been offline for `worker_offline_after`.
     OfflineLong(String),
+    /// Whether a schedule's next fire time has come.
+    ScheduleDue(String),
 }
 
 /// A connected worker process.
@@ -239,6 +246,7 @@ pub struct Subscription {
 
 #[derive(Default)]
 pub struct Snapshot {
+    pub schedules: Vec<pb::Schedule>,
     pub runs: Vec<pb::Run>,
     pub workers: Vec<pb::Worker>,
     pub queues: Vec<pb::Queue>,
@@ -261,6 +269,7 @@ pub struct Ev {
     approval: Option<String>,
     queue: Option<String>,
     quarantine: Option<pb::Quarantine>,
+    schedule: Option<pb::Schedule>,
     message: String,
     /// A notifier this event is not sent to (the one a
     /// `notification.failed` is about).
@@ -312,6 +321,10 @@ impl Ev {
         self.quarantine = Some(convert::quarantine(q));
         self
     }
+    fn schedule(mut self, s: pb::Schedule) -> Self {
+        self.schedule = Some(s);
+        self
+    }
 }
 
 pub struct State {
@@ -342,6 +355,8 @@ pub struct State {
     approvals: BTreeMap<String, Approval>,
     /// Run names refused (and not dispatched) until an operator clears them.
     quarantines: BTreeMap<String, Quarantine>,
+    /// Schedules by name, with their parsed cron expressions.
+    schedules: BTreeMap<String, schedules::Live>,
     /// When leases of runs of each name got stuck, within the window.
     stuck_at: HashMap<String, VecDeque<Millis>>,
     /// When attempts of runs of each name failed or timed out, within the
@@ -404,6 +419,7 @@ impl State {
                 .into_iter()
                 .map(|q| (q.name.clone(), q))
                 .collect(),
+            schedules: BTreeMap::new(),
             stuck_at: HashMap::new(),
             failed_at: HashMap::new(),
             last_output: HashMap::new(),
@@ -507,6 +523,7 @@ impl State {
             s.timers.push(Reverse((at, Timer::StuckCheck(id))));
         }
         s.load_hang_timers(now);
+        s.load_schedules(loaded.schedules, now);
         s.load_breaker_timers();
         s.load_offline_long_timers();
         for a in loaded.approvals {

@@ -168,6 +168,7 @@ impl Stored {
     /// The live set, as `Store::load` returns it.
     fn load(&self) -> Loaded {
         Loaded {
+            schedules: Vec::new(),
             runs: self
                 .runs
                 .values()

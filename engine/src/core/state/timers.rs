@@ -100,6 +100,7 @@ impl State {
                 Timer::BreakerCooled(id) => self.breaker_cooled(tx, &id),
                 Timer::ApprovalOverdue(id) => self.approval_overdue(tx, &id),
                 Timer::OfflineLong(id) => self.offline_long(tx, &id),
+                Timer::ScheduleDue(name) => self.schedule_due(tx, &name),
                 Timer::RetryDue(run_id, index) => {
                     let Some(step) = self.runs.get(&run_id).and_then(|r| r.step(index)) else {
                         continue;
@@ -122,7 +123,11 @@ impl State {
     /// the heap for its TTL after the step is done, and at thousands of
     /// steps a second that is most of the heap.
     pub(super) fn compact_timers(&mut self) {
-        let live = 2 * self.leases.len() + self.workers.len() + self.approvals.len() + 64;
+        let live = 2 * self.leases.len()
+            + self.workers.len()
+            + self.approvals.len()
+            + self.schedules.len()
+            + 64;
         if self.timers.len() <= 4 * live {
             return;
         }
@@ -139,6 +144,7 @@ impl State {
                 Timer::Heartbeat(id) | Timer::BreakerCooled(id) | Timer::OfflineLong(id) => {
                     self.workers.contains_key(id)
                 }
+                Timer::ScheduleDue(name) => self.schedules.contains_key(name),
                 Timer::ApprovalDeadline(id) | Timer::ApprovalOverdue(id) => self
                     .approvals
                     .get(id)
