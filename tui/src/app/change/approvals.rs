@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{Approval, ApprovalState, DecideRequest};
 
-use super::{Change, Changed, Confirm, Kind, each, many_lines};
+use super::{Change, Changed, Confirm, Kind, Marked, each, prepare_marked, still_fits_some};
 use crate::app::{App, Screen, marks};
 use crate::client::Engine;
 use crate::model::Data;
@@ -81,63 +81,48 @@ pub fn prepare(app: &App, kind: Kind) -> Result<Confirm, String> {
 /// Approving or rejecting the marked approvals, each on its own.
 fn prepare_many(app: &App, kind: Kind, marked: &[String]) -> Result<Confirm, String> {
     let data = app.shown().0;
-    let (mut fit, mut skipped) = (Vec::new(), Vec::new());
-    for id in marked {
-        match data.approvals.get(id) {
-            None => skipped.push((id.clone(), "not known here".to_owned())),
-            Some(a) => match refusal(a) {
-                Some(why) => skipped.push((id.clone(), why)),
-                None => fit.push((
-                    id.clone(),
-                    format!(
+    let approve = kind == Kind::Approve;
+    let effect = if approve {
+        "each is approved on its own: the four-eyes rules apply to each, and the engine \
+         refuses those you may not approve"
+    } else {
+        "each rejection fails its step and its run"
+    };
+    prepare_marked(
+        kind,
+        marked,
+        |id| data.approvals.get(id),
+        |a| {
+            refusal(a).map_or_else(
+                || {
+                    Ok(format!(
                         "run {}, step {} {}",
                         a.run_name,
                         step_number(a.step_index),
                         a.step_name
-                    ),
-                )),
-            },
-        }
-    }
-    if fit.is_empty() {
-        let why = skipped
-            .first()
-            .map_or(String::new(), |(_, why)| format!(": {why}"));
-        return Err(format!(
-            "none of the {} marked approvals can be decided{why}",
-            marked.len()
-        ));
-    }
-    let approve = kind == Kind::Approve;
-    let mut lines = many_lines("approvals, pending:", marked.len(), &fit, &skipped);
-    lines.push(if approve {
-        "each is approved on its own: the four-eyes rules apply to each, and the engine \
-         refuses those you may not approve"
-            .to_owned()
-    } else {
-        "each rejection fails its step and its run".to_owned()
-    });
-    let title = format!(
-        "{} {} approvals",
-        if approve { "Approve" } else { "Reject" },
-        fit.len()
-    );
-    let ids = fit.into_iter().map(|(id, _)| id).collect();
-    Ok(Confirm::new(Change::many(kind, ids), title, lines))
+                    ))
+                },
+                Err,
+            )
+        },
+        Marked {
+            rows: "approvals",
+            title: if approve { "Approve" } else { "Reject" },
+            none: "can be decided",
+            heading: "approvals, pending:",
+            effect: effect.to_owned(),
+        },
+    )
 }
 
 pub fn still_applies(data: &Data, change: &Change) -> Result<(), String> {
     if change.is_many() {
-        let pending = change
-            .ids
-            .iter()
-            .filter(|id| data.approvals.get(*id).is_none_or(|a| refusal(a).is_none()))
-            .count();
-        return if pending == 0 {
-            Err("none of the marked approvals is pending any more, nothing to do".to_owned())
-        } else {
-            Ok(())
-        };
+        return still_fits_some(
+            change,
+            |id| data.approvals.get(id),
+            |a| refusal(a).is_none(),
+            "none of the marked approvals is pending any more, nothing to do",
+        );
     }
     match data.approvals.get(&change.id) {
         Some(a) if a.state() != ApprovalState::Pending => Err(format!(

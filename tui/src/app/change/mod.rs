@@ -317,9 +317,76 @@ fn many_outcome(change: &Change, results: &[(String, Result<String, String>)]) -
     text
 }
 
+/// The words a change to marked rows says itself with.
+pub(super) struct Marked<'a> {
+    /// "runs", as in "Cancel 2 runs".
+    pub rows: &'a str,
+    /// "Cancel", the dialog's title before the count.
+    pub title: &'a str,
+    /// "can be cancelled", as in "none of the 3 marked runs can be …".
+    pub none: &'a str,
+    /// "runs, to be cancelled:", after "2 of 3 marked".
+    pub heading: &'a str,
+    /// What the change does to each, the dialog's last line.
+    pub effect: String,
+}
+
+/// The dialog for a change to marked rows: `check` gives, for each row
+/// the console holds, the few words that name it, or why the change does
+/// not fit it. The change goes to those it fits; the dialog counts them,
+/// names the first few and lists those left out with why.
+pub(super) fn prepare_marked<'d, T: 'd>(
+    kind: Kind,
+    marked: &[String],
+    get: impl Fn(&str) -> Option<&'d T>,
+    check: impl Fn(&T) -> Result<String, String>,
+    words: Marked<'_>,
+) -> Result<Confirm, String> {
+    let (mut fit, mut skipped) = (Vec::new(), Vec::new());
+    for id in marked {
+        match get(id).map(&check) {
+            None => skipped.push((id.clone(), "not known here".to_owned())),
+            Some(Err(why)) => skipped.push((id.clone(), why)),
+            Some(Ok(name)) => fit.push((id.clone(), name)),
+        }
+    }
+    if fit.is_empty() {
+        let why = skipped
+            .first()
+            .map_or(String::new(), |(_, why)| format!(": {why}"));
+        return Err(format!(
+            "none of the {} marked {} {}{why}",
+            marked.len(),
+            words.rows,
+            words.none
+        ));
+    }
+    let mut lines = many_lines(words.heading, marked.len(), &fit, &skipped);
+    lines.push(words.effect);
+    let title = format!("{} {} {}", words.title, fit.len(), words.rows);
+    let ids = fit.into_iter().map(|(id, _)| id).collect();
+    Ok(Confirm::new(Change::many(kind, ids), title, lines))
+}
+
+/// Whether a change to marked rows still fits one of them at least (a
+/// row the console no longer holds counts: the engine decides); `Err`
+/// with `gone` when none.
+pub(super) fn still_fits_some<'d, T: 'd>(
+    change: &Change,
+    get: impl Fn(&str) -> Option<&'d T>,
+    fits: impl Fn(&T) -> bool,
+    gone: &str,
+) -> Result<(), String> {
+    if change.ids.iter().any(|id| get(id).is_none_or(&fits)) {
+        Ok(())
+    } else {
+        Err(gone.to_owned())
+    }
+}
+
 /// The dialog's lines for a change to marked rows: how many, the first
 /// few by name, and those left out with why.
-pub(super) fn many_lines(
+fn many_lines(
     what: &str,
     marked: usize,
     fit: &[(String, String)],

@@ -4,7 +4,7 @@ use futures::future::BoxFuture;
 use opsdeck_proto::names::word_of;
 use opsdeck_proto::v1::{BulkRunsRequest, CancelRunRequest, RetryRunRequest, Run, RunState};
 
-use super::{Change, Changed, Confirm, Kind, many_lines};
+use super::{Change, Changed, Confirm, Kind, Marked, prepare_marked, still_fits_some};
 use crate::app::{App, Screen, marks};
 use crate::client::Engine;
 use crate::model::{self, Data};
@@ -81,66 +81,34 @@ pub fn prepare(app: &App, kind: Kind) -> Result<Confirm, String> {
 /// Cancelling or retrying the marked runs.
 fn prepare_many(app: &App, kind: Kind, marked: &[String]) -> Result<Confirm, String> {
     let data = app.shown().0;
-    let (mut fit, mut skipped) = (Vec::new(), Vec::new());
-    for id in marked {
-        match data.runs.get(id) {
-            None => skipped.push((id.clone(), "not known here".to_owned())),
-            Some(run) => match refusal(run, kind) {
-                Some(why) => skipped.push((id.clone(), why)),
-                None => fit.push((id.clone(), run.name.clone())),
-            },
-        }
-    }
-    let verb = if kind == Kind::Cancel {
-        "cancelled"
+    let (title, verb) = if kind == Kind::Cancel {
+        ("Cancel", "cancelled")
     } else {
-        "retried"
+        ("Retry", "retried")
     };
-    if fit.is_empty() {
-        let why = skipped
-            .first()
-            .map_or(String::new(), |(_, why)| format!(": {why}"));
-        return Err(format!(
-            "none of the {} marked runs can be {verb}{why}",
-            marked.len()
-        ));
-    }
-    let mut lines = many_lines(
-        &format!("runs, to be {verb}:"),
-        marked.len(),
-        &fit,
-        &skipped,
-    );
-    lines.push(format!("each: {}", effect(kind)));
-    let title = format!(
-        "{} {} runs",
-        if kind == Kind::Cancel {
-            "Cancel"
-        } else {
-            "Retry"
+    prepare_marked(
+        kind,
+        marked,
+        |id| data.runs.get(id),
+        |run| refusal(run, kind).map_or_else(|| Ok(run.name.clone()), Err),
+        Marked {
+            rows: "runs",
+            title,
+            none: &format!("can be {verb}"),
+            heading: &format!("runs, to be {verb}:"),
+            effect: format!("each: {}", effect(kind)),
         },
-        fit.len()
-    );
-    let ids = fit.into_iter().map(|(id, _)| id).collect();
-    Ok(Confirm::new(Change::many(kind, ids), title, lines))
+    )
 }
 
 pub fn still_applies(data: &Data, change: &Change) -> Result<(), String> {
     if change.is_many() {
-        let fit = change
-            .ids
-            .iter()
-            .filter(|id| {
-                data.runs
-                    .get(id)
-                    .is_none_or(|r| refusal(r, change.kind).is_none())
-            })
-            .count();
-        return if fit == 0 {
-            Err("none of the marked runs can take it any more, nothing to do".to_owned())
-        } else {
-            Ok(())
-        };
+        return still_fits_some(
+            change,
+            |id| data.runs.get(id),
+            |r| refusal(r, change.kind).is_none(),
+            "none of the marked runs can take it any more, nothing to do",
+        );
     }
     let Some(r) = data.runs.get(&change.id) else {
         return Ok(());
