@@ -12,6 +12,8 @@ mod codec;
 #[cfg(test)]
 mod conformance;
 #[cfg(test)]
+mod conformance_disk;
+#[cfg(test)]
 mod conformance_outbox;
 mod outbox;
 mod output;
