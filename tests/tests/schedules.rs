@@ -181,8 +181,20 @@ async fn fire_times_missed_while_stopped_follow_the_missed_fire_policy() {
     let mut engine = Engine::start_default().await;
     let _w = Worker::start(&engine, "w1", &["sched"], 4).await;
     let file = spec(&engine, "nightly", "true");
-    add(&engine, "once", &file, &["--missed", "run-once"]);
-    add(&engine, "skip", &file, &["--missed", "skip"]);
+    // Overlap allowed: a run still going when the engine stops (its result
+    // not yet in) must not turn the missed-fire policy into an overlap skip.
+    add(
+        &engine,
+        "once",
+        &file,
+        &["--missed", "run-once", "--overlap", "allow"],
+    );
+    add(
+        &engine,
+        "skip",
+        &file,
+        &["--missed", "skip", "--overlap", "allow"],
+    );
     engine
         .wait_event("", |e| e.kind == "schedule.fired", DEADLINE)
         .await;
