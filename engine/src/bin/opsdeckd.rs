@@ -15,6 +15,14 @@ use opsdeck_engine::store::redacted;
 use opsdeck_engine::{agent, bench, logging, manual, private};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than the system allocator: the engine allocates in one
+/// thread (the core, the commit's encoding) what another frees (the
+/// database driver's thread, the gRPC writers), which glibc's per-thread
+/// arenas handle poorly; in `opsdeckd bench` a third of the engine's time
+/// was glibc's malloc and free.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "opsdeckd",

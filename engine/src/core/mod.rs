@@ -127,8 +127,9 @@ struct InFlight {
     sealed: u64,
     /// When the commit started, for the log.
     started: std::time::Instant,
-    commit:
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, StoreError>> + Send>>,
+    /// The commit, on a task of its own: encoding the batch and the
+    /// database's work run beside the core applying the next batch.
+    commit: tokio::task::JoinHandle<Result<Committed, StoreError>>,
     effects: Tx,
 }
 
@@ -161,7 +162,10 @@ async fn run(
             _ = shutdown.cancelled(), if !stopping => stopping = true,
             result = async {
                 match in_flight.as_mut() {
-                    Some(f) => (&mut f.commit).await,
+                    Some(f) => (&mut f.commit).await.unwrap_or_else(|e| Err(StoreError::Corrupt {
+                        what: "commit".into(),
+                        why: format!("the commit task ended without an answer: {e}"),
+                    })),
                     None => std::future::pending().await,
                 }
             }, if in_flight.is_some() => committed = Some(result),
@@ -238,7 +242,7 @@ async fn run(
                 in_flight = Some(InFlight {
                     sealed: state.sealed(),
                     started: std::time::Instant::now(),
-                    commit: Box::pin(async move {
+                    commit: tokio::spawn(async move {
                         store
                             .commit(&batch)
                             .await
