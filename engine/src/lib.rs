@@ -29,6 +29,7 @@
 //!   and processes whose memory their steps cannot read.
 
 pub mod agent;
+pub mod allocator;
 pub mod api;
 pub mod backup;
 pub mod bench;

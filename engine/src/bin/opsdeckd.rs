@@ -12,14 +12,10 @@ use opsdeck_engine::config::{
 };
 use opsdeck_engine::serve::{self, ServeOptions};
 use opsdeck_engine::store::redacted;
-use opsdeck_engine::{agent, bench, logging, manual, private};
+use opsdeck_engine::{agent, allocator, bench, logging, manual, private};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than the system allocator: the engine allocates in one
-/// thread (the core, the commit's encoding) what another frees (the
-/// database driver's thread, the gRPC writers), which glibc's per-thread
-/// arenas handle poorly; in `opsdeckd bench` a third of the engine's time
-/// was glibc's malloc and free.
+/// mimalloc rather than the system allocator; see [`allocator`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -182,6 +178,7 @@ fn main() -> ExitCode {
     // opsdeckd creates — data dir, database, spool, logs, backups — is the
     // owner's alone. See `opsdeck_engine::private`.
     private::restrict_umask();
+    allocator::return_freed_memory_promptly();
     let cli = parse_cli();
     // The engine and the worker hold tokens, the database URL and secrets
     // in their memory and environment; their steps run as the same user.

@@ -769,15 +769,19 @@ where
         t.commit().await?;
 
         let mut c = pool.acquire().await?;
-        // The last event stays, whatever its age: it carries the seq the
-        // next event follows.
+        // The oldest `batch` events by seq, those of them older than the
+        // cutoff: `at` grows with `seq`, so this reads no more than a batch
+        // of rows and needs no index on `at`. (An event stamped earlier
+        // than one before it, after a clock step back on failover, waits
+        // until that one is old enough too.) The last event stays,
+        // whatever its age: it carries the seq the next event follows.
         let mut q = QueryBuilder::<DB>::new(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE at < ",
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ",
         );
-        q.push_bind(p.events_before);
-        q.push(" AND seq < (SELECT MAX(seq) FROM events) ORDER BY at LIMIT ");
         q.push_bind(batch);
-        q.push(")");
+        q.push(") AND at < ");
+        q.push_bind(p.events_before);
+        q.push(" AND seq < (SELECT MAX(seq) FROM events)");
         out.events = q.build().execute(&mut *c).await?.rows();
 
         let mut q = QueryBuilder::<DB>::new(
