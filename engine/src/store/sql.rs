@@ -141,12 +141,11 @@ where
             "INSERT INTO runs (id, name, state, created_at, idempotency_key, submitted_by, \
              finished_at, labels, body, template) ",
             10,
-            // The spec text is the run's first write's: never rewritten.
-            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = excluded.state, \
-             created_at = excluded.created_at, idempotency_key = excluded.idempotency_key, \
-             submitted_by = excluded.submitted_by, finished_at = excluded.finished_at, \
-             labels = excluded.labels, body = excluded.body, \
-             template = COALESCE(runs.template, excluded.template)",
+            // A run's name, labels, submitter, key, creation time and spec
+            // text are its first write's and never change: only what does
+            // is set again, so no index on the others is rewritten.
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
+             finished_at = excluded.finished_at, body = excluded.body",
             runs,
             |mut s, r| {
                 s.push_bind(r.0)
