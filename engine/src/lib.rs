@@ -27,6 +27,7 @@
 //!   line's definition.
 //! - [`private`]: files for the owner only (0700/0600 whatever the umask)
 //!   and processes whose memory their steps cannot read.
+//! - [`allocator`]: the memory allocator's settings (mimalloc).
 
 pub mod agent;
 pub mod allocator;
