@@ -162,10 +162,11 @@ async fn run(
             _ = shutdown.cancelled(), if !stopping => stopping = true,
             result = async {
                 match in_flight.as_mut() {
-                    Some(f) => (&mut f.commit).await.unwrap_or_else(|e| Err(StoreError::Corrupt {
-                        what: "commit".into(),
-                        why: format!("the commit task ended without an answer: {e}"),
-                    })),
+                    // A panicked commit is a failed one: the state is
+                    // reloaded from what the database holds.
+                    Some(f) => (&mut f.commit)
+                        .await
+                        .unwrap_or_else(|e| Err(StoreError::CommitTask(e.to_string()))),
                     None => std::future::pending().await,
                 }
             }, if in_flight.is_some() => committed = Some(result),

@@ -246,6 +246,10 @@ pub enum StoreError {
         "this engine no longer leads: it led with epoch {mine}, and another engine now leads with epoch {now}; nothing was written"
     )]
     Fenced { mine: u64, now: u64 },
+    /// The task writing a commit ended without an answer (it panicked): the
+    /// commit may or may not have been written.
+    #[error("the commit's task failed ({0}); whether it was written is unknown")]
+    CommitTask(String),
 }
 
 /// Who leads the engines that share a database.
