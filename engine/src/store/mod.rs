@@ -18,6 +18,7 @@ mod conformance_outbox;
 mod outbox;
 mod output;
 mod postgres;
+mod rows;
 mod sql;
 mod sqlite;
 

@@ -7,7 +7,8 @@ use opsdeck_proto::v1 as pb;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 
-use super::sql::{Dialect, LabelMatch, Sql, events_from_rows};
+use super::rows::events_from_rows;
+use super::sql::{Dialect, LabelMatch, Sql};
 use super::{
     Approval, Batch, IdMatches, IdTable, Leadership, Loaded, Prune, Pruned, Run, RunFilter, Store,
     StoreError,

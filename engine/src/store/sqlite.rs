@@ -21,7 +21,8 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::sql::{Dialect, LabelMatch, Sql, events_from_rows};
+use super::rows::events_from_rows;
+use super::sql::{Dialect, LabelMatch, Sql};
 use super::{
     Approval, Batch, IdMatches, IdTable, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError,
 };
