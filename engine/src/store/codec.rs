@@ -197,14 +197,23 @@ pub fn with_columns<T: DeserializeOwned>(
 /// the ids its objects repeat from the event (a lease event's lease names
 /// the event's lease, run, worker and queue again).
 pub fn event_body(e: &pb::Event) -> Vec<u8> {
+    stored_event(e, false).encode_to_vec()
+}
+
+/// An event without its seq, instant and run (its row's columns say them)
+/// nor the ids its objects repeat; without its kind and actor too unless
+/// `own_kind` (an event in a row of several has its own).
+pub(super) fn stored_event(e: &pb::Event, own_kind: bool) -> pb::Event {
     let mut stored = pb::Event {
         seq: 0,
         at_ms: 0,
-        kind: String::new(),
-        actor: String::new(),
         run_id: String::new(),
         ..e.clone()
     };
+    if !own_kind {
+        stored.kind.clear();
+        stored.actor.clear();
+    }
     if let Some(l) = &mut stored.lease {
         clear_if(&mut l.id, &e.lease_id);
         clear_if(&mut l.run_id, &e.run_id);
@@ -224,7 +233,7 @@ pub fn event_body(e: &pb::Event) -> Vec<u8> {
     if let Some(w) = &mut stored.worker {
         clear_if(&mut w.id, &e.worker_id);
     }
-    stored.encode_to_vec()
+    stored
 }
 
 fn clear_if(field: &mut String, same_as: &str) {
@@ -235,7 +244,7 @@ fn clear_if(field: &mut String, same_as: &str) {
 
 /// Puts back what [`event_body`] left out as repeated: an empty id in an
 /// object is the event's.
-fn restore_ids(e: &mut pb::Event) {
+pub(super) fn restore_ids(e: &mut pb::Event) {
     let fill = |field: &mut String, from: &str| {
         if field.is_empty() {
             *field = from.to_owned();

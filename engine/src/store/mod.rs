@@ -15,6 +15,7 @@ mod conformance;
 mod conformance_disk;
 #[cfg(test)]
 mod conformance_outbox;
+mod events;
 mod outbox;
 mod output;
 mod postgres;

@@ -7,7 +7,6 @@ use opsdeck_proto::v1 as pb;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 
-use super::rows::events_from_rows;
 use super::sql::{Dialect, LabelMatch, Sql};
 use super::{
     Approval, Batch, IdMatches, IdTable, Leadership, Loaded, Prune, Pruned, Run, RunFilter, Store,
@@ -245,16 +244,8 @@ impl Store for PostgresStore {
         limit: u32,
         run_id: Option<&str>,
     ) -> Result<Vec<pb::Event>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, kind, run_id, actor, body FROM events
-             WHERE seq > $1 AND ($2::TEXT IS NULL OR run_id = $2) ORDER BY seq LIMIT $3",
-        )
-        .bind(after as i64)
-        .bind(run_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        events_from_rows::<Postgres>(&rows)
+        let mut c = self.pool.acquire().await?;
+        Body::events_after(&mut c, after, limit, run_id).await
     }
 
     async fn events_before(
@@ -264,29 +255,13 @@ impl Store for PostgresStore {
         limit: u32,
         run_id: Option<&str>,
     ) -> Result<Vec<pb::Event>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, kind, run_id, actor, body FROM events
-             WHERE seq < $1 AND seq > $2 AND ($3::TEXT IS NULL OR run_id = $3)
-             ORDER BY seq DESC LIMIT $4",
-        )
-        .bind(i64::try_from(before).unwrap_or(i64::MAX))
-        .bind(after as i64)
-        .bind(run_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        events_from_rows::<Postgres>(&rows)
+        let mut c = self.pool.acquire().await?;
+        Body::events_before(&mut c, before, after, limit, run_id).await
     }
 
     async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, kind, run_id, actor, body FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-        )
-            .bind(after as i64)
-            .bind(until as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        events_from_rows::<Postgres>(&rows)
+        let mut c = self.pool.acquire().await?;
+        Body::events_between(&mut c, after, until).await
     }
 
     async fn output_from(

@@ -2,12 +2,11 @@
 //! columns stored beside it laid over it (see [`super::codec`]). Shared by
 //! both dialects' queries in [`super::sql`].
 
-use opsdeck_proto::v1 as pb;
 use serde_json::Value;
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 
 use super::StoreError;
-use super::codec::{event_with_columns, parse, with_columns};
+use super::codec::{parse, with_columns};
 use crate::domain::{Lease, Run};
 
 /// A run's header from a row of [`super::sql::Sql::run_select`]: its body with the
@@ -62,31 +61,6 @@ where
             ("state", Value::from(r.try_get::<String, _>(2)?)),
         ],
     )
-}
-
-/// Events from rows of `seq, at, kind, run_id, actor, body`.
-pub(super) fn events_from_rows<DB>(rows: &[DB::Row]) -> Result<Vec<pb::Event>, StoreError>
-where
-    DB: Database,
-    for<'q> String: Decode<'q, DB> + Type<DB>,
-    for<'q> i64: Decode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
-    for<'q> Option<String>: Decode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Decode<'q, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    rows.iter()
-        .map(|r| {
-            event_with_columns(
-                &r.try_get::<Vec<u8>, _>(5)?,
-                r.try_get(0)?,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-                r.try_get(4)?,
-            )
-        })
-        .collect()
 }
 
 /// The least string greater than every string starting with `prefix`, in

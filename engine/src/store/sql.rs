@@ -12,7 +12,8 @@ use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, QueryBuilder, Row, Type,
 };
 
-use super::codec::{body, event_body, json, parse, state_word, with_columns};
+use super::codec::{body, json, parse, state_word, with_columns};
+use super::events::event_rows;
 use super::rows::{lease_from_row, prefix_end, run_from_row};
 use super::{Batch, IdMatches, IdTable, Loaded, Prune, Pruned, RunFilter, SUFFIX_SCAN, StoreError};
 use crate::domain::schedule::Schedule;
@@ -311,17 +312,18 @@ where
         Self::insert(
             c,
             d,
-            "INSERT INTO events (seq, at, kind, run_id, actor, body) ",
-            6,
+            "INSERT INTO events (seq, at, kind, run_id, actor, body, last_seq) ",
+            7,
             "",
-            b.events.iter().collect(),
+            event_rows(&b.events),
             |mut s, e| {
-                s.push_bind(e.seq as i64)
-                    .push_bind(e.at_ms)
-                    .push_bind(e.kind.clone())
-                    .push_bind((!e.run_id.is_empty()).then(|| e.run_id.clone()))
-                    .push_bind(e.actor.clone())
-                    .push_bind(event_body(e));
+                s.push_bind(e.seq)
+                    .push_bind(e.at)
+                    .push_bind(e.kind.to_owned())
+                    .push_bind(e.run_id.map(str::to_owned))
+                    .push_bind(e.actor.to_owned())
+                    .push_bind(e.body)
+                    .push_bind(e.last_seq);
             },
         )
         .await?;
@@ -520,9 +522,7 @@ where
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()?;
-        let seq: Option<i64> = sqlx::query_scalar::<DB, Option<i64>>("SELECT MAX(seq) FROM events")
-            .fetch_one(&mut *c)
-            .await?;
+        let seq = Self::last_event_seq(c).await?;
         Ok(Loaded {
             runs,
             workers: Self::bodies::<Worker>(c, "worker", "SELECT body FROM workers ORDER BY id")
@@ -548,7 +548,7 @@ where
                 "SELECT body FROM schedules ORDER BY name",
             )
             .await?,
-            seq: seq.unwrap_or(0) as u64,
+            seq,
         })
     }
 
@@ -772,16 +772,21 @@ where
         // cutoff: `at` grows with `seq`, so this reads no more than a batch
         // of rows and needs no index on `at`. (An event stamped earlier
         // than one before it, after a clock step back on failover, waits
-        // until that one is old enough too.) The last event stays,
-        // whatever its age: it carries the seq the next event follows.
+        // until that one is old enough too.) The last row stays, whatever
+        // its age: it carries the seq the next event follows. A row may
+        // hold several events (see `super::events`): they are counted.
         let mut q = QueryBuilder::<DB>::new(
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ",
         );
         q.push_bind(batch);
         q.push(") AND at < ");
         q.push_bind(p.events_before);
-        q.push(" AND seq < (SELECT MAX(seq) FROM events)");
-        out.events = q.build().execute(&mut *c).await?.rows();
+        q.push(" AND seq < (SELECT MAX(seq) FROM events) RETURNING seq, last_seq");
+        for row in q.build().fetch_all(&mut *c).await? {
+            let seq: i64 = row.try_get(0)?;
+            let last: Option<i64> = row.try_get(1)?;
+            out.events += u64::try_from(last.unwrap_or(seq) - seq + 1).unwrap_or(1);
+        }
 
         let mut q = QueryBuilder::<DB>::new(
             "DELETE FROM output WHERE id IN (SELECT id FROM output WHERE at < ",

@@ -12,6 +12,8 @@
 //! (the backup command's copy is compact anyway).
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opsdeck_proto::v1 as pb;
@@ -21,15 +23,30 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::rows::events_from_rows;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
 use super::sql::{Dialect, LabelMatch, Sql};
 use super::{
     Approval, Batch, IdMatches, IdTable, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError,
 };
 
 pub struct SqliteStore {
+    /// Reads: several at once, beside a write (WAL).
     pool: SqlitePool,
+    /// Writes: one connection. SQLite takes one writer at a time anyway,
+    /// and a connection that made every change since its last transaction
+    /// keeps its page cache; one that did not (the next in a pool) starts
+    /// each commit reading the b-trees' pages from the file again.
+    writer: SqlitePool,
+    /// Set by each commit; the checkpointer's cue.
+    written: Arc<AtomicBool>,
+    /// Stops the checkpointer with the store.
+    _checkpointer: DropGuard,
 }
+
+/// How often WAL frames are copied back into the database file, when
+/// anything was written since the last time.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -52,16 +69,63 @@ impl SqliteStore {
             // only of the process. Group commit keeps the fsyncs few.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
+            // A multi-row upsert keeps a statement journal (to undo the
+            // statement alone): in memory, not a temporary file each commit
+            // writes to.
+            .pragma("temp_store", "memory")
             .foreign_keys(true);
+        // A connection to a file does not go stale: no ping before each use
+        // (a round trip to the driver's thread on every commit).
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            // Commits do not checkpoint (SQLite's default does, every
+            // 1,000 pages, inside the commit that crosses the mark, which
+            // then waits for the copy and its fsync): the checkpointer does.
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            // A connection to a file does not go stale: no ping before each
-            // use (a round trip to the driver's thread on every commit).
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let written = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        tokio::spawn(checkpointer(pool.clone(), written.clone(), stop.clone()));
+        Ok(Self {
+            pool,
+            writer,
+            written,
+            _checkpointer: stop.drop_guard(),
+        })
+    }
+}
+
+/// Copies committed WAL frames back into the database file, beside the
+/// commits rather than inside one, on a connection of its own. A PASSIVE
+/// checkpoint takes no lock a commit waits for; it copies what no reader
+/// still needs, and the WAL starts over from its beginning once all of it
+/// was copied.
+async fn checkpointer(pool: SqlitePool, written: Arc<AtomicBool>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !written.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            // The next tick tries again; the WAL grows meanwhile.
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+            written.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -76,9 +140,10 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
-        let mut t = self.pool.begin().await?;
+        let mut t = self.writer.begin().await?;
         Body::commit(&mut t, &DIALECT, b).await?;
         t.commit().await?;
+        self.written.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -142,7 +207,7 @@ impl Store for SqliteStore {
         id: &str,
         attempt: &super::Attempt,
     ) -> Result<bool, StoreError> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.writer.acquire().await?;
         Body::notification_attempted(&mut c, id, attempt).await
     }
 
@@ -161,7 +226,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, what: &Prune) -> Result<Pruned, StoreError> {
-        Body::prune(&self.pool, what).await
+        Body::prune(&self.writer, what).await
     }
 
     async fn size_bytes(&self) -> Result<u64, StoreError> {
@@ -180,30 +245,8 @@ impl Store for SqliteStore {
         limit: u32,
         run_id: Option<&str>,
     ) -> Result<Vec<pb::Event>, StoreError> {
-        let rows = match run_id {
-            Some(run) => {
-                sqlx::query(
-                    "SELECT seq, at, kind, run_id, actor, body FROM events
-                     WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                )
-                .bind(run)
-                .bind(after as i64)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT seq, at, kind, run_id, actor, body FROM events
-                     WHERE seq > ? ORDER BY seq LIMIT ?",
-                )
-                .bind(after as i64)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        events_from_rows::<Sqlite>(&rows)
+        let mut c = self.pool.acquire().await?;
+        Body::events_after(&mut c, after, limit, run_id).await
     }
 
     async fn events_before(
@@ -213,45 +256,13 @@ impl Store for SqliteStore {
         limit: u32,
         run_id: Option<&str>,
     ) -> Result<Vec<pb::Event>, StoreError> {
-        let before = i64::try_from(before).unwrap_or(i64::MAX);
-        let rows = match run_id {
-            Some(run) => {
-                sqlx::query(
-                    "SELECT seq, at, kind, run_id, actor, body FROM events
-                     WHERE run_id = ? AND seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?",
-                )
-                .bind(run)
-                .bind(before)
-                .bind(after as i64)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT seq, at, kind, run_id, actor, body FROM events
-                     WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?",
-                )
-                .bind(before)
-                .bind(after as i64)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        events_from_rows::<Sqlite>(&rows)
+        let mut c = self.pool.acquire().await?;
+        Body::events_before(&mut c, before, after, limit, run_id).await
     }
 
     async fn events_between(&self, after: u64, until: u64) -> Result<Vec<pb::Event>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, kind, run_id, actor, body FROM events
-             WHERE seq > ? AND seq <= ? ORDER BY seq",
-        )
-        .bind(after as i64)
-        .bind(until as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        events_from_rows::<Sqlite>(&rows)
+        let mut c = self.pool.acquire().await?;
+        Body::events_between(&mut c, after, until).await
     }
 
     async fn output_from(
@@ -292,5 +303,61 @@ impl Store for SqliteStore {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commits leave their pages in the WAL; the checkpointer, not a
+    /// commit, copies them into the database file soon after.
+    #[tokio::test]
+    async fn committed_pages_reach_the_database_file_without_a_commit_checkpointing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opsdeck.db");
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let events = (1..=2_000)
+            .map(|seq| pb::Event {
+                seq,
+                at_ms: seq as i64,
+                kind: "run.submitted".into(),
+                actor: "alice".into(),
+                run_id: format!("r{seq}"),
+                message: "x".repeat(200),
+                ..Default::default()
+            })
+            .collect();
+        store
+            .commit(&Batch {
+                events,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let wal = path.with_extension("db-wal");
+        assert!(
+            std::fs::metadata(&wal).unwrap().len() > 400_000,
+            "the commit wrote its pages to the WAL"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = std::fs::metadata(&path).unwrap().len();
+            if now > before + 400_000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint copied the WAL into the database file ({before} -> {now} bytes)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            store.events_after(0, 5_000, None).await.unwrap().len(),
+            2_000
+        );
     }
 }
