@@ -10,6 +10,7 @@
 mod state;
 mod tx;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ pub use tx::{Effect, Tx};
 
 use crate::domain::now_ms;
 use crate::error::{EngineError, EngineResult};
-use crate::store::{Store, StoreError};
+use crate::store::{Batch, Encoded, Store, StoreError};
 
 /// The most commands applied in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -121,6 +122,14 @@ pub async fn start(
 /// their followers get.
 type Committed = (Vec<pb::Event>, Vec<pb::OutputChunk>);
 
+/// Commits in flight at once: one being written while the next is
+/// encoded (its JSON bodies and event rows), which then waits for the
+/// first to be written before it writes.
+const DEPTH: usize = 2;
+
+/// The fewest events a batch has to be sealed while another is written.
+const ENCODE_AHEAD_EVENTS: usize = 512;
+
 /// A transaction whose batch is being written: what to do once it is.
 struct InFlight {
     /// What the core had applied when the batch was built.
@@ -133,10 +142,53 @@ struct InFlight {
     effects: Tx,
 }
 
+/// The last commit started: what the next one waits for.
+struct Last {
+    /// Fires once its batch is encoded: the next batch is sealed then, so
+    /// that it takes in what arrived meanwhile.
+    encoded: Option<oneshot::Receiver<()>>,
+    /// Says whether it was written; the next commit writes only if so.
+    written: Option<oneshot::Receiver<bool>>,
+}
+
+/// Starts writing `batch` on a task of its own, after the commit `after`
+/// (if any) was written.
+fn start_commit(
+    store: Arc<dyn Store>,
+    batch: Batch,
+    after: Option<oneshot::Receiver<bool>>,
+) -> (tokio::task::JoinHandle<Result<Committed, StoreError>>, Last) {
+    let (encoded_tx, encoded) = oneshot::channel();
+    let (written_tx, written) = oneshot::channel();
+    let commit = tokio::spawn(async move {
+        let result = async {
+            let rows = Encoded::new(&batch)?;
+            let _ = encoded_tx.send(());
+            // A sender dropped unanswered is a panicked commit.
+            if let Some(after) = after
+                && after.await != Ok(true)
+            {
+                return Err(StoreError::EarlierCommitFailed);
+            }
+            store.write(rows).await
+        }
+        .await;
+        let _ = written_tx.send(result.is_ok());
+        result.map(|()| (batch.events, batch.outputs))
+    });
+    (
+        commit,
+        Last {
+            encoded: Some(encoded),
+            written: Some(written),
+        },
+    )
+}
+
 /// The loop: apply what arrives to the state at once, and write it while
-/// the next arrivals are applied. One batch is written at a time; its
-/// callers are answered, its workers told and its events published only
-/// once it is committed, and in order.
+/// the next arrivals are applied. Batches are written one at a time, in
+/// order (the next one encoded meanwhile); a batch's callers are answered,
+/// its workers told and its events published only once it is committed.
 async fn run(
     mut state: State,
     cfg: CoreConfig,
@@ -145,23 +197,27 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    // Applied to the state, waiting for the commit in flight to end.
+    // Applied to the state, waiting for a commit to start.
     let mut pending: Option<(Tx, usize)> = None;
-    let mut in_flight: Option<InFlight> = None;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(DEPTH);
+    let mut last = Last {
+        encoded: None,
+        written: None,
+    };
     let mut stopping = false;
     loop {
         let due = state.next_timer();
         let wake = due
             .map(|at| Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)))
             .unwrap_or(Duration::from_secs(3600));
-        // A pending batch that is full waits for the commit in flight.
+        // A pending batch that is full waits for a commit to start.
         let room = MAX_BATCH - pending.as_ref().map_or(0, |(_, n)| *n);
         let mut committed = None;
         tokio::select! {
             biased;
             _ = shutdown.cancelled(), if !stopping => stopping = true,
             result = async {
-                match in_flight.as_mut() {
+                match in_flight.front_mut() {
                     // A panicked commit is a failed one: the state is
                     // reloaded from what the database holds.
                     Some(f) => (&mut f.commit)
@@ -169,13 +225,21 @@ async fn run(
                         .unwrap_or_else(|e| Err(StoreError::CommitTask(e.to_string()))),
                     None => std::future::pending().await,
                 }
-            }, if in_flight.is_some() => committed = Some(result),
+            }, if !in_flight.is_empty() => committed = Some(result),
+            _ = async {
+                match last.encoded.as_mut() {
+                    Some(encoded) => {
+                        let _ = encoded.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }, if last.encoded.is_some() => last.encoded = None,
             n = rx.recv_many(&mut jobs, room), if room > 0 && !stopping => if n == 0 { stopping = true },
             _ = tokio::time::sleep(wake), if !stopping => {}
             else => {}
         }
         if let Some(result) = committed {
-            let Some(done) = in_flight.take() else {
+            let Some(done) = in_flight.pop_front() else {
                 continue;
             };
             match result {
@@ -193,28 +257,40 @@ async fn run(
                     state.committed(done.sealed);
                     state.evict(now_ms());
                 }
-                Err(e @ StoreError::Fenced { .. }) => {
-                    // Another engine leads now: whatever this one holds is
-                    // stale, and it must neither write nor answer from it.
-                    tracing::error!(error = %e, "fenced: another engine took the lead; stopping the core");
-                    let err = EngineError::Unavailable(format!("{e}; retry against the leader"));
+                Err(e) => {
+                    let fenced = matches!(e, StoreError::Fenced { .. });
+                    let err = if fenced {
+                        // Another engine leads now: whatever this one holds
+                        // is stale, and it must neither write nor answer
+                        // from it.
+                        tracing::error!(error = %e, "fenced: another engine took the lead; stopping the core");
+                        EngineError::Unavailable(format!("{e}; retry against the leader"))
+                    } else {
+                        // The live state holds changes the database refused
+                        // (and the later ones built on them): answer every
+                        // caller UNAVAILABLE and rebuild from what was
+                        // committed.
+                        tracing::error!(error = %e, "commit failed; reloading state from the database");
+                        EngineError::Unavailable(format!(
+                            "the engine could not write to its database ({e}); nothing of this request was kept, retry it"
+                        ))
+                    };
                     finish(done.effects, Some(&err));
+                    // The commits after it write nothing: they wait for its
+                    // word, which was no.
+                    for later in in_flight.drain(..) {
+                        let _ = later.commit.await;
+                        finish(later.effects, Some(&err));
+                    }
+                    last = Last {
+                        encoded: None,
+                        written: None,
+                    };
                     if let Some((tx, _)) = pending.take() {
                         finish(tx, Some(&err));
                     }
-                    return Err(e);
-                }
-                Err(e) => {
-                    // The live state holds changes the database refused (and
-                    // the pending ones built on them): answer every caller
-                    // UNAVAILABLE and rebuild from what was committed.
-                    tracing::error!(error = %e, "commit failed; reloading state from the database");
-                    let err = EngineError::Unavailable(format!(
-                        "the engine could not write to its database ({e}); nothing of this request was kept, retry it"
-                    ));
-                    finish(done.effects, Some(&err));
-                    if let Some((tx, _)) = pending.take() {
-                        finish(tx, Some(&err));
+                    if fenced {
+                        return Err(e);
                     }
                     state = reload(&cfg, &store, state).await;
                     continue;
@@ -234,32 +310,47 @@ async fn run(
                 state.dispatch(tx);
             }
         }
-        if in_flight.is_none()
-            && let Some((mut tx, _)) = pending.take()
-        {
+        // The next batch is sealed at once when nothing is being written;
+        // while something is, once the last one started is encoded, if the
+        // next is big enough for its encoding to be worth doing meanwhile
+        // (small ones wait: another commit costs more than it saves).
+        let seal = match pending.as_ref() {
+            Some(_) if in_flight.is_empty() => true,
+            Some((tx, _)) => {
+                in_flight.len() < DEPTH
+                    && last.encoded.is_none()
+                    && tx.events.len() >= ENCODE_AHEAD_EVENTS
+            }
+            None => false,
+        };
+        if seal && let Some((mut tx, applied)) = pending.take() {
             if tx.has_writes() {
                 let batch = state.batch(&mut tx);
-                let store = store.clone();
-                in_flight = Some(InFlight {
+                let after = if in_flight.is_empty() {
+                    None
+                } else {
+                    last.written.take()
+                };
+                let (commit, next) = start_commit(store.clone(), batch, after);
+                last = next;
+                in_flight.push_back(InFlight {
                     sealed: state.sealed(),
                     started: std::time::Instant::now(),
-                    commit: tokio::spawn(async move {
-                        store
-                            .commit(&batch)
-                            .await
-                            .map(|()| (batch.events, batch.outputs))
-                    }),
+                    commit,
                     effects: tx,
                 });
-            } else {
-                // Reads only: nothing to wait for.
+            } else if in_flight.is_empty() {
+                // Reads only, and nothing before them to wait for.
                 finish(tx, None);
+            } else {
+                // Reads only: answered once what they read is committed.
+                pending = Some((tx, applied));
             }
         }
-        if stopping && in_flight.is_none() && pending.is_none() {
+        if stopping && in_flight.is_empty() && pending.is_none() {
             break;
         }
-        if in_flight.is_none() {
+        if in_flight.is_empty() {
             // Idle: finished runs past the cache's age can go.
             state.evict(now_ms());
         }
@@ -304,5 +395,61 @@ async fn reload(cfg: &CoreConfig, store: &Arc<dyn Store>, old: State) -> State {
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    fn batch_of(seq: u64) -> Batch {
+        Batch {
+            events: vec![pb::Event {
+                seq,
+                at_ms: 1,
+                kind: "run.submitted".into(),
+                actor: "alice".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        let url = format!("sqlite://{}", dir.path().join("opsdeck.db").display());
+        Arc::new(SqliteStore::open(&url).await.unwrap())
+    }
+
+    async fn seqs(store: &Arc<dyn Store>) -> Vec<u64> {
+        let events = store.events_after(0, 100, None).await.unwrap();
+        events.into_iter().map(|e| e.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn commits_started_together_are_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let (first, last) = start_commit(store.clone(), batch_of(1), None);
+        let (second, _) = start_commit(store.clone(), batch_of(2), last.written);
+        assert!(second.await.unwrap().is_ok());
+        assert!(first.await.unwrap().is_ok());
+        assert_eq!(seqs(&store).await, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_commit_after_a_failed_one_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        store.commit(&batch_of(1)).await.unwrap();
+        // Seq 1 again: the database refuses the first commit.
+        let (first, last) = start_commit(store.clone(), batch_of(1), None);
+        let (second, _) = start_commit(store.clone(), batch_of(2), last.written);
+        assert!(first.await.unwrap().is_err());
+        assert!(matches!(
+            second.await.unwrap(),
+            Err(StoreError::EarlierCommitFailed)
+        ));
+        assert_eq!(seqs(&store).await, [1], "the second batch was not written");
     }
 }

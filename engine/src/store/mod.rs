@@ -14,6 +14,8 @@ mod conformance;
 #[cfg(test)]
 mod conformance_disk;
 #[cfg(test)]
+mod conformance_events;
+#[cfg(test)]
 mod conformance_outbox;
 mod events;
 mod outbox;
@@ -22,11 +24,13 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
+mod write;
 
 pub use outbox::{Attempt, GivenUp, Notification, NotificationState};
 pub use output::{OutputPos, OutputQuery};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use write::Encoded;
 
 use opsdeck_proto::v1 as pb;
 
@@ -252,6 +256,10 @@ pub enum StoreError {
     /// commit may or may not have been written.
     #[error("the commit's task failed ({0}); whether it was written is unknown")]
     CommitTask(String),
+    /// A batch builds on the one committed before it; that one was not
+    /// written, so this one was not either.
+    #[error("the commit before this one failed; this one was not written")]
+    EarlierCommitFailed,
 }
 
 /// Who leads the engines that share a database.
@@ -270,7 +278,12 @@ pub trait Store: Send + Sync + 'static {
     /// of the most recently finished runs.
     async fn load(&self, recent: u32) -> Result<Loaded, StoreError>;
     /// Writes a batch atomically.
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.write(Encoded::new(batch)?).await
+    }
+    /// Writes a batch encoded beforehand, atomically: the core encodes
+    /// the next batch while this one is written.
+    async fn write(&self, rows: Encoded<'_>) -> Result<(), StoreError>;
     /// One run with its steps, final or not.
     async fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError>;
     /// The run `submitted_by`'s idempotency key made, if any (keys are

@@ -9,8 +9,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 
 use super::sql::{Dialect, LabelMatch, Sql};
 use super::{
-    Approval, Batch, IdMatches, IdTable, Leadership, Loaded, Prune, Pruned, Run, RunFilter, Store,
-    StoreError,
+    Approval, Encoded, IdMatches, IdTable, Leadership, Loaded, Prune, Pruned, Run, RunFilter,
+    Store, StoreError,
 };
 
 pub struct PostgresStore {
@@ -65,7 +65,7 @@ impl Store for PostgresStore {
         Ok(loaded)
     }
 
-    async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
+    async fn write(&self, rows: Encoded<'_>) -> Result<(), StoreError> {
         let mut t = self.pool.begin().await?;
         let mine = self.fence.load(Ordering::SeqCst);
         if mine != 0 {
@@ -82,7 +82,7 @@ impl Store for PostgresStore {
                 });
             }
         }
-        Body::commit(&mut t, &DIALECT, b).await?;
+        Body::write(&mut t, &DIALECT, rows).await?;
         t.commit().await?;
         Ok(())
     }

@@ -27,7 +27,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::sql::{Dialect, LabelMatch, Sql};
 use super::{
-    Approval, Batch, IdMatches, IdTable, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError,
+    Approval, Encoded, IdMatches, IdTable, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError,
 };
 
 pub struct SqliteStore {
@@ -139,9 +139,9 @@ impl Store for SqliteStore {
         Ok(loaded)
     }
 
-    async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
+    async fn write(&self, rows: Encoded<'_>) -> Result<(), StoreError> {
         let mut t = self.writer.begin().await?;
-        Body::commit(&mut t, &DIALECT, b).await?;
+        Body::write(&mut t, &DIALECT, rows).await?;
         t.commit().await?;
         self.written.store(true, Ordering::Relaxed);
         Ok(())
@@ -309,6 +309,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Batch;
 
     /// Commits leave their pages in the WAL; the checkpointer, not a
     /// commit, copies them into the database file soon after.
