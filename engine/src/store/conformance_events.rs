@@ -3,8 +3,8 @@
 
 use opsdeck_proto::v1 as pb;
 
-use super::conformance::{backends, event, prune_all, sample};
 use super::Batch;
+use super::conformance::{backends, event, prune_all, sample};
 
 #[tokio::test]
 async fn events_read_back_in_seq_order_by_range_and_by_run() {

@@ -162,6 +162,29 @@ where
         Ok(())
     }
 
+    /// [`insert`](Self::insert) of rows of four columns, bound in order.
+    async fn insert4<A, B, C, E>(
+        c: &mut DB::Connection,
+        d: &Dialect,
+        head: &str,
+        tail: &str,
+        rows: Vec<(A, B, C, E)>,
+    ) -> Result<(), sqlx::Error>
+    where
+        A: for<'q> Encode<'q, DB> + Type<DB> + Send,
+        B: for<'q> Encode<'q, DB> + Type<DB> + Send,
+        C: for<'q> Encode<'q, DB> + Type<DB> + Send,
+        E: for<'q> Encode<'q, DB> + Type<DB> + Send,
+    {
+        Self::insert(c, d, head, 4, tail, rows, |mut s, r| {
+            s.push_bind(r.0)
+                .push_bind(r.1)
+                .push_bind(r.2)
+                .push_bind(r.3);
+        })
+        .await
+    }
+
     /// Writes an encoded batch on `c`, inside the caller's transaction.
     pub async fn write(
         c: &mut DB::Connection,
@@ -197,19 +220,12 @@ where
         )
         .await?;
 
-        Self::insert(
+        Self::insert4(
             c,
             d,
             "INSERT INTO steps (run_id, idx, state, body) ",
-            4,
             " ON CONFLICT (run_id, idx) DO UPDATE SET state = excluded.state, body = excluded.body",
             e.steps,
-            |mut s, r| {
-                s.push_bind(r.0)
-                    .push_bind(r.1)
-                    .push_bind(r.2)
-                    .push_bind(r.3);
-            },
         )
         .await?;
 
@@ -224,20 +240,13 @@ where
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Self::insert(
+        Self::insert4(
             c,
             d,
             "INSERT INTO workers (id, state, last_heartbeat_at, body) ",
-            4,
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
              last_heartbeat_at = excluded.last_heartbeat_at, body = excluded.body",
             workers,
-            |mut s, r| {
-                s.push_bind(r.0)
-                    .push_bind(r.1)
-                    .push_bind(r.2)
-                    .push_bind(r.3);
-            },
         )
         .await?;
 
@@ -251,19 +260,12 @@ where
             q.build().persistent(false).execute(&mut *c).await?;
         }
 
-        Self::insert(
+        Self::insert4(
             c,
             d,
             "INSERT INTO leases (id, run_id, state, body) ",
-            4,
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
             e.leases,
-            |mut s, r| {
-                s.push_bind(r.0)
-                    .push_bind(r.1)
-                    .push_bind(r.2)
-                    .push_bind(r.3);
-            },
         )
         .await?;
 
@@ -278,19 +280,12 @@ where
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Self::insert(
+        Self::insert4(
             c,
             d,
             "INSERT INTO approvals (id, run_id, state, body) ",
-            4,
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
             approvals,
-            |mut s, r| {
-                s.push_bind(r.0)
-                    .push_bind(r.1)
-                    .push_bind(r.2)
-                    .push_bind(r.3);
-            },
         )
         .await?;
 
