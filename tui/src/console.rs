@@ -197,6 +197,11 @@ pub async fn run(target: Target, auth: Auth, readonly: bool) -> Result<(), Conso
                             results.clone(),
                         )));
                     }
+                    Cmd::StopOutput => {
+                        if let Some(task) = following.take() {
+                            task.abort();
+                        }
+                    }
                     Cmd::Copy { text } => {
                         // The terminal does the copying: over SSH, the
                         // clipboard of the operator's machine.
@@ -300,7 +305,9 @@ async fn carry_out(engine: Option<Engine>, cmd: Cmd) -> Option<Msg> {
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(words(e)),
             })
         }
-        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } | Cmd::FollowOutput { .. } => return None,
+        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } | Cmd::FollowOutput { .. } | Cmd::StopOutput => {
+            return None;
+        }
     })
 }
 
@@ -365,7 +372,9 @@ fn failed(cmd: Cmd, status: tonic::Status) -> Option<Msg> {
         },
         Cmd::FetchEvents { .. } => Msg::Backfill(Err(why)),
         Cmd::Refresh => Msg::Refreshed(Err(why)),
-        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } | Cmd::FollowOutput { .. } => return None,
+        Cmd::Quit | Cmd::Resync | Cmd::Copy { .. } | Cmd::FollowOutput { .. } | Cmd::StopOutput => {
+            return None;
+        }
     })
 }
 

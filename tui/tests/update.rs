@@ -687,6 +687,52 @@ fn events_of_the_open_run_join_its_timeline_and_refresh_its_output() {
 }
 
 #[test]
+fn leaving_the_run_screen_stops_following_its_output_and_coming_back_follows_again() {
+    let mut app = app();
+    app::update(&mut app, key('2'));
+    app::update(&mut app, code(KeyCode::Enter));
+    let run_id = app.run.run_id.clone();
+    let chunk = OutputChunk {
+        run_id: run_id.clone(),
+        attempt: 1,
+        stream: "stdout".into(),
+        data: b"one\n".to_vec(),
+        ..OutputChunk::default()
+    };
+    let cmds = app::update(
+        &mut app,
+        Msg::Output {
+            run_id: run_id.clone(),
+            result: Ok(vec![chunk]),
+        },
+    );
+    assert!(
+        cmds.iter().any(|c| matches!(c, Cmd::FollowOutput { .. })),
+        "{cmds:?}"
+    );
+    // Back to the Runs screen: the stream ends.
+    let cmds = app::update(&mut app, code(KeyCode::Esc));
+    assert_eq!(cmds, [Cmd::StopOutput]);
+    assert!(!app.run.streaming);
+    // Nothing more to stop on later messages.
+    assert!(
+        app::update(&mut app, Msg::Tick)
+            .iter()
+            .all(|c| *c != Cmd::StopOutput)
+    );
+    // Back on the run: its output is read again (and then followed).
+    app::update(&mut app, code(KeyCode::Enter));
+    app.now_ms += 10_000;
+    let cmds = app::update(&mut app, Msg::Tick);
+    assert!(
+        cmds.contains(&Cmd::FetchOutput {
+            run_id: run_id.clone()
+        }),
+        "{cmds:?}"
+    );
+}
+
+#[test]
 fn ticks_sample_depth_and_ask_for_heartbeats() {
     let mut app = app();
     let before = app.data.depth["build"].len();

@@ -264,6 +264,8 @@ pub enum Cmd {
         run_id: String,
         from: Option<OutputPosition>,
     },
+    /// Stop following output: the Run screen was left.
+    StopOutput,
     FetchTimeline {
         run_id: String,
     },
@@ -471,6 +473,17 @@ impl App {
 
 /// Applies one message; returns what to do next.
 pub fn update(app: &mut App, msg: Msg) -> Vec<Cmd> {
+    let mut cmds = handle(app, msg);
+    // Output is followed for the Run screen alone: leaving it ends the
+    // stream (coming back reads the output again, which follows again).
+    if app.run.streaming && app.screen != Screen::Run {
+        app.run.streaming = false;
+        cmds.push(Cmd::StopOutput);
+    }
+    cmds
+}
+
+fn handle(app: &mut App, msg: Msg) -> Vec<Cmd> {
     match msg {
         Msg::Key(key) => {
             app.sync();
