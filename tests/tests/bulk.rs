@@ -385,3 +385,64 @@ async fn on_a_terminal_a_bulk_cancel_shows_the_matches_and_acts_only_on_yes() {
         assert_eq!(run.state, RunState::Cancelled as i32);
     }
 }
+
+#[tokio::test]
+async fn one_spec_submitted_many_times_in_a_call_keeps_each_runs_own_parameters() {
+    let engine = Engine::start_default().await;
+    let spec = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/params.toml"
+    ))
+    .expect("examples/params.toml");
+    // The same text each time; the parameters change, then repeat.
+    let envs = ["staging", "staging", "prod", "prod", "staging"];
+    let runs = envs
+        .iter()
+        .map(|env| SubmitRunRequest {
+            spec: spec.clone(),
+            params: [("env".to_owned(), (*env).to_owned())].into(),
+            reason: "e2e test".into(),
+            ..Default::default()
+        })
+        .collect();
+    let api = engine.api().await;
+    let submitted = api
+        .runs
+        .clone()
+        .submit_runs(SubmitRunsRequest { runs })
+        .await
+        .expect("SubmitRuns")
+        .into_inner()
+        .runs;
+    assert_eq!(submitted.len(), envs.len());
+    for (run, env) in submitted.iter().zip(envs) {
+        let got = engine.get_run(&run.id).await;
+        assert_eq!(
+            got.params.get("env").map(String::as_str),
+            Some(env),
+            "{got:?}"
+        );
+        assert_eq!(
+            got.labels.get("env").map(String::as_str),
+            Some(env),
+            "the label made from the parameter: {got:?}"
+        );
+    }
+    // A bad value in the middle refuses the call, naming that run.
+    let runs = ["staging", "nowhere", "prod"]
+        .iter()
+        .map(|env| SubmitRunRequest {
+            spec: spec.clone(),
+            params: [("env".to_owned(), (*env).to_owned())].into(),
+            ..Default::default()
+        })
+        .collect();
+    let refused = api
+        .runs
+        .clone()
+        .submit_runs(SubmitRunsRequest { runs })
+        .await
+        .expect_err("a value outside the enum");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().starts_with("run 2 of 3:"), "{refused:?}");
+}

@@ -22,6 +22,12 @@ impl Api {
         &self,
         req: &pb::SubmitRunRequest,
     ) -> Result<(spec::RunSpec, Option<String>), Status> {
+        let spec = self.submitted_spec(req)?;
+        Ok((spec, idempotency_key(req)?))
+    }
+
+    /// A submit's spec, parsed with its parameters and under the policies.
+    fn submitted_spec(&self, req: &pb::SubmitRunRequest) -> Result<spec::RunSpec, Status> {
         let given = req
             .params
             .iter()
@@ -31,14 +37,7 @@ impl Api {
             .map_err(crate::error::EngineError::from)?;
         crate::domain::policy::apply(&self.policies, &mut spec)
             .map_err(Status::permission_denied)?;
-        if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
-            return Err(Status::invalid_argument(format!(
-                "idempotency_key is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY}",
-                req.idempotency_key.len()
-            )));
-        }
-        let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
-        Ok((spec, key))
+        Ok(spec)
     }
 
     /// The run `actor`'s idempotency key made, if it has left the engine's
@@ -183,22 +182,30 @@ impl Runs for Api {
         // Every spec is checked before any is submitted: one bad spec
         // refuses the call, and nothing of it is kept.
         let mut submits = Vec::with_capacity(reqs.len());
+        // The request whose spec was parsed last, and its spec: the same
+        // text with the same parameters again (one spec submitted N times)
+        // is not parsed again.
+        let mut parsed: Option<(&pb::SubmitRunRequest, spec::RunSpec)> = None;
         for (i, r) in reqs.iter().enumerate() {
-            let (spec, key) = self.submit_args(r).map_err(|s| {
+            let numbered = |s: Status| {
                 Status::new(
                     s.code(),
                     format!("run {} of {}: {}", i + 1, reqs.len(), s.message()),
                 )
-            })?;
+            };
+            let spec = match &parsed {
+                Some((p, spec)) if p.spec == r.spec && p.params == r.params => spec.clone(),
+                _ => {
+                    let spec = self.submitted_spec(r).map_err(numbered)?;
+                    parsed = Some((r, spec.clone()));
+                    spec
+                }
+            };
+            let key = idempotency_key(r).map_err(numbered)?;
             let earlier = self
                 .stored_by_key(&actor, key.as_deref(), &spec)
                 .await
-                .map_err(|s| {
-                    Status::new(
-                        s.code(),
-                        format!("run {} of {}: {}", i + 1, reqs.len(), s.message()),
-                    )
-                })?;
+                .map_err(numbered)?;
             submits.push((spec, key, r.reason.clone(), earlier));
         }
         let runs = self
@@ -469,4 +476,15 @@ fn tail(chunks: Vec<pb::OutputChunk>, bytes: usize) -> Vec<pb::OutputChunk> {
     }
     kept.reverse();
     kept
+}
+
+/// A submit's idempotency key, if it gives one.
+fn idempotency_key(req: &pb::SubmitRunRequest) -> Result<Option<String>, Status> {
+    if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(Status::invalid_argument(format!(
+            "idempotency_key is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY}",
+            req.idempotency_key.len()
+        )));
+    }
+    Ok((!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone()))
 }
