@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_body_leaves_out_its_columns_and_null_members_at_every_depth() {
-        let mut run = crate::store::conformance::two_step_run("01RUN\"quoted\" ü");
+        let mut run = crate::store::conformance_runs::two_step_run("01RUN\"quoted\" ü");
         run.message = "line 1\nline 2 \u{1f680}".into();
         run.steps[1].lease_id = Some("01LEASE".into());
         run.steps[1].exit_code = Some(-1);

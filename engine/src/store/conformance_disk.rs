@@ -8,6 +8,8 @@ use std::sync::Arc;
 use opsdeck_proto::v1 as pb;
 
 use super::conformance::*;
+use super::conformance_prune::prune_all;
+use super::conformance_runs::{finished, ids, two_step_run};
 use super::{Batch, RunFilter, Store, open};
 use crate::domain::{
     Approval, ApprovalState, Lease, LeaseState, Queue, Run, RunState, Step, StepState, Worker,

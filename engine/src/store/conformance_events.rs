@@ -4,7 +4,8 @@
 use opsdeck_proto::v1 as pb;
 
 use super::Batch;
-use super::conformance::{backends, event, prune_all, sample};
+use super::conformance::{backends, event, sample};
+use super::conformance_prune::prune_all;
 
 #[tokio::test]
 async fn events_read_back_in_seq_order_by_range_and_by_run() {

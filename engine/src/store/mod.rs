@@ -17,6 +17,10 @@ mod conformance_disk;
 mod conformance_events;
 #[cfg(test)]
 mod conformance_outbox;
+#[cfg(test)]
+mod conformance_prune;
+#[cfg(test)]
+mod conformance_runs;
 mod events;
 mod outbox;
 mod output;
