@@ -22,7 +22,6 @@ use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::sql::{Dialect, LabelMatch, Sql};
@@ -103,7 +102,7 @@ impl SqliteStore {
 }
 
 /// Copies committed WAL frames back into the database file, beside the
-/// commits rather than inside one, on a connection of its own. A PASSIVE
+/// commits rather than inside one, on a read connection. A PASSIVE
 /// checkpoint takes no lock a commit waits for; it copies what no reader
 /// still needs, and the WAL starts over from its beginning once all of it
 /// was copied.
