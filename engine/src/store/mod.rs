@@ -7,7 +7,7 @@
 //! field needs no migration and both dialects stay simple. A run's header
 //! and each of its steps are rows of their own: a step's change rewrites
 //! that step, not the run. Consecutive events of one run in one commit
-//! share a row ([`events`]). A commit is encoded first ([`Encoded`], no
+//! share a row (see `events.rs`). A commit is encoded first ([`Encoded`], no
 //! database needed) and then written ([`Store::write`]).
 
 mod codec;
