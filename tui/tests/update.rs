@@ -599,6 +599,17 @@ fn ctrl_r_resyncs_and_a_snapshot_brings_the_link_back() {
     assert!(matches!(cmds[0], Cmd::FetchEvents { .. }));
 }
 
+/// Output of attempt 1 of the run's first step, from its start.
+fn stdout_chunk(run_id: &str, data: &[u8]) -> OutputChunk {
+    OutputChunk {
+        run_id: run_id.to_owned(),
+        attempt: 1,
+        stream: "stdout".into(),
+        data: data.to_vec(),
+        ..OutputChunk::default()
+    }
+}
+
 #[test]
 fn events_of_the_open_run_join_its_timeline_and_refresh_its_output() {
     let mut app = app();
@@ -614,13 +625,7 @@ fn events_of_the_open_run_join_its_timeline_and_refresh_its_output() {
     };
     assert!(app::update(&mut app, Msg::Conn(Update::Event(Box::new(event(46))))).is_empty());
     assert_eq!(app.run.timeline.len(), 1);
-    let chunk = OutputChunk {
-        run_id: run_id.clone(),
-        attempt: 1,
-        stream: "stdout".into(),
-        data: b"one\n".to_vec(),
-        ..OutputChunk::default()
-    };
+    let chunk = stdout_chunk(&run_id, b"one\n");
     let cmds = app::update(
         &mut app,
         Msg::Output {
@@ -692,13 +697,7 @@ fn leaving_the_run_screen_stops_following_its_output_and_coming_back_follows_aga
     app::update(&mut app, key('2'));
     app::update(&mut app, code(KeyCode::Enter));
     let run_id = app.run.run_id.clone();
-    let chunk = OutputChunk {
-        run_id: run_id.clone(),
-        attempt: 1,
-        stream: "stdout".into(),
-        data: b"one\n".to_vec(),
-        ..OutputChunk::default()
-    };
+    let chunk = stdout_chunk(&run_id, b"one\n");
     let cmds = app::update(
         &mut app,
         Msg::Output {

@@ -184,8 +184,7 @@ where
         limit: u32,
         run_id: Option<&str>,
     ) -> Result<Vec<pb::Event>, StoreError> {
-        let mut q = QueryBuilder::<DB>::new(COLUMNS);
-        Self::from_row_holding(&mut q, after, run_id);
+        let mut q = Self::rows_from(after, run_id);
         q.push(" ORDER BY seq LIMIT ");
         q.push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&mut *c).await?;
@@ -203,8 +202,7 @@ where
         limit: u32,
         run_id: Option<&str>,
     ) -> Result<Vec<pb::Event>, StoreError> {
-        let mut q = QueryBuilder::<DB>::new(COLUMNS);
-        Self::from_row_holding(&mut q, after, run_id);
+        let mut q = Self::rows_from(after, run_id);
         q.push(" AND seq < ");
         q.push_bind(i64::try_from(before).unwrap_or(i64::MAX));
         q.push(" ORDER BY seq DESC LIMIT ");
@@ -228,8 +226,7 @@ where
         after: u64,
         until: u64,
     ) -> Result<Vec<pb::Event>, StoreError> {
-        let mut q = QueryBuilder::<DB>::new(COLUMNS);
-        Self::from_row_holding(&mut q, after, None);
+        let mut q = Self::rows_from(after, None);
         q.push(" AND seq <= ");
         q.push_bind(i64::try_from(until).unwrap_or(i64::MAX));
         q.push(" ORDER BY seq");
@@ -237,8 +234,10 @@ where
         events_from_rows::<DB>(&rows, |seq| seq > after && seq <= until)
     }
 
-    /// `WHERE`: the rows from the one holding `seq` on (of one run, or all).
-    fn from_row_holding(q: &mut QueryBuilder<DB>, seq: u64, run_id: Option<&str>) {
+    /// The rows from the one holding `seq` on (of one run, or all): a
+    /// query to add more conditions and the order to.
+    fn rows_from(seq: u64, run_id: Option<&str>) -> QueryBuilder<DB> {
+        let mut q = QueryBuilder::<DB>::new(COLUMNS);
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         q.push(" WHERE seq >= COALESCE((SELECT MAX(seq) FROM events WHERE seq <= ");
         q.push_bind(seq);
@@ -251,6 +250,7 @@ where
             q.push(" AND run_id = ");
             q.push_bind(run.to_owned());
         }
+        q
     }
 }
 
