@@ -94,11 +94,12 @@ async fn prune_deletes_only_what_retention_lets_go_a_batch_at_a_time() {
 
         let p = prune_all(1_000, 2);
         let first = b.store.prune(&p).await.unwrap();
-        // The two oldest runs' steps, leases and approvals go, and two of
-        // their four output chunks: a run goes once nothing of it is left.
+        // The two oldest runs' steps and approvals go, and two of their
+        // four output chunks: a run goes once nothing of it is left. Their
+        // released leases' rows went when the leases ended.
         assert!((1..=2).contains(&first.runs), "{}", b.name);
         assert_eq!(first.steps, 2, "{}", b.name);
-        assert_eq!(first.leases, 2, "{}", b.name);
+        assert_eq!(first.leases, 0, "{}", b.name);
         assert_eq!(first.approvals, 2, "{}", b.name);
         assert_eq!(first.events, 2, "{}", b.name);
         assert_eq!(first.workers, 2, "{}", b.name);
@@ -125,9 +126,9 @@ async fn prune_deletes_only_what_retention_lets_go_a_batch_at_a_time() {
         }
         assert_eq!(total.runs, 3, "{}", b.name);
         assert_eq!(total.steps, 3, "{}", b.name);
-        // Only the pruned runs' leases and approvals go: the held run, with
-        // its active lease, stays whole.
-        assert_eq!(total.leases, 3, "{}", b.name);
+        // Only the pruned runs' approvals go: the held run, with its active
+        // lease, stays whole.
+        assert_eq!(total.leases, 0, "{}", b.name);
         assert_eq!(total.approvals, 3, "{}", b.name);
         assert_eq!(total.events, 4, "{}", b.name);
         // Old runs' (6) and the kept runs' old chunks by age (4).
@@ -196,5 +197,52 @@ async fn first_kept_seq_is_zero_without_events() {
     for b in backends().await {
         assert_eq!(b.store.first_kept_seq().await.unwrap(), 0, "{}", b.name);
         assert!(b.store.size_bytes().await.unwrap() > 0, "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn an_ended_leases_row_goes_when_the_lease_ends() {
+    for b in backends().await {
+        let done = finished("r-done", RunState::Succeeded, 10);
+        let held = Lease {
+            run_id: "r-done".into(),
+            ..lease("l-held", LeaseState::Active)
+        };
+        let mut first = split(&done);
+        first.leases = vec![
+            held.clone(),
+            // Granted and ended in one batch: never written.
+            Lease {
+                run_id: "r-done".into(),
+                ..lease("l-brief", LeaseState::Active)
+            },
+            Lease {
+                run_id: "r-done".into(),
+                ..lease("l-brief", LeaseState::Expired)
+            },
+        ];
+        b.store.commit(&first).await.unwrap();
+        let loaded = b.store.load(100).await.unwrap();
+        assert_eq!(loaded.leases, std::slice::from_ref(&held), "{}", b.name);
+        // A final run holding a lease is not pruned.
+        let p = prune_all(1_000, 100);
+        assert_eq!(b.store.prune(&p).await.unwrap().runs, 0, "{}", b.name);
+
+        let released = Batch {
+            leases: vec![Lease {
+                state: LeaseState::Released,
+                ..held
+            }],
+            ..Default::default()
+        };
+        b.store.commit(&released).await.unwrap();
+        assert!(
+            b.store.load(100).await.unwrap().leases.is_empty(),
+            "{}",
+            b.name
+        );
+        // Nothing of the lease is left for retention: its run goes alone.
+        let pruned = b.store.prune(&p).await.unwrap();
+        assert_eq!((pruned.runs, pruned.leases), (1, 0), "{}", b.name);
     }
 }

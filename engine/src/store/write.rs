@@ -12,8 +12,8 @@ use super::codec::{body, json, state_word};
 use super::events::{EventRow, event_rows};
 use super::sql::{Affected, Dialect, Sql};
 use super::{Batch, StoreError};
-use crate::domain::Step;
 use crate::domain::schedule::Schedule;
+use crate::domain::{Lease, LeaseState, Step};
 
 /// The fields of a run's JSON that are columns of its row (and `steps`,
 /// which are rows of their own).
@@ -58,7 +58,12 @@ pub struct Encoded<'a> {
     batch: &'a Batch,
     runs: Vec<RunRow>,
     steps: Vec<StepRow>,
+    /// Active leases, upserted.
     leases: Vec<LeaseRow>,
+    /// Leases that ended, deleted: an ended lease is never read back (its
+    /// history is its events'), so its row goes at once rather than by
+    /// retention.
+    ended_leases: Vec<String>,
     events: Vec<EventRow<'a>>,
 }
 
@@ -101,7 +106,10 @@ impl<'a> Encoded<'a> {
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let leases = last_per_key(&b.leases, |l| l.id.clone())
+        let (active, ended): (Vec<&Lease>, Vec<&Lease>) = last_per_key(&b.leases, |l| l.id.clone())
+            .into_iter()
+            .partition(|l| l.state == LeaseState::Active);
+        let leases = active
             .into_iter()
             .map(|l| {
                 Ok((
@@ -117,6 +125,7 @@ impl<'a> Encoded<'a> {
             runs,
             steps,
             leases,
+            ended_leases: ended.into_iter().map(|l| l.id.clone()).collect(),
             events: event_rows(&b.events),
         })
     }
@@ -268,6 +277,7 @@ where
             e.leases,
         )
         .await?;
+        Self::delete_keys(c, d, "leases", "id", &e.ended_leases).await?;
 
         let approvals = last_per_key(&b.approvals, |a| a.id.clone())
             .into_iter()
@@ -365,7 +375,7 @@ where
         )
         .await?;
         let cleared: Vec<String> = cleared.into_iter().map(|(n, _)| n.clone()).collect();
-        Self::delete_names(c, d, "quarantines", &cleared).await?;
+        Self::delete_keys(c, d, "quarantines", "name", &cleared).await?;
         Self::write_schedules(c, d, &b.schedules).await?;
         Self::commit_outbox(c, &b.notifications, &b.given_up).await
     }
@@ -405,21 +415,22 @@ where
         )
         .await?;
         let removed: Vec<String> = removed.into_iter().map(|(n, _)| n.clone()).collect();
-        Self::delete_names(c, d, "schedules", &removed).await
+        Self::delete_keys(c, d, "schedules", "name", &removed).await
     }
 
-    /// Deletes the rows of `table` whose `name` is one of `names`.
-    async fn delete_names(
+    /// Deletes the rows of `table` whose `column` is one of `keys`.
+    async fn delete_keys(
         c: &mut DB::Connection,
         d: &Dialect,
         table: &str,
-        names: &[String],
+        column: &str,
+        keys: &[String],
     ) -> Result<(), StoreError> {
-        for chunk in names.chunks(d.max_binds) {
-            let mut q = QueryBuilder::<DB>::new(format!("DELETE FROM {table} WHERE name IN ("));
+        for chunk in keys.chunks(d.max_binds) {
+            let mut q = QueryBuilder::<DB>::new(format!("DELETE FROM {table} WHERE {column} IN ("));
             let mut list = q.separated(", ");
-            for name in chunk {
-                list.push_bind(name.clone());
+            for key in chunk {
+                list.push_bind(key.clone());
             }
             q.push(")");
             q.build().persistent(false).execute(&mut *c).await?;
