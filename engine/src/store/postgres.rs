@@ -8,6 +8,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 
 use super::sql::{Dialect, LabelMatch, Sql};
+use super::write::Hot;
 use super::{
     Approval, Encoded, IdMatches, IdTable, Leadership, Loaded, Prune, Pruned, Run, RunFilter,
     Store, StoreError,
@@ -36,6 +37,157 @@ const DIALECT: Dialect = Dialect {
 };
 
 type Body = Sql<Postgres>;
+
+/// The busiest tables' rows of a commit in one statement: each table's
+/// rows bound as arrays (a column an array) and unnested, its insert (or
+/// delete) one part of a `WITH`. Every statement is a round trip to the
+/// server, and a commit waits for each; this one has a single shape, so
+/// it is prepared once. The parts touch different rows (a lease is either
+/// upserted or deleted), as PostgreSQL requires of one statement.
+const WRITE_HOT: &str = "WITH \
+    runs_written AS (\
+        INSERT INTO runs (id, name, state, created_at, idempotency_key, submitted_by, \
+            finished_at, labels, body, template) \
+        SELECT id, name, state, created_at, idempotency_key, submitted_by, \
+            finished_at, labels::jsonb, body, template \
+        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+            $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[]) \
+            AS r (id, name, state, created_at, idempotency_key, submitted_by, \
+                finished_at, labels, body, template) \
+        ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
+            finished_at = excluded.finished_at, body = excluded.body), \
+    steps_written AS (\
+        INSERT INTO steps (run_id, idx, state, body) \
+        SELECT * FROM UNNEST($11::text[], $12::bigint[], $13::text[], $14::text[]) \
+        ON CONFLICT (run_id, idx) DO UPDATE SET state = excluded.state, body = excluded.body), \
+    leases_written AS (\
+        INSERT INTO leases (id, run_id, state, body) \
+        SELECT * FROM UNNEST($15::text[], $16::text[], $17::text[], $18::text[]) \
+        ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body), \
+    leases_ended AS (DELETE FROM leases WHERE id = ANY($19::text[])), \
+    events_written AS (\
+        INSERT INTO events (seq, at, kind, run_id, actor, body, last_seq) \
+        SELECT * FROM UNNEST($20::bigint[], $21::bigint[], $22::text[], $23::text[], \
+            $24::text[], $25::bytea[], $26::bigint[])) \
+    SELECT 1";
+
+/// Writes the busiest tables' rows ([`WRITE_HOT`]) inside the caller's
+/// transaction.
+async fn write_hot(c: &mut sqlx::PgConnection, hot: Hot<'_>) -> Result<(), StoreError> {
+    if hot.runs.is_empty()
+        && hot.steps.is_empty()
+        && hot.leases.is_empty()
+        && hot.ended_leases.is_empty()
+        && hot.events.is_empty()
+    {
+        return Ok(());
+    }
+    let mut runs = RunColumns::default();
+    for r in hot.runs {
+        runs.id.push(r.0);
+        runs.name.push(r.1);
+        runs.state.push(r.2);
+        runs.created_at.push(r.3);
+        runs.idempotency_key.push(r.4);
+        runs.submitted_by.push(r.5);
+        runs.finished_at.push(r.6);
+        runs.labels.push(r.7);
+        runs.body.push(r.8);
+        runs.template.push(r.9);
+    }
+    let (steps, leases) = (hot.steps.len(), hot.leases.len());
+    let mut step_cols = (
+        Vec::with_capacity(steps),
+        Vec::with_capacity(steps),
+        Vec::with_capacity(steps),
+        Vec::with_capacity(steps),
+    );
+    for s in hot.steps {
+        step_cols.0.push(s.0);
+        step_cols.1.push(s.1);
+        step_cols.2.push(s.2);
+        step_cols.3.push(s.3);
+    }
+    let mut lease_cols = (
+        Vec::with_capacity(leases),
+        Vec::with_capacity(leases),
+        Vec::with_capacity(leases),
+        Vec::with_capacity(leases),
+    );
+    for l in hot.leases {
+        lease_cols.0.push(l.0);
+        lease_cols.1.push(l.1);
+        lease_cols.2.push(l.2);
+        lease_cols.3.push(l.3);
+    }
+    let mut events = EventColumns::default();
+    for e in hot.events {
+        events.seq.push(e.seq);
+        events.at.push(e.at);
+        events.kind.push(e.kind);
+        events.run_id.push(e.run_id);
+        events.actor.push(e.actor);
+        events.body.push(e.body);
+        events.last_seq.push(e.last_seq);
+    }
+    sqlx::query(WRITE_HOT)
+        .bind(runs.id)
+        .bind(runs.name)
+        .bind(runs.state)
+        .bind(runs.created_at)
+        .bind(runs.idempotency_key)
+        .bind(runs.submitted_by)
+        .bind(runs.finished_at)
+        .bind(runs.labels)
+        .bind(runs.body)
+        .bind(runs.template)
+        .bind(step_cols.0)
+        .bind(step_cols.1)
+        .bind(step_cols.2)
+        .bind(step_cols.3)
+        .bind(lease_cols.0)
+        .bind(lease_cols.1)
+        .bind(lease_cols.2)
+        .bind(lease_cols.3)
+        .bind(hot.ended_leases)
+        .bind(events.seq)
+        .bind(events.at)
+        .bind(events.kind)
+        .bind(events.run_id)
+        .bind(events.actor)
+        .bind(events.body)
+        .bind(events.last_seq)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// A batch's run rows as columns, bound as arrays.
+#[derive(Default)]
+struct RunColumns {
+    id: Vec<String>,
+    name: Vec<String>,
+    state: Vec<String>,
+    created_at: Vec<i64>,
+    idempotency_key: Vec<Option<String>>,
+    submitted_by: Vec<String>,
+    finished_at: Vec<Option<i64>>,
+    labels: Vec<String>,
+    body: Vec<String>,
+    template: Vec<Option<String>>,
+}
+
+/// A batch's event rows as columns, bound as arrays.
+#[derive(Default)]
+struct EventColumns<'a> {
+    seq: Vec<i64>,
+    at: Vec<i64>,
+    kind: Vec<&'a str>,
+    run_id: Vec<Option<&'a str>>,
+    actor: Vec<&'a str>,
+    body: Vec<Vec<u8>>,
+    last_seq: Vec<Option<i64>>,
+}
 
 impl PostgresStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -82,6 +234,8 @@ impl Store for PostgresStore {
                 });
             }
         }
+        let mut rows = rows;
+        write_hot(&mut t, rows.take_hot()).await?;
         Body::write(&mut t, &DIALECT, rows).await?;
         t.commit().await?;
         Ok(())

@@ -34,7 +34,7 @@ const LEASE_FIELDS: &[&str] = &["id", "run_id", "state"];
 
 /// A run's row: id, name, state, created at, idempotency key, submitted
 /// by, finished at, labels, body, template.
-type RunRow = (
+pub(super) type RunRow = (
     String,
     String,
     String,
@@ -47,9 +47,9 @@ type RunRow = (
     Option<String>,
 );
 /// A step's row: run id, index, state, body.
-type StepRow = (String, i64, String, String);
+pub(super) type StepRow = (String, i64, String, String);
 /// A lease's row: id, run id, state, body.
-type LeaseRow = (String, String, String, String);
+pub(super) type LeaseRow = (String, String, String, String);
 
 /// A batch with the rows of its busiest tables encoded, ready to write
 /// ([`super::Store::write`]); the other tables' few rows are encoded as
@@ -67,7 +67,30 @@ pub struct Encoded<'a> {
     events: Vec<EventRow<'a>>,
 }
 
+/// The rows of the busiest tables, taken out of an [`Encoded`] by a
+/// dialect that writes them its own way (PostgreSQL: one statement for
+/// all of them).
+pub(super) struct Hot<'a> {
+    pub runs: Vec<RunRow>,
+    pub steps: Vec<StepRow>,
+    pub leases: Vec<LeaseRow>,
+    pub ended_leases: Vec<String>,
+    pub events: Vec<EventRow<'a>>,
+}
+
 impl<'a> Encoded<'a> {
+    /// Takes the busiest tables' rows out: [`Sql::write`] then writes the
+    /// rest.
+    pub(super) fn take_hot(&mut self) -> Hot<'a> {
+        Hot {
+            runs: std::mem::take(&mut self.runs),
+            steps: std::mem::take(&mut self.steps),
+            leases: std::mem::take(&mut self.leases),
+            ended_leases: std::mem::take(&mut self.ended_leases),
+            events: std::mem::take(&mut self.events),
+        }
+    }
+
     pub fn new(b: &'a Batch) -> Result<Self, StoreError> {
         let runs = last_per_key(&b.runs, |r| r.id.clone())
             .into_iter()
