@@ -21,10 +21,14 @@ pub struct PostgresStore {
     fence: AtomicU64,
 }
 
-/// How long a leader's commit transaction may sit idle before the server
-/// ends it: a leader paused mid-commit (SIGSTOP, a VM freeze) holds a share
-/// lock on the `leader` row, which would keep a standby from taking over.
-const COMMIT_IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = '5s'";
+/// A leader's commit reads the epoch with a share lock on the `leader`
+/// row, and in the same round trip limits how long its transaction may sit
+/// idle before the server ends it (`set_config(…, true)` is `SET LOCAL`): a
+/// leader paused mid-commit (SIGSTOP, a VM freeze) holds that lock, which
+/// would keep a standby from taking over.
+const FENCE: &str = "SELECT epoch, \
+    set_config('idle_in_transaction_session_timeout', '5s', true) \
+    FROM leader WHERE id = 1 FOR SHARE";
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -223,10 +227,7 @@ impl Store for PostgresStore {
         if mine != 0 {
             // The share lock makes a takeover wait for this commit, so the
             // new leader loads everything a deposed one committed.
-            sqlx::query(COMMIT_IDLE_LIMIT).execute(&mut *t).await?;
-            let now: i64 = sqlx::query_scalar("SELECT epoch FROM leader WHERE id = 1 FOR SHARE")
-                .fetch_one(&mut *t)
-                .await?;
+            let now: i64 = sqlx::query_scalar(FENCE).fetch_one(&mut *t).await?;
             if now as u64 != mine {
                 return Err(StoreError::Fenced {
                     mine,
