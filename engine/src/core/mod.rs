@@ -26,7 +26,7 @@ pub use tx::{Effect, Tx};
 
 use crate::domain::now_ms;
 use crate::error::{EngineError, EngineResult};
-use crate::store::{Batch, Encoded, Store, StoreError};
+use crate::store::{Batch, Encoded, Store, StoreError, Turn};
 
 /// The most commands applied in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -123,8 +123,9 @@ pub async fn start(
 type Committed = (Vec<pb::Event>, Vec<pb::OutputChunk>);
 
 /// Commits in flight at once: one being written while the next is
-/// encoded (its JSON bodies and event rows), which then waits for the
-/// first to be written before it writes.
+/// encoded (its JSON bodies and event rows), which then commits only once
+/// the first was written (on SQLite it waits to write at all; PostgreSQL
+/// runs its statements meanwhile).
 const DEPTH: usize = 2;
 
 /// The fewest events a batch has to be sealed while another is written.
@@ -147,30 +148,26 @@ struct Last {
     /// Fires once its batch is encoded: the next batch is sealed then, so
     /// that it takes in what arrived meanwhile.
     encoded: Option<oneshot::Receiver<()>>,
-    /// Says whether it was written; the next commit writes only if so.
-    written: Option<oneshot::Receiver<bool>>,
+    /// Fires once its statements ran, and says whether it was written:
+    /// the next commit commits (on SQLite, writes) only once it was.
+    ends: Option<(oneshot::Receiver<()>, oneshot::Receiver<bool>)>,
 }
 
-/// Starts writing `batch` on a task of its own, after the commit `after`
-/// (if any) was written.
+/// Starts writing `batch` on a task of its own, after the commit whose
+/// ends are `before` (if any).
 fn start_commit(
     store: Arc<dyn Store>,
     batch: Batch,
-    after: Option<oneshot::Receiver<bool>>,
+    before: Option<(oneshot::Receiver<()>, oneshot::Receiver<bool>)>,
 ) -> (tokio::task::JoinHandle<Result<Committed, StoreError>>, Last) {
     let (encoded_tx, encoded) = oneshot::channel();
+    let (ran_tx, ran) = oneshot::channel();
     let (written_tx, written) = oneshot::channel();
     let commit = tokio::spawn(async move {
         let result = async {
             let rows = Encoded::new(&batch)?;
             let _ = encoded_tx.send(());
-            // A sender dropped unanswered is a panicked commit.
-            if let Some(after) = after
-                && after.await != Ok(true)
-            {
-                return Err(StoreError::EarlierCommitFailed);
-            }
-            store.write(rows).await
+            store.write(rows, Turn::new(before, ran_tx)).await
         }
         .await;
         let _ = written_tx.send(result.is_ok());
@@ -180,7 +177,7 @@ fn start_commit(
         commit,
         Last {
             encoded: Some(encoded),
-            written: Some(written),
+            ends: Some((ran, written)),
         },
     )
 }
@@ -202,9 +199,10 @@ async fn run(
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(DEPTH);
     let mut last = Last {
         encoded: None,
-        written: None,
+        ends: None,
     };
     let mut stopping = false;
+    let overlaps = store.overlaps_writes();
     loop {
         let due = state.next_timer();
         let wake = due
@@ -284,7 +282,7 @@ async fn run(
                     }
                     last = Last {
                         encoded: None,
-                        written: None,
+                        ends: None,
                     };
                     if let Some((tx, _)) = pending.take() {
                         finish(tx, Some(&err));
@@ -312,14 +310,16 @@ async fn run(
         }
         // The next batch is sealed at once when nothing is being written;
         // while something is, once the last one started is encoded, if the
-        // next is big enough for its encoding to be worth doing meanwhile
-        // (small ones wait: another commit costs more than it saves).
+        // store runs a write's statements while the one before commits
+        // (PostgreSQL), or if the next is big enough for its encoding to be
+        // worth doing meanwhile (small ones wait: on SQLite another commit
+        // costs more than it saves).
         let seal = match pending.as_ref() {
             Some(_) if in_flight.is_empty() => true,
             Some((tx, _)) => {
                 in_flight.len() < DEPTH
                     && last.encoded.is_none()
-                    && tx.events.len() >= ENCODE_AHEAD_EVENTS
+                    && (overlaps || tx.events.len() >= ENCODE_AHEAD_EVENTS)
             }
             None => false,
         };
@@ -329,7 +329,7 @@ async fn run(
                 let after = if in_flight.is_empty() {
                     None
                 } else {
-                    last.written.take()
+                    last.ends.take()
                 };
                 let (commit, next) = start_commit(store.clone(), batch, after);
                 last = next;
@@ -401,7 +401,6 @@ async fn reload(cfg: &CoreConfig, store: &Arc<dyn Store>, old: State) -> State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
 
     fn batch_of(seq: u64) -> Batch {
         Batch {
@@ -416,11 +415,6 @@ mod tests {
         }
     }
 
-    async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-        let url = format!("sqlite://{}", dir.path().join("opsdeck.db").display());
-        Arc::new(SqliteStore::open(&url).await.unwrap())
-    }
-
     async fn seqs(store: &Arc<dyn Store>) -> Vec<u64> {
         let events = store.events_after(0, 100, None).await.unwrap();
         events.into_iter().map(|e| e.seq).collect()
@@ -428,28 +422,38 @@ mod tests {
 
     #[tokio::test]
     async fn commits_started_together_are_written_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir).await;
-        let (first, last) = start_commit(store.clone(), batch_of(1), None);
-        let (second, _) = start_commit(store.clone(), batch_of(2), last.written);
-        assert!(second.await.unwrap().is_ok());
-        assert!(first.await.unwrap().is_ok());
-        assert_eq!(seqs(&store).await, [1, 2]);
+        for b in crate::store::conformance::backends().await {
+            let store = b.store;
+            let (first, last) = start_commit(store.clone(), batch_of(1), None);
+            let (second, _) = start_commit(store.clone(), batch_of(2), last.ends);
+            assert!(second.await.unwrap().is_ok(), "{}", b.name);
+            assert!(first.await.unwrap().is_ok(), "{}", b.name);
+            assert_eq!(seqs(&store).await, [1, 2], "{}", b.name);
+        }
     }
 
     #[tokio::test]
     async fn a_commit_after_a_failed_one_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir).await;
-        store.commit(&batch_of(1)).await.unwrap();
-        // Seq 1 again: the database refuses the first commit.
-        let (first, last) = start_commit(store.clone(), batch_of(1), None);
-        let (second, _) = start_commit(store.clone(), batch_of(2), last.written);
-        assert!(first.await.unwrap().is_err());
-        assert!(matches!(
-            second.await.unwrap(),
-            Err(StoreError::EarlierCommitFailed)
-        ));
-        assert_eq!(seqs(&store).await, [1], "the second batch was not written");
+        for b in crate::store::conformance::backends().await {
+            let store = b.store;
+            store.commit(&batch_of(1)).await.unwrap();
+            // Seq 1 again: the database refuses the first commit. (On
+            // PostgreSQL the second runs its statements meanwhile, and
+            // rolls them back.)
+            let (first, last) = start_commit(store.clone(), batch_of(1), None);
+            let (second, _) = start_commit(store.clone(), batch_of(2), last.ends);
+            assert!(first.await.unwrap().is_err(), "{}", b.name);
+            assert!(
+                matches!(second.await.unwrap(), Err(StoreError::EarlierCommitFailed)),
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                seqs(&store).await,
+                [1],
+                "the second batch was not written ({})",
+                b.name
+            );
+        }
     }
 }

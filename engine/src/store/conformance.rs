@@ -16,15 +16,15 @@ use crate::domain::{
 };
 
 /// A store under test, and what to clean up after it.
-pub(super) struct Backend {
-    pub(super) name: &'static str,
-    pub(super) store: Arc<dyn Store>,
+pub(crate) struct Backend {
+    pub(crate) name: &'static str,
+    pub(crate) store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
     /// Last: the store lets go of it first.
     _db: Option<PgDatabase>,
 }
 
-pub(super) async fn backends() -> Vec<Backend> {
+pub(crate) async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let mut out = vec![Backend {

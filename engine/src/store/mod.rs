@@ -12,7 +12,7 @@
 
 mod codec;
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 #[cfg(test)]
 mod conformance_disk;
 #[cfg(test)]
@@ -39,6 +39,7 @@ pub use sqlite::SqliteStore;
 pub use write::Encoded;
 
 use opsdeck_proto::v1 as pb;
+use tokio::sync::oneshot;
 
 use crate::domain::schedule::Schedule;
 use crate::domain::{Approval, Lease, Millis, Quarantine, Queue, Run, RunState, Step, Worker};
@@ -268,6 +269,58 @@ pub enum StoreError {
     EarlierCommitFailed,
 }
 
+/// A write's place among the commits in flight (the core keeps two): what
+/// it waits for of the commit before it, and what it tells the next.
+#[derive(Default)]
+pub struct Turn {
+    /// The commit before: its statements ran; it was written (or not).
+    before: Option<(oneshot::Receiver<()>, oneshot::Receiver<bool>)>,
+    /// Tells the next commit this one's statements ran.
+    ran: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// A write after `before` (the commit in flight, if any: the ends of
+    /// its `ran` and `written`), telling the next on `ran`.
+    pub fn new(
+        before: Option<(oneshot::Receiver<()>, oneshot::Receiver<bool>)>,
+        ran: oneshot::Sender<()>,
+    ) -> Self {
+        Self {
+            before,
+            ran: Some(ran),
+        }
+    }
+
+    /// Waits until the commit before ran its statements (or ended): then
+    /// it only commits, and holds no lock it could wait for on this
+    /// write's account.
+    pub async fn before_ran(&mut self) {
+        if let Some((ran, _)) = &mut self.before {
+            let _ = ran.await;
+        }
+    }
+
+    /// Says this write's statements ran.
+    pub fn ran(&mut self) {
+        if let Some(ran) = self.ran.take() {
+            let _ = ran.send(());
+        }
+    }
+
+    /// Waits until the commit before was written; an error if it was not
+    /// (a sender dropped unanswered is a panicked commit).
+    pub async fn before_written(&mut self) -> Result<(), StoreError> {
+        match self.before.take() {
+            Some((_, written)) => match written.await {
+                Ok(true) => Ok(()),
+                _ => Err(StoreError::EarlierCommitFailed),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
 /// Who leads the engines that share a database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Leadership {
@@ -285,11 +338,19 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self, recent: u32) -> Result<Loaded, StoreError>;
     /// Writes a batch atomically.
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.write(Encoded::new(batch)?).await
+        self.write(Encoded::new(batch)?, Turn::default()).await
     }
-    /// Writes a batch encoded beforehand, atomically: the core encodes
-    /// the next batch while this one is written.
-    async fn write(&self, rows: Encoded<'_>) -> Result<(), StoreError>;
+    /// Writes a batch encoded beforehand, atomically, in its `turn` (the
+    /// core encodes the next batch while this one is written): it commits
+    /// only once the commit before was written, and writes nothing if that
+    /// one failed ([`StoreError::EarlierCommitFailed`]).
+    async fn write(&self, rows: Encoded<'_>, turn: Turn) -> Result<(), StoreError>;
+    /// Whether a write runs its statements while the commit before it is
+    /// still committing (it waits for that one only to commit itself): the
+    /// core then hands it the next batch as soon as it can.
+    fn overlaps_writes(&self) -> bool {
+        false
+    }
     /// One run with its steps, final or not.
     async fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError>;
     /// The run `submitted_by`'s idempotency key made, if any (keys are

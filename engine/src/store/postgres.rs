@@ -11,7 +11,7 @@ use super::sql::{Dialect, LabelMatch, Sql};
 use super::write::Hot;
 use super::{
     Approval, Encoded, IdMatches, IdTable, Leadership, Loaded, Prune, Pruned, Run, RunFilter,
-    Store, StoreError,
+    Store, StoreError, Turn,
 };
 
 pub struct PostgresStore {
@@ -221,7 +221,8 @@ impl Store for PostgresStore {
         Ok(loaded)
     }
 
-    async fn write(&self, rows: Encoded<'_>) -> Result<(), StoreError> {
+    async fn write(&self, rows: Encoded<'_>, mut turn: Turn) -> Result<(), StoreError> {
+        turn.before_ran().await;
         let mut t = self.pool.begin().await?;
         let mine = self.fence.load(Ordering::SeqCst);
         if mine != 0 {
@@ -238,8 +239,17 @@ impl Store for PostgresStore {
         let mut rows = rows;
         write_hot(&mut t, rows.take_hot()).await?;
         Body::write(&mut t, &DIALECT, rows).await?;
+        // The statements ran while the commit before committed (one that
+        // touched a row it holds waited for it); this one commits after
+        // it, or not at all (the transaction rolls back as it drops).
+        turn.ran();
+        turn.before_written().await?;
         t.commit().await?;
         Ok(())
+    }
+
+    fn overlaps_writes(&self) -> bool {
+        true
     }
 
     async fn lead(

@@ -26,7 +26,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::sql::{Dialect, LabelMatch, Sql};
 use super::{
-    Approval, Encoded, IdMatches, IdTable, Loaded, Prune, Pruned, Run, RunFilter, Store, StoreError,
+    Approval, Encoded, IdMatches, IdTable, Loaded, Prune, Pruned, Run, RunFilter, Store,
+    StoreError, Turn,
 };
 
 pub struct SqliteStore {
@@ -138,7 +139,9 @@ impl Store for SqliteStore {
         Ok(loaded)
     }
 
-    async fn write(&self, rows: Encoded<'_>) -> Result<(), StoreError> {
+    async fn write(&self, rows: Encoded<'_>, mut turn: Turn) -> Result<(), StoreError> {
+        // One writer: nothing to overlap with the commit before.
+        turn.before_written().await?;
         let mut t = self.writer.begin().await?;
         Body::write(&mut t, &DIALECT, rows).await?;
         t.commit().await?;
