@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opsdeck_proto::v1 as pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use state::{
@@ -145,12 +145,26 @@ struct InFlight {
 
 /// The last commit started: what the next one waits for.
 struct Last {
-    /// Fires once its batch is encoded: the next batch is sealed then, so
-    /// that it takes in what arrived meanwhile.
+    /// Fires once its batch is encoded.
     encoded: Option<oneshot::Receiver<()>>,
-    /// Fires once its statements ran, and says whether it was written:
-    /// the next commit commits (on SQLite, writes) only once it was.
-    ends: Option<(oneshot::Receiver<()>, oneshot::Receiver<bool>)>,
+    /// Fires once its statements ran (only its commit is left).
+    ran: Option<watch::Receiver<bool>>,
+    /// Whether they did.
+    statements_ran: bool,
+    /// Its `ran`, and whether it was written: the next commit commits
+    /// (on SQLite, writes) only once it was.
+    ends: Option<(watch::Receiver<bool>, oneshot::Receiver<bool>)>,
+}
+
+impl Last {
+    fn none() -> Self {
+        Self {
+            encoded: None,
+            ran: None,
+            statements_ran: false,
+            ends: None,
+        }
+    }
 }
 
 /// Starts writing `batch` on a task of its own, after the commit whose
@@ -158,10 +172,10 @@ struct Last {
 fn start_commit(
     store: Arc<dyn Store>,
     batch: Batch,
-    before: Option<(oneshot::Receiver<()>, oneshot::Receiver<bool>)>,
+    before: Option<(watch::Receiver<bool>, oneshot::Receiver<bool>)>,
 ) -> (tokio::task::JoinHandle<Result<Committed, StoreError>>, Last) {
     let (encoded_tx, encoded) = oneshot::channel();
-    let (ran_tx, ran) = oneshot::channel();
+    let (ran_tx, ran) = watch::channel(false);
     let (written_tx, written) = oneshot::channel();
     let commit = tokio::spawn(async move {
         let result = async {
@@ -177,6 +191,8 @@ fn start_commit(
         commit,
         Last {
             encoded: Some(encoded),
+            ran: Some(ran.clone()),
+            statements_ran: false,
             ends: Some((ran, written)),
         },
     )
@@ -197,10 +213,7 @@ async fn run(
     // Applied to the state, waiting for a commit to start.
     let mut pending: Option<(Tx, usize)> = None;
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(DEPTH);
-    let mut last = Last {
-        encoded: None,
-        ends: None,
-    };
+    let mut last = Last::none();
     let mut stopping = false;
     let overlaps = store.overlaps_writes();
     loop {
@@ -232,6 +245,17 @@ async fn run(
                     None => std::future::pending().await,
                 }
             }, if last.encoded.is_some() => last.encoded = None,
+            _ = async {
+                match last.ran.as_mut() {
+                    Some(ran) => {
+                        let _ = ran.wait_for(|ran| *ran).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }, if last.ran.is_some() => {
+                last.ran = None;
+                last.statements_ran = true;
+            }
             n = rx.recv_many(&mut jobs, room), if room > 0 && !stopping => if n == 0 { stopping = true },
             _ = tokio::time::sleep(wake), if !stopping => {}
             else => {}
@@ -280,10 +304,7 @@ async fn run(
                         let _ = later.commit.await;
                         finish(later.effects, Some(&err));
                     }
-                    last = Last {
-                        encoded: None,
-                        ends: None,
-                    };
+                    last = Last::none();
                     if let Some((tx, _)) = pending.take() {
                         finish(tx, Some(&err));
                     }
@@ -308,18 +329,19 @@ async fn run(
                 state.dispatch(tx);
             }
         }
-        // The next batch is sealed at once when nothing is being written;
-        // while something is, once the last one started is encoded, if the
-        // store runs a write's statements while the one before commits
-        // (PostgreSQL), or if the next is big enough for its encoding to be
-        // worth doing meanwhile (small ones wait: on SQLite another commit
-        // costs more than it saves).
+        // The next batch is sealed at once when nothing is being written.
+        // While something is, once the last one started is encoded: at
+        // once if the store runs a write's statements while the one before
+        // commits (PostgreSQL); else once the last one's statements ran, so
+        // that it is encoded while that one syncs (SQLite), or before if it
+        // is big enough for its encoding to be worth doing meanwhile (small
+        // ones wait: another commit costs more than it saves).
         let seal = match pending.as_ref() {
             Some(_) if in_flight.is_empty() => true,
             Some((tx, _)) => {
                 in_flight.len() < DEPTH
                     && last.encoded.is_none()
-                    && (overlaps || tx.events.len() >= ENCODE_AHEAD_EVENTS)
+                    && (overlaps || last.statements_ran || tx.events.len() >= ENCODE_AHEAD_EVENTS)
             }
             None => false,
         };

@@ -39,7 +39,7 @@ pub use sqlite::SqliteStore;
 pub use write::Encoded;
 
 use opsdeck_proto::v1 as pb;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::domain::schedule::Schedule;
 use crate::domain::{Approval, Lease, Millis, Quarantine, Queue, Run, RunState, Step, Worker};
@@ -274,17 +274,17 @@ pub enum StoreError {
 #[derive(Default)]
 pub struct Turn {
     /// The commit before: its statements ran; it was written (or not).
-    before: Option<(oneshot::Receiver<()>, oneshot::Receiver<bool>)>,
-    /// Tells the next commit this one's statements ran.
-    ran: Option<oneshot::Sender<()>>,
+    before: Option<(watch::Receiver<bool>, oneshot::Receiver<bool>)>,
+    /// Tells the core and the next commit this one's statements ran.
+    ran: Option<watch::Sender<bool>>,
 }
 
 impl Turn {
     /// A write after `before` (the commit in flight, if any: the ends of
     /// its `ran` and `written`), telling the next on `ran`.
     pub fn new(
-        before: Option<(oneshot::Receiver<()>, oneshot::Receiver<bool>)>,
-        ran: oneshot::Sender<()>,
+        before: Option<(watch::Receiver<bool>, oneshot::Receiver<bool>)>,
+        ran: watch::Sender<bool>,
     ) -> Self {
         Self {
             before,
@@ -297,14 +297,15 @@ impl Turn {
     /// write's account.
     pub async fn before_ran(&mut self) {
         if let Some((ran, _)) = &mut self.before {
-            let _ = ran.await;
+            // An error is a commit that ended without saying so.
+            let _ = ran.wait_for(|ran| *ran).await;
         }
     }
 
-    /// Says this write's statements ran.
+    /// Says this write's statements ran: only its commit is left.
     pub fn ran(&mut self) {
         if let Some(ran) = self.ran.take() {
-            let _ = ran.send(());
+            let _ = ran.send(true);
         }
     }
 

@@ -144,6 +144,9 @@ impl Store for SqliteStore {
         turn.before_written().await?;
         let mut t = self.writer.begin().await?;
         Body::write(&mut t, &DIALECT, rows).await?;
+        // The core seals the next batch now, and encodes it while this
+        // one's commit writes the WAL and syncs it.
+        turn.ran();
         t.commit().await?;
         self.written.store(true, Ordering::Relaxed);
         Ok(())
