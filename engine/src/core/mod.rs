@@ -478,4 +478,29 @@ mod tests {
             );
         }
     }
+
+    #[tokio::test]
+    async fn a_commit_changing_what_the_one_before_wrote_lands_after_it() {
+        use crate::domain::RunState;
+        use crate::store::conformance::run;
+        use crate::store::conformance_runs::split;
+        for b in crate::store::conformance::backends().await {
+            let store = b.store;
+            // The second changes the run the first makes (on PostgreSQL its
+            // statements wait for the first's row, then commit after it).
+            let mut made = split(&run("r1", RunState::Queued));
+            made.events = batch_of(1).events;
+            let mut changed = split(&run("r1", RunState::Running));
+            changed.steps.clear();
+            changed.events = batch_of(2).events;
+            let (first, last) = start_commit(store.clone(), made, None);
+            let (second, _) = start_commit(store.clone(), changed, last.ends);
+            assert!(second.await.unwrap().is_ok(), "{}", b.name);
+            assert!(first.await.unwrap().is_ok(), "{}", b.name);
+            let got = store.get_run("r1").await.unwrap().unwrap();
+            assert_eq!(got.state, RunState::Running, "{}", b.name);
+            assert_eq!(got.steps.len(), 1, "{}", b.name);
+            assert_eq!(seqs(&store).await, [1, 2], "{}", b.name);
+        }
+    }
 }

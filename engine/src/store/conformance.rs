@@ -102,7 +102,7 @@ pub(super) async fn fresh_pg_database(server: &str) -> PgDatabase {
     }
 }
 
-pub(super) fn run(id: &str, state: RunState) -> Run {
+pub(crate) fn run(id: &str, state: RunState) -> Run {
     let spec = parse(
         "name = \"r\"\n[[step]]\nqueue = \"q\"\nrun = \"true\"\n",
         &Limits::default(),

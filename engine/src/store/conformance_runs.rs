@@ -10,7 +10,7 @@ use crate::domain::{Run, RunState, Step, StepState};
 
 /// A run in the form the core commits it: the header in `runs`, every
 /// step in `steps`.
-pub(super) fn split(r: &Run) -> Batch {
+pub(crate) fn split(r: &Run) -> Batch {
     Batch {
         runs: vec![r.header()],
         steps: r.steps.iter().map(|s| (r.id.clone(), s.clone())).collect(),

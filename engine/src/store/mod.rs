@@ -22,7 +22,7 @@ mod conformance_outbox;
 #[cfg(test)]
 mod conformance_prune;
 #[cfg(test)]
-mod conformance_runs;
+pub(crate) mod conformance_runs;
 mod events;
 mod outbox;
 mod output;
