@@ -192,7 +192,8 @@ pub struct EngineSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionSection {
-    /// Finished runs, with their steps, approvals, leases and output.
+    /// Finished runs, with their steps, approvals and output (a lease's row
+    /// goes when the lease ends; its record is its events).
     #[serde(with = "humantime_serde")]
     pub runs: Duration,
     #[serde(with = "humantime_serde")]
