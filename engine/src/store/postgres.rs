@@ -78,12 +78,7 @@ const WRITE_HOT: &str = "WITH \
 /// Writes the busiest tables' rows ([`WRITE_HOT`]) inside the caller's
 /// transaction.
 async fn write_hot(c: &mut sqlx::PgConnection, hot: Hot<'_>) -> Result<(), StoreError> {
-    if hot.runs.is_empty()
-        && hot.steps.is_empty()
-        && hot.leases.is_empty()
-        && hot.ended_leases.is_empty()
-        && hot.events.is_empty()
-    {
+    if hot.is_empty() {
         return Ok(());
     }
     let mut runs = RunColumns::default();
@@ -99,31 +94,8 @@ async fn write_hot(c: &mut sqlx::PgConnection, hot: Hot<'_>) -> Result<(), Store
         runs.body.push(r.8);
         runs.template.push(r.9);
     }
-    let (steps, leases) = (hot.steps.len(), hot.leases.len());
-    let mut step_cols = (
-        Vec::with_capacity(steps),
-        Vec::with_capacity(steps),
-        Vec::with_capacity(steps),
-        Vec::with_capacity(steps),
-    );
-    for s in hot.steps {
-        step_cols.0.push(s.0);
-        step_cols.1.push(s.1);
-        step_cols.2.push(s.2);
-        step_cols.3.push(s.3);
-    }
-    let mut lease_cols = (
-        Vec::with_capacity(leases),
-        Vec::with_capacity(leases),
-        Vec::with_capacity(leases),
-        Vec::with_capacity(leases),
-    );
-    for l in hot.leases {
-        lease_cols.0.push(l.0);
-        lease_cols.1.push(l.1);
-        lease_cols.2.push(l.2);
-        lease_cols.3.push(l.3);
-    }
+    let step_cols = columns4(hot.steps);
+    let lease_cols = columns4(hot.leases);
     let mut events = EventColumns::default();
     for e in hot.events {
         events.seq.push(e.seq);
@@ -164,6 +136,15 @@ async fn write_hot(c: &mut sqlx::PgConnection, hot: Hot<'_>) -> Result<(), Store
         .execute(c)
         .await?;
     Ok(())
+}
+
+/// Rows of four columns as four columns, each bound as an array.
+fn columns4<A, B, C, D>(rows: Vec<(A, B, C, D)>) -> (Vec<A>, Vec<B>, Vec<C>, Vec<D>) {
+    let (a, (b, (c, d))) = rows
+        .into_iter()
+        .map(|(a, b, c, d)| (a, (b, (c, d))))
+        .unzip();
+    (a, b, c, d)
 }
 
 /// A batch's run rows as columns, bound as arrays.

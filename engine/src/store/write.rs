@@ -78,6 +78,16 @@ pub(super) struct Hot<'a> {
     pub events: Vec<EventRow<'a>>,
 }
 
+impl Hot<'_> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+            && self.steps.is_empty()
+            && self.leases.is_empty()
+            && self.ended_leases.is_empty()
+            && self.events.is_empty()
+    }
+}
+
 impl<'a> Encoded<'a> {
     /// Takes the busiest tables' rows out: [`Sql::write`] then writes the
     /// rest.
